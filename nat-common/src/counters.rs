@@ -1,0 +1,128 @@
+//! Why each packet left the program the way it did.
+//!
+//! Every exit of the XDP programs increments exactly one counter in the
+//! per-CPU `COUNTERS` array, indexed by one of these reasons (katran's
+//! per-reason stats, without logging on the hot path).
+
+/// Index into the `COUNTERS` per-CPU array. The discriminants are the map
+/// indices: append new reasons at the end, never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// LAN -> WAN packet translated and redirected.
+    TranslatedOut = 0,
+    /// WAN -> LAN packet translated and redirected.
+    TranslatedIn = 1,
+    /// Not IPv4 (ARP, IPv6, ...): passed to the kernel untouched.
+    PassNotIpv4 = 2,
+    /// Addressed to the gateway itself, or routed by the kernel somewhere other
+    /// than the WAN: passed untouched.
+    PassLocal = 3,
+    /// TTL <= 1 on the LAN side: passed so the kernel answers Time Exceeded.
+    PassTtlExpired = 4,
+    /// WAN packet with no mapping, outside the NAT port range or not
+    /// translatable: the gateway's own traffic, passed.
+    PassNoMapping = 5,
+    /// Outbound miss: the packet was handed to the daemon to allocate a mapping.
+    MissToDaemon = 6,
+    /// Translated, but the next hop has no neighbour entry yet: handed to the
+    /// daemon, which sends it through the kernel so the neighbour gets resolved.
+    NoNeighbourToDaemon = 7,
+    /// The miss ring was full: the packet was dropped (the sender retransmits).
+    DropRingFull = 8,
+    /// Frame or header truncated, or an IPv4 header that is not valid.
+    DropMalformed = 9,
+    /// LAN transit packet bound for the WAN that the gateway cannot translate
+    /// (fragment, other protocol, ICMP other than echo): dropped, never leaked.
+    DropUntranslatable = 10,
+    /// WAN packet for the external address and a NAT port with no mapping.
+    DropInboundNoMapping = 11,
+    /// WAN packet with a mapping but TTL <= 1.
+    DropTtlExpired = 12,
+    /// The route lookup failed for a translated packet (no route, blackhole,
+    /// forwarding disabled...).
+    DropNoRoute = 13,
+    /// The route's egress interface is not one the gateway redirects to.
+    DropEgressUnmanaged = 14,
+    /// Outbound packet whose frame is too large to hand to the daemon.
+    DropTooBigForDaemon = 15,
+    /// `bpf_redirect_map` refused the packet.
+    DropRedirectFailed = 16,
+    /// Translated, but larger than the egress MTU (path-MTU handling comes with
+    /// ICMP error support).
+    DropTooBigForEgress = 17,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 18] = [
+        Reason::TranslatedOut,
+        Reason::TranslatedIn,
+        Reason::PassNotIpv4,
+        Reason::PassLocal,
+        Reason::PassTtlExpired,
+        Reason::PassNoMapping,
+        Reason::MissToDaemon,
+        Reason::NoNeighbourToDaemon,
+        Reason::DropRingFull,
+        Reason::DropMalformed,
+        Reason::DropUntranslatable,
+        Reason::DropInboundNoMapping,
+        Reason::DropTtlExpired,
+        Reason::DropNoRoute,
+        Reason::DropEgressUnmanaged,
+        Reason::DropTooBigForDaemon,
+        Reason::DropRedirectFailed,
+        Reason::DropTooBigForEgress,
+    ];
+
+    /// Number of entries in the `COUNTERS` map.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable snake_case name for `natd stats` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::TranslatedOut => "translated_out",
+            Reason::TranslatedIn => "translated_in",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassLocal => "pass_local",
+            Reason::PassTtlExpired => "pass_ttl_expired",
+            Reason::PassNoMapping => "pass_no_mapping",
+            Reason::MissToDaemon => "miss_to_daemon",
+            Reason::NoNeighbourToDaemon => "no_neighbour_to_daemon",
+            Reason::DropRingFull => "drop_ring_full",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropUntranslatable => "drop_untranslatable",
+            Reason::DropInboundNoMapping => "drop_inbound_no_mapping",
+            Reason::DropTtlExpired => "drop_ttl_expired",
+            Reason::DropNoRoute => "drop_no_route",
+            Reason::DropEgressUnmanaged => "drop_egress_unmanaged",
+            Reason::DropTooBigForDaemon => "drop_too_big_for_daemon",
+            Reason::DropRedirectFailed => "drop_redirect_failed",
+            Reason::DropTooBigForEgress => "drop_too_big_for_egress",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{} is out of order", r.name());
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for a in Reason::ALL {
+            for b in Reason::ALL {
+                if a != b {
+                    assert_ne!(a.name(), b.name());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Map keys and values.
+//!
+//! Addresses and ports are kept in network byte order exactly as they sit in
+//! the packet (`_be` fields: the in-memory bytes are the wire bytes), so the
+//! datapath copies them without swapping; the helpers here convert at the edge.
+
+use core::net::Ipv4Addr;
+
+/// One side of a flow: address, port (the identifier for ICMP echo) and protocol.
+///
+/// Key of both mapping maps. Mapping is endpoint-independent (RFC 4787 REQ-1,
+/// RFC 5382 REQ-1): the remote endpoint is not part of the key.
+/// - `OUTBOUND`: the inside endpoint, i.e. the source of a LAN packet.
+/// - `INBOUND`: the external endpoint, i.e. the destination of a WAN packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// IPv4 address, network byte order.
+    pub addr_be: u32,
+    /// TCP/UDP port or ICMP echo identifier, network byte order.
+    pub port_be: u16,
+    /// IPv4 protocol number (`crate::proto`).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
+
+impl Endpoint {
+    pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr_be: u32::from_ne_bytes(addr.octets()),
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    pub const fn addr(&self) -> Ipv4Addr {
+        let o = self.addr_be.to_ne_bytes();
+        Ipv4Addr::new(o[0], o[1], o[2], o[3])
+    }
+
+    /// Port (or ICMP identifier) in host byte order.
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// The translation one direction applies, plus the liveness the daemon ages by.
+///
+/// `OUTBOUND[inside] = Mapping{external}` and `INBOUND[external] = Mapping{inside}`
+/// always exist as a pair (the daemon inserts the reverse entry first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Address to write into the packet, network byte order.
+    pub addr_be: u32,
+    /// Port (or ICMP identifier) to write, network byte order.
+    pub port_be: u16,
+    /// TCP flags seen in this direction (OR of `tcp_flags::*`), set by the
+    /// datapath only when a new flag appears, read by the daemon's aging.
+    pub tcp_flags_seen: u8,
+    pub _pad: u8,
+    /// Last packet in this direction, `bpf_ktime_get_coarse_ns` clock
+    /// (CLOCK_MONOTONIC_COARSE). Written at most once per
+    /// `LAST_SEEN_GRANULARITY_NS`.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Mapping>() == 16);
+
+impl Mapping {
+    pub const fn new(to: Endpoint, now_ns: u64) -> Self {
+        Self {
+            addr_be: to.addr_be,
+            port_be: to.port_be,
+            tcp_flags_seen: 0,
+            _pad: 0,
+            last_seen_ns: now_ns,
+        }
+    }
+
+    /// The endpoint this mapping translates to, with the given protocol.
+    pub const fn target(&self, proto: u8) -> Endpoint {
+        Endpoint {
+            addr_be: self.addr_be,
+            port_be: self.port_be,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// TCP flag bits as in the TCP header's flags byte, kept in `Mapping::tcp_flags_seen`.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+    /// The flags the datapath records: the ones that change a flow's state.
+    pub const TRACKED: u8 = FIN | SYN | RST | ACK;
+}
+
+/// Gateway-wide settings the programs read from `CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GatewayConfig {
+    /// The public address inbound lookups answer for, network byte order.
+    pub external_addr_be: u32,
+    /// The WAN interface: LAN traffic routed there must be translated or dropped.
+    pub wan_ifindex: u32,
+    /// NAT port range, host byte order, inclusive. WAN packets to the external
+    /// address inside this range without a mapping are dropped; outside it they
+    /// belong to the gateway host and pass.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 16);
+
+/// What a `MissEvent` asks of the daemon.
+pub mod miss_kind {
+    /// No outbound mapping: allocate one, then re-inject the frame (untranslated).
+    pub const NEW_FLOW: u32 = 1;
+    /// Translated, but the next hop's MAC is unknown: send the (translated) IPv4
+    /// packet through the kernel, which resolves the neighbour.
+    pub const NO_NEIGHBOUR: u32 = 2;
+}
+
+/// Largest frame the datapath hands to the daemon: a 1500-byte IPv4 packet
+/// with Ethernet and two VLAN tags fits, with room to spare. A power of two,
+/// so the eBPF side can bound the copy with a mask.
+pub const MISS_FRAME_MAX: usize = 2048;
+
+/// A packet handed from the datapath to the daemon through the `MISSES` ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MissEvent {
+    /// `miss_kind::*`.
+    pub kind: u32,
+    /// Interface the frame arrived on.
+    pub ingress_ifindex: u32,
+    /// Bytes of `frame` that hold the packet.
+    pub frame_len: u32,
+    /// Offset of the IPv4 header in `frame` (after Ethernet and VLAN tags).
+    pub l3_offset: u16,
+    pub _pad: u16,
+    pub frame: [u8; MISS_FRAME_MAX],
+}
+const _: () = assert!(core::mem::size_of::<MissEvent>() == 16 + MISS_FRAME_MAX);
+
+impl MissEvent {
+    /// The frame bytes, bounded by both `frame_len` and the buffer.
+    pub fn frame(&self) -> &[u8] {
+        let len = (self.frame_len as usize).min(MISS_FRAME_MAX);
+        &self.frame[..len]
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, no padding the compiler adds (explicit `_pad`
+    // fields, sizes asserted above), every bit pattern valid.
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Mapping {}
+    unsafe impl aya::Pod for super::GatewayConfig {}
+    unsafe impl aya::Pod for super::MissEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keeps_wire_order() {
+        let e = Endpoint::new(Ipv4Addr::new(192, 0, 2, 1), 0x1234, crate::proto::UDP);
+        // The key's bytes are exactly the packet's bytes.
+        assert_eq!(e.addr_be.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!(e.port_be.to_ne_bytes(), [0x12, 0x34]);
+        assert_eq!(e.addr(), Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(e.port(), 0x1234);
+    }
+
+    #[test]
+    fn mapping_target_round_trips() {
+        let e = Endpoint::new(Ipv4Addr::new(203, 0, 113, 7), 40000, crate::proto::TCP);
+        assert_eq!(Mapping::new(e, 5).target(crate::proto::TCP), e);
+    }
+}

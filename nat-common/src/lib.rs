@@ -1,0 +1,60 @@
+//! Plain data shared by the XDP programs (`nat-ebpf`) and the daemon (`natd`).
+//!
+//! Everything that crosses the kernel/user boundary is defined here once:
+//! map keys and values, the per-reason counter indices, the names of the maps,
+//! and the pure arithmetic both sides rely on (checksums, tuple reversal).
+//!
+//! Rules for map types (see DESIGN.md): `#[repr(C)]`, `Copy`, explicit `_pad`
+//! fields that are always zero, no `bool`/enum/`Option` inside, byte order in
+//! the field name, and a compile-time size assertion next to each.
+#![no_std]
+
+pub mod checksum;
+pub mod counters;
+pub mod flow;
+
+pub use counters::Reason;
+pub use flow::{Endpoint, GatewayConfig, MISS_FRAME_MAX, Mapping, MissEvent, miss_kind, tcp_flags};
+
+/// IPv4 protocol numbers the gateway translates.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Names of the maps in the eBPF object, so the daemon and the tests
+/// cannot drift from the kernel side.
+pub mod map_names {
+    /// inside endpoint -> external endpoint (LAN ingress lookups).
+    pub const OUTBOUND: &str = "OUTBOUND";
+    /// external endpoint -> inside endpoint (WAN ingress lookups).
+    pub const INBOUND: &str = "INBOUND";
+    /// One `GatewayConfig` at index 0.
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU `u64` counters indexed by `Reason`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Devmap (hash) of the interfaces the programs may redirect to, keyed by ifindex.
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// Ring buffer of `MissEvent`s: packets handed to the daemon.
+    pub const MISSES: &str = "MISSES";
+}
+
+/// Names of the XDP programs in the eBPF object.
+pub mod program_names {
+    pub const LAN: &str = "nat_lan";
+    pub const WAN: &str = "nat_wan";
+}
+
+/// Capacity of each mapping map. A mapping is never evicted to make room
+/// (plain hash maps, not LRU): when full, new flows are refused and counted.
+pub const MAX_MAPPINGS: u32 = 1 << 20;
+
+/// Size of the miss ring buffer in bytes (a power of two, a multiple of the page size).
+/// 4 MiB holds about 2,000 events: a burst of new flows while the
+/// daemon is busy allocating.
+pub const MISS_RING_BYTES: u32 = 4 << 20;
+
+/// The datapath rewrites `Mapping::last_seen_ns` at most once per this interval,
+/// so a busy flow costs a map write once a second, not once a packet.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

@@ -1,0 +1,338 @@
+//! The XDP fast path: one program on the LAN interface, one on the WAN.
+//!
+//! LAN ingress: outbound mapping hit -> rewrite source, route, redirect to the
+//! WAN. Miss -> the packet goes to the daemon (it allocates, then re-injects).
+//! WAN ingress: inbound mapping hit -> rewrite destination, route, redirect
+//! to the LAN. Miss -> the gateway's own traffic, passed to the kernel.
+//!
+//! Invariant: nothing the LAN program lets through reaches the WAN with an
+//! inside source address. Transit traffic the kernel would route to the WAN is
+//! translated, handed to the daemon, or dropped; it is never XDP_PASSed.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
+    },
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use nat_common::{
+    Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, MAX_MAPPINGS, MISS_FRAME_MAX,
+    MISS_RING_BYTES, Mapping, MissEvent, Reason, miss_kind, proto, tcp_flags,
+};
+
+use crate::{
+    parse::{Frame, Ipv4Packet, L4, parse},
+    rewrite::{Side, translate},
+};
+
+#[map]
+static OUTBOUND: HashMap<Endpoint, Mapping> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+
+#[map]
+static INBOUND: HashMap<Endpoint, Mapping> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+
+#[map]
+static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Interfaces the programs redirect to, keyed by ifindex. Only the daemon's
+/// LAN and WAN interfaces are in it: a route out of any other is refused.
+#[map]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+#[map]
+static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
+
+/// What the program does with a packet, and the counter that says why.
+struct Verdict {
+    action: u32,
+    reason: Reason,
+}
+
+impl Verdict {
+    const fn pass(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_PASS, reason }
+    }
+    const fn drop(reason: Reason) -> Self {
+        Self { action: xdp_action::XDP_DROP, reason }
+    }
+}
+
+/// The one exit: count the reason, return the action.
+#[inline(always)]
+fn finish(verdict: Verdict) -> u32 {
+    if let Some(counter) = COUNTERS.get_ptr_mut(verdict.reason as u32) {
+        // Per-CPU slot: no other writer.
+        unsafe { *counter += 1 };
+    }
+    verdict.action
+}
+
+#[xdp]
+pub fn nat_lan(ctx: XdpContext) -> u32 {
+    let verdict = match parse(&ctx) {
+        Ok(Frame::Ipv4(pkt)) => lan_ipv4(&ctx, &pkt),
+        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Err(_) => Verdict::drop(Reason::DropMalformed),
+    };
+    finish(verdict)
+}
+
+#[xdp]
+pub fn nat_wan(ctx: XdpContext) -> u32 {
+    let verdict = match parse(&ctx) {
+        Ok(Frame::Ipv4(pkt)) => wan_ipv4(&ctx, &pkt),
+        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Err(_) => Verdict::drop(Reason::DropMalformed),
+    };
+    finish(verdict)
+}
+
+#[inline(always)]
+fn config() -> GatewayConfig {
+    match CONFIG.get(0) {
+        Some(cfg) => *cfg,
+        None => GatewayConfig::default(),
+    }
+}
+
+#[inline(always)]
+fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    // The kernel never forwards these: it answers Time Exceeded itself, or
+    // delivers them locally.
+    if pkt.ttl() <= 1 {
+        return Verdict::pass(Reason::PassTtlExpired);
+    }
+    if pkt.dst_is_special() {
+        return Verdict::pass(Reason::PassLocal);
+    }
+
+    let source = pkt.source();
+    if let Some(inside) = source
+        && let Some(mapping) = OUTBOUND.get_ptr_mut(inside)
+    {
+        let external = unsafe { (*mapping).target(inside.proto) };
+        refresh(mapping, pkt);
+        translate(pkt, Side::Source, &external);
+        return forward(ctx, pkt, Reason::TranslatedOut);
+    }
+
+    // Not translated: where would the kernel send it?
+    match route_untranslated(ctx, pkt) {
+        Route::Wan if source.is_some() => hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+        Route::Wan => Verdict::drop(Reason::DropUntranslatable),
+        Route::LocalOrInside => Verdict::pass(Reason::PassLocal),
+    }
+}
+
+#[inline(always)]
+fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    if pkt.dst_is_special() {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    let Some(external) = pkt.destination() else {
+        return Verdict::pass(Reason::PassNoMapping);
+    };
+    if let Some(mapping) = INBOUND.get_ptr_mut(external) {
+        // The destination is the gateway's own address: the kernel would deliver
+        // it locally instead of answering Time Exceeded.
+        if pkt.ttl() <= 1 {
+            return Verdict::drop(Reason::DropTtlExpired);
+        }
+        let inside = unsafe { (*mapping).target(external.proto) };
+        refresh(mapping, pkt);
+        translate(pkt, Side::Destination, &inside);
+        return forward(ctx, pkt, Reason::TranslatedIn);
+    }
+
+    // No mapping. A NAT port on the external address belongs to no local
+    // socket: drop it rather than let the kernel answer with RST or Port
+    // Unreachable. Anything else is the gateway host's own traffic.
+    let cfg = config();
+    let port = u16::from_be(external.port_be);
+    if external.addr_be == cfg.external_addr_be
+        && external.proto != proto::ICMP
+        && port >= cfg.port_min
+        && port <= cfg.port_max
+    {
+        return Verdict::drop(Reason::DropInboundNoMapping);
+    }
+    Verdict::pass(Reason::PassNoMapping)
+}
+
+/// Records activity on a mapping: at most one write per granule for the
+/// timestamp, and one per new TCP flag.
+#[inline(always)]
+fn refresh(mapping: *mut Mapping, pkt: &Ipv4Packet) {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    unsafe {
+        if now.wrapping_sub((*mapping).last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
+            (*mapping).last_seen_ns = now;
+        }
+        if let L4::Tcp(_) = pkt.l4 {
+            let flags = rewrite::tcp_flags(pkt) & tcp_flags::TRACKED;
+            if (*mapping).tcp_flags_seen & flags != flags {
+                (*mapping).tcp_flags_seen |= flags;
+            }
+        }
+    }
+}
+
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet) -> FibParams {
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    unsafe {
+        let ip = pkt.ip;
+        params.family = AF_INET;
+        params.l4_protocol = (*ip).proto;
+        match pkt.l4 {
+            L4::Tcp(tcp) => {
+                params.sport = u16::from_ne_bytes((*tcp).source);
+                params.dport = u16::from_ne_bytes((*tcp).dest);
+            }
+            L4::Udp(udp) => {
+                params.sport = u16::from_ne_bytes((*udp).src);
+                params.dport = u16::from_ne_bytes((*udp).dst);
+            }
+            _ => {}
+        }
+        // Host order: the kernel compares it with the egress MTU.
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        params.__bindgen_anon_2.tos = (*ip).tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+        params.ifindex = ctx.ingress_ifindex() as u32;
+    }
+    params
+}
+
+#[inline(always)]
+fn lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
+    unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            params as *mut FibParams,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    }
+}
+
+enum Route {
+    /// The kernel would forward it out of the WAN interface.
+    Wan,
+    /// Local delivery, another inside interface, or not routable at all: the
+    /// kernel handles it without it reaching the WAN.
+    LocalOrInside,
+}
+
+#[inline(always)]
+fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
+    let mut params = fib_params(ctx, pkt);
+    let rc = lookup(ctx, &mut params) as u32;
+    // NO_NEIGH and FRAG_NEEDED still name the egress interface; every other
+    // failure means the kernel would not forward it either.
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS
+        || rc == BPF_FIB_LKUP_RET_NO_NEIGH
+        || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED;
+    let wan = config().wan_ifindex;
+    if routed && wan != 0 && params.ifindex == wan {
+        Route::Wan
+    } else {
+        Route::LocalOrInside
+    }
+}
+
+/// Routes a translated packet and redirects it out of the egress interface.
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason) -> Verdict {
+    let mut params = fib_params(ctx, pkt);
+    let rc = lookup(ctx, &mut params) as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR);
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(Reason::DropTooBigForEgress),
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Verdict::drop(Reason::DropNoRoute),
+        _ => return Verdict::drop(Reason::DropNoRoute),
+    }
+    unsafe {
+        (*pkt.eth).dst_addr = params.dmac;
+        (*pkt.eth).src_addr = params.smac;
+    }
+    match TX_PORTS.redirect(params.ifindex, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: translated },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+    }
+}
+
+/// Copies the frame into the miss ring for the daemon and drops it here; the
+/// daemon re-injects it (new flow) or sends it through the kernel (no neighbour).
+#[inline(always)]
+fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
+    let handed = if kind == miss_kind::NEW_FLOW {
+        Reason::MissToDaemon
+    } else {
+        Reason::NoNeighbourToDaemon
+    };
+    let frame_len = ctx.data_end() - ctx.data();
+    if frame_len > MISS_FRAME_MAX {
+        return Verdict::drop(Reason::DropTooBigForDaemon);
+    }
+    let Some(mut entry) = MISSES.reserve::<MissEvent>(0) else {
+        return Verdict::drop(Reason::DropRingFull);
+    };
+    let event = entry.as_mut_ptr();
+    let copied = unsafe {
+        (*event).kind = kind;
+        (*event).ingress_ifindex = ctx.ingress_ifindex() as u32;
+        (*event).frame_len = frame_len as u32;
+        (*event).l3_offset = pkt.l3_offset as u16;
+        (*event)._pad = 0;
+        bpf_xdp_load_bytes(
+            ctx.ctx as *mut _,
+            0,
+            (*event).frame.as_mut_ptr() as *mut _,
+            copy_len(frame_len),
+        )
+    };
+    if copied != 0 {
+        entry.discard(0);
+        return Verdict::drop(Reason::DropMalformed);
+    }
+    entry.submit(0);
+    Verdict::drop(handed)
+}
+
+/// `frame_len` (1..=MISS_FRAME_MAX, a power of two) in a form the verifier can
+/// bound: LLVM turns a plain `0 < len <= MAX` test into one unsigned compare
+/// the verifier cannot see through, so the range is rebuilt with a mask.
+#[inline(always)]
+fn copy_len(frame_len: usize) -> u32 {
+    const _: () = assert!(MISS_FRAME_MAX.is_power_of_two());
+    (((frame_len as u32).wrapping_sub(1)) & (MISS_FRAME_MAX as u32 - 1)) + 1
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,178 @@
+//! Header parsing: every read goes through one bounds-checked `ptr_at`.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use nat_common::{Endpoint, proto};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+/// 802.1Q and 802.1ad (QinQ): at most this many tags are walked.
+const MAX_VLAN_TAGS: usize = 2;
+
+/// The frame is shorter than a header it claims to carry, or the IPv4 header is
+/// not valid. Counted and dropped by the caller.
+pub struct Malformed;
+
+/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is there.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(Malformed);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// ICMP echo request/reply (RFC 792): the identifier plays the role of a port.
+#[repr(C)]
+pub struct IcmpEcho {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub id: [u8; 2],
+    pub seq: [u8; 2],
+}
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// Where the translatable part of the packet is, and how to rewrite it.
+pub enum L4 {
+    Tcp(*mut TcpHdr),
+    Udp(*mut UdpHdr),
+    /// Echo request or reply (which one is checked against the direction).
+    IcmpEcho(*mut IcmpEcho),
+    /// Another protocol, another ICMP type, or a fragment: nothing to translate.
+    Other,
+}
+
+/// An IPv4 packet with its headers located.
+pub struct Ipv4Packet {
+    pub eth: *mut EthHdr,
+    /// Offset of the IPv4 header (after Ethernet and VLAN tags).
+    pub l3_offset: usize,
+    pub ip: *mut Ipv4Hdr,
+    pub l4: L4,
+}
+
+pub enum Frame {
+    /// ARP, IPv6, LLDP...: not ours.
+    NotIpv4,
+    Ipv4(Ipv4Packet),
+}
+
+/// Parses Ethernet (up to two VLAN tags), IPv4 (options allowed) and the L4
+/// header the gateway translates.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let mut ether_type = unsafe { (*eth).ether_type };
+    let mut l3_offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != EtherType::Ieee8021q as u16 && ether_type != EtherType::Ieee8021ad as u16
+        {
+            break;
+        }
+        let vlan: *const VlanHdr = ptr_at(ctx, l3_offset)?;
+        ether_type = unsafe { (*vlan).ether_type };
+        l3_offset += VlanHdr::LEN;
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Ok(Frame::NotIpv4);
+    }
+
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset)?;
+    let (vihl, tot_len, frags, ip_proto) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).tot_len) as usize,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).proto,
+        )
+    };
+    // The mask bounds the offset for the verifier: IHL is 4 bits.
+    let header_len = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || tot_len < header_len {
+        return Err(Malformed);
+    }
+    // The whole datagram must be in the frame (Ethernet padding may follow it).
+    if ctx.data() + l3_offset + tot_len > ctx.data_end() {
+        return Err(Malformed);
+    }
+
+    // More-fragments set or a non-zero offset: the L4 header is in at most one
+    // of the pieces, so no piece can be translated on its own.
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    const OFFSET_MASK: u16 = 0x1fff;
+    if frags & (MORE_FRAGMENTS | OFFSET_MASK) != 0 {
+        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other }));
+    }
+
+    let l4_offset = l3_offset + header_len;
+    let l4 = match ip_proto {
+        proto::TCP => L4::Tcp(ptr_at(ctx, l4_offset)?),
+        proto::UDP => L4::Udp(ptr_at(ctx, l4_offset)?),
+        proto::ICMP => {
+            let icmp: *mut IcmpEcho = ptr_at(ctx, l4_offset)?;
+            match unsafe { (*icmp).kind } {
+                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(icmp),
+                _ => L4::Other,
+            }
+        }
+        _ => L4::Other,
+    };
+    Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4 }))
+}
+
+impl Ipv4Packet {
+    /// The packet's source endpoint, if it is one the gateway translates
+    /// outbound (TCP, UDP, ICMP echo request).
+    #[inline(always)]
+    pub fn source(&self) -> Option<Endpoint> {
+        let addr_be = u32::from_ne_bytes(unsafe { (*self.ip).src_addr });
+        let (port_be, ip_proto) = match self.l4 {
+            L4::Tcp(tcp) => (u16::from_ne_bytes(unsafe { (*tcp).source }), proto::TCP),
+            L4::Udp(udp) => (u16::from_ne_bytes(unsafe { (*udp).src }), proto::UDP),
+            L4::IcmpEcho(icmp) if unsafe { (*icmp).kind } == ICMP_ECHO_REQUEST => {
+                (u16::from_ne_bytes(unsafe { (*icmp).id }), proto::ICMP)
+            }
+            _ => return None,
+        };
+        Some(Endpoint { addr_be, port_be, proto: ip_proto, _pad: 0 })
+    }
+
+    /// The packet's destination endpoint, if it is one the gateway translates
+    /// inbound (TCP, UDP, ICMP echo reply).
+    #[inline(always)]
+    pub fn destination(&self) -> Option<Endpoint> {
+        let addr_be = u32::from_ne_bytes(unsafe { (*self.ip).dst_addr });
+        let (port_be, ip_proto) = match self.l4 {
+            L4::Tcp(tcp) => (u16::from_ne_bytes(unsafe { (*tcp).dest }), proto::TCP),
+            L4::Udp(udp) => (u16::from_ne_bytes(unsafe { (*udp).dst }), proto::UDP),
+            L4::IcmpEcho(icmp) if unsafe { (*icmp).kind } == ICMP_ECHO_REPLY => {
+                (u16::from_ne_bytes(unsafe { (*icmp).id }), proto::ICMP)
+            }
+            _ => return None,
+        };
+        Some(Endpoint { addr_be, port_be, proto: ip_proto, _pad: 0 })
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        unsafe { (*self.ip).ttl }
+    }
+
+    /// Multicast, limited broadcast or zeronet destination: the kernel never
+    /// routes these through the unicast path, and they are never translated.
+    #[inline(always)]
+    pub fn dst_is_special(&self) -> bool {
+        let first = unsafe { (*self.ip).dst_addr[0] };
+        first >= 224 || first == 0
+    }
+}

@@ -1,0 +1,201 @@
+//! The loaded XDP object: programs, and typed access to its maps.
+//!
+//! Everything that touches the kernel side goes through here, so the daemon
+//! and the tests share one set of rules (pair insertion order, rollback).
+
+use std::os::fd::AsFd as _;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use nat_common::{Endpoint, GatewayConfig, Mapping, Reason, map_names, program_names};
+
+use crate::EBPF_OBJECT;
+
+/// `BPF_NOEXIST`: the update fails if the key is already there.
+const BPF_NOEXIST: u64 = 1;
+
+/// Which of the two programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Lan,
+    Wan,
+}
+
+impl Side {
+    pub const fn program_name(self) -> &'static str {
+        match self {
+            Side::Lan => program_names::LAN,
+            Side::Wan => program_names::WAN,
+        }
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (nothing attached yet).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        for side in [Side::Lan, Side::Wan] {
+            let name = side.program_name();
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            program
+                .load()
+                .map_err(verifier_error)
+                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&self, side: Side) -> Result<&Xdp> {
+        let name = side.program_name();
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches one program to an interface. The link lives as long as `self`.
+    pub fn attach(&mut self, side: Side, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId> {
+        let name = side.program_name();
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        program
+            .attach_to_if_index(ifindex, mode)
+            .with_context(|| format!("attaching {name} to ifindex {ifindex} in {mode:?} mode"))
+    }
+
+    pub fn set_config(&mut self, config: GatewayConfig) -> Result<()> {
+        let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
+        array.set(0, config, 0).context("writing CONFIG")?;
+        Ok(())
+    }
+
+    /// Allows the programs to redirect out of `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(map_names::TX_PORTS)?)?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding ifindex {ifindex} to TX_PORTS"))?;
+        Ok(())
+    }
+
+    /// Inserts both directions of a mapping: `inside` is translated to
+    /// `external` outbound, and back inbound.
+    ///
+    /// The reverse entry goes in first with NOEXIST, so two inside endpoints can
+    /// never claim one external endpoint; if the forward entry then fails, the
+    /// reverse one is removed again and nothing is left half-made.
+    pub fn insert_pair(&mut self, inside: Endpoint, external: Endpoint, now_ns: u64) -> Result<()> {
+        let [inbound, outbound] = self
+            .ebpf
+            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
+        let mut inbound: HashMap<&mut MapData, Endpoint, Mapping> =
+            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?;
+        let mut outbound: HashMap<&mut MapData, Endpoint, Mapping> =
+            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?;
+        inbound
+            .insert(external, Mapping::new(inside, now_ns), BPF_NOEXIST)
+            .with_context(|| format!("external endpoint {external:?} is taken or INBOUND is full"))?;
+        if let Err(e) = outbound.insert(inside, Mapping::new(external, now_ns), BPF_NOEXIST) {
+            let _ = inbound.remove(&external);
+            return Err(e).with_context(|| format!("inside endpoint {inside:?} is mapped already or OUTBOUND is full"));
+        }
+        Ok(())
+    }
+
+    /// Removes both directions of the mapping of `inside`. Returns the external
+    /// endpoint it had, if any.
+    pub fn remove_pair(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
+        let [inbound, outbound] = self
+            .ebpf
+            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
+        let mut inbound: HashMap<&mut MapData, Endpoint, Mapping> =
+            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?;
+        let mut outbound: HashMap<&mut MapData, Endpoint, Mapping> =
+            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?;
+        let Ok(forward) = outbound.get(&inside, 0) else {
+            return Ok(None);
+        };
+        let external = forward.target(inside.proto);
+        // Forward first: once it is gone no new packet can use the port.
+        outbound.remove(&inside).context("removing the OUTBOUND entry")?;
+        inbound.remove(&external).context("removing the INBOUND entry")?;
+        Ok(Some(external))
+    }
+
+    pub fn outbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {
+        Ok(HashMap::try_from(self.map(map_names::OUTBOUND)?)?)
+    }
+
+    pub fn inbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {
+        Ok(HashMap::try_from(self.map(map_names::INBOUND)?)?)
+    }
+
+    /// The per-reason counters, summed over CPUs, indexed by `Reason`.
+    pub fn counters(&self) -> Result<Vec<(Reason, u64)>> {
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::COUNTERS)?)?;
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let per_cpu = array.get(&(reason as u32), 0)?;
+                Ok((reason, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, reason: Reason) -> Result<u64> {
+        Ok(self.counters()?[reason as usize].1)
+    }
+
+    /// The ring the programs hand missed packets to. Can be taken once.
+    pub fn take_miss_ring(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::MISSES)
+            .ok_or_else(|| anyhow!("MISSES ring missing or already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The program's fd, for `BPF_PROG_TEST_RUN` re-injection.
+    pub fn program_fd(&self, side: Side) -> Result<std::os::fd::BorrowedFd<'_>> {
+        Ok(self.program(side)?.fd()?.as_fd())
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+}
+
+/// Keeps the verifier's log (the part that says why) in the error.
+fn verifier_error(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow!("{io_error}\nverifier log:\n{verifier_log}")
+        }
+        other => other.into(),
+    }
+}

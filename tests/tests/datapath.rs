@@ -1,0 +1,476 @@
+//! Table-driven BPF_PROG_TEST_RUN cases: the programs run in the real kernel
+//! on crafted frames with preloaded mappings, and each case states the verdict,
+//! the exact output frame (checksums computed from scratch, not incrementally)
+//! and the counter that must move.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, bail};
+use nat_common::{MissEvent, Reason, miss_kind, proto};
+use nat_tests::{
+    TestGateway, addr, assert_frames_eq,
+    packet::{self, Frame, L4},
+    require_root,
+    xdp_action::{self, DROP, PASS, REDIRECT},
+};
+use nat_userspace::datapath::Side;
+
+const TCP_INSIDE: (Ipv4Addr, u16) = (addr::LAN_HOST, 40000);
+const TCP_EXTERNAL: (Ipv4Addr, u16) = (addr::EXTERNAL, 20000);
+const UDP_INSIDE: (Ipv4Addr, u16) = (addr::LAN_HOST, 5353);
+const UDP_EXTERNAL: (Ipv4Addr, u16) = (addr::EXTERNAL, 20001);
+const ICMP_ID_INSIDE: u16 = 0x1234;
+const ICMP_ID_EXTERNAL: u16 = 0x5678;
+const UNRESOLVED_INSIDE: (Ipv4Addr, u16) = (addr::LAN_HOST_UNRESOLVED, 6000);
+const UNRESOLVED_EXTERNAL: (Ipv4Addr, u16) = (addr::EXTERNAL, 20002);
+const REMOTE_TCP: (Ipv4Addr, u16) = (addr::REMOTE, 443);
+const REMOTE_UDP: (Ipv4Addr, u16) = (addr::REMOTE, 53);
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+
+fn gateway(tag: &str) -> Result<TestGateway> {
+    let mut gw = TestGateway::new(tag)?;
+    gw.map(TCP_INSIDE, TCP_EXTERNAL, proto::TCP)?;
+    gw.map(UDP_INSIDE, UDP_EXTERNAL, proto::UDP)?;
+    gw.map((addr::LAN_HOST, ICMP_ID_INSIDE), (addr::EXTERNAL, ICMP_ID_EXTERNAL), proto::ICMP)?;
+    gw.map(UNRESOLVED_INSIDE, UNRESOLVED_EXTERNAL, proto::UDP)?;
+    Ok(gw)
+}
+
+/// A LAN host's frame as it arrives on the gateway's LAN port.
+fn from_lan(f: Frame) -> Frame {
+    f.with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC)
+}
+
+/// A remote frame as it arrives on the gateway's WAN port.
+fn from_wan(f: Frame) -> Frame {
+    f.with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC)
+}
+
+/// What the gateway must send to the WAN for `f`: source rewritten, TTL - 1,
+/// MACs of the WAN port and the next hop.
+fn translated_out(mut f: Frame, external: (Ipv4Addr, u16)) -> Frame {
+    f.src = external.0;
+    f.ttl -= 1;
+    match &mut f.l4 {
+        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = external.1,
+        L4::IcmpEcho { id, .. } => *id = external.1,
+        L4::Raw { .. } => {}
+    }
+    f.with_macs(addr::WAN_GW_MAC, addr::WAN_NEXT_HOP_MAC)
+}
+
+/// What the gateway must send to the LAN for `f`.
+fn translated_in(mut f: Frame, inside: (Ipv4Addr, u16)) -> Frame {
+    f.dst = inside.0;
+    f.ttl -= 1;
+    match &mut f.l4 {
+        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = inside.1,
+        L4::IcmpEcho { id, .. } => *id = inside.1,
+        L4::Raw { .. } => {}
+    }
+    f.with_macs(addr::LAN_GW_MAC, addr::LAN_HOST_MAC)
+}
+
+struct Case {
+    name: &'static str,
+    side: Side,
+    input: Vec<u8>,
+    action: u32,
+    /// The exact output frame; `None`: the input, unchanged.
+    output: Option<Vec<u8>>,
+    reason: Reason,
+}
+
+fn case(name: &'static str, side: Side, input: Frame, action: u32, output: Option<Frame>, reason: Reason) -> Case {
+    Case { name, side, input: input.build(), action, output: output.map(|f| f.build()), reason }
+}
+
+fn tcp_out() -> Frame {
+    from_lan(Frame::tcp(TCP_INSIDE, REMOTE_TCP))
+}
+fn tcp_in() -> Frame {
+    from_wan(Frame::tcp(REMOTE_TCP, TCP_EXTERNAL))
+}
+fn udp_out() -> Frame {
+    from_lan(Frame::udp(UDP_INSIDE, REMOTE_UDP))
+}
+fn udp_in() -> Frame {
+    from_wan(Frame::udp(REMOTE_UDP, UDP_EXTERNAL))
+}
+fn icmp_out() -> Frame {
+    from_lan(Frame::icmp_echo(addr::LAN_HOST, addr::REMOTE, ICMP_ECHO_REQUEST, ICMP_ID_INSIDE))
+}
+fn icmp_in() -> Frame {
+    from_wan(Frame::icmp_echo(addr::REMOTE, addr::EXTERNAL, ICMP_ECHO_REPLY, ICMP_ID_EXTERNAL))
+}
+
+fn with<F: FnOnce(&mut Frame)>(mut f: Frame, change: F) -> Frame {
+    change(&mut f);
+    f
+}
+
+fn translation_cases() -> Vec<Case> {
+    let icmp_ext = (addr::EXTERNAL, ICMP_ID_EXTERNAL);
+    let icmp_inside = (addr::LAN_HOST, ICMP_ID_INSIDE);
+    let zero_udp = |f: &mut Frame| {
+        if let L4::Udp { zero_checksum, .. } = &mut f.l4 {
+            *zero_checksum = true;
+        }
+    };
+    // NOP NOP NOP EOL: a 4-byte option area, IHL 6.
+    let options = |f: &mut Frame| f.options = vec![1, 1, 1, 0];
+    // Router Alert (RFC 2113) plus record-route-sized padding: IHL 8.
+    let long_options = |f: &mut Frame| f.options = vec![148, 4, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0];
+    let vlan = |f: &mut Frame| f.vlans = vec![100];
+    let qinq = |f: &mut Frame| f.vlans = vec![200, 100];
+    use Side::{Lan, Wan};
+    vec![
+        case("tcp out", Lan, tcp_out(), REDIRECT, Some(translated_out(tcp_out(), TCP_EXTERNAL)), Reason::TranslatedOut),
+        case("tcp in", Wan, tcp_in(), REDIRECT, Some(translated_in(tcp_in(), TCP_INSIDE)), Reason::TranslatedIn),
+        case("udp out", Lan, udp_out(), REDIRECT, Some(translated_out(udp_out(), UDP_EXTERNAL)), Reason::TranslatedOut),
+        case("udp in", Wan, udp_in(), REDIRECT, Some(translated_in(udp_in(), UDP_INSIDE)), Reason::TranslatedIn),
+        case("icmp echo request out", Lan, icmp_out(), REDIRECT, Some(translated_out(icmp_out(), icmp_ext)), Reason::TranslatedOut),
+        case("icmp echo reply in", Wan, icmp_in(), REDIRECT, Some(translated_in(icmp_in(), icmp_inside)), Reason::TranslatedIn),
+        case(
+            "udp zero checksum out stays zero",
+            Lan,
+            with(udp_out(), zero_udp),
+            REDIRECT,
+            Some(translated_out(with(udp_out(), zero_udp), UDP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp zero checksum in stays zero",
+            Wan,
+            with(udp_in(), zero_udp),
+            REDIRECT,
+            Some(translated_in(with(udp_in(), zero_udp), UDP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "tcp with IP options out",
+            Lan,
+            with(tcp_out(), options),
+            REDIRECT,
+            Some(translated_out(with(tcp_out(), options), TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp with long IP options in",
+            Wan,
+            with(udp_in(), long_options),
+            REDIRECT,
+            Some(translated_in(with(udp_in(), long_options), UDP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "tcp 802.1Q out keeps its tag",
+            Lan,
+            with(tcp_out(), vlan),
+            REDIRECT,
+            Some(translated_out(with(tcp_out(), vlan), TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp QinQ out keeps both tags",
+            Lan,
+            with(udp_out(), qinq),
+            REDIRECT,
+            Some(translated_out(with(udp_out(), qinq), UDP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "icmp QinQ in keeps both tags",
+            Wan,
+            with(icmp_in(), qinq),
+            REDIRECT,
+            Some(translated_in(with(icmp_in(), qinq), icmp_inside)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "tcp out with TTL 2 leaves with TTL 1",
+            Lan,
+            with(tcp_out(), |f| f.ttl = 2),
+            REDIRECT,
+            Some(translated_out(with(tcp_out(), |f| f.ttl = 2), TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+    ]
+}
+
+fn pass_and_drop_cases() -> Vec<Case> {
+    use Side::{Lan, Wan};
+    let frag = |offset_and_flags: u16| move |f: &mut Frame| f.frag = offset_and_flags;
+    vec![
+        case("ttl 1 out goes to the kernel (Time Exceeded)", Lan, with(tcp_out(), |f| f.ttl = 1), PASS, None, Reason::PassTtlExpired),
+        case("ttl 1 in with a mapping is dropped", Wan, with(udp_in(), |f| f.ttl = 1), DROP, None, Reason::DropTtlExpired),
+        case(
+            "non-first fragment out to the WAN is dropped",
+            Lan,
+            with(udp_out(), frag(0x0010)),
+            DROP,
+            None,
+            Reason::DropUntranslatable,
+        ),
+        case(
+            "first fragment out to the WAN is dropped",
+            Lan,
+            with(udp_out(), frag(0x2000)),
+            DROP,
+            None,
+            Reason::DropUntranslatable,
+        ),
+        case("non-first fragment in passes to the kernel", Wan, with(udp_in(), frag(0x0010)), PASS, None, Reason::PassNoMapping),
+        case(
+            "GRE out to the WAN is dropped, never forwarded untranslated",
+            Lan,
+            from_lan(Frame::new(addr::LAN_HOST, addr::REMOTE, L4::Raw { proto: 47 })),
+            DROP,
+            None,
+            Reason::DropUntranslatable,
+        ),
+        case(
+            "ICMP timestamp out to the WAN is dropped",
+            Lan,
+            from_lan(Frame::icmp_echo(addr::LAN_HOST, addr::REMOTE, 13, 1)),
+            DROP,
+            None,
+            Reason::DropUntranslatable,
+        ),
+        case(
+            "LAN host to the gateway itself passes (ssh to the LAN address)",
+            Lan,
+            from_lan(Frame::tcp((addr::LAN_HOST, 40001), (addr::LAN_GW, 22))),
+            PASS,
+            None,
+            Reason::PassLocal,
+        ),
+        case(
+            "LAN host to the gateway's external address passes (local delivery)",
+            Lan,
+            from_lan(Frame::udp((addr::LAN_HOST, 40002), (addr::EXTERNAL, 53))),
+            PASS,
+            None,
+            Reason::PassLocal,
+        ),
+        case(
+            "LAN multicast passes",
+            Lan,
+            from_lan(Frame::udp((addr::LAN_HOST, 5353), (Ipv4Addr::new(224, 0, 0, 251), 5353))),
+            PASS,
+            None,
+            Reason::PassLocal,
+        ),
+        case(
+            "WAN to a gateway service outside the NAT range passes",
+            Wan,
+            from_wan(Frame::tcp(REMOTE_TCP, (addr::EXTERNAL, 22))),
+            PASS,
+            None,
+            Reason::PassNoMapping,
+        ),
+        case(
+            "WAN reply to the gateway's own ephemeral port passes",
+            Wan,
+            from_wan(Frame::udp(REMOTE_UDP, (addr::EXTERNAL, 45000))),
+            PASS,
+            None,
+            Reason::PassNoMapping,
+        ),
+        case(
+            "WAN echo request to the gateway passes (the kernel answers)",
+            Wan,
+            from_wan(Frame::icmp_echo(addr::REMOTE, addr::EXTERNAL, ICMP_ECHO_REQUEST, 9)),
+            PASS,
+            None,
+            Reason::PassNoMapping,
+        ),
+        case(
+            "unsolicited WAN packet to an unmapped NAT port is dropped",
+            Wan,
+            from_wan(Frame::tcp(REMOTE_TCP, (addr::EXTERNAL, 25000))),
+            DROP,
+            None,
+            Reason::DropInboundNoMapping,
+        ),
+        Case {
+            name: "ARP passes",
+            side: Lan,
+            input: packet::other_ethertype(packet::ETH_P_ARP, 42),
+            action: PASS,
+            output: None,
+            reason: Reason::PassNotIpv4,
+        },
+        Case {
+            name: "IPv6 passes",
+            side: Wan,
+            input: packet::other_ethertype(packet::ETH_P_IPV6, 74),
+            action: PASS,
+            output: None,
+            reason: Reason::PassNotIpv4,
+        },
+    ]
+}
+
+fn run_cases(gw: &TestGateway, cases: Vec<Case>) -> Result<()> {
+    let mut failures = Vec::new();
+    for c in cases {
+        let before = gw.datapath.counter(c.reason)?;
+        let run = gw.run(c.side, &c.input)?;
+        let after = gw.datapath.counter(c.reason)?;
+        let want = c.output.as_deref().unwrap_or(&c.input);
+        let mut problems = Vec::new();
+        if run.action != c.action {
+            problems.push(format!(
+                "action {} want {}",
+                xdp_action::name(run.action),
+                xdp_action::name(c.action)
+            ));
+        }
+        if after != before + 1 {
+            problems.push(format!("counter {} moved by {}", c.reason.name(), after - before));
+        }
+        if let Err(e) = assert_frames_eq(c.name, &run.frame, want) {
+            problems.push(e.to_string());
+        }
+        if c.action == REDIRECT {
+            if let Err(e) = packet::verify_checksums(&run.frame) {
+                problems.push(format!("bad {e} on the wire"));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", c.name, problems.join("; ")));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(())
+}
+
+#[test]
+fn translates_tcp_udp_icmp_both_directions() {
+    require_root!();
+    let gw = gateway("xlate").unwrap();
+    run_cases(&gw, translation_cases()).unwrap();
+}
+
+#[test]
+fn passes_and_drops_what_it_must_not_translate() {
+    require_root!();
+    let gw = gateway("pass").unwrap();
+    run_cases(&gw, pass_and_drop_cases()).unwrap();
+}
+
+/// Every prefix of a TCP frame that cuts a header short: dropped and counted,
+/// never passed to a kernel that would forward it.
+#[test]
+fn truncated_frames_at_every_header_boundary_are_dropped() {
+    require_root!();
+    let gw = gateway("trunc").unwrap();
+    let mut tagged = tcp_out();
+    tagged.vlans = vec![200, 100];
+    let full = tagged.build();
+    // Ethernet 14 + two tags 8: the IPv4 header starts at 22, TCP at 42.
+    for cut in [14, 16, 18, 20, 22, 30, 41, 42, 50, 61] {
+        let before = gw.datapath.counter(Reason::DropMalformed).unwrap();
+        let run = gw.run(Side::Lan, &full[..cut]).unwrap();
+        assert_eq!(run.action, DROP, "cut at {cut}: {}", xdp_action::name(run.action));
+        assert_eq!(gw.datapath.counter(Reason::DropMalformed).unwrap(), before + 1, "cut at {cut}");
+    }
+    // A header that lies: IHL below 5, total length beyond the frame.
+    let mut bad_ihl = tcp_out().build();
+    bad_ihl[14] = 0x44;
+    assert_eq!(gw.run(Side::Lan, &bad_ihl).unwrap().action, DROP);
+    let mut long_total = tcp_out().build();
+    long_total[16] = 0x05;
+    assert_eq!(gw.run(Side::Wan, &long_total).unwrap().action, DROP);
+    // Ethernet padding after the datagram is fine.
+    let mut padded = tcp_out().build();
+    padded.extend_from_slice(&[0; 6]);
+    assert_eq!(gw.run(Side::Lan, &padded).unwrap().action, REDIRECT);
+}
+
+fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<MissEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<MissEvent>());
+        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) });
+    }
+    events
+}
+
+/// Outbound miss: the frame is not forwarded, it is handed to the daemon
+/// intact through the ring, with where it came from.
+#[test]
+fn miss_hands_the_untranslated_frame_to_the_daemon() {
+    require_root!();
+    let mut gw = gateway("miss").unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let mut tagged = from_lan(Frame::udp((addr::LAN_HOST, 7777), REMOTE_UDP));
+    tagged.vlans = vec![100];
+    let frame = tagged.build();
+    let run = gw.run(Side::Lan, &frame).unwrap();
+    assert_eq!(run.action, DROP, "the miss must not be forwarded by the kernel");
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
+    let events = read_events(&mut ring);
+    assert_eq!(events.len(), 1);
+    let ev = &events[0];
+    assert_eq!(ev.kind, miss_kind::NEW_FLOW);
+    assert_eq!(ev.ingress_ifindex, gw.lan_ifindex);
+    assert_eq!(ev.l3_offset, 18);
+    assert_eq!(ev.frame(), &frame[..], "the daemon gets the frame as it arrived");
+}
+
+/// Translated inbound packet whose inside host has no neighbour entry: not
+/// forwarded with a guessed MAC, handed (translated) to the daemon, which
+/// sends it through the kernel so ARP resolves the host.
+#[test]
+fn no_neighbour_hands_the_translated_frame_to_the_daemon() {
+    require_root!();
+    let mut gw = gateway("noneigh").unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let input = from_wan(Frame::udp(REMOTE_UDP, UNRESOLVED_EXTERNAL));
+    let run = gw.run(Side::Wan, &input.build()).unwrap();
+    assert_eq!(run.action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::NoNeighbourToDaemon).unwrap(), 1);
+    let events = read_events(&mut ring);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, miss_kind::NO_NEIGHBOUR);
+    let translated = packet::parse_ipv4(events[0].frame()).unwrap();
+    assert_eq!(translated.dst(), addr::LAN_HOST_UNRESOLVED);
+    assert_eq!(u16::from_be_bytes([translated.l4[2], translated.l4[3]]), UNRESOLVED_INSIDE.1);
+    packet::verify_checksums(events[0].frame()).unwrap();
+}
+
+/// A route out of an interface the daemon did not register is refused.
+#[test]
+fn egress_outside_the_managed_ports_is_dropped() {
+    require_root!();
+    let mut gw = gateway("egress").unwrap();
+    gw.ns.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other0p"]).unwrap();
+    gw.ns.ip(&["link", "set", "other0", "up"]).unwrap();
+    gw.ns.ip(&["link", "set", "other0p", "up"]).unwrap();
+    gw.ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "other0"]).unwrap();
+    gw.ns.ip(&["neigh", "replace", "10.99.0.5", "lladdr", "02:00:00:00:09:05", "dev", "other0", "nud", "permanent"]).unwrap();
+    gw.map((Ipv4Addr::new(10, 99, 0, 5), 1000), (addr::EXTERNAL, 20100), proto::UDP).unwrap();
+    let input = from_wan(Frame::udp(REMOTE_UDP, (addr::EXTERNAL, 20100)));
+    let run = gw.run(Side::Wan, &input.build()).unwrap();
+    assert_eq!(run.action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::DropEgressUnmanaged).unwrap(), 1);
+}
+
+/// A mapping's last-seen time and TCP flags move with traffic.
+#[test]
+fn hits_refresh_the_mapping() {
+    require_root!();
+    let gw = gateway("refresh").unwrap();
+    let inside = nat_common::Endpoint::new(TCP_INSIDE.0, TCP_INSIDE.1, proto::TCP);
+    let fin = with(tcp_out(), |f| f.l4 = L4::Tcp { sport: TCP_INSIDE.1, dport: REMOTE_TCP.1, flags: 0x11 });
+    assert_eq!(gw.run(Side::Lan, &fin.build()).unwrap().action, REDIRECT);
+    let m = gw.datapath.outbound().unwrap().get(&inside, 0).unwrap();
+    assert!(m.last_seen_ns > 0, "last_seen_ns was not refreshed");
+    assert_eq!(m.tcp_flags_seen & nat_common::tcp_flags::FIN, nat_common::tcp_flags::FIN);
+}
