@@ -1,1 +1,86 @@
-fn main(){}
+//! `cargo xtask`: orchestration only (bootstrap, build, test, bench). The
+//! eBPF object itself is built by nat-userspace/build.rs through aya-build.
+
+mod bootstrap;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and benchmark the XDP NAT gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (rust-src, bpf-linker) and nothing else.
+    Bootstrap,
+    /// Build everything in release.
+    Build,
+    /// Run every test: host unit and property tests, kernel (BPF_PROG_TEST_RUN)
+    /// tests and namespace tests. Kernel and namespace tests need root; without
+    /// it they report SKIPPED.
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure the fast path's cost per packet with BPF_PROG_TEST_RUN and write
+    /// target/bench/fastpath.{json,md}. Needs root.
+    Bench {
+        /// Test runs per figure (each of `--repeat` packets).
+        #[arg(long, default_value_t = 2000)]
+        runs: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Bootstrap => bootstrap::toolchain(),
+        Cmd::Build => {
+            bootstrap::toolchain()?;
+            run(Command::new("cargo").args(["build", "--release", "--workspace", "--exclude", "nat-ebpf"]))
+        }
+        Cmd::Test { args } => {
+            bootstrap::toolchain()?;
+            bootstrap::test_tools()?;
+            run(Command::new("cargo").arg("test").args(&args))
+        }
+        Cmd::Bench { runs } => {
+            bootstrap::toolchain()?;
+            run(Command::new("cargo")
+                .args(["run", "--release", "-p", "nat-tests", "--bin", "fastpath-bench", "--"])
+                .arg(runs.to_string()))
+        }
+    }
+}
+
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest.parent().context("xtask has no parent directory")?.to_path_buf())
+}
+
+/// Runs a command with inherited output; fails naming the command.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; fails with its stderr.
+pub fn command_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
