@@ -119,6 +119,18 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes one entry of one direction, bypassing the pairing rules. For
+    /// benchmarks that need entries for a packet's rewritten form too.
+    pub fn insert_raw(&mut self, side: Side, key: Endpoint, value: Mapping) -> Result<()> {
+        let name = match side {
+            Side::Lan => map_names::OUTBOUND,
+            Side::Wan => map_names::INBOUND,
+        };
+        let mut map: HashMap<&mut MapData, Endpoint, Mapping> = HashMap::try_from(self.map_mut(name)?)?;
+        map.insert(key, value, 0).with_context(|| format!("inserting into {name}"))?;
+        Ok(())
+    }
+
     /// Removes both directions of the mapping of `inside`. Returns the external
     /// endpoint it had, if any.
     pub fn remove_pair(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {

@@ -4,3 +4,6 @@ pub mod datapath;
 
 /// The compiled XDP programs (nat-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat"));
+
+/// Measurement-only programs (the XDP_DROP floor), embedded for the benchmarks.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench"));

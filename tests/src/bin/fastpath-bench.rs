@@ -1,0 +1,162 @@
+//! Fast-path cost per packet from BPF_PROG_TEST_RUN, minus the cost of an
+//! XDP_DROP program measured in the same run (../shared/BENCHMARK.md).
+//!
+//! `repeat > 1` does not restore the packet between repetitions, so every hit
+//! figure uses flip-flop entries: the packet's rewritten form maps back to the
+//! original, and TTL 255 keeps all `REPEAT` repetitions on the hit path.
+//! Figures are interleaved per round, and the median over rounds is reported.
+//!
+//! Usage: fastpath-bench [ROUNDS]   (root; writes target/bench/fastpath.{json,md})
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use nat_common::{Endpoint, Mapping, proto};
+use nat_tests::{
+    TestGateway, addr,
+    packet::{Frame, L4},
+    test_run,
+    xdp_action::{DROP, PASS, REDIRECT},
+};
+use nat_userspace::{BENCH_OBJECT, datapath::Side};
+
+/// Repetitions per test run: under 255 - 1 so TTL never reaches 1.
+const REPEAT: u32 = 200;
+
+/// A second inside host for the inbound flip-flop.
+const SECOND_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 11);
+
+struct Figure {
+    key: &'static str,
+    side: Side,
+    frame: Vec<u8>,
+    expect: u32,
+    samples: Vec<u64>,
+}
+
+fn main() -> Result<()> {
+    let rounds: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    ensure!(nat_tests::netns::is_root(), "the fast-path benchmark loads BPF programs: run it as root");
+    pin_to_cpu(0);
+
+    let mut gw = TestGateway::new("bench")?;
+    gw.ns.ip(&["neigh", "replace", &SECOND_HOST.to_string(), "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"])?;
+    let mut figures = Vec::new();
+    for (key_out, key_in, proto_nr, make) in [
+        ("tcp_out", "tcp_in", proto::TCP, tcp as fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> L4),
+        ("udp_out", "udp_in", proto::UDP, udp),
+        ("icmp_out", "icmp_in", proto::ICMP, icmp_request),
+    ] {
+        let inside = Endpoint::new(addr::LAN_HOST, 40000, proto_nr);
+        let external = Endpoint::new(addr::EXTERNAL, 20000, proto_nr);
+        gw.datapath.insert_pair(inside, external, 0)?;
+        // Flip-flop: the rewritten packet maps on, so repetition n+1 hits too.
+        // Outbound the external source maps back to the inside one. Inbound
+        // the destination alternates between two inside hosts (mapping back
+        // to the external address would make it local, another path).
+        let twin = Endpoint::new(SECOND_HOST, 40000, proto_nr);
+        gw.datapath.insert_raw(Side::Lan, external, Mapping::new(inside, 0))?;
+        gw.datapath.insert_raw(Side::Wan, inside, Mapping::new(twin, 0))?;
+        gw.datapath.insert_raw(Side::Wan, twin, Mapping::new(inside, 0))?;
+
+        let remote = (addr::REMOTE, 443);
+        let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, 40000), remote))
+            .with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+        out.ttl = 255;
+        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, 20000)))
+            .with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+        if let L4::IcmpEcho { kind, .. } = &mut inbound.l4 {
+            *kind = 0;
+        }
+        inbound.ttl = 255;
+        figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![] });
+        figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![] });
+    }
+    let miss = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+    figures.push(Figure { key: "miss", side: Side::Lan, frame: miss.build(), expect: DROP, samples: vec![] });
+    // Diagnostics: where the time goes. Parse + count only (TTL 1 passes
+    // early), and parse + one map lookup (inbound miss outside the NAT range).
+    let mut ttl1 = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+    ttl1.ttl = 1;
+    figures.push(Figure { key: "parse_only", side: Side::Lan, frame: ttl1.build(), expect: PASS, samples: vec![] });
+    let lookup_miss = Frame::udp((addr::REMOTE, 53), (addr::EXTERNAL, 40000)).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+    figures.push(Figure { key: "lookup_miss", side: Side::Wan, frame: lookup_miss.build(), expect: PASS, samples: vec![] });
+    let to_gateway = Frame::udp((addr::LAN_HOST, 41000), (addr::LAN_GW, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+    figures.push(Figure { key: "lookup_miss_fib_local", side: Side::Lan, frame: to_gateway.build(), expect: PASS, samples: vec![] });
+    let mut ring = gw.datapath.take_miss_ring()?;
+
+    let mut bench_obj = Ebpf::load(BENCH_OBJECT).context("loading the benchmark object")?;
+    let floor: &mut Xdp = bench_obj.program_mut("drop_floor").context("drop_floor missing")?.try_into()?;
+    floor.load()?;
+    let floor_frame = &figures[0].frame.clone();
+    let mut floor_samples = Vec::with_capacity(rounds);
+
+    for _ in 0..rounds {
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(floor_frame.len() as u32).to_ne_bytes());
+        let r = floor.test_run(TestRunOptions {
+            data_in: Some(floor_frame),
+            ctx_in: Some(&md),
+            repeat: REPEAT,
+            ..TestRunOptions::new()
+        })?;
+        floor_samples.push(r.duration.as_nanos() as u64);
+        for f in &mut figures {
+            let run = test_run(&gw.datapath, f.side, gw.ingress_ifindex(f.side), &f.frame, REPEAT)?;
+            if run.action != f.expect {
+                bail!("{}: the program returned {} instead of {}: the figure would measure another path", f.key, run.action, f.expect);
+            }
+            f.samples.push(run.duration_ns);
+        }
+        while ring.next().is_some() {}
+    }
+
+    let floor = median(&mut floor_samples);
+    let mut json = format!("{{\n  \"rounds\": {rounds},\n  \"repeat\": {REPEAT},\n  \"drop_floor\": {floor}");
+    let mut md = String::from(
+        "| path | test-run ns/packet (median) | program cost ns (minus floor) |\n|---|---|---|\n",
+    );
+    writeln!(md, "| XDP_DROP floor | {floor} | 0 |")?;
+    for f in &mut figures {
+        let raw = median(&mut f.samples);
+        let cost = raw.saturating_sub(floor);
+        write!(json, ",\n  \"{}\": {cost}", f.key)?;
+        writeln!(md, "| {} | {raw} | {cost} |", f.key)?;
+    }
+    json.push_str("\n}\n");
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write("target/bench/fastpath.json", &json)?;
+    std::fs::write("target/bench/fastpath.md", &md)?;
+    print!("{md}");
+    println!("written: target/bench/fastpath.json, target/bench/fastpath.md");
+    Ok(())
+}
+
+fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Tcp { sport: src.1, dport: dst.1, flags: 0x10 }
+}
+fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Udp { sport: src.1, dport: dst.1, zero_checksum: false }
+}
+/// ICMP echo request out; the caller turns the inbound one into a reply.
+fn icmp_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    let id = if src.0 == addr::REMOTE { dst.1 } else { src.1 };
+    L4::IcmpEcho { kind: 8, id, seq: 1 }
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn pin_to_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
