@@ -1,6 +1,7 @@
 //! natd: the control plane of the XDP NAT gateway.
 
 pub mod datapath;
+pub mod handoff;
 
 /// The compiled XDP programs (nat-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat"));

@@ -7,7 +7,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, bail};
 use nat_common::{Endpoint, GatewayConfig};
-use nat_userspace::datapath::{Datapath, Side};
+use nat_userspace::{
+    datapath::{Datapath, Side},
+    handoff::XdpMd,
+};
 
 use crate::netns::{NsGuard, Netns};
 
@@ -131,33 +134,17 @@ pub mod xdp_action {
     }
 }
 
-/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: the data span and the
-/// ingress interface the program sees.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
 /// BPF_PROG_TEST_RUN on one frame (not live: nothing is transmitted).
 pub fn test_run(dp: &Datapath, side: Side, ifindex: u32, frame: &[u8], repeat: u32) -> Result<TestRun> {
     use aya::programs::{TestRun as _, TestRunOptions};
-    let md = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
-    let md_bytes = unsafe {
-        std::slice::from_raw_parts(&md as *const XdpMd as *const u8, std::mem::size_of::<XdpMd>())
-    };
+    let md = XdpMd::for_frame(frame, ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let program = dp.program(side)?;
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: Some(md_bytes),
+            ctx_in: Some(md.as_bytes()),
             repeat,
             ..TestRunOptions::new()
         })

@@ -151,3 +151,86 @@ fn ping_and_udp_cross_the_attached_gateway() {
     let _ = &lab.gw;
 }
 
+
+/// Waits (bounded) for the next event in the miss ring.
+fn next_event(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> nat_common::MissEvent {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(item) = ring.next() {
+            return unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::MissEvent) };
+        }
+        assert!(std::time::Instant::now() < deadline, "no event in the miss ring within 3 s");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A datagram of a flow with no mapping yet is handed to userspace, and after
+/// the mapping is inserted it is re-injected and delivered: one datagram sent,
+/// one received, no retransmission involved.
+#[test]
+fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
+    require_root!();
+    let mut lab = lab(false);
+    let mut ring = lab.datapath.take_miss_ring().unwrap();
+    let server = in_ns(&lab.server, || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(SERVER, 7001)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, peer) = sock.recv_from(&mut buf).expect("the first datagram never arrived");
+        sock.send_to(&buf[..n], peer).unwrap();
+        peer
+    });
+    thread::sleep(Duration::from_millis(200));
+    let client = in_ns(&lab.host, || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(HOST, 5001)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.send_to(b"first", SocketAddrV4::new(SERVER, 7001)).unwrap();
+        let mut buf = [0u8; 64];
+        sock.recv_from(&mut buf).expect("no reply to the first datagram").0
+    });
+
+    let event = next_event(&mut ring);
+    assert_eq!(event.kind, nat_common::miss_kind::NEW_FLOW);
+    assert_eq!(event.ingress_ifindex, lab.gw.ifindex("lan0").unwrap());
+    let _in_gw = lab.gw.enter().unwrap();
+    lab.datapath
+        .insert_pair(Endpoint::new(HOST, 5001, proto::UDP), Endpoint::new(EXTERNAL, 20002, proto::UDP), 0)
+        .unwrap();
+    nat_userspace::handoff::reinject(&lab.datapath, &event).unwrap();
+
+    assert_eq!(server.join().unwrap(), SocketAddrV4::new(EXTERNAL, 20002).into());
+    assert_eq!(client.join().unwrap(), 5);
+    assert_eq!(lab.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
+}
+
+/// Inbound packet for an inside host the gateway has no ARP entry for: handed
+/// over translated, sent through the kernel, which resolves the host.
+#[test]
+fn packet_without_a_neighbour_is_delivered_through_the_kernel() {
+    require_root!();
+    let mut lab = lab(false);
+    let mut ring = lab.datapath.take_miss_ring().unwrap();
+    lab.gw.ip(&["neigh", "flush", "dev", "lan0"]).unwrap();
+    let host = in_ns(&lab.host, || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(HOST, UDP_PORT)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = sock.recv_from(&mut buf).expect("the inbound datagram never arrived");
+        (n, from)
+    });
+    thread::sleep(Duration::from_millis(200));
+    in_ns(&lab.server, || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(SERVER, 7002)).unwrap();
+        sock.send_to(b"inbound", SocketAddrV4::new(EXTERNAL, UDP_PORT_EXTERNAL)).unwrap();
+    })
+    .join()
+    .unwrap();
+
+    let event = next_event(&mut ring);
+    assert_eq!(event.kind, nat_common::miss_kind::NO_NEIGHBOUR);
+    let _in_gw = lab.gw.enter().unwrap();
+    nat_userspace::handoff::KernelSender::new().unwrap().send(&event).unwrap();
+    let (n, from) = host.join().unwrap();
+    assert_eq!((n, from), (7, SocketAddrV4::new(SERVER, 7002).into()));
+    assert!(lab.gw.ip(&["neigh", "show", "10.77.1.10"]).unwrap().contains("lladdr"), "the neighbour was not resolved");
+}

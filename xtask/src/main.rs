@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             bootstrap::toolchain()?;
             bootstrap::test_tools()?;
-            run(Command::new("cargo").arg("test").args(&args))
+            test(&args)
         }
         Cmd::Bench { runs } => {
             bootstrap::toolchain()?;
@@ -60,6 +60,46 @@ fn main() -> Result<()> {
                 .arg(runs.to_string()))
         }
     }
+}
+
+/// Runs `cargo test`, streaming its output, and closes with one line that sums
+/// every test binary's result (cargo's own last line is the doc-tests', which
+/// says nothing about the rest).
+fn test(args: &[String]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new("cargo")
+        .arg("test")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(label), Some(count)) = (words.next(), words.next()) else { continue };
+                let count: u64 = count.parse().unwrap_or(0);
+                match label {
+                    "passed" => passed += count,
+                    "failed" => failed += count,
+                    "ignored" => ignored += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if bootstrap::euid() != 0 {
+        println!("note: not root, so the kernel and namespace tests skipped themselves (they pass as no-ops)");
+    }
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> Result<std::path::PathBuf> {

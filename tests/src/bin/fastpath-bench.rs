@@ -22,7 +22,7 @@ use nat_tests::{
     test_run,
     xdp_action::{DROP, PASS, REDIRECT},
 };
-use nat_userspace::{BENCH_OBJECT, datapath::Side};
+use nat_userspace::{BENCH_OBJECT, datapath::Side, handoff::XdpMd};
 
 /// Repetitions per test run: under 255 - 1 so TTL never reaches 1.
 const REPEAT: u32 = 200;
@@ -96,11 +96,10 @@ fn main() -> Result<()> {
     let mut floor_samples = Vec::with_capacity(rounds);
 
     for _ in 0..rounds {
-        let mut md = [0u8; 24];
-        md[4..8].copy_from_slice(&(floor_frame.len() as u32).to_ne_bytes());
+        let md = XdpMd::for_frame(floor_frame, gw.lan_ifindex);
         let r = floor.test_run(TestRunOptions {
             data_in: Some(floor_frame),
-            ctx_in: Some(&md),
+            ctx_in: Some(md.as_bytes()),
             repeat: REPEAT,
             ..TestRunOptions::new()
         })?;
