@@ -1,5 +1,7 @@
 //! natd: the control plane of the XDP NAT gateway.
 
+pub mod allocator;
+pub mod daemon;
 pub mod datapath;
 pub mod handoff;
 

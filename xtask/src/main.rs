@@ -2,6 +2,7 @@
 //! eBPF object itself is built by nat-userspace/build.rs through aya-build.
 
 mod bootstrap;
+mod lab;
 
 use std::process::Command;
 
@@ -21,6 +22,13 @@ enum Cmd {
     Bootstrap,
     /// Build everything in release.
     Build,
+    /// With no arguments: a lab of network namespaces showing the gateway at
+    /// work (root). With arguments: natd itself, e.g.
+    /// `cargo xtask run -- run --lan eth1 --wan eth0`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run every test: host unit and property tests, kernel (BPF_PROG_TEST_RUN)
     /// tests and namespace tests. Kernel and namespace tests need root; without
     /// it they report SKIPPED.
@@ -47,6 +55,17 @@ fn main() -> Result<()> {
         Cmd::Build => {
             bootstrap::toolchain()?;
             run(Command::new("cargo").args(["build", "--release", "--workspace", "--exclude", "nat-ebpf"]))
+        }
+        Cmd::Run { args } => {
+            bootstrap::toolchain()?;
+            run(Command::new("cargo").args(["build", "--release", "-p", "nat-userspace", "--bin", "natd"]))?;
+            let natd = root.join("target/release/natd");
+            if args.is_empty() {
+                bootstrap::test_tools()?;
+                lab::run(&natd)
+            } else {
+                run(Command::new(&natd).args(&args))
+            }
         }
         Cmd::Test { args } => {
             bootstrap::toolchain()?;
