@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+// The panic handler.
+use nat_ebpf as _;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// Does nothing but drop: its test-run duration is the harness's own overhead
@@ -10,12 +12,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn drop_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[unsafe(link_section = "license")]

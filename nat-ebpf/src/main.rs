@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+// The panic handler.
+use nat_ebpf as _;
 mod parse;
 mod rewrite;
 
@@ -325,12 +327,6 @@ fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
 fn copy_len(frame_len: usize) -> u32 {
     const _: () = assert!(MISS_FRAME_MAX.is_power_of_two());
     (((frame_len as u32).wrapping_sub(1)) & (MISS_FRAME_MAX as u32 - 1)) + 1
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
 }
 
 #[unsafe(link_section = "license")]
