@@ -80,6 +80,17 @@ impl Datapath {
             .with_context(|| format!("attaching {name} to ifindex {ifindex} in {mode:?} mode"))
     }
 
+    /// Detaches a program from an interface it was attached to by `attach`.
+    pub fn detach(&mut self, side: Side, link: XdpLinkId) -> Result<()> {
+        let name = side.program_name();
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        program.detach(link).with_context(|| format!("detaching {name}"))
+    }
+
     pub fn set_config(&mut self, config: GatewayConfig) -> Result<()> {
         let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
         array.set(0, config, 0).context("writing CONFIG")?;

@@ -164,9 +164,14 @@ async fn run(args: RunArgs) -> Result<()> {
 /// Native first; generic only when asked, or (with a warning) when the driver
 /// has no native XDP.
 fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: Mode) -> Result<&'static str> {
+    // Both or neither: a LAN program left attached after the WAN attach failed
+    // would block the generic retry and outlive the error.
     let try_mode = |dp: &mut Datapath, m: XdpMode| -> Result<()> {
-        dp.attach(Side::Lan, lan, m)?;
-        dp.attach(Side::Wan, wan, m)?;
+        let lan_link = dp.attach(Side::Lan, lan, m)?;
+        if let Err(e) = dp.attach(Side::Wan, wan, m) {
+            dp.detach(Side::Lan, lan_link)?;
+            return Err(e);
+        }
         Ok(())
     };
     match mode {
