@@ -117,6 +117,18 @@ pub struct GatewayConfig {
 }
 const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 16);
 
+impl GatewayConfig {
+    pub const fn new(external: Ipv4Addr, wan_ifindex: u32, port_min: u16, port_max: u16) -> Self {
+        Self {
+            external_addr_be: u32::from_ne_bytes(external.octets()),
+            wan_ifindex,
+            port_min,
+            port_max,
+            _pad: 0,
+        }
+    }
+}
+
 /// What a `MissEvent` asks of the daemon.
 pub mod miss_kind {
     /// No outbound mapping: allocate one, then re-inject the frame (untranslated).

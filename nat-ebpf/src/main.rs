@@ -18,7 +18,7 @@ mod rewrite;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
@@ -269,7 +269,7 @@ fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason) -> Verdict {
             return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR);
         }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(Reason::DropTooBigForEgress),
-        BPF_FIB_LKUP_RET_NOT_FWDED => return Verdict::drop(Reason::DropNoRoute),
+        // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
         _ => return Verdict::drop(Reason::DropNoRoute),
     }
     unsafe {

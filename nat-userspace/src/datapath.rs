@@ -34,6 +34,8 @@ impl Side {
     }
 }
 
+type MappingMap<'a> = HashMap<&'a mut MapData, Endpoint, Mapping>;
+
 pub struct Datapath {
     ebpf: Ebpf,
 }
@@ -41,21 +43,27 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing attached yet).
     pub fn load() -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        let mut datapath = Self { ebpf };
         for side in [Side::Lan, Side::Wan] {
-            let name = side.program_name();
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            program
+            datapath
+                .program_mut(side)?
                 .load()
                 .map_err(verifier_error)
-                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+                .with_context(|| format!("the kernel verifier rejected program {}", side.program_name()))?;
         }
-        Ok(Self { ebpf })
+        Ok(datapath)
+    }
+
+    fn program_mut(&mut self, side: Side) -> Result<&mut Xdp> {
+        let name = side.program_name();
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()?)
     }
 
     pub fn program(&self, side: Side) -> Result<&Xdp> {
@@ -69,26 +77,16 @@ impl Datapath {
 
     /// Attaches one program to an interface. The link lives as long as `self`.
     pub fn attach(&mut self, side: Side, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId> {
-        let name = side.program_name();
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .try_into()?;
-        program
+        self.program_mut(side)?
             .attach_to_if_index(ifindex, mode)
-            .with_context(|| format!("attaching {name} to ifindex {ifindex} in {mode:?} mode"))
+            .with_context(|| format!("attaching {} to ifindex {ifindex} in {mode:?} mode", side.program_name()))
     }
 
     /// Detaches a program from an interface it was attached to by `attach`.
     pub fn detach(&mut self, side: Side, link: XdpLinkId) -> Result<()> {
-        let name = side.program_name();
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .try_into()?;
-        program.detach(link).with_context(|| format!("detaching {name}"))
+        self.program_mut(side)?
+            .detach(link)
+            .with_context(|| format!("detaching {}", side.program_name()))
     }
 
     pub fn set_config(&mut self, config: GatewayConfig) -> Result<()> {
@@ -113,13 +111,7 @@ impl Datapath {
     /// never claim one external endpoint; if the forward entry then fails, the
     /// reverse one is removed again and nothing is left half-made.
     pub fn insert_pair(&mut self, inside: Endpoint, external: Endpoint, now_ns: u64) -> Result<()> {
-        let [inbound, outbound] = self
-            .ebpf
-            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
-        let mut inbound: HashMap<&mut MapData, Endpoint, Mapping> =
-            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?;
-        let mut outbound: HashMap<&mut MapData, Endpoint, Mapping> =
-            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?;
+        let (mut inbound, mut outbound) = self.mapping_maps()?;
         inbound
             .insert(external, Mapping::new(inside, now_ns), BPF_NOEXIST)
             .with_context(|| format!("external endpoint {external:?} is taken or INBOUND is full"))?;
@@ -145,13 +137,7 @@ impl Datapath {
     /// Removes both directions of the mapping of `inside`. Returns the external
     /// endpoint it had, if any.
     pub fn remove_pair(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
-        let [inbound, outbound] = self
-            .ebpf
-            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
-        let mut inbound: HashMap<&mut MapData, Endpoint, Mapping> =
-            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?;
-        let mut outbound: HashMap<&mut MapData, Endpoint, Mapping> =
-            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?;
+        let (mut inbound, mut outbound) = self.mapping_maps()?;
         let Ok(forward) = outbound.get(&inside, 0) else {
             return Ok(None);
         };
@@ -160,6 +146,17 @@ impl Datapath {
         outbound.remove(&inside).context("removing the OUTBOUND entry")?;
         inbound.remove(&external).context("removing the INBOUND entry")?;
         Ok(Some(external))
+    }
+
+    /// Both mapping maps at once, writable: (INBOUND, OUTBOUND).
+    fn mapping_maps(&mut self) -> Result<(MappingMap<'_>, MappingMap<'_>)> {
+        let [inbound, outbound] = self
+            .ebpf
+            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
+        Ok((
+            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?,
+            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?,
+        ))
     }
 
     pub fn outbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {

@@ -116,13 +116,7 @@ async fn run(args: RunArgs) -> Result<()> {
     enable_forwarding(&args.lan)?;
     enable_forwarding(&args.wan)?;
     let mut datapath = Datapath::load()?;
-    datapath.set_config(GatewayConfig {
-        external_addr_be: u32::from_ne_bytes(external.octets()),
-        wan_ifindex: wan,
-        port_min,
-        port_max,
-        _pad: 0,
-    })?;
+    datapath.set_config(GatewayConfig::new(external, wan, port_min, port_max))?;
     datapath.add_tx_port(lan)?;
     datapath.add_tx_port(wan)?;
     let mode = attach(&mut datapath, lan, wan, args.xdp_mode)?;

@@ -73,13 +73,7 @@ impl TestGateway {
         let guard = ns.enter()?;
 
         let mut datapath = Datapath::load()?;
-        datapath.set_config(GatewayConfig {
-            external_addr_be: u32::from_ne_bytes(addr::EXTERNAL.octets()),
-            wan_ifindex,
-            port_min: addr::PORT_MIN,
-            port_max: addr::PORT_MAX,
-            _pad: 0,
-        })?;
+        datapath.set_config(GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX))?;
         datapath.add_tx_port(lan_ifindex)?;
         datapath.add_tx_port(wan_ifindex)?;
         Ok(Self { datapath, lan_ifindex, wan_ifindex, _guard: guard, ns })

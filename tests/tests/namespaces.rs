@@ -66,13 +66,7 @@ fn lab(tx_offload: bool) -> Lab {
     let _inside_gw = gw.enter().unwrap();
     let mut datapath = Datapath::load().unwrap();
     datapath
-        .set_config(GatewayConfig {
-            external_addr_be: u32::from_ne_bytes(EXTERNAL.octets()),
-            wan_ifindex,
-            port_min: 20000,
-            port_max: 29999,
-            _pad: 0,
-        })
+        .set_config(GatewayConfig::new(EXTERNAL, wan_ifindex, 20000, 29999))
         .unwrap();
     datapath.add_tx_port(lan_ifindex).unwrap();
     datapath.add_tx_port(wan_ifindex).unwrap();
