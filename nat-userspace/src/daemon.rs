@@ -1,12 +1,17 @@
 //! The daemon's state: who holds which external port, and when it expires.
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use nat_common::{Endpoint, MissEvent, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
+    control::{Counter, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
     handoff::{KernelSender, reinject},
 };
@@ -68,31 +73,64 @@ pub fn source_endpoint(event: &MissEvent) -> Option<Endpoint> {
     Some(Endpoint::new(src, port, ip[9]))
 }
 
+/// What the daemon was started with, for `natd status`.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub lan: String,
+    pub wan: String,
+    pub xdp_mode: &'static str,
+    pub external: Ipv4Addr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub port_hold: Duration,
+    pub timeouts: Timeouts,
+}
+
+/// The daemon's own counters, next to the datapath's per-reason ones.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct DaemonCounters {
+    pub mappings_created: u64,
+    pub mappings_expired: u64,
+    /// New flows refused because every external port of the protocol is taken.
+    pub refused_no_port: u64,
+    /// New flows refused because the kernel maps are full.
+    pub refused_map_full: u64,
+    pub reinjected: u64,
+    pub sent_through_kernel: u64,
+    pub handoff_errors: u64,
+}
+
+/// How often a refusal is logged at most: a full port space under load would
+/// otherwise write a line per packet.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Daemon {
     datapath: Datapath,
-    external: Ipv4Addr,
+    info: RunInfo,
+    started: Instant,
     ports: PortAllocator,
     /// inside endpoint -> external endpoint, mirror of the maps.
     sessions: HashMap<Endpoint, Endpoint>,
     sender: KernelSender,
-    timeouts: Timeouts,
-    pub refused: u64,
+    pub counters: DaemonCounters,
+    last_refusal_log: Option<Instant>,
 }
 
 impl Daemon {
-    pub fn new(datapath: Datapath, external: Ipv4Addr, port_min: u16, port_max: u16, timeouts: Timeouts) -> Result<Self> {
+    pub fn new(datapath: Datapath, info: RunInfo) -> Result<Self> {
         let mut seed = [0u8; 8];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
             .context("seeding the port randomizer from /dev/urandom")?;
         Ok(Self {
             datapath,
-            external,
-            ports: PortAllocator::new(port_min, port_max, u64::from_ne_bytes(seed)),
+            ports: PortAllocator::new(info.port_min, info.port_max, info.port_hold.as_nanos() as u64, u64::from_ne_bytes(seed)),
+            info,
+            started: Instant::now(),
             sessions: HashMap::new(),
             sender: KernelSender::new()?,
-            timeouts,
-            refused: 0,
+            counters: DaemonCounters::default(),
+            last_refusal_log: None,
         })
     }
 
@@ -100,11 +138,15 @@ impl Daemon {
         &self.sessions
     }
 
-    pub fn handle(&mut self, event: &MissEvent) -> Result<()> {
-        match event.kind {
+    pub fn handle(&mut self, event: &MissEvent) {
+        let result = match event.kind {
             miss_kind::NEW_FLOW => self.new_flow(event),
-            miss_kind::NO_NEIGHBOUR => self.sender.send(event),
-            other => bail!("unknown miss event kind {other}"),
+            miss_kind::NO_NEIGHBOUR => self.sender.send(event).map(|()| self.counters.sent_through_kernel += 1),
+            other => Err(anyhow!("unknown miss event kind {other}")),
+        };
+        if let Err(e) = result {
+            self.counters.handoff_errors += 1;
+            eprintln!("natd: {e:#}");
         }
     }
 
@@ -116,24 +158,46 @@ impl Daemon {
         // later ones only need re-injecting (endpoint-independent mapping).
         if !self.sessions.contains_key(&inside) {
             let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
-                self.refused += 1;
-                bail!("no free external port for {}:{} (proto {}): flow refused", inside.addr(), inside.port(), inside.proto);
+                self.counters.refused_no_port += 1;
+                self.log_refusal(inside, "every external port of this protocol is in use or held");
+                return Ok(());
             };
-            let external = Endpoint::new(self.external, port, inside.proto);
+            let external = Endpoint::new(self.info.external, port, inside.proto);
             if let Err(e) = self.datapath.insert_pair(inside, external, coarse_now_ns()) {
-                self.ports.release(inside.proto, port);
-                self.refused += 1;
-                return Err(e);
+                // Never evict a live mapping to make room: refuse the new flow.
+                self.ports.release(inside.proto, port, coarse_now_ns());
+                self.counters.refused_map_full += 1;
+                self.log_refusal(inside, &format!("{e:#}"));
+                return Ok(());
             }
             self.sessions.insert(inside, external);
+            self.counters.mappings_created += 1;
         }
-        reinject(&self.datapath, event)
+        reinject(&self.datapath, event)?;
+        self.counters.reinjected += 1;
+        Ok(())
+    }
+
+    fn log_refusal(&mut self, inside: Endpoint, why: &str) {
+        let now = Instant::now();
+        if self.last_refusal_log.is_none_or(|t| now - t >= REFUSAL_LOG_INTERVAL) {
+            self.last_refusal_log = Some(now);
+            let refused = self.counters.refused_no_port + self.counters.refused_map_full;
+            eprintln!(
+                "natd: new flow from {}:{} ({}) refused: {why}; {refused} refused so far (natd stats); \
+                 existing flows are unaffected",
+                inside.addr(),
+                inside.port(),
+                proto_name(inside.proto)
+            );
+        }
     }
 
     /// Removes every mapping idle past its timeout, both directions together,
-    /// and returns its port to the pool.
+    /// and holds its port before it returns to the pool.
     pub fn age(&mut self) -> Result<()> {
         let now = coarse_now_ns();
+        self.ports.reclaim(now);
         let outbound = self.datapath.outbound()?;
         let inbound = self.datapath.inbound()?;
         let mut expired = Vec::new();
@@ -143,7 +207,7 @@ impl Daemon {
                 continue;
             };
             let last = out.last_seen_ns.max(back.last_seen_ns);
-            let timeout = self.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
+            let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
             if now.saturating_sub(last) > timeout.as_nanos() as u64 {
                 expired.push(*inside);
             }
@@ -151,10 +215,113 @@ impl Daemon {
         for inside in expired {
             if let Some(external) = self.sessions.remove(&inside) {
                 self.datapath.remove_pair(inside)?;
-                self.ports.release(inside.proto, external.port());
+                self.ports.release(inside.proto, external.port(), now);
+                self.counters.mappings_expired += 1;
             }
         }
         Ok(())
+    }
+
+    /// The JSON answer to a control request.
+    pub fn answer(&self, request: Request) -> Result<String> {
+        Ok(match request {
+            Request::Status => serde_json::to_string(&self.status())?,
+            Request::Sessions => serde_json::to_string(&self.session_rows()?)?,
+            Request::Stats => serde_json::to_string(&self.stats()?)?,
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let info = &self.info;
+        Status {
+            pid: std::process::id(),
+            lan: info.lan.clone(),
+            wan: info.wan.clone(),
+            external_ip: info.external.to_string(),
+            xdp_mode: info.xdp_mode.to_string(),
+            port_range: format!("{}-{}", info.port_min, info.port_max),
+            uptime_s: self.started.elapsed().as_secs(),
+            sessions: self.sessions.len(),
+            ports: [proto::TCP, proto::UDP, proto::ICMP]
+                .into_iter()
+                .map(|p| PortUsage {
+                    proto: proto_name(p).to_string(),
+                    in_use: self.ports.in_use(p),
+                    held: self.ports.held(p),
+                    free: self.ports.free(p),
+                })
+                .collect(),
+            refused_flows: self.counters.refused_no_port + self.counters.refused_map_full,
+        }
+    }
+
+    /// The live mappings, most recently active first.
+    pub fn session_rows(&self) -> Result<Vec<Session>> {
+        let now = coarse_now_ns();
+        let outbound = self.datapath.outbound()?;
+        let inbound = self.datapath.inbound()?;
+        let mut rows: Vec<Session> = self
+            .sessions
+            .iter()
+            .filter_map(|(inside, external)| {
+                let (out, back) = (outbound.get(inside, 0).ok()?, inbound.get(external, 0).ok()?);
+                let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
+                Some(Session {
+                    proto: proto_name(inside.proto).to_string(),
+                    inside: format!("{}:{}", inside.addr(), inside.port()),
+                    external: format!("{}:{}", external.addr(), external.port()),
+                    state: session_state(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen).to_string(),
+                    idle_s: now.saturating_sub(out.last_seen_ns.max(back.last_seen_ns)) / 1_000_000_000,
+                    timeout_s: timeout.as_secs(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
+        Ok(rows)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let c = self.counters;
+        let counter = |name: &str, value| Counter { name: name.to_string(), value };
+        Ok(Stats {
+            datapath: self.datapath.counters()?.into_iter().map(|(r, v)| counter(r.name(), v)).collect(),
+            daemon: vec![
+                counter("sessions", self.sessions.len() as u64),
+                counter("mappings_created", c.mappings_created),
+                counter("mappings_expired", c.mappings_expired),
+                counter("refused_no_port", c.refused_no_port),
+                counter("refused_map_full", c.refused_map_full),
+                counter("reinjected", c.reinjected),
+                counter("sent_through_kernel", c.sent_through_kernel),
+                counter("handoff_errors", c.handoff_errors),
+            ],
+        })
+    }
+}
+
+pub const fn proto_name(p: u8) -> &'static str {
+    match p {
+        proto::TCP => "tcp",
+        proto::UDP => "udp",
+        proto::ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+/// What `natd sessions` shows as the state, from the TCP flags seen each way.
+pub fn session_state(proto_nr: u8, flags_out: u8, flags_in: u8) -> &'static str {
+    if proto_nr != proto::TCP {
+        return "active";
+    }
+    let seen = flags_out | flags_in;
+    if seen & tcp_flags::RST != 0 {
+        "reset"
+    } else if seen & tcp_flags::FIN != 0 {
+        "closing"
+    } else if flags_out & flags_in & tcp_flags::ACK != 0 {
+        "established"
+    } else {
+        "opening"
     }
 }
 
@@ -171,5 +338,15 @@ mod tests {
         assert_eq!(t.for_mapping(proto::TCP, ack | fin, ack), t.tcp_transitory);
         assert_eq!(t.for_mapping(proto::UDP, 0, 0), t.udp);
         assert_eq!(t.for_mapping(proto::ICMP, 0, 0), t.icmp);
+    }
+
+    #[test]
+    fn session_states_follow_the_flags_seen() {
+        let (ack, fin, syn, rst) = (tcp_flags::ACK, tcp_flags::FIN, tcp_flags::SYN, tcp_flags::RST);
+        assert_eq!(session_state(proto::TCP, syn, 0), "opening");
+        assert_eq!(session_state(proto::TCP, syn | ack, syn | ack), "established");
+        assert_eq!(session_state(proto::TCP, syn | ack | fin, syn | ack), "closing");
+        assert_eq!(session_state(proto::TCP, syn, rst | ack), "reset");
+        assert_eq!(session_state(proto::UDP, 0, 0), "active");
     }
 }

@@ -1,6 +1,8 @@
 //! natd: the control plane of the XDP NAT gateway.
 
 pub mod allocator;
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod handoff;

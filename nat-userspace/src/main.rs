@@ -1,23 +1,27 @@
 //! natd: loads the XDP programs on the LAN and WAN interfaces, allocates
-//! external ports when the fast path misses, and ages mappings out.
+//! external ports when the fast path misses, ages mappings out, and answers
+//! `status`, `sessions` and `stats` from other processes.
 
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::XdpMode;
-use clap::{Parser, Subcommand, ValueEnum};
-use nat_common::GatewayConfig;
+use clap::{Parser, Subcommand};
+use nat_common::{GatewayConfig, MissEvent};
 use nat_userspace::{
-    daemon::{Daemon, Timeouts},
+    config::{Environment, Overrides, Settings, XdpModeSetting},
+    control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request, Session, Stats, Status},
+    daemon::{Daemon, RunInfo},
     datapath::{Datapath, Side},
 };
 use tokio::{
-    io::unix::AsyncFd,
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
 };
 
 #[derive(Parser)]
-#[command(name = "natd", about = "XDP NAT gateway daemon")]
+#[command(name = "natd", about = "XDP NAT gateway daemon", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -27,64 +31,198 @@ struct Cli {
 enum Cmd {
     /// Attach to the LAN and WAN interfaces and serve until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Show whether natd serves in this network namespace (exit 1 if not).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live mappings.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the datapath's per-reason packet counters and the daemon's counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file against this machine and explain every error.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
+/// Every flag overrides the same setting of the config file.
 #[derive(Parser)]
 struct RunArgs {
+    /// TOML config file with any of the settings below and the timeouts.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The inside interface.
-    #[arg(long)]
-    lan: String,
+    #[arg(long, value_name = "IF")]
+    lan: Option<String>,
     /// The outside interface.
-    #[arg(long)]
-    wan: String,
-    /// Public address to translate to (default: the WAN interface's first IPv4 address).
-    #[arg(long)]
-    external_ip: Option<Ipv4Addr>,
-    /// External ports to allocate, LO-HI. The default stays below Linux's
-    /// ephemeral range (32768-60999), so the gateway's own connections keep theirs.
-    #[arg(long, default_value = "20000-32767", value_parser = parse_port_range)]
-    port_range: (u16, u16),
-    /// XDP attach mode: native (driver) or generic (skb, slower, any driver).
-    #[arg(long, value_enum, default_value_t = Mode::Native)]
-    xdp_mode: Mode,
+    #[arg(long, value_name = "IF")]
+    wan: Option<String>,
+    /// Public address to translate to [default: the WAN interface's first IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    external_ip: Option<String>,
+    /// External ports to allocate [default: 20000-32767, below Linux's
+    /// ephemeral range so the gateway's own connections keep theirs].
+    #[arg(long, value_name = "LO-HI")]
+    port_range: Option<String>,
+    /// XDP attach mode: native (driver) or generic (skb, slower, any driver) [default: native].
+    #[arg(long, value_name = "MODE")]
+    xdp_mode: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Native,
-    Generic,
-}
-
-fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("--port-range {s:?}: expected LO-HI, e.g. 20000-32767"))?;
-    let lo: u16 = lo.trim().parse().map_err(|_| format!("--port-range: {lo:?} is not a port (1-65535)"))?;
-    let hi: u16 = hi.trim().parse().map_err(|_| format!("--port-range: {hi:?} is not a port (1-65535)"))?;
-    if lo == 0 || lo > hi {
-        return Err(format!("--port-range {s}: need 1 <= LO <= HI"));
-    }
-    Ok((lo, hi))
-}
-
-fn ifindex(name: &str, role: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("--{role}: bad interface name {name:?}"))?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => bail!("--{role} {name}: no such interface in this network namespace (see `ip link`)"),
-        i => Ok(i),
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(args))),
+        Cmd::Status { json } => status(json),
+        Cmd::Sessions { json } => sessions(json),
+        Cmd::Stats { json } => stats(json),
+        Cmd::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natd: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// The first IPv4 address of an interface.
-fn primary_ipv4(ifname: &str) -> Result<Ipv4Addr> {
-    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", ifname]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| {
-            anyhow!("--wan {ifname} has no IPv4 address: add one (ip addr add ADDR/LEN dev {ifname}) or pass --external-ip")
-        })
+/// Settings from the file and flags, checked against this machine. Every
+/// error is reported at once; nothing has been touched yet.
+fn settings(file: Option<&std::path::Path>, flags: &Overrides) -> Result<(Settings, Environment)> {
+    let (settings, warnings) = Settings::from_sources(file, flags)?;
+    for w in warnings {
+        eprintln!("natd: warning: {w}");
+    }
+    let env = Environment::check(&settings)?;
+    Ok((settings, env))
+}
+
+fn check(config: &std::path::Path) -> Result<()> {
+    let (s, env) = settings(Some(config), &Overrides::default())?;
+    println!("{}: OK", config.display());
+    println!("  lan {} (ifindex {}), wan {} (ifindex {})", s.lan, env.lan_ifindex, s.wan, env.wan_ifindex);
+    println!("  external_ip {}, port_range {}-{}, port_hold {} s", env.external_ip, s.port_min, s.port_max, s.port_hold.as_secs());
+    let t = s.timeouts;
+    println!(
+        "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_transitory {} s",
+        t.udp.as_secs(),
+        t.icmp.as_secs(),
+        t.tcp_established.as_secs(),
+        t.tcp_transitory.as_secs()
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let flags = Overrides {
+        lan: args.lan,
+        wan: args.wan,
+        external_ip: args.external_ip,
+        port_range: args.port_range,
+        xdp_mode: args.xdp_mode,
+    };
+    let (settings, env) = settings(args.config.as_deref(), &flags)?;
+    // Before anything is attached: a second natd stops here.
+    let _locks = InterfaceLocks::acquire(&[&settings.lan, &settings.wan])?;
+
+    enable_forwarding(&settings.lan)?;
+    enable_forwarding(&settings.wan)?;
+    let mut datapath = Datapath::load()?;
+    datapath.set_config(GatewayConfig::new(env.external_ip, env.wan_ifindex, settings.port_min, settings.port_max))?;
+    datapath.add_tx_port(env.lan_ifindex)?;
+    datapath.add_tx_port(env.wan_ifindex)?;
+    let ring = datapath.take_miss_ring()?;
+    // From here on an error drops `datapath`, which detaches both programs.
+    let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
+    let control = control::bind_control()?;
+    // SAFETY: the ring owns its fd for as long as the AsyncFd holds the ring.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("registering the miss ring with the event loop: {e}"))?;
+
+    let info = RunInfo {
+        lan: settings.lan.clone(),
+        wan: settings.wan.clone(),
+        xdp_mode: mode,
+        external: env.external_ip,
+        port_min: settings.port_min,
+        port_max: settings.port_max,
+        port_hold: settings.port_hold,
+        timeouts: settings.timeouts,
+    };
+    let mut daemon = Daemon::new(datapath, info)?;
+    eprintln!(
+        "natd: serving: lan {} wan {} external {} ports {}-{} mode {mode} (pid {})",
+        settings.lan,
+        settings.wan,
+        env.external_ip,
+        settings.port_min,
+        settings.port_max,
+        std::process::id()
+    );
+
+    let (requests_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut aging = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    // SAFETY: the programs write whole MissEvents into the ring.
+                    let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) };
+                    drop(item);
+                    daemon.handle(&event);
+                }
+                guard.clear_ready();
+            }
+            _ = aging.tick() => daemon.age()?,
+            accepted = control.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_client(stream, requests_tx.clone()));
+                }
+            }
+            Some((request, reply)) = requests.recv() => {
+                let answer = daemon.answer(request).unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string());
+                let _ = reply.send(answer);
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    eprintln!("natd: stopping; detaching from {} and {}", settings.lan, settings.wan);
+    Ok(())
+}
+
+/// Reads one request line, has the main loop answer it, writes the answer.
+/// A client that stalls costs a task, never the packet loop.
+async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<(Request, oneshot::Sender<String>)>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read);
+    let Ok(Ok(_)) = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await else { return };
+    let answer = match Request::parse(&line) {
+        Ok(request) => {
+            let (reply_tx, reply) = oneshot::channel();
+            if requests.send((request, reply_tx)).await.is_err() {
+                return;
+            }
+            reply.await.unwrap_or_default()
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+    };
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(format!("{answer}\n").as_bytes())).await;
 }
 
 /// XDP redirects and `bpf_fib_lookup` need IPv4 forwarding on both interfaces.
@@ -93,71 +231,9 @@ fn enable_forwarding(ifname: &str) -> Result<()> {
     std::fs::write(&path, "1").with_context(|| format!("enabling IPv4 forwarding ({path})"))
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    match Cli::parse().command {
-        Cmd::Run(args) => run(args).await,
-    }
-}
-
-async fn run(args: RunArgs) -> Result<()> {
-    // Everything is validated before anything is attached.
-    let lan = ifindex(&args.lan, "lan")?;
-    let wan = ifindex(&args.wan, "wan")?;
-    if lan == wan {
-        bail!("--lan and --wan are the same interface ({})", args.lan);
-    }
-    let external = match args.external_ip {
-        Some(ip) => ip,
-        None => primary_ipv4(&args.wan)?,
-    };
-    let (port_min, port_max) = args.port_range;
-
-    enable_forwarding(&args.lan)?;
-    enable_forwarding(&args.wan)?;
-    let mut datapath = Datapath::load()?;
-    datapath.set_config(GatewayConfig::new(external, wan, port_min, port_max))?;
-    datapath.add_tx_port(lan)?;
-    datapath.add_tx_port(wan)?;
-    let mode = attach(&mut datapath, lan, wan, args.xdp_mode)?;
-    eprintln!(
-        "natd: serving: lan {} wan {} external {external} ports {port_min}-{port_max} mode {mode}",
-        args.lan, args.wan
-    );
-
-    // SAFETY: the ring owns its fd for as long as the AsyncFd holds the ring.
-    let ring = unsafe { AsyncFd::register(datapath.take_miss_ring()?) }
-        .map_err(|e| anyhow!("registering the miss ring with the event loop: {e}"))?;
-    let mut daemon = Daemon::new(datapath, external, port_min, port_max, Timeouts::default())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut aging = tokio::time::interval(Duration::from_secs(1));
-    let mut ring = ring;
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::MissEvent) };
-                    drop(item);
-                    if let Err(e) = daemon.handle(&event) {
-                        eprintln!("natd: {e:#}");
-                    }
-                }
-                guard.clear_ready();
-            }
-            _ = aging.tick() => daemon.age()?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    eprintln!("natd: stopping; detaching from {} and {}", args.lan, args.wan);
-    Ok(())
-}
-
 /// Native first; generic only when asked, or (with a warning) when the driver
 /// has no native XDP.
-fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: Mode) -> Result<&'static str> {
+fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: XdpModeSetting) -> Result<&'static str> {
     // Both or neither: a LAN program left attached after the WAN attach failed
     // would block the generic retry and outlive the error.
     let try_mode = |dp: &mut Datapath, m: XdpMode| -> Result<()> {
@@ -169,8 +245,8 @@ fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: Mode) -> Result<&'static 
         Ok(())
     };
     match mode {
-        Mode::Generic => try_mode(dp, XdpMode::Skb).map(|()| "generic"),
-        Mode::Native => match try_mode(dp, XdpMode::Driver) {
+        XdpModeSetting::Generic => try_mode(dp, XdpMode::Skb).map(|()| "generic"),
+        XdpModeSetting::Native => match try_mode(dp, XdpMode::Driver) {
             Ok(()) => Ok("native"),
             Err(e) => {
                 eprintln!("natd: WARNING: native XDP failed ({e:#}); falling back to generic mode, which is much slower");
@@ -178,4 +254,69 @@ fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: Mode) -> Result<&'static 
             }
         },
     }
+}
+
+/// Asks every natd of this network namespace; fails when there is none.
+fn ask<T: serde::de::DeserializeOwned>(request: Request) -> Result<Vec<T>> {
+    let daemons = control::running_daemons()?;
+    if daemons.is_empty() {
+        bail!("natd is not running in this network namespace");
+    }
+    daemons
+        .iter()
+        .map(|d| {
+            let text = control::query(d, request)?;
+            serde_json::from_str(&text).with_context(|| format!("natd at @{d} answered {}", text.trim()))
+        })
+        .collect()
+}
+
+fn status(json: bool) -> Result<()> {
+    let all: Vec<Status> = ask(Request::Status)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for s in all {
+        println!("natd serving (pid {}, up {} s)", s.pid, s.uptime_s);
+        println!("  lan {}  wan {}  mode {}  external {}  ports {}", s.lan, s.wan, s.xdp_mode, s.external_ip, s.port_range);
+        println!("  sessions {}  refused flows {}", s.sessions, s.refused_flows);
+        for p in s.ports {
+            println!("  {:<4} ports: {} in use, {} held, {} free", p.proto, p.in_use, p.held, p.free);
+        }
+    }
+    Ok(())
+}
+
+fn sessions(json: bool) -> Result<()> {
+    let rows: Vec<Session> = ask::<Vec<Session>>(Request::Sessions)?.into_iter().flatten().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", "PROTO", "INSIDE", "EXTERNAL", "STATE", "IDLE_S", "TIMEOUT");
+    for r in &rows {
+        println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", r.proto, r.inside, r.external, r.state, r.idle_s, r.timeout_s);
+    }
+    println!("{} session(s)", rows.len());
+    Ok(())
+}
+
+fn stats(json: bool) -> Result<()> {
+    let all: Vec<Stats> = ask(Request::Stats)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for s in all {
+        println!("datapath (packets, per reason):");
+        for c in &s.datapath {
+            println!("  {:<26} {}", c.name, c.value);
+        }
+        println!("daemon:");
+        for c in &s.daemon {
+            println!("  {:<26} {}", c.name, c.value);
+        }
+    }
+    Ok(())
 }

@@ -73,6 +73,24 @@ impl Drop for Lab {
     }
 }
 
+impl Lab {
+    /// Polls `natd status` until natd answers (bounded), or fails with why.
+    fn wait_for_natd(&mut self, natd: &str) -> Result<()> {
+        for _ in 0..50 {
+            if let Some(child) = self.natd.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("natd exited during start-up ({status}); its error is above");
+            }
+            if self.exec("gw", &[natd, "status"]).is_ok() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!("natd did not answer `natd status` within 5 s")
+    }
+}
+
 pub fn run(natd: &std::path::Path) -> Result<()> {
     if crate::bootstrap::euid() != 0 {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
@@ -118,7 +136,8 @@ pub fn run(natd: &std::path::Path) -> Result<()> {
             .spawn()
             .context("starting natd")?,
     );
-    thread::sleep(Duration::from_millis(1500));
+    let natd_cmd = natd.to_str().context("natd path is not UTF-8")?;
+    lab.wait_for_natd(natd_cmd)?;
 
     let server = Command::new("ip")
         .args(["netns", "exec", &lab.ns("srv"), "python3", "-c", SERVER])
@@ -138,5 +157,7 @@ pub fn run(natd: &std::path::Path) -> Result<()> {
         bail!("the lab server failed");
     }
     println!("lab: both hosts used source port 5000; the server saw two external ports on 203.0.113.1.");
+    println!("lab: natd sessions on the gateway:");
+    print!("{}", lab.exec("gw", &[natd_cmd, "sessions"])?);
     Ok(())
 }

@@ -1,0 +1,599 @@
+//! natd's settings: an optional TOML file, command-line flags over it, and one
+//! validation pass that reports every error at once, each naming the field,
+//! the value it got, and what is allowed.
+//!
+//! Two stages, both run before anything is attached:
+//! - `Settings::from_sources`: the values themselves (syntax, types, ranges).
+//! - `Environment::check`: the values against this machine (interfaces exist,
+//!   the WAN has an address, the NAT port range leaves the gateway's own
+//!   ephemeral ports and listening services alone).
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, time::Duration};
+
+use toml::Value;
+
+use crate::daemon::Timeouts;
+
+/// Linux's IFNAMSIZ minus the terminating NUL.
+const MAX_IFNAME_LEN: usize = 15;
+/// Ports below this are the well-known services' (RFC 6335): never handed out.
+const LOWEST_NAT_PORT: u16 = 1024;
+/// The longest accepted idle timeout or hold time: a week.
+const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+/// Below the RFC 4787 REQ-5 / RFC 5382 REQ-5 / RFC 5508 REQ-2 minimums a NAT
+/// breaks applications; allowed (tests, labs) but warned about.
+const RFC_MINIMUMS_S: [(&str, u64); 4] =
+    [("udp", 120), ("icmp", 60), ("tcp_established", 7440), ("tcp_transitory", 240)];
+
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (20000, 32767);
+/// How long a freed external port stays out of the pool: longer than a remote
+/// peer's TIME_WAIT (2 MSL, 60 s on Linux), so a new flow on the same port is
+/// not taken for the old connection's stray segments.
+pub const DEFAULT_PORT_HOLD: Duration = Duration::from_secs(120);
+
+/// Every key a config file may hold, with its meaning, for errors and docs.
+pub const KEYS: &[(&str, &str)] = &[
+    ("lan", "inside interface name"),
+    ("wan", "outside interface name"),
+    ("external_ip", "public IPv4 address (default: the WAN interface's first address)"),
+    ("port_range", "external ports to allocate, \"LO-HI\""),
+    ("xdp_mode", "\"native\" or \"generic\""),
+    ("port_hold", "seconds a freed external port waits before reuse"),
+    ("timeouts.udp", "UDP idle timeout, seconds"),
+    ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
+    ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
+    ("timeouts.tcp_transitory", "TCP idle timeout before the handshake completes or after FIN/RST, seconds"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeSetting {
+    Native,
+    Generic,
+}
+
+/// The validated settings natd runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub lan: String,
+    pub wan: String,
+    pub external_ip: Option<Ipv4Addr>,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub xdp_mode: XdpModeSetting,
+    pub port_hold: Duration,
+    pub timeouts: Timeouts,
+}
+
+/// One problem with one setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key as written in the file (`timeouts.udp`), with the flag if it
+    /// came from the command line.
+    pub field: String,
+    pub value: String,
+    pub allowed: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.field, self.allowed)
+        } else {
+            write!(f, "{} = {}: {}", self.field, self.value, self.allowed)
+        }
+    }
+}
+
+/// All errors of one validation, printed one per line.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} configuration error(s):", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Values from the command line; each one overrides the file's.
+#[derive(Default, Debug, Clone)]
+pub struct Overrides {
+    pub lan: Option<String>,
+    pub wan: Option<String>,
+    pub external_ip: Option<String>,
+    pub port_range: Option<String>,
+    pub xdp_mode: Option<String>,
+}
+
+/// Where a value came from, so the error names what the user typed.
+#[derive(Clone, Copy)]
+enum Origin {
+    File,
+    Flag(&'static str),
+}
+
+struct Raw {
+    values: BTreeMap<String, (Value, Origin)>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+impl Raw {
+    fn field(&self, key: &str) -> String {
+        match self.values.get(key) {
+            Some((_, Origin::Flag(flag))) => format!("{flag} ({key})"),
+            _ => key.to_string(),
+        }
+    }
+
+    fn error(&mut self, key: &str, value: impl fmt::Display, allowed: impl Into<String>) {
+        let field = self.field(key);
+        self.errors.push(ConfigError { field, value: value.to_string(), allowed: allowed.into() });
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.values.get(key).cloned() {
+            None => None,
+            Some((Value::String(s), _)) => Some(s),
+            Some((other, _)) => {
+                self.error(key, &other, "must be a string in quotes");
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, key: &str, min: u64, default: Duration) -> Duration {
+        match self.values.get(key).cloned() {
+            None => default,
+            Some((Value::Integer(n), _)) if (min as i64..=MAX_TIMEOUT_S as i64).contains(&n) => {
+                Duration::from_secs(n as u64)
+            }
+            Some((other, _)) => {
+                self.error(key, &other, format!("must be a whole number of seconds, {min}-{MAX_TIMEOUT_S}"));
+                default
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `file` (if any), applies the flags over it and validates the
+    /// result. Returns the settings and warnings, or every error found.
+    pub fn from_sources(file: Option<&Path>, flags: &Overrides) -> Result<(Settings, Vec<String>), ConfigErrors> {
+        let mut raw = Raw { values: BTreeMap::new(), errors: Vec::new(), warnings: Vec::new() };
+        if let Some(path) = file {
+            read_file(path, &mut raw);
+        }
+        let flag_values = [
+            ("lan", "--lan", &flags.lan),
+            ("wan", "--wan", &flags.wan),
+            ("external_ip", "--external-ip", &flags.external_ip),
+            ("port_range", "--port-range", &flags.port_range),
+            ("xdp_mode", "--xdp-mode", &flags.xdp_mode),
+        ];
+        for (key, flag, value) in flag_values {
+            if let Some(v) = value {
+                raw.values.insert(key.to_string(), (Value::String(v.clone()), Origin::Flag(flag)));
+            }
+        }
+        let settings = validate(&mut raw);
+        if raw.errors.is_empty() {
+            Ok((settings, raw.warnings))
+        } else {
+            Err(ConfigErrors(raw.errors))
+        }
+    }
+}
+
+fn read_file(path: &Path, raw: &mut Raw) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            raw.errors.push(ConfigError {
+                field: "--config".into(),
+                value: path.display().to_string(),
+                allowed: format!("cannot be read: {e}"),
+            });
+            return;
+        }
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            raw.errors.push(ConfigError {
+                field: path.display().to_string(),
+                value: String::new(),
+                allowed: format!("not valid TOML: {}", e.to_string().trim_end()),
+            });
+            return;
+        }
+    };
+    flatten("", table, raw);
+}
+
+/// `timeouts = { udp = 30 }` becomes `timeouts.udp`; unknown keys are errors
+/// (a typo must not silently fall back to a default).
+fn flatten(prefix: &str, table: toml::Table, raw: &mut Raw) {
+    for (key, value) in table {
+        let full = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        match value {
+            Value::Table(inner) if full == "timeouts" => flatten(&full, inner, raw),
+            value if KEYS.iter().any(|(k, _)| *k == full) => {
+                raw.values.insert(full, (value, Origin::File));
+            }
+            _ => {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                raw.errors.push(ConfigError {
+                    field: full,
+                    value: String::new(),
+                    allowed: format!("unknown setting; known: {}", known.join(", ")),
+                });
+            }
+        }
+    }
+}
+
+fn validate(raw: &mut Raw) -> Settings {
+    let lan = interface(raw, "lan");
+    let wan = interface(raw, "wan");
+    if !lan.is_empty() && lan == wan {
+        raw.error("wan", &wan, "must differ from lan: the gateway needs an inside and an outside interface");
+    }
+
+    let external_ip = raw.string("external_ip").and_then(|s| match s.parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() => {
+            raw.error("external_ip", &s, "must be a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast)");
+            None
+        }
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            raw.error("external_ip", format!("{s:?}"), "must be an IPv4 address, e.g. 203.0.113.1");
+            None
+        }
+    });
+
+    let (port_min, port_max) = match raw.string("port_range") {
+        None => DEFAULT_PORT_RANGE,
+        Some(s) => parse_port_range(&s).unwrap_or_else(|why| {
+            raw.error("port_range", format!("{s:?}"), why);
+            DEFAULT_PORT_RANGE
+        }),
+    };
+
+    let xdp_mode = match raw.string("xdp_mode").as_deref() {
+        None | Some("native") => XdpModeSetting::Native,
+        Some("generic") => XdpModeSetting::Generic,
+        Some(other) => {
+            raw.error("xdp_mode", format!("{other:?}"), "must be \"native\" (driver) or \"generic\" (skb, slower)");
+            XdpModeSetting::Native
+        }
+    };
+
+    let port_hold = raw.seconds("port_hold", 0, DEFAULT_PORT_HOLD);
+    let defaults = Timeouts::default();
+    let timeouts = Timeouts {
+        udp: raw.seconds("timeouts.udp", 1, defaults.udp),
+        icmp: raw.seconds("timeouts.icmp", 1, defaults.icmp),
+        tcp_established: raw.seconds("timeouts.tcp_established", 1, defaults.tcp_established),
+        tcp_transitory: raw.seconds("timeouts.tcp_transitory", 1, defaults.tcp_transitory),
+    };
+    for (name, minimum) in RFC_MINIMUMS_S {
+        let key = format!("timeouts.{name}");
+        if let Some((Value::Integer(n), _)) = raw.values.get(&key)
+            && (*n as u64) < minimum
+        {
+            raw.warnings.push(format!(
+                "{key} = {n} is below the RFC minimum of {minimum} s: long-lived idle flows will break"
+            ));
+        }
+    }
+
+    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, timeouts }
+}
+
+fn interface(raw: &mut Raw, key: &str) -> String {
+    let flag = if key == "lan" { "--lan" } else { "--wan" };
+    match raw.string(key) {
+        None => {
+            raw.errors.push(ConfigError {
+                field: key.into(),
+                value: String::new(),
+                allowed: format!("required: give {flag} IF or `{key} = \"IF\"` in the config file"),
+            });
+            String::new()
+        }
+        Some(name) if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.contains(['/', ' ', '\0']) => {
+            raw.error(key, format!("{name:?}"), format!("must be an interface name of 1-{MAX_IFNAME_LEN} characters without '/' or spaces"));
+            String::new()
+        }
+        Some(name) => name,
+    }
+}
+
+/// "LO-HI" with LOWEST_NAT_PORT <= LO <= HI <= 65535.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let allowed = format!("must be \"LO-HI\" with {LOWEST_NAT_PORT} <= LO <= HI <= 65535, e.g. \"20000-32767\"");
+    let (lo, hi) = s.split_once('-').ok_or_else(|| allowed.clone())?;
+    let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) else {
+        return Err(allowed);
+    };
+    if lo < LOWEST_NAT_PORT || lo > hi {
+        return Err(allowed);
+    }
+    Ok((lo, hi))
+}
+
+/// What natd needs from the machine, read from the network namespace it runs in.
+pub struct Environment {
+    pub lan_ifindex: u32,
+    pub wan_ifindex: u32,
+    pub external_ip: Ipv4Addr,
+}
+
+impl Environment {
+    /// Checks the settings against this network namespace: every problem is
+    /// reported, none is fixed behind the user's back.
+    pub fn check(settings: &Settings) -> Result<Environment, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, value: &str, allowed: String| {
+            errors.push(ConfigError { field: field.into(), value: value.into(), allowed })
+        };
+        let lan_ifindex = ifindex(&settings.lan);
+        let wan_ifindex = ifindex(&settings.wan);
+        for (key, name, index) in [("lan", &settings.lan, lan_ifindex), ("wan", &settings.wan, wan_ifindex)] {
+            if index.is_none() {
+                err(key, name, "no such interface in this network namespace (see `ip link`)".into());
+            }
+        }
+        let external_ip = match settings.external_ip {
+            Some(ip) => Some(ip),
+            None if wan_ifindex.is_some() => {
+                let found = first_ipv4(&settings.wan);
+                if found.is_none() {
+                    err(
+                        "wan",
+                        &settings.wan,
+                        format!(
+                            "has no IPv4 address to translate to: add one (ip addr add ADDR/LEN dev {}) or set external_ip / --external-ip",
+                            settings.wan
+                        ),
+                    );
+                }
+                found
+            }
+            None => None,
+        };
+
+        let range = format!("{}-{}", settings.port_min, settings.port_max);
+        if let Some((lo, hi)) = ephemeral_range()
+            && settings.port_min <= hi
+            && lo <= settings.port_max
+        {
+            err(
+                "port_range",
+                &range,
+                format!(
+                    "overlaps the kernel's ephemeral ports {lo}-{hi} (net.ipv4.ip_local_port_range): the gateway's own \
+                     connections would collide with NAT mappings; pick a range outside it"
+                ),
+            );
+        }
+        for (proto, port) in listening_ports(external_ip) {
+            if (settings.port_min..=settings.port_max).contains(&port) {
+                err(
+                    "port_range",
+                    &range,
+                    format!(
+                        "contains {proto} port {port}, where a local service listens: inbound packets for it would be \
+                         taken for NAT traffic; move the service or the range"
+                    ),
+                );
+            }
+        }
+
+        match (lan_ifindex, wan_ifindex, external_ip) {
+            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ip)) if errors.is_empty() => {
+                Ok(Environment { lan_ifindex, wan_ifindex, external_ip })
+            }
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}
+
+/// The first IPv4 address of an interface, from `getifaddrs`.
+pub fn first_ipv4(ifname: &str) -> Option<Ipv4Addr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: getifaddrs returned a valid list, freed below.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || unsafe { (*entry.ifa_addr).sa_family } != libc::AF_INET as u16 {
+            continue;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        if name.to_bytes() == ifname.as_bytes() {
+            let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    unsafe { libc::freeifaddrs(addrs) };
+    found
+}
+
+/// `net.ipv4.ip_local_port_range` of this namespace.
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<u16>());
+    Some((it.next()?.ok()?, it.next()?.ok()?))
+}
+
+/// TCP listeners and bound UDP sockets on the wildcard or `external` address,
+/// from /proc/net/{tcp,udp} (per network namespace).
+fn listening_ports(external: Option<Ipv4Addr>) -> Vec<(&'static str, u16)> {
+    const TCP_LISTEN: &str = "0A";
+    let mut ports = Vec::new();
+    for (proto, path) in [("tcp", "/proc/net/tcp"), ("udp", "/proc/net/udp")] {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { continue };
+            if proto == "tcp" && *state != TCP_LISTEN {
+                continue;
+            }
+            let Some((addr_hex, port_hex)) = local.split_once(':') else { continue };
+            let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr_hex, 16), u16::from_str_radix(port_hex, 16)) else {
+                continue;
+            };
+            // /proc prints the network-order bytes read as a host integer.
+            let addr = Ipv4Addr::from(u32::from_be(addr));
+            if addr.is_unspecified() || Some(addr) == external {
+                ports.push((proto, port));
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// A config file in the temp dir, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    fn file(text: &str) -> TempFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("natd-config-test-{}-{n}.toml", std::process::id()));
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        TempFile(path)
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn errors(text: &str, flags: &Overrides) -> Vec<ConfigError> {
+        let f = file(text);
+        Settings::from_sources(Some(&f.0), flags).unwrap_err().0
+    }
+
+    #[test]
+    fn a_full_file_is_read_and_flags_override_it() {
+        let f = file(
+            r#"
+            lan = "eth1"
+            wan = "eth0"
+            external_ip = "203.0.113.7"
+            port_range = "40000-40099"
+            xdp_mode = "generic"
+            port_hold = 5
+            [timeouts]
+            udp = 30
+            icmp = 10
+            tcp_established = 600
+            tcp_transitory = 20
+            "#,
+        );
+        let (s, warnings) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+        assert_eq!((s.lan.as_str(), s.wan.as_str()), ("eth1", "eth0"));
+        assert_eq!(s.external_ip, Some(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_eq!((s.port_min, s.port_max), (40000, 40099));
+        assert_eq!(s.xdp_mode, XdpModeSetting::Generic);
+        assert_eq!(s.port_hold, Duration::from_secs(5));
+        assert_eq!(s.timeouts.udp, Duration::from_secs(30));
+        assert_eq!(s.timeouts.tcp_transitory, Duration::from_secs(20));
+        assert_eq!(warnings.len(), 4, "every timeout is below its RFC minimum: {warnings:?}");
+
+        let flags = Overrides { wan: Some("wan0".into()), port_range: Some("50000-50010".into()), ..Default::default() };
+        let (s, _) = Settings::from_sources(Some(&f.0), &flags).unwrap();
+        assert_eq!((s.lan.as_str(), s.wan.as_str()), ("eth1", "wan0"));
+        assert_eq!((s.port_min, s.port_max), (50000, 50010));
+    }
+
+    #[test]
+    fn defaults_apply_to_what_is_not_set() {
+        let flags = Overrides { lan: Some("a".into()), wan: Some("b".into()), ..Default::default() };
+        let (s, warnings) = Settings::from_sources(None, &flags).unwrap();
+        assert_eq!((s.port_min, s.port_max), DEFAULT_PORT_RANGE);
+        assert_eq!(s.port_hold, DEFAULT_PORT_HOLD);
+        assert_eq!(s.timeouts.tcp_established, Duration::from_secs(7440));
+        assert_eq!(s.xdp_mode, XdpModeSetting::Native);
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_field_value_and_what_is_allowed() {
+        let errs = errors(
+            r#"
+            lan = "eth1"
+            wan = "eth1"
+            external_ip = "300.1.2.3"
+            port_range = "9000-100"
+            xdp_mode = "fast"
+            port_hold = -1
+            colour = "blue"
+            [timeouts]
+            udp = "long"
+            tcp_establshed = 10
+            "#,
+            &Overrides::default(),
+        );
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for expected in ["wan", "external_ip", "port_range", "xdp_mode", "port_hold", "colour", "timeouts.udp", "timeouts.tcp_establshed"] {
+            assert!(fields.contains(&expected), "no error for {expected}: {errs:#?}");
+        }
+        let range = errs.iter().find(|e| e.field == "port_range").unwrap();
+        assert_eq!(range.value, "\"9000-100\"");
+        assert!(range.allowed.contains("LO <= HI"), "{range}");
+    }
+
+    #[test]
+    fn missing_interfaces_and_bad_flags_name_the_flag() {
+        let errs = Settings::from_sources(None, &Overrides { port_range: Some("1-2".into()), ..Default::default() })
+            .unwrap_err()
+            .0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(text.iter().any(|e| e.starts_with("lan: required")), "{text:?}");
+        assert!(text.iter().any(|e| e.starts_with("wan: required")), "{text:?}");
+        assert!(text.iter().any(|e| e.starts_with("--port-range (port_range) = \"1-2\"")), "{text:?}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_say_where() {
+        let errs = errors("lan = \"eth1\nwan = 3", &Overrides::default());
+        assert!(errs[0].allowed.contains("not valid TOML") && errs[0].allowed.contains("line"), "{errs:?}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("20000-32767"), Ok((20000, 32767)));
+        assert_eq!(parse_port_range("1024-1024"), Ok((1024, 1024)));
+        assert!(parse_port_range("80-90").is_err());
+        assert!(parse_port_range("30000").is_err());
+        assert!(parse_port_range("30000-70000").is_err());
+    }
+}
