@@ -51,11 +51,15 @@ pub enum Reason {
     /// Translated, but larger than the egress MTU (path-MTU handling comes with
     /// ICMP error support).
     DropTooBigForEgress = 17,
+    /// WAN packet with no mapping, not for the external address, that the
+    /// kernel would forward (to an inside host, or back out): unsolicited
+    /// inbound traffic is not let in.
+    DropInboundTransit = 18,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -74,6 +78,7 @@ impl Reason {
         Reason::DropTooBigForDaemon,
         Reason::DropRedirectFailed,
         Reason::DropTooBigForEgress,
+        Reason::DropInboundTransit,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -100,6 +105,7 @@ impl Reason {
             Reason::DropTooBigForDaemon => "drop_too_big_for_daemon",
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::DropTooBigForEgress => "drop_too_big_for_egress",
+            Reason::DropInboundTransit => "drop_inbound_transit",
         }
     }
 }

@@ -134,7 +134,7 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     match route_untranslated(ctx, pkt) {
         Route::Wan if source.is_some() => hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
         Route::Wan => Verdict::drop(Reason::DropUntranslatable),
-        Route::LocalOrInside => Verdict::pass(Reason::PassLocal),
+        Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
     }
 }
 
@@ -158,19 +158,34 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return forward(ctx, pkt, Reason::TranslatedIn);
     }
 
-    // No mapping. A NAT port on the external address belongs to no local
-    // socket: drop it rather than let the kernel answer with RST or Port
-    // Unreachable. Anything else is the gateway host's own traffic.
+    wan_miss(ctx, pkt)
+}
+
+/// A WAN packet without a mapping.
+#[inline(always)]
+fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let cfg = config();
-    let port = u16::from_be(external.port_be);
-    if external.addr_be == cfg.external_addr_be
-        && external.proto != proto::ICMP
-        && port >= cfg.port_min
-        && port <= cfg.port_max
-    {
-        return Verdict::drop(Reason::DropInboundNoMapping);
+    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
+    if dst_be == cfg.external_addr_be {
+        // A NAT port on the external address belongs to no local socket: drop
+        // it rather than let the kernel answer with RST or Port Unreachable.
+        // Anything else is the gateway host's own traffic.
+        if let Some(external) = pkt.destination() {
+            let port = u16::from_be(external.port_be);
+            if external.proto != proto::ICMP && port >= cfg.port_min && port <= cfg.port_max {
+                return Verdict::drop(Reason::DropInboundNoMapping);
+            }
+        }
+        return Verdict::pass(Reason::PassNoMapping);
     }
-    Verdict::pass(Reason::PassNoMapping)
+    // For another address: the kernel delivers it if the gateway owns it, but
+    // would forward it untranslated if it names an inside host (someone on
+    // the WAN side routing the inside prefix at us). Unsolicited inbound
+    // traffic reaches no LAN host: only mappings let packets in.
+    match route_untranslated(ctx, pkt) {
+        Route::Local => Verdict::pass(Reason::PassNoMapping),
+        Route::Wan | Route::Inside => Verdict::drop(Reason::DropInboundTransit),
+    }
 }
 
 /// Records activity on a mapping: at most one write per granule for the
@@ -236,9 +251,10 @@ fn lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
 enum Route {
     /// The kernel would forward it out of the WAN interface.
     Wan,
-    /// Local delivery, another inside interface, or not routable at all: the
-    /// kernel handles it without it reaching the WAN.
-    LocalOrInside,
+    /// The kernel would forward it out of another interface.
+    Inside,
+    /// Local delivery, or not routable at all: the kernel does not forward it.
+    Local,
 }
 
 #[inline(always)]
@@ -251,10 +267,12 @@ fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
         || rc == BPF_FIB_LKUP_RET_NO_NEIGH
         || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED;
     let wan = config().wan_ifindex;
-    if routed && wan != 0 && params.ifindex == wan {
+    if !routed {
+        Route::Local
+    } else if wan != 0 && params.ifindex == wan {
         Route::Wan
     } else {
-        Route::LocalOrInside
+        Route::Inside
     }
 }
 

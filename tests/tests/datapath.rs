@@ -295,6 +295,14 @@ fn pass_and_drop_cases() -> Vec<Case> {
             None,
             Reason::DropInboundNoMapping,
         ),
+        case(
+            "unsolicited WAN packet addressed straight to an inside host is dropped, not forwarded",
+            Wan,
+            from_wan(Frame::udp(REMOTE_UDP, (addr::LAN_HOST, 5000))),
+            DROP,
+            None,
+            Reason::DropInboundTransit,
+        ),
         Case {
             name: "ARP passes",
             side: Lan,

@@ -20,6 +20,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
     ("ip", "iproute2"),
+    ("curl", "curl"),
+    ("nginx", "nginx-light"),
+    ("iperf3", "iperf3"),
+    ("tcpdump", "tcpdump"),
 ];
 
 pub fn toolchain() -> Result<()> {

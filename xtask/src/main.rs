@@ -70,6 +70,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             bootstrap::toolchain()?;
             bootstrap::test_tools()?;
+            // The end-to-end tests run the real natd of the profile `cargo test` uses.
+            run(Command::new("cargo").args(["build", "-p", "nat-userspace", "--bin", "natd"]))?;
             test(&args)
         }
         Cmd::Bench { runs } => {

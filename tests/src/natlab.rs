@@ -1,0 +1,218 @@
+//! The whole product under test: LAN hosts on a bridge, a gateway running the
+//! real `natd` binary, and a WAN server, each in its own namespace.
+//!
+//! ```text
+//! h0 (10.77.1.10) --+
+//! h1 (10.77.1.11) --+-- sw (bridge) -- lan0 [gw: natd] wan0 -- srv (203.0.113.2)
+//! h2 (10.77.1.12) --+                    10.77.1.1   203.0.113.1
+//! ```
+//!
+//! Everything is removed on drop, natd first (SIGINT, so it detaches), also
+//! when the test fails.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nat_userspace::control::{Session, Stats, Status};
+
+use crate::netns::Netns;
+
+pub const GW_LAN: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+/// The address of LAN host `i`.
+pub const fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 1, 10 + i as u8)
+}
+
+/// The natd binary of this build profile: cargo puts integration tests in
+/// target/<profile>/deps and binaries in target/<profile>. `cargo xtask test`
+/// builds it before the tests run.
+pub fn natd_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATD") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("test binary outside target/<profile>/deps")?;
+    let natd = profile_dir.join("natd");
+    if !natd.exists() {
+        bail!("{} is missing: run the tests with `cargo xtask test` (it builds natd first) or `cargo build -p nat-userspace`", natd.display());
+    }
+    Ok(natd)
+}
+
+pub struct NatLab {
+    pub hosts: Vec<Netns>,
+    pub gw: Netns,
+    pub server: Netns,
+    _switch: Netns,
+    natd: Option<Child>,
+    natd_log: PathBuf,
+    natd_path: PathBuf,
+}
+
+impl NatLab {
+    /// Builds the topology. `tx_offload` is the TX checksum offload setting of
+    /// every sender (LAN hosts and server).
+    pub fn new(hosts: usize, tx_offload: bool) -> Result<Self> {
+        let sw = Netns::new("sw")?;
+        let gw = Netns::new("gw")?;
+        let server = Netns::new("srv")?;
+        let mut lab_hosts = Vec::new();
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        for i in 0..hosts {
+            let host = Netns::new(&format!("h{i}"))?;
+            let port = format!("p{i}");
+            sw.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name])?;
+            sw.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            host.ip(&["addr", "add", &format!("{}/24", host_addr(i)), "dev", "eth0"])?;
+            host.ip(&["link", "set", "eth0", "up"])?;
+            host.ip(&["route", "add", "default", "via", &GW_LAN.to_string()])?;
+            lab_hosts.push(host);
+        }
+        sw.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", &gw.name])?;
+        sw.ip(&["link", "set", "up0", "master", "br0", "up"])?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
+        gw.ip(&["addr", "add", &format!("{GW_LAN}/24"), "dev", "lan0"])?;
+        gw.ip(&["addr", "add", &format!("{EXTERNAL}/24"), "dev", "wan0"])?;
+        server.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"])?;
+        for (ns, ifname) in [(&gw, "lan0"), (&gw, "wan0"), (&server, "eth0")] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        // XDP redirects into a veth arrive only where the receiving end runs
+        // NAPI: GRO on the bridge port and the server.
+        sw.exec(&["ethtool", "-K", "up0", "gro", "on"])?;
+        server.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+        let tx = if tx_offload { "on" } else { "off" };
+        for ns in lab_hosts.iter().chain([&server]) {
+            ns.exec(&["ethtool", "-K", "eth0", "tx", tx])?;
+        }
+        let natd_log = std::env::temp_dir().join(format!("{}-natd.log", gw.name));
+        Ok(Self { hosts: lab_hosts, gw, server, _switch: sw, natd: None, natd_log, natd_path: natd_binary()? })
+    }
+
+    /// Writes a config file for natd and returns its path (removed with the lab's
+    /// temp files by the OS; named after the gateway namespace, so unique).
+    pub fn config_file(&self, text: &str) -> Result<PathBuf> {
+        let path = std::env::temp_dir().join(format!("{}-natd.toml", self.gw.name));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs `natd ARGS` to completion in the gateway namespace.
+    pub fn natd_cli(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.gw.command(&[self.natd_path.to_str().context("natd path")?]);
+        Ok(cmd.args(args).output()?)
+    }
+
+    /// Starts `natd run --lan lan0 --wan wan0 EXTRA...` and waits until it
+    /// answers `natd status` (bounded).
+    pub fn start_natd(&mut self, extra: &[&str]) -> Result<()> {
+        let log = std::fs::File::create(&self.natd_log)?;
+        let mut cmd = self.gw.command(&[self.natd_path.to_str().context("natd path")?]);
+        cmd.args(["run", "--lan", "lan0", "--wan", "wan0"]).args(extra).stdout(Stdio::null()).stderr(log);
+        self.natd = Some(cmd.spawn().context("starting natd")?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.natd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.natd = None;
+                bail!("natd exited during start-up ({status}):\n{}", self.natd_log());
+            }
+            if self.natd_cli(&["status"])?.status.success() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("natd did not answer `natd status` within 10 s:\n{}", self.natd_log())
+    }
+
+    /// Stops natd with SIGINT and returns its exit status.
+    pub fn stop_natd(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.natd.take().context("natd is not running")?;
+        // `ip netns exec` execs natd, so the child's pid is natd's.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("natd did not stop within 10 s of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn natd_log(&self) -> String {
+        std::fs::read_to_string(&self.natd_log).unwrap_or_default()
+    }
+
+    fn query<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
+        let out = self.natd_cli(&[what, "--json"])?;
+        if !out.status.success() {
+            bail!("natd {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<Session>> {
+        self.query("sessions")
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let mut all: Vec<Status> = self.query("status")?;
+        all.pop().context("no natd in status")
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let mut all: Vec<Stats> = self.query("stats")?;
+        all.pop().context("no natd in stats")
+    }
+
+    /// True when an XDP program is attached to any interface of the gateway.
+    pub fn xdp_attached(&self) -> Result<bool> {
+        Ok(self.gw.ip(&["link", "show"])?.contains("xdp"))
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        if self.natd.is_some() {
+            let _ = self.stop_natd();
+        }
+        let _ = std::fs::remove_file(&self.natd_log);
+        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}-natd.toml", self.gw.name)));
+    }
+}
+
+/// Runs `f` on a thread inside `ns` (sockets opened there belong to it).
+pub fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let name = ns.name.clone();
+    thread::spawn(move || {
+        let ns = Netns { name };
+        let guard = ns.enter().expect("entering the namespace");
+        let out = f();
+        drop(guard);
+        // The namespace belongs to the lab, not to this thread.
+        std::mem::forget(ns);
+        out
+    })
+}
+
+/// Reads a counter of /proc/net/snmp in `ns` (e.g. ("Udp", "InCsumErrors")).
+pub fn snmp_counter(ns: &Netns, group: &str, name: &str) -> Result<u64> {
+    let text = ns.exec(&["cat", "/proc/net/snmp"])?;
+    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+    let (Some(header), Some(values)) = (lines.next(), lines.next()) else { bail!("no {group} in /proc/net/snmp") };
+    let index = header.split_whitespace().position(|h| h == name).with_context(|| format!("no {group} {name}"))?;
+    Ok(values.split_whitespace().nth(index).context("short snmp line")?.parse()?)
+}

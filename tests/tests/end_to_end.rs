@@ -1,0 +1,508 @@
+//! The product end to end: the real `natd` binary on a gateway namespace,
+//! several LAN hosts, a WAN server, real sockets and real clients (curl,
+//! nginx, iperf3, ping, tcpdump). Each test builds its own lab and tears it
+//! down, natd included, even when it fails.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    process::Stdio,
+    sync::{
+        Arc, Barrier, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nat_tests::{
+    natlab::{EXTERNAL, NatLab, SERVER, host_addr, in_ns, snmp_counter},
+    netns::Netns,
+    require_root,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const SERVICE_PORT: u16 = 7000;
+/// Every LAN host uses this source port: the collision the NAT exists to solve.
+const SHARED_SOURCE_PORT: u16 = 5000;
+const SHARED_ICMP_ID: &str = "4242";
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A UDP and TCP echo service on the server that records who it saw.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    udp_peers: Arc<Mutex<Vec<SocketAddr>>>,
+    tcp_peers: Arc<Mutex<Vec<SocketAddr>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(server: &Netns, port: u16) -> Self {
+        let (udp, tcp) = in_ns(server, move || {
+            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            (UdpSocket::bind(any).unwrap(), TcpListener::bind(any).unwrap())
+        })
+        .join()
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp_peers = Arc::new(Mutex::new(Vec::new()));
+        let tcp_peers = Arc::new(Mutex::new(Vec::new()));
+        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let udp_thread = {
+            let (stop, peers) = (stop.clone(), udp_peers.clone());
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                        peers.lock().unwrap().push(peer);
+                        let reply = [b"echo:".as_slice(), &buf[..n]].concat();
+                        let _ = udp.send_to(&reply, peer);
+                    }
+                }
+            })
+        };
+        let tcp_thread = {
+            let (stop, peers) = (stop.clone(), tcp_peers.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((mut conn, peer)) => {
+                            peers.lock().unwrap().push(peer);
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                            let mut buf = [0u8; 256];
+                            if let Ok(n) = conn.read(&mut buf) {
+                                let _ = conn.write_all(&[b"echo:".as_slice(), &buf[..n]].concat());
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Self { stop, udp_peers, tcp_peers, threads: vec![udp_thread, tcp_thread] }
+    }
+
+    fn udp_peers(&self) -> Vec<SocketAddr> {
+        self.udp_peers.lock().unwrap().clone()
+    }
+
+    fn tcp_peers(&self) -> Vec<SocketAddr> {
+        self.tcp_peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One UDP request from `source_port` in `host`; returns the reply.
+fn udp_request(host: &Netns, source_port: u16, payload: Vec<u8>) -> thread::JoinHandle<Result<Vec<u8>, String>> {
+    in_ns(host, move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        // Sent once: the first packet of the flow must arrive without a retry.
+        sock.send_to(&payload, SocketAddrV4::new(SERVER, SERVICE_PORT)).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("no UDP reply: {e}"))?;
+        if from != SocketAddr::from(SocketAddrV4::new(SERVER, SERVICE_PORT)) {
+            return Err(format!("reply from {from}"));
+        }
+        Ok(buf[..n].to_vec())
+    })
+}
+
+/// One TCP exchange from `source_port` in `host`; returns (reply, connect time).
+fn tcp_request(host: &Netns, source_port: u16, payload: Vec<u8>) -> thread::JoinHandle<Result<(Vec<u8>, Duration), String>> {
+    in_ns(host, move || {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port).into()).map_err(|e| format!("bind: {e}"))?;
+        let started = Instant::now();
+        sock.connect_timeout(&SocketAddrV4::new(SERVER, SERVICE_PORT).into(), IO_TIMEOUT)
+            .map_err(|e| format!("connect: {e}"))?;
+        let connect_time = started.elapsed();
+        let mut stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(&payload).map_err(|e| e.to_string())?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).map_err(|e| format!("reading the TCP reply: {e}"))?;
+        Ok((reply, connect_time))
+    })
+}
+
+fn ping(host: &Netns, id: &str, count: u32) -> thread::JoinHandle<Result<String, String>> {
+    let (name, id) = (host.name.clone(), id.to_string());
+    thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &name, "ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", "-e", &id])
+            .arg(SERVER.to_string())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() { Ok(text) } else { Err(text) }
+    })
+}
+
+fn distinct_ports_on_external(peers: &[SocketAddr]) -> BTreeSet<u16> {
+    for peer in peers {
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(EXTERNAL), "the server saw an address other than the gateway's: {peer}");
+    }
+    peers.iter().map(|p| p.port()).collect()
+}
+
+/// Three hosts on one source port, UDP, TCP and ICMP echo with one identifier,
+/// all at once: distinct external ports on the gateway's address, and each
+/// host gets exactly its own replies.
+fn same_source_port_from_three_hosts(tx_offload: bool) {
+    const HOSTS: usize = 3;
+    let mut lab = NatLab::new(HOSTS, tx_offload).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let server = EchoServer::start(&lab.server, SERVICE_PORT);
+
+    let start = Arc::new(Barrier::new(HOSTS));
+    let workers: Vec<_> = (0..HOSTS)
+        .map(|i| {
+            let (host, start) = (Netns { name: lab.hosts[i].name.clone() }, start.clone());
+            thread::spawn(move || {
+                start.wait();
+                let me = format!("host {i}").into_bytes();
+                let pinger = ping(&host, SHARED_ICMP_ID, 3);
+                let udp = udp_request(&host, SHARED_SOURCE_PORT, me.clone()).join().unwrap();
+                let tcp = tcp_request(&host, SHARED_SOURCE_PORT, me).join().unwrap();
+                let pinged = pinger.join().unwrap();
+                std::mem::forget(host);
+                (udp, tcp, pinged)
+            })
+        })
+        .collect();
+    for (i, worker) in workers.into_iter().enumerate() {
+        let (udp, tcp, pinged) = worker.join().unwrap();
+        let expected = format!("echo:host {i}").into_bytes();
+        assert_eq!(udp.unwrap_or_else(|e| panic!("host {i} UDP: {e}\n{}", lab.natd_log())), expected, "host {i} got another host's UDP reply");
+        let (reply, _) = tcp.unwrap_or_else(|e| panic!("host {i} TCP: {e}\n{}", lab.natd_log()));
+        assert_eq!(reply, expected, "host {i} got another host's TCP reply");
+        let pinged = pinged.unwrap_or_else(|e| panic!("host {i} ping: {e}"));
+        assert!(pinged.contains("3 received"), "host {i}: {pinged}");
+    }
+
+    assert_eq!(distinct_ports_on_external(&server.udp_peers()).len(), HOSTS, "UDP: {:?}", server.udp_peers());
+    assert_eq!(distinct_ports_on_external(&server.tcp_peers()).len(), HOSTS, "TCP: {:?}", server.tcp_peers());
+    let sessions = lab.sessions().unwrap();
+    let icmp: BTreeSet<&str> = sessions.iter().filter(|s| s.proto == "icmp").map(|s| s.external.as_str()).collect();
+    assert_eq!(icmp.len(), HOSTS, "ICMP echo identifiers must be distinct on the WAN: {sessions:?}");
+    for s in &sessions {
+        assert!(s.external.starts_with(&format!("{EXTERNAL}:")), "{s:?}");
+    }
+    // The receivers checked every checksum: none failed.
+    for ns in lab.hosts.iter().chain([&lab.server]) {
+        assert_eq!(snmp_counter(ns, "Udp", "InCsumErrors").unwrap(), 0, "UDP checksum errors in {}", ns.name);
+        assert_eq!(snmp_counter(ns, "Tcp", "InCsumErrors").unwrap(), 0, "TCP checksum errors in {}", ns.name);
+    }
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("translated_out").unwrap() > 0 && stats.get("translated_in").unwrap() > 0, "{stats:?}");
+    assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
+    assert!(!lab.xdp_attached().unwrap(), "natd left a program attached");
+    assert!(!lab.natd_cli(&["status"]).unwrap().status.success(), "status must fail once natd stopped");
+}
+
+#[test]
+fn same_source_port_from_three_hosts_tx_offload_off() {
+    require_root!();
+    same_source_port_from_three_hosts(false);
+}
+
+/// RFC 4787 REQ-1 / RFC 5382 REQ-1: one inside endpoint, two destinations,
+/// one external port.
+#[test]
+fn mapping_is_endpoint_independent() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let a = EchoServer::start(&lab.server, SERVICE_PORT);
+    let b = EchoServer::start(&lab.server, SERVICE_PORT + 1);
+    let sock = in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:5555").unwrap()).join().unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for port in [SERVICE_PORT, SERVICE_PORT + 1] {
+        sock.send_to(b"x", SocketAddrV4::new(SERVER, port)).unwrap();
+        sock.recv_from(&mut buf).unwrap();
+    }
+    assert_eq!(a.udp_peers(), b.udp_peers(), "two destinations saw different external endpoints");
+}
+
+/// The first packet of a new flow is delivered without relying on a retry:
+/// a TCP connect completes well inside the 1 s SYN retransmit timer, and a
+/// single UDP datagram gets its answer.
+#[test]
+fn first_packet_is_not_lost_tcp_connects_without_a_syn_retransmit() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    for port in [6001, 6002, 6003] {
+        let (reply, connect) = tcp_request(&lab.hosts[0], port, b"syn".to_vec()).join().unwrap().unwrap();
+        assert_eq!(reply, b"echo:syn");
+        assert!(connect < Duration::from_millis(500), "connect took {connect:?}: the first SYN was lost and retransmitted");
+    }
+    assert_eq!(udp_request(&lab.hosts[0], 6004, b"once".to_vec()).join().unwrap().unwrap(), b"echo:once");
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats.get("mappings_created"), Some(4), "{stats:?}");
+    assert!(stats.get("reinjected").unwrap() >= 4, "{stats:?}");
+}
+
+/// Real clients through the gateway: curl to nginx, iperf3 TCP and UDP, ping;
+/// a WAN capture shows no inside address; the gateway's own connection to the
+/// server works while natd runs.
+#[test]
+fn real_clients_curl_nginx_iperf3_and_a_clean_wan_capture() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let host = &lab.hosts[0];
+
+    // Captured where the WAN frames arrive: AF_PACKET on the gateway's wan0
+    // does not see frames that XDP redirects out of it.
+    let capture_file = std::env::temp_dir().join(format!("{}-wan.pcap", lab.gw.name));
+    let mut capture = lab
+        .server
+        .command(&["tcpdump", "-i", "eth0", "-n", "-U", "-w", capture_file.to_str().unwrap(), "ip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    let _nginx = Nginx::start(&lab.server);
+    thread::sleep(Duration::from_millis(500));
+
+    // curl: 1 MiB over HTTP, compared byte for byte.
+    let body = host.exec(&["curl", "-sS", "--max-time", "10", &format!("http://{SERVER}/blob")]).expect("curl through the gateway");
+    assert_eq!(body.len(), Nginx::BLOB_LEN, "curl got a short body");
+    assert_eq!(body, Nginx::blob_text(), "the body changed on the way");
+
+    // iperf3 TCP and UDP, 2 s each.
+    let iperf_server = lab.server.command(&["iperf3", "-s", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _kill_iperf = KillOnDrop(iperf_server);
+    thread::sleep(Duration::from_millis(300));
+    let tcp = host.exec(&["iperf3", "-c", &SERVER.to_string(), "-p", "5201", "-t", "2", "-J"]).expect("iperf3 TCP");
+    let tcp: serde_json::Value = serde_json::from_str(&tcp).unwrap();
+    let tcp_bps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    assert!(tcp_bps > 1e6, "iperf3 TCP through the gateway: {tcp_bps} bit/s");
+    let udp = host.exec(&["iperf3", "-c", &SERVER.to_string(), "-p", "5201", "-u", "-b", "20M", "-t", "2", "-J"]).expect("iperf3 UDP");
+    let udp: serde_json::Value = serde_json::from_str(&udp).unwrap();
+    let lost = udp["end"]["sum"]["lost_percent"].as_f64().unwrap();
+    let packets = udp["end"]["sum"]["packets"].as_u64().unwrap();
+    assert!(packets > 1000 && lost < 5.0, "iperf3 UDP: {packets} packets, {lost}% lost");
+
+    let pinged = ping(host, "777", 3).join().unwrap().expect("ping");
+    assert!(pinged.contains("3 received"), "{pinged}");
+
+    // The gateway's own connection (an ephemeral port outside the NAT range).
+    let own = lab.gw.exec(&["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{SERVER}/blob")]);
+    assert_eq!(own.expect("the gateway's own curl"), "200");
+
+    thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+    let _ = capture.wait();
+    let dump = lab.server.exec(&["tcpdump", "-n", "-r", capture_file.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&capture_file);
+    assert!(dump.lines().count() > 1000, "the capture saw too little: {} lines", dump.lines().count());
+    let leaks: Vec<&str> = dump.lines().filter(|l| l.contains("10.77.1.")).take(5).collect();
+    assert!(leaks.is_empty(), "inside addresses on the WAN:\n{}", leaks.join("\n"));
+}
+
+/// Unsolicited inbound packets reach no LAN host: to NAT ports on the external
+/// address (no mapping) and addressed straight to an inside host.
+#[test]
+fn unsolicited_inbound_reaches_no_lan_host() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    // A route to the inside network, as a hostile next hop could have.
+    lab.server.ip(&["route", "add", "10.77.1.0/24", "via", &EXTERNAL.to_string()]).unwrap();
+    let listener = in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:20000").unwrap()).join().unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+    in_ns(&lab.server, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for port in [20000u16, 20001, 25000, 32767] {
+            sock.send_to(b"knock", SocketAddrV4::new(EXTERNAL, port)).unwrap();
+        }
+        sock.send_to(b"direct", SocketAddrV4::new(host_addr(0), 20000)).unwrap();
+    })
+    .join()
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let got = listener.recv_from(&mut buf);
+    assert!(got.is_err(), "an unsolicited packet reached the LAN host: {got:?}");
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("drop_inbound_no_mapping").unwrap() >= 4, "{stats:?}");
+    assert!(stats.get("drop_inbound_transit").unwrap() >= 1, "{stats:?}");
+}
+
+/// Short timeouts: the mapping disappears on time and its port returns to
+/// the pool after the hold.
+#[test]
+fn aging_removes_idle_mappings_on_time_and_frees_their_ports() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let config = lab.config_file("port_hold = 1\n[timeouts]\nudp = 2\nicmp = 2\n").unwrap();
+    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    assert_eq!(udp_request(&lab.hosts[0], 6100, b"a".to_vec()).join().unwrap().unwrap(), b"echo:a");
+    let sent = Instant::now();
+    assert_eq!(lab.sessions().unwrap().len(), 1);
+    assert_eq!(lab.status().unwrap().ports.iter().find(|p| p.proto == "udp").unwrap().in_use, 1);
+
+    let deadline = sent + Duration::from_secs(8);
+    while !lab.sessions().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the mapping outlived its 2 s timeout by far: {:?}", lab.sessions().unwrap());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let gone_after = sent.elapsed();
+    assert!(gone_after >= Duration::from_secs(2), "removed after {gone_after:?}, before its 2 s timeout");
+    thread::sleep(Duration::from_millis(2500));
+    let udp = lab.status().unwrap().ports.into_iter().find(|p| p.proto == "udp").unwrap();
+    assert_eq!((udp.in_use, udp.held), (0, 0), "the port did not return to the pool: {udp:?}");
+    assert_eq!(lab.stats().unwrap().get("mappings_expired"), Some(1));
+}
+
+/// A tiny port range fills: new flows are refused and counted, existing ones
+/// keep working, and the gateway recovers by itself once mappings age out.
+#[test]
+fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let config = lab.config_file("port_range = \"20000-20001\"\nport_hold = 0\n[timeouts]\nudp = 4\n").unwrap();
+    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let host = &lab.hosts[0];
+    let keep = in_ns(host, || UdpSocket::bind("0.0.0.0:6200").unwrap()).join().unwrap();
+    keep.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let exchange = |sock: &UdpSocket| -> bool {
+        let mut buf = [0u8; 64];
+        sock.send_to(b"k", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
+        sock.recv_from(&mut buf).is_ok()
+    };
+    assert!(exchange(&keep));
+    assert!(udp_request(host, 6201, b"b".to_vec()).join().unwrap().is_ok(), "the second port of two");
+    let third = in_ns(host, || UdpSocket::bind("0.0.0.0:6202").unwrap()).join().unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(!exchange(&third), "a third flow got through a two-port range");
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("refused_no_port").unwrap() >= 1, "{stats:?}");
+    let status = lab.status().unwrap();
+    assert_eq!(status.sessions, 2, "a live mapping was evicted: {status:?}");
+    // The existing flow still works while the space is full.
+    keep.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(exchange(&keep), "an existing flow stopped working when the range filled");
+
+    // Recovery: once idle mappings expire, a new flow gets a port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.status().unwrap().sessions > 0 {
+        assert!(Instant::now() < deadline, "mappings never expired");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(udp_request(host, 6203, b"d".to_vec()).join().unwrap().unwrap(), b"echo:d");
+}
+
+/// Bad input: each a clear error naming what to fix, and nothing left attached.
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_nothing_attached() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let failures: [(&[&str], &str); 4] = [
+        (&["--lan", "nosuch0", "--wan", "wan0"], "lan = nosuch0: no such interface"),
+        (&["--lan", "lan0", "--wan", "wan0", "--port-range", "100-50"], "--port-range (port_range) = \"100-50\""),
+        (&["--lan", "lan0", "--wan", "wan0", "--port-range", "40000-40100"], "overlaps the kernel's ephemeral ports"),
+        (&["--lan", "lan0", "--wan", "wan0", "--xdp-mode", "turbo"], "xdp_mode"),
+    ];
+    for (args, expected) in failures {
+        let full = [&["run"], args].concat();
+        let out = lab.natd_cli(&full).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "natd {full:?}: expected {expected:?} in:\n{err}");
+        assert!(!lab.xdp_attached().unwrap(), "natd {full:?} failed but left a program attached");
+    }
+
+    let bad = lab.config_file("lan = \"lan0\"\nwan = \"wan0\"\nport_rnage = \"20000-20100\"\n[timeouts]\nudp = \"soon\"\n").unwrap();
+    let out = lab.natd_cli(&["check", "--config", bad.to_str().unwrap()]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("port_rnage: unknown setting") && err.contains("timeouts.udp = \"soon\""), "{err}");
+    let out = lab.natd_cli(&["run", "--config", bad.to_str().unwrap()]).unwrap();
+    assert!(!out.status.success() && !lab.xdp_attached().unwrap());
+
+    // A WAN interface without an IPv4 address and no external_ip.
+    lab.gw.ip(&["addr", "flush", "dev", "wan0"]).unwrap();
+    let out = lab.natd_cli(&["run", "--lan", "lan0", "--wan", "wan0"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wan = wan0: has no IPv4 address"), "{err}");
+    lab.gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "wan0"]).unwrap();
+
+    // A second daemon on the same interfaces.
+    lab.start_natd(&[]).unwrap();
+    let out = lab.natd_cli(&["run", "--lan", "lan0", "--wan", "wan0"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already served by another natd"), "{err}");
+    assert!(lab.natd_cli(&["status"]).unwrap().status.success(), "the first natd must keep serving");
+    lab.stop_natd().unwrap();
+    assert!(!lab.xdp_attached().unwrap(), "programs left attached after SIGINT");
+}
+
+/// nginx serving a 1 MiB file from a temp dir in the server namespace.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    const BLOB_LEN: usize = 1 << 20;
+
+    fn blob_text() -> String {
+        (0..Self::BLOB_LEN).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect()
+    }
+
+    fn start(server: &Netns) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-nginx", server.name));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/blob"), Self::blob_text()).unwrap();
+        let conf = format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; \
+             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen {SERVER}:80; root {d}/www; }} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = server
+            .command(&["nginx", "-c", dir.join("nginx.conf").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian nginx-light; cargo xtask test installs it)");
+        Self { child, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
