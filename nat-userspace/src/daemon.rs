@@ -13,7 +13,7 @@ use crate::{
     allocator::PortAllocator,
     control::{Counter, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
-    handoff::{KernelSender, reinject},
+    handoff::{KernelSender, event_packet, translate_source},
 };
 
 /// Idle timeouts (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
@@ -95,7 +95,8 @@ pub struct DaemonCounters {
     pub refused_no_port: u64,
     /// New flows refused because the kernel maps are full.
     pub refused_map_full: u64,
-    pub reinjected: u64,
+    /// First packets of new flows translated and sent on by the daemon.
+    pub first_packets_sent: u64,
     pub sent_through_kernel: u64,
     pub handoff_errors: u64,
 }
@@ -155,7 +156,7 @@ impl Daemon {
             bail!("miss event without a TCP/UDP/ICMP source");
         };
         // Several packets of one flow can miss before the mapping exists: the
-        // later ones only need re-injecting (endpoint-independent mapping).
+        // later ones only need sending on (endpoint-independent mapping).
         if !self.sessions.contains_key(&inside) {
             let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
                 self.counters.refused_no_port += 1;
@@ -173,8 +174,12 @@ impl Daemon {
             self.sessions.insert(inside, external);
             self.counters.mappings_created += 1;
         }
-        reinject(&self.datapath, event)?;
-        self.counters.reinjected += 1;
+        // The first packet goes on now, not after the sender's retransmit timer.
+        let external = self.sessions[&inside];
+        let mut packet = event_packet(event)?.to_vec();
+        translate_source(&mut packet, external)?;
+        self.sender.send_packet(&packet)?;
+        self.counters.first_packets_sent += 1;
         Ok(())
     }
 
@@ -291,7 +296,7 @@ impl Daemon {
                 counter("mappings_expired", c.mappings_expired),
                 counter("refused_no_port", c.refused_no_port),
                 counter("refused_map_full", c.refused_map_full),
-                counter("reinjected", c.reinjected),
+                counter("first_packets_sent", c.first_packets_sent),
                 counter("sent_through_kernel", c.sent_through_kernel),
                 counter("handoff_errors", c.handoff_errors),
             ],

@@ -32,20 +32,21 @@ pub const fn host_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 1, 10 + i as u8)
 }
 
-/// The natd binary of this build profile: cargo puts integration tests in
-/// target/<profile>/deps and binaries in target/<profile>. `cargo xtask test`
-/// builds it before the tests run.
+/// The natd binary of this build profile: next to this executable (a bench
+/// binary in target/<profile>) or one level up (a test in target/<profile>/deps).
+/// `cargo xtask test` and `cargo xtask bench` build it first; `NATD` overrides.
 pub fn natd_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("NATD") {
         return Ok(path.into());
     }
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("test binary outside target/<profile>/deps")?;
-    let natd = profile_dir.join("natd");
-    if !natd.exists() {
-        bail!("{} is missing: run the tests with `cargo xtask test` (it builds natd first) or `cargo build -p nat-userspace`", natd.display());
-    }
-    Ok(natd)
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("natd")).collect();
+    candidates.iter().find(|p| p.exists()).cloned().with_context(|| {
+        format!(
+            "natd not found at {}: run `cargo xtask test` (it builds natd first) or `cargo build -p nat-userspace`",
+            candidates[0].display()
+        )
+    })
 }
 
 pub struct NatLab {

@@ -255,7 +255,7 @@ fn first_packet_is_not_lost_tcp_connects_without_a_syn_retransmit() {
     assert_eq!(udp_request(&lab.hosts[0], 6004, b"once".to_vec()).join().unwrap().unwrap(), b"echo:once");
     let stats = lab.stats().unwrap();
     assert_eq!(stats.get("mappings_created"), Some(4), "{stats:?}");
-    assert!(stats.get("reinjected").unwrap() >= 4, "{stats:?}");
+    assert!(stats.get("first_packets_sent").unwrap() >= 4, "{stats:?}");
 }
 
 /// Real clients through the gateway: curl to nginx, iperf3 TCP and UDP, ping;

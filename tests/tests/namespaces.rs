@@ -159,8 +159,8 @@ fn next_event(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> nat_common::
 }
 
 /// A datagram of a flow with no mapping yet is handed to userspace, and after
-/// the mapping is inserted it is re-injected and delivered: one datagram sent,
-/// one received, no retransmission involved.
+/// the mapping is inserted it is translated and sent on through the kernel:
+/// one datagram sent, one received, no retransmission involved.
 #[test]
 fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
     require_root!();
@@ -190,7 +190,9 @@ fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
     lab.datapath
         .insert_pair(Endpoint::new(HOST, 5001, proto::UDP), Endpoint::new(EXTERNAL, 20002, proto::UDP), 0)
         .unwrap();
-    nat_userspace::handoff::reinject(&lab.datapath, &event).unwrap();
+    let mut packet = nat_userspace::handoff::event_packet(&event).unwrap().to_vec();
+    nat_userspace::handoff::translate_source(&mut packet, Endpoint::new(EXTERNAL, 20002, proto::UDP)).unwrap();
+    nat_userspace::handoff::KernelSender::new().unwrap().send_packet(&packet).unwrap();
 
     assert_eq!(server.join().unwrap(), SocketAddrV4::new(EXTERNAL, 20002).into());
     assert_eq!(client.join().unwrap(), 5);

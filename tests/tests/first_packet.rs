@@ -1,0 +1,96 @@
+//! The daemon's translation of a flow's first packet (`handoff::translate_source`)
+//! gives exactly the bytes a from-scratch build of the translated packet has:
+//! TCP, UDP, UDP without checksum, ICMP echo, IP options, a payload of odd
+//! length, and TCP/UDP checksums left partial by a TX-offloading sender.
+//! No root needed.
+
+use std::net::Ipv4Addr;
+
+use nat_common::{
+    Endpoint,
+    checksum::{fold, pseudo_header_sum},
+    proto,
+};
+use nat_tests::packet::{Frame, L4};
+use nat_userspace::handoff::translate_source;
+
+const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const ETH_LEN: usize = 14;
+
+/// The frame's L4 checksum replaced by the pseudo-header sum alone, as a
+/// sender with TX checksum offload leaves it (CHECKSUM_PARTIAL).
+fn with_partial_checksum(frame: &Frame) -> Vec<u8> {
+    let mut bytes = frame.build();
+    let ip = &mut bytes[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let check_at = ihl + if frame.l4_proto() == proto::TCP { 16 } else { 6 };
+    let sum = pseudo_header_sum(frame.src.octets(), frame.dst.octets(), frame.l4_proto(), (total - ihl) as u16);
+    ip[check_at..check_at + 2].copy_from_slice(&fold(sum).to_ne_bytes());
+    bytes
+}
+
+fn translated(frame: &Frame, port: u16) -> Frame {
+    let mut out = frame.clone();
+    out.src = EXTERNAL;
+    out.ttl -= 1;
+    match &mut out.l4 {
+        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = port,
+        L4::IcmpEcho { id, .. } => *id = port,
+        L4::Raw { .. } => unreachable!(),
+    }
+    out
+}
+
+fn check(name: &str, input: Vec<u8>, frame: &Frame, port: u16) {
+    let mut packet = input[ETH_LEN..].to_vec();
+    translate_source(&mut packet, Endpoint::new(EXTERNAL, port, frame.l4_proto())).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let expected = translated(frame, port).build()[ETH_LEN..].to_vec();
+    assert_eq!(packet, expected, "{name}: translated bytes differ from a from-scratch build");
+}
+
+fn cases() -> Vec<(&'static str, Frame)> {
+    let mut odd = Frame::udp((INSIDE, 5000), (REMOTE, 53));
+    odd.payload = vec![0xab; 1401];
+    let mut options = Frame::tcp((INSIDE, 5000), (REMOTE, 443));
+    options.options = vec![1, 1, 1, 0];
+    vec![
+        ("tcp", Frame::tcp((INSIDE, 5000), (REMOTE, 443))),
+        ("udp", Frame::udp((INSIDE, 5000), (REMOTE, 53))),
+        ("udp odd-length payload", odd),
+        ("tcp with IP options", options),
+        ("icmp echo", Frame::icmp_echo(INSIDE, REMOTE, 8, 4242)),
+    ]
+}
+
+#[test]
+fn translated_first_packets_match_a_from_scratch_build() {
+    for (name, frame) in cases() {
+        check(name, frame.build(), &frame, 23456);
+    }
+    let no_checksum = Frame::new(INSIDE, REMOTE, L4::Udp { sport: 5000, dport: 53, zero_checksum: true });
+    check("udp without checksum", no_checksum.build(), &no_checksum, 23456);
+}
+
+#[test]
+fn partial_checksums_from_tx_offload_are_completed() {
+    for (name, frame) in cases().into_iter().filter(|(_, f)| f.l4_proto() != proto::ICMP) {
+        check(name, with_partial_checksum(&frame), &frame, 31000);
+    }
+}
+
+#[test]
+fn untranslatable_packets_are_refused() {
+    let mut fragment = Frame::udp((INSIDE, 5000), (REMOTE, 53));
+    fragment.frag = 0x2000;
+    let mut expired = Frame::udp((INSIDE, 5000), (REMOTE, 53));
+    expired.ttl = 1;
+    for (name, frame) in [("fragment", fragment), ("ttl 1", expired)] {
+        let mut packet = frame.build()[ETH_LEN..].to_vec();
+        assert!(translate_source(&mut packet, Endpoint::new(EXTERNAL, 1, proto::UDP)).is_err(), "{name} was translated");
+    }
+    let mut short = Frame::udp((INSIDE, 5000), (REMOTE, 53)).build()[ETH_LEN..ETH_LEN + 24].to_vec();
+    assert!(translate_source(&mut short, Endpoint::new(EXTERNAL, 1, proto::UDP)).is_err());
+}
