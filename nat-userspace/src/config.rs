@@ -589,6 +589,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_spells_out_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/natd.toml");
+        let (s, warnings) = Settings::from_sources(Some(Path::new(example)), &Overrides::default()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((s.port_min, s.port_max), DEFAULT_PORT_RANGE);
+        assert_eq!(s.port_hold, DEFAULT_PORT_HOLD);
+        let d = Timeouts::default();
+        assert_eq!(
+            (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_transitory),
+            (d.udp, d.icmp, d.tcp_established, d.tcp_transitory)
+        );
+    }
+
+    #[test]
     fn port_ranges() {
         assert_eq!(parse_port_range("20000-32767"), Ok((20000, 32767)));
         assert_eq!(parse_port_range("1024-1024"), Ok((1024, 1024)));

@@ -37,8 +37,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure the fast path's cost per packet with BPF_PROG_TEST_RUN and write
-    /// target/bench/fastpath.{json,md}. Needs root.
+    /// Measure the fast path's cost per packet with BPF_PROG_TEST_RUN
+    /// (target/bench/fastpath.{json,md}) and new flows through the real natd
+    /// (target/bench/flows.{json,md}). Needs root.
     Bench {
         /// Test runs per figure (each of `--repeat` packets).
         #[arg(long, default_value_t = 2000)]
@@ -76,9 +77,13 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { runs } => {
             bootstrap::toolchain()?;
+            bootstrap::test_tools()?;
+            run(Command::new("cargo").args(["build", "--release", "-p", "nat-userspace", "--bin", "natd"]))?;
             run(Command::new("cargo")
                 .args(["run", "--release", "-p", "nat-tests", "--bin", "fastpath-bench", "--"])
-                .arg(runs.to_string()))
+                .arg(runs.to_string()))?;
+            // New flows through the real natd: first-packet latency, mappings/s.
+            run(Command::new("cargo").args(["run", "--release", "-p", "nat-tests", "--bin", "flows-bench"]))
         }
     }
 }
