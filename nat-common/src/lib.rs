@@ -9,6 +9,7 @@
 //! the field name, and a compile-time size assertion next to each.
 #![no_std]
 
+pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod flow;

@@ -1,0 +1,314 @@
+//! End-to-end packets per second (../shared/BENCHMARK.md, figure 2):
+//!
+//! ```text
+//! gen (g0) <-> (n0) nat (n1) <-> (s0) sink
+//! ```
+//!
+//! The generator is an XDP program run through live-frames BPF_PROG_TEST_RUN
+//! on g0 (pinned to CPU 0): it writes a whole UDP frame per run and sends it
+//! with XDP_TX. On s0 an XDP program counts and drops. Between them, in the
+//! nat namespace, one of four modes, interleaved run by run:
+//! - X `xdp_nat`: this project's programs on n0 and n1, mappings pre-filled;
+//! - K `nft_masquerade`: XDP_PASS on n0, kernel forwarding, nftables masquerade on n1;
+//! - F `kernel_forward`: XDP_PASS on n0, kernel forwarding, no NAT;
+//! - R `xdp_redirect`: an XDP program that redirects n0 -> n1 and does nothing else.
+//!
+//! n0 and s0 carry an XDP program in every mode, so offloads are the same.
+//! The figure is what reaches the sink per second of generation.
+//!
+//! Usage: pps-bench [RUNS] [PACKETS_PER_RUN]  (root; writes target/bench/pps.{json,md})
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, DevMap, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use nat_common::{
+    Endpoint, GatewayConfig,
+    bench::{GEN_HEADER_LEN, GenConfig, names},
+    checksum, proto,
+};
+use nat_tests::netns::Netns;
+use nat_userspace::{
+    BENCH_OBJECT,
+    datapath::{Datapath, Side},
+    handoff::XdpMd,
+};
+
+const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
+const NAT_LAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const SINK_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const G0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const N0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
+const N1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const S0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
+const SINK_PORT: u16 = 9;
+/// Frame size on the wire without FCS: the classic 64-byte minimum.
+const FRAME_LEN: usize = 60;
+/// Frames the kernel sends per live-frames batch.
+const BATCH: u32 = 64;
+const FLOW_COUNTS: [u32; 3] = [1, 1024, 65536];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    XdpNat,
+    NftMasquerade,
+    KernelForward,
+    XdpRedirect,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::XdpNat, Mode::NftMasquerade, Mode::KernelForward, Mode::XdpRedirect];
+    const fn key(self) -> &'static str {
+        match self {
+            Mode::XdpNat => "xdp_nat",
+            Mode::NftMasquerade => "nft_masquerade",
+            Mode::KernelForward => "kernel_forward",
+            Mode::XdpRedirect => "xdp_redirect",
+        }
+    }
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+struct Bench {
+    generator_ns: Netns,
+    nat: Netns,
+    _sink: Netns,
+    g0: u32,
+    n0: u32,
+    n1: u32,
+    bench: Ebpf,
+    /// Bench-object programs attached to n0 by the current mode.
+    bench_links: Vec<(&'static str, XdpLinkId)>,
+    datapath: Datapath,
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let packets: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    ensure!(nat_tests::netns::is_root(), "the packet-rate benchmark creates namespaces and loads XDP programs: run it as root");
+    let mut b = Bench::new()?;
+
+    let mut samples: BTreeMap<(u32, Mode), Vec<f64>> = BTreeMap::new();
+    for flows in FLOW_COUNTS {
+        b.set_flows(flows)?;
+        for round in 0..runs {
+            // Interleaved, and the order rotates so no mode always runs first.
+            for i in 0..Mode::ALL.len() {
+                let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
+                let pps = b.measure(mode, packets)?;
+                samples.entry((flows, mode)).or_default().push(pps);
+            }
+        }
+        eprintln!("pps-bench: {flows} flow(s) done");
+    }
+
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut json = format!("{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"frame_len\": {FRAME_LEN}");
+    let mut md = String::from("| flows | xdp_nat (X) | nft_masquerade (K) | kernel_forward (F) | xdp_redirect (R) | X/K | X/R |\n|---|---|---|---|---|---|---|\n");
+    for flows in FLOW_COUNTS {
+        let m: BTreeMap<Mode, f64> = Mode::ALL.iter().map(|&mode| (mode, median(&samples[&(flows, mode)]))).collect();
+        write!(json, ",\n  \"flows_{flows}\": {{")?;
+        for (i, mode) in Mode::ALL.iter().enumerate() {
+            write!(json, "{}\"{}\": {:.0}", if i > 0 { ", " } else { "" }, mode.key(), m[mode])?;
+        }
+        write!(json, "}}")?;
+        let (x, k, f, r) = (m[&Mode::XdpNat], m[&Mode::NftMasquerade], m[&Mode::KernelForward], m[&Mode::XdpRedirect]);
+        writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} |", x / 1e6, k / 1e6, f / 1e6, r / 1e6, x / k, x / r)?;
+    }
+    json.push_str("\n}\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("pps.json"), &json)?;
+    std::fs::write(dir.join("pps.md"), &md)?;
+    print!("{md}");
+    println!("written to {}", dir.join("pps.{json,md}").display());
+    Ok(())
+}
+
+impl Bench {
+    fn new() -> Result<Self> {
+        let generator_ns = Netns::new("pg")?;
+        let nat = Netns::new("pn")?;
+        let sink = Netns::new("ps")?;
+        generator_ns.ip(&["link", "add", "g0", "address", &mac(G0_MAC), "type", "veth", "peer", "name", "n0", "address", &mac(N0_MAC), "netns", &nat.name])?;
+        nat.ip(&["link", "add", "n1", "address", &mac(N1_MAC), "type", "veth", "peer", "name", "s0", "address", &mac(S0_MAC), "netns", &sink.name])?;
+        generator_ns.ip(&["addr", "add", &format!("{GEN_ADDR}/24"), "dev", "g0"])?;
+        nat.ip(&["addr", "add", &format!("{NAT_LAN_ADDR}/24"), "dev", "n0"])?;
+        nat.ip(&["addr", "add", &format!("{EXTERNAL}/24"), "dev", "n1"])?;
+        sink.ip(&["addr", "add", &format!("{SINK_ADDR}/24"), "dev", "s0"])?;
+        for (ns, ifname) in [(&generator_ns, "g0"), (&nat, "n0"), (&nat, "n1"), (&sink, "s0")] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        nat.sysctl("net.ipv4.conf.all.forwarding=1")?;
+        // Static neighbours: the sink drops ARP like everything else.
+        nat.ip(&["neigh", "replace", &SINK_ADDR.to_string(), "lladdr", &mac(S0_MAC), "dev", "n1", "nud", "permanent"])?;
+        nat.ip(&["neigh", "replace", &GEN_ADDR.to_string(), "lladdr", &mac(G0_MAC), "dev", "n0", "nud", "permanent"])?;
+        let (g0, n0, n1, s0) = (generator_ns.ifindex("g0")?, nat.ifindex("n0")?, nat.ifindex("n1")?, sink.ifindex("s0")?);
+
+        let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the bench object")?;
+        for name in [names::GENERATE, names::SINK, names::REDIRECT_ONLY, names::PASS] {
+            xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
+        }
+        {
+            // A devmap resolves the ifindex in the caller's namespace.
+            let _in_nat = nat.enter()?;
+            DevMap::try_from(bench.map_mut(names::REDIRECT_PORT).context("REDIRECT_PORT")?)?.set(0, n1, None, 0)?;
+        }
+        {
+            let _in_sink = sink.enter()?;
+            xdp(&mut bench, names::SINK)?.attach_to_if_index(s0, XdpMode::Driver).context("attaching the sink")?;
+        }
+        let datapath = {
+            let _in_nat = nat.enter()?;
+            let mut dp = Datapath::load()?;
+            dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1, 65535))?;
+            dp.add_tx_port(n0)?;
+            dp.add_tx_port(n1)?;
+            dp
+        };
+        Ok(Self { generator_ns, nat, _sink: sink, g0, n0, n1, bench, bench_links: Vec::new(), datapath })
+    }
+
+    /// Generator flows, and the NAT mappings for every one of them (the
+    /// benchmark measures the hit path; new flows are flows-bench's job).
+    fn set_flows(&mut self, flows: u32) -> Result<()> {
+        ensure!(flows.is_power_of_two() && flows <= 65536);
+        let mut header = [0u8; GEN_HEADER_LEN];
+        header[0..6].copy_from_slice(&N0_MAC);
+        header[6..12].copy_from_slice(&G0_MAC);
+        header[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (FRAME_LEN - 14) as u16;
+        let ip = &mut header[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto::UDP;
+        ip[12..16].copy_from_slice(&GEN_ADDR.octets());
+        ip[16..20].copy_from_slice(&SINK_ADDR.octets());
+        let c = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
+        let udp = &mut header[34..42];
+        udp[2..4].copy_from_slice(&SINK_PORT.to_be_bytes());
+        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        let cfg = GenConfig { header, _pad: [0; 6], flows_mask: flows - 1, sport_base: 0, _pad2: 0 };
+        Array::try_from(self.bench.map_mut(names::GEN_CONFIG).context("GEN_CONFIG")?)?.set(0, cfg, 0)?;
+        for port in 0..flows {
+            let port = port as u16;
+            // Identity port mapping: every inside port is its own external port.
+            let _ = self.datapath.insert_pair(
+                Endpoint::new(GEN_ADDR, port, proto::UDP),
+                Endpoint::new(EXTERNAL, port, proto::UDP),
+                0,
+            );
+        }
+        Ok(())
+    }
+
+    fn sink_count(&self) -> Result<u64> {
+        let counter: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bench.map(names::SINK_COUNTER).context("SINK_COUNTER")?)?;
+        Ok(counter.get(&0, 0)?.iter().sum())
+    }
+
+    /// Sets the mode up, generates `packets`, tears the mode down; returns
+    /// packets per second that reached the sink.
+    fn measure(&mut self, mode: Mode, packets: u32) -> Result<f64> {
+        let links = self.enter(mode)?;
+        let before = self.sink_count()?;
+        let elapsed = self.generate(packets)?;
+        // Let the last batches drain through the queues.
+        std::thread::sleep(Duration::from_millis(20));
+        let delivered = self.sink_count()? - before;
+        self.leave(mode, links)?;
+        Ok(delivered as f64 / elapsed.as_secs_f64())
+    }
+
+    fn generate(&mut self, packets: u32) -> Result<Duration> {
+        let _in_gen = self.generator_ns.enter()?;
+        pin_to_cpu(0);
+        let frame = vec![0u8; FRAME_LEN];
+        let md = XdpMd::for_frame(&frame, self.g0);
+        let generator = xdp(&mut self.bench, names::GENERATE)?;
+        let started = Instant::now();
+        generator
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(md.as_bytes()),
+                repeat: packets,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::new()
+            })
+            .context("running the generator")?;
+        Ok(started.elapsed())
+    }
+
+    fn enter(&mut self, mode: Mode) -> Result<Vec<(Side, XdpLinkId)>> {
+        let _in_nat = self.nat.enter()?;
+        match mode {
+            Mode::XdpNat => {
+                let lan = self.datapath.attach(Side::Lan, self.n0, XdpMode::Driver)?;
+                let wan = self.datapath.attach(Side::Wan, self.n1, XdpMode::Driver)?;
+                return Ok(vec![(Side::Lan, lan), (Side::Wan, wan)]);
+            }
+            Mode::NftMasquerade => {
+                self.nat.exec(&["nft", "add", "table", "ip", "natbench"])?;
+                self.nat.exec(&["nft", "add chain ip natbench post { type nat hook postrouting priority 100 ; }"])?;
+                self.nat.exec(&["nft", "add", "rule", "ip", "natbench", "post", "oifname", "n1", "masquerade"])?;
+                let link = xdp(&mut self.bench, names::PASS)?.attach_to_if_index(self.n0, XdpMode::Driver)?;
+                self.bench_links.push((names::PASS, link));
+            }
+            Mode::KernelForward => {
+                let link = xdp(&mut self.bench, names::PASS)?.attach_to_if_index(self.n0, XdpMode::Driver)?;
+                self.bench_links.push((names::PASS, link));
+            }
+            Mode::XdpRedirect => {
+                let link = xdp(&mut self.bench, names::REDIRECT_ONLY)?.attach_to_if_index(self.n0, XdpMode::Driver)?;
+                self.bench_links.push((names::REDIRECT_ONLY, link));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn leave(&mut self, mode: Mode, links: Vec<(Side, XdpLinkId)>) -> Result<()> {
+        let _in_nat = self.nat.enter()?;
+        for (side, link) in links {
+            self.datapath.detach(side, link)?;
+        }
+        for (name, link) in std::mem::take(&mut self.bench_links) {
+            xdp(&mut self.bench, name)?.detach(link)?;
+        }
+        if mode == Mode::NftMasquerade {
+            self.nat.exec(&["nft", "delete", "table", "ip", "natbench"])?;
+        }
+        Ok(())
+    }
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
