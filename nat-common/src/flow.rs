@@ -129,6 +129,47 @@ impl GatewayConfig {
     }
 }
 
+/// A `bpf_fib_lookup` result the datapath reuses for `NEXT_HOP_TTL_NS`: the
+/// route and neighbour lookups are most of a hit's cost. One slot of the
+/// direct-mapped, per-CPU `NEXT_HOPS` cache, tagged with what it answers for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Destination address of the translated packet, network byte order.
+    pub dst_be: u32,
+    /// The interface it came in on (route lookups depend on it).
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    /// The largest IPv4 total length the route lookup has accepted for this
+    /// destination (host order). A longer packet gets a real lookup, which
+    /// checks it against the egress MTU.
+    pub max_len: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` after which the entry is looked up again;
+    /// 0: the slot is empty.
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 40);
+
+impl NextHop {
+    /// The cache slot of a destination: a multiplicative hash, so that nearby
+    /// addresses spread over the slots.
+    #[inline(always)]
+    pub const fn slot(dst_be: u32, ingress_ifindex: u32) -> u32 {
+        let h = (dst_be ^ ingress_ifindex.wrapping_mul(0x9e37_79b9)).wrapping_mul(0x9e37_79b1);
+        h >> (32 - NEXT_HOP_CACHE_BITS)
+    }
+}
+
+/// log2 of the number of slots of the next-hop cache (per CPU).
+pub const NEXT_HOP_CACHE_BITS: u32 = 12;
+
+/// How long a cached next hop is used before the route is looked up again:
+/// the longest a route or neighbour change goes unnoticed by the fast path.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// What a `MissEvent` asks of the daemon.
 pub mod miss_kind {
     /// No outbound mapping: allocate one, then re-inject the frame (untranslated).
@@ -176,6 +217,7 @@ mod pod {
     unsafe impl aya::Pod for super::Mapping {}
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::MissEvent {}
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ pub mod counters;
 pub mod flow;
 
 pub use counters::Reason;
-pub use flow::{Endpoint, GatewayConfig, MISS_FRAME_MAX, Mapping, MissEvent, miss_kind, tcp_flags};
+pub use flow::{
+    Endpoint, GatewayConfig, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, miss_kind, tcp_flags,
+};
 
 /// IPv4 protocol numbers the gateway translates.
 pub mod proto {
@@ -39,6 +41,10 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// Ring buffer of `MissEvent`s: packets handed to the daemon.
     pub const MISSES: &str = "MISSES";
+    /// One `u64`: CLOCK_MONOTONIC_COARSE in ns, published by the daemon.
+    pub const CLOCK: &str = "CLOCK";
+    /// Per-CPU direct-mapped cache of route lookups (`NextHop` slots).
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
 }
 
 /// Names of the XDP programs in the eBPF object.
@@ -55,6 +61,10 @@ pub const MAX_MAPPINGS: u32 = 1 << 20;
 /// 4 MiB holds about 2,000 events: a burst of new flows while the
 /// daemon is busy allocating.
 pub const MISS_RING_BYTES: u32 = 4 << 20;
+
+/// How often the daemon publishes the clock (`map_names::CLOCK`): the
+/// resolution of last-seen stamps and next-hop expiry.
+pub const CLOCK_TICK_NS: u64 = 1_000_000_000;
 
 /// The datapath rewrites `Mapping::last_seen_ns` at most once per this interval,
 /// so a busy flow costs a map write once a second, not once a packet.

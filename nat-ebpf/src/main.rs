@@ -21,14 +21,15 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_fib_lookup, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use nat_common::{
     Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, MAX_MAPPINGS, MISS_FRAME_MAX,
-    MISS_RING_BYTES, Mapping, MissEvent, Reason, miss_kind, proto, tcp_flags,
+    MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason,
+    miss_kind, proto, tcp_flags,
 };
 
 use crate::{
@@ -48,6 +49,13 @@ static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
+/// `CLOCK_MONOTONIC_COARSE` in ns, written by the daemon every second: the
+/// time the programs stamp mappings with and expire cached next hops by.
+/// Reading it is an inlined array access; `bpf_ktime_get_coarse_ns` is a
+/// helper call that cost ~35 ns per packet here, twice per hit.
+#[map]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Interfaces the programs redirect to, keyed by ifindex. Only the daemon's
 /// LAN and WAN interfaces are in it: a route out of any other is refused.
 #[map]
@@ -55,6 +63,13 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 #[map]
 static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
+
+/// Route lookups of translated packets, reused for `NEXT_HOP_TTL_NS`. A
+/// direct-mapped per-CPU array: an array lookup is inlined by the verifier and
+/// costs a few ns where a hash lookup costs ~50; a collision only costs a
+/// route lookup, and per-CPU slots are written without sharing cache lines.
+#[map]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1 << NEXT_HOP_CACHE_BITS, 0);
 
 /// What the program does with a packet, and the counter that says why.
 struct Verdict {
@@ -102,6 +117,14 @@ pub fn nat_wan(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
+fn clock() -> u64 {
+    match CLOCK.get(0) {
+        Some(now) => *now,
+        None => 0,
+    }
+}
+
+#[inline(always)]
 fn config() -> GatewayConfig {
     match CONFIG.get(0) {
         Some(cfg) => *cfg,
@@ -125,9 +148,10 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         && let Some(mapping) = OUTBOUND.get_ptr_mut(inside)
     {
         let external = unsafe { (*mapping).target(inside.proto) };
-        refresh(mapping, pkt);
+        let now = clock();
+        refresh(mapping, pkt, now);
         translate(pkt, Side::Source, &external);
-        return forward(ctx, pkt, Reason::TranslatedOut);
+        return forward(ctx, pkt, Reason::TranslatedOut, now);
     }
 
     // Not translated: where would the kernel send it?
@@ -153,9 +177,10 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
             return Verdict::drop(Reason::DropTtlExpired);
         }
         let inside = unsafe { (*mapping).target(external.proto) };
-        refresh(mapping, pkt);
+        let now = clock();
+        refresh(mapping, pkt, now);
         translate(pkt, Side::Destination, &inside);
-        return forward(ctx, pkt, Reason::TranslatedIn);
+        return forward(ctx, pkt, Reason::TranslatedIn, now);
     }
 
     wan_miss(ctx, pkt)
@@ -191,8 +216,7 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 /// Records activity on a mapping: at most one write per granule for the
 /// timestamp, and one per new TCP flag.
 #[inline(always)]
-fn refresh(mapping: *mut Mapping, pkt: &Ipv4Packet) {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn refresh(mapping: *mut Mapping, pkt: &Ipv4Packet, now: u64) {
     unsafe {
         if now.wrapping_sub((*mapping).last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
             (*mapping).last_seen_ns = now;
@@ -278,26 +302,76 @@ fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
 
 /// Routes a translated packet and redirects it out of the egress interface.
 #[inline(always)]
-fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason) -> Verdict {
+fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
+    let hop = match next_hop(ctx, pkt, now) {
+        Ok(hop) => hop,
+        Err(verdict) => return verdict,
+    };
+    unsafe {
+        (*pkt.eth).dst_addr = hop.dmac;
+        (*pkt.eth).src_addr = hop.smac;
+    }
+    match TX_PORTS.redirect(hop.egress_ifindex, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: translated },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+    }
+}
+
+/// The next hop of a translated packet: from the cache while the entry is
+/// fresh and the packet no longer than one the route lookup has accepted,
+/// otherwise from `bpf_fib_lookup` (which also checks the egress MTU), and
+/// then cached.
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Verdict> {
+    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
+    let ingress = ctx.ingress_ifindex() as u32;
+    let tot_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) };
+    let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
+    if let Some(slot) = slot {
+        let hop = unsafe { &*slot };
+        if hop.dst_be == dst_be && hop.ingress_ifindex == ingress && now < hop.expires_ns && tot_len <= hop.max_len {
+            return Ok(*hop);
+        }
+    }
+
     let mut params = fib_params(ctx, pkt);
     let rc = lookup(ctx, &mut params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR);
+            return Err(hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR));
         }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Verdict::drop(Reason::DropTooBigForEgress),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Verdict::drop(Reason::DropTooBigForEgress)),
         // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
-        _ => return Verdict::drop(Reason::DropNoRoute),
+        _ => return Err(Verdict::drop(Reason::DropNoRoute)),
     }
-    unsafe {
-        (*pkt.eth).dst_addr = params.dmac;
-        (*pkt.eth).src_addr = params.smac;
+    let mut hop = NextHop {
+        dst_be,
+        ingress_ifindex: ingress,
+        egress_ifindex: params.ifindex,
+        max_len: tot_len,
+        smac: params.smac,
+        dmac: params.dmac,
+        _pad: [0; 6],
+        expires_ns: now + NEXT_HOP_TTL_NS,
+    };
+    if let Some(slot) = slot {
+        let old = unsafe { &mut *slot };
+        // A longer packet to the same, still fresh hop widens what the entry
+        // accepts without extending its life.
+        if old.dst_be == dst_be
+            && old.ingress_ifindex == ingress
+            && now < old.expires_ns
+            && old.egress_ifindex == hop.egress_ifindex
+            && old.dmac == hop.dmac
+            && old.max_len > hop.max_len
+        {
+            hop.max_len = old.max_len;
+            hop.expires_ns = old.expires_ns;
+        }
+        *old = hop;
     }
-    match TX_PORTS.redirect(params.ifindex, xdp_action::XDP_DROP as u64) {
-        Ok(action) => Verdict { action, reason: translated },
-        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
-    }
+    Ok(hop)
 }
 
 /// Copies the frame into the miss ring for the daemon and drops it here; the

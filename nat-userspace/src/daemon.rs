@@ -202,6 +202,7 @@ impl Daemon {
     /// and holds its port before it returns to the pool.
     pub fn age(&mut self) -> Result<()> {
         let now = coarse_now_ns();
+        self.datapath.set_clock(now)?;
         self.ports.reclaim(now);
         let outbound = self.datapath.outbound()?;
         let inbound = self.datapath.inbound()?;

@@ -95,6 +95,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Publishes the time (CLOCK_MONOTONIC_COARSE, ns) the programs stamp
+    /// mappings with and expire cached next hops by.
+    pub fn set_clock(&mut self, now_ns: u64) -> Result<()> {
+        let mut array: Array<&mut MapData, u64> = Array::try_from(self.map_mut(map_names::CLOCK)?)?;
+        array.set(0, now_ns, 0).context("writing CLOCK")?;
+        Ok(())
+    }
+
     /// Allows the programs to redirect out of `ifindex`.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
         let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(map_names::TX_PORTS)?)?;

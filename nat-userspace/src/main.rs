@@ -141,6 +141,7 @@ async fn run(args: RunArgs) -> Result<()> {
     enable_forwarding(&settings.wan)?;
     let mut datapath = Datapath::load()?;
     datapath.set_config(GatewayConfig::new(env.external_ip, env.wan_ifindex, settings.port_min, settings.port_max))?;
+    datapath.set_clock(nat_userspace::daemon::coarse_now_ns())?;
     datapath.add_tx_port(env.lan_ifindex)?;
     datapath.add_tx_port(env.wan_ifindex)?;
     let ring = datapath.take_miss_ring()?;
@@ -174,7 +175,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let (requests_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut aging = tokio::time::interval(Duration::from_secs(1));
+    // Each tick publishes the clock to the datapath and ages mappings out.
+    let mut aging = tokio::time::interval(Duration::from_nanos(nat_common::CLOCK_TICK_NS));
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
