@@ -13,7 +13,7 @@ use core::net::Ipv4Addr;
 /// - `OUTBOUND`: the inside endpoint, i.e. the source of a LAN packet.
 /// - `INBOUND`: the external endpoint, i.e. the destination of a WAN packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     /// IPv4 address, network byte order.
     pub addr_be: u32,
@@ -51,7 +51,7 @@ impl Endpoint {
 /// `OUTBOUND[inside] = Mapping{external}` and `INBOUND[external] = Mapping{inside}`
 /// always exist as a pair (the daemon inserts the reverse entry first).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mapping {
     /// Address to write into the packet, network byte order.
     pub addr_be: u32,

@@ -7,12 +7,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{Endpoint, MissEvent, miss_kind, proto, tcp_flags};
+use nat_common::{Endpoint, Mapping, MissEvent, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
     control::{Counter, PortUsage, Request, Session, Stats, Status},
-    datapath::Datapath,
+    datapath::{Datapath, Side},
     handoff::{KernelSender, event_packet, translate_source},
 };
 
@@ -110,8 +110,8 @@ pub struct Daemon {
     info: RunInfo,
     started: Instant,
     ports: PortAllocator,
-    /// inside endpoint -> external endpoint, mirror of the maps.
-    sessions: HashMap<Endpoint, Endpoint>,
+    /// Mirror of the maps.
+    sessions: SessionTable,
     sender: KernelSender,
     pub counters: DaemonCounters,
     last_refusal_log: Option<Instant>,
@@ -128,14 +128,14 @@ impl Daemon {
             ports: PortAllocator::new(info.port_min, info.port_max, info.port_hold.as_nanos() as u64, u64::from_ne_bytes(seed)),
             info,
             started: Instant::now(),
-            sessions: HashMap::new(),
+            sessions: SessionTable::default(),
             sender: KernelSender::new()?,
             counters: DaemonCounters::default(),
             last_refusal_log: None,
         })
     }
 
-    pub fn sessions(&self) -> &HashMap<Endpoint, Endpoint> {
+    pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
 
@@ -204,20 +204,7 @@ impl Daemon {
         let now = coarse_now_ns();
         self.datapath.set_clock(now)?;
         self.ports.reclaim(now);
-        let outbound = self.datapath.outbound()?;
-        let inbound = self.datapath.inbound()?;
-        let mut expired = Vec::new();
-        for (inside, external) in &self.sessions {
-            let (Ok(out), Ok(back)) = (outbound.get(inside, 0), inbound.get(external, 0)) else {
-                expired.push(*inside);
-                continue;
-            };
-            let last = out.last_seen_ns.max(back.last_seen_ns);
-            let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
-            if now.saturating_sub(last) > timeout.as_nanos() as u64 {
-                expired.push(*inside);
-            }
-        }
+        let expired = expired_sessions(&self.datapath, &self.sessions, &self.info.timeouts, now)?;
         for inside in expired {
             if let Some(external) = self.sessions.remove(&inside) {
                 self.datapath.remove_pair(inside)?;
@@ -264,24 +251,19 @@ impl Daemon {
     /// The live mappings, most recently active first.
     pub fn session_rows(&self) -> Result<Vec<Session>> {
         let now = coarse_now_ns();
-        let outbound = self.datapath.outbound()?;
-        let inbound = self.datapath.inbound()?;
-        let mut rows: Vec<Session> = self
-            .sessions
-            .iter()
-            .filter_map(|(inside, external)| {
-                let (out, back) = (outbound.get(inside, 0).ok()?, inbound.get(external, 0).ok()?);
-                let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
-                Some(Session {
-                    proto: proto_name(inside.proto).to_string(),
-                    inside: format!("{}:{}", inside.addr(), inside.port()),
-                    external: format!("{}:{}", external.addr(), external.port()),
-                    state: session_state(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen).to_string(),
-                    idle_s: now.saturating_sub(out.last_seen_ns.max(back.last_seen_ns)) / 1_000_000_000,
-                    timeout_s: timeout.as_secs(),
-                })
-            })
-            .collect();
+        let mut rows = Vec::with_capacity(self.sessions.len());
+        for_each_session(&self.datapath, &self.sessions, |inside, external, out, back| {
+            let (Some(out), Some(back)) = (out, back) else { return };
+            let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
+            rows.push(Session {
+                proto: proto_name(inside.proto).to_string(),
+                inside: format!("{}:{}", inside.addr(), inside.port()),
+                external: format!("{}:{}", external.addr(), external.port()),
+                state: session_state(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen).to_string(),
+                idle_s: now.saturating_sub(out.last_seen_ns.max(back.last_seen_ns)) / 1_000_000_000,
+                timeout_s: timeout.as_secs(),
+            });
+        })?;
         rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
         Ok(rows)
     }
@@ -303,6 +285,53 @@ impl Daemon {
             ],
         })
     }
+}
+
+/// inside endpoint -> external endpoint. foldhash: the aging scan hashes
+/// every session every second, and SipHash would be most of its cost.
+pub type SessionTable = HashMap<Endpoint, Endpoint, foldhash::fast::RandomState>;
+
+/// Calls `f(inside, external, outbound entry, inbound entry)` for every
+/// session, reading each map with one batched dump instead of two lookups per
+/// session. An entry missing from a map comes as `None`.
+pub fn for_each_session(
+    datapath: &Datapath,
+    sessions: &SessionTable,
+    mut f: impl FnMut(&Endpoint, &Endpoint, Option<&Mapping>, Option<&Mapping>),
+) -> Result<()> {
+    let inbound: HashMap<Endpoint, Mapping, foldhash::fast::RandomState> = datapath.dump(Side::Wan)?.into_iter().collect();
+    let outbound = datapath.dump(Side::Lan)?;
+    let mut seen = 0;
+    for (inside, out) in &outbound {
+        // Entries natd did not make (none in service; benchmarks fill maps) are not its to age.
+        let Some(external) = sessions.get(inside) else { continue };
+        seen += 1;
+        f(inside, external, Some(out), inbound.get(external));
+    }
+    if seen < sessions.len() {
+        let present: std::collections::HashSet<&Endpoint> = outbound.iter().map(|(k, _)| k).collect();
+        for (inside, external) in sessions.iter().filter(|(inside, _)| !present.contains(inside)) {
+            f(inside, external, None, inbound.get(external));
+        }
+    }
+    Ok(())
+}
+
+/// The sessions idle past their timeout at `now`, or missing a map entry.
+pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: &Timeouts, now: u64) -> Result<Vec<Endpoint>> {
+    let mut expired = Vec::new();
+    for_each_session(datapath, sessions, |inside, _, out, back| {
+        let (Some(out), Some(back)) = (out, back) else {
+            expired.push(*inside);
+            return;
+        };
+        let last = out.last_seen_ns.max(back.last_seen_ns);
+        let timeout = timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
+        if now.saturating_sub(last) > timeout.as_nanos() as u64 {
+            expired.push(*inside);
+        }
+    })?;
+    Ok(expired)
 }
 
 pub const fn proto_name(p: u8) -> &'static str {

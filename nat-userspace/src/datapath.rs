@@ -3,7 +3,7 @@
 //! Everything that touches the kernel side goes through here, so the daemon
 //! and the tests share one set of rules (pair insertion order, rollback).
 
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -175,6 +175,21 @@ impl Datapath {
         Ok(HashMap::try_from(self.map(map_names::INBOUND)?)?)
     }
 
+    /// Every entry of one mapping map (`Side::Lan`: OUTBOUND, `Side::Wan`:
+    /// INBOUND), read with BPF_MAP_LOOKUP_BATCH: a few hundred syscalls for
+    /// a million entries, where per-key lookups take a million.
+    pub fn dump(&self, side: Side) -> Result<Vec<(Endpoint, Mapping)>> {
+        let name = match side {
+            Side::Lan => map_names::OUTBOUND,
+            Side::Wan => map_names::INBOUND,
+        };
+        let data = match self.map(name)? {
+            aya::maps::Map::HashMap(data) => data,
+            _ => return Err(anyhow!("{name} is not a hash map")),
+        };
+        batch_dump(data.fd().as_fd().as_raw_fd()).with_context(|| format!("dumping {name}"))
+    }
+
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.
     pub fn counters(&self) -> Result<Vec<(Reason, u64)>> {
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::COUNTERS)?)?;
@@ -215,6 +230,60 @@ impl Datapath {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+}
+
+/// Entries per BPF_MAP_LOOKUP_BATCH call.
+const DUMP_BATCH: usize = 8192;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn batch_dump(map_fd: i32) -> Result<Vec<(Endpoint, Mapping)>> {
+    let mut out = Vec::new();
+    let mut keys = vec![Endpoint::default(); DUMP_BATCH];
+    let mut values = vec![Mapping::default(); DUMP_BATCH];
+    // A hash map's batch token is a bucket index (u32); 8 bytes to spare.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: DUMP_BATCH as u32,
+            map_fd: map_fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values that live
+        // across the call; the kernel writes at most that many.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = attr.count as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match err {
+            None => {}
+            // ENOENT: the walk is over (the last entries came with it).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) => return Err(e.into()),
+        }
+        token_in = token_out;
+        first = false;
     }
 }
 

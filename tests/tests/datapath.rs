@@ -514,3 +514,22 @@ fn next_hops_are_cached_until_they_expire_and_longer_packets_are_checked() {
     assert_eq!(gw.run(Side::Lan, &big.build()).unwrap().action, DROP);
     assert_eq!(gw.datapath.counter(Reason::DropTooBigForEgress).unwrap(), 1);
 }
+
+/// The batched dump the aging scan reads returns every entry exactly once,
+/// across several batches, and nothing from an empty map.
+#[test]
+fn batched_dump_returns_every_mapping_once() {
+    require_root!();
+    let mut gw = TestGateway::new("dump").unwrap();
+    assert!(gw.datapath.dump(Side::Lan).unwrap().is_empty());
+    const N: u16 = 20_000;
+    for i in 0..N {
+        gw.map((addr::LAN_HOST, 1000 + i), (addr::EXTERNAL, 30000 + i), proto::UDP).unwrap();
+    }
+    for side in [Side::Lan, Side::Wan] {
+        let mut ports: Vec<u16> = gw.datapath.dump(side).unwrap().iter().map(|(k, _)| k.port()).collect();
+        ports.sort_unstable();
+        let base = if side == Side::Lan { 1000 } else { 30000 };
+        assert_eq!(ports, (base..base + N).collect::<Vec<_>>(), "{side:?}");
+    }
+}
