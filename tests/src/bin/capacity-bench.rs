@@ -1,0 +1,113 @@
+//! Sessions at scale (../shared/BENCHMARK.md, figures 5 and 6): a million
+//! sessions held in the maps, kernel memory per session (the maps' memlock
+//! against the conntrack slab object), and the CPU time of natd's aging scan
+//! over all of them.
+//!
+//! Usage: capacity-bench [SESSIONS]  (root; writes target/bench/capacity.{json,md})
+
+use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use nat_common::{Endpoint, MAX_MAPPINGS, proto};
+use nat_tests::{TestGateway, addr};
+use nat_userspace::daemon::{SessionTable, Timeouts, expired_sessions};
+
+/// Aging scans timed; the median is reported.
+const SCANS: usize = 5;
+
+fn main() -> Result<()> {
+    let sessions: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    ensure!(sessions <= MAX_MAPPINGS, "at most {MAX_MAPPINGS} sessions fit the maps");
+    ensure!(nat_tests::netns::is_root(), "the capacity benchmark loads BPF maps: run it as root");
+    let mut gw = TestGateway::new("cap")?;
+
+    // Inside hosts 10.0.0.0/8 x 16 ports, external ports spread over a /24
+    // of external addresses: a million distinct pairs.
+    let mut table = SessionTable::default();
+    let started = Instant::now();
+    for i in 0..sessions {
+        let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto::UDP);
+        let external = Endpoint::new(Ipv4Addr::from(0xcb00_7100 | (i >> 16)), (i & 0xffff) as u16, proto::UDP);
+        gw.datapath.insert_pair(inside, external, 0).with_context(|| format!("session {i}"))?;
+        table.insert(inside, external);
+    }
+    let insert_s = started.elapsed().as_secs_f64();
+    let held = gw.datapath.dump(nat_userspace::datapath::Side::Lan)?.len();
+    ensure!(held == sessions as usize, "{held} of {sessions} sessions in the map");
+
+    // A session deep in the table still translates.
+    let probe = nat_tests::packet::Frame::udp((Ipv4Addr::from(0x0a00_0000 | ((sessions - 1) >> 4)), 1024 + ((sessions - 1) & 15) as u16), (addr::REMOTE, 53))
+        .with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+    let run = gw.run(nat_userspace::datapath::Side::Lan, &probe.build())?;
+    ensure!(run.action == nat_tests::xdp_action::REDIRECT, "the last session did not translate: {}", run.action);
+
+    let mut scan_cpu_ms = Vec::new();
+    let mut scan_wall_ms = Vec::new();
+    for _ in 0..SCANS {
+        let (cpu0, wall0) = (thread_cpu_ns(), Instant::now());
+        let expired = expired_sessions(&gw.datapath, &table, &Timeouts::default(), 1)?;
+        scan_cpu_ms.push((thread_cpu_ns() - cpu0) as f64 / 1e6);
+        scan_wall_ms.push(wall0.elapsed().as_secs_f64() * 1e3);
+        ensure!(expired.is_empty(), "{} sessions expired at t=1 ns", expired.len());
+    }
+    scan_cpu_ms.sort_by(|a, b| a.total_cmp(b));
+    scan_wall_ms.sort_by(|a, b| a.total_cmp(b));
+    let per_million = |ms: f64| ms * 1e6 / f64::from(sessions);
+    let (scan_cpu, scan_wall) = (per_million(scan_cpu_ms[SCANS / 2]), per_million(scan_wall_ms[SCANS / 2]));
+
+    let map_bytes = mapping_maps_memlock()?;
+    let nat_bytes = map_bytes as f64 / f64::from(MAX_MAPPINGS);
+    let conntrack_bytes = conntrack_object_size()?;
+
+    let json = format!(
+        "{{\n  \"sessions_held\": {held},\n  \"insert_s\": {insert_s:.2},\n  \
+         \"bytes_per_session\": {{\"xdp_nat\": {nat_bytes:.0}, \"conntrack\": {conntrack_bytes}}},\n  \
+         \"mapping_maps_memlock_bytes\": {map_bytes},\n  \
+         \"aging_scan_ms_per_million\": {scan_cpu:.0},\n  \"aging_scan_wall_ms_per_million\": {scan_wall:.0}\n}}\n"
+    );
+    let mut md = String::from("| figure | value |\n|---|---|\n");
+    writeln!(md, "| sessions held | {held} (inserted in {insert_s:.1} s, both directions) |")?;
+    writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
+    writeln!(md, "| kernel bytes per session, conntrack (nf_conntrack slab object) | {conntrack_bytes} |")?;
+    writeln!(md, "| aging scan CPU per million sessions | {scan_cpu:.0} ms (wall {scan_wall:.0} ms) |")?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("capacity.json"), &json)?;
+    std::fs::write(dir.join("capacity.md"), &md)?;
+    print!("{md}");
+    println!("written to {}", dir.join("capacity.{json,md}").display());
+    Ok(())
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// memlock of this process's two mapping maps (hash maps of MAX_MAPPINGS
+/// entries), from /proc/self/fdinfo. Hash maps are preallocated: this is what
+/// a full table costs.
+fn mapping_maps_memlock() -> Result<u64> {
+    let mut total = 0;
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo")? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        if field("map_type:").as_deref() == Some("1") && field("max_entries:") == Some(MAX_MAPPINGS.to_string()) {
+            total += field("memlock:").context("memlock")?.parse::<u64>()?;
+            found += 1;
+        }
+    }
+    ensure!(found == 2, "found {found} mapping maps in /proc/self/fdinfo, expected 2");
+    Ok(total)
+}
+
+/// Object size of the nf_conntrack slab, from /proc/slabinfo.
+fn conntrack_object_size() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
+    let line = text.lines().find(|l| l.starts_with("nf_conntrack ")).context("no nf_conntrack slab (conntrack never used on this machine?)")?;
+    Ok(line.split_whitespace().nth(3).context("short slabinfo line")?.parse()?)
+}
