@@ -83,7 +83,7 @@ fn main() -> Result<()> {
                 .args(["run", "--release", "-p", "nat-tests", "--bin", "fastpath-bench", "--"])
                 .arg(runs.to_string()))?;
             // New flows through the real natd: first-packet latency, mappings/s.
-            run(Command::new("cargo").args(["run", "--release", "-p", "nat-tests", "--bin", "flows-bench"]))
+            run(Command::new("cargo").args(["run", "--release", "-p", "nat-tests", "--bin", "lab-bench"]))
         }
     }
 }

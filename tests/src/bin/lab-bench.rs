@@ -1,0 +1,263 @@
+//! Through the lab with the real natd, against the kernel's own NAT on the
+//! same namespaces (../shared/BENCHMARK.md, figures 3 and 4):
+//! - first-packet added latency (X): the round trip of a flow's first
+//!   datagram (miss, hand-off to natd, allocation, map insert, send-on) minus
+//!   the round trip of its second (fast path), per flow, p50/p99;
+//! - new flows per second, X (natd's `mappings_created`) and K (conntrack
+//!   entries): a burst of new flows, one datagram each, sent from prebuilt
+//!   packets through a raw socket, faster than either gateway sets them up;
+//! - TCP throughput, iperf3 -P 8, X and K interleaved.
+//!
+//! K is nftables masquerade on the gateway with XDP_PASS programs on its LAN
+//! and WAN interfaces, so both modes have an XDP program on the same veths
+//! (attaching XDP changes a veth's offloads).
+//!
+//! Usage: lab-bench [RUNS]  (root; writes target/bench/lab.{json,md})
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use nat_common::bench::names;
+use nat_tests::{
+    natlab::{NatLab, SERVER, host_addr, in_ns},
+    packet::Frame,
+};
+use nat_userspace::{BENCH_OBJECT, handoff::KernelSender};
+
+const ECHO_PORT: u16 = 7000;
+const IPERF_PORT: &str = "5201";
+const LATENCY_FLOWS: u16 = 2000;
+const LATENCY_FIRST_PORT: u16 = 20000;
+const BURST_FLOWS: u16 = 20000;
+/// The X and K bursts use different inside ports, so K sees only new tuples.
+const BURST_FIRST_PORT_X: u16 = 22000;
+const BURST_FIRST_PORT_K: u16 = 42000;
+/// Below the gateway namespace's ephemeral range (32768-60999).
+const NAT_RANGE: &str = "1024-32767";
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+const ETH_LEN: usize = 14;
+const IPERF_SECONDS: &str = "3";
+
+fn main() -> Result<()> {
+    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    ensure!(nat_tests::netns::is_root(), "the lab benchmark creates namespaces and runs natd: run it as root");
+    // Senders with full checksums, as frames from a wire.
+    let mut lab = NatLab::new(1, false)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = echo_server(&lab, stop.clone())?;
+    let mut kernel = KernelNat::new(&lab)?;
+
+    lab.start_natd(&["--port-range", NAT_RANGE])?;
+    let (added, first_p50, hit_p50) = first_packet_latency(&lab)?;
+    let created_before = natd_created(&lab)?;
+    let x_burst = burst(&lab, BURST_FIRST_PORT_X, || natd_created(&lab).map(|n| n - created_before))?;
+    lab.stop_natd()?;
+
+    kernel.enable(&lab)?;
+    let k_burst = burst(&lab, BURST_FIRST_PORT_K, || conntrack_count(&lab))?;
+    kernel.disable(&lab)?;
+
+    let (mut x_gbps, mut k_gbps) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        lab.start_natd(&["--port-range", NAT_RANGE])?;
+        x_gbps.push(iperf_tcp(&lab)?);
+        lab.stop_natd()?;
+        kernel.enable(&lab)?;
+        k_gbps.push(iperf_tcp(&lab)?);
+        kernel.disable(&lab)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    let (x_tcp, k_tcp) = (median(&mut x_gbps), median(&mut k_gbps));
+
+    let mut added = added;
+    let (p50, p99) = (percentile(&mut added, 50.0), percentile(&mut added, 99.0));
+    let json = format!(
+        "{{\n  \"first_packet_added_us\": {{\"p50\": {p50:.1}, \"p99\": {p99:.1}}},\n  \
+         \"first_packet_rtt_us_p50\": {first_p50:.1},\n  \"established_rtt_us_p50\": {hit_p50:.1},\n  \
+         \"new_flows_per_s\": {{\"xdp_nat\": {:.0}, \"conntrack\": {:.0}}},\n  \
+         \"new_flows_set_up\": {{\"xdp_nat\": {}, \"conntrack\": {}}},\n  \"burst_flows\": {BURST_FLOWS},\n  \
+         \"tcp_gbps\": {{\"xdp_nat\": {x_tcp:.2}, \"nft_masquerade\": {k_tcp:.2}}},\n  \"tcp_runs\": {runs}\n}}\n",
+        x_burst.rate, k_burst.rate, x_burst.created, k_burst.created
+    );
+    let mut md = String::from("| figure | this NAT (X) | nftables masquerade (K) |\n|---|---|---|\n");
+    writeln!(md, "| first-packet added latency p50 / p99 | {p50:.1} / {p99:.1} us | - |")?;
+    writeln!(md, "| first datagram RTT p50 / established RTT p50 | {first_p50:.1} / {hit_p50:.1} us | - |")?;
+    writeln!(
+        md,
+        "| new flows per second (burst of {BURST_FLOWS}: set up) | {:.0} ({}) | {:.0} ({}) |",
+        x_burst.rate, x_burst.created, k_burst.rate, k_burst.created
+    )?;
+    writeln!(md, "| TCP throughput, iperf3 -P 8, median of {runs} | {x_tcp:.2} Gbit/s | {k_tcp:.2} Gbit/s |")?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("lab.json"), &json)?;
+    std::fs::write(dir.join("lab.md"), &md)?;
+    print!("{md}");
+    println!("written to {}", dir.join("lab.{json,md}").display());
+    Ok(())
+}
+
+/// Sequential new flows: (first RTT - second RTT) per flow, and the RTT medians.
+fn first_packet_latency(lab: &NatLab) -> Result<(Vec<f64>, f64, f64)> {
+    let samples = in_ns(&lab.hosts[0], move || -> Result<Vec<(f64, f64)>> {
+        let mut samples = Vec::new();
+        for port in LATENCY_FIRST_PORT..LATENCY_FIRST_PORT + LATENCY_FLOWS {
+            let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+            sock.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            let first = round_trip(&sock).with_context(|| format!("first datagram of flow {port}"))?;
+            let second = round_trip(&sock).with_context(|| format!("second datagram of flow {port}"))?;
+            samples.push((first.as_secs_f64() * 1e6, second.as_secs_f64() * 1e6));
+        }
+        Ok(samples)
+    })
+    .join()
+    .expect("latency thread")?;
+    let added = samples.iter().map(|(first, second)| first - second).collect();
+    let mut firsts: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    let mut seconds: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    Ok((added, percentile(&mut firsts, 50.0), percentile(&mut seconds, 50.0)))
+}
+
+struct Burst {
+    created: u64,
+    rate: f64,
+}
+
+/// One datagram for each of BURST_FLOWS new flows, through a raw socket;
+/// `created` counts what the gateway set up. Polls until it stops moving.
+fn burst(lab: &NatLab, first_port: u16, created: impl Fn() -> Result<u64>) -> Result<Burst> {
+    let packets: Vec<Vec<u8>> = (first_port..first_port + BURST_FLOWS)
+        .map(|port| Frame::udp((host_addr(0), port), (SERVER, ECHO_PORT)).build()[ETH_LEN..].to_vec())
+        .collect();
+    let started = Instant::now();
+    in_ns(&lab.hosts[0], move || -> Result<()> {
+        let raw = KernelSender::new()?;
+        for packet in &packets {
+            raw.send_packet(packet)?;
+        }
+        Ok(())
+    })
+    .join()
+    .expect("burst thread")?;
+    let (mut last, mut last_change) = (0, started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        let now = created()?;
+        if now != last {
+            (last, last_change) = (now, started.elapsed());
+        } else if started.elapsed() - last_change > Duration::from_millis(500) {
+            break;
+        }
+    }
+    Ok(Burst { created: last, rate: last as f64 / last_change.as_secs_f64() })
+}
+
+fn natd_created(lab: &NatLab) -> Result<u64> {
+    lab.stats()?.get("mappings_created").context("mappings_created")
+}
+
+fn conntrack_count(lab: &NatLab) -> Result<u64> {
+    Ok(lab.gw.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?.trim().parse()?)
+}
+
+/// iperf3 -P 8 from the LAN host to the server; Gbit/s received.
+fn iperf_tcp(lab: &NatLab) -> Result<f64> {
+    let mut server = lab.server.command(&["iperf3", "-s", "-1", "-p", IPERF_PORT]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    thread::sleep(Duration::from_millis(300));
+    let out = lab.hosts[0].exec(&["iperf3", "-c", &SERVER.to_string(), "-p", IPERF_PORT, "-P", "8", "-t", IPERF_SECONDS, "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_str(&out?)?;
+    report["end"]["sum_received"]["bits_per_second"].as_f64().map(|bps| bps / 1e9).context("iperf3 report without sum_received")
+}
+
+/// Mode K on the lab's gateway: XDP_PASS on lan0 and wan0, nftables masquerade.
+struct KernelNat {
+    bench: Ebpf,
+    lan0: u32,
+    wan0: u32,
+    links: Vec<aya::programs::xdp::XdpLinkId>,
+}
+
+impl KernelNat {
+    fn new(lab: &NatLab) -> Result<Self> {
+        let mut bench = Ebpf::load(BENCH_OBJECT)?;
+        pass_program(&mut bench)?.load()?;
+        Ok(Self { bench, lan0: lab.gw.ifindex("lan0")?, wan0: lab.gw.ifindex("wan0")?, links: Vec::new() })
+    }
+
+    fn enable(&mut self, lab: &NatLab) -> Result<()> {
+        {
+            let _in_gw = lab.gw.enter()?;
+            for ifindex in [self.lan0, self.wan0] {
+                let link = pass_program(&mut self.bench)?.attach_to_if_index(ifindex, XdpMode::Driver)?;
+                self.links.push(link);
+            }
+        }
+        lab.gw.exec(&["nft", "add", "table", "ip", "natbench"])?;
+        lab.gw.exec(&["nft", "add chain ip natbench post { type nat hook postrouting priority 100 ; }"])?;
+        lab.gw.exec(&["nft", "add", "rule", "ip", "natbench", "post", "oifname", "wan0", "masquerade"])?;
+        Ok(())
+    }
+
+    fn disable(&mut self, lab: &NatLab) -> Result<()> {
+        for link in std::mem::take(&mut self.links) {
+            pass_program(&mut self.bench)?.detach(link)?;
+        }
+        lab.gw.exec(&["nft", "delete", "table", "ip", "natbench"])?;
+        Ok(())
+    }
+}
+
+fn pass_program(bench: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(bench.program_mut(names::PASS).context("pass program")?.try_into()?)
+}
+
+fn round_trip(sock: &UdpSocket) -> Result<Duration> {
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    sock.send_to(b"ping", SocketAddrV4::new(SERVER, ECHO_PORT))?;
+    sock.recv_from(&mut buf).context("no reply within 1 s")?;
+    Ok(started.elapsed())
+}
+
+fn echo_server(lab: &NatLab, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle<()>> {
+    let sock = in_ns(&lab.server, || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT)))
+        .join()
+        .expect("bind thread")?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        }
+    }))
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let index = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[index]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}
