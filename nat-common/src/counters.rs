@@ -51,11 +51,17 @@ pub enum Reason {
     /// Translated, but larger than the egress MTU (path-MTU handling comes with
     /// ICMP error support).
     DropTooBigForEgress = 17,
+    /// Translated and forwarded (or handed to the daemon for a neighbour),
+    /// but it carried a partial checksum (sender's TX offload) over an L4
+    /// segment longer than `checksum::CSUM_MAX_LEN`: the datapath does not sum
+    /// that much, so it left with the incremental update, which a receiver
+    /// that verifies rejects. Counted instead of translated_out/translated_in.
+    PartialChecksumTooLong = 18,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -74,6 +80,7 @@ impl Reason {
         Reason::DropTooBigForDaemon,
         Reason::DropRedirectFailed,
         Reason::DropTooBigForEgress,
+        Reason::PartialChecksumTooLong,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -100,6 +107,7 @@ impl Reason {
             Reason::DropTooBigForDaemon => "drop_too_big_for_daemon",
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::DropTooBigForEgress => "drop_too_big_for_egress",
+            Reason::PartialChecksumTooLong => "partial_checksum_too_long",
         }
     }
 }
