@@ -88,14 +88,75 @@ pub fn verifies(data: &[u8], initial: u32) -> bool {
     fold(sum_words(data, initial)) == 0xffff
 }
 
-/// The pseudo-header sum a receiver starts a TCP/UDP check with.
-pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src);
-    pseudo[4..8].copy_from_slice(&dst);
-    pseudo[9] = proto;
-    pseudo[10..12].copy_from_slice(&l4_len.to_be_bytes());
-    sum_words(&pseudo, 0)
+/// The pseudo-header sum a receiver starts a TCP/UDP check with (RFC 793,
+/// RFC 768): addresses as they sit in the header, `l4_len` in host order. Not
+/// folded. Plain arithmetic so the datapath can use it too.
+#[inline(always)]
+pub const fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
+    let len = l4_len.to_be_bytes();
+    u16::from_ne_bytes([src[0], src[1]]) as u32
+        + u16::from_ne_bytes([src[2], src[3]]) as u32
+        + u16::from_ne_bytes([dst[0], dst[1]]) as u32
+        + u16::from_ne_bytes([dst[2], dst[3]]) as u32
+        + u16::from_ne_bytes([0, proto]) as u32
+        + u16::from_ne_bytes(len) as u32
+}
+
+/// One's complement addition of two 32-bit partial sums (end-around carry):
+/// chains the sums of separate parts (pseudo-header, pieces of a segment).
+#[inline(always)]
+pub const fn add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    // a + b < 2^33 - 1, so the low half is at most 2^32 - 2 when it carries.
+    sum + carry as u32
+}
+
+/// True when a TCP or UDP checksum field holds the folded pseudo-header sum
+/// and nothing else, not complemented: what a Linux sender with TX checksum
+/// offload leaves for the NIC to finish (CHECKSUM_PARTIAL, the field is
+/// `~tcp_v4_check(len, saddr, daddr, 0)`). XDP cannot see `ip_summed`, and a
+/// redirected frame reaches the receiver as CHECKSUM_NONE, so the datapath
+/// must finish it. A full checksum equal to this by chance (1 in 65536) cannot
+/// be told apart; recomputing it gives the same value, so that is harmless.
+#[inline(always)]
+pub const fn is_partial(check: u16, pseudo: u32) -> bool {
+    check == fold(pseudo)
+}
+
+/// The full TCP/UDP checksum of a segment whose words (checksum field zeroed)
+/// sum to `segment`, under the pseudo-header sum `pseudo`. A computed zero is
+/// sent as all ones for UDP, where zero means "no checksum" (RFC 768).
+#[inline(always)]
+pub const fn finish(pseudo: u32, segment: u32, udp: bool) -> u16 {
+    let check = !fold(add(pseudo, segment));
+    if udp && check == 0 { 0xffff } else { check }
+}
+
+/// `bpf_csum_diff` sums at most this many bytes per call (its scratch buffer
+/// holds 128 words), and only whole 4-byte words.
+pub const CSUM_CHUNK: usize = 512;
+
+/// Whole chunks the datapath sums at most: the L4 segment of a 9000-byte
+/// jumbo frame (8980 bytes behind a minimal IPv4 header) fits in 18.
+pub const CSUM_MAX_CHUNKS: usize = 18;
+
+/// The longest L4 segment whose checksum the datapath computes in full.
+pub const CSUM_MAX_LEN: usize = CSUM_CHUNK * CSUM_MAX_CHUNKS;
+
+/// The pieces summed after the whole chunks, largest first: one for each set
+/// bit of `len % CSUM_CHUNK` that is a multiple of 4, each with one constant
+/// size the verifier can check. The last 1-3 bytes are summed by hand.
+pub const CSUM_TAIL_PIECES: [usize; 7] = [256, 128, 64, 32, 16, 8, 4];
+
+/// Where the piece of `size` bytes (a power of two below `CSUM_CHUNK`) starts
+/// in a segment of `len` bytes: after the whole chunks and every larger piece,
+/// which are exactly the bits of `len` above `size`. The segment has that
+/// piece when `len & size != 0`. Computed from `len` alone, not from the
+/// pieces taken before it, so the verifier sees the same offset whichever
+/// pieces came first and its states merge.
+#[inline(always)]
+pub const fn piece_offset(len: usize, size: usize) -> usize {
+    len & !(2 * size - 1)
 }
 
 #[cfg(test)]
@@ -131,6 +192,53 @@ mod tests {
     }
     fn addr(data: &[u8], at: usize) -> u32 {
         u32::from_ne_bytes(data[at..at + 4].try_into().unwrap())
+    }
+
+    /// The datapath's summation, on the host: whole chunks, then the pieces,
+    /// then 2 and 1 bytes by hand (a lone last byte padded with zero).
+    fn sum_in_pieces(seg: &[u8]) -> u32 {
+        let len = seg.len();
+        let mut sum = 0u32;
+        for i in 0..CSUM_MAX_CHUNKS {
+            if (i + 1) * CSUM_CHUNK > len {
+                break;
+            }
+            sum = sum_words(&seg[i * CSUM_CHUNK..(i + 1) * CSUM_CHUNK], sum);
+        }
+        for size in CSUM_TAIL_PIECES {
+            if len & size != 0 {
+                let at = piece_offset(len, size);
+                sum = add(sum, sum_words(&seg[at..at + size], 0));
+            }
+        }
+        if len & 2 != 0 {
+            let at = piece_offset(len, 2);
+            sum = add(sum, u16::from_ne_bytes([seg[at], seg[at + 1]]) as u32);
+        }
+        if len & 1 != 0 {
+            sum = add(sum, u16::from_ne_bytes([seg[len - 1], 0]) as u32);
+        }
+        sum
+    }
+
+    #[test]
+    fn chunks_cover_a_jumbo_frame() {
+        const JUMBO_MTU: usize = 9000;
+        const IPV4_MIN_HEADER: usize = 20;
+        assert!(CSUM_MAX_LEN >= JUMBO_MTU - IPV4_MIN_HEADER);
+        assert!(CSUM_CHUNK % 4 == 0 && CSUM_CHUNK <= 512);
+        assert_eq!(CSUM_TAIL_PIECES.iter().sum::<usize>(), CSUM_CHUNK - 4);
+    }
+
+    #[test]
+    fn pseudo_header_sum_matches_the_header_layout() {
+        let (src, dst) = ([10, 77, 1, 10], [198, 51, 100, 10]);
+        let mut pseudo = [0u8; 12];
+        pseudo[..4].copy_from_slice(&src);
+        pseudo[4..8].copy_from_slice(&dst);
+        pseudo[9] = 6;
+        pseudo[10..12].copy_from_slice(&1420u16.to_be_bytes());
+        assert_eq!(fold(pseudo_header_sum(src, dst, 6, 1420)), fold(sum_words(&pseudo, 0)));
     }
 
     proptest! {
@@ -211,6 +319,73 @@ mod tests {
             let inc = replace16(c, old_id, new_id);
             msg[2..4].copy_from_slice(&inc.to_ne_bytes());
             prop_assert!(verifies(&msg, 0));
+        }
+
+        /// Every length up to the bound: the pieces tile the segment exactly.
+        #[test]
+        fn pieces_sum_to_the_whole(seg in proptest::collection::vec(any::<u8>(), 0..=CSUM_MAX_LEN)) {
+            prop_assert_eq!(fold(sum_in_pieces(&seg)), fold(sum_words(&seg, 0)));
+        }
+
+        #[test]
+        fn add_is_ones_complement_addition(a in any::<u32>(), b in any::<u32>()) {
+            let wide = a as u64 + b as u64;
+            let folded = (wide & 0xffff_ffff) + (wide >> 32);
+            prop_assert_eq!(add(a, b) as u64, folded);
+        }
+
+        /// A segment sent with TX offload (field = pseudo-header sum) is seen
+        /// as partial, and `finish` over the translated pseudo-header gives a
+        /// checksum the receiver accepts.
+        #[test]
+        fn partial_checksum_is_detected_and_finished(
+            seg in proptest::collection::vec(any::<u8>(), 8..1600),
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), new_src in any::<[u8; 4]>(),
+            udp in any::<bool>(),
+        ) {
+            let (proto, check_at) = if udp { (17u8, 6usize) } else { (6u8, 16usize) };
+            let mut seg = seg;
+            if seg.len() < check_at + 2 { seg.resize(check_at + 2, 0); }
+            let len = seg.len() as u16;
+            let partial = fold(pseudo_header_sum(src, dst, proto, len));
+            seg[check_at..check_at + 2].copy_from_slice(&partial.to_ne_bytes());
+            let check = u16::from_ne_bytes([seg[check_at], seg[check_at + 1]]);
+            prop_assert!(is_partial(check, pseudo_header_sum(src, dst, proto, len)));
+
+            seg[check_at] = 0; seg[check_at + 1] = 0;
+            let pseudo = pseudo_header_sum(new_src, dst, proto, len);
+            let full = finish(pseudo, sum_in_pieces(&seg), udp);
+            seg[check_at..check_at + 2].copy_from_slice(&full.to_ne_bytes());
+            prop_assert!(verifies(&seg, pseudo));
+            prop_assert!(!udp || full != 0);
+            let reference = l4_checksum(new_src, dst, proto, &{
+                let mut z = seg.clone(); z[check_at] = 0; z[check_at + 1] = 0; z
+            });
+            prop_assert!(full == reference || udp && reference == 0 && full == 0xffff);
+        }
+
+        /// A full checksum that happens to equal the pseudo-header sum is
+        /// taken for a partial one; finishing it gives the same value back.
+        #[test]
+        fn coincidental_full_checksum_is_finished_unchanged(
+            seg in proptest::collection::vec(any::<u8>(), 22..400),
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        ) {
+            // TCP: the checksum at 16, and the first payload word at 20 chosen
+            // so that the full checksum comes out as the pseudo-header sum.
+            let mut seg = seg;
+            seg[16..22].fill(0);
+            let pseudo = pseudo_header_sum(src, dst, 6, seg.len() as u16);
+            let target = fold(pseudo);
+            // The full checksum is !fold(pseudo + sum): it can never be all ones.
+            prop_assume!(target != 0xffff);
+            let rest = fold(add(pseudo, sum_words(&seg, 0)));
+            let word = fold(add(!target as u32, !rest as u32));
+            seg[20..22].copy_from_slice(&word.to_ne_bytes());
+            let full = l4_checksum(src, dst, 6, &seg);
+            prop_assert_eq!(full, target);
+            prop_assert!(is_partial(full, pseudo));
+            prop_assert_eq!(finish(pseudo, sum_words(&seg, 0), false), full);
         }
     }
 }

@@ -55,11 +55,17 @@ pub enum Reason {
     /// kernel would forward (to an inside host, or back out): unsolicited
     /// inbound traffic is not let in.
     DropInboundTransit = 18,
+    /// Translated and forwarded (or handed to the daemon for a neighbour),
+    /// but it carried a partial checksum (sender's TX offload) over an L4
+    /// segment longer than `checksum::CSUM_MAX_LEN`: the datapath does not sum
+    /// that much, so it left with the incremental update, which a receiver
+    /// that verifies rejects. Counted instead of translated_out/translated_in.
+    PartialChecksumTooLong = 19,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -79,6 +85,7 @@ impl Reason {
         Reason::DropRedirectFailed,
         Reason::DropTooBigForEgress,
         Reason::DropInboundTransit,
+        Reason::PartialChecksumTooLong,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -106,6 +113,7 @@ impl Reason {
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::DropTooBigForEgress => "drop_too_big_for_egress",
             Reason::DropInboundTransit => "drop_inbound_transit",
+            Reason::PartialChecksumTooLong => "partial_checksum_too_long",
         }
     }
 }

@@ -34,7 +34,7 @@ use nat_common::{
 
 use crate::{
     parse::{Frame, Ipv4Packet, L4, parse},
-    rewrite::{Side, translate},
+    rewrite::{Side, finish_partial_checksum, has_partial_checksum, translate},
 };
 
 #[map]
@@ -150,8 +150,10 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         let external = unsafe { (*mapping).target(inside.proto) };
         let now = clock();
         refresh(mapping, pkt, now);
+        let partial = has_partial_checksum(pkt);
         translate(pkt, Side::Source, &external);
-        return forward(ctx, pkt, Reason::TranslatedOut, now);
+        let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedOut);
+        return forward(ctx, pkt, translated, now);
     }
 
     // Not translated: where would the kernel send it?
@@ -179,8 +181,10 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         let inside = unsafe { (*mapping).target(external.proto) };
         let now = clock();
         refresh(mapping, pkt, now);
+        let partial = has_partial_checksum(pkt);
         translate(pkt, Side::Destination, &inside);
-        return forward(ctx, pkt, Reason::TranslatedIn, now);
+        let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedIn);
+        return forward(ctx, pkt, translated, now);
     }
 
     wan_miss(ctx, pkt)
@@ -211,6 +215,21 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         Route::Local => Verdict::pass(Reason::PassNoMapping),
         Route::Wan | Route::Inside => Verdict::drop(Reason::DropInboundTransit),
     }
+}
+
+/// A sender with TX checksum offload (a local socket over a veth) leaves a
+/// partial L4 checksum for the NIC to finish; after XDP_REDIRECT the receiver
+/// gets the frame as CHECKSUM_NONE and verifies it, and the daemon sends a
+/// no-neighbour frame as it is. So the checksum is finished here, before the
+/// frame is forwarded or copied to the ring. Returns the reason the verdict
+/// counts on success: `translated`, or `PartialChecksumTooLong` when the
+/// segment was too long to sum and kept the incremental update.
+#[inline(always)]
+fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, translated: Reason) -> Reason {
+    if partial && finish_partial_checksum(ctx, pkt).is_err() {
+        return Reason::PartialChecksumTooLong;
+    }
+    translated
 }
 
 /// Records activity on a mapping: at most one write per granule for the

@@ -1,9 +1,14 @@
 //! In-place rewrite of address, port and TTL with incremental checksum
-//! updates (RFC 1624, arithmetic in `nat_common::checksum`).
+//! updates (RFC 1624, arithmetic in `nat_common::checksum`), and the full
+//! recomputation a partial (TX offload) TCP/UDP checksum needs instead.
 
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use nat_common::{
     Endpoint,
-    checksum::{replace16, replace32, udp_fixup},
+    checksum::{
+        self, CSUM_CHUNK, CSUM_MAX_CHUNKS, CSUM_MAX_LEN, CSUM_TAIL_PIECES, piece_offset, replace16,
+        replace32, udp_fixup,
+    },
 };
 
 use crate::parse::{Ipv4Packet, L4};
@@ -92,4 +97,152 @@ pub fn tcp_flags(pkt: &Ipv4Packet) -> u8 {
         L4::Tcp(tcp) => unsafe { *((tcp as *const u8).add(13)) },
         _ => 0,
     }
+}
+
+/// Length of the L4 segment from the IPv4 header: total length minus IHL.
+/// `parse` made sure the total length covers the header.
+#[inline(always)]
+fn l4_len(pkt: &Ipv4Packet) -> u16 {
+    let ip = pkt.ip;
+    unsafe {
+        let header_len = ((*ip).vihl & 0x0f) as u16 * 4;
+        u16::from_be_bytes((*ip).tot_len).wrapping_sub(header_len)
+    }
+}
+
+/// True when the TCP or UDP checksum field holds only the pseudo-header sum,
+/// as a sender with TX checksum offload leaves it (`checksum::is_partial`).
+/// Judged on the packet as received: call before `translate`. A zero UDP
+/// checksum ("none") is never partial: the pseudo-header sum never folds to 0.
+#[inline(always)]
+pub fn has_partial_checksum(pkt: &Ipv4Packet) -> bool {
+    let check = match pkt.l4 {
+        L4::Tcp(tcp) => unsafe { load16(&(*tcp).check) },
+        L4::Udp(udp) => unsafe { load16(&(*udp).check) },
+        _ => return false,
+    };
+    let ip = pkt.ip;
+    let pseudo = unsafe {
+        checksum::pseudo_header_sum((*ip).src_addr, (*ip).dst_addr, (*ip).proto, l4_len(pkt))
+    };
+    checksum::is_partial(check, pseudo)
+}
+
+/// The partial checksum could not be replaced: the segment is longer than
+/// `CSUM_MAX_LEN`. (A piece outside the frame or a helper error would land
+/// here too, but `parse` checked that the datagram is in the frame and every
+/// size is a constant the helper takes.)
+pub struct Unfinished;
+
+/// Replaces the TCP/UDP checksum of a translated packet by the full one over
+/// its new pseudo-header and the whole segment. For packets that
+/// `has_partial_checksum` accepted before `translate`: the incremental update
+/// `translate` made is only right for full checksums. On `Err` the packet
+/// keeps that incremental result.
+#[inline(always)]
+pub fn finish_partial_checksum(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<(), Unfinished> {
+    let (field, udp) = match pkt.l4 {
+        L4::Tcp(tcp) => (unsafe { &raw mut (*tcp).check }, false),
+        L4::Udp(udp) => (unsafe { &raw mut (*udp).check }, true),
+        _ => return Ok(()),
+    };
+    let len = l4_len(pkt);
+    if len as usize > CSUM_MAX_LEN {
+        return Err(Unfinished);
+    }
+    let ip = pkt.ip;
+    let l4_offset = pkt.l3_offset + unsafe { ((*ip).vihl & 0x0f) as usize * 4 };
+    let whole = sum_segment(ctx, l4_offset, len as usize)?;
+    // The sum covered the field with the incremental result in it: take it
+    // back out (adding the complement subtracts in one's complement).
+    let segment = checksum::add(whole, !load16(unsafe { &*field }) as u32);
+    let pseudo = unsafe { checksum::pseudo_header_sum((*ip).src_addr, (*ip).dst_addr, (*ip).proto, len) };
+    unsafe { *field = checksum::finish(pseudo, segment, udp).to_ne_bytes() };
+    Ok(())
+}
+
+/// One's complement sum (not folded) of the `len` bytes at `offset` in the
+/// packet, `len <= CSUM_MAX_LEN`, in the pieces `nat_common::checksum` lays
+/// out: whole `CSUM_CHUNK`s, then one piece per remaining bit, each through
+/// `bpf_csum_diff` with a constant size, then the last 1-3 bytes by hand.
+///
+/// Verifier notes. Every piece is checked against `data_end` through its own
+/// pointer, built from `ctx.data()` and a scalar offset: a check on a pointer
+/// derived from the L4 header pointer would widen that pointer's verified
+/// range, differently after each number of chunks, and the verifier could not
+/// merge those states (it walked the rest of the program once per chunk
+/// count). The branches test `len` but the addresses use an opaque copy of
+/// it: where LLVM knows the low bits of `len` it rewrites `at + 1 > end` as
+/// `data + offset + len > end`, a check on another pointer than the one read.
+#[inline(always)]
+fn sum_segment(ctx: &XdpContext, offset: usize, len: usize) -> Result<u32, Unfinished> {
+    let mut sum = 0u32;
+    for i in 0..CSUM_MAX_CHUNKS {
+        let at = i * CSUM_CHUNK;
+        if at + CSUM_CHUNK > len {
+            break;
+        }
+        sum = sum_piece::<CSUM_CHUNK>(ctx, offset + at, sum)?;
+    }
+    let len_for_addresses = opaque(len);
+    let piece = |size| offset + piece_offset(len_for_addresses, size);
+    // One call per size, so each size is a constant at its call site: the
+    // verifier checks a helper's memory argument against the size's upper bound.
+    const _: () = assert!(CSUM_TAIL_PIECES.len() == 7);
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[0] }>(ctx, piece(CSUM_TAIL_PIECES[0]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[1] }>(ctx, piece(CSUM_TAIL_PIECES[1]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[2] }>(ctx, piece(CSUM_TAIL_PIECES[2]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[3] }>(ctx, piece(CSUM_TAIL_PIECES[3]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[4] }>(ctx, piece(CSUM_TAIL_PIECES[4]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[5] }>(ctx, piece(CSUM_TAIL_PIECES[5]), len, sum)?;
+    sum = tail_piece::<{ CSUM_TAIL_PIECES[6] }>(ctx, piece(CSUM_TAIL_PIECES[6]), len, sum)?;
+    if len & 2 != 0 {
+        let at = ctx.data() + piece(2);
+        if at + 2 > ctx.data_end() {
+            return Err(Unfinished);
+        }
+        sum = checksum::add(sum, u16::from_ne_bytes(unsafe { *(at as *const [u8; 2]) }) as u32);
+    }
+    if len & 1 != 0 {
+        let at = ctx.data() + piece(1);
+        if at + 1 > ctx.data_end() {
+            return Err(Unfinished);
+        }
+        // RFC 1071: a lone last byte is summed as if padded with a zero byte.
+        sum = checksum::add(sum, u16::from_ne_bytes([unsafe { *(at as *const u8) }, 0]) as u32);
+    }
+    Ok(sum)
+}
+
+/// The piece of `SIZE` bytes at `offset`, if `len` has one (`len & SIZE`).
+#[inline(always)]
+fn tail_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, len: usize, sum: u32) -> Result<u32, Unfinished> {
+    if len & SIZE == 0 {
+        return Ok(sum);
+    }
+    sum_piece::<SIZE>(ctx, offset, sum)
+}
+
+/// `sum` plus the sum of the `SIZE` bytes at `offset` in the packet.
+#[inline(always)]
+fn sum_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, sum: u32) -> Result<u32, Unfinished> {
+    const { assert!(SIZE % 4 == 0 && SIZE <= CSUM_CHUNK) };
+    let at = ctx.data() + offset;
+    if at + SIZE > ctx.data_end() {
+        return Err(Unfinished);
+    }
+    // From nothing to the packet bytes: the helper returns their sum, seeded.
+    let ret = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, at as *mut u32, SIZE as u32, sum) };
+    if ret < 0 {
+        return Err(Unfinished);
+    }
+    Ok(ret as u32)
+}
+
+/// `value` read back through the stack: LLVM forgets what it knew about it,
+/// the verifier (which tracks the stack slot) does not.
+#[inline(always)]
+fn opaque(value: usize) -> usize {
+    let slot = value;
+    unsafe { core::ptr::read_volatile(&slot) }
 }

@@ -37,6 +37,10 @@ pub struct Frame {
     pub frag: u16,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// TCP/UDP checksum field as a Linux sender with TX checksum offload
+    /// leaves it (CHECKSUM_PARTIAL): only the folded pseudo-header sum, for
+    /// the NIC to finish. A UDP `zero_checksum` stays zero.
+    pub partial_checksum: bool,
 }
 
 impl Frame {
@@ -53,6 +57,7 @@ impl Frame {
             frag: 0,
             l4,
             payload: b"nat test payload".to_vec(),
+            partial_checksum: false,
         }
     }
 
@@ -74,6 +79,13 @@ impl Frame {
         self
     }
 
+    /// The frame as a local socket sends it over a device with TX checksum
+    /// offload on: see `partial_checksum`.
+    pub fn with_partial_checksum(mut self) -> Self {
+        self.partial_checksum = true;
+        self
+    }
+
     pub fn l4_proto(&self) -> u8 {
         match self.l4 {
             L4::Tcp { .. } => proto::TCP,
@@ -83,7 +95,8 @@ impl Frame {
         }
     }
 
-    /// The frame's bytes, every checksum computed over the whole packet.
+    /// The frame's bytes, every checksum computed over the whole packet
+    /// (except a `partial_checksum`).
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = match self.l4 {
             L4::Tcp { sport, dport, flags } => {
@@ -114,7 +127,12 @@ impl Frame {
         };
         l4.extend_from_slice(&self.payload);
         let (src, dst) = (self.src.octets(), self.dst.octets());
+        let partial = checksum::fold(checksum::pseudo_header_sum(src, dst, self.l4_proto(), l4.len() as u16));
         match self.l4 {
+            L4::Tcp { .. } if self.partial_checksum => l4[16..18].copy_from_slice(&partial.to_ne_bytes()),
+            L4::Udp { zero_checksum, .. } if self.partial_checksum && !zero_checksum => {
+                l4[6..8].copy_from_slice(&partial.to_ne_bytes())
+            }
             L4::Tcp { .. } => {
                 let c = checksum::l4_checksum(src, dst, proto::TCP, &l4);
                 l4[16..18].copy_from_slice(&c.to_ne_bytes());

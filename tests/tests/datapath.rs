@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
-use nat_common::{MissEvent, Reason, miss_kind, proto};
+use nat_common::{MissEvent, Reason, checksum, miss_kind, proto};
 use nat_tests::{
     TestGateway, addr, assert_frames_eq,
     packet::{self, Frame, L4},
@@ -200,6 +200,139 @@ fn translation_cases() -> Vec<Case> {
     ]
 }
 
+/// As a local socket sends it with TX checksum offload on: the L4 checksum
+/// field holds only the pseudo-header sum.
+fn partial(f: Frame) -> Frame {
+    f.with_partial_checksum()
+}
+
+/// `n` bytes of payload that are not all alike, so a piece summed twice or
+/// skipped shows.
+fn payload(n: usize) -> impl Fn(&mut Frame) {
+    move |f: &mut Frame| f.payload = (0..n).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// `f` with its first two payload bytes chosen so that its L4 checksum,
+/// computed in full, comes out as `want` (before UDP turns 0 into 0xffff).
+fn with_full_checksum(mut f: Frame, want: u16) -> Frame {
+    f.payload[..2].fill(0);
+    let bytes = f.build();
+    let p = packet::parse_ipv4(&bytes).unwrap();
+    let check_at = if p.proto() == proto::TCP { 16 } else { 6 };
+    let mut seg = p.l4.to_vec();
+    seg[check_at..check_at + 2].fill(0);
+    let pseudo = checksum::pseudo_header_sum(p.src().octets(), p.dst().octets(), p.proto(), seg.len() as u16);
+    let rest = checksum::fold(checksum::add(pseudo, checksum::sum_words(&seg, 0)));
+    // The payload starts at an even offset: the word adds as it is.
+    let word = checksum::fold(checksum::add(!want as u32, !rest as u32));
+    f.payload[..2].copy_from_slice(&word.to_ne_bytes());
+    f
+}
+
+/// The folded pseudo-header sum of `f`: what a partial checksum field holds.
+fn pseudo_of(f: &Frame) -> u16 {
+    let bytes = f.build();
+    let p = packet::parse_ipv4(&bytes).unwrap();
+    checksum::fold(checksum::pseudo_header_sum(p.src().octets(), p.dst().octets(), p.proto(), p.l4.len() as u16))
+}
+
+/// Frames sent with TX checksum offload (CHECKSUM_PARTIAL): they must leave
+/// with a full checksum, since the receiver gets them as CHECKSUM_NONE and
+/// verifies. Payload lengths exercise every piece of the summation: whole
+/// 512-byte chunks, the 256..4-byte pieces, and 1-3 trailing bytes.
+fn partial_checksum_cases() -> Vec<Case> {
+    use Side::{Lan, Wan};
+    let vlan_and_options = |f: &mut Frame| {
+        f.vlans = vec![100];
+        f.options = vec![1, 1, 1, 0];
+    };
+    // Found so that the translated datagram's checksum computes to zero.
+    let udp_zero_sum = with_full_checksum(translated_out(udp_out(), UDP_EXTERNAL), 0);
+    let udp_zero_sum_in = Frame { payload: udp_zero_sum.payload.clone(), ..udp_out() };
+    // A full checksum that equals the pseudo-header sum by chance: taken for a
+    // partial one and recomputed, which must give it back unchanged.
+    let coincidental = {
+        let f = tcp_out();
+        let want = pseudo_of(&f);
+        with_full_checksum(f, want)
+    };
+    assert_eq!(&coincidental.build()[50..52], &pseudo_of(&coincidental).to_ne_bytes(), "the coincidence was not built");
+    vec![
+        case(
+            "tcp out, partial checksum, 16-byte payload",
+            Lan,
+            partial(tcp_out()),
+            REDIRECT,
+            Some(translated_out(tcp_out(), TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "tcp in, partial checksum, 1400-byte payload",
+            Wan,
+            partial(with(tcp_in(), payload(1400))),
+            REDIRECT,
+            Some(translated_in(with(tcp_in(), payload(1400)), TCP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "udp out, partial checksum, 15-byte payload (3 trailing bytes)",
+            Lan,
+            partial(with(udp_out(), payload(15))),
+            REDIRECT,
+            Some(translated_out(with(udp_out(), payload(15)), UDP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp in, partial checksum, 1401-byte payload",
+            Wan,
+            partial(with(udp_in(), payload(1401))),
+            REDIRECT,
+            Some(translated_in(with(udp_in(), payload(1401)), UDP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "udp in, partial checksum, no payload",
+            Wan,
+            partial(with(udp_in(), payload(0))),
+            REDIRECT,
+            Some(translated_in(with(udp_in(), payload(0)), UDP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+        case(
+            "tcp out, partial checksum, 1402-byte payload, 802.1Q tag and IP options",
+            Lan,
+            partial(with(with(tcp_out(), payload(1402)), vlan_and_options)),
+            REDIRECT,
+            Some(translated_out(with(with(tcp_out(), payload(1402)), vlan_and_options), TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp out, partial checksum, 3001-byte payload (five whole chunks)",
+            Lan,
+            partial(with(udp_out(), payload(3001))),
+            REDIRECT,
+            Some(translated_out(with(udp_out(), payload(3001)), UDP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "udp out, partial checksum that finishes as zero is sent as all ones",
+            Lan,
+            partial(udp_zero_sum_in),
+            REDIRECT,
+            Some(udp_zero_sum),
+            Reason::TranslatedOut,
+        ),
+        case(
+            "tcp out, full checksum equal to the pseudo-header sum stays right",
+            Lan,
+            coincidental.clone(),
+            REDIRECT,
+            Some(translated_out(coincidental, TCP_EXTERNAL)),
+            Reason::TranslatedOut,
+        ),
+    ]
+}
+
 fn pass_and_drop_cases() -> Vec<Case> {
     use Side::{Lan, Wan};
     let frag = |offset_and_flags: u16| move |f: &mut Frame| f.frag = offset_and_flags;
@@ -366,6 +499,35 @@ fn translates_tcp_udp_icmp_both_directions() {
 }
 
 #[test]
+fn finishes_partial_checksums_both_directions() {
+    require_root!();
+    let gw = gateway("partial").unwrap();
+    // The route lookup checks the egress MTU: the 3001-byte case needs more
+    // than 1500 (BPF_PROG_TEST_RUN itself takes frames up to about 3.5 KB).
+    for ifname in ["lan0", "wan0"] {
+        gw.ns.ip(&["link", "set", ifname, "mtu", "9000"]).unwrap();
+    }
+    run_cases(&gw, partial_checksum_cases()).unwrap();
+}
+
+/// The summation must stop at the IPv4 total length: Ethernet padding after
+/// the datagram is not part of the segment.
+#[test]
+fn partial_checksum_ignores_ethernet_padding() {
+    require_root!();
+    let gw = gateway("partialpad").unwrap();
+    let mut input = partial(with(tcp_in(), payload(37))).build();
+    let mut want = translated_in(with(tcp_in(), payload(37)), TCP_INSIDE).build();
+    let padding = [0xa5; 7];
+    input.extend_from_slice(&padding);
+    want.extend_from_slice(&padding);
+    let run = gw.run(Side::Wan, &input).unwrap();
+    assert_eq!(run.action, REDIRECT, "{}", xdp_action::name(run.action));
+    assert_frames_eq("padded", &run.frame, &want).unwrap();
+    packet::verify_checksums(&run.frame).unwrap();
+}
+
+#[test]
 fn passes_and_drops_what_it_must_not_translate() {
     require_root!();
     let gw = gateway("pass").unwrap();
@@ -450,6 +612,23 @@ fn no_neighbour_hands_the_translated_frame_to_the_daemon() {
     let translated = packet::parse_ipv4(events[0].frame()).unwrap();
     assert_eq!(translated.dst(), addr::LAN_HOST_UNRESOLVED);
     assert_eq!(u16::from_be_bytes([translated.l4[2], translated.l4[3]]), UNRESOLVED_INSIDE.1);
+    packet::verify_checksums(events[0].frame()).unwrap();
+}
+
+/// The daemon sends a no-neighbour frame as it is through a raw socket: a
+/// partial checksum must be finished before it goes into the ring.
+#[test]
+fn no_neighbour_hand_off_carries_a_finished_checksum() {
+    require_root!();
+    let mut gw = gateway("noneighpart").unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let input = partial(with(from_wan(Frame::udp(REMOTE_UDP, UNRESOLVED_EXTERNAL)), payload(601)));
+    let run = gw.run(Side::Wan, &input.build()).unwrap();
+    assert_eq!(run.action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::NoNeighbourToDaemon).unwrap(), 1);
+    let events = read_events(&mut ring);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, miss_kind::NO_NEIGHBOUR);
     packet::verify_checksums(events[0].frame()).unwrap();
 }
 

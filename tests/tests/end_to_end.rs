@@ -219,6 +219,12 @@ fn same_source_port_from_three_hosts_tx_offload_off() {
     same_source_port_from_three_hosts(false);
 }
 
+#[test]
+fn same_source_port_from_three_hosts_tx_offload_on() {
+    require_root!();
+    same_source_port_from_three_hosts(true);
+}
+
 /// RFC 4787 REQ-1 / RFC 5382 REQ-1: one inside endpoint, two destinations,
 /// one external port.
 #[test]

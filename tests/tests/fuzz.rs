@@ -39,6 +39,11 @@ fn seeds() -> Vec<(Side, Vec<u8>)> {
     tagged.vlans = vec![200, 100];
     let mut options = lan(Frame::tcp((addr::LAN_HOST, 40000), remote));
     options.options = vec![1, 1, 1, 0];
+    // TX offload checksums take the full-sum path; odd and long payloads.
+    let mut partial_tcp = lan(Frame::tcp((addr::LAN_HOST, 40000), remote)).with_partial_checksum();
+    partial_tcp.payload = vec![0x5a; 701];
+    let mut partial_udp = wan(Frame::udp((addr::REMOTE, 53), (addr::EXTERNAL, 20001))).with_partial_checksum();
+    partial_udp.payload = vec![0xa5; 37];
     vec![
         (Side::Lan, lan(Frame::tcp((addr::LAN_HOST, 40000), remote)).build()),
         (Side::Lan, lan(Frame::udp((addr::LAN_HOST, 5353), (addr::REMOTE, 53))).build()),
@@ -50,6 +55,8 @@ fn seeds() -> Vec<(Side, Vec<u8>)> {
         (Side::Wan, wan(Frame::tcp(remote, (addr::EXTERNAL, 20000))).build()),
         (Side::Wan, wan(Frame::udp((addr::REMOTE, 53), (addr::EXTERNAL, 20001))).build()),
         (Side::Wan, wan(Frame::icmp_echo(addr::REMOTE, addr::EXTERNAL, 0, 0x5678)).build()),
+        (Side::Lan, partial_tcp.build()),
+        (Side::Wan, partial_udp.build()),
     ]
 }
 
