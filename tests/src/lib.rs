@@ -1,5 +1,6 @@
 //! Shared fixtures for the kernel and namespace tests.
 
+pub mod bench;
 pub mod natlab;
 pub mod netns;
 pub mod packet;

@@ -12,7 +12,7 @@ use std::{
 
 use aya::programs::XdpMode;
 use nat_common::{Endpoint, GatewayConfig, Reason, proto};
-use nat_tests::{netns::Netns, require_root};
+use nat_tests::{natlab::in_ns, netns::Netns, require_root};
 use nat_userspace::datapath::{Datapath, Side};
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
@@ -87,20 +87,6 @@ fn lab(tx_offload: bool) -> Lab {
     datapath.attach(Side::Lan, lan_ifindex, XdpMode::Driver).unwrap();
     datapath.attach(Side::Wan, wan_ifindex, XdpMode::Driver).unwrap();
     Lab { host, gw, server, datapath }
-}
-
-/// Runs `f` on a thread inside `ns`.
-fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = ns.name.clone();
-    thread::spawn(move || {
-        let ns = nat_tests::netns::Netns { name: path };
-        let guard = ns.enter().unwrap();
-        let out = f();
-        drop(guard);
-        // The namespace belongs to the test, not to this thread.
-        std::mem::forget(ns);
-        out
-    })
 }
 
 fn udp_exchange(lab: &Lab) {

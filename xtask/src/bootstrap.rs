@@ -24,6 +24,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),
+    ("nft", "nftables"),
 ];
 
 pub fn toolchain() -> Result<()> {

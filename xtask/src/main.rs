@@ -1,6 +1,7 @@
 //! `cargo xtask`: orchestration only (bootstrap, build, test, bench). The
 //! eBPF object itself is built by nat-userspace/build.rs through aya-build.
 
+mod bench;
 mod bootstrap;
 mod lab;
 
@@ -37,13 +38,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure the fast path's cost per packet with BPF_PROG_TEST_RUN
-    /// (target/bench/fastpath.{json,md}) and new flows through the real natd
-    /// (target/bench/flows.{json,md}). Needs root.
+    /// The benchmark suite (../shared/BENCHMARK.md): fast-path cost, packets
+    /// per second against nftables masquerade, kernel forwarding and bare XDP
+    /// redirect, new flows and TCP through natd and conntrack, sessions at
+    /// scale. Writes target/bench/results.{json,md}. Needs root.
     Bench {
-        /// Test runs per figure (each of `--repeat` packets).
-        #[arg(long, default_value_t = 2000)]
-        runs: u32,
+        /// The same figures from fewer runs (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -75,15 +77,10 @@ fn main() -> Result<()> {
             run(Command::new("cargo").args(["build", "-p", "nat-userspace", "--bin", "natd"]))?;
             test(&args)
         }
-        Cmd::Bench { runs } => {
+        Cmd::Bench { quick } => {
             bootstrap::toolchain()?;
             bootstrap::test_tools()?;
-            run(Command::new("cargo").args(["build", "--release", "-p", "nat-userspace", "--bin", "natd"]))?;
-            run(Command::new("cargo")
-                .args(["run", "--release", "-p", "nat-tests", "--bin", "fastpath-bench", "--"])
-                .arg(runs.to_string()))?;
-            // New flows through the real natd: first-packet latency, mappings/s.
-            run(Command::new("cargo").args(["run", "--release", "-p", "nat-tests", "--bin", "lab-bench"]))
+            bench::suite(&bench::Plan::new(quick))
         }
     }
 }

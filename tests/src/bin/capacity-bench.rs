@@ -70,12 +70,7 @@ fn main() -> Result<()> {
     writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
     writeln!(md, "| kernel bytes per session, conntrack (nf_conntrack slab object) | {conntrack_bytes} |")?;
     writeln!(md, "| aging scan CPU per million sessions | {scan_cpu:.0} ms (wall {scan_wall:.0} ms) |")?;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("capacity.json"), &json)?;
-    std::fs::write(dir.join("capacity.md"), &md)?;
-    print!("{md}");
-    println!("written to {}", dir.join("capacity.{json,md}").display());
+    nat_tests::bench::write_results("capacity", &json, &md)?;
     Ok(())
 }
 

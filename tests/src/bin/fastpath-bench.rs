@@ -41,7 +41,7 @@ struct Figure {
 fn main() -> Result<()> {
     let rounds: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     ensure!(nat_tests::netns::is_root(), "the fast-path benchmark loads BPF programs: run it as root");
-    pin_to_cpu(0);
+    nat_tests::bench::pin_to_cpu(0);
 
     let mut gw = TestGateway::new("bench")?;
     gw.ns.ip(&["neigh", "replace", &SECOND_HOST.to_string(), "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"])?;
@@ -127,12 +127,7 @@ fn main() -> Result<()> {
         writeln!(md, "| {} | {raw} | {cost} |", f.key)?;
     }
     json.push_str("\n}\n");
-    std::fs::create_dir_all("target/bench")?;
-    std::fs::write("target/bench/fastpath.json", &json)?;
-    std::fs::write("target/bench/fastpath.md", &md)?;
-    print!("{md}");
-    println!("written: target/bench/fastpath.json, target/bench/fastpath.md");
-    Ok(())
+    nat_tests::bench::write_results("fastpath", &json, &md)
 }
 
 fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
@@ -150,12 +145,4 @@ fn icmp_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
 fn median(v: &mut [u64]) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
-}
-
-fn pin_to_cpu(cpu: usize) {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }

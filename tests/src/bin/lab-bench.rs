@@ -33,6 +33,7 @@ use aya::{
 };
 use nat_common::bench::names;
 use nat_tests::{
+    bench::{median, percentile},
     natlab::{NatLab, SERVER, host_addr, in_ns},
     packet::Frame,
 };
@@ -103,12 +104,7 @@ fn main() -> Result<()> {
         x_burst.rate, x_burst.created, k_burst.rate, k_burst.created
     )?;
     writeln!(md, "| TCP throughput, iperf3 -P 8, median of {runs} | {x_tcp:.2} Gbit/s | {k_tcp:.2} Gbit/s |")?;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("lab.json"), &json)?;
-    std::fs::write(dir.join("lab.md"), &md)?;
-    print!("{md}");
-    println!("written to {}", dir.join("lab.{json,md}").display());
+    nat_tests::bench::write_results("lab", &json, &md)?;
     Ok(())
 }
 
@@ -250,14 +246,4 @@ fn echo_server(lab: &NatLab, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle
             }
         }
     }))
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let index = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[index]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    percentile(values, 50.0)
 }

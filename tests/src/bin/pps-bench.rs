@@ -116,15 +116,10 @@ fn main() -> Result<()> {
         eprintln!("pps-bench: {flows} flow(s) done");
     }
 
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let mut json = format!("{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"frame_len\": {FRAME_LEN}");
     let mut md = String::from("| flows | xdp_nat (X) | nft_masquerade (K) | kernel_forward (F) | xdp_redirect (R) | X/K | X/R |\n|---|---|---|---|---|---|---|\n");
     for flows in FLOW_COUNTS {
-        let m: BTreeMap<Mode, f64> = Mode::ALL.iter().map(|&mode| (mode, median(&samples[&(flows, mode)]))).collect();
+        let m: BTreeMap<Mode, f64> = Mode::ALL.iter().map(|&mode| (mode, nat_tests::bench::median(&mut samples[&(flows, mode)].clone()))).collect();
         write!(json, ",\n  \"flows_{flows}\": {{")?;
         for (i, mode) in Mode::ALL.iter().enumerate() {
             write!(json, "{}\"{}\": {:.0}", if i > 0 { ", " } else { "" }, mode.key(), m[mode])?;
@@ -134,12 +129,7 @@ fn main() -> Result<()> {
         writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} |", x / 1e6, k / 1e6, f / 1e6, r / 1e6, x / k, x / r)?;
     }
     json.push_str("\n}\n");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("pps.json"), &json)?;
-    std::fs::write(dir.join("pps.md"), &md)?;
-    print!("{md}");
-    println!("written to {}", dir.join("pps.{json,md}").display());
+    nat_tests::bench::write_results("pps", &json, &md)?;
     Ok(())
 }
 
@@ -242,7 +232,7 @@ impl Bench {
 
     fn generate(&mut self, packets: u32) -> Result<Duration> {
         let _in_gen = self.generator_ns.enter()?;
-        pin_to_cpu(0);
+        nat_tests::bench::pin_to_cpu(0);
         let frame = vec![0u8; FRAME_LEN];
         let md = XdpMd::for_frame(&frame, self.g0);
         let generator = xdp(&mut self.bench, names::GENERATE)?;
@@ -303,12 +293,4 @@ impl Bench {
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
-}
-
-fn pin_to_cpu(cpu: usize) {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }

@@ -1,0 +1,117 @@
+//! `cargo xtask bench`: every benchmark binary of the tests crate in one run,
+//! then one summary, target/bench/results.{json,md} (../shared/BENCHMARK.md).
+//! Each binary also leaves its own <name>.{json,md} with more detail.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::run;
+
+/// How long each part runs: `--quick` keeps the whole suite under 3 minutes.
+pub struct Plan {
+    pub fastpath_rounds: u32,
+    pub pps_runs: u32,
+    pub pps_packets: u32,
+    pub lab_runs: u32,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self { fastpath_rounds: 300, pps_runs: 3, pps_packets: 300_000, lab_runs: 1 }
+        } else {
+            Self { fastpath_rounds: 2000, pps_runs: 7, pps_packets: 1_000_000, lab_runs: 3 }
+        }
+    }
+}
+
+fn bench_bin(name: &str, args: &[String]) -> Result<()> {
+    run(Command::new("cargo").args(["run", "--release", "--quiet", "-p", "nat-tests", "--bin", name, "--"]).args(args))
+}
+
+pub fn suite(plan: &Plan) -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "nat-userspace", "--bin", "natd"]))?;
+    bench_bin("fastpath-bench", &[plan.fastpath_rounds.to_string()])?;
+    bench_bin("pps-bench", &[plan.pps_runs.to_string(), plan.pps_packets.to_string()])?;
+    bench_bin("lab-bench", &[plan.lab_runs.to_string()])?;
+    bench_bin("capacity-bench", &[])?;
+    summarize(Path::new("target/bench"), plan)
+}
+
+fn read(dir: &Path, name: &str) -> Result<Value> {
+    let path = dir.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// "model, N vCPU, kernel X" of this machine.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cpus} vCPU, kernel {}", kernel.trim())
+}
+
+fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
+    let (fast, pps, lab, cap) = (read(dir, "fastpath")?, read(dir, "pps")?, read(dir, "lab")?, read(dir, "capacity")?);
+    // The headline packet rate is the 1,024-flow column (the table has 1 and 65,536 too).
+    let flows = &pps["flows_1024"];
+    let pps_of = |k: &str| flows[k].as_f64().unwrap_or(0.0);
+    let ratio = |a: f64, b: f64| if b > 0.0 { (a / b * 100.0).round() / 100.0 } else { 0.0 };
+    let fastpath_keys = ["tcp_out", "tcp_in", "udp_out", "udp_in", "icmp_out", "icmp_in", "miss", "drop_floor"];
+    let fastpath_ns: serde_json::Map<String, Value> = fastpath_keys.iter().map(|k| (k.to_string(), fast[*k].clone())).collect();
+    let results = json!({
+        "machine": machine(),
+        "runs": plan.pps_runs,
+        "pps": {
+            "xdp_nat": pps_of("xdp_nat"), "nft_masquerade": pps_of("nft_masquerade"),
+            "kernel_forward": pps_of("kernel_forward"), "xdp_redirect": pps_of("xdp_redirect"),
+        },
+        "ratio": {
+            "nat_vs_nft": ratio(pps_of("xdp_nat"), pps_of("nft_masquerade")),
+            "nat_vs_redirect": ratio(pps_of("xdp_nat"), pps_of("xdp_redirect")),
+        },
+        "fastpath_ns": fastpath_ns,
+        "tcp_gbps": lab["tcp_gbps"],
+        "new_flows_per_s": lab["new_flows_per_s"],
+        "first_packet_added_us": lab["first_packet_added_us"],
+        "bytes_per_session": cap["bytes_per_session"],
+        "sessions_held": cap["sessions_held"],
+        "aging_scan_ms_per_million": cap["aging_scan_ms_per_million"],
+        "pps_by_flows": pps,
+        "plan": { "fastpath_rounds": plan.fastpath_rounds, "pps_packets_per_run": plan.pps_packets, "tcp_runs": plan.lab_runs },
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
+
+    let mut md = String::new();
+    writeln!(md, "Machine: {}\n", results["machine"].as_str().unwrap_or(""))?;
+    writeln!(md, "| figure | this NAT | kernel / reference | goal |\n|---|---|---|---|")?;
+    let mpps = |v: &Value| format!("{:.2} Mpps", v.as_f64().unwrap_or(0.0) / 1e6);
+    let p = &results["pps"];
+    writeln!(md, "| packets/s, 1,024 flows, 64 B (X vs K: nftables masquerade) | {} | {} | X/K >= 4 (is {}) |", mpps(&p["xdp_nat"]), mpps(&p["nft_masquerade"]), results["ratio"]["nat_vs_nft"])?;
+    writeln!(md, "| packets/s vs XDP redirect without NAT (R) | {} | {} | X/R >= 0.85 (is {}) |", mpps(&p["xdp_nat"]), mpps(&p["xdp_redirect"]), results["ratio"]["nat_vs_redirect"])?;
+    writeln!(md, "| packets/s, kernel forwarding without NAT (F) | - | {} | - |", mpps(&p["kernel_forward"]))?;
+    let f = &results["fastpath_ns"];
+    writeln!(md, "| fast-path ns per hit, tcp/udp/icmp out | {}/{}/{} | - | <= 40 |", f["tcp_out"], f["udp_out"], f["icmp_out"])?;
+    writeln!(md, "| fast-path ns per hit, tcp/udp/icmp in | {}/{}/{} | - | <= 40 |", f["tcp_in"], f["udp_in"], f["icmp_in"])?;
+    writeln!(md, "| fast-path ns, miss (hand-off) | {} | - | - |", f["miss"])?;
+    let t = &results["tcp_gbps"];
+    writeln!(md, "| TCP Gbit/s, iperf3 -P 8 | {} | {} | - |", t["xdp_nat"], t["nft_masquerade"])?;
+    let n = &results["new_flows_per_s"];
+    writeln!(md, "| new flows/s (vs conntrack) | {} | {} | >= 2x |", n["xdp_nat"], n["conntrack"])?;
+    let l = &results["first_packet_added_us"];
+    writeln!(md, "| first-packet added latency p50 / p99, us | {} / {} | - | p99 < 100 |", l["p50"], l["p99"])?;
+    let b = &results["bytes_per_session"];
+    writeln!(md, "| kernel bytes per session (vs conntrack object) | {} | {} | <= 192 |", b["xdp_nat"], b["conntrack"])?;
+    writeln!(md, "| sessions held | {} | - | 1,000,000 |", results["sessions_held"])?;
+    writeln!(md, "| aging scan, CPU ms per million sessions | {} | - | < 200 |", results["aging_scan_ms_per_million"])?;
+    std::fs::write(dir.join("results.md"), &md)?;
+    print!("{md}");
+    println!("written to target/bench/results.{{json,md}}");
+    Ok(())
+}
