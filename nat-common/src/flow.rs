@@ -46,10 +46,11 @@ impl Endpoint {
     }
 }
 
-/// The translation one direction applies, plus the liveness the daemon ages by.
+/// The translation one direction applies.
 ///
 /// `OUTBOUND[inside] = Mapping{external}` and `INBOUND[external] = Mapping{inside}`
-/// always exist as a pair (the daemon inserts the reverse entry first).
+/// always exist as a pair (the daemon inserts the reverse entry first), and
+/// both name the same session slot in `LIVENESS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mapping {
@@ -57,26 +58,15 @@ pub struct Mapping {
     pub addr_be: u32,
     /// Port (or ICMP identifier) to write, network byte order.
     pub port_be: u16,
-    /// TCP flags seen in this direction (OR of `tcp_flags::*`), set by the
-    /// datapath only when a new flag appears, read by the daemon's aging.
-    pub tcp_flags_seen: u8,
-    pub _pad: u8,
-    /// Last packet in this direction, `bpf_ktime_get_coarse_ns` clock
-    /// (CLOCK_MONOTONIC_COARSE). Written at most once per
-    /// `LAST_SEEN_GRANULARITY_NS`.
-    pub last_seen_ns: u64,
+    pub _pad: u16,
+    /// Index of the session's `Liveness` in the `LIVENESS` array.
+    pub session: u32,
 }
-const _: () = assert!(core::mem::size_of::<Mapping>() == 16);
+const _: () = assert!(core::mem::size_of::<Mapping>() == 12);
 
 impl Mapping {
-    pub const fn new(to: Endpoint, now_ns: u64) -> Self {
-        Self {
-            addr_be: to.addr_be,
-            port_be: to.port_be,
-            tcp_flags_seen: 0,
-            _pad: 0,
-            last_seen_ns: now_ns,
-        }
+    pub const fn new(to: Endpoint, session: u32) -> Self {
+        Self { addr_be: to.addr_be, port_be: to.port_be, _pad: 0, session }
     }
 
     /// The endpoint this mapping translates to, with the given protocol.
@@ -90,7 +80,31 @@ impl Mapping {
     }
 }
 
-/// TCP flag bits as in the TCP header's flags byte, kept in `Mapping::tcp_flags_seen`.
+/// What the daemon ages a session by, one per session in the `LIVENESS`
+/// array, written by the datapath and read by the daemon through a shared
+/// memory mapping of the array: the aging scan makes no syscall per session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Last packet in either direction, on the clock the daemon publishes
+    /// (CLOCK_MONOTONIC_COARSE, ns). Written at most once per
+    /// `LAST_SEEN_GRANULARITY_NS`.
+    pub last_seen_ns: u64,
+    /// TCP flags seen outbound and inbound (OR of `tcp_flags::*`), written only
+    /// when a new flag appears.
+    pub tcp_flags_out: u8,
+    pub tcp_flags_in: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Liveness>() == 16);
+
+impl Liveness {
+    pub const fn new(now_ns: u64) -> Self {
+        Self { last_seen_ns: now_ns, tcp_flags_out: 0, tcp_flags_in: 0, _pad: [0; 6] }
+    }
+}
+
+/// TCP flag bits as in the TCP header's flags byte, kept in `Liveness`.
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
@@ -215,6 +229,7 @@ mod pod {
     // fields, sizes asserted above), every bit pattern valid.
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Mapping {}
+    unsafe impl aya::Pod for super::Liveness {}
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::MissEvent {}
     unsafe impl aya::Pod for super::NextHop {}

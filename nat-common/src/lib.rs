@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    Endpoint, GatewayConfig, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, miss_kind, tcp_flags,
+    Endpoint, GatewayConfig, Liveness, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, miss_kind, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -41,6 +41,8 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// Ring buffer of `MissEvent`s: packets handed to the daemon.
     pub const MISSES: &str = "MISSES";
+    /// `Liveness` per session, indexed by `Mapping::session`; memory-mappable.
+    pub const LIVENESS: &str = "LIVENESS";
     /// One `u64`: CLOCK_MONOTONIC_COARSE in ns, published by the daemon.
     pub const CLOCK: &str = "CLOCK";
     /// Per-CPU direct-mapped cache of route lookups (`NextHop` slots).
@@ -53,9 +55,16 @@ pub mod program_names {
     pub const WAN: &str = "nat_wan";
 }
 
+/// `BPF_F_MMAPABLE`: an array the daemon maps into its memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Capacity of each mapping map. A mapping is never evicted to make room
 /// (plain hash maps, not LRU): when full, new flows are refused and counted.
 pub const MAX_MAPPINGS: u32 = 1 << 20;
+
+/// Capacity of the `LIVENESS` array: one slot per session (a session is one
+/// entry in each mapping map).
+pub const MAX_SESSIONS: u32 = MAX_MAPPINGS;
 
 /// Size of the miss ring buffer in bytes (a power of two, a multiple of the page size).
 /// 4 MiB holds about 2,000 events: a burst of new flows while the
@@ -66,6 +75,6 @@ pub const MISS_RING_BYTES: u32 = 4 << 20;
 /// resolution of last-seen stamps and next-hop expiry.
 pub const CLOCK_TICK_NS: u64 = 1_000_000_000;
 
-/// The datapath rewrites `Mapping::last_seen_ns` at most once per this interval,
+/// The datapath rewrites `Liveness::last_seen_ns` at most once per this interval,
 /// so a busy flow costs a map write once a second, not once a packet.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

@@ -27,7 +27,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use nat_common::{
-    Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, MAX_MAPPINGS, MISS_FRAME_MAX,
+    BPF_F_MMAPABLE, Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_SESSIONS, MISS_FRAME_MAX,
     MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason,
     miss_kind, proto, tcp_flags,
 };
@@ -48,6 +48,11 @@ static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Per-session liveness, indexed by `Mapping::session`. Memory-mappable: the
+/// daemon's aging scan reads it in place, without a syscall per session.
+#[map]
+static LIVENESS: Array<Liveness> = Array::with_max_entries(MAX_SESSIONS, BPF_F_MMAPABLE);
 
 /// `CLOCK_MONOTONIC_COARSE` in ns, written by the daemon every second: the
 /// time the programs stamp mappings with and expire cached next hops by.
@@ -145,11 +150,11 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 
     let source = pkt.source();
     if let Some(inside) = source
-        && let Some(mapping) = OUTBOUND.get_ptr_mut(inside)
+        && let Some(mapping) = OUTBOUND.get_ptr(inside)
     {
         let external = unsafe { (*mapping).target(inside.proto) };
         let now = clock();
-        refresh(mapping, pkt, now);
+        refresh(mapping, pkt, now, Side::Source);
         let partial = has_partial_checksum(pkt);
         translate(pkt, Side::Source, &external);
         let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedOut);
@@ -172,7 +177,7 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let Some(external) = pkt.destination() else {
         return Verdict::pass(Reason::PassNoMapping);
     };
-    if let Some(mapping) = INBOUND.get_ptr_mut(external) {
+    if let Some(mapping) = INBOUND.get_ptr(external) {
         // The destination is the gateway's own address: the kernel would deliver
         // it locally instead of answering Time Exceeded.
         if pkt.ttl() <= 1 {
@@ -180,7 +185,7 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         }
         let inside = unsafe { (*mapping).target(external.proto) };
         let now = clock();
-        refresh(mapping, pkt, now);
+        refresh(mapping, pkt, now, Side::Destination);
         let partial = has_partial_checksum(pkt);
         translate(pkt, Side::Destination, &inside);
         let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedIn);
@@ -232,18 +237,25 @@ fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, translat
     translated
 }
 
-/// Records activity on a mapping: at most one write per granule for the
-/// timestamp, and one per new TCP flag.
+/// Records activity on a mapping's session: at most one write per granule
+/// for the timestamp, and one per new TCP flag in this direction.
 #[inline(always)]
-fn refresh(mapping: *mut Mapping, pkt: &Ipv4Packet, now: u64) {
+fn refresh(mapping: *const Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
+    let Some(live) = LIVENESS.get_ptr_mut(unsafe { (*mapping).session }) else {
+        return;
+    };
     unsafe {
-        if now.wrapping_sub((*mapping).last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
-            (*mapping).last_seen_ns = now;
+        if now.wrapping_sub((*live).last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
+            (*live).last_seen_ns = now;
         }
         if let L4::Tcp(_) = pkt.l4 {
             let flags = rewrite::tcp_flags(pkt) & tcp_flags::TRACKED;
-            if (*mapping).tcp_flags_seen & flags != flags {
-                (*mapping).tcp_flags_seen |= flags;
+            let seen = match side {
+                Side::Source => &mut (*live).tcp_flags_out,
+                Side::Destination => &mut (*live).tcp_flags_in,
+            };
+            if *seen & flags != flags {
+                *seen |= flags;
             }
         }
     }

@@ -7,12 +7,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{Endpoint, Mapping, MissEvent, miss_kind, proto, tcp_flags};
+use nat_common::{Endpoint, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
     control::{Counter, PortUsage, Request, Session, Stats, Status},
-    datapath::{Datapath, Side},
+    datapath::Datapath,
     handoff::{KernelSender, event_packet, translate_source},
 };
 
@@ -112,6 +112,7 @@ pub struct Daemon {
     ports: PortAllocator,
     /// Mirror of the maps.
     sessions: SessionTable,
+    slots: SlotPool,
     sender: KernelSender,
     pub counters: DaemonCounters,
     last_refusal_log: Option<Instant>,
@@ -129,6 +130,7 @@ impl Daemon {
             info,
             started: Instant::now(),
             sessions: SessionTable::default(),
+            slots: SlotPool::default(),
             sender: KernelSender::new()?,
             counters: DaemonCounters::default(),
             last_refusal_log: None,
@@ -164,18 +166,25 @@ impl Daemon {
                 return Ok(());
             };
             let external = Endpoint::new(self.info.external, port, inside.proto);
-            if let Err(e) = self.datapath.insert_pair(inside, external, coarse_now_ns()) {
+            let Some(slot) = self.slots.take() else {
+                self.ports.release(inside.proto, port, coarse_now_ns());
+                self.counters.refused_map_full += 1;
+                self.log_refusal(inside, "every session slot is in use");
+                return Ok(());
+            };
+            if let Err(e) = self.datapath.insert_pair(inside, external, slot, coarse_now_ns()) {
                 // Never evict a live mapping to make room: refuse the new flow.
                 self.ports.release(inside.proto, port, coarse_now_ns());
+                self.slots.give_back(slot);
                 self.counters.refused_map_full += 1;
                 self.log_refusal(inside, &format!("{e:#}"));
                 return Ok(());
             }
-            self.sessions.insert(inside, external);
+            self.sessions.insert(inside, SessionEntry { external, slot });
             self.counters.mappings_created += 1;
         }
         // The first packet goes on now, not after the sender's retransmit timer.
-        let external = self.sessions[&inside];
+        let external = self.sessions[&inside].external;
         let mut packet = event_packet(event)?.to_vec();
         translate_source(&mut packet, external)?;
         self.sender.send_packet(&packet)?;
@@ -206,9 +215,10 @@ impl Daemon {
         self.ports.reclaim(now);
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.info.timeouts, now)?;
         for inside in expired {
-            if let Some(external) = self.sessions.remove(&inside) {
+            if let Some(entry) = self.sessions.remove(&inside) {
                 self.datapath.remove_pair(inside)?;
-                self.ports.release(inside.proto, external.port(), now);
+                self.ports.release(inside.proto, entry.external.port(), now);
+                self.slots.give_back(entry.slot);
                 self.counters.mappings_expired += 1;
             }
         }
@@ -252,18 +262,18 @@ impl Daemon {
     pub fn session_rows(&self) -> Result<Vec<Session>> {
         let now = coarse_now_ns();
         let mut rows = Vec::with_capacity(self.sessions.len());
-        for_each_session(&self.datapath, &self.sessions, |inside, external, out, back| {
-            let (Some(out), Some(back)) = (out, back) else { return };
-            let timeout = self.info.timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
+        for (inside, entry) in &self.sessions {
+            let live = self.datapath.liveness(entry.slot)?;
+            let timeout = self.info.timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
             rows.push(Session {
                 proto: proto_name(inside.proto).to_string(),
                 inside: format!("{}:{}", inside.addr(), inside.port()),
-                external: format!("{}:{}", external.addr(), external.port()),
-                state: session_state(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen).to_string(),
-                idle_s: now.saturating_sub(out.last_seen_ns.max(back.last_seen_ns)) / 1_000_000_000,
+                external: format!("{}:{}", entry.external.addr(), entry.external.port()),
+                state: session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in).to_string(),
+                idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
                 timeout_s: timeout.as_secs(),
             });
-        })?;
+        }
         rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
         Ok(rows)
     }
@@ -287,51 +297,53 @@ impl Daemon {
     }
 }
 
-/// inside endpoint -> external endpoint. foldhash: the aging scan hashes
-/// every session every second, and SipHash would be most of its cost.
-pub type SessionTable = HashMap<Endpoint, Endpoint, foldhash::fast::RandomState>;
-
-/// Calls `f(inside, external, outbound entry, inbound entry)` for every
-/// session, reading each map with one batched dump instead of two lookups per
-/// session. An entry missing from a map comes as `None`.
-pub fn for_each_session(
-    datapath: &Datapath,
-    sessions: &SessionTable,
-    mut f: impl FnMut(&Endpoint, &Endpoint, Option<&Mapping>, Option<&Mapping>),
-) -> Result<()> {
-    let inbound: HashMap<Endpoint, Mapping, foldhash::fast::RandomState> = datapath.dump(Side::Wan)?.into_iter().collect();
-    let outbound = datapath.dump(Side::Lan)?;
-    let mut seen = 0;
-    for (inside, out) in &outbound {
-        // Entries natd did not make (none in service; benchmarks fill maps) are not its to age.
-        let Some(external) = sessions.get(inside) else { continue };
-        seen += 1;
-        f(inside, external, Some(out), inbound.get(external));
-    }
-    if seen < sessions.len() {
-        let present: std::collections::HashSet<&Endpoint> = outbound.iter().map(|(k, _)| k).collect();
-        for (inside, external) in sessions.iter().filter(|(inside, _)| !present.contains(inside)) {
-            f(inside, external, None, inbound.get(external));
-        }
-    }
-    Ok(())
+/// A live session as the daemon keeps it: where the inside endpoint is
+/// mapped to, and its slot in the LIVENESS array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub external: Endpoint,
+    pub slot: u32,
 }
 
-/// The sessions idle past their timeout at `now`, or missing a map entry.
+/// inside endpoint -> session. foldhash: the aging scan walks every session
+/// every second, and SipHash would be most of its cost.
+pub type SessionTable = HashMap<Endpoint, SessionEntry, foldhash::fast::RandomState>;
+
+/// The sessions idle past their timeout at `now`. Reads each session's
+/// liveness in place (the LIVENESS array is mapped into this process): no
+/// syscall per session.
 pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: &Timeouts, now: u64) -> Result<Vec<Endpoint>> {
     let mut expired = Vec::new();
-    for_each_session(datapath, sessions, |inside, _, out, back| {
-        let (Some(out), Some(back)) = (out, back) else {
-            expired.push(*inside);
-            return;
-        };
-        let last = out.last_seen_ns.max(back.last_seen_ns);
-        let timeout = timeouts.for_mapping(inside.proto, out.tcp_flags_seen, back.tcp_flags_seen);
-        if now.saturating_sub(last) > timeout.as_nanos() as u64 {
+    for (inside, entry) in sessions {
+        let live = datapath.liveness(entry.slot)?;
+        let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+        if now.saturating_sub(live.last_seen_ns) > timeout.as_nanos() as u64 {
             expired.push(*inside);
         }
-    })?;
+    }
     Ok(expired)
+}
+
+/// Session slots of the LIVENESS array: handed out once, reused after release.
+#[derive(Default)]
+pub struct SlotPool {
+    free: Vec<u32>,
+    next_unused: u32,
+}
+
+impl SlotPool {
+    pub fn take(&mut self) -> Option<u32> {
+        self.free.pop().or_else(|| {
+            (self.next_unused < MAX_SESSIONS).then(|| {
+                self.next_unused += 1;
+                self.next_unused - 1
+            })
+        })
+    }
+
+    pub fn give_back(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
 }
 
 pub const fn proto_name(p: u8) -> &'static str {
@@ -373,6 +385,16 @@ mod tests {
         assert_eq!(t.for_mapping(proto::TCP, ack | fin, ack), t.tcp_transitory);
         assert_eq!(t.for_mapping(proto::UDP, 0, 0), t.udp);
         assert_eq!(t.for_mapping(proto::ICMP, 0, 0), t.icmp);
+    }
+
+    #[test]
+    fn session_slots_are_reused_and_run_out() {
+        let mut pool = SlotPool::default();
+        assert_eq!((pool.take(), pool.take()), (Some(0), Some(1)));
+        pool.give_back(0);
+        assert_eq!(pool.take(), Some(0));
+        pool.next_unused = MAX_SESSIONS;
+        assert_eq!(pool.take(), None, "past MAX_SESSIONS");
     }
 
     #[test]

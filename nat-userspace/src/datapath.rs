@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use nat_common::{Endpoint, GatewayConfig, Mapping, Reason, map_names, program_names};
+use nat_common::{Endpoint, GatewayConfig, Liveness, MAX_SESSIONS, Mapping, Reason, map_names, program_names};
 
 use crate::EBPF_OBJECT;
 
@@ -38,6 +38,7 @@ type MappingMap<'a> = HashMap<&'a mut MapData, Endpoint, Mapping>;
 
 pub struct Datapath {
     ebpf: Ebpf,
+    liveness: LivenessView,
 }
 
 impl Datapath {
@@ -46,7 +47,11 @@ impl Datapath {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        let mut datapath = Self { ebpf };
+        let liveness = match ebpf.map(map_names::LIVENESS) {
+            Some(aya::maps::Map::Array(data)) => LivenessView::map(data.fd().as_fd().as_raw_fd())?,
+            _ => return Err(anyhow!("LIVENESS array missing from the eBPF object")),
+        };
+        let mut datapath = Self { ebpf, liveness };
         for side in [Side::Lan, Side::Wan] {
             datapath
                 .program_mut(side)?
@@ -113,21 +118,28 @@ impl Datapath {
     }
 
     /// Inserts both directions of a mapping: `inside` is translated to
-    /// `external` outbound, and back inbound.
+    /// `external` outbound, and back inbound, with their liveness in slot
+    /// `session` of LIVENESS (which must not belong to a live session).
     ///
     /// The reverse entry goes in first with NOEXIST, so two inside endpoints can
     /// never claim one external endpoint; if the forward entry then fails, the
     /// reverse one is removed again and nothing is left half-made.
-    pub fn insert_pair(&mut self, inside: Endpoint, external: Endpoint, now_ns: u64) -> Result<()> {
+    pub fn insert_pair(&mut self, inside: Endpoint, external: Endpoint, session: u32, now_ns: u64) -> Result<()> {
+        self.liveness.set(session, Liveness::new(now_ns))?;
         let (mut inbound, mut outbound) = self.mapping_maps()?;
         inbound
-            .insert(external, Mapping::new(inside, now_ns), BPF_NOEXIST)
+            .insert(external, Mapping::new(inside, session), BPF_NOEXIST)
             .with_context(|| format!("external endpoint {external:?} is taken or INBOUND is full"))?;
-        if let Err(e) = outbound.insert(inside, Mapping::new(external, now_ns), BPF_NOEXIST) {
+        if let Err(e) = outbound.insert(inside, Mapping::new(external, session), BPF_NOEXIST) {
             let _ = inbound.remove(&external);
             return Err(e).with_context(|| format!("inside endpoint {inside:?} is mapped already or OUTBOUND is full"));
         }
         Ok(())
+    }
+
+    /// The liveness of a session slot, read in place.
+    pub fn liveness(&self, session: u32) -> Result<Liveness> {
+        self.liveness.get(session)
     }
 
     /// Writes one entry of one direction, bypassing the pairing rules. For
@@ -175,21 +187,6 @@ impl Datapath {
         Ok(HashMap::try_from(self.map(map_names::INBOUND)?)?)
     }
 
-    /// Every entry of one mapping map (`Side::Lan`: OUTBOUND, `Side::Wan`:
-    /// INBOUND), read with BPF_MAP_LOOKUP_BATCH: a few hundred syscalls for
-    /// a million entries, where per-key lookups take a million.
-    pub fn dump(&self, side: Side) -> Result<Vec<(Endpoint, Mapping)>> {
-        let name = match side {
-            Side::Lan => map_names::OUTBOUND,
-            Side::Wan => map_names::INBOUND,
-        };
-        let data = match self.map(name)? {
-            aya::maps::Map::HashMap(data) => data,
-            _ => return Err(anyhow!("{name} is not a hash map")),
-        };
-        batch_dump(data.fd().as_fd().as_raw_fd()).with_context(|| format!("dumping {name}"))
-    }
-
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.
     pub fn counters(&self) -> Result<Vec<(Reason, u64)>> {
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::COUNTERS)?)?;
@@ -233,57 +230,54 @@ impl Datapath {
     }
 }
 
-/// Entries per BPF_MAP_LOOKUP_BATCH call.
-const DUMP_BATCH: usize = 8192;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+/// The LIVENESS array mapped into this process (BPF_F_MMAPABLE): the
+/// datapath writes it, the daemon reads and initialises it without syscalls.
+struct LivenessView {
+    base: *mut Liveness,
+    slots: u32,
+    len: usize,
 }
 
-fn batch_dump(map_fd: i32) -> Result<Vec<(Endpoint, Mapping)>> {
-    let mut out = Vec::new();
-    let mut keys = vec![Endpoint::default(); DUMP_BATCH];
-    let mut values = vec![Mapping::default(); DUMP_BATCH];
-    // A hash map's batch token is a bucket index (u32); 8 bytes to spare.
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: DUMP_BATCH as u32,
-            map_fd: map_fd as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: attr points at buffers of `count` keys and values that live
-        // across the call; the kernel writes at most that many.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
-        let n = attr.count as usize;
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        match err {
-            None => {}
-            // ENOENT: the walk is over (the last entries came with it).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Some(e) => return Err(e.into()),
+impl LivenessView {
+    fn map(fd: i32) -> Result<Self> {
+        let slots = MAX_SESSIONS;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (slots as usize * std::mem::size_of::<Liveness>()).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's own memory, unmapped on drop;
+        // the kernel keeps the map alive while it is mapped.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(anyhow!("mapping LIVENESS into memory: {}", std::io::Error::last_os_error()));
         }
-        token_in = token_out;
-        first = false;
+        Ok(Self { base: base.cast(), slots, len })
+    }
+
+    fn slot(&self, session: u32) -> Result<*mut Liveness> {
+        if session >= self.slots {
+            return Err(anyhow!("session slot {session} out of range (LIVENESS holds {})", self.slots));
+        }
+        // SAFETY: in bounds, checked above.
+        Ok(unsafe { self.base.add(session as usize) })
+    }
+
+    fn get(&self, session: u32) -> Result<Liveness> {
+        // Volatile: the programs write this memory behind the compiler's back.
+        Ok(unsafe { std::ptr::read_volatile(self.slot(session)?) })
+    }
+
+    fn set(&self, session: u32, value: Liveness) -> Result<()> {
+        unsafe { std::ptr::write_volatile(self.slot(session)?, value) };
+        Ok(())
+    }
+}
+
+// SAFETY: the view is plain shared memory; every access is a volatile
+// read or write of a whole slot.
+unsafe impl Send for LivenessView {}
+
+impl Drop for LivenessView {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 

@@ -49,6 +49,8 @@ fn mac(m: [u8; 6]) -> String {
 /// BPF_PROG_TEST_RUN, whose route lookups resolve in the caller's namespace.
 pub struct TestGateway {
     pub datapath: Datapath,
+    /// The LIVENESS slot the next `map` uses.
+    pub next_session: u32,
     pub lan_ifindex: u32,
     pub wan_ifindex: u32,
     _guard: NsGuard,
@@ -78,7 +80,7 @@ impl TestGateway {
         datapath.set_config(GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX))?;
         datapath.add_tx_port(lan_ifindex)?;
         datapath.add_tx_port(wan_ifindex)?;
-        Ok(Self { datapath, lan_ifindex, wan_ifindex, _guard: guard, ns })
+        Ok(Self { datapath, next_session: 0, lan_ifindex, wan_ifindex, _guard: guard, ns })
     }
 
     pub fn ingress_ifindex(&self, side: Side) -> u32 {
@@ -93,10 +95,14 @@ impl TestGateway {
         test_run(&self.datapath, side, self.ingress_ifindex(side), frame, 1)
     }
 
+    /// Inserts a mapping pair with the next free session slot.
     pub fn map(&mut self, inside: (Ipv4Addr, u16), external: (Ipv4Addr, u16), proto: u8) -> Result<()> {
+        let slot = self.next_session;
+        self.next_session += 1;
         self.datapath.insert_pair(
             Endpoint::new(inside.0, inside.1, proto),
             Endpoint::new(external.0, external.1, proto),
+            slot,
             0,
         )
     }

@@ -79,10 +79,10 @@ fn lab(tx_offload: bool) -> Lab {
     datapath.add_tx_port(lan_ifindex).unwrap();
     datapath.add_tx_port(wan_ifindex).unwrap();
     datapath
-        .insert_pair(Endpoint::new(HOST, PING_ID, proto::ICMP), Endpoint::new(EXTERNAL, PING_ID_EXTERNAL, proto::ICMP), 0)
+        .insert_pair(Endpoint::new(HOST, PING_ID, proto::ICMP), Endpoint::new(EXTERNAL, PING_ID_EXTERNAL, proto::ICMP), 1, 0)
         .unwrap();
     datapath
-        .insert_pair(Endpoint::new(HOST, UDP_PORT, proto::UDP), Endpoint::new(EXTERNAL, UDP_PORT_EXTERNAL, proto::UDP), 0)
+        .insert_pair(Endpoint::new(HOST, UDP_PORT, proto::UDP), Endpoint::new(EXTERNAL, UDP_PORT_EXTERNAL, proto::UDP), 2, 0)
         .unwrap();
     datapath.attach(Side::Lan, lan_ifindex, XdpMode::Driver).unwrap();
     datapath.attach(Side::Wan, wan_ifindex, XdpMode::Driver).unwrap();
@@ -182,7 +182,7 @@ fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
     assert_eq!(event.ingress_ifindex, lab.gw.ifindex("lan0").unwrap());
     let _in_gw = lab.gw.enter().unwrap();
     lab.datapath
-        .insert_pair(Endpoint::new(HOST, 5001, proto::UDP), Endpoint::new(EXTERNAL, 20002, proto::UDP), 0)
+        .insert_pair(Endpoint::new(HOST, 5001, proto::UDP), Endpoint::new(EXTERNAL, 20002, proto::UDP), 3, 0)
         .unwrap();
     let mut packet = nat_userspace::handoff::event_packet(&event).unwrap().to_vec();
     nat_userspace::handoff::translate_source(&mut packet, Endpoint::new(EXTERNAL, 20002, proto::UDP)).unwrap();
@@ -370,7 +370,7 @@ fn tcp_and_udp_cross_the_gateway_with_tx_checksum_offload_on() {
     assert_tx_checksum_on(&lab.host);
     assert_tx_checksum_on(&lab.server);
     lab.datapath
-        .insert_pair(Endpoint::new(HOST, TCP_PORT, proto::TCP), Endpoint::new(EXTERNAL, TCP_PORT_EXTERNAL, proto::TCP), 0)
+        .insert_pair(Endpoint::new(HOST, TCP_PORT, proto::TCP), Endpoint::new(EXTERNAL, TCP_PORT_EXTERNAL, proto::TCP), 4, 0)
         .unwrap();
 
     udp_echo(&lab, &[1, 19, 1401]);

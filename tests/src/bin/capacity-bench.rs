@@ -10,7 +10,7 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use nat_common::{Endpoint, MAX_MAPPINGS, proto};
 use nat_tests::{TestGateway, addr};
-use nat_userspace::daemon::{SessionTable, Timeouts, expired_sessions};
+use nat_userspace::daemon::{SessionEntry, SessionTable, Timeouts, expired_sessions};
 
 /// Aging scans timed; the median is reported.
 const SCANS: usize = 5;
@@ -28,11 +28,11 @@ fn main() -> Result<()> {
     for i in 0..sessions {
         let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto::UDP);
         let external = Endpoint::new(Ipv4Addr::from(0xcb00_7100 | (i >> 16)), (i & 0xffff) as u16, proto::UDP);
-        gw.datapath.insert_pair(inside, external, 0).with_context(|| format!("session {i}"))?;
-        table.insert(inside, external);
+        gw.datapath.insert_pair(inside, external, i, 0).with_context(|| format!("session {i}"))?;
+        table.insert(inside, SessionEntry { external, slot: i });
     }
     let insert_s = started.elapsed().as_secs_f64();
-    let held = gw.datapath.dump(nat_userspace::datapath::Side::Lan)?.len();
+    let held = gw.datapath.outbound()?.keys().count();
     ensure!(held == sessions as usize, "{held} of {sessions} sessions in the map");
 
     // A session deep in the table still translates.
@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     );
     let mut md = String::from("| figure | value |\n|---|---|\n");
     writeln!(md, "| sessions held | {held} (inserted in {insert_s:.1} s, both directions) |")?;
-    writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
+    writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND + LIVENESS memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
     writeln!(md, "| kernel bytes per session, conntrack (nf_conntrack slab object) | {conntrack_bytes} |")?;
     writeln!(md, "| aging scan CPU per million sessions | {scan_cpu:.0} ms (wall {scan_wall:.0} ms) |")?;
     nat_tests::bench::write_results("capacity", &json, &md)?;
@@ -80,9 +80,10 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// memlock of this process's two mapping maps (hash maps of MAX_MAPPINGS
-/// entries), from /proc/self/fdinfo. Hash maps are preallocated: this is what
-/// a full table costs.
+/// memlock of what a session occupies in the kernel: the two mapping maps
+/// (hash maps of MAX_MAPPINGS entries) and the LIVENESS array (MAX_SESSIONS
+/// slots), from /proc/self/fdinfo. All are preallocated: this is what a full
+/// table costs.
 fn mapping_maps_memlock() -> Result<u64> {
     let mut total = 0;
     let mut found = 0;
@@ -91,12 +92,14 @@ fn mapping_maps_memlock() -> Result<u64> {
         let field = |name: &str| {
             text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
-        if field("map_type:").as_deref() == Some("1") && field("max_entries:") == Some(MAX_MAPPINGS.to_string()) {
+        // map_type 1: hash, 2: array.
+        let ours = matches!(field("map_type:").as_deref(), Some("1") | Some("2"));
+        if ours && field("max_entries:") == Some(MAX_MAPPINGS.to_string()) {
             total += field("memlock:").context("memlock")?.parse::<u64>()?;
             found += 1;
         }
     }
-    ensure!(found == 2, "found {found} mapping maps in /proc/self/fdinfo, expected 2");
+    ensure!(found == 3, "found {found} session maps in /proc/self/fdinfo, expected 3 (OUTBOUND, INBOUND, LIVENESS)");
     Ok(total)
 }
 

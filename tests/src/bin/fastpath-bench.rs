@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     ] {
         let inside = Endpoint::new(addr::LAN_HOST, 40000, proto_nr);
         let external = Endpoint::new(addr::EXTERNAL, 20000, proto_nr);
-        gw.datapath.insert_pair(inside, external, 0)?;
+        gw.datapath.insert_pair(inside, external, 0, 0)?;
         // Flip-flop: the rewritten packet maps on, so repetition n+1 hits too.
         // Outbound the external source maps back to the inside one. Inbound
         // the destination alternates between two inside hosts (mapping back

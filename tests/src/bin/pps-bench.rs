@@ -206,6 +206,7 @@ impl Bench {
             let _ = self.datapath.insert_pair(
                 Endpoint::new(GEN_ADDR, port, proto::UDP),
                 Endpoint::new(EXTERNAL, port, proto::UDP),
+                u32::from(port),
                 0,
             );
         }
