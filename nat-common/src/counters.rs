@@ -61,11 +61,14 @@ pub enum Reason {
     /// that much, so it left with the incremental update, which a receiver
     /// that verifies rejects. Counted instead of translated_out/translated_in.
     PartialChecksumTooLong = 19,
+    /// First packet of a new flow: the datapath claimed a free port the daemon
+    /// had queued, installed the mapping and translated the packet.
+    TranslatedNewFlow = 20,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -86,6 +89,7 @@ impl Reason {
         Reason::DropTooBigForEgress,
         Reason::DropInboundTransit,
         Reason::PartialChecksumTooLong,
+        Reason::TranslatedNewFlow,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -114,6 +118,7 @@ impl Reason {
             Reason::DropTooBigForEgress => "drop_too_big_for_egress",
             Reason::DropInboundTransit => "drop_inbound_transit",
             Reason::PartialChecksumTooLong => "partial_checksum_too_long",
+            Reason::TranslatedNewFlow => "translated_new_flow",
         }
     }
 }

@@ -184,13 +184,44 @@ pub const NEXT_HOP_CACHE_BITS: u32 = 12;
 /// the longest a route or neighbour change goes unnoticed by the fast path.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
-/// What a `MissEvent` asks of the daemon.
+/// An external port and a session slot the daemon has set aside for the
+/// datapath: a new flow pops one from its protocol's free queue, installs the
+/// mapping pair itself and forwards its first packet without waiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreePort {
+    pub session: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FreePort>() == 8);
+
+/// Capacity of each protocol's free-port queue.
+pub const FREE_QUEUE_CAPACITY: u32 = 8192;
+
+/// What the datapath reports when it has claimed a `FreePort` for a new flow,
+/// so the daemon learns every mapping it owns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimEvent {
+    /// `miss_kind::CLAIMED`, at the same offset as `MissEvent::kind`.
+    pub kind: u32,
+    pub session: u32,
+    pub inside: Endpoint,
+    pub external: Endpoint,
+}
+const _: () = assert!(core::mem::size_of::<ClaimEvent>() == 24);
+
+/// What a ring event asks of the daemon (its first `u32`).
 pub mod miss_kind {
     /// No outbound mapping: allocate one, then re-inject the frame (untranslated).
     pub const NEW_FLOW: u32 = 1;
     /// Translated, but the next hop's MAC is unknown: send the (translated) IPv4
     /// packet through the kernel, which resolves the neighbour.
     pub const NO_NEIGHBOUR: u32 = 2;
+    /// A `ClaimEvent`: the datapath installed a mapping from a free port.
+    pub const CLAIMED: u32 = 3;
 }
 
 /// Largest frame the datapath hands to the daemon: a 1500-byte IPv4 packet
@@ -230,6 +261,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Mapping {}
     unsafe impl aya::Pod for super::Liveness {}
+    unsafe impl aya::Pod for super::FreePort {}
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::MissEvent {}
     unsafe impl aya::Pod for super::NextHop {}

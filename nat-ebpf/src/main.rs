@@ -18,16 +18,16 @@ mod rewrite;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_NOEXIST,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::{bpf_fib_lookup, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, Queue, RingBuf},
     programs::XdpContext,
 };
 use nat_common::{
-    BPF_F_MMAPABLE, Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_SESSIONS, MISS_FRAME_MAX,
+    BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_SESSIONS, MISS_FRAME_MAX,
     MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason,
     miss_kind, proto, tcp_flags,
 };
@@ -48,6 +48,15 @@ static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// External ports (and session slots) set aside by the daemon for new flows
+/// to claim in the datapath, one queue per protocol.
+#[map]
+static FREE_TCP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
+#[map]
+static FREE_UDP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
+#[map]
+static FREE_ICMP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
 
 /// Per-session liveness, indexed by `Mapping::session`. Memory-mappable: the
 /// daemon's aging scan reads it in place, without a syscall per session.
@@ -148,25 +157,78 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return Verdict::pass(Reason::PassLocal);
     }
 
-    let source = pkt.source();
-    if let Some(inside) = source
-        && let Some(mapping) = OUTBOUND.get_ptr(inside)
-    {
+    if let Some(inside) = pkt.source() {
+        let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
+            Some(mapping) => (mapping, Reason::TranslatedOut),
+            // A new flow, if the kernel would route it to the WAN.
+            None => match route_untranslated(ctx, pkt) {
+                Route::Wan => match claim(&inside) {
+                    Some(mapping) => (mapping, Reason::TranslatedNewFlow),
+                    None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+                },
+                Route::Local | Route::Inside => return Verdict::pass(Reason::PassLocal),
+            },
+        };
         let external = unsafe { (*mapping).target(inside.proto) };
         let now = clock();
         refresh(mapping, pkt, now, Side::Source);
         let partial = has_partial_checksum(pkt);
         translate(pkt, Side::Source, &external);
-        let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedOut);
+        let translated = finish_if_partial(ctx, pkt, partial, translated);
         return forward(ctx, pkt, translated, now);
     }
 
-    // Not translated: where would the kernel send it?
+    // Not translatable: where would the kernel send it?
     match route_untranslated(ctx, pkt) {
-        Route::Wan if source.is_some() => hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
         Route::Wan => Verdict::drop(Reason::DropUntranslatable),
         Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
     }
+}
+
+/// The new flow of `inside` takes a free external port the daemon queued for
+/// its protocol: the mapping pair is installed here (reverse entry first, both
+/// NOEXIST, as the daemon does) and the first packet goes on without waiting.
+/// The daemon learns of the claim through the ring, and a claim it cannot
+/// learn of is not made. `None`: the daemon decides (queue empty, ring full,
+/// or an inside port inside the NAT range, which the daemon keeps if free).
+#[inline(always)]
+fn claim(inside: &Endpoint) -> Option<*const Mapping> {
+    let cfg = config();
+    let port = u16::from_be(inside.port_be);
+    if port >= cfg.port_min && port <= cfg.port_max {
+        return None;
+    }
+    let queue = match inside.proto {
+        proto::TCP => &FREE_TCP,
+        proto::UDP => &FREE_UDP,
+        _ => &FREE_ICMP,
+    };
+    let free = queue.pop().ok().flatten()?;
+    let Some(mut event) = MISSES.reserve::<ClaimEvent>(0) else {
+        let _ = queue.push(&free, 0);
+        return None;
+    };
+    let external = Endpoint { addr_be: cfg.external_addr_be, port_be: free.port.to_be(), proto: inside.proto, _pad: 0 };
+    if INBOUND.insert(&external, &Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
+        // The daemon queues only ports absent from INBOUND: not reached. The
+        // port is left out of the queue rather than retried forever.
+        event.discard(0);
+        return None;
+    }
+    if OUTBOUND.insert(inside, &Mapping::new(external, free.session), BPF_NOEXIST as u64).is_err() {
+        // Another CPU claimed for this endpoint first: give the port back
+        // and use the winner's mapping.
+        let _ = INBOUND.remove(&external);
+        let _ = queue.push(&free, 0);
+        event.discard(0);
+        return OUTBOUND.get_ptr(inside);
+    }
+    if let Some(live) = LIVENESS.get_ptr_mut(free.session) {
+        unsafe { *live = Liveness::new(clock()) };
+    }
+    event.write(ClaimEvent { kind: miss_kind::CLAIMED, session: free.session, inside: *inside, external });
+    event.submit(0);
+    OUTBOUND.get_ptr(inside)
 }
 
 #[inline(always)]

@@ -24,13 +24,26 @@ pub struct PortAllocator {
     /// Released ports waiting out the hold, oldest first: (free at, proto, port).
     held: VecDeque<(u64, u8, u16)>,
     hold_ns: u64,
+    /// Ports handed to the datapath's free queues, per protocol (`slot`):
+    /// taken, but not yet in use by a flow.
+    queued: [usize; 4],
     rng: u64,
+}
+
+/// Index of a protocol's counters.
+const fn slot(proto: u8) -> usize {
+    match proto {
+        nat_common::proto::TCP => 0,
+        nat_common::proto::UDP => 1,
+        nat_common::proto::ICMP => 2,
+        _ => 3,
+    }
 }
 
 impl PortAllocator {
     pub fn new(min: u16, max: u16, hold_ns: u64, seed: u64) -> Self {
         assert!(min <= max, "port range {min}-{max} is empty");
-        Self { min, max, taken: HashSet::new(), held: VecDeque::new(), hold_ns, rng: seed | 1 }
+        Self { min, max, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [0; 4], rng: seed | 1 }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -39,7 +52,37 @@ impl PortAllocator {
 
     /// Ports of `proto` allocated to live mappings.
     pub fn in_use(&self, proto: u8) -> usize {
-        self.taken.iter().filter(|(p, _)| *p == proto).count() - self.held(proto)
+        self.taken.iter().filter(|(p, _)| *p == proto).count() - self.held(proto) - self.queued(proto)
+    }
+
+    /// Ports of `proto` waiting in the datapath's free queue.
+    pub fn queued(&self, proto: u8) -> usize {
+        self.queued[slot(proto)]
+    }
+
+    /// A random free port for the datapath's free queue of `proto`.
+    pub fn reserve(&mut self, proto: u8) -> Option<u16> {
+        // Port 0 is never in range: the pick is random, never the "inside port".
+        let port = self.allocate(proto, 0)?;
+        self.queued[slot(proto)] += 1;
+        Some(port)
+    }
+
+    /// A queued port of `proto` went to a flow.
+    pub fn claimed(&mut self, proto: u8) {
+        self.queued[slot(proto)] = self.queued[slot(proto)].saturating_sub(1);
+    }
+
+    /// A port `allocate` handed out that no mapping ever used: free at once,
+    /// no hold.
+    pub fn unreserve_unqueued(&mut self, proto: u8, port: u16) {
+        self.taken.remove(&(proto, port));
+    }
+
+    /// A reserved port that never reached the queue.
+    pub fn unreserve(&mut self, proto: u8, port: u16) {
+        self.claimed(proto);
+        self.taken.remove(&(proto, port));
     }
 
     /// Ports of `proto` released but still held back.
@@ -47,9 +90,9 @@ impl PortAllocator {
         self.held.iter().filter(|(_, p, _)| *p == proto).count()
     }
 
-    /// Ports of `proto` that can be handed out now.
+    /// Ports of `proto` that a new flow can get now (queued ones included).
     pub fn free(&self, proto: u8) -> usize {
-        self.capacity() as usize - self.taken.iter().filter(|(p, _)| *p == proto).count()
+        self.capacity() as usize - self.taken.iter().filter(|(p, _)| *p == proto).count() + self.queued(proto)
     }
 
     fn random(&mut self) -> u64 {
@@ -137,6 +180,17 @@ mod tests {
         assert_eq!(a.allocate(UDP, 5), None, "64 ports, 65th request");
         a.release(UDP, 1010, 0);
         assert_eq!(a.allocate(UDP, 5), Some(1010));
+    }
+
+    #[test]
+    fn queued_ports_are_neither_in_use_nor_handed_out_twice() {
+        let mut a = PortAllocator::new(1000, 1002, 0, 5);
+        let q = a.reserve(UDP).unwrap();
+        assert_eq!((a.in_use(UDP), a.queued(UDP), a.free(UDP)), (0, 1, 3));
+        let direct = a.allocate(UDP, q).unwrap();
+        assert_ne!(direct, q, "a queued port was allocated again");
+        a.claimed(UDP);
+        assert_eq!((a.in_use(UDP), a.queued(UDP), a.free(UDP)), (2, 0, 1));
     }
 
     #[test]

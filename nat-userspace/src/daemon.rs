@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{Endpoint, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
+use nat_common::{ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
@@ -97,9 +97,15 @@ pub struct DaemonCounters {
     pub refused_map_full: u64,
     /// First packets of new flows translated and sent on by the daemon.
     pub first_packets_sent: u64,
+    /// New flows the datapath set up itself from a queued free port.
+    pub claimed_in_datapath: u64,
     pub sent_through_kernel: u64,
     pub handoff_errors: u64,
 }
+
+/// Free ports (and session slots) kept queued per protocol for the datapath
+/// to claim: a burst of this many new flows is set up without the daemon.
+pub const FREE_QUEUE_TARGET: usize = 1024;
 
 /// How often a refusal is logged at most: a full port space under load would
 /// otherwise write a line per packet.
@@ -124,7 +130,7 @@ impl Daemon {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
             .context("seeding the port randomizer from /dev/urandom")?;
-        Ok(Self {
+        let mut daemon = Self {
             datapath,
             ports: PortAllocator::new(info.port_min, info.port_max, info.port_hold.as_nanos() as u64, u64::from_ne_bytes(seed)),
             info,
@@ -134,22 +140,71 @@ impl Daemon {
             sender: KernelSender::new()?,
             counters: DaemonCounters::default(),
             last_refusal_log: None,
-        })
+        };
+        daemon.refill_free_queues();
+        Ok(daemon)
     }
 
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
 
-    pub fn handle(&mut self, event: &MissEvent) {
-        let result = match event.kind {
-            miss_kind::NEW_FLOW => self.new_flow(event),
-            miss_kind::NO_NEIGHBOUR => self.sender.send(event).map(|()| self.counters.sent_through_kernel += 1),
-            other => Err(anyhow!("unknown miss event kind {other}")),
+    /// One item of the ring: a `MissEvent` or a `ClaimEvent`, told apart by
+    /// their common first field.
+    pub fn handle_event(&mut self, item: &[u8]) {
+        let Some(kind) = item.get(..4).map(|k| u32::from_ne_bytes(k.try_into().unwrap())) else { return };
+        let result = match kind {
+            miss_kind::CLAIMED if item.len() >= size_of::<ClaimEvent>() => {
+                // SAFETY: the datapath wrote a whole ClaimEvent; it is Copy and any bit pattern is valid.
+                let claim = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ClaimEvent) };
+                self.claimed(&claim);
+                Ok(())
+            }
+            miss_kind::NEW_FLOW | miss_kind::NO_NEIGHBOUR if item.len() >= size_of::<MissEvent>() => {
+                // SAFETY: as above, for a whole MissEvent.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) };
+                self.handle(&event)
+            }
+            other => Err(anyhow!("ring event of kind {other} and {} bytes not understood", item.len())),
         };
         if let Err(e) = result {
             self.counters.handoff_errors += 1;
             eprintln!("natd: {e:#}");
+        }
+    }
+
+    fn handle(&mut self, event: &MissEvent) -> Result<()> {
+        match event.kind {
+            miss_kind::NEW_FLOW => self.new_flow(event),
+            _ => self.sender.send(event).map(|()| self.counters.sent_through_kernel += 1),
+        }
+    }
+
+    /// The datapath installed a mapping from a queued free port.
+    fn claimed(&mut self, claim: &ClaimEvent) {
+        self.ports.claimed(claim.inside.proto);
+        self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session });
+        self.counters.mappings_created += 1;
+        self.counters.claimed_in_datapath += 1;
+    }
+
+    /// Keeps each protocol's free queue filled with random free ports, so new
+    /// flows are set up in the datapath without waiting for the daemon.
+    pub fn refill_free_queues(&mut self) {
+        for proto_nr in [proto::TCP, proto::UDP, proto::ICMP] {
+            while self.ports.queued(proto_nr) < FREE_QUEUE_TARGET {
+                let Some(slot) = self.slots.take() else { return };
+                let Some(port) = self.ports.reserve(proto_nr) else {
+                    self.slots.give_back(slot);
+                    break;
+                };
+                if let Err(e) = self.datapath.push_free_port(proto_nr, FreePort { session: slot, port, _pad: 0 }) {
+                    self.ports.unreserve(proto_nr, port);
+                    self.slots.give_back(slot);
+                    eprintln!("natd: {e:#}");
+                    break;
+                }
+            }
         }
     }
 
@@ -167,15 +222,25 @@ impl Daemon {
             };
             let external = Endpoint::new(self.info.external, port, inside.proto);
             let Some(slot) = self.slots.take() else {
-                self.ports.release(inside.proto, port, coarse_now_ns());
+                self.ports.unreserve_unqueued(inside.proto, port);
                 self.counters.refused_map_full += 1;
                 self.log_refusal(inside, "every session slot is in use");
                 return Ok(());
             };
             if let Err(e) = self.datapath.insert_pair(inside, external, slot, coarse_now_ns()) {
-                // Never evict a live mapping to make room: refuse the new flow.
-                self.ports.release(inside.proto, port, coarse_now_ns());
+                self.ports.unreserve_unqueued(inside.proto, port);
                 self.slots.give_back(slot);
+                // A later packet of this flow may have claimed a queued port in
+                // the datapath meanwhile (its ClaimEvent is still in the ring):
+                // then this one goes out on that mapping.
+                if let Ok(mapping) = self.datapath.outbound()?.get(&inside, 0) {
+                    let mut packet = event_packet(event)?.to_vec();
+                    translate_source(&mut packet, mapping.target(inside.proto))?;
+                    self.sender.send_packet(&packet)?;
+                    self.counters.first_packets_sent += 1;
+                    return Ok(());
+                }
+                // Never evict a live mapping to make room: refuse the new flow.
                 self.counters.refused_map_full += 1;
                 self.log_refusal(inside, &format!("{e:#}"));
                 return Ok(());
@@ -213,6 +278,7 @@ impl Daemon {
         let now = coarse_now_ns();
         self.datapath.set_clock(now)?;
         self.ports.reclaim(now);
+        self.refill_free_queues();
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.info.timeouts, now)?;
         for inside in expired {
             if let Some(entry) = self.sessions.remove(&inside) {
@@ -290,6 +356,7 @@ impl Daemon {
                 counter("refused_no_port", c.refused_no_port),
                 counter("refused_map_full", c.refused_map_full),
                 counter("first_packets_sent", c.first_packets_sent),
+                counter("claimed_in_datapath", c.claimed_in_datapath),
                 counter("sent_through_kernel", c.sent_through_kernel),
                 counter("handoff_errors", c.handoff_errors),
             ],

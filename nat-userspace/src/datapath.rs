@@ -8,10 +8,12 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, Queue, RingBuf},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use nat_common::{Endpoint, GatewayConfig, Liveness, MAX_SESSIONS, Mapping, Reason, map_names, program_names};
+use nat_common::{
+    Endpoint, FreePort, GatewayConfig, Liveness, MAX_SESSIONS, Mapping, Reason, map_names, program_names, proto,
+};
 
 use crate::EBPF_OBJECT;
 
@@ -134,6 +136,19 @@ impl Datapath {
             let _ = inbound.remove(&external);
             return Err(e).with_context(|| format!("inside endpoint {inside:?} is mapped already or OUTBOUND is full"));
         }
+        Ok(())
+    }
+
+    /// Queues a free port (and session slot) for the datapath to claim for a
+    /// new flow of `proto`.
+    pub fn push_free_port(&mut self, proto_nr: u8, free: FreePort) -> Result<()> {
+        let name = match proto_nr {
+            proto::TCP => map_names::FREE_TCP,
+            proto::UDP => map_names::FREE_UDP,
+            _ => map_names::FREE_ICMP,
+        };
+        let mut queue: Queue<&mut MapData, FreePort> = Queue::try_from(self.map_mut(name)?)?;
+        queue.push(free, 0).with_context(|| format!("pushing to {name}"))?;
         Ok(())
     }
 

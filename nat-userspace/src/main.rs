@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand};
-use nat_common::{GatewayConfig, MissEvent};
+use nat_common::GatewayConfig;
 use nat_userspace::{
     config::{Environment, Overrides, Settings, XdpModeSetting},
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request, Session, Stats, Status},
@@ -182,12 +182,10 @@ async fn run(args: RunArgs) -> Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 while let Some(item) = guard.get_inner_mut().next() {
-                    // SAFETY: the programs write whole MissEvents into the ring.
-                    let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) };
-                    drop(item);
-                    daemon.handle(&event);
+                    daemon.handle_event(&item);
                 }
                 guard.clear_ready();
+                daemon.refill_free_queues();
             }
             _ = aging.tick() => daemon.age()?,
             accepted = control.accept() => {

@@ -702,3 +702,50 @@ fn next_hops_are_cached_until_they_expire_and_longer_packets_are_checked() {
     assert_eq!(gw.run(Side::Lan, &big.build()).unwrap().action, DROP);
     assert_eq!(gw.datapath.counter(Reason::DropTooBigForEgress).unwrap(), 1);
 }
+
+/// A new flow claims a free port the daemon queued: the datapath installs the
+/// mapping pair, translates and forwards the first packet itself, and tells
+/// the daemon with a ClaimEvent. An inside port inside the NAT range is left
+/// to the daemon (which keeps it if free), as is a flow when the queue is empty.
+#[test]
+fn new_flow_claims_a_queued_port_and_forwards_its_first_packet() {
+    require_root!();
+    let mut gw = gateway("claim").unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    gw.datapath.set_clock(3_000_000_000).unwrap();
+    let free = nat_common::FreePort { session: 77, port: 24680, _pad: 0 };
+    gw.datapath.push_free_port(proto::UDP, free).unwrap();
+
+    let inside = (addr::LAN_HOST, 7001);
+    let first = from_lan(Frame::udp(inside, REMOTE_UDP));
+    let run = gw.run(Side::Lan, &first.build()).unwrap();
+    assert_eq!(run.action, REDIRECT, "the first packet was not forwarded");
+    assert_frames_eq("claimed first packet", &run.frame, &translated_out(first.clone(), (addr::EXTERNAL, 24680)).build()).unwrap();
+    assert_eq!(gw.datapath.counter(Reason::TranslatedNewFlow).unwrap(), 1);
+
+    let item = ring.next().expect("no ClaimEvent in the ring");
+    assert_eq!(item.len(), std::mem::size_of::<nat_common::ClaimEvent>());
+    let claim = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::ClaimEvent) };
+    drop(item);
+    assert_eq!(claim.kind, miss_kind::CLAIMED);
+    assert_eq!(claim.session, 77);
+    assert_eq!(claim.inside, nat_common::Endpoint::new(inside.0, inside.1, proto::UDP));
+    assert_eq!(claim.external, nat_common::Endpoint::new(addr::EXTERNAL, 24680, proto::UDP));
+    assert_eq!(gw.datapath.liveness(77).unwrap().last_seen_ns, 3_000_000_000);
+
+    // The reply finds the reverse entry; the next packet is a plain hit.
+    let reply = from_wan(Frame::udp(REMOTE_UDP, (addr::EXTERNAL, 24680)));
+    assert_eq!(gw.run(Side::Wan, &reply.build()).unwrap().action, REDIRECT);
+    assert_eq!(gw.run(Side::Lan, &first.build()).unwrap().action, REDIRECT);
+    assert_eq!(gw.datapath.counter(Reason::TranslatedOut).unwrap(), 1);
+
+    // Queue empty: the daemon decides.
+    let second = from_lan(Frame::udp((addr::LAN_HOST, 7002), REMOTE_UDP));
+    assert_eq!(gw.run(Side::Lan, &second.build()).unwrap().action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
+    // An inside port in the NAT range goes to the daemon even with a port queued.
+    gw.datapath.push_free_port(proto::UDP, nat_common::FreePort { session: 78, port: 24681, _pad: 0 }).unwrap();
+    let in_range = from_lan(Frame::udp((addr::LAN_HOST, addr::PORT_MIN + 5), REMOTE_UDP));
+    assert_eq!(gw.run(Side::Lan, &in_range.build()).unwrap().action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 2);
+}
