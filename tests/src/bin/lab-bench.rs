@@ -42,11 +42,15 @@ use nat_userspace::{BENCH_OBJECT, handoff::KernelSender};
 const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: &str = "5201";
 const LATENCY_FLOWS: u16 = 2000;
-const LATENCY_FIRST_PORT: u16 = 20000;
+/// Inside ports outside the NAT range, like a client's ephemeral ports: new
+/// flows get a random external port (an inside port inside the range is
+/// kept if free, which natd decides itself).
+const LATENCY_FIRST_PORT: u16 = 33000;
 const BURST_FLOWS: u16 = 20000;
-/// The X and K bursts use different inside ports, so K sees only new tuples.
-const BURST_FIRST_PORT_X: u16 = 22000;
-const BURST_FIRST_PORT_K: u16 = 42000;
+const BURST_FIRST_PORT: u16 = 40000;
+/// The K burst goes to another server port, so conntrack sees only new tuples.
+const BURST_PORT_X: u16 = ECHO_PORT;
+const BURST_PORT_K: u16 = ECHO_PORT + 1;
 /// Below the gateway namespace's ephemeral range (32768-60999).
 const NAT_RANGE: &str = "1024-32767";
 const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -65,11 +69,11 @@ fn main() -> Result<()> {
     lab.start_natd(&["--port-range", NAT_RANGE])?;
     let (added, first_p50, hit_p50) = first_packet_latency(&lab)?;
     let created_before = natd_created(&lab)?;
-    let x_burst = burst(&lab, BURST_FIRST_PORT_X, || natd_created(&lab).map(|n| n - created_before))?;
+    let x_burst = burst(&lab, BURST_PORT_X, || natd_created(&lab).map(|n| n - created_before))?;
     lab.stop_natd()?;
 
     kernel.enable(&lab)?;
-    let k_burst = burst(&lab, BURST_FIRST_PORT_K, || conntrack_count(&lab))?;
+    let k_burst = burst(&lab, BURST_PORT_K, || conntrack_count(&lab))?;
     kernel.disable(&lab)?;
 
     let (mut x_gbps, mut k_gbps) = (Vec::new(), Vec::new());
@@ -136,9 +140,9 @@ struct Burst {
 
 /// One datagram for each of BURST_FLOWS new flows, through a raw socket;
 /// `created` counts what the gateway set up. Polls until it stops moving.
-fn burst(lab: &NatLab, first_port: u16, created: impl Fn() -> Result<u64>) -> Result<Burst> {
-    let packets: Vec<Vec<u8>> = (first_port..first_port + BURST_FLOWS)
-        .map(|port| Frame::udp((host_addr(0), port), (SERVER, ECHO_PORT)).build()[ETH_LEN..].to_vec())
+fn burst(lab: &NatLab, server_port: u16, created: impl Fn() -> Result<u64>) -> Result<Burst> {
+    let packets: Vec<Vec<u8>> = (BURST_FIRST_PORT..BURST_FIRST_PORT + BURST_FLOWS)
+        .map(|port| Frame::udp((host_addr(0), port), (SERVER, server_port)).build()[ETH_LEN..].to_vec())
         .collect();
     let started = Instant::now();
     in_ns(&lab.hosts[0], move || -> Result<()> {
