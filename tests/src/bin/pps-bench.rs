@@ -32,7 +32,7 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, GatewayConfig,
+    Endpoint, FreePort, GatewayConfig, Reason,
     bench::{GEN_HEADER_LEN, GenConfig, names},
     checksum, proto,
 };
@@ -57,6 +57,10 @@ const FRAME_LEN: usize = 60;
 /// Frames the kernel sends per live-frames batch.
 const BATCH: u32 = 64;
 const FLOW_COUNTS: [u32; 3] = [1, 1024, 65536];
+/// New flows per new-flow trial (at most a full free queue).
+const NEW_FLOWS: u32 = 16384;
+const NEW_FLOW_SPORT_BASE: u16 = 40000;
+const NEW_FLOW_EXTERNAL_BASE: u16 = 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
@@ -93,6 +97,8 @@ struct Bench {
     /// Bench-object programs attached to n0 by the current mode.
     bench_links: Vec<(&'static str, XdpLinkId)>,
     datapath: Datapath,
+    /// The datapath's ring: ClaimEvents of the new-flow trials are drained here.
+    claims: aya::maps::RingBuf<aya::maps::MapData>,
 }
 
 fn main() -> Result<()> {
@@ -101,6 +107,15 @@ fn main() -> Result<()> {
     let packets: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     ensure!(nat_tests::netns::is_root(), "the packet-rate benchmark creates namespaces and loads XDP programs: run it as root");
     let mut b = Bench::new()?;
+
+    // New flows first, while no packet-rate mapping holds the external ports.
+    let (mut x_new, mut k_new) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        x_new.push(b.new_flows(Mode::XdpNat, (2 * round) as u8)?);
+        k_new.push(b.new_flows(Mode::NftMasquerade, (2 * round + 1) as u8)?);
+    }
+    let (x_new, k_new) = (nat_tests::bench::median(&mut x_new), nat_tests::bench::median(&mut k_new));
+    eprintln!("pps-bench: new flows done");
 
     let mut samples: BTreeMap<(u32, Mode), Vec<f64>> = BTreeMap::new();
     for flows in FLOW_COUNTS {
@@ -116,7 +131,10 @@ fn main() -> Result<()> {
         eprintln!("pps-bench: {flows} flow(s) done");
     }
 
-    let mut json = format!("{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"frame_len\": {FRAME_LEN}");
+    let mut json = format!(
+        "{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"frame_len\": {FRAME_LEN},\n  \
+         \"new_flows_per_s\": {{\"xdp_nat\": {x_new:.0}, \"conntrack\": {k_new:.0}}},\n  \"new_flows_per_trial\": {NEW_FLOWS}"
+    );
     let mut md = String::from("| flows | xdp_nat (X) | nft_masquerade (K) | kernel_forward (F) | xdp_redirect (R) | X/K | X/R |\n|---|---|---|---|---|---|---|\n");
     for flows in FLOW_COUNTS {
         let m: BTreeMap<Mode, f64> = Mode::ALL.iter().map(|&mode| (mode, nat_tests::bench::median(&mut samples[&(flows, mode)].clone()))).collect();
@@ -129,6 +147,7 @@ fn main() -> Result<()> {
         writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} |", x / 1e6, k / 1e6, f / 1e6, r / 1e6, x / k, x / r)?;
     }
     json.push_str("\n}\n");
+    writeln!(md, "\nNew flows per second, every packet a new flow ({NEW_FLOWS} per trial, median of {runs}): X {x_new:.0}, K (conntrack) {k_new:.0}, X/K {:.2}", x_new / k_new)?;
     nat_tests::bench::write_results("pps", &json, &md)?;
     Ok(())
 }
@@ -169,37 +188,22 @@ impl Bench {
         let datapath = {
             let _in_nat = nat.enter()?;
             let mut dp = Datapath::load()?;
-            dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1, 65535))?;
+            // Inside ports of the new-flow trials (40000+) are outside the range,
+            // so they take the claim path rather than port preservation.
+            dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1024, 32767))?;
             dp.add_tx_port(n0)?;
             dp.add_tx_port(n1)?;
             dp
         };
-        Ok(Self { generator_ns, nat, _sink: sink, g0, n0, n1, bench, bench_links: Vec::new(), datapath })
+        let mut datapath = datapath;
+        let claims = datapath.take_miss_ring()?;
+        Ok(Self { generator_ns, nat, _sink: sink, g0, n0, n1, bench, bench_links: Vec::new(), datapath, claims })
     }
 
     /// Generator flows, and the NAT mappings for every one of them (the
     /// benchmark measures the hit path; new flows are flows-bench's job).
     fn set_flows(&mut self, flows: u32) -> Result<()> {
-        ensure!(flows.is_power_of_two() && flows <= 65536);
-        let mut header = [0u8; GEN_HEADER_LEN];
-        header[0..6].copy_from_slice(&N0_MAC);
-        header[6..12].copy_from_slice(&G0_MAC);
-        header[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip_len = (FRAME_LEN - 14) as u16;
-        let ip = &mut header[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = proto::UDP;
-        ip[12..16].copy_from_slice(&GEN_ADDR.octets());
-        ip[16..20].copy_from_slice(&SINK_ADDR.octets());
-        let c = checksum::checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-        let udp = &mut header[34..42];
-        udp[2..4].copy_from_slice(&SINK_PORT.to_be_bytes());
-        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-        let cfg = GenConfig { header, _pad: [0; 6], flows_mask: flows - 1, sport_base: 0, _pad2: 0 };
-        Array::try_from(self.bench.map_mut(names::GEN_CONFIG).context("GEN_CONFIG")?)?.set(0, cfg, 0)?;
+        self.write_generator(GEN_ADDR, SINK_PORT, flows, 0)?;
         for port in 0..flows {
             let port = port as u16;
             // Identity port mapping: every inside port is its own external port.
@@ -211,6 +215,73 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// The generator's frames: UDP from `source` to the sink's `dport`, `flows`
+    /// source ports from `sport_base`.
+    fn write_generator(&mut self, source: Ipv4Addr, dport: u16, flows: u32, sport_base: u16) -> Result<()> {
+        ensure!(flows.is_power_of_two() && flows <= 65536);
+        let mut header = [0u8; GEN_HEADER_LEN];
+        header[0..6].copy_from_slice(&N0_MAC);
+        header[6..12].copy_from_slice(&G0_MAC);
+        header[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (FRAME_LEN - 14) as u16;
+        let ip = &mut header[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto::UDP;
+        ip[12..16].copy_from_slice(&source.octets());
+        ip[16..20].copy_from_slice(&SINK_ADDR.octets());
+        let c = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
+        let udp = &mut header[34..42];
+        udp[2..4].copy_from_slice(&dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        let cfg = GenConfig { header, _pad: [0; 6], flows_mask: flows - 1, sport_base, _pad2: 0 };
+        Array::try_from(self.bench.map_mut(names::GEN_CONFIG).context("GEN_CONFIG")?)?.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// New flows per second, every generated packet a new flow from a fresh
+    /// inside address. X: the datapath claims a queued free port per flow
+    /// (the queue filled as natd keeps it); K: conntrack creates an entry per
+    /// flow. Returns flows set up per second of generation.
+    fn new_flows(&mut self, mode: Mode, trial: u8) -> Result<f64> {
+        let source = Ipv4Addr::new(10, 77, 1, 50 + trial);
+        // Its own destination port too: masquerade picks ports per destination,
+        // so the trials do not eat the port space of the packet-rate runs.
+        self.write_generator(source, SINK_PORT + 1 + u16::from(trial), NEW_FLOWS, NEW_FLOW_SPORT_BASE)?;
+        let inside = |i: u32| Endpoint::new(source, NEW_FLOW_SPORT_BASE + i as u16, proto::UDP);
+        if mode == Mode::XdpNat {
+            let _in_nat = self.nat.enter()?;
+            for i in 0..NEW_FLOWS {
+                // Ports and slots above the identity mappings' of the packet-rate runs.
+                let free = FreePort { session: 70_000 + i, port: NEW_FLOW_EXTERNAL_BASE + i as u16, _pad: 0 };
+                self.datapath.push_free_port(proto::UDP, free)?;
+            }
+        }
+        let links = self.enter(mode)?;
+        let before = self.new_flow_count(mode)?;
+        let elapsed = self.generate(NEW_FLOWS)?;
+        std::thread::sleep(Duration::from_millis(20));
+        let set_up = self.new_flow_count(mode)? - before;
+        self.leave(mode, links)?;
+        if mode == Mode::XdpNat {
+            // Give the ports back for the next trial, and empty the ring of claims.
+            for i in 0..NEW_FLOWS {
+                let _ = self.datapath.remove_pair(inside(i));
+            }
+            while self.claims.next().is_some() {}
+        }
+        Ok(set_up as f64 / elapsed.as_secs_f64())
+    }
+
+    fn new_flow_count(&self, mode: Mode) -> Result<u64> {
+        match mode {
+            Mode::XdpNat => self.datapath.counter(Reason::TranslatedNewFlow),
+            _ => Ok(self.nat.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?.trim().parse()?),
+        }
     }
 
     fn sink_count(&self) -> Result<u64> {
