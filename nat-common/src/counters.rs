@@ -64,11 +64,14 @@ pub enum Reason {
     /// First packet of a new flow: the datapath claimed a free port the daemon
     /// had queued, installed the mapping and translated the packet.
     TranslatedNewFlow = 20,
+    /// LAN packet for another inside host's mapping on the external address:
+    /// translated both ways and sent back into the LAN (hairpinning).
+    Hairpinned = 21,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -90,6 +93,7 @@ impl Reason {
         Reason::DropInboundTransit,
         Reason::PartialChecksumTooLong,
         Reason::TranslatedNewFlow,
+        Reason::Hairpinned,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -119,6 +123,7 @@ impl Reason {
             Reason::DropInboundTransit => "drop_inbound_transit",
             Reason::PartialChecksumTooLong => "partial_checksum_too_long",
             Reason::TranslatedNewFlow => "translated_new_flow",
+            Reason::Hairpinned => "hairpinned",
         }
     }
 }

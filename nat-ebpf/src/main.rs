@@ -34,7 +34,7 @@ use nat_common::{
 
 use crate::{
     parse::{Frame, Ipv4Packet, L4, parse},
-    rewrite::{Side, finish_partial_checksum, has_partial_checksum, translate},
+    rewrite::{Side, finish_partial_checksum, has_partial_checksum, translate, translate_both},
 };
 
 #[map]
@@ -156,6 +156,10 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
+    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
+    if dst_be == config().external_addr_be {
+        return to_external_address(ctx, pkt);
+    }
 
     if let Some(inside) = pkt.source() {
         let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
@@ -183,6 +187,43 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         Route::Wan => Verdict::drop(Reason::DropUntranslatable),
         Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
     }
+}
+
+/// A LAN packet for the gateway's external address. For another inside
+/// host's TCP/UDP mapping it is hairpinned (RFC 4787 REQ-9, RFC 5382 REQ-8):
+/// source translated to the sender's external endpoint, destination to the
+/// target's inside one, and sent back into the LAN, so the target sees the
+/// sender as the Internet would. Anything else is for the gateway itself.
+#[inline(always)]
+fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    let (Some(inside), Some(destination)) = (pkt.source(), pkt.destination()) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    // Echo requests to the external address are the gateway's to answer.
+    if inside.proto == proto::ICMP {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    let Some(target) = INBOUND.get_ptr(destination) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    let mapping = match OUTBOUND.get_ptr(inside) {
+        Some(mapping) => mapping,
+        None => match claim(&inside) {
+            Some(mapping) => mapping,
+            // natd sets the mapping up; this first packet is not sent on by
+            // it (its raw socket would deliver it to the gateway itself) and
+            // the sender's retransmit is hairpinned here.
+            None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+        },
+    };
+    let now = clock();
+    refresh(mapping, pkt, now, Side::Source);
+    refresh(target, pkt, now, Side::Destination);
+    let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
+    let partial = has_partial_checksum(pkt);
+    translate_both(pkt, &external, &inside_target);
+    let translated = finish_if_partial(ctx, pkt, partial, Reason::Hairpinned);
+    forward(ctx, pkt, translated, now)
 }
 
 /// The new flow of `inside` takes a free external port the daemon queued for

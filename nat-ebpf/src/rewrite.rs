@@ -31,6 +31,20 @@ fn load16(field: &[u8; 2]) -> u16 {
 /// the IPv4 header and L4 checksums valid. The caller checked `ttl > 1`.
 #[inline(always)]
 pub fn translate(pkt: &Ipv4Packet, side: Side, to: &Endpoint) {
+    rewrite(pkt, side, to, true);
+}
+
+/// Both endpoints, for a hairpinned packet (LAN to LAN through the external
+/// address): the source becomes the sender's external endpoint, the
+/// destination the target's inside one; the TTL drops once.
+#[inline(always)]
+pub fn translate_both(pkt: &Ipv4Packet, source: &Endpoint, destination: &Endpoint) {
+    rewrite(pkt, Side::Source, source, true);
+    rewrite(pkt, Side::Destination, destination, false);
+}
+
+#[inline(always)]
+fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool) {
     let ip = pkt.ip;
     unsafe {
         let addr_field = match side {
@@ -42,7 +56,9 @@ pub fn translate(pkt: &Ipv4Packet, side: Side, to: &Endpoint) {
 
         // TTL shares a 16-bit word with the protocol byte.
         let old_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl -= 1;
+        if decrement_ttl {
+            (*ip).ttl -= 1;
+        }
         let new_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
 
         let mut ip_check = load16(&(*ip).check);

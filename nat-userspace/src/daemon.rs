@@ -248,7 +248,14 @@ impl Daemon {
             self.sessions.insert(inside, SessionEntry { external, slot });
             self.counters.mappings_created += 1;
         }
-        // The first packet goes on now, not after the sender's retransmit timer.
+        // The first packet goes on now, not after the sender's retransmit
+        // timer; except one hairpinned to the external address, which the raw
+        // socket would deliver to the gateway itself: its retransmit finds the
+        // mapping and is hairpinned in the datapath.
+        let ip = event_packet(event)?;
+        if ip[16..20] == self.info.external.octets() {
+            return Ok(());
+        }
         let external = self.sessions[&inside].external;
         let mut packet = event_packet(event)?.to_vec();
         translate_source(&mut packet, external)?;

@@ -532,3 +532,38 @@ fn generic_mode_carries_udp_tcp_and_ping() {
     assert!(pinged.contains("2 received"), "{pinged}");
     assert!(lab.gw.ip(&["link", "show", "lan0"]).unwrap().contains("xdpgeneric"), "not attached in generic mode");
 }
+
+/// RFC 4787 REQ-9 (hairpinning) with real sockets: host 0 reaches host 1
+/// through host 1's external address and port; host 1 sees host 0's external
+/// endpoint, and its reply comes back the same way.
+#[test]
+fn hairpinning_lets_inside_hosts_reach_each_other_by_external_endpoint() {
+    require_root!();
+    let mut lab = NatLab::new(2, true).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let (a, b) = (
+        in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:6100").unwrap()).join().unwrap(),
+        in_ns(&lab.hosts[1], || UdpSocket::bind("0.0.0.0:6000").unwrap()).join().unwrap(),
+    );
+    let mut buf = [0u8; 64];
+    for sock in [&a, &b] {
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.send_to(b"map me", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
+        sock.recv_from(&mut buf).unwrap();
+    }
+    let external_of = |inside: &str| -> SocketAddr {
+        let sessions = lab.sessions().unwrap();
+        let s = sessions.iter().find(|s| s.proto == "udp" && s.inside == inside).unwrap_or_else(|| panic!("{inside}: {sessions:?}"));
+        s.external.parse().unwrap()
+    };
+    let (a_ext, b_ext) = (external_of("10.77.1.10:6100"), external_of("10.77.1.11:6000"));
+
+    a.send_to(b"hairpin", b_ext).unwrap();
+    let (n, from) = b.recv_from(&mut buf).expect("host 1 got nothing through the external address");
+    assert_eq!((&buf[..n], from), (&b"hairpin"[..], a_ext), "host 1 must see host 0's external endpoint");
+    b.send_to(b"back", from).unwrap();
+    let (n, from) = a.recv_from(&mut buf).expect("the reply did not come back");
+    assert_eq!((&buf[..n], from), (&b"back"[..], b_ext));
+    assert!(lab.stats().unwrap().get("hairpinned").unwrap() >= 2);
+}
