@@ -67,11 +67,14 @@ pub enum Reason {
     /// LAN packet for another inside host's mapping on the external address:
     /// translated both ways and sent back into the LAN (hairpinning).
     Hairpinned = 21,
+    /// ICMP error from the WAN about a translated packet: the quoted packet
+    /// reverted and the error forwarded to the inside host (RFC 5508).
+    IcmpErrorIn = 22,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -94,6 +97,7 @@ impl Reason {
         Reason::PartialChecksumTooLong,
         Reason::TranslatedNewFlow,
         Reason::Hairpinned,
+        Reason::IcmpErrorIn,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -124,6 +128,7 @@ impl Reason {
             Reason::PartialChecksumTooLong => "partial_checksum_too_long",
             Reason::TranslatedNewFlow => "translated_new_flow",
             Reason::Hairpinned => "hairpinned",
+            Reason::IcmpErrorIn => "icmp_error_in",
         }
     }
 }

@@ -33,8 +33,8 @@ use nat_common::{
 };
 
 use crate::{
-    parse::{Frame, Ipv4Packet, L4, parse},
-    rewrite::{Side, finish_partial_checksum, has_partial_checksum, translate, translate_both},
+    parse::{Frame, ICMP_ECHO_REQUEST, IcmpError, Ipv4Packet, L4, parse},
+    rewrite::{Side, finish_partial_checksum, has_partial_checksum, revert_quoted_source, translate, translate_both},
 };
 
 #[map]
@@ -277,6 +277,9 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
+    if let L4::IcmpError(error) = pkt.l4 {
+        return icmp_error_in(ctx, pkt, error);
+    }
     let Some(external) = pkt.destination() else {
         return Verdict::pass(Reason::PassNoMapping);
     };
@@ -296,6 +299,38 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     }
 
     wan_miss(ctx, pkt)
+}
+
+/// An ICMP error from the WAN about a packet the gateway translated (RFC 5508
+/// REQ-3): the quoted packet's source is an external endpoint with a mapping.
+/// The error goes to the inside host with the quoted packet reverted to what
+/// that host sent, so traceroute and path-MTU discovery work from inside. It
+/// never refreshes or removes the mapping. Errors about the gateway's own
+/// packets pass to the kernel.
+#[inline(always)]
+fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> Verdict {
+    let (inner_vihl, inner_proto, inner_src) = unsafe { ((*error).inner.vihl, (*error).inner.proto, (*error).inner.src_addr) };
+    // Quoted IPv4 options would move the quoted ports: left to the kernel.
+    if inner_vihl != 0x45 {
+        return Verdict::pass(Reason::PassNoMapping);
+    }
+    let l4 = unsafe { (*error).inner_l4 };
+    let port_be = match inner_proto {
+        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[0], l4[1]]),
+        proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => u16::from_ne_bytes([l4[4], l4[5]]),
+        _ => return Verdict::pass(Reason::PassNoMapping),
+    };
+    let external = Endpoint { addr_be: u32::from_ne_bytes(inner_src), port_be, proto: inner_proto, _pad: 0 };
+    let Some(mapping) = INBOUND.get_ptr(external) else {
+        return Verdict::pass(Reason::PassNoMapping);
+    };
+    if pkt.ttl() <= 1 {
+        return Verdict::drop(Reason::DropTtlExpired);
+    }
+    let inside = unsafe { (*mapping).target(inner_proto) };
+    revert_quoted_source(error, &inside);
+    translate(pkt, Side::Destination, &inside);
+    forward(ctx, pkt, Reason::IcmpErrorIn, clock())
 }
 
 /// A WAN packet without a mapping.

@@ -41,6 +41,22 @@ pub struct IcmpEcho {
 }
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// An ICMP error (Destination Unreachable, Time Exceeded) with the start of
+/// the packet it is about: an IPv4 header without options and the first 8
+/// bytes of its L4 header (ports, or the echo identifier), as RFC 792
+/// requires every error to carry.
+#[repr(C)]
+pub struct IcmpError {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+    pub inner: Ipv4Hdr,
+    pub inner_l4: [u8; 8],
+}
 
 /// Where the translatable part of the packet is, and how to rewrite it.
 pub enum L4 {
@@ -48,6 +64,8 @@ pub enum L4 {
     Udp(*mut UdpHdr),
     /// Echo request or reply (which one is checked against the direction).
     IcmpEcho(*mut IcmpEcho),
+    /// Destination Unreachable or Time Exceeded, with the quoted header.
+    IcmpError(*mut IcmpError),
     /// Another protocol, another ICMP type, or a fragment: nothing to translate.
     Other,
 }
@@ -122,6 +140,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
             let icmp: *mut IcmpEcho = ptr_at(ctx, l4_offset)?;
             match unsafe { (*icmp).kind } {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(icmp),
+                // Too short to carry the offending packet's header: not
+                // translatable, handled as any other ICMP.
+                ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match ptr_at::<IcmpError>(ctx, l4_offset) {
+                    Ok(error) => L4::IcmpError(error),
+                    Err(_) => L4::Other,
+                },
                 _ => L4::Other,
             }
         }

@@ -4,14 +4,14 @@
 
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use nat_common::{
-    Endpoint,
+    Endpoint, proto,
     checksum::{
         self, CSUM_CHUNK, CSUM_MAX_CHUNKS, CSUM_MAX_LEN, CSUM_TAIL_PIECES, piece_offset, replace16,
         replace32, udp_fixup,
     },
 };
 
-use crate::parse::{Ipv4Packet, L4};
+use crate::parse::{IcmpError, Ipv4Packet, L4};
 
 /// Which end of the packet the mapping rewrites.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,8 @@ fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool) {
                 let check = replace16(load16(&(*icmp).check), old_id, to.port_be);
                 (*icmp).check = check.to_ne_bytes();
             }
-            L4::Other => {}
+            // Only the outer header here; `icmp_error` reverts the inner one.
+            L4::IcmpError(_) | L4::Other => {}
         }
     }
 }
@@ -261,4 +262,50 @@ fn sum_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, sum: u32) -> Re
 fn opaque(value: usize) -> usize {
     let slot = value;
     unsafe { core::ptr::read_volatile(&slot) }
+}
+
+/// Reverts the packet an ICMP error quotes (RFC 5508 REQ-3): its source, the
+/// external endpoint the gateway sent it from, becomes `inside`. The quoted
+/// IPv4 checksum, the quoted UDP or echo checksum (TCP's lies beyond the 8
+/// quoted bytes) and the error's own checksum follow, incrementally. Type and
+/// code are kept. The caller rewrites the outer destination.
+#[inline(always)]
+pub fn revert_quoted_source(error: *mut IcmpError, inside: &Endpoint) {
+    unsafe {
+        let inner = &raw mut (*error).inner;
+        let l4 = &raw mut (*error).inner_l4;
+        let mut icmp_check = load16(&(*error).check);
+
+        let old_addr = u32::from_ne_bytes((*inner).src_addr);
+        (*inner).src_addr = inside.addr_be.to_ne_bytes();
+        icmp_check = replace32(icmp_check, old_addr, inside.addr_be);
+        let old_ip_check = load16(&(*inner).check);
+        let ip_check = replace32(old_ip_check, old_addr, inside.addr_be);
+        (*inner).check = ip_check.to_ne_bytes();
+        icmp_check = replace16(icmp_check, old_ip_check, ip_check);
+
+        // Port (TCP/UDP source) or echo identifier, and the quoted L4 checksum.
+        let (port_at, check_at) = match (*inner).proto {
+            proto::UDP => (0, Some(6)),
+            proto::ICMP => (4, Some(2)),
+            _ => (0, None),
+        };
+        let old_port = u16::from_ne_bytes([(*l4)[port_at], (*l4)[port_at + 1]]);
+        let new_port = inside.port_be.to_ne_bytes();
+        (*l4)[port_at] = new_port[0];
+        (*l4)[port_at + 1] = new_port[1];
+        icmp_check = replace16(icmp_check, old_port, inside.port_be);
+        if let Some(at) = check_at {
+            let old = u16::from_ne_bytes([(*l4)[at], (*l4)[at + 1]]);
+            let mut new = replace16(old, old_port, inside.port_be);
+            if (*inner).proto == proto::UDP {
+                new = udp_fixup(old, replace32(new, old_addr, inside.addr_be));
+            }
+            let bytes = new.to_ne_bytes();
+            (*l4)[at] = bytes[0];
+            (*l4)[at + 1] = bytes[1];
+            icmp_check = replace16(icmp_check, old, new);
+        }
+        (*error).check = icmp_check.to_ne_bytes();
+    }
 }

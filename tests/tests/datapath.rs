@@ -780,3 +780,62 @@ fn hairpinned_packets_reach_the_other_inside_host_as_from_the_outside() {
     let ping = from_lan(Frame::icmp_echo(addr::LAN_HOST, addr::EXTERNAL, ICMP_ECHO_REQUEST, ICMP_ID_INSIDE));
     assert_eq!(gw.run(Side::Lan, &ping.build()).unwrap().action, PASS);
 }
+
+/// An ICMP message of `kind`/`code` quoting `quoted` (IPv4 header + 8 bytes),
+/// with a valid checksum.
+fn icmp_error(kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut msg = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(quoted);
+    let c = checksum::checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_ne_bytes());
+    msg
+}
+
+/// The first 28 bytes of a frame's IPv4 packet: what an ICMP error quotes.
+fn quote(f: &Frame) -> Vec<u8> {
+    f.build()[14..14 + 28].to_vec()
+}
+
+/// RFC 5508 REQ-3: an ICMP error from the WAN about a translated packet
+/// reaches the inside host with the quoted packet reverted to what that host
+/// sent (address, port or echo identifier, quoted IPv4 and UDP/echo
+/// checksums), type and code kept, outer destination and every checksum
+/// right. UDP (Time Exceeded) and echo (Fragmentation Needed) quotes; an
+/// error about the gateway's own packet passes to the kernel.
+#[test]
+fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
+    require_root!();
+    let gw = gateway("icmperr").unwrap();
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let cases: [(Frame, Frame, u8, u8); 2] = [
+        // (what the inside host sent, what left the gateway, type, code)
+        (Frame::udp(UDP_INSIDE, REMOTE_UDP), Frame::udp(UDP_EXTERNAL, REMOTE_UDP), 11, 0),
+        (
+            Frame::icmp_echo(addr::LAN_HOST, addr::REMOTE, ICMP_ECHO_REQUEST, ICMP_ID_INSIDE),
+            Frame::icmp_echo(addr::EXTERNAL, addr::REMOTE, ICMP_ECHO_REQUEST, ICMP_ID_EXTERNAL),
+            3,
+            4,
+        ),
+    ];
+    for (sent, left, kind, code) in cases {
+        // The router saw the packet with TTL 63 (one hop after the gateway).
+        let (sent, left) = (with(sent, |f| f.ttl = 63), with(left, |f| f.ttl = 63));
+        let mut input = Frame::new(router, addr::EXTERNAL, L4::Raw { proto: proto::ICMP });
+        input.payload = icmp_error(kind, code, &quote(&left));
+        let input = from_wan(input);
+        let mut expected = Frame::new(router, addr::LAN_HOST, L4::Raw { proto: proto::ICMP });
+        expected.ttl = input.ttl - 1;
+        expected.payload = icmp_error(kind, code, &quote(&sent));
+        let expected = expected.with_macs(addr::LAN_GW_MAC, addr::LAN_HOST_MAC);
+        let run = gw.run(Side::Wan, &input.build()).unwrap();
+        assert_eq!(run.action, REDIRECT, "ICMP {kind}/{code}");
+        assert_frames_eq(&format!("ICMP {kind}/{code}"), &run.frame, &expected.build()).unwrap();
+    }
+    assert_eq!(gw.datapath.counter(Reason::IcmpErrorIn).unwrap(), 2);
+
+    // About a packet of the gateway's own (source port 33000, no mapping).
+    let own = with(Frame::udp((addr::EXTERNAL, 33000), REMOTE_UDP), |f| f.ttl = 63);
+    let mut input = Frame::new(router, addr::EXTERNAL, L4::Raw { proto: proto::ICMP });
+    input.payload = icmp_error(3, 3, &quote(&own));
+    assert_eq!(gw.run(Side::Wan, &from_wan(input).build()).unwrap().action, PASS);
+}

@@ -567,3 +567,23 @@ fn hairpinning_lets_inside_hosts_reach_each_other_by_external_endpoint() {
     assert_eq!((&buf[..n], from), (&b"back"[..], b_ext));
     assert!(lab.stats().unwrap().get("hairpinned").unwrap() >= 2);
 }
+
+/// RFC 5508 with a real client: ping with TTL 2 from a LAN host dies one hop
+/// past the gateway (the server forwards it), and the Time Exceeded comes back
+/// through the gateway to the host, which matches it to its own echo request:
+/// what traceroute relies on.
+#[test]
+fn time_exceeded_from_beyond_the_gateway_reaches_the_inside_host() {
+    require_root!();
+    let mut lab = NatLab::new(1, true).unwrap();
+    lab.start_natd(&[]).unwrap();
+    // The server routes 198.51.100.0/24 on: a probe reaching it with TTL 1
+    // expires there.
+    lab.gw.ip(&["route", "add", "198.51.100.0/24", "via", &SERVER.to_string()]).unwrap();
+    lab.server.sysctl("net.ipv4.conf.all.forwarding=1").unwrap();
+    lab.server.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"]).unwrap();
+    let out = lab.hosts[0].command(&["ping", "-c", "1", "-t", "2", "-W", "2", "198.51.100.10"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("From 203.0.113.2") && text.contains("Time to live exceeded"), "{text}");
+    assert!(lab.stats().unwrap().get("icmp_error_in").unwrap() >= 1);
+}
