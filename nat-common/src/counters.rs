@@ -70,11 +70,14 @@ pub enum Reason {
     /// ICMP error from the WAN about a translated packet: the quoted packet
     /// reverted and the error forwarded to the inside host (RFC 5508).
     IcmpErrorIn = 22,
+    /// An inside host's ICMP error about an inbound packet: the quoted packet
+    /// set back to the external endpoint, sent from the external address.
+    IcmpErrorOut = 23,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -98,6 +101,7 @@ impl Reason {
         Reason::TranslatedNewFlow,
         Reason::Hairpinned,
         Reason::IcmpErrorIn,
+        Reason::IcmpErrorOut,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -129,6 +133,7 @@ impl Reason {
             Reason::TranslatedNewFlow => "translated_new_flow",
             Reason::Hairpinned => "hairpinned",
             Reason::IcmpErrorIn => "icmp_error_in",
+            Reason::IcmpErrorOut => "icmp_error_out",
         }
     }
 }

@@ -34,7 +34,7 @@ use nat_common::{
 
 use crate::{
     parse::{Frame, ICMP_ECHO_REQUEST, IcmpError, Ipv4Packet, L4, parse},
-    rewrite::{Side, finish_partial_checksum, has_partial_checksum, revert_quoted_source, translate, translate_both},
+    rewrite::{Side, finish_partial_checksum, has_partial_checksum, rewrite_quoted, translate, translate_both},
 };
 
 #[map]
@@ -161,6 +161,12 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return to_external_address(ctx, pkt);
     }
 
+    if let L4::IcmpError(error) = pkt.l4
+        && let Some(verdict) = icmp_error_out(ctx, pkt, error)
+    {
+        return verdict;
+    }
+
     if let Some(inside) = pkt.source() {
         let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
             Some(mapping) => (mapping, Reason::TranslatedOut),
@@ -187,6 +193,26 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         Route::Wan => Verdict::drop(Reason::DropUntranslatable),
         Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
     }
+}
+
+/// An inside host's ICMP error about an inbound packet (RFC 5508 REQ-3, the
+/// other way): the quoted packet's destination is a mapped inside endpoint;
+/// it is set back to the external endpoint the remote sent to, and the error
+/// leaves from the external address. `None`: not about a mapped flow, handled
+/// as any untranslatable packet (dropped if bound for the WAN).
+#[inline(always)]
+fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> Option<Verdict> {
+    let (inner_vihl, inner_proto, inner_dst) = unsafe { ((*error).inner.vihl, (*error).inner.proto, (*error).inner.dst_addr) };
+    if inner_vihl != 0x45 || (inner_proto != proto::TCP && inner_proto != proto::UDP) {
+        return None;
+    }
+    let l4 = unsafe { (*error).inner_l4 };
+    let inside = Endpoint { addr_be: u32::from_ne_bytes(inner_dst), port_be: u16::from_ne_bytes([l4[2], l4[3]]), proto: inner_proto, _pad: 0 };
+    let mapping = OUTBOUND.get_ptr(inside)?;
+    let external = unsafe { (*mapping).target(inner_proto) };
+    rewrite_quoted(error, Side::Destination, &external);
+    translate(pkt, Side::Source, &external);
+    Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
 }
 
 /// A LAN packet for the gateway's external address. For another inside
@@ -328,7 +354,7 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
         return Verdict::drop(Reason::DropTtlExpired);
     }
     let inside = unsafe { (*mapping).target(inner_proto) };
-    revert_quoted_source(error, &inside);
+    rewrite_quoted(error, Side::Source, &inside);
     translate(pkt, Side::Destination, &inside);
     forward(ctx, pkt, Reason::IcmpErrorIn, clock())
 }

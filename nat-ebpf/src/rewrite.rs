@@ -264,42 +264,51 @@ fn opaque(value: usize) -> usize {
     unsafe { core::ptr::read_volatile(&slot) }
 }
 
-/// Reverts the packet an ICMP error quotes (RFC 5508 REQ-3): its source, the
-/// external endpoint the gateway sent it from, becomes `inside`. The quoted
-/// IPv4 checksum, the quoted UDP or echo checksum (TCP's lies beyond the 8
-/// quoted bytes) and the error's own checksum follow, incrementally. Type and
-/// code are kept. The caller rewrites the outer destination.
+/// Rewrites the packet an ICMP error quotes (RFC 5508 REQ-3): its source
+/// (an error from the WAN about a packet the gateway sent from `to`'s
+/// external endpoint: reverted to the inside one) or its destination (an
+/// inside host's error about an inbound packet: set back to the external
+/// endpoint). The quoted IPv4 checksum, the quoted UDP or echo checksum
+/// (TCP's lies beyond the 8 quoted bytes) and the error's own checksum follow,
+/// incrementally. Type and code are kept. The caller rewrites the outer header.
 #[inline(always)]
-pub fn revert_quoted_source(error: *mut IcmpError, inside: &Endpoint) {
+pub fn rewrite_quoted(error: *mut IcmpError, side: Side, to: &Endpoint) {
     unsafe {
         let inner = &raw mut (*error).inner;
         let l4 = &raw mut (*error).inner_l4;
         let mut icmp_check = load16(&(*error).check);
 
-        let old_addr = u32::from_ne_bytes((*inner).src_addr);
-        (*inner).src_addr = inside.addr_be.to_ne_bytes();
-        icmp_check = replace32(icmp_check, old_addr, inside.addr_be);
+        let addr_field = match side {
+            Side::Source => &mut (*inner).src_addr,
+            Side::Destination => &mut (*inner).dst_addr,
+        };
+        let old_addr = u32::from_ne_bytes(*addr_field);
+        *addr_field = to.addr_be.to_ne_bytes();
+        icmp_check = replace32(icmp_check, old_addr, to.addr_be);
         let old_ip_check = load16(&(*inner).check);
-        let ip_check = replace32(old_ip_check, old_addr, inside.addr_be);
+        let ip_check = replace32(old_ip_check, old_addr, to.addr_be);
         (*inner).check = ip_check.to_ne_bytes();
         icmp_check = replace16(icmp_check, old_ip_check, ip_check);
 
-        // Port (TCP/UDP source) or echo identifier, and the quoted L4 checksum.
-        let (port_at, check_at) = match (*inner).proto {
-            proto::UDP => (0, Some(6)),
-            proto::ICMP => (4, Some(2)),
-            _ => (0, None),
+        // Port (TCP/UDP source or destination) or echo identifier, and the
+        // quoted L4 checksum when it is within the quote.
+        let (port_at, check_at) = match ((*inner).proto, side) {
+            (proto::UDP, Side::Source) => (0, Some(6)),
+            (proto::UDP, Side::Destination) => (2, Some(6)),
+            (proto::ICMP, _) => (4, Some(2)),
+            (_, Side::Source) => (0, None),
+            (_, Side::Destination) => (2, None),
         };
         let old_port = u16::from_ne_bytes([(*l4)[port_at], (*l4)[port_at + 1]]);
-        let new_port = inside.port_be.to_ne_bytes();
+        let new_port = to.port_be.to_ne_bytes();
         (*l4)[port_at] = new_port[0];
         (*l4)[port_at + 1] = new_port[1];
-        icmp_check = replace16(icmp_check, old_port, inside.port_be);
+        icmp_check = replace16(icmp_check, old_port, to.port_be);
         if let Some(at) = check_at {
             let old = u16::from_ne_bytes([(*l4)[at], (*l4)[at + 1]]);
-            let mut new = replace16(old, old_port, inside.port_be);
+            let mut new = replace16(old, old_port, to.port_be);
             if (*inner).proto == proto::UDP {
-                new = udp_fixup(old, replace32(new, old_addr, inside.addr_be));
+                new = udp_fixup(old, replace32(new, old_addr, to.addr_be));
             }
             let bytes = new.to_ne_bytes();
             (*l4)[at] = bytes[0];

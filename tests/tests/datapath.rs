@@ -839,3 +839,31 @@ fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
     input.payload = icmp_error(3, 3, &quote(&own));
     assert_eq!(gw.run(Side::Wan, &from_wan(input).build()).unwrap().action, PASS);
 }
+
+/// RFC 5508 REQ-3, the other way: an inside host's Port Unreachable about an
+/// inbound datagram leaves from the external address, quoting the datagram
+/// as the remote sent it (to the external endpoint), every checksum right.
+#[test]
+fn icmp_errors_from_inside_hosts_leave_with_the_quote_set_back() {
+    require_root!();
+    let gw = gateway("icmperrout").unwrap();
+    let received = with(Frame::udp(REMOTE_UDP, UDP_INSIDE), |f| f.ttl = 63);
+    let sent_by_remote = with(Frame::udp(REMOTE_UDP, UDP_EXTERNAL), |f| f.ttl = 63);
+    let mut input = Frame::new(addr::LAN_HOST, addr::REMOTE, L4::Raw { proto: proto::ICMP });
+    input.payload = icmp_error(3, 3, &quote(&received));
+    let input = from_lan(input);
+    let mut expected = Frame::new(addr::EXTERNAL, addr::REMOTE, L4::Raw { proto: proto::ICMP });
+    expected.ttl = input.ttl - 1;
+    expected.payload = icmp_error(3, 3, &quote(&sent_by_remote));
+    let expected = expected.with_macs(addr::WAN_GW_MAC, addr::WAN_NEXT_HOP_MAC);
+    let run = gw.run(Side::Lan, &input.build()).unwrap();
+    assert_eq!(run.action, REDIRECT);
+    assert_frames_eq("port unreachable out", &run.frame, &expected.build()).unwrap();
+    assert_eq!(gw.datapath.counter(Reason::IcmpErrorOut).unwrap(), 1);
+
+    // About a flow with no mapping: never leaves with an inside address.
+    let unmapped = with(Frame::udp(REMOTE_UDP, (addr::LAN_HOST, 9999)), |f| f.ttl = 63);
+    let mut input = Frame::new(addr::LAN_HOST, addr::REMOTE, L4::Raw { proto: proto::ICMP });
+    input.payload = icmp_error(3, 3, &quote(&unmapped));
+    assert_eq!(gw.run(Side::Lan, &from_lan(input).build()).unwrap().action, DROP);
+}

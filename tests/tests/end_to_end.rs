@@ -587,3 +587,28 @@ fn time_exceeded_from_beyond_the_gateway_reaches_the_inside_host() {
     assert!(text.contains("From 203.0.113.2") && text.contains("Time to live exceeded"), "{text}");
     assert!(lab.stats().unwrap().get("icmp_error_in").unwrap() >= 1);
 }
+
+/// RFC 5508 the other way, with real sockets: a datagram from the server to a
+/// mapping whose inside socket has closed draws the host's Port Unreachable,
+/// which reaches the server's connected socket as "connection refused".
+#[test]
+fn port_unreachable_from_an_inside_host_reaches_the_remote_sender() {
+    require_root!();
+    let mut lab = NatLab::new(1, true).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    assert_eq!(udp_request(&lab.hosts[0], 6400, b"x".to_vec()).join().unwrap().unwrap(), b"echo:x");
+    // The host's socket is closed now; the mapping lives on.
+    let external: SocketAddr = lab.sessions().unwrap().iter().find(|s| s.inside == "10.77.1.10:6400").unwrap().external.parse().unwrap();
+    let refused = in_ns(&lab.server, move || {
+        let sock = UdpSocket::bind("0.0.0.0:7100").unwrap();
+        sock.connect(external).unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.send(b"anyone there?").unwrap();
+        sock.recv(&mut [0u8; 64]).map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the Port Unreachable did not come back through the gateway");
+    assert!(lab.stats().unwrap().get("icmp_error_out").unwrap() >= 1);
+}
