@@ -150,10 +150,29 @@ pub const CSUM_MAX_CHUNKS: usize = 18;
 /// The longest L4 segment whose checksum the datapath computes in full.
 pub const CSUM_MAX_LEN: usize = CSUM_CHUNK * CSUM_MAX_CHUNKS;
 
+const _: () = {
+    const JUMBO_MTU: usize = 9000;
+    const IPV4_MIN_HEADER: usize = 20;
+    assert!(CSUM_MAX_LEN >= JUMBO_MTU - IPV4_MIN_HEADER);
+    assert!(CSUM_CHUNK.is_multiple_of(4) && CSUM_CHUNK <= 512);
+};
+
 /// The pieces summed after the whole chunks, largest first: one for each set
 /// bit of `len % CSUM_CHUNK` that is a multiple of 4, each with one constant
 /// size the verifier can check. The last 1-3 bytes are summed by hand.
 pub const CSUM_TAIL_PIECES: [usize; 7] = [256, 128, 64, 32, 16, 8, 4];
+
+// Together the pieces cover every remainder below a chunk that is a
+// multiple of 4.
+const _: () = {
+    let mut total = 0;
+    let mut i = 0;
+    while i < CSUM_TAIL_PIECES.len() {
+        total += CSUM_TAIL_PIECES[i];
+        i += 1;
+    }
+    assert!(total == CSUM_CHUNK - 4);
+};
 
 /// Where the piece of `size` bytes (a power of two below `CSUM_CHUNK`) starts
 /// in a segment of `len` bytes: after the whole chunks and every larger piece,
@@ -226,15 +245,6 @@ mod tests {
             sum = add(sum, u16::from_ne_bytes([seg[len - 1], 0]) as u32);
         }
         sum
-    }
-
-    #[test]
-    fn chunks_cover_a_jumbo_frame() {
-        const JUMBO_MTU: usize = 9000;
-        const IPV4_MIN_HEADER: usize = 20;
-        assert!(CSUM_MAX_LEN >= JUMBO_MTU - IPV4_MIN_HEADER);
-        assert!(CSUM_CHUNK % 4 == 0 && CSUM_CHUNK <= 512);
-        assert_eq!(CSUM_TAIL_PIECES.iter().sum::<usize>(), CSUM_CHUNK - 4);
     }
 
     proptest! {
