@@ -91,15 +91,22 @@ pub fn verifies(data: &[u8], initial: u32) -> bool {
 /// The pseudo-header sum a receiver starts a TCP/UDP check with (RFC 793,
 /// RFC 768): addresses as they sit in the header, `l4_len` in host order. Not
 /// folded. Plain arithmetic so the datapath can use it too.
+///
+/// The datapath runs this on every translated TCP/UDP packet, so the bytes
+/// are summed by their place in a word instead of being assembled into words
+/// first: a word is `first + (second << 8)` in memory order on a
+/// little-endian host (the shifts swap on big endian), so the sum of the
+/// words is the sum of the first bytes plus the shifted sum of the second
+/// ones. The header's bytes are read one at a time either way (its fields
+/// are byte arrays of alignment 1), and this saves the shifts and ors.
 #[inline(always)]
 pub const fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
-    let len = l4_len.to_be_bytes();
-    u16::from_ne_bytes([src[0], src[1]]) as u32
-        + u16::from_ne_bytes([src[2], src[3]]) as u32
-        + u16::from_ne_bytes([dst[0], dst[1]]) as u32
-        + u16::from_ne_bytes([dst[2], dst[3]]) as u32
-        + u16::from_ne_bytes([0, proto]) as u32
-        + u16::from_ne_bytes(len) as u32
+    const FIRST_SHIFT: u32 = if cfg!(target_endian = "little") { 0 } else { 8 };
+    const SECOND_SHIFT: u32 = 8 - FIRST_SHIFT;
+    let first = src[0] as u32 + src[2] as u32 + dst[0] as u32 + dst[2] as u32;
+    // The protocol is the second byte of its word (the first is zero).
+    let second = src[1] as u32 + src[3] as u32 + dst[1] as u32 + dst[3] as u32 + proto as u32;
+    (first << FIRST_SHIFT) + (second << SECOND_SHIFT) + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32
 }
 
 /// One's complement addition of two 32-bit partial sums (end-around carry):
@@ -143,10 +150,29 @@ pub const CSUM_MAX_CHUNKS: usize = 18;
 /// The longest L4 segment whose checksum the datapath computes in full.
 pub const CSUM_MAX_LEN: usize = CSUM_CHUNK * CSUM_MAX_CHUNKS;
 
+const _: () = {
+    const JUMBO_MTU: usize = 9000;
+    const IPV4_MIN_HEADER: usize = 20;
+    assert!(CSUM_MAX_LEN >= JUMBO_MTU - IPV4_MIN_HEADER);
+    assert!(CSUM_CHUNK.is_multiple_of(4) && CSUM_CHUNK <= 512);
+};
+
 /// The pieces summed after the whole chunks, largest first: one for each set
 /// bit of `len % CSUM_CHUNK` that is a multiple of 4, each with one constant
 /// size the verifier can check. The last 1-3 bytes are summed by hand.
 pub const CSUM_TAIL_PIECES: [usize; 7] = [256, 128, 64, 32, 16, 8, 4];
+
+// Together the pieces cover every remainder below a chunk that is a
+// multiple of 4.
+const _: () = {
+    let mut total = 0;
+    let mut i = 0;
+    while i < CSUM_TAIL_PIECES.len() {
+        total += CSUM_TAIL_PIECES[i];
+        i += 1;
+    }
+    assert!(total == CSUM_CHUNK - 4);
+};
 
 /// Where the piece of `size` bytes (a power of two below `CSUM_CHUNK`) starts
 /// in a segment of `len` bytes: after the whole chunks and every larger piece,
@@ -219,26 +245,6 @@ mod tests {
             sum = add(sum, u16::from_ne_bytes([seg[len - 1], 0]) as u32);
         }
         sum
-    }
-
-    #[test]
-    fn chunks_cover_a_jumbo_frame() {
-        const JUMBO_MTU: usize = 9000;
-        const IPV4_MIN_HEADER: usize = 20;
-        assert!(CSUM_MAX_LEN >= JUMBO_MTU - IPV4_MIN_HEADER);
-        assert!(CSUM_CHUNK % 4 == 0 && CSUM_CHUNK <= 512);
-        assert_eq!(CSUM_TAIL_PIECES.iter().sum::<usize>(), CSUM_CHUNK - 4);
-    }
-
-    #[test]
-    fn pseudo_header_sum_matches_the_header_layout() {
-        let (src, dst) = ([10, 77, 1, 10], [198, 51, 100, 10]);
-        let mut pseudo = [0u8; 12];
-        pseudo[..4].copy_from_slice(&src);
-        pseudo[4..8].copy_from_slice(&dst);
-        pseudo[9] = 6;
-        pseudo[10..12].copy_from_slice(&1420u16.to_be_bytes());
-        assert_eq!(fold(pseudo_header_sum(src, dst, 6, 1420)), fold(sum_words(&pseudo, 0)));
     }
 
     proptest! {
@@ -319,6 +325,20 @@ mod tests {
             let inc = replace16(c, old_id, new_id);
             msg[2..4].copy_from_slice(&inc.to_ne_bytes());
             prop_assert!(verifies(&msg, 0));
+        }
+
+        /// The byte-wise pseudo-header sum equals the sum of the 12-byte
+        /// pseudo-header's words (RFC 793 section 3.1).
+        #[test]
+        fn pseudo_header_sum_matches_the_header_layout(
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), proto in any::<u8>(), len in any::<u16>(),
+        ) {
+            let mut pseudo = [0u8; 12];
+            pseudo[..4].copy_from_slice(&src);
+            pseudo[4..8].copy_from_slice(&dst);
+            pseudo[9] = proto;
+            pseudo[10..12].copy_from_slice(&len.to_be_bytes());
+            prop_assert_eq!(fold(pseudo_header_sum(src, dst, proto, len)), fold(sum_words(&pseudo, 0)));
         }
 
         /// Every length up to the bound: the pieces tile the segment exactly.

@@ -243,7 +243,7 @@ fn tail_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, len: usize, su
 /// `sum` plus the sum of the `SIZE` bytes at `offset` in the packet.
 #[inline(always)]
 fn sum_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, sum: u32) -> Result<u32, Unfinished> {
-    const { assert!(SIZE % 4 == 0 && SIZE <= CSUM_CHUNK) };
+    const { assert!(SIZE.is_multiple_of(4) && SIZE <= CSUM_CHUNK) };
     let at = ctx.data() + offset;
     if at + SIZE > ctx.data_end() {
         return Err(Unfinished);
