@@ -195,7 +195,7 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     }
 }
 
-/// An inside host's ICMP error about an inbound packet (RFC 5508 REQ-3, the
+/// An inside host's ICMP error about an inbound packet (RFC 5508 REQ-4/5, the
 /// other way): the quoted packet's destination is a mapped inside endpoint;
 /// it is set back to the external endpoint the remote sent to, and the error
 /// leaves from the external address. `None`: not about a mapped flow, handled

@@ -264,7 +264,7 @@ fn opaque(value: usize) -> usize {
     unsafe { core::ptr::read_volatile(&slot) }
 }
 
-/// Rewrites the packet an ICMP error quotes (RFC 5508 REQ-3): its source
+/// Rewrites the packet an ICMP error quotes (RFC 5508 REQ-4/5): its source
 /// (an error from the WAN about a packet the gateway sent from `to`'s
 /// external endpoint: reverted to the inside one) or its destination (an
 /// inside host's error about an inbound packet: set back to the external

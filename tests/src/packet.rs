@@ -150,7 +150,7 @@ impl Frame {
         }
 
         let ihl = 20 + self.options.len();
-        assert!(ihl % 4 == 0 && ihl <= 60, "options must pad the header to 4 bytes");
+        assert!(ihl.is_multiple_of(4) && ihl <= 60, "options must pad the header to 4 bytes");
         let mut ip = vec![0u8; 20];
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[1] = self.tos;

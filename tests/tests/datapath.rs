@@ -421,7 +421,7 @@ fn pass_and_drop_cases() -> Vec<Case> {
             Reason::PassNoMapping,
         ),
         case(
-            "unsolicited WAN packet to an unmapped NAT port is dropped",
+            "RFC 5382 REQ-4: unsolicited SYN to an unmapped NAT port is dropped, no RST",
             Wan,
             from_wan(Frame::tcp(REMOTE_TCP, (addr::EXTERNAL, 25000))),
             DROP,
@@ -476,10 +476,10 @@ fn run_cases(gw: &TestGateway, cases: Vec<Case>) -> Result<()> {
         if let Err(e) = assert_frames_eq(c.name, &run.frame, want) {
             problems.push(e.to_string());
         }
-        if c.action == REDIRECT {
-            if let Err(e) = packet::verify_checksums(&run.frame) {
-                problems.push(format!("bad {e} on the wire"));
-            }
+        if c.action == REDIRECT
+            && let Err(e) = packet::verify_checksums(&run.frame)
+        {
+            problems.push(format!("bad {e} on the wire"));
         }
         if !problems.is_empty() {
             failures.push(format!("{}: {}", c.name, problems.join("; ")));
@@ -796,7 +796,7 @@ fn quote(f: &Frame) -> Vec<u8> {
     f.build()[14..14 + 28].to_vec()
 }
 
-/// RFC 5508 REQ-3: an ICMP error from the WAN about a translated packet
+/// RFC 5508 REQ-4/5: an ICMP error from the WAN about a translated packet
 /// reaches the inside host with the quoted packet reverted to what that host
 /// sent (address, port or echo identifier, quoted IPv4 and UDP/echo
 /// checksums), type and code kept, outer destination and every checksum
@@ -805,7 +805,8 @@ fn quote(f: &Frame) -> Vec<u8> {
 #[test]
 fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
     require_root!();
-    let gw = gateway("icmperr").unwrap();
+    let mut gw = gateway("icmperr").unwrap();
+    gw.datapath.set_clock(9_000_000_000).unwrap();
     let router = Ipv4Addr::new(198, 51, 100, 1);
     let cases: [(Frame, Frame, u8, u8); 2] = [
         // (what the inside host sent, what left the gateway, type, code)
@@ -832,6 +833,9 @@ fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
         assert_frames_eq(&format!("ICMP {kind}/{code}"), &run.frame, &expected.build()).unwrap();
     }
     assert_eq!(gw.datapath.counter(Reason::IcmpErrorIn).unwrap(), 2);
+    // RFC 5508 REQ-6: the errors refreshed nothing (the mappings were made at t=0).
+    let slot = gw.datapath.outbound().unwrap().get(&nat_common::Endpoint::new(UDP_INSIDE.0, UDP_INSIDE.1, proto::UDP), 0).unwrap().session;
+    assert_eq!(gw.datapath.liveness(slot).unwrap().last_seen_ns, 0, "an ICMP error refreshed the mapping");
 
     // About a packet of the gateway's own (source port 33000, no mapping).
     let own = with(Frame::udp((addr::EXTERNAL, 33000), REMOTE_UDP), |f| f.ttl = 63);
@@ -840,7 +844,7 @@ fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
     assert_eq!(gw.run(Side::Wan, &from_wan(input).build()).unwrap().action, PASS);
 }
 
-/// RFC 5508 REQ-3, the other way: an inside host's Port Unreachable about an
+/// RFC 5508 REQ-4/5, the other way: an inside host's Port Unreachable about an
 /// inbound datagram leaves from the external address, quoting the datagram
 /// as the remote sent it (to the external endpoint), every checksum right.
 #[test]

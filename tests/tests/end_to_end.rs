@@ -349,6 +349,12 @@ fn unsolicited_inbound_reaches_no_lan_host() {
     let mut buf = [0u8; 64];
     let got = listener.recv_from(&mut buf);
     assert!(got.is_err(), "an unsolicited packet reached the LAN host: {got:?}");
+    // RFC 5382 REQ-4: an unsolicited SYN gets no answer (no RST): the
+    // connect times out instead of being refused.
+    let syn = in_ns(&lab.server, || TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, 25001).into(), Duration::from_secs(2)).map_err(|e| e.kind()))
+        .join()
+        .unwrap();
+    assert_eq!(syn.map(drop), Err(std::io::ErrorKind::TimedOut), "the gateway answered an unsolicited SYN");
     let stats = lab.stats().unwrap();
     assert!(stats.get("drop_inbound_no_mapping").unwrap() >= 4, "{stats:?}");
     assert!(stats.get("drop_inbound_transit").unwrap() >= 1, "{stats:?}");
