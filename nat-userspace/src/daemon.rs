@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
+use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
@@ -391,7 +391,10 @@ pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: 
     for (inside, entry) in sessions {
         let live = datapath.liveness(entry.slot)?;
         let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
-        if now.saturating_sub(live.last_seen_ns) > timeout.as_nanos() as u64 {
+        // The datapath stamps with the clock natd published, up to one tick
+        // behind the packet: wait one tick more, so a session never expires
+        // before its timeout (it may go up to two ticks after).
+        if now.saturating_sub(live.last_seen_ns) > timeout.as_nanos() as u64 + CLOCK_TICK_NS {
             expired.push(*inside);
         }
     }
