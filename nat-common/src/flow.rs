@@ -27,12 +27,12 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
 
 impl Endpoint {
     pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
-        Self {
-            addr_be: u32::from_ne_bytes(addr.octets()),
-            port_be: port.to_be(),
-            proto,
-            _pad: 0,
-        }
+        Self::from_be(u32::from_ne_bytes(addr.octets()), port.to_be(), proto)
+    }
+
+    /// From fields as they sit in a packet (network byte order).
+    pub const fn from_be(addr_be: u32, port_be: u16, proto: u8) -> Self {
+        Self { addr_be, port_be, proto, _pad: 0 }
     }
 
     pub const fn addr(&self) -> Ipv4Addr {
@@ -71,12 +71,7 @@ impl Mapping {
 
     /// The endpoint this mapping translates to, with the given protocol.
     pub const fn target(&self, proto: u8) -> Endpoint {
-        Endpoint {
-            addr_be: self.addr_be,
-            port_be: self.port_be,
-            proto,
-            _pad: 0,
-        }
+        Endpoint::from_be(self.addr_be, self.port_be, proto)
     }
 }
 
@@ -168,6 +163,13 @@ pub struct NextHop {
 const _: () = assert!(core::mem::size_of::<NextHop>() == 40);
 
 impl NextHop {
+    /// True while the entry is fresh and is the one for this destination and
+    /// ingress (a direct-mapped slot may hold another).
+    #[inline(always)]
+    pub const fn answers(&self, dst_be: u32, ingress_ifindex: u32, now_ns: u64) -> bool {
+        self.dst_be == dst_be && self.ingress_ifindex == ingress_ifindex && now_ns < self.expires_ns
+    }
+
     /// The cache slot of a destination: a multiplicative hash, so that nearby
     /// addresses spread over the slots.
     #[inline(always)]
@@ -216,7 +218,8 @@ const _: () = assert!(core::mem::size_of::<ClaimEvent>() == 24);
 
 /// What a ring event asks of the daemon (its first `u32`).
 pub mod miss_kind {
-    /// No outbound mapping: allocate one, then re-inject the frame (untranslated).
+    /// No outbound mapping: allocate one, then send the frame's packet on
+    /// (the frame is untranslated).
     pub const NEW_FLOW: u32 = 1;
     /// Translated, but the next hop's MAC is unknown: send the (translated) IPv4
     /// packet through the kernel, which resolves the neighbour.

@@ -1,7 +1,8 @@
 //! The XDP fast path: one program on the LAN interface, one on the WAN.
 //!
 //! LAN ingress: outbound mapping hit -> rewrite source, route, redirect to the
-//! WAN. Miss -> the packet goes to the daemon (it allocates, then re-injects).
+//! WAN. Miss -> a port the daemon queued is claimed here, or the packet goes
+//! to the daemon (it allocates, then sends the packet on).
 //! WAN ingress: inbound mapping hit -> rewrite destination, route, redirect
 //! to the LAN. Miss -> the gateway's own traffic, passed to the kernel.
 //!
@@ -179,13 +180,7 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
                 Route::Local | Route::Inside => return Verdict::pass(Reason::PassLocal),
             },
         };
-        let external = unsafe { (*mapping).target(inside.proto) };
-        let now = clock();
-        refresh(mapping, pkt, now, Side::Source);
-        let partial = has_partial_checksum(pkt);
-        translate(pkt, Side::Source, &external);
-        let translated = finish_if_partial(ctx, pkt, partial, translated);
-        return forward(ctx, pkt, translated, now);
+        return translate_and_forward(ctx, pkt, mapping, Side::Source, inside.proto, translated);
     }
 
     // Not translatable: where would the kernel send it?
@@ -207,7 +202,7 @@ fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> 
         return None;
     }
     let l4 = unsafe { (*error).inner_l4 };
-    let inside = Endpoint { addr_be: u32::from_ne_bytes(inner_dst), port_be: u16::from_ne_bytes([l4[2], l4[3]]), proto: inner_proto, _pad: 0 };
+    let inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
     let mapping = OUTBOUND.get_ptr(inside)?;
     let external = unsafe { (*mapping).target(inner_proto) };
     rewrite_quoted(error, Side::Destination, &external);
@@ -275,7 +270,7 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         let _ = queue.push(&free, 0);
         return None;
     };
-    let external = Endpoint { addr_be: cfg.external_addr_be, port_be: free.port.to_be(), proto: inside.proto, _pad: 0 };
+    let external = Endpoint::from_be(cfg.external_addr_be, free.port.to_be(), inside.proto);
     if INBOUND.insert(&external, &Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
         // The daemon queues only ports absent from INBOUND: not reached. The
         // port is left out of the queue rather than retried forever.
@@ -315,20 +310,14 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         if pkt.ttl() <= 1 {
             return Verdict::drop(Reason::DropTtlExpired);
         }
-        let inside = unsafe { (*mapping).target(external.proto) };
-        let now = clock();
-        refresh(mapping, pkt, now, Side::Destination);
-        let partial = has_partial_checksum(pkt);
-        translate(pkt, Side::Destination, &inside);
-        let translated = finish_if_partial(ctx, pkt, partial, Reason::TranslatedIn);
-        return forward(ctx, pkt, translated, now);
+        return translate_and_forward(ctx, pkt, mapping, Side::Destination, external.proto, Reason::TranslatedIn);
     }
 
     wan_miss(ctx, pkt)
 }
 
 /// An ICMP error from the WAN about a packet the gateway translated (RFC 5508
-/// REQ-3): the quoted packet's source is an external endpoint with a mapping.
+/// REQ-4/5): the quoted packet's source is an external endpoint with a mapping.
 /// The error goes to the inside host with the quoted packet reverted to what
 /// that host sent, so traceroute and path-MTU discovery work from inside. It
 /// never refreshes or removes the mapping. Errors about the gateway's own
@@ -346,7 +335,7 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
         proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => u16::from_ne_bytes([l4[4], l4[5]]),
         _ => return Verdict::pass(Reason::PassNoMapping),
     };
-    let external = Endpoint { addr_be: u32::from_ne_bytes(inner_src), port_be, proto: inner_proto, _pad: 0 };
+    let external = Endpoint::from_be(u32::from_ne_bytes(inner_src), port_be, inner_proto);
     let Some(mapping) = INBOUND.get_ptr(external) else {
         return Verdict::pass(Reason::PassNoMapping);
     };
@@ -384,6 +373,26 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         Route::Local => Verdict::pass(Reason::PassNoMapping),
         Route::Wan | Route::Inside => Verdict::drop(Reason::DropInboundTransit),
     }
+}
+
+/// The hit path of either direction: refresh the session, rewrite `side` to
+/// the mapping's target, finish a partial checksum, route and redirect.
+#[inline(always)]
+fn translate_and_forward(
+    ctx: &XdpContext,
+    pkt: &Ipv4Packet,
+    mapping: *const Mapping,
+    side: Side,
+    proto_nr: u8,
+    translated: Reason,
+) -> Verdict {
+    let to = unsafe { (*mapping).target(proto_nr) };
+    let now = clock();
+    refresh(mapping, pkt, now, side);
+    let partial = has_partial_checksum(pkt);
+    translate(pkt, side, &to);
+    let translated = finish_if_partial(ctx, pkt, partial, translated);
+    forward(ctx, pkt, translated, now)
 }
 
 /// A sender with TX checksum offload (a local socket over a veth) leaves a
@@ -524,7 +533,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Ver
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
     if let Some(slot) = slot {
         let hop = unsafe { &*slot };
-        if hop.dst_be == dst_be && hop.ingress_ifindex == ingress && now < hop.expires_ns && tot_len <= hop.max_len {
+        if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
             return Ok(*hop);
         }
     }
@@ -554,9 +563,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Ver
         let old = unsafe { &mut *slot };
         // A longer packet to the same, still fresh hop widens what the entry
         // accepts without extending its life.
-        if old.dst_be == dst_be
-            && old.ingress_ifindex == ingress
-            && now < old.expires_ns
+        if old.answers(dst_be, ingress, now)
             && old.egress_ifindex == hop.egress_ifindex
             && old.dmac == hop.dmac
             && old.max_len > hop.max_len
@@ -570,7 +577,8 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Ver
 }
 
 /// Copies the frame into the miss ring for the daemon and drops it here; the
-/// daemon re-injects it (new flow) or sends it through the kernel (no neighbour).
+/// daemon sets the flow up and sends the packet on (new flow), or sends it
+/// through the kernel (no neighbour).
 #[inline(always)]
 fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
     let handed = if kind == miss_kind::NEW_FLOW {

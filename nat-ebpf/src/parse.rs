@@ -168,7 +168,7 @@ impl Ipv4Packet {
             }
             _ => return None,
         };
-        Some(Endpoint { addr_be, port_be, proto: ip_proto, _pad: 0 })
+        Some(Endpoint::from_be(addr_be, port_be, ip_proto))
     }
 
     /// The packet's destination endpoint, if it is one the gateway translates
@@ -184,7 +184,7 @@ impl Ipv4Packet {
             }
             _ => return None,
         };
-        Some(Endpoint { addr_be, port_be, proto: ip_proto, _pad: 0 })
+        Some(Endpoint::from_be(addr_be, port_be, ip_proto))
     }
 
     #[inline(always)]
