@@ -75,14 +75,14 @@ impl PortAllocator {
 
     /// A port `allocate` handed out that no mapping ever used: free at once,
     /// no hold.
-    pub fn unreserve_unqueued(&mut self, proto: u8, port: u16) {
+    pub fn cancel(&mut self, proto: u8, port: u16) {
         self.taken.remove(&(proto, port));
     }
 
     /// A reserved port that never reached the queue.
     pub fn unreserve(&mut self, proto: u8, port: u16) {
         self.claimed(proto);
-        self.taken.remove(&(proto, port));
+        self.cancel(proto, port);
     }
 
     /// Ports of `proto` released but still held back.

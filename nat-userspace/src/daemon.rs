@@ -145,10 +145,6 @@ impl Daemon {
         Ok(daemon)
     }
 
-    pub fn sessions(&self) -> &SessionTable {
-        &self.sessions
-    }
-
     /// One item of the ring: a `MissEvent` or a `ClaimEvent`, told apart by
     /// their common first field.
     pub fn handle_event(&mut self, item: &[u8]) {
@@ -163,20 +159,17 @@ impl Daemon {
             miss_kind::NEW_FLOW | miss_kind::NO_NEIGHBOUR if item.len() >= size_of::<MissEvent>() => {
                 // SAFETY: as above, for a whole MissEvent.
                 let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) };
-                self.handle(&event)
+                if kind == miss_kind::NEW_FLOW {
+                    self.new_flow(&event)
+                } else {
+                    self.sender.send(&event).map(|()| self.counters.sent_through_kernel += 1)
+                }
             }
             other => Err(anyhow!("ring event of kind {other} and {} bytes not understood", item.len())),
         };
         if let Err(e) = result {
             self.counters.handoff_errors += 1;
             eprintln!("natd: {e:#}");
-        }
-    }
-
-    fn handle(&mut self, event: &MissEvent) -> Result<()> {
-        match event.kind {
-            miss_kind::NEW_FLOW => self.new_flow(event),
-            _ => self.sender.send(event).map(|()| self.counters.sent_through_kernel += 1),
         }
     }
 
@@ -208,60 +201,67 @@ impl Daemon {
         }
     }
 
+    /// A new flow the datapath could not claim a port for: set it up (unless
+    /// an earlier packet of it did), then send its packet on.
     fn new_flow(&mut self, event: &MissEvent) -> Result<()> {
         let Some(inside) = source_endpoint(event) else {
             bail!("miss event without a TCP/UDP/ICMP source");
         };
         // Several packets of one flow can miss before the mapping exists: the
         // later ones only need sending on (endpoint-independent mapping).
-        if !self.sessions.contains_key(&inside) {
-            let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
-                self.counters.refused_no_port += 1;
-                self.log_refusal(inside, "every external port of this protocol is in use or held");
-                return Ok(());
-            };
-            let external = Endpoint::new(self.info.external, port, inside.proto);
-            let Some(slot) = self.slots.take() else {
-                self.ports.unreserve_unqueued(inside.proto, port);
-                self.counters.refused_map_full += 1;
-                self.log_refusal(inside, "every session slot is in use");
-                return Ok(());
-            };
-            if let Err(e) = self.datapath.insert_pair(inside, external, slot, coarse_now_ns()) {
-                self.ports.unreserve_unqueued(inside.proto, port);
-                self.slots.give_back(slot);
-                // A later packet of this flow may have claimed a queued port in
-                // the datapath meanwhile (its ClaimEvent is still in the ring):
-                // then this one goes out on that mapping.
-                if let Ok(mapping) = self.datapath.outbound()?.get(&inside, 0) {
-                    let mut packet = event_packet(event)?.to_vec();
-                    translate_source(&mut packet, mapping.target(inside.proto))?;
-                    self.sender.send_packet(&packet)?;
-                    self.counters.first_packets_sent += 1;
-                    return Ok(());
-                }
-                // Never evict a live mapping to make room: refuse the new flow.
-                self.counters.refused_map_full += 1;
-                self.log_refusal(inside, &format!("{e:#}"));
-                return Ok(());
-            }
-            self.sessions.insert(inside, SessionEntry { external, slot });
-            self.counters.mappings_created += 1;
-        }
+        let external = match self.sessions.get(&inside) {
+            Some(entry) => entry.external,
+            None => match self.set_up(inside)? {
+                Some(external) => external,
+                None => return Ok(()),
+            },
+        };
         // The first packet goes on now, not after the sender's retransmit
         // timer; except one hairpinned to the external address, which the raw
         // socket would deliver to the gateway itself: its retransmit finds the
         // mapping and is hairpinned in the datapath.
-        let ip = event_packet(event)?;
-        if ip[16..20] == self.info.external.octets() {
+        let mut packet = event_packet(event)?.to_vec();
+        if packet[16..20] == self.info.external.octets() {
             return Ok(());
         }
-        let external = self.sessions[&inside].external;
-        let mut packet = event_packet(event)?.to_vec();
         translate_source(&mut packet, external)?;
         self.sender.send_packet(&packet)?;
         self.counters.first_packets_sent += 1;
         Ok(())
+    }
+
+    /// Allocates an external port and a session slot for `inside` and installs
+    /// the mapping pair. `None`: refused (counted and logged); a live mapping
+    /// is never evicted to make room.
+    fn set_up(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
+        let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
+            self.counters.refused_no_port += 1;
+            self.log_refusal(inside, "every external port of this protocol is in use or held");
+            return Ok(None);
+        };
+        let external = Endpoint::new(self.info.external, port, inside.proto);
+        let Some(slot) = self.slots.take() else {
+            self.ports.cancel(inside.proto, port);
+            self.counters.refused_map_full += 1;
+            self.log_refusal(inside, "every session slot is in use");
+            return Ok(None);
+        };
+        if let Err(e) = self.datapath.insert_pair(inside, external, slot, coarse_now_ns()) {
+            self.ports.cancel(inside.proto, port);
+            self.slots.give_back(slot);
+            // A later packet of this flow may have claimed a queued port in
+            // the datapath meanwhile (its ClaimEvent is still in the ring):
+            // then this one goes out on that mapping.
+            if let Ok(mapping) = self.datapath.outbound()?.get(&inside, 0) {
+                return Ok(Some(mapping.target(inside.proto)));
+            }
+            self.counters.refused_map_full += 1;
+            self.log_refusal(inside, &format!("{e:#}"));
+            return Ok(None);
+        }
+        self.sessions.insert(inside, SessionEntry { external, slot });
+        self.counters.mappings_created += 1;
+        Ok(Some(external))
     }
 
     fn log_refusal(&mut self, inside: Endpoint, why: &str) {

@@ -227,11 +227,6 @@ impl Datapath {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// The program's fd, for `BPF_PROG_TEST_RUN` re-injection.
-    pub fn program_fd(&self, side: Side) -> Result<std::os::fd::BorrowedFd<'_>> {
-        Ok(self.program(side)?.fd()?.as_fd())
-    }
-
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)

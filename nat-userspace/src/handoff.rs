@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Result, anyhow, bail, ensure};
 use nat_common::{
     Endpoint, MissEvent,
-    checksum::{fold, l4_checksum, pseudo_header_sum, replace16, replace32},
+    checksum::{finish, is_partial, pseudo_header_sum, replace16, replace32, sum_words, udp_fixup},
     proto,
 };
 
@@ -77,8 +77,8 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     ensure!(rest.len() >= check_at + 2 && rest.len() >= port_at + 2, "L4 header truncated");
     let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
     let check_before = word(rest, check_at);
-    let partial = proto_nr != proto::ICMP
-        && check_before == fold(pseudo_header_sum(old_src, dst, proto_nr, rest.len() as u16));
+    let (udp, l4_len) = (proto_nr == proto::UDP, rest.len() as u16);
+    let partial = proto_nr != proto::ICMP && is_partial(check_before, pseudo_header_sum(old_src, dst, proto_nr, l4_len));
 
     let old_ttl_word = word(header, 8);
     header[8] -= 1;
@@ -92,19 +92,15 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
     let check = if partial {
         rest[check_at..check_at + 2].fill(0);
-        l4_checksum(new_src, dst, proto_nr, rest).to_ne_bytes()
-    } else if proto_nr == proto::UDP && check_before == 0 {
-        [0, 0]
+        finish(pseudo_header_sum(new_src, dst, proto_nr, l4_len), sum_words(rest, 0), udp)
     } else {
         let mut check = replace16(check_before, old_port, to.port_be);
         if proto_nr != proto::ICMP {
             check = replace32(check, u32::from_ne_bytes(old_src), u32::from_ne_bytes(new_src));
         }
-        check.to_ne_bytes()
+        if udp { udp_fixup(check_before, check) } else { check }
     };
-    // A computed UDP zero goes out as all ones (RFC 768): zero means "none".
-    let check = if proto_nr == proto::UDP && check == [0, 0] && check_before != 0 { [0xff, 0xff] } else { check };
-    rest[check_at..check_at + 2].copy_from_slice(&check);
+    rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
     Ok(())
 }
 

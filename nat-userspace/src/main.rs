@@ -309,13 +309,11 @@ fn stats(json: bool) -> Result<()> {
         return Ok(());
     }
     for s in all {
-        println!("datapath (packets, per reason):");
-        for c in &s.datapath {
-            println!("  {:<26} {}", c.name, c.value);
-        }
-        println!("daemon:");
-        for c in &s.daemon {
-            println!("  {:<26} {}", c.name, c.value);
+        for (title, counters) in [("datapath (packets, per reason):", &s.datapath), ("daemon:", &s.daemon)] {
+            println!("{title}");
+            for c in counters {
+                println!("  {:<26} {}", c.name, c.value);
+            }
         }
     }
     Ok(())
