@@ -11,9 +11,14 @@
 //! when the test fails.
 
 use std::{
-    net::Ipv4Addr,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket},
     path::PathBuf,
     process::{Child, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -216,4 +221,88 @@ pub fn snmp_counter(ns: &Netns, group: &str, name: &str) -> Result<u64> {
     let (Some(header), Some(values)) = (lines.next(), lines.next()) else { bail!("no {group} in /proc/net/snmp") };
     let index = header.split_whitespace().position(|h| h == name).with_context(|| format!("no {group} {name}"))?;
     Ok(values.split_whitespace().nth(index).context("short snmp line")?.parse()?)
+}
+
+/// How long the lab's sockets wait for an answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A UDP socket bound to `port` on every address of `ns`.
+pub fn udp_socket_in(ns: &Netns, port: u16) -> UdpSocket {
+    in_ns(ns, move || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("binding a UDP socket"))
+        .join()
+        .unwrap()
+}
+
+/// A UDP and TCP echo service on the server that records who it saw.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    udp_peers: Arc<Mutex<Vec<SocketAddr>>>,
+    tcp_peers: Arc<Mutex<Vec<SocketAddr>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(server: &Netns, port: u16) -> Self {
+        let (udp, tcp) = in_ns(server, move || {
+            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            (UdpSocket::bind(any).unwrap(), TcpListener::bind(any).unwrap())
+        })
+        .join()
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp_peers = Arc::new(Mutex::new(Vec::new()));
+        let tcp_peers = Arc::new(Mutex::new(Vec::new()));
+        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let udp_thread = {
+            let (stop, peers) = (stop.clone(), udp_peers.clone());
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                        peers.lock().unwrap().push(peer);
+                        let reply = [b"echo:".as_slice(), &buf[..n]].concat();
+                        let _ = udp.send_to(&reply, peer);
+                    }
+                }
+            })
+        };
+        let tcp_thread = {
+            let (stop, peers) = (stop.clone(), tcp_peers.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((mut conn, peer)) => {
+                            peers.lock().unwrap().push(peer);
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                            let mut buf = [0u8; 256];
+                            if let Ok(n) = conn.read(&mut buf) {
+                                let _ = conn.write_all(&[b"echo:".as_slice(), &buf[..n]].concat());
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Self { stop, udp_peers, tcp_peers, threads: vec![udp_thread, tcp_thread] }
+    }
+
+    pub fn udp_peers(&self) -> Vec<SocketAddr> {
+        self.udp_peers.lock().unwrap().clone()
+    }
+
+    pub fn tcp_peers(&self) -> Vec<SocketAddr> {
+        self.tcp_peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

@@ -6,18 +6,15 @@
 use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     process::Stdio,
-    sync::{
-        Arc, Barrier, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
 };
 
 use nat_tests::{
-    natlab::{EXTERNAL, NatLab, SERVER, host_addr, in_ns, snmp_counter},
+    natlab::{EXTERNAL, EchoServer, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
     netns::Netns,
     require_root,
 };
@@ -27,81 +24,6 @@ const SERVICE_PORT: u16 = 7000;
 /// Every LAN host uses this source port: the collision the NAT exists to solve.
 const SHARED_SOURCE_PORT: u16 = 5000;
 const SHARED_ICMP_ID: &str = "4242";
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A UDP and TCP echo service on the server that records who it saw.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    udp_peers: Arc<Mutex<Vec<SocketAddr>>>,
-    tcp_peers: Arc<Mutex<Vec<SocketAddr>>>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(server: &Netns, port: u16) -> Self {
-        let (udp, tcp) = in_ns(server, move || {
-            let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-            (UdpSocket::bind(any).unwrap(), TcpListener::bind(any).unwrap())
-        })
-        .join()
-        .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let udp_peers = Arc::new(Mutex::new(Vec::new()));
-        let tcp_peers = Arc::new(Mutex::new(Vec::new()));
-        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let udp_thread = {
-            let (stop, peers) = (stop.clone(), udp_peers.clone());
-            thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = udp.recv_from(&mut buf) {
-                        peers.lock().unwrap().push(peer);
-                        let reply = [b"echo:".as_slice(), &buf[..n]].concat();
-                        let _ = udp.send_to(&reply, peer);
-                    }
-                }
-            })
-        };
-        let tcp_thread = {
-            let (stop, peers) = (stop.clone(), tcp_peers.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match tcp.accept() {
-                        Ok((mut conn, peer)) => {
-                            peers.lock().unwrap().push(peer);
-                            conn.set_nonblocking(false).unwrap();
-                            conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                            let mut buf = [0u8; 256];
-                            if let Ok(n) = conn.read(&mut buf) {
-                                let _ = conn.write_all(&[b"echo:".as_slice(), &buf[..n]].concat());
-                            }
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            })
-        };
-        Self { stop, udp_peers, tcp_peers, threads: vec![udp_thread, tcp_thread] }
-    }
-
-    fn udp_peers(&self) -> Vec<SocketAddr> {
-        self.udp_peers.lock().unwrap().clone()
-    }
-
-    fn tcp_peers(&self) -> Vec<SocketAddr> {
-        self.tcp_peers.lock().unwrap().clone()
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// One UDP request from `source_port` in `host`; returns the reply.
 fn udp_request(host: &Netns, source_port: u16, payload: Vec<u8>) -> thread::JoinHandle<Result<Vec<u8>, String>> {
@@ -234,7 +156,7 @@ fn mapping_is_endpoint_independent() {
     lab.start_natd(&[]).unwrap();
     let a = EchoServer::start(&lab.server, SERVICE_PORT);
     let b = EchoServer::start(&lab.server, SERVICE_PORT + 1);
-    let sock = in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:5555").unwrap()).join().unwrap();
+    let sock = udp_socket_in(&lab.hosts[0], 5555);
     sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut buf = [0u8; 64];
     for port in [SERVICE_PORT, SERVICE_PORT + 1] {
@@ -335,7 +257,7 @@ fn unsolicited_inbound_reaches_no_lan_host() {
     lab.start_natd(&[]).unwrap();
     // A route to the inside network, as a hostile next hop could have.
     lab.server.ip(&["route", "add", "10.77.1.0/24", "via", &EXTERNAL.to_string()]).unwrap();
-    let listener = in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:20000").unwrap()).join().unwrap();
+    let listener = udp_socket_in(&lab.hosts[0], 20000);
     listener.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
     in_ns(&lab.server, || {
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -397,7 +319,7 @@ fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
     lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     let host = &lab.hosts[0];
-    let keep = in_ns(host, || UdpSocket::bind("0.0.0.0:6200").unwrap()).join().unwrap();
+    let keep = udp_socket_in(host, 6200);
     keep.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let exchange = |sock: &UdpSocket| -> bool {
         let mut buf = [0u8; 64];
@@ -406,7 +328,7 @@ fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
     };
     assert!(exchange(&keep));
     assert!(udp_request(host, 6201, b"b".to_vec()).join().unwrap().is_ok(), "the second port of two");
-    let third = in_ns(host, || UdpSocket::bind("0.0.0.0:6202").unwrap()).join().unwrap();
+    let third = udp_socket_in(host, 6202);
     third.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     assert!(!exchange(&third), "a third flow got through a two-port range");
     let stats = lab.stats().unwrap();
@@ -549,8 +471,8 @@ fn hairpinning_lets_inside_hosts_reach_each_other_by_external_endpoint() {
     lab.start_natd(&[]).unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     let (a, b) = (
-        in_ns(&lab.hosts[0], || UdpSocket::bind("0.0.0.0:6100").unwrap()).join().unwrap(),
-        in_ns(&lab.hosts[1], || UdpSocket::bind("0.0.0.0:6000").unwrap()).join().unwrap(),
+        udp_socket_in(&lab.hosts[0], 6100),
+        udp_socket_in(&lab.hosts[1], 6000),
     );
     let mut buf = [0u8; 64];
     for sock in [&a, &b] {

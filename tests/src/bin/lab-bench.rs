@@ -18,10 +18,6 @@ use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -34,7 +30,7 @@ use aya::{
 use nat_common::bench::names;
 use nat_tests::{
     bench::{median, percentile},
-    natlab::{NatLab, SERVER, host_addr, in_ns},
+    natlab::{EchoServer, NatLab, SERVER, host_addr, in_ns},
     packet::Frame,
 };
 use nat_userspace::{BENCH_OBJECT, handoff::KernelSender};
@@ -62,8 +58,7 @@ fn main() -> Result<()> {
     ensure!(nat_tests::netns::is_root(), "the lab benchmark creates namespaces and runs natd: run it as root");
     // Senders with full checksums, as frames from a wire.
     let mut lab = NatLab::new(1, false)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = echo_server(&lab, stop.clone())?;
+    let echo = EchoServer::start(&lab.server, ECHO_PORT);
     let mut kernel = KernelNat::new(&lab)?;
 
     lab.start_natd(&["--port-range", NAT_RANGE])?;
@@ -85,8 +80,7 @@ fn main() -> Result<()> {
         k_gbps.push(iperf_tcp(&lab)?);
         kernel.disable(&lab)?;
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = echo.join();
+    drop(echo);
     let (x_tcp, k_tcp) = (median(&mut x_gbps), median(&mut k_gbps));
 
     let mut added = added;
@@ -237,17 +231,3 @@ fn round_trip(sock: &UdpSocket) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn echo_server(lab: &NatLab, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle<()>> {
-    let sock = in_ns(&lab.server, || UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ECHO_PORT)))
-        .join()
-        .expect("bind thread")?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    Ok(thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], peer);
-            }
-        }
-    }))
-}
