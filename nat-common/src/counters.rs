@@ -73,11 +73,15 @@ pub enum Reason {
     /// An inside host's ICMP error about an inbound packet: the quoted packet
     /// set back to the external endpoint, sent from the external address.
     IcmpErrorOut = 23,
+    /// WAN packet (or hairpinned LAN packet) for a mapping whose inside
+    /// endpoint has not sent to this remote address (address-dependent
+    /// filtering) or address and port (address-and-port-dependent): dropped.
+    DropFiltered = 24,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -102,6 +106,7 @@ impl Reason {
         Reason::Hairpinned,
         Reason::IcmpErrorIn,
         Reason::IcmpErrorOut,
+        Reason::DropFiltered,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -134,6 +139,7 @@ impl Reason {
             Reason::Hairpinned => "hairpinned",
             Reason::IcmpErrorIn => "icmp_error_in",
             Reason::IcmpErrorOut => "icmp_error_out",
+            Reason::DropFiltered => "drop_filtered",
         }
     }
 }

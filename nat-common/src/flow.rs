@@ -122,21 +122,105 @@ pub struct GatewayConfig {
     /// belong to the gateway host and pass.
     pub port_min: u16,
     pub port_max: u16,
-    pub _pad: u32,
+    /// Inbound filtering per protocol (`filtering::*`): TCP, UDP, ICMP echo.
+    pub filtering_tcp: u8,
+    pub filtering_udp: u8,
+    pub filtering_icmp: u8,
+    pub _pad: u8,
+    /// How long a remote stays permitted after the inside endpoint last sent
+    /// to it, per protocol (ns): the protocol's idle timeout, so a permit
+    /// never outlives the mapping it was made for.
+    pub permit_ttl_tcp_ns: u64,
+    pub permit_ttl_udp_ns: u64,
+    pub permit_ttl_icmp_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 40);
 
 impl GatewayConfig {
+    /// Endpoint-independent filtering for every protocol.
     pub const fn new(external: Ipv4Addr, wan_ifindex: u32, port_min: u16, port_max: u16) -> Self {
         Self {
             external_addr_be: u32::from_ne_bytes(external.octets()),
             wan_ifindex,
             port_min,
             port_max,
+            filtering_tcp: filtering::ENDPOINT_INDEPENDENT,
+            filtering_udp: filtering::ENDPOINT_INDEPENDENT,
+            filtering_icmp: filtering::ENDPOINT_INDEPENDENT,
             _pad: 0,
+            permit_ttl_tcp_ns: 0,
+            permit_ttl_udp_ns: 0,
+            permit_ttl_icmp_ns: 0,
         }
     }
+
+    /// The filtering mode and permit lifetime of `proto`.
+    #[inline(always)]
+    pub const fn filtering(&self, proto_nr: u8) -> (u8, u64) {
+        match proto_nr {
+            crate::proto::TCP => (self.filtering_tcp, self.permit_ttl_tcp_ns),
+            crate::proto::UDP => (self.filtering_udp, self.permit_ttl_udp_ns),
+            _ => (self.filtering_icmp, self.permit_ttl_icmp_ns),
+        }
+    }
+
+    /// Whether any protocol filters by remote (the PERMITS map is used).
+    pub const fn filters_by_remote(&self) -> bool {
+        self.filtering_tcp != filtering::ENDPOINT_INDEPENDENT
+            || self.filtering_udp != filtering::ENDPOINT_INDEPENDENT
+            || self.filtering_icmp != filtering::ENDPOINT_INDEPENDENT
+    }
 }
+
+/// Inbound filtering behaviour (RFC 4787 section 5, RFC 5382 REQ-3). Mapping
+/// is endpoint-independent in every mode; filtering decides which remotes may
+/// send in through a mapping.
+pub mod filtering {
+    /// Anyone may send to the external endpoint while the mapping lives.
+    pub const ENDPOINT_INDEPENDENT: u8 = 0;
+    /// Only addresses the inside endpoint has sent to.
+    pub const ADDRESS_DEPENDENT: u8 = 1;
+    /// Only address-and-port pairs the inside endpoint has sent to.
+    pub const ADDRESS_AND_PORT_DEPENDENT: u8 = 2;
+}
+
+/// A remote an inside endpoint has sent to, in the `PERMITS` map (value: the
+/// clock when it last did). The remote port is 0 under address-dependent
+/// filtering and for ICMP echo (a remote has no identifier of its own).
+///
+/// Keyed by the inside endpoint rather than the session slot or external
+/// port, so a permit cannot leak to a later mapping of a different inside
+/// endpoint; a later mapping of the same endpoint inherits it only within its
+/// lifetime, as if the old mapping had lived on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PermitKey {
+    pub inside: Endpoint,
+    pub remote_addr_be: u32,
+    pub remote_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<PermitKey>() == 16);
+
+impl PermitKey {
+    /// The key `mode` files a remote under (`None` for endpoint-independent
+    /// filtering: nothing is recorded or checked).
+    #[inline(always)]
+    pub const fn new(mode: u8, inside: Endpoint, remote_addr_be: u32, remote_port_be: u16) -> Option<Self> {
+        let remote_port_be = match mode {
+            filtering::ADDRESS_AND_PORT_DEPENDENT if inside.proto != crate::proto::ICMP => remote_port_be,
+            filtering::ADDRESS_AND_PORT_DEPENDENT | filtering::ADDRESS_DEPENDENT => 0,
+            _ => return None,
+        };
+        Some(Self { inside, remote_addr_be, remote_port_be, _pad: 0 })
+    }
+}
+
+/// Capacity of the `PERMITS` LRU map when a protocol filters by remote: one
+/// remote per session on average. Under pressure the least recently used
+/// permits go first, which can drop replies to a remote an inside endpoint
+/// has not sent to for the longest time; mappings are never touched.
+pub const MAX_PERMITS: u32 = 1 << 20;
 
 /// A `bpf_fib_lookup` result the datapath reuses for `NEXT_HOP_TTL_NS`: the
 /// route and neighbour lookups are most of a hit's cost. One slot of the
@@ -269,6 +353,7 @@ mod pod {
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::MissEvent {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::PermitKey {}
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, Liveness, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, miss_kind, tcp_flags,
+    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, miss_kind, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -51,6 +51,9 @@ pub mod map_names {
     pub const CLOCK: &str = "CLOCK";
     /// Per-CPU direct-mapped cache of route lookups (`NextHop` slots).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// LRU hash `PermitKey` -> last-sent clock (ns): the remotes each inside
+    /// endpoint has sent to, for address(-and-port)-dependent filtering.
+    pub const PERMITS: &str = "PERMITS";
 }
 
 /// Names of the XDP programs in the eBPF object.

@@ -24,12 +24,12 @@ use aya_ebpf::{
     },
     helpers::{bpf_fib_lookup, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::XdpContext,
 };
 use nat_common::{
-    BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_SESSIONS, MISS_FRAME_MAX,
-    MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason,
+    BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_PERMITS, MAX_SESSIONS, MISS_FRAME_MAX,
+    MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, Reason,
     miss_kind, proto, tcp_flags,
 };
 
@@ -75,6 +75,14 @@ static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 /// LAN and WAN interfaces are in it: a route out of any other is refused.
 #[map]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// The remotes each inside endpoint has sent to, with the clock when it last
+/// did: what address-dependent and address-and-port-dependent filtering let
+/// in. Filled on the outbound path, only for protocols that filter by remote
+/// (natd shrinks the map to one entry when none does). LRU: bounded, and a
+/// mapping never depends on it.
+#[map]
+static PERMITS: LruHashMap<PermitKey, u64> = LruHashMap::with_max_entries(MAX_PERMITS, 0);
 
 #[map]
 static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
@@ -180,7 +188,7 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
                 Route::Local | Route::Inside => return Verdict::pass(Reason::PassLocal),
             },
         };
-        return translate_and_forward(ctx, pkt, mapping, Side::Source, inside.proto, translated);
+        return translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated);
     }
 
     // Not translatable: where would the kernel send it?
@@ -238,9 +246,16 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         },
     };
     let now = clock();
+    let cfg = config();
+    let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
+    // The sender is the target's remote, as if it were on the Internet: it
+    // passes the target's filter only if the target has sent to it.
+    remember_remote(&cfg, &inside, destination.addr_be, destination.port_be, now);
+    if !admit(&cfg, &inside_target, external.addr_be, external.port_be, now) {
+        return Verdict::drop(Reason::DropFiltered);
+    }
     refresh(mapping, pkt, now, Side::Source);
     refresh(target, pkt, now, Side::Destination);
-    let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
     let partial = has_partial_checksum(pkt);
     translate_both(pkt, &external, &inside_target);
     let translated = finish_if_partial(ctx, pkt, partial, Reason::Hairpinned);
@@ -267,21 +282,21 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     };
     let free = queue.pop().ok().flatten()?;
     let Some(mut event) = MISSES.reserve::<ClaimEvent>(0) else {
-        let _ = queue.push(&free, 0);
+        let _ = queue.push(free, 0);
         return None;
     };
     let external = Endpoint::from_be(cfg.external_addr_be, free.port.to_be(), inside.proto);
-    if INBOUND.insert(&external, &Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
+    if INBOUND.insert(external, Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
         // The daemon queues only ports absent from INBOUND: not reached. The
         // port is left out of the queue rather than retried forever.
         event.discard(0);
         return None;
     }
-    if OUTBOUND.insert(inside, &Mapping::new(external, free.session), BPF_NOEXIST as u64).is_err() {
+    if OUTBOUND.insert(inside, Mapping::new(external, free.session), BPF_NOEXIST as u64).is_err() {
         // Another CPU claimed for this endpoint first: give the port back
         // and use the winner's mapping.
-        let _ = INBOUND.remove(&external);
-        let _ = queue.push(&free, 0);
+        let _ = INBOUND.remove(external);
+        let _ = queue.push(free, 0);
         event.discard(0);
         return OUTBOUND.get_ptr(inside);
     }
@@ -310,7 +325,7 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         if pkt.ttl() <= 1 {
             return Verdict::drop(Reason::DropTtlExpired);
         }
-        return translate_and_forward(ctx, pkt, mapping, Side::Destination, external.proto, Reason::TranslatedIn);
+        return translate_and_forward(ctx, pkt, mapping, Side::Destination, &external, Reason::TranslatedIn);
     }
 
     wan_miss(ctx, pkt)
@@ -343,6 +358,16 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
         return Verdict::drop(Reason::DropTtlExpired);
     }
     let inside = unsafe { (*mapping).target(inner_proto) };
+    // Filtered by what the error is about, not by who sends it: a router on
+    // the way may report on a flow to a remote the inside host chose.
+    let quoted_dst_port_be = match inner_proto {
+        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[2], l4[3]]),
+        _ => 0,
+    };
+    let quoted_dst_be = unsafe { u32::from_ne_bytes((*error).inner.dst_addr) };
+    if !admit(&config(), &inside, quoted_dst_be, quoted_dst_port_be, clock()) {
+        return Verdict::drop(Reason::DropFiltered);
+    }
     rewrite_quoted(error, Side::Source, &inside);
     translate(pkt, Side::Destination, &inside);
     forward(ctx, pkt, Reason::IcmpErrorIn, clock())
@@ -375,24 +400,83 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     }
 }
 
-/// The hit path of either direction: refresh the session, rewrite `side` to
-/// the mapping's target, finish a partial checksum, route and redirect.
+/// The hit path of either direction (`key`: the endpoint the mapping was
+/// found by): filter by remote, refresh the session, rewrite `side` to the
+/// mapping's target, finish a partial checksum, route and redirect.
 #[inline(always)]
 fn translate_and_forward(
     ctx: &XdpContext,
     pkt: &Ipv4Packet,
     mapping: *const Mapping,
     side: Side,
-    proto_nr: u8,
+    key: &Endpoint,
     translated: Reason,
 ) -> Verdict {
-    let to = unsafe { (*mapping).target(proto_nr) };
+    let to = unsafe { (*mapping).target(key.proto) };
     let now = clock();
+    let cfg = config();
+    let (remote_addr_be, remote_port_be) = pkt.remote(side);
+    match side {
+        Side::Source => remember_remote(&cfg, key, remote_addr_be, remote_port_be, now),
+        Side::Destination => {
+            if !admit(&cfg, &to, remote_addr_be, remote_port_be, now) {
+                return Verdict::drop(Reason::DropFiltered);
+            }
+        }
+    }
     refresh(mapping, pkt, now, side);
     let partial = has_partial_checksum(pkt);
     translate(pkt, side, &to);
     let translated = finish_if_partial(ctx, pkt, partial, translated);
     forward(ctx, pkt, translated, now)
+}
+
+/// Outbound: `inside` sent to the remote, which may now send back through
+/// its mapping under address(-and-port)-dependent filtering. At most one
+/// write per granule; nothing at all under endpoint-independent filtering.
+#[inline(always)]
+fn remember_remote(cfg: &GatewayConfig, inside: &Endpoint, remote_addr_be: u32, remote_port_be: u16, now: u64) {
+    let (mode, _) = cfg.filtering(inside.proto);
+    let Some(key) = PermitKey::new(mode, *inside, remote_addr_be, remote_port_be) else {
+        return;
+    };
+    match PERMITS.get_ptr_mut(key) {
+        Some(sent) => unsafe {
+            if now.saturating_sub(*sent) >= LAST_SEEN_GRANULARITY_NS {
+                *sent = now;
+            }
+        },
+        None => {
+            let _ = PERMITS.insert(key, now, 0);
+        }
+    }
+}
+
+/// Inbound: whether the remote may send to `inside` (RFC 4787 REQ-8, RFC
+/// 5382 REQ-3): always under endpoint-independent filtering, else only if
+/// `inside` sent to it within the protocol's timeout. An admitted packet
+/// keeps its permit alive, as it keeps the mapping alive.
+#[inline(always)]
+fn admit(cfg: &GatewayConfig, inside: &Endpoint, remote_addr_be: u32, remote_port_be: u16, now: u64) -> bool {
+    let (mode, ttl) = cfg.filtering(inside.proto);
+    let Some(key) = PermitKey::new(mode, *inside, remote_addr_be, remote_port_be) else {
+        return true;
+    };
+    let Some(sent) = PERMITS.get_ptr_mut(key) else {
+        return false;
+    };
+    unsafe {
+        // natd stamps the permits of the first packets it sends with its own
+        // clock, up to a tick ahead of the one it published: not stale.
+        let age = now.saturating_sub(*sent);
+        if age > ttl {
+            return false;
+        }
+        if age >= LAST_SEEN_GRANULARITY_NS {
+            *sent = now;
+        }
+    }
+    true
 }
 
 /// A sender with TX checksum offload (a local socket over a veth) leaves a

@@ -187,6 +187,25 @@ impl Ipv4Packet {
         Some(Endpoint::from_be(addr_be, port_be, ip_proto))
     }
 
+    /// The remote end of a packet being translated on `side`: the
+    /// destination of an outbound packet (the source is rewritten), the
+    /// source of an inbound one. The port is 0 for ICMP echo: a remote has no
+    /// identifier of its own.
+    #[inline(always)]
+    pub fn remote(&self, translated: crate::rewrite::Side) -> (u32, u16) {
+        let (src_port_be, dst_port_be) = match self.l4 {
+            L4::Tcp(tcp) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) },
+            L4::Udp(udp) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) },
+            _ => (0, 0),
+        };
+        unsafe {
+            match translated {
+                crate::rewrite::Side::Source => (u32::from_ne_bytes((*self.ip).dst_addr), dst_port_be),
+                crate::rewrite::Side::Destination => (u32::from_ne_bytes((*self.ip).src_addr), src_port_be),
+            }
+        }
+    }
+
     #[inline(always)]
     pub fn ttl(&self) -> u8 {
         unsafe { (*self.ip).ttl }

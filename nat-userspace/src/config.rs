@@ -43,7 +43,70 @@ pub const KEYS: &[(&str, &str)] = &[
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
     ("timeouts.tcp_transitory", "TCP idle timeout before the handshake completes or after FIN/RST, seconds"),
+    ("filtering.tcp", FILTERING_ALLOWED),
+    ("filtering.udp", FILTERING_ALLOWED),
+    ("filtering.icmp", FILTERING_ALLOWED),
 ];
+
+const FILTERING_ALLOWED: &str =
+    "\"endpoint-independent\", \"address-dependent\" or \"address-and-port-dependent\"";
+
+/// Which remotes may send in through a mapping (RFC 4787 section 5, RFC 5382
+/// REQ-3). Mapping stays endpoint-independent in every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilteringMode {
+    /// Any remote, while the mapping lives. The default: RFC 4787 REQ-8 and
+    /// RFC 5382 REQ-3 recommend it where application transparency matters
+    /// most (games, VoIP and WebRTC reach peers without a relay), and an
+    /// inside host is still reachable only on ports it opened itself.
+    EndpointIndependent,
+    /// Only remote addresses the inside endpoint has sent to.
+    AddressDependent,
+    /// Only remote address-and-port pairs the inside endpoint has sent to
+    /// (the stricter choice RFC 4787 REQ-8 names; what conntrack does).
+    AddressAndPortDependent,
+}
+
+impl FilteringMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            FilteringMode::EndpointIndependent => "endpoint-independent",
+            FilteringMode::AddressDependent => "address-dependent",
+            FilteringMode::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [FilteringMode::EndpointIndependent, FilteringMode::AddressDependent, FilteringMode::AddressAndPortDependent]
+            .into_iter()
+            .find(|mode| mode.name() == s)
+    }
+
+    /// The datapath's value (`nat_common::filtering`).
+    pub const fn datapath_value(self) -> u8 {
+        match self {
+            FilteringMode::EndpointIndependent => nat_common::filtering::ENDPOINT_INDEPENDENT,
+            FilteringMode::AddressDependent => nat_common::filtering::ADDRESS_DEPENDENT,
+            FilteringMode::AddressAndPortDependent => nat_common::filtering::ADDRESS_AND_PORT_DEPENDENT,
+        }
+    }
+}
+
+/// The filtering mode of each protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Filtering {
+    pub tcp: FilteringMode,
+    pub udp: FilteringMode,
+    pub icmp: FilteringMode,
+}
+
+impl Default for Filtering {
+    fn default() -> Self {
+        let mode = FilteringMode::EndpointIndependent;
+        Self { tcp: mode, udp: mode, icmp: mode }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpModeSetting {
@@ -62,6 +125,24 @@ pub struct Settings {
     pub xdp_mode: XdpModeSetting,
     pub port_hold: Duration,
     pub timeouts: Timeouts,
+    pub filtering: Filtering,
+}
+
+impl Settings {
+    /// What the XDP programs read from `CONFIG[0]`. A permit lives as long as
+    /// its protocol's idle timeout plus the clock tick aging also waits, so
+    /// it never ends before the mapping it was made for would.
+    pub fn gateway_config(&self, env: &Environment) -> nat_common::GatewayConfig {
+        let mut config = nat_common::GatewayConfig::new(env.external_ip, env.wan_ifindex, self.port_min, self.port_max);
+        let permit_ttl = |timeout: Duration| timeout.as_nanos() as u64 + nat_common::CLOCK_TICK_NS;
+        config.filtering_tcp = self.filtering.tcp.datapath_value();
+        config.filtering_udp = self.filtering.udp.datapath_value();
+        config.filtering_icmp = self.filtering.icmp.datapath_value();
+        config.permit_ttl_tcp_ns = permit_ttl(self.timeouts.tcp_established);
+        config.permit_ttl_udp_ns = permit_ttl(self.timeouts.udp);
+        config.permit_ttl_icmp_ns = permit_ttl(self.timeouts.icmp);
+        config
+    }
 }
 
 /// One problem with one setting.
@@ -108,6 +189,8 @@ pub struct Overrides {
     pub external_ip: Option<String>,
     pub port_range: Option<String>,
     pub xdp_mode: Option<String>,
+    /// One filtering mode for every protocol (`filtering.*`).
+    pub filtering: Option<String>,
 }
 
 /// Where a value came from, so the error names what the user typed.
@@ -181,6 +264,11 @@ impl Settings {
                 raw.values.insert(key.to_string(), (Value::String(v.clone()), Origin::Flag(flag)));
             }
         }
+        if let Some(mode) = &flags.filtering {
+            for key in ["filtering.tcp", "filtering.udp", "filtering.icmp"] {
+                raw.values.insert(key.to_string(), (Value::String(mode.clone()), Origin::Flag("--filtering")));
+            }
+        }
         let settings = validate(&mut raw);
         if raw.errors.is_empty() {
             Ok((settings, raw.warnings))
@@ -222,7 +310,7 @@ fn flatten(prefix: &str, table: toml::Table, raw: &mut Raw) {
     for (key, value) in table {
         let full = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
         match value {
-            Value::Table(inner) if full == "timeouts" => flatten(&full, inner, raw),
+            Value::Table(inner) if full == "timeouts" || full == "filtering" => flatten(&full, inner, raw),
             value if KEYS.iter().any(|(k, _)| *k == full) => {
                 raw.values.insert(full, (value, Origin::File));
             }
@@ -293,7 +381,20 @@ fn validate(raw: &mut Raw) -> Settings {
         }
     }
 
-    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, timeouts }
+    let mut filtering_of = |key: &str| match raw.string(key) {
+        None => FilteringMode::EndpointIndependent,
+        Some(s) => FilteringMode::parse(&s).unwrap_or_else(|| {
+            raw.error(key, format!("{s:?}"), format!("must be {FILTERING_ALLOWED}"));
+            FilteringMode::EndpointIndependent
+        }),
+    };
+    let filtering = Filtering {
+        tcp: filtering_of("filtering.tcp"),
+        udp: filtering_of("filtering.udp"),
+        icmp: filtering_of("filtering.icmp"),
+    };
+
+    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, timeouts, filtering }
 }
 
 fn interface(raw: &mut Raw, key: &str) -> String {
@@ -599,7 +700,37 @@ mod tests {
         assert_eq!(
             (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_transitory),
             (d.udp, d.icmp, d.tcp_established, d.tcp_transitory)
+        );        assert_eq!(s.filtering, Filtering::default());
+    }
+
+    /// RFC 4787 REQ-8 / RFC 5382 REQ-3: filtering is selectable per protocol
+    /// in the file, `--filtering` sets every protocol, a bad value names the
+    /// key and the three choices, and what the datapath gets matches.
+    #[test]
+    fn filtering_is_chosen_per_protocol_and_reaches_the_datapath() {
+        let f = file("lan = \"a\"\nwan = \"b\"\n[filtering]\ntcp = \"address-and-port-dependent\"\nudp = \"address-dependent\"\n");
+        let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+        assert_eq!(
+            (s.filtering.tcp, s.filtering.udp, s.filtering.icmp),
+            (FilteringMode::AddressAndPortDependent, FilteringMode::AddressDependent, FilteringMode::EndpointIndependent)
         );
+        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ip: Ipv4Addr::new(203, 0, 113, 1) };
+        let config = s.gateway_config(&env);
+        assert_eq!((config.filtering_tcp, config.filtering_udp, config.filtering_icmp), (2, 1, 0));
+        assert_eq!(config.permit_ttl_udp_ns, 301_000_000_000, "UDP permits live the UDP timeout and one clock tick");
+        assert!(config.filters_by_remote());
+
+        let flags = Overrides { filtering: Some("address-dependent".into()), ..Overrides::default() };
+        let (s, _) = Settings::from_sources(Some(&f.0), &flags).unwrap();
+        assert!([s.filtering.tcp, s.filtering.udp, s.filtering.icmp].iter().all(|m| *m == FilteringMode::AddressDependent));
+
+        let errs = errors("lan = \"a\"\nwan = \"b\"\n[filtering]\nudp = \"full-cone\"\n", &Overrides::default());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].field.as_str(), errs[0].value.as_str()), ("filtering.udp", "\"full-cone\""));
+        assert!(errs[0].allowed.contains("address-and-port-dependent"), "{}", errs[0]);
+        let flags = Overrides { filtering: Some("strict".into()), ..Overrides::default() };
+        let errs = errors("lan = \"a\"\nwan = \"b\"\n", &flags);
+        assert!(errs.iter().all(|e| e.field.starts_with("--filtering")), "{errs:?}");
     }
 
     #[test]

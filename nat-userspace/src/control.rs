@@ -133,6 +133,15 @@ pub struct Status {
     pub sessions: usize,
     pub ports: Vec<PortUsage>,
     pub refused_flows: u64,
+    pub filtering: FilteringStatus,
+}
+
+/// The inbound filtering mode of each protocol, by its config name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FilteringStatus {
+    pub tcp: String,
+    pub udp: String,
+    pub icmp: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -7,11 +7,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, miss_kind, proto, tcp_flags};
+use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, PermitKey, miss_kind, proto, tcp_flags};
 
 use crate::{
     allocator::PortAllocator,
-    control::{Counter, PortUsage, Request, Session, Stats, Status},
+    config::{Filtering, FilteringMode},
+    control::{Counter, FilteringStatus, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
     handoff::{KernelSender, event_packet, translate_source},
 };
@@ -73,6 +74,18 @@ pub fn source_endpoint(event: &MissEvent) -> Option<Endpoint> {
     Some(Endpoint::new(src, port, ip[9]))
 }
 
+/// The remote a missed outbound IPv4 packet (`ip`) is sent to: its
+/// destination address and, for TCP/UDP, port (both network byte order).
+fn remote_of(ip: &[u8]) -> Option<(u32, u16)> {
+    let ihl = ((*ip.first()? & 0x0f) as usize) * 4;
+    let addr_be = u32::from_ne_bytes(ip.get(16..20)?.try_into().ok()?);
+    let port_be = match ip[9] {
+        proto::TCP | proto::UDP => u16::from_ne_bytes(ip.get(ihl + 2..ihl + 4)?.try_into().ok()?),
+        _ => 0,
+    };
+    Some((addr_be, port_be))
+}
+
 /// What the daemon was started with, for `natd status`.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
@@ -84,6 +97,17 @@ pub struct RunInfo {
     pub port_max: u16,
     pub port_hold: Duration,
     pub timeouts: Timeouts,
+    pub filtering: Filtering,
+}
+
+impl RunInfo {
+    fn filtering_of(&self, proto_nr: u8) -> FilteringMode {
+        match proto_nr {
+            proto::TCP => self.filtering.tcp,
+            proto::UDP => self.filtering.udp,
+            _ => self.filtering.icmp,
+        }
+    }
 }
 
 /// The daemon's own counters, next to the datapath's per-reason ones.
@@ -224,6 +248,12 @@ impl Daemon {
         if packet[16..20] == self.info.external.octets() {
             return Ok(());
         }
+        // The reply must pass filtering as if the datapath had sent it.
+        if let Some((addr_be, port_be)) = remote_of(&packet)
+            && let Some(key) = PermitKey::new(self.info.filtering_of(inside.proto).datapath_value(), inside, addr_be, port_be)
+        {
+            self.datapath.remember_remote(key, coarse_now_ns())?;
+        }
         translate_source(&mut packet, external)?;
         self.sender.send_packet(&packet)?;
         self.counters.first_packets_sent += 1;
@@ -328,6 +358,11 @@ impl Daemon {
                 })
                 .collect(),
             refused_flows: self.counters.refused_no_port + self.counters.refused_map_full,
+            filtering: FilteringStatus {
+                tcp: info.filtering.tcp.name().to_string(),
+                udp: info.filtering.udp.name().to_string(),
+                icmp: info.filtering.icmp.name().to_string(),
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FreePort, GatewayConfig, Liveness, MAX_SESSIONS, Mapping, Reason, map_names, program_names, proto,
+    Endpoint, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names, proto,
 };
 
 use crate::EBPF_OBJECT;
@@ -44,9 +44,21 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object and both programs into the kernel (nothing attached yet).
+    /// Loads the object and both programs into the kernel (nothing attached
+    /// yet), with room for filtering permits whatever the configuration.
     pub fn load() -> Result<Self> {
+        Self::load_with_permits(MAX_PERMITS)
+    }
+
+    /// Loads for `config`: the PERMITS map takes memory only if a protocol
+    /// filters by remote.
+    pub fn load_for(config: &GatewayConfig) -> Result<Self> {
+        Self::load_with_permits(if config.filters_by_remote() { MAX_PERMITS } else { 1 })
+    }
+
+    fn load_with_permits(permits: u32) -> Result<Self> {
         let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::PERMITS, permits)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         let liveness = match ebpf.map(map_names::LIVENESS) {
@@ -137,6 +149,21 @@ impl Datapath {
             return Err(e).with_context(|| format!("inside endpoint {inside:?} is mapped already or OUTBOUND is full"));
         }
         Ok(())
+    }
+
+    /// Records that an inside endpoint sent to a remote at `now_ns`, as the
+    /// LAN program does for the packets it translates: for a first packet
+    /// natd translates itself, so the reply passes address(-and-port)-
+    /// dependent filtering.
+    pub fn remember_remote(&mut self, key: PermitKey, now_ns: u64) -> Result<()> {
+        let mut permits: HashMap<&mut MapData, PermitKey, u64> = HashMap::try_from(self.map_mut(map_names::PERMITS)?)?;
+        permits.insert(key, now_ns, 0).with_context(|| format!("recording permit {key:?}"))?;
+        Ok(())
+    }
+
+    /// The filtering permits (PermitKey -> clock of the last packet sent).
+    pub fn permits(&self) -> Result<HashMap<&MapData, PermitKey, u64>> {
+        Ok(HashMap::try_from(self.map(map_names::PERMITS)?)?)
     }
 
     /// Queues a free port (and session slot) for the datapath to claim for a

@@ -7,7 +7,6 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand};
-use nat_common::GatewayConfig;
 use nat_userspace::{
     config::{Environment, Overrides, Settings, XdpModeSetting},
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request, Session, Stats, Status},
@@ -75,6 +74,11 @@ struct RunArgs {
     /// XDP attach mode: native (driver) or generic (skb, slower, any driver) [default: native].
     #[arg(long, value_name = "MODE")]
     xdp_mode: Option<String>,
+    /// Inbound filtering for every protocol: endpoint-independent,
+    /// address-dependent or address-and-port-dependent [default:
+    /// endpoint-independent; per protocol in the config file's [filtering]].
+    #[arg(long, value_name = "MODE")]
+    filtering: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +126,8 @@ fn check(config: &std::path::Path) -> Result<()> {
         t.tcp_established.as_secs(),
         t.tcp_transitory.as_secs()
     );
+    let f = s.filtering;
+    println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
     Ok(())
 }
 
@@ -132,6 +138,7 @@ async fn run(args: RunArgs) -> Result<()> {
         external_ip: args.external_ip,
         port_range: args.port_range,
         xdp_mode: args.xdp_mode,
+        filtering: args.filtering,
     };
     let (settings, env) = settings(args.config.as_deref(), &flags)?;
     // Before anything is attached: a second natd stops here.
@@ -139,8 +146,9 @@ async fn run(args: RunArgs) -> Result<()> {
 
     enable_forwarding(&settings.lan)?;
     enable_forwarding(&settings.wan)?;
-    let mut datapath = Datapath::load()?;
-    datapath.set_config(GatewayConfig::new(env.external_ip, env.wan_ifindex, settings.port_min, settings.port_max))?;
+    let gateway_config = settings.gateway_config(&env);
+    let mut datapath = Datapath::load_for(&gateway_config)?;
+    datapath.set_config(gateway_config)?;
     datapath.set_clock(nat_userspace::daemon::coarse_now_ns())?;
     datapath.add_tx_port(env.lan_ifindex)?;
     datapath.add_tx_port(env.wan_ifindex)?;
@@ -160,6 +168,7 @@ async fn run(args: RunArgs) -> Result<()> {
         port_max: settings.port_max,
         port_hold: settings.port_hold,
         timeouts: settings.timeouts,
+        filtering: settings.filtering,
     };
     let mut daemon = Daemon::new(datapath, info)?;
     eprintln!(
@@ -281,6 +290,8 @@ fn status(json: bool) -> Result<()> {
         println!("natd serving (pid {}, up {} s)", s.pid, s.uptime_s);
         println!("  lan {}  wan {}  mode {}  external {}  ports {}", s.lan, s.wan, s.xdp_mode, s.external_ip, s.port_range);
         println!("  sessions {}  refused flows {}", s.sessions, s.refused_flows);
+        let f = &s.filtering;
+        println!("  filtering: tcp {}  udp {}  icmp {}", f.tcp, f.udp, f.icmp);
         for p in s.ports {
             println!("  {:<4} ports: {} in use, {} held, {} free", p.proto, p.in_use, p.held, p.free);
         }
