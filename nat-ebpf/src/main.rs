@@ -507,6 +507,15 @@ fn refresh(mapping: *const Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
         }
         if let L4::Tcp(_) = pkt.l4 {
             let flags = rewrite::tcp_flags(pkt) & tcp_flags::TRACKED;
+            // A bare SYN after a FIN or RST is a new connection between the
+            // same endpoints (the mapping outlives the last one by the
+            // transitory timeout): its state starts afresh, or an idle but
+            // established connection would age out on the closing timer.
+            let closed = ((*live).tcp_flags_out | (*live).tcp_flags_in) & (tcp_flags::FIN | tcp_flags::RST) != 0;
+            if closed && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+                (*live).tcp_flags_out = 0;
+                (*live).tcp_flags_in = 0;
+            }
             let seen = match side {
                 Side::Source => &mut (*live).tcp_flags_out,
                 Side::Destination => &mut (*live).tcp_flags_in,

@@ -198,6 +198,65 @@ fn address_and_port_dependent_filtering_lets_in_only_the_remote_sent_to() {
     assert!(stats.get("first_packets_sent").unwrap() >= 1, "natd's own first-packet path was not taken: {stats:?}");
 }
 
+/// TCP connect from `bind` to `to` in the calling thread's namespace, then
+/// `say` and read what the peer says. Returns what was read, and the
+/// connection, still open.
+fn tcp_talk(bind: SocketAddrV4, to: SocketAddrV4, say: &'static [u8]) -> Result<(Vec<u8>, TcpStream), String> {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(&bind.into()).map_err(|e| format!("bind {bind}: {e}"))?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(10)).map_err(|e| format!("connect {bind} -> {to}: {e}"))?;
+    let mut stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(say).map_err(|e| e.to_string())?;
+    let mut heard = vec![0u8; say.len()];
+    stream.read_exact(&mut heard).map_err(|e| format!("reading from {to}: {e}"))?;
+    Ok((heard, stream))
+}
+
+/// RFC 5382 REQ-2: TCP simultaneous open through the gateway, with real
+/// sockets and address-and-port-dependent filtering. The server drops the
+/// inside host's bare SYN (an nftables rule in its namespace), so the two
+/// SYNs cross: the server's SYN reaches the inside host in SYN_SENT through
+/// the mapping, which answers SYN-ACK. Both connects complete, data flows
+/// both ways, and natd shows the session established.
+#[test]
+fn tcp_simultaneous_open_completes_through_the_gateway() {
+    require_root!();
+    const INSIDE_PORT: u16 = 6200;
+    const SERVER_PORT: u16 = 7300;
+    let mut lab = NatLab::new(1, true).unwrap();
+    lab.start_natd(&["--filtering", "address-and-port-dependent"]).unwrap();
+    let rule = format!(
+        "table ip simopen {{ chain input {{ type filter hook input priority 0; tcp dport {SERVER_PORT} tcp flags & (syn | ack) == syn counter drop; }}; }}"
+    );
+    lab.server.exec(&["nft", &rule]).unwrap();
+
+    let inside = in_ns(&lab.hosts[0], move || {
+        tcp_talk(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INSIDE_PORT), SocketAddrV4::new(SERVER, SERVER_PORT), b"from inside")
+    });
+    // The inside SYN made the mapping: the server connects to its external end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let external: SocketAddrV4 = loop {
+        let inside_end = format!("{}:{INSIDE_PORT}", host_addr(0));
+        if let Some(s) = lab.sessions().unwrap().into_iter().find(|s| s.proto == "tcp" && s.inside == inside_end) {
+            break s.external.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no TCP mapping for {inside_end}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let outside = in_ns(&lab.server, move || {
+        tcp_talk(SocketAddrV4::new(SERVER, SERVER_PORT), external, b"from outsid")
+    });
+    let (heard_inside, _inside_conn) = inside.join().unwrap().unwrap();
+    let (heard_outside, _outside_conn) = outside.join().unwrap().unwrap();
+    assert_eq!((heard_inside.as_slice(), heard_outside.as_slice()), (&b"from outsid"[..], &b"from inside"[..]));
+    let dropped = lab.server.exec(&["nft", "list", "table", "ip", "simopen"]).unwrap();
+    assert!(!dropped.contains("packets 0 "), "the server never dropped the inside SYN, so the SYNs did not cross:\n{dropped}");
+    let session = lab.sessions().unwrap().into_iter().find(|s| s.proto == "tcp").unwrap();
+    assert_eq!(session.state, "established", "{session:?}");
+}
+
 /// The first packet of a new flow is delivered without relying on a retry:
 /// a TCP connect completes well inside the 1 s SYN retransmit timer, and a
 /// single UDP datagram gets its answer.
