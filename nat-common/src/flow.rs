@@ -133,8 +133,12 @@ pub struct GatewayConfig {
     pub permit_ttl_tcp_ns: u64,
     pub permit_ttl_udp_ns: u64,
     pub permit_ttl_icmp_ns: u64,
+    /// External ports of one protocol one inside address may hold at once
+    /// (RFC 6888 REQ-4); 0: no limit.
+    pub ports_per_host: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 48);
 
 impl GatewayConfig {
     /// Endpoint-independent filtering for every protocol.
@@ -151,6 +155,8 @@ impl GatewayConfig {
             permit_ttl_tcp_ns: 0,
             permit_ttl_udp_ns: 0,
             permit_ttl_icmp_ns: 0,
+            ports_per_host: 0,
+            _pad2: 0,
         }
     }
 
@@ -215,6 +221,27 @@ impl PermitKey {
         Some(Self { inside, remote_addr_be, remote_port_be, _pad: 0 })
     }
 }
+
+/// An inside address and a protocol: the unit of the per-host port quota.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HostKey {
+    pub addr_be: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<HostKey>() == 8);
+
+impl HostKey {
+    #[inline(always)]
+    pub const fn of(endpoint: &Endpoint) -> Self {
+        Self { addr_be: endpoint.addr_be, proto: endpoint.proto, _pad: [0; 3] }
+    }
+}
+
+/// Inside hosts (per protocol) whose quota the datapath tracks itself; the
+/// claims of further hosts go to natd, which tracks every host.
+pub const MAX_QUOTA_HOSTS: u32 = 1 << 16;
 
 /// Capacity of the `PERMITS` LRU map when a protocol filters by remote: one
 /// remote per session on average. Under pressure the least recently used
@@ -354,6 +381,7 @@ mod pod {
     unsafe impl aya::Pod for super::MissEvent {}
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::PermitKey {}
+    unsafe impl aya::Pod for super::HostKey {}
 }
 
 #[cfg(test)]

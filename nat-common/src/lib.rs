@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, miss_kind, tcp_flags,
+    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, miss_kind, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -54,6 +54,13 @@ pub mod map_names {
     /// LRU hash `PermitKey` -> last-sent clock (ns): the remotes each inside
     /// endpoint has sent to, for address(-and-port)-dependent filtering.
     pub const PERMITS: &str = "PERMITS";
+    /// Hash `HostKey` -> u64: mappings the datapath claimed for each inside
+    /// host and protocol (only the datapath writes, atomically).
+    pub const HOST_CLAIMS: &str = "HOST_CLAIMS";
+    /// Hash `HostKey` -> u64: natd's side of the same count, mappings it
+    /// released minus those it made itself (only natd writes). A host holds
+    /// `HOST_CLAIMS - HOST_RETURNS` ports, wrapping arithmetic.
+    pub const HOST_RETURNS: &str = "HOST_RETURNS";
 }
 
 /// Names of the XDP programs in the eBPF object.

@@ -11,6 +11,9 @@
 //! translated, handed to the daemon, or dropped; it is never XDP_PASSed.
 #![no_std]
 #![no_main]
+// Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 // The panic handler.
 use nat_ebpf as _;
@@ -28,7 +31,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use nat_common::{
-    BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_PERMITS, MAX_SESSIONS, MISS_FRAME_MAX,
+    BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, HostKey, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_MAPPINGS, MAX_PERMITS, MAX_QUOTA_HOSTS, MAX_SESSIONS, MISS_FRAME_MAX,
     MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, Reason,
     miss_kind, proto, tcp_flags,
 };
@@ -83,6 +86,17 @@ static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 /// mapping never depends on it.
 #[map]
 static PERMITS: LruHashMap<PermitKey, u64> = LruHashMap::with_max_entries(MAX_PERMITS, 0);
+
+/// The per-host port quota (RFC 6888 REQ-4), counted from both sides
+/// without either overwriting the other: the datapath adds its claims here
+/// atomically, natd keeps its releases (minus the mappings it made itself)
+/// in HOST_RETURNS. In use: claims - returns. Entries are never removed (a
+/// removal could race a claim and lose it); a host past MAX_QUOTA_HOSTS has
+/// its new flows set up by natd, which counts every host.
+#[map]
+static HOST_CLAIMS: HashMap<HostKey, u64> = HashMap::with_max_entries(MAX_QUOTA_HOSTS, 0);
+#[map]
+static HOST_RETURNS: HashMap<HostKey, u64> = HashMap::with_max_entries(MAX_QUOTA_HOSTS, 0);
 
 #[map]
 static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
@@ -280,9 +294,14 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         proto::UDP => &FREE_UDP,
         _ => &FREE_ICMP,
     };
-    let free = queue.pop().ok().flatten()?;
+    let quota = take_quota(inside, cfg.ports_per_host)?;
+    let Some(free) = queue.pop().ok().flatten() else {
+        give_back_quota(quota);
+        return None;
+    };
     let Some(mut event) = MISSES.reserve::<ClaimEvent>(0) else {
         let _ = queue.push(free, 0);
+        give_back_quota(quota);
         return None;
     };
     let external = Endpoint::from_be(cfg.external_addr_be, free.port.to_be(), inside.proto);
@@ -290,6 +309,7 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         // The daemon queues only ports absent from INBOUND: not reached. The
         // port is left out of the queue rather than retried forever.
         event.discard(0);
+        give_back_quota(quota);
         return None;
     }
     if OUTBOUND.insert(inside, Mapping::new(external, free.session), BPF_NOEXIST as u64).is_err() {
@@ -298,6 +318,7 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         let _ = INBOUND.remove(external);
         let _ = queue.push(free, 0);
         event.discard(0);
+        give_back_quota(quota);
         return OUTBOUND.get_ptr(inside);
     }
     if let Some(live) = LIVENESS.get_ptr_mut(free.session) {
@@ -306,6 +327,60 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     event.write(ClaimEvent { kind: miss_kind::CLAIMED, session: free.session, inside: *inside, external });
     event.submit(0);
     OUTBOUND.get_ptr(inside)
+}
+
+/// Counts one more port for the inside host of `inside` if its quota allows
+/// (`Some(counter)`, or `Some(null)` without a quota). `None`: over quota, or
+/// a host the datapath cannot track: natd decides (and answers a refusal
+/// with ICMP, RFC 5508 REQ-8).
+#[inline(always)]
+fn take_quota(inside: &Endpoint, ports_per_host: u32) -> Option<*mut u64> {
+    if ports_per_host == 0 {
+        return Some(core::ptr::null_mut());
+    }
+    let key = HostKey::of(inside);
+    let claims = match HOST_CLAIMS.get_ptr_mut(key) {
+        Some(claims) => claims,
+        None => {
+            // NOEXIST: another CPU's first claim for this host may win.
+            let _ = HOST_CLAIMS.insert(key, 0, BPF_NOEXIST as u64);
+            HOST_CLAIMS.get_ptr_mut(key)?
+        }
+    };
+    let returned = unsafe { HOST_RETURNS.get(key).copied().unwrap_or(0) };
+    // Claims for one host race on every CPU. BPF ISA v1 (what bpf-linker
+    // targets) has an atomic add but no fetch-and-add: the count is read
+    // after the add instead. Atomic adds are globally ordered, so the k-th
+    // claim reads at least k and no more than the quota are let through (on
+    // x86, where the add is a full barrier; a weaker memory model can let one
+    // more through per CPU racing on the same host).
+    atomic_add(claims, 1);
+    let claimed = unsafe { core::ptr::read_volatile(claims) };
+    if claimed.wrapping_sub(returned) > ports_per_host as u64 {
+        give_back_quota(claims);
+        return None;
+    }
+    Some(claims)
+}
+
+/// Undoes `take_quota` for a claim that did not happen.
+#[inline(always)]
+fn give_back_quota(claims: *mut u64) {
+    if !claims.is_null() {
+        atomic_add(claims, u64::MAX);
+    }
+}
+
+/// `*counter += delta` (wrapping), atomically: a BPF XADD, whose result
+/// ISA v1 cannot return. (The host build, for clippy, uses the std atomic.)
+#[inline(always)]
+fn atomic_add(counter: *mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, delta);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 #[inline(always)]

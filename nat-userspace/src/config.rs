@@ -30,6 +30,10 @@ pub const DEFAULT_PORT_RANGE: (u16, u16) = (20000, 32767);
 /// peer's TIME_WAIT (2 MSL, 60 s on Linux), so a new flow on the same port is
 /// not taken for the old connection's stray segments.
 pub const DEFAULT_PORT_HOLD: Duration = Duration::from_secs(120);
+/// RFC 6888 REQ-4 asks for a default limit: a third of the default range per
+/// protocol, so one host (a torrent client, a scanner) cannot take the ports
+/// every other host needs.
+pub const DEFAULT_PORTS_PER_HOST: u32 = 4096;
 
 /// Every key a config file may hold, with its meaning, for errors and docs.
 pub const KEYS: &[(&str, &str)] = &[
@@ -39,6 +43,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("port_range", "external ports to allocate, \"LO-HI\""),
     ("xdp_mode", "\"native\" or \"generic\""),
     ("port_hold", "seconds a freed external port waits before reuse"),
+    ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
@@ -124,6 +129,7 @@ pub struct Settings {
     pub port_max: u16,
     pub xdp_mode: XdpModeSetting,
     pub port_hold: Duration,
+    pub ports_per_host: u32,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
 }
@@ -141,6 +147,7 @@ impl Settings {
         config.permit_ttl_tcp_ns = permit_ttl(self.timeouts.tcp_established);
         config.permit_ttl_udp_ns = permit_ttl(self.timeouts.udp);
         config.permit_ttl_icmp_ns = permit_ttl(self.timeouts.icmp);
+        config.ports_per_host = self.ports_per_host;
         config
     }
 }
@@ -363,6 +370,14 @@ fn validate(raw: &mut Raw) -> Settings {
     };
 
     let port_hold = raw.seconds("port_hold", 0, DEFAULT_PORT_HOLD);
+    let ports_per_host = match raw.values.get("ports_per_host").cloned() {
+        None => DEFAULT_PORTS_PER_HOST,
+        Some((Value::Integer(n), _)) if (0..=65535).contains(&n) => n as u32,
+        Some((other, _)) => {
+            raw.error("ports_per_host", &other, "must be a whole number of ports, 0-65535 (0: no limit)");
+            DEFAULT_PORTS_PER_HOST
+        }
+    };
     let defaults = Timeouts::default();
     let timeouts = Timeouts {
         udp: raw.seconds("timeouts.udp", 1, defaults.udp),
@@ -394,7 +409,7 @@ fn validate(raw: &mut Raw) -> Settings {
         icmp: filtering_of("filtering.icmp"),
     };
 
-    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, timeouts, filtering }
+    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, ports_per_host, timeouts, filtering }
 }
 
 fn interface(raw: &mut Raw, key: &str) -> String {

@@ -15,6 +15,7 @@ use crate::{
     control::{Counter, FilteringStatus, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
     handoff::{KernelSender, event_packet, translate_source},
+    quota::{CODE_ADMIN_PROHIBITED, HostQuota, RefusalNotices, destination_unreachable},
 };
 
 /// Idle timeouts (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
@@ -98,6 +99,12 @@ pub struct RunInfo {
     pub port_hold: Duration,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
+    /// External ports per protocol one inside address may hold; 0: no limit.
+    pub ports_per_host: u32,
+    /// The gateway's address on the LAN: the source of its ICMP messages to
+    /// inside hosts. `None`: the LAN interface has no IPv4 address, no
+    /// messages are sent.
+    pub lan_ip: Option<Ipv4Addr>,
 }
 
 impl RunInfo {
@@ -119,6 +126,10 @@ pub struct DaemonCounters {
     pub refused_no_port: u64,
     /// New flows refused because the kernel maps are full.
     pub refused_map_full: u64,
+    /// New flows refused because their host holds its quota of ports.
+    pub refused_quota: u64,
+    /// ICMP Destination Unreachable messages sent to refused hosts.
+    pub refusals_notified: u64,
     /// First packets of new flows translated and sent on by the daemon.
     pub first_packets_sent: u64,
     /// New flows the datapath set up itself from a queued free port.
@@ -144,6 +155,8 @@ pub struct Daemon {
     sessions: SessionTable,
     slots: SlotPool,
     sender: KernelSender,
+    quota: HostQuota,
+    notices: RefusalNotices,
     pub counters: DaemonCounters,
     last_refusal_log: Option<Instant>,
 }
@@ -157,11 +170,13 @@ impl Daemon {
         let mut daemon = Self {
             datapath,
             ports: PortAllocator::new(info.port_min, info.port_max, info.port_hold.as_nanos() as u64, u64::from_ne_bytes(seed)),
+            quota: HostQuota::new(info.ports_per_host),
             info,
             started: Instant::now(),
             sessions: SessionTable::default(),
             slots: SlotPool::default(),
             sender: KernelSender::new()?,
+            notices: RefusalNotices::default(),
             counters: DaemonCounters::default(),
             last_refusal_log: None,
         };
@@ -237,7 +252,7 @@ impl Daemon {
             Some(entry) => entry.external,
             None => match self.set_up(inside)? {
                 Some(external) => external,
-                None => return Ok(()),
+                None => return self.notify_refusal(event),
             },
         };
         // The first packet goes on now, not after the sender's retransmit
@@ -264,6 +279,12 @@ impl Daemon {
     /// the mapping pair. `None`: refused (counted and logged); a live mapping
     /// is never evicted to make room.
     fn set_up(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
+        if !self.quota.allows(&self.datapath, &inside)? {
+            self.counters.refused_quota += 1;
+            let why = format!("the host holds its {} {} ports (ports_per_host)", self.info.ports_per_host, proto_name(inside.proto));
+            self.log_refusal(inside, &why);
+            return Ok(None);
+        }
         let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
             self.counters.refused_no_port += 1;
             self.log_refusal(inside, "every external port of this protocol is in use or held");
@@ -290,15 +311,32 @@ impl Daemon {
             return Ok(None);
         }
         self.sessions.insert(inside, SessionEntry { external, slot });
+        self.quota.made(&mut self.datapath, &inside)?;
         self.counters.mappings_created += 1;
         Ok(Some(external))
+    }
+
+    /// RFC 5508 REQ-8: a host whose new flow was refused hears so at once
+    /// (Destination Unreachable, administratively prohibited), rate-limited.
+    fn notify_refusal(&mut self, event: &MissEvent) -> Result<()> {
+        let Some(lan_ip) = self.info.lan_ip else { return Ok(()) };
+        let refused = event_packet(event)?;
+        let host = Ipv4Addr::new(refused[12], refused[13], refused[14], refused[15]);
+        if !self.notices.admit(host, Instant::now()) {
+            return Ok(());
+        }
+        if let Some(message) = destination_unreachable(lan_ip, refused, CODE_ADMIN_PROHIBITED) {
+            self.sender.send_packet(&message)?;
+            self.counters.refusals_notified += 1;
+        }
+        Ok(())
     }
 
     fn log_refusal(&mut self, inside: Endpoint, why: &str) {
         let now = Instant::now();
         if self.last_refusal_log.is_none_or(|t| now - t >= REFUSAL_LOG_INTERVAL) {
             self.last_refusal_log = Some(now);
-            let refused = self.counters.refused_no_port + self.counters.refused_map_full;
+            let refused = self.counters.refused_no_port + self.counters.refused_map_full + self.counters.refused_quota;
             eprintln!(
                 "natd: new flow from {}:{} ({}) refused: {why}; {refused} refused so far (natd stats); \
                  existing flows are unaffected",
@@ -322,6 +360,7 @@ impl Daemon {
                 self.datapath.remove_pair(inside)?;
                 self.ports.release(inside.proto, entry.external.port(), now);
                 self.slots.give_back(entry.slot);
+                self.quota.released(&mut self.datapath, &inside)?;
                 self.counters.mappings_expired += 1;
             }
         }
@@ -357,7 +396,7 @@ impl Daemon {
                     free: self.ports.free(p),
                 })
                 .collect(),
-            refused_flows: self.counters.refused_no_port + self.counters.refused_map_full,
+            refused_flows: self.counters.refused_no_port + self.counters.refused_map_full + self.counters.refused_quota,
             filtering: FilteringStatus {
                 tcp: info.filtering.tcp.name().to_string(),
                 udp: info.filtering.udp.name().to_string(),
@@ -397,6 +436,8 @@ impl Daemon {
                 counter("mappings_expired", c.mappings_expired),
                 counter("refused_no_port", c.refused_no_port),
                 counter("refused_map_full", c.refused_map_full),
+                counter("refused_quota", c.refused_quota),
+                counter("refusals_notified", c.refusals_notified),
                 counter("first_packets_sent", c.first_packets_sent),
                 counter("claimed_in_datapath", c.claimed_in_datapath),
                 counter("sent_through_kernel", c.sent_through_kernel),

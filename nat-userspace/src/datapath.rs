@@ -12,7 +12,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names, proto,
+    Endpoint, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names, proto,
 };
 
 use crate::EBPF_OBJECT;
@@ -164,6 +164,24 @@ impl Datapath {
     /// The filtering permits (PermitKey -> clock of the last packet sent).
     pub fn permits(&self) -> Result<HashMap<&MapData, PermitKey, u64>> {
         Ok(HashMap::try_from(self.map(map_names::PERMITS)?)?)
+    }
+
+    /// Mappings the datapath has claimed for a host and protocol (the
+    /// datapath's side of the quota count; 0 before its first claim).
+    pub fn host_claims(&self, key: HostKey) -> Result<u64> {
+        let claims: HashMap<&MapData, HostKey, u64> = HashMap::try_from(self.map(map_names::HOST_CLAIMS)?)?;
+        match claims.get(&key, 0) {
+            Ok(n) => Ok(n),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e).context("reading HOST_CLAIMS"),
+        }
+    }
+
+    /// natd's side of the quota count for a host and protocol.
+    pub fn set_host_returns(&mut self, key: HostKey, returns: u64) -> Result<()> {
+        let mut map: HashMap<&mut MapData, HostKey, u64> = HashMap::try_from(self.map_mut(map_names::HOST_RETURNS)?)?;
+        map.insert(key, returns, 0).context("writing HOST_RETURNS")?;
+        Ok(())
     }
 
     /// Queues a free port (and session slot) for the datapath to claim for a

@@ -118,6 +118,8 @@ fn check(config: &std::path::Path) -> Result<()> {
     println!("{}: OK", config.display());
     println!("  lan {} (ifindex {}), wan {} (ifindex {})", s.lan, env.lan_ifindex, s.wan, env.wan_ifindex);
     println!("  external_ip {}, port_range {}-{}, port_hold {} s", env.external_ip, s.port_min, s.port_max, s.port_hold.as_secs());
+    let quota = if s.ports_per_host == 0 { "no limit".to_string() } else { s.ports_per_host.to_string() };
+    println!("  ports_per_host {quota}");
     let t = s.timeouts;
     println!(
         "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_transitory {} s",
@@ -169,6 +171,8 @@ async fn run(args: RunArgs) -> Result<()> {
         port_hold: settings.port_hold,
         timeouts: settings.timeouts,
         filtering: settings.filtering,
+        ports_per_host: settings.ports_per_host,
+        lan_ip: nat_userspace::config::first_ipv4(&settings.lan),
     };
     let mut daemon = Daemon::new(datapath, info)?;
     eprintln!(

@@ -1024,3 +1024,39 @@ fn filtering_covers_icmp_errors_and_hairpinned_packets() {
     assert_eq!(gw.datapath.counter(Reason::DropFiltered).unwrap(), 2);
     assert_eq!(gw.datapath.counter(Reason::Hairpinned).unwrap(), 2);
 }
+
+/// RFC 6888 REQ-4: the datapath claims no more ports for an inside host than
+/// its quota. Past it, the new flow goes to natd (which refuses it and tells
+/// the host, RFC 5508 REQ-8); other hosts are not affected; a port natd
+/// reports released makes room again.
+#[test]
+fn claims_stop_at_the_per_host_quota() {
+    require_root!();
+    let mut gw = gateway("quota").unwrap();
+    let mut config = nat_common::GatewayConfig::new(addr::EXTERNAL, gw.wan_ifindex, addr::PORT_MIN, addr::PORT_MAX);
+    config.ports_per_host = 2;
+    gw.datapath.set_config(config).unwrap();
+    let _ring = gw.datapath.take_miss_ring().unwrap();
+    for (i, port) in [24000u16, 24001, 24002, 24003].into_iter().enumerate() {
+        gw.datapath.push_free_port(proto::UDP, nat_common::FreePort { session: 100 + i as u32, port, _pad: 0 }).unwrap();
+    }
+    let new_flow = |host: Ipv4Addr, port: u16| from_lan(Frame::udp((host, port), REMOTE_UDP)).build();
+    let host = addr::LAN_HOST;
+    assert_eq!(gw.run(Side::Lan, &new_flow(host, 7001)).unwrap().action, REDIRECT);
+    assert_eq!(gw.run(Side::Lan, &new_flow(host, 7002)).unwrap().action, REDIRECT);
+    let third = gw.run(Side::Lan, &new_flow(host, 7003)).unwrap();
+    assert_eq!(third.action, DROP, "a third port for a host with a quota of 2");
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 1, "the refused flow went to natd");
+    let key = nat_common::HostKey::of(&nat_common::Endpoint::new(host, 0, proto::UDP));
+    assert_eq!(gw.datapath.host_claims(key).unwrap(), 2, "the refused claim was not undone");
+    // TCP is counted apart, and so is another host.
+    gw.datapath.push_free_port(proto::TCP, nat_common::FreePort { session: 200, port: 24100, _pad: 0 }).unwrap();
+    let tcp = from_lan(Frame::tcp((host, 7004), REMOTE_TCP)).build();
+    assert_eq!(gw.run(Side::Lan, &tcp).unwrap().action, REDIRECT, "TCP has its own quota");
+    gw.ns.ip(&["neigh", "replace", "10.77.1.11", "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"]).unwrap();
+    let other = Ipv4Addr::new(10, 77, 1, 11);
+    assert_eq!(gw.run(Side::Lan, &new_flow(other, 7001)).unwrap().action, REDIRECT, "another host");
+    // natd released one of the host's mappings.
+    gw.datapath.set_host_returns(key, 1).unwrap();
+    assert_eq!(gw.run(Side::Lan, &new_flow(host, 7003)).unwrap().action, REDIRECT, "after a release");
+}

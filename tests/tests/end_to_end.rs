@@ -439,6 +439,71 @@ fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
     assert_eq!(udp_request(host, 6203, b"d".to_vec()).join().unwrap().unwrap(), b"echo:d");
 }
 
+/// RFC 6888 REQ-4 and RFC 5508 REQ-8: a host at its quota of ports
+/// (`ports_per_host = 2`, reached once through the datapath's claim and once
+/// through natd's own allocation) has its next new flow refused and learns it
+/// at once: its connected socket gets EHOSTUNREACH from ICMP Destination
+/// Unreachable code 13 sent by the gateway. Its existing flows keep working,
+/// another host is not affected, a flood of refused flows draws at most one
+/// message a second, and a released port makes room again.
+#[test]
+fn a_host_past_its_port_quota_is_refused_and_told_so() {
+    require_root!();
+    let mut lab = NatLab::new(2, true).unwrap();
+    let config = lab.config_file("ports_per_host = 2\n[timeouts]\nudp = 3\n").unwrap();
+    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let service = SocketAddrV4::new(SERVER, SERVICE_PORT);
+    let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
+    let exchange = |sock: &UdpSocket| {
+        let mut buf = [0u8; 64];
+        sock.send(b"q").unwrap();
+        sock.recv(&mut buf).map(|n| buf[..n].to_vec())
+    };
+    let connected = |host: &Netns, port: u16| {
+        let sock = udp_socket_in(host, port);
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.connect(service).unwrap();
+        sock
+    };
+    // One port claimed in the datapath, one allocated by natd (in the NAT range).
+    let (first, second) = (connected(h0, 6001), connected(h0, 25000));
+    assert_eq!(exchange(&first).unwrap(), b"echo:q");
+    assert_eq!(exchange(&second).unwrap(), b"echo:q");
+
+    let unreachable_before = snmp_counter(h0, "Icmp", "InDestUnreachs").unwrap();
+    let refused = connected(h0, 6003);
+    let started = Instant::now();
+    let err = exchange(&refused).expect_err("a third port for a host with a quota of 2");
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "the refusal took {:?}", started.elapsed());
+    assert_eq!(exchange(&first).unwrap(), b"echo:q", "an existing flow stopped at the quota");
+    assert_eq!(exchange(&connected(h1, 6003)).unwrap(), b"echo:q", "another host was refused");
+
+    // A flood of refused new flows: each counted, at most one ICMP a second.
+    let flood_started = Instant::now();
+    for port in 6100..6130 {
+        udp_socket_in(h0, port).send_to(b"f", service).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let seconds = flood_started.elapsed().as_secs() + 1;
+    let messages = snmp_counter(h0, "Icmp", "InDestUnreachs").unwrap() - unreachable_before;
+    assert!(messages <= 1 + seconds, "{messages} ICMP messages in {seconds} s: not rate-limited");
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("refused_quota").unwrap() >= 31, "{stats:?}");
+    assert!(stats.get("refusals_notified").unwrap() >= 1, "{stats:?}");
+    assert_eq!(lab.status().unwrap().sessions, 3, "a live mapping was evicted or a refused one made");
+
+    // The host's two mappings age out (3 s): its quota has room again.
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.sessions().unwrap().iter().any(|s| s.inside.starts_with(&format!("{}:", host_addr(0)))) {
+        assert!(Instant::now() < deadline, "the host's mappings never expired");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(exchange(&connected(h0, 6004)).unwrap(), b"echo:q", "released ports did not make room");
+}
+
 /// Bad input: each a clear error naming what to fix, and nothing left attached.
 #[test]
 fn bad_input_is_a_clear_error_and_leaves_nothing_attached() {
