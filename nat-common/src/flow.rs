@@ -113,8 +113,11 @@ pub mod tcp_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct GatewayConfig {
-    /// The public address inbound lookups answer for, network byte order.
-    pub external_addr_be: u32,
+    /// The external address pool, network byte order: the first `pool_len`
+    /// entries are used. Each inside host always gets the same one
+    /// (`pool_index`, paired pooling).
+    pub external_addrs_be: [u32; MAX_POOL_ADDRS],
+    pub pool_len: u32,
     /// The WAN interface: LAN traffic routed there must be translated or dropped.
     pub wan_ifindex: u32,
     /// NAT port range, host byte order, inclusive. WAN packets to the external
@@ -126,7 +129,12 @@ pub struct GatewayConfig {
     pub filtering_tcp: u8,
     pub filtering_udp: u8,
     pub filtering_icmp: u8,
-    pub _pad: u8,
+    /// Keep the inside port's parity (RFC 4787 REQ-4): 1 on, 0 off.
+    pub port_parity: u8,
+    /// Keep the inside port's class (RFC 4787 REQ-3a), 1 on: an inside port
+    /// below 1024 is left to natd, which maps it into the low port range.
+    pub port_class: u8,
+    pub _pad: [u8; 7],
     /// How long a remote stays permitted after the inside endpoint last sent
     /// to it, per protocol (ns): the protocol's idle timeout, so a permit
     /// never outlives the mapping it was made for.
@@ -136,28 +144,64 @@ pub struct GatewayConfig {
     /// External ports of one protocol one inside address may hold at once
     /// (RFC 6888 REQ-4); 0: no limit.
     pub ports_per_host: u32,
-    pub _pad2: u32,
+    /// The low port range (RFC 4787 REQ-3a), inclusive; 0-0: none. Like the
+    /// NAT range, its unmapped ports on an external address are dropped.
+    pub low_port_min: u16,
+    pub low_port_max: u16,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 88);
 
 impl GatewayConfig {
-    /// Endpoint-independent filtering for every protocol.
+    /// One external address, endpoint-independent filtering for every
+    /// protocol, parity and class not kept, no quota.
     pub const fn new(external: Ipv4Addr, wan_ifindex: u32, port_min: u16, port_max: u16) -> Self {
+        let mut external_addrs_be = [0; MAX_POOL_ADDRS];
+        external_addrs_be[0] = u32::from_ne_bytes(external.octets());
         Self {
-            external_addr_be: u32::from_ne_bytes(external.octets()),
+            external_addrs_be,
+            pool_len: 1,
             wan_ifindex,
             port_min,
             port_max,
             filtering_tcp: filtering::ENDPOINT_INDEPENDENT,
             filtering_udp: filtering::ENDPOINT_INDEPENDENT,
             filtering_icmp: filtering::ENDPOINT_INDEPENDENT,
-            _pad: 0,
+            port_parity: 0,
+            port_class: 0,
+            _pad: [0; 7],
             permit_ttl_tcp_ns: 0,
             permit_ttl_udp_ns: 0,
             permit_ttl_icmp_ns: 0,
             ports_per_host: 0,
-            _pad2: 0,
+            low_port_min: 0,
+            low_port_max: 0,
         }
+    }
+
+    /// Whether `port` (host order) is one natd hands out: in the NAT range or
+    /// the low range.
+    #[inline(always)]
+    pub const fn is_nat_port(&self, port: u16) -> bool {
+        (port >= self.port_min && port <= self.port_max) || (self.low_port_max != 0 && port >= self.low_port_min && port <= self.low_port_max)
+    }
+
+    /// Whether `addr_be` is one of the external addresses.
+    #[inline(always)]
+    pub fn is_external(&self, addr_be: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_POOL_ADDRS {
+            if (i as u32) < self.pool_len && self.external_addrs_be[i] == addr_be {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The pool index of the external address an inside host is paired with.
+    #[inline(always)]
+    pub const fn pool_index(&self, host_addr_be: u32) -> u32 {
+        pool_index(host_addr_be, self.pool_len)
     }
 
     /// The filtering mode and permit lifetime of `proto`.
@@ -176,6 +220,23 @@ impl GatewayConfig {
             || self.filtering_udp != filtering::ENDPOINT_INDEPENDENT
             || self.filtering_icmp != filtering::ENDPOINT_INDEPENDENT
     }
+}
+
+/// The most external addresses a pool holds.
+pub const MAX_POOL_ADDRS: usize = 8;
+
+/// Paired address pooling (RFC 4787 REQ-2): the pool index of an inside
+/// host's external address, from its address alone, so every protocol and
+/// every flow of the host gets the same one, in the datapath and in natd
+/// alike, without shared state. A multiplicative hash spreads neighbouring
+/// addresses over the pool.
+#[inline(always)]
+pub const fn pool_index(host_addr_be: u32, pool_len: u32) -> u32 {
+    if pool_len <= 1 {
+        return 0;
+    }
+    let mixed = u32::from_be(host_addr_be).wrapping_mul(0x9e37_79b1);
+    (mixed >> 16) % pool_len
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5, RFC 5382 REQ-3). Mapping
@@ -310,9 +371,23 @@ pub struct FreePort {
 }
 const _: () = assert!(core::mem::size_of::<FreePort>() == 8);
 
-/// Capacity of each protocol's free-port queue (natd keeps fewer queued,
-/// `FREE_QUEUE_TARGET`; benchmarks fill more).
+/// Capacity of each free-port queue (natd keeps fewer queued,
+/// `FREE_QUEUE_TARGET`; benchmarks fill more). There is one queue per
+/// protocol and port parity (`free_queue_name`).
 pub const FREE_QUEUE_CAPACITY: u32 = 32768;
+
+/// The name of the free-port queue of a protocol and port parity (0 even, 1
+/// odd): `FREE_<T|U|I><parity>`, as the eBPF object declares them.
+pub const fn free_queue_name(proto_nr: u8, parity: u16) -> &'static str {
+    match (proto_nr, parity & 1) {
+        (crate::proto::TCP, 0) => "FREE_T0",
+        (crate::proto::TCP, _) => "FREE_T1",
+        (crate::proto::UDP, 0) => "FREE_U0",
+        (crate::proto::UDP, _) => "FREE_U1",
+        (_, 0) => "FREE_I0",
+        _ => "FREE_I1",
+    }
+}
 
 /// What the datapath reports when it has claimed a `FreePort` for a new flow,
 /// so the daemon learns every mapping it owns.
@@ -387,6 +462,32 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 4787 REQ-2 (paired pooling): a host's pool address depends on its
+    /// address alone, is in the pool, and a /24 spreads over the whole pool.
+    #[test]
+    fn pool_index_pairs_each_host_with_one_address_and_spreads_hosts() {
+        let host = |i: u32| u32::from_ne_bytes(Ipv4Addr::from(0x0a4d_0100 + i).octets());
+        for len in 1..=MAX_POOL_ADDRS as u32 {
+            let mut per_address = [0u32; MAX_POOL_ADDRS];
+            for i in 0..256 {
+                let index = pool_index(host(i), len);
+                assert!(index < len);
+                assert_eq!(index, pool_index(host(i), len), "not deterministic");
+                per_address[index as usize] += 1;
+            }
+            let fair = 256 / len;
+            for (index, n) in per_address[..len as usize].iter().enumerate() {
+                assert!(*n >= fair / 2, "pool of {len}: address {index} paired with {n} of 256 hosts");
+            }
+        }
+        let mut config = GatewayConfig::new(Ipv4Addr::new(203, 0, 113, 1), 1, 20000, 29999);
+        config.external_addrs_be[1] = u32::from_ne_bytes([198, 51, 100, 7]);
+        assert!(config.is_external(u32::from_ne_bytes([203, 0, 113, 1])));
+        assert!(!config.is_external(u32::from_ne_bytes([198, 51, 100, 7])), "beyond pool_len");
+        config.pool_len = 2;
+        assert!(config.is_external(u32::from_ne_bytes([198, 51, 100, 7])));
+    }
 
     #[test]
     fn endpoint_keeps_wire_order() {

@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, miss_kind, tcp_flags,
+    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, free_queue_name, miss_kind, pool_index, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -41,10 +41,8 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// Ring buffer of `MissEvent`s: packets handed to the daemon.
     pub const MISSES: &str = "MISSES";
-    /// Queues of `FreePort`s the daemon keeps filled, one per protocol.
-    pub const FREE_TCP: &str = "FREE_TCP";
-    pub const FREE_UDP: &str = "FREE_UDP";
-    pub const FREE_ICMP: &str = "FREE_ICMP";
+    // Queues of `FreePort`s the daemon keeps filled, one per protocol and
+    // port parity: see `free_queue_name`.
     /// `Liveness` per session, indexed by `Mapping::session`; memory-mappable.
     pub const LIVENESS: &str = "LIVENESS";
     /// One `u64`: CLOCK_MONOTONIC_COARSE in ns, published by the daemon.

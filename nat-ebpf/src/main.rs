@@ -53,14 +53,41 @@ static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
-/// External ports (and session slots) set aside by the daemon for new flows
-/// to claim in the datapath, one queue per protocol.
-#[map]
-static FREE_TCP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
-#[map]
-static FREE_UDP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
-#[map]
-static FREE_ICMP: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
+/// Declares the free-port queues and `free_queue`, which picks one. aya-ebpf
+/// has no map-in-map, so each queue is a static of its own.
+macro_rules! free_queues {
+    ($($name:ident = ($proto:path, $parity:literal),)*) => {
+        $(
+            #[map]
+            static $name: Queue<FreePort> = Queue::with_max_entries(FREE_QUEUE_CAPACITY, 0);
+        )*
+
+        #[inline(always)]
+        fn free_queue(proto_nr: u8, parity: u16) -> Option<&'static Queue<FreePort>> {
+            match (proto_nr, parity) {
+                $(($proto, $parity) => Some(&$name),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+// External ports (and session slots) set aside by the daemon for new flows to
+// claim in the datapath: one queue per protocol and port parity (so an inside
+// port finds one of its own parity, RFC 4787 REQ-4). natd queues only ports
+// free on every pool address, so a host takes one on its paired address
+// (REQ-2) from the same queue; natd frees the other addresses' copies when
+// it learns of the claim. (Queues per address were tried: the verifier walked
+// the rest of the program once per address and hit its 1M-instruction limit.)
+// Names as `nat_common::free_queue_name`.
+free_queues! {
+    FREE_T0 = (proto::TCP, 0),
+    FREE_T1 = (proto::TCP, 1),
+    FREE_U0 = (proto::UDP, 0),
+    FREE_U1 = (proto::UDP, 1),
+    FREE_I0 = (proto::ICMP, 0),
+    FREE_I1 = (proto::ICMP, 1),
+}
 
 /// Per-session liveness, indexed by `Mapping::session`. Memory-mappable: the
 /// daemon's aging scan reads it in place, without a syscall per session.
@@ -180,7 +207,7 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return Verdict::pass(Reason::PassLocal);
     }
     let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
-    if dst_be == config().external_addr_be {
+    if config().is_external(dst_be) {
         return to_external_address(ctx, pkt);
     }
 
@@ -286,25 +313,25 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     let cfg = config();
     let port = u16::from_be(inside.port_be);
-    if port >= cfg.port_min && port <= cfg.port_max {
+    // natd decides an inside port it may keep (in the NAT range) and one
+    // whose class is kept (below 1024: the low port range is natd's).
+    if (port >= cfg.port_min && port <= cfg.port_max) || (cfg.port_class != 0 && port < 1024) {
         return None;
     }
-    let queue = match inside.proto {
-        proto::TCP => &FREE_TCP,
-        proto::UDP => &FREE_UDP,
-        _ => &FREE_ICMP,
-    };
+    let index = cfg.pool_index(inside.addr_be);
+    let external_addr_be = *cfg.external_addrs_be.get(index as usize)?;
+    let strict_parity = cfg.port_parity != 0 && inside.proto != proto::ICMP;
     let quota = take_quota(inside, cfg.ports_per_host)?;
-    let Some(free) = queue.pop().ok().flatten() else {
+    let Some(free) = pop_free(inside.proto, port & 1, strict_parity) else {
         give_back_quota(quota);
         return None;
     };
     let Some(mut event) = MISSES.reserve::<ClaimEvent>(0) else {
-        let _ = queue.push(free, 0);
+        push_free(inside.proto, &free);
         give_back_quota(quota);
         return None;
     };
-    let external = Endpoint::from_be(cfg.external_addr_be, free.port.to_be(), inside.proto);
+    let external = Endpoint::from_be(external_addr_be, free.port.to_be(), inside.proto);
     if INBOUND.insert(external, Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
         // The daemon queues only ports absent from INBOUND: not reached. The
         // port is left out of the queue rather than retried forever.
@@ -316,7 +343,7 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         // Another CPU claimed for this endpoint first: give the port back
         // and use the winner's mapping.
         let _ = INBOUND.remove(external);
-        let _ = queue.push(free, 0);
+        push_free(inside.proto, &free);
         event.discard(0);
         give_back_quota(quota);
         return OUTBOUND.get_ptr(inside);
@@ -327,6 +354,29 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     event.write(ClaimEvent { kind: miss_kind::CLAIMED, session: free.session, inside: *inside, external });
     event.submit(0);
     OUTBOUND.get_ptr(inside)
+}
+
+/// A free port of `parity`; without `strict` parity, one of the other
+/// parity when that queue is empty. Only scalars leave this function: a
+/// queue pointer kept alive past it would make the verifier walk the rest of
+/// the claim once per queue.
+#[inline(always)]
+fn pop_free(proto_nr: u8, parity: u16, strict: bool) -> Option<FreePort> {
+    if let Some(free) = free_queue(proto_nr, parity)?.pop().ok().flatten() {
+        return Some(free);
+    }
+    if strict {
+        return None;
+    }
+    free_queue(proto_nr, parity ^ 1)?.pop().ok().flatten()
+}
+
+/// Gives a popped port back to its queue (the one of its parity).
+#[inline(always)]
+fn push_free(proto_nr: u8, free: &FreePort) {
+    if let Some(queue) = free_queue(proto_nr, free.port & 1) {
+        let _ = queue.push(free, 0);
+    }
 }
 
 /// Counts one more port for the inside host of `inside` if its quota allows
@@ -453,13 +503,13 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
 fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let cfg = config();
     let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
-    if dst_be == cfg.external_addr_be {
+    if cfg.is_external(dst_be) {
         // A NAT port on the external address belongs to no local socket: drop
         // it rather than let the kernel answer with RST or Port Unreachable.
         // Anything else is the gateway host's own traffic.
         if let Some(external) = pkt.destination() {
             let port = u16::from_be(external.port_be);
-            if external.proto != proto::ICMP && port >= cfg.port_min && port <= cfg.port_max {
+            if external.proto != proto::ICMP && cfg.is_nat_port(port) {
                 return Verdict::drop(Reason::DropInboundNoMapping);
             }
         }

@@ -1,10 +1,13 @@
-//! The external port space. The daemon is its single owner: every external
-//! port in the maps was handed out here.
+//! The external port space of one external address. The daemon is its
+//! single owner: every external port in the maps was handed out here.
 //!
 //! Policy: keep the inside port when it is free and in range (what games and
 //! VoIP expect), otherwise pick at random (RFC 6056 style: hard to guess,
-//! never sequential). One space per protocol; ICMP identifiers are the
-//! "ports" of ICMP echo.
+//! never sequential). With parity kept (RFC 4787 REQ-4) a random port has
+//! the inside port's parity, so RTP on an even port and RTCP on the next odd
+//! one stay a pair; with class kept (REQ-3a) an inside port below 1024 gets
+//! one from the low range, when one is configured. One space per protocol;
+//! ICMP identifiers are the "ports" of ICMP echo (parity does not apply).
 //!
 //! A released port is held for a while before it can be handed out again, so
 //! a new flow is not taken for the stray packets of the old one by a remote
@@ -12,21 +15,40 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use nat_common::proto;
+
 /// How many random probes before a deterministic sweep: the sweep guarantees
 /// a free port is found whenever one exists, the probes keep it unpredictable.
 const RANDOM_PROBES: u32 = 64;
 
+/// Which properties of the inside port an allocated port keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// RFC 4787 REQ-4: even stays even, odd stays odd.
+    pub parity: bool,
+    /// RFC 4787 REQ-3a: below 1024 stays below 1024 (needs `low`).
+    pub class: bool,
+    /// The ports below 1024 an inside port below 1024 gets, inclusive.
+    pub low: Option<(u16, u16)>,
+}
+
+impl PortPolicy {
+    /// Nothing kept but the inside port itself when it is free and in range.
+    pub const NONE: PortPolicy = PortPolicy { parity: false, class: false, low: None };
+}
+
 pub struct PortAllocator {
     min: u16,
     max: u16,
+    policy: PortPolicy,
     /// Allocated and held ports: neither can be handed out.
     taken: HashSet<(u8, u16)>,
     /// Released ports waiting out the hold, oldest first: (free at, proto, port).
     held: VecDeque<(u64, u8, u16)>,
     hold_ns: u64,
-    /// Ports handed to the datapath's free queues, per protocol (`slot`):
-    /// taken, but not yet in use by a flow.
-    queued: [usize; 4],
+    /// Ports handed to the datapath's free queues, per protocol (`slot`) and
+    /// parity: taken, but not yet in use by a flow.
+    queued: [[usize; 2]; 4],
     rng: u64,
 }
 
@@ -40,14 +62,23 @@ const fn slot(proto: u8) -> usize {
     }
 }
 
+const fn parity_of(port: u16) -> usize {
+    (port & 1) as usize
+}
+
 impl PortAllocator {
     pub fn new(min: u16, max: u16, hold_ns: u64, seed: u64) -> Self {
+        Self::with_policy(min, max, PortPolicy::NONE, hold_ns, seed)
+    }
+
+    pub fn with_policy(min: u16, max: u16, policy: PortPolicy, hold_ns: u64, seed: u64) -> Self {
         assert!(min <= max, "port range {min}-{max} is empty");
-        Self { min, max, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [0; 4], rng: seed | 1 }
+        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 4], rng: seed | 1 }
     }
 
     pub fn capacity(&self) -> u32 {
-        u32::from(self.max - self.min) + 1
+        let low = self.policy.low.map_or(0, |(lo, hi)| u32::from(hi - lo) + 1);
+        u32::from(self.max - self.min) + 1 + low
     }
 
     /// Ports of `proto` allocated to live mappings.
@@ -55,22 +86,43 @@ impl PortAllocator {
         self.taken.iter().filter(|(p, _)| *p == proto).count() - self.held(proto) - self.queued(proto)
     }
 
-    /// Ports of `proto` waiting in the datapath's free queue.
+    /// Ports of `proto` waiting in the datapath's free queues.
     pub fn queued(&self, proto: u8) -> usize {
-        self.queued[slot(proto)]
+        self.queued[slot(proto)].iter().sum()
     }
 
-    /// A random free port for the datapath's free queue of `proto`.
-    pub fn reserve(&mut self, proto: u8) -> Option<u16> {
-        // Port 0 is never in range: the pick is random, never the "inside port".
-        let port = self.allocate(proto, 0)?;
-        self.queued[slot(proto)] += 1;
+    /// Ports of `proto` and `parity` (0 even, 1 odd) waiting in their queue.
+    pub fn queued_of(&self, proto: u8, parity: u16) -> usize {
+        self.queued[slot(proto)][parity_of(parity)]
+    }
+
+    /// A random free port of `parity` for the datapath's free queue of `proto`.
+    pub fn reserve(&mut self, proto: u8, parity: u16) -> Option<u16> {
+        let port = self.pick(proto, self.min, self.max, Some(parity & 1))?;
+        self.queued[slot(proto)][parity_of(port)] += 1;
         Some(port)
     }
 
+    /// Whether `port` of the NAT range is free for `proto`.
+    pub fn is_free(&self, proto: u8, port: u16) -> bool {
+        (self.min..=self.max).contains(&port) && !self.taken.contains(&(proto, port))
+    }
+
+    /// Reserves exactly `port` for the datapath's free queue of `proto`, if
+    /// it is free (see `is_free`).
+    pub fn reserve_exact(&mut self, proto: u8, port: u16) -> bool {
+        if !self.is_free(proto, port) {
+            return false;
+        }
+        self.taken.insert((proto, port));
+        self.queued[slot(proto)][parity_of(port)] += 1;
+        true
+    }
+
     /// A queued port of `proto` went to a flow.
-    pub fn claimed(&mut self, proto: u8) {
-        self.queued[slot(proto)] = self.queued[slot(proto)].saturating_sub(1);
+    pub fn claimed(&mut self, proto: u8, port: u16) {
+        let queued = &mut self.queued[slot(proto)][parity_of(port)];
+        *queued = queued.saturating_sub(1);
     }
 
     /// A port `allocate` handed out that no mapping ever used: free at once,
@@ -81,7 +133,7 @@ impl PortAllocator {
 
     /// A reserved port that never reached the queue.
     pub fn unreserve(&mut self, proto: u8, port: u16) {
-        self.claimed(proto);
+        self.claimed(proto, port);
         self.cancel(proto, port);
     }
 
@@ -104,21 +156,41 @@ impl PortAllocator {
     }
 
     /// A free external port for `proto`, preferring `inside_port`. `None`
-    /// when the range is exhausted for this protocol.
+    /// when the range (of the inside port's class and parity, if kept) is
+    /// exhausted for this protocol.
     pub fn allocate(&mut self, proto: u8, inside_port: u16) -> Option<u16> {
-        if (self.min..=self.max).contains(&inside_port) && self.taken.insert((proto, inside_port)) {
+        let (lo, hi) = match self.policy.low {
+            Some(low) if self.policy.class && inside_port < 1024 => low,
+            _ => (self.min, self.max),
+        };
+        if (lo..=hi).contains(&inside_port) && self.taken.insert((proto, inside_port)) {
             return Some(inside_port);
         }
-        let span = self.capacity();
+        let parity = (self.policy.parity && proto != proto::ICMP).then_some(inside_port & 1);
+        self.pick(proto, lo, hi, parity)
+    }
+
+    /// A random free port in `lo..=hi`, of `parity` if given: random probes,
+    /// then a sweep from a random start.
+    fn pick(&mut self, proto: u8, lo: u16, hi: u16, parity: Option<u16>) -> Option<u16> {
+        // Candidates are lo + step * k for k < count.
+        let (first, step) = match parity {
+            Some(p) if lo & 1 == p => (lo, 2),
+            Some(_) if lo < hi => (lo + 1, 2),
+            Some(_) => return None,
+            None => (lo, 1),
+        };
+        let count = u32::from(hi - first) / step + 1;
+        let candidate = |k: u32| first + (k * step) as u16;
         for _ in 0..RANDOM_PROBES {
-            let port = self.min + (self.random() % u64::from(span)) as u16;
+            let port = candidate((self.random() % u64::from(count)) as u32);
             if self.taken.insert((proto, port)) {
                 return Some(port);
             }
         }
-        let start = (self.random() % u64::from(span)) as u32;
-        (0..span)
-            .map(|i| self.min + ((start + i) % span) as u16)
+        let start = (self.random() % u64::from(count)) as u32;
+        (0..count)
+            .map(|i| candidate((start + i) % count))
             .find(|&port| self.taken.insert((proto, port)))
     }
 
@@ -185,11 +257,12 @@ mod tests {
     #[test]
     fn queued_ports_are_neither_in_use_nor_handed_out_twice() {
         let mut a = PortAllocator::new(1000, 1002, 0, 5);
-        let q = a.reserve(UDP).unwrap();
+        let q = a.reserve(UDP, 0).unwrap();
+        assert_eq!(q, 1000, "the only even port of 1000-1002 but the other one: {q}");
         assert_eq!((a.in_use(UDP), a.queued(UDP), a.free(UDP)), (0, 1, 3));
         let direct = a.allocate(UDP, q).unwrap();
         assert_ne!(direct, q, "a queued port was allocated again");
-        a.claimed(UDP);
+        a.claimed(UDP, q);
         assert_eq!((a.in_use(UDP), a.queued(UDP), a.free(UDP)), (2, 0, 1));
     }
 
@@ -206,5 +279,49 @@ mod tests {
         assert_eq!((a.in_use(UDP), a.held(UDP), a.free(UDP)), (1, 0, 1));
         assert_eq!(a.allocate(UDP, 5), Some(p1));
         assert_ne!(p1, p2);
+    }
+
+    /// RFC 4787 REQ-4: with parity kept, a port picked at random (the inside
+    /// port taken or out of range) has the inside port's parity; without,
+    /// both parities come up. Queued ports have the parity of their queue.
+    #[test]
+    fn parity_is_kept_when_asked() {
+        let keep = PortPolicy { parity: true, ..PortPolicy::NONE };
+        let mut a = PortAllocator::with_policy(20000, 20999, keep, 0, 11);
+        for inside in [5000u16, 5001, 5002, 5003].into_iter().cycle().take(400) {
+            let port = a.allocate(UDP, inside).unwrap();
+            assert_eq!(port & 1, inside & 1, "inside {inside} got {port}");
+        }
+        // Full for one parity: the other parity's ports are not handed out.
+        assert_eq!(a.allocate(UDP, 5000).map(|p| p & 1), Some(0));
+        let mut b = PortAllocator::new(20000, 20999, 0, 11);
+        let parities: HashSet<u16> = (0..64).map(|_| b.allocate(UDP, 5001).unwrap() & 1).collect();
+        assert_eq!(parities.len(), 2, "parity off still kept parity");
+        for parity in [0, 1] {
+            assert_eq!(b.reserve(TCP, parity).unwrap() & 1, parity);
+        }
+        // A one-port range of the wrong parity has nothing to give.
+        let mut c = PortAllocator::with_policy(20000, 20000, keep, 0, 1);
+        assert_eq!(c.allocate(UDP, 7001), None);
+    }
+
+    /// RFC 4787 REQ-3a: with class kept, an inside port below 1024 gets one
+    /// from the low range (the inside port itself when it is in it and free),
+    /// and one above never does; without, every port comes from the NAT range.
+    #[test]
+    fn class_is_kept_when_asked_and_a_low_range_exists() {
+        let keep = PortPolicy { parity: false, class: true, low: Some((600, 699)) };
+        let mut a = PortAllocator::with_policy(20000, 29999, keep, 0, 5);
+        assert_eq!(a.allocate(UDP, 650), Some(650));
+        let ntp = a.allocate(UDP, 123).unwrap();
+        assert!((600..=699).contains(&ntp), "123 got {ntp}");
+        let high = a.allocate(UDP, 40000).unwrap();
+        assert!((20000..=29999).contains(&high), "40000 got {high}");
+        for _ in 0..99 {
+            a.allocate(UDP, 123);
+        }
+        assert_eq!(a.allocate(UDP, 123), None, "the low range is full: no high port instead");
+        let mut off = PortAllocator::with_policy(20000, 29999, PortPolicy { class: false, ..keep }, 0, 5);
+        assert!((20000..=29999).contains(&off.allocate(UDP, 123).unwrap()));
     }
 }

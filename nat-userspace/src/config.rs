@@ -39,8 +39,11 @@ pub const DEFAULT_PORTS_PER_HOST: u32 = 4096;
 pub const KEYS: &[(&str, &str)] = &[
     ("lan", "inside interface name"),
     ("wan", "outside interface name"),
-    ("external_ip", "public IPv4 address (default: the WAN interface's first address)"),
+    ("external_ip", "public IPv4 address, or a list of up to 8 (default: the WAN interface's first address)"),
     ("port_range", "external ports to allocate, \"LO-HI\""),
+    ("port_parity", "true: an external port has the inside port's parity (RFC 4787 REQ-4)"),
+    ("port_class", "true: an inside port below 1024 gets one from low_port_range (RFC 4787 REQ-3a)"),
+    ("low_port_range", "external ports below 1024 for inside ports below 1024, \"LO-HI\""),
     ("xdp_mode", "\"native\" or \"generic\""),
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
@@ -124,9 +127,13 @@ pub enum XdpModeSetting {
 pub struct Settings {
     pub lan: String,
     pub wan: String,
-    pub external_ip: Option<Ipv4Addr>,
+    /// The external address pool; empty: the WAN interface's first address.
+    pub external_ips: Vec<Ipv4Addr>,
     pub port_min: u16,
     pub port_max: u16,
+    pub port_parity: bool,
+    pub port_class: bool,
+    pub low_port_range: Option<(u16, u16)>,
     pub xdp_mode: XdpModeSetting,
     pub port_hold: Duration,
     pub ports_per_host: u32,
@@ -139,7 +146,14 @@ impl Settings {
     /// its protocol's idle timeout plus the clock tick aging also waits, so
     /// it never ends before the mapping it was made for would.
     pub fn gateway_config(&self, env: &Environment) -> nat_common::GatewayConfig {
-        let mut config = nat_common::GatewayConfig::new(env.external_ip, env.wan_ifindex, self.port_min, self.port_max);
+        let mut config = nat_common::GatewayConfig::new(env.external_ips[0], env.wan_ifindex, self.port_min, self.port_max);
+        for (slot, ip) in config.external_addrs_be.iter_mut().zip(&env.external_ips) {
+            *slot = u32::from_ne_bytes(ip.octets());
+        }
+        config.pool_len = env.external_ips.len() as u32;
+        config.port_parity = u8::from(self.port_parity);
+        config.port_class = u8::from(self.port_class && self.low_port_range.is_some());
+        (config.low_port_min, config.low_port_max) = self.low_port_range.unwrap_or((0, 0));
         let permit_ttl = |timeout: Duration| timeout.as_nanos() as u64 + nat_common::CLOCK_TICK_NS;
         config.filtering_tcp = self.filtering.tcp.datapath_value();
         config.filtering_udp = self.filtering.udp.datapath_value();
@@ -233,6 +247,17 @@ impl Raw {
             Some((other, _)) => {
                 self.error(key, &other, "must be a string in quotes");
                 None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.values.get(key).cloned() {
+            None => default,
+            Some((Value::Boolean(b), _)) => b,
+            Some((other, _)) => {
+                self.error(key, &other, "must be true or false");
+                default
             }
         }
     }
@@ -340,17 +365,7 @@ fn validate(raw: &mut Raw) -> Settings {
         raw.error("wan", &wan, "must differ from lan: the gateway needs an inside and an outside interface");
     }
 
-    let external_ip = raw.string("external_ip").and_then(|s| match s.parse::<Ipv4Addr>() {
-        Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() => {
-            raw.error("external_ip", &s, "must be a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast)");
-            None
-        }
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            raw.error("external_ip", format!("{s:?}"), "must be an IPv4 address, e.g. 203.0.113.1");
-            None
-        }
-    });
+    let external_ips = external_ips(raw);
 
     let (port_min, port_max) = match raw.string("port_range") {
         None => DEFAULT_PORT_RANGE,
@@ -409,7 +424,62 @@ fn validate(raw: &mut Raw) -> Settings {
         icmp: filtering_of("filtering.icmp"),
     };
 
-    Settings { lan, wan, external_ip, port_min, port_max, xdp_mode, port_hold, ports_per_host, timeouts, filtering }
+    let port_parity = raw.boolean("port_parity", true);
+    let port_class = raw.boolean("port_class", true);
+    let low_port_range = raw.string("low_port_range").and_then(|s| match parse_range(&s, 1, LOWEST_NAT_PORT - 1) {
+        Ok(range) => Some(range),
+        Err(why) => {
+            raw.error("low_port_range", format!("{s:?}"), why);
+            None
+        }
+    });
+
+    Settings {
+        lan,
+        wan,
+        external_ips,
+        port_min,
+        port_max,
+        port_parity,
+        port_class,
+        low_port_range,
+        xdp_mode,
+        port_hold,
+        ports_per_host,
+        timeouts,
+        filtering,
+    }
+}
+
+/// `external_ip`: one address (a string; `--external-ip` takes a
+/// comma-separated list) or a list of up to MAX_POOL_ADDRS distinct ones.
+fn external_ips(raw: &mut Raw) -> Vec<Ipv4Addr> {
+    let texts: Vec<String> = match raw.values.get("external_ip").cloned() {
+        None => return Vec::new(),
+        Some((Value::String(s), _)) => s.split(',').map(|t| t.trim().to_string()).collect(),
+        Some((Value::Array(items), _)) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect(),
+        Some((other, _)) => {
+            raw.error("external_ip", &other, "must be an IPv4 address in quotes, or a list of them");
+            return Vec::new();
+        }
+    };
+    let mut ips = Vec::new();
+    for text in texts {
+        match text.parse::<Ipv4Addr>() {
+            Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() => {
+                raw.error("external_ip", &text, "must be a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast)")
+            }
+            Ok(ip) if ips.contains(&ip) => raw.error("external_ip", &text, "is listed twice"),
+            Ok(ip) => ips.push(ip),
+            Err(_) => raw.error("external_ip", format!("{text:?}"), "must be an IPv4 address, e.g. 203.0.113.1"),
+        }
+    }
+    if ips.len() > nat_common::MAX_POOL_ADDRS {
+        let max = nat_common::MAX_POOL_ADDRS;
+        raw.error("external_ip", format!("{} addresses", ips.len()), format!("at most {max} addresses in the pool"));
+        ips.truncate(max);
+    }
+    ips
 }
 
 fn interface(raw: &mut Raw, key: &str) -> String {
@@ -433,12 +503,17 @@ fn interface(raw: &mut Raw, key: &str) -> String {
 
 /// "LO-HI" with LOWEST_NAT_PORT <= LO <= HI <= 65535.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let allowed = format!("must be \"LO-HI\" with {LOWEST_NAT_PORT} <= LO <= HI <= 65535, e.g. \"20000-32767\"");
+    parse_range(s, LOWEST_NAT_PORT, 65535)
+}
+
+/// "LO-HI" with `min <= LO <= HI <= max`.
+fn parse_range(s: &str, min: u16, max: u16) -> Result<(u16, u16), String> {
+    let allowed = format!("must be \"LO-HI\" with {min} <= LO <= HI <= {max}, e.g. \"{}-{}\"", min.max(20000.min(max)), max.min(32767));
     let (lo, hi) = s.split_once('-').ok_or_else(|| allowed.clone())?;
     let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) else {
         return Err(allowed);
     };
-    if lo < LOWEST_NAT_PORT || lo > hi {
+    if lo < min || lo > hi || hi > max {
         return Err(allowed);
     }
     Ok((lo, hi))
@@ -448,7 +523,8 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 pub struct Environment {
     pub lan_ifindex: u32,
     pub wan_ifindex: u32,
-    pub external_ip: Ipv4Addr,
+    /// The external address pool (at least one).
+    pub external_ips: Vec<Ipv4Addr>,
 }
 
 impl Environment {
@@ -466,8 +542,8 @@ impl Environment {
                 err(key, name, "no such interface in this network namespace (see `ip link`)".into());
             }
         }
-        let external_ip = match settings.external_ip {
-            Some(ip) => Some(ip),
+        let external_ips = match settings.external_ips.first() {
+            Some(_) => Some(settings.external_ips.clone()),
             None if wan_ifindex.is_some() => {
                 let found = first_ipv4(&settings.wan);
                 if found.is_none() {
@@ -480,7 +556,7 @@ impl Environment {
                         ),
                     );
                 }
-                found
+                found.map(|ip| vec![ip])
             }
             None => None,
         };
@@ -499,22 +575,27 @@ impl Environment {
                 ),
             );
         }
-        for (proto, port) in listening_ports(external_ip) {
-            if (settings.port_min..=settings.port_max).contains(&port) {
-                err(
-                    "port_range",
-                    &range,
-                    format!(
-                        "contains {proto} port {port}, where a local service listens: inbound packets for it would be \
-                         taken for NAT traffic; move the service or the range"
-                    ),
-                );
+        let ranges = [("port_range", Some((settings.port_min, settings.port_max))), ("low_port_range", settings.low_port_range)];
+        for (proto, port) in listening_ports(external_ips.as_deref().unwrap_or_default()) {
+            for (key, range) in ranges {
+                if let Some((lo, hi)) = range
+                    && (lo..=hi).contains(&port)
+                {
+                    err(
+                        key,
+                        &format!("{lo}-{hi}"),
+                        format!(
+                            "contains {proto} port {port}, where a local service listens: inbound packets for it would \
+                             be taken for NAT traffic; move the service or the range"
+                        ),
+                    );
+                }
             }
         }
 
-        match (lan_ifindex, wan_ifindex, external_ip) {
-            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ip)) if errors.is_empty() => {
-                Ok(Environment { lan_ifindex, wan_ifindex, external_ip })
+        match (lan_ifindex, wan_ifindex, external_ips) {
+            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ips)) if errors.is_empty() => {
+                Ok(Environment { lan_ifindex, wan_ifindex, external_ips })
             }
             _ => Err(ConfigErrors(errors)),
         }
@@ -564,7 +645,7 @@ fn ephemeral_range() -> Option<(u16, u16)> {
 
 /// TCP listeners and bound UDP sockets on the wildcard or `external` address,
 /// from /proc/net/{tcp,udp} (per network namespace).
-fn listening_ports(external: Option<Ipv4Addr>) -> Vec<(&'static str, u16)> {
+fn listening_ports(external: &[Ipv4Addr]) -> Vec<(&'static str, u16)> {
     const TCP_LISTEN: &str = "0A";
     let mut ports = Vec::new();
     for (proto, path) in [("tcp", "/proc/net/tcp"), ("udp", "/proc/net/udp")] {
@@ -581,7 +662,7 @@ fn listening_ports(external: Option<Ipv4Addr>) -> Vec<(&'static str, u16)> {
             };
             // /proc prints the network-order bytes read as a host integer.
             let addr = Ipv4Addr::from(u32::from_be(addr));
-            if addr.is_unspecified() || Some(addr) == external {
+            if addr.is_unspecified() || external.contains(&addr) {
                 ports.push((proto, port));
             }
         }
@@ -636,7 +717,7 @@ mod tests {
         );
         let (s, warnings) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
         assert_eq!((s.lan.as_str(), s.wan.as_str()), ("eth1", "eth0"));
-        assert_eq!(s.external_ip, Some(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_eq!(s.external_ips, [Ipv4Addr::new(203, 0, 113, 7)]);
         assert_eq!((s.port_min, s.port_max), (40000, 40099));
         assert_eq!(s.xdp_mode, XdpModeSetting::Generic);
         assert_eq!(s.port_hold, Duration::from_secs(5));
@@ -718,6 +799,37 @@ mod tests {
         );        assert_eq!(s.filtering, Filtering::default());
     }
 
+    /// RFC 4787 REQ-2 / REQ-3a / REQ-4 settings: a pool as a list or a
+    /// comma-separated flag, parity and class switches, the low range below
+    /// 1024; each mistake named.
+    #[test]
+    fn pool_parity_and_class_settings() {
+        let f = file("lan = \"a\"\nwan = \"b\"\nexternal_ip = [\"203.0.113.1\", \"198.51.100.7\"]\nport_parity = false\nlow_port_range = \"600-699\"\n");
+        let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+        assert_eq!(s.external_ips, [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(198, 51, 100, 7)]);
+        assert_eq!((s.port_parity, s.port_class, s.low_port_range), (false, true, Some((600, 699))));
+        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ips: s.external_ips.clone() };
+        let config = s.gateway_config(&env);
+        assert_eq!((config.pool_len, config.port_parity, config.port_class), (2, 0, 1));
+        assert_eq!(config.external_addrs_be[1], u32::from_ne_bytes([198, 51, 100, 7]));
+
+        let flags = Overrides { external_ip: Some("203.0.113.1, 203.0.113.5".into()), ..Overrides::default() };
+        let (s, _) = Settings::from_sources(Some(&f.0), &flags).unwrap();
+        assert_eq!(s.external_ips.len(), 2);
+
+        let nine: Vec<String> = (1..=9).map(|i| format!("\"203.0.113.{i}\"")).collect();
+        let bad = format!(
+            "lan = \"a\"\nwan = \"b\"\nexternal_ip = [{}, \"203.0.113.1\"]\nport_class = \"yes\"\nlow_port_range = \"900-1100\"\n",
+            nine.join(", ")
+        );
+        let errs = errors(&bad, &Overrides::default());
+        let said = |field: &str, what: &str| errs.iter().any(|e| e.field == field && e.to_string().contains(what));
+        assert!(said("external_ip", "listed twice"), "{errs:#?}");
+        assert!(said("external_ip", "at most 8"), "{errs:#?}");
+        assert!(said("port_class", "true or false"), "{errs:#?}");
+        assert!(said("low_port_range", "HI <= 1023"), "{errs:#?}");
+    }
+
     /// RFC 4787 REQ-8 / RFC 5382 REQ-3: filtering is selectable per protocol
     /// in the file, `--filtering` sets every protocol, a bad value names the
     /// key and the three choices, and what the datapath gets matches.
@@ -729,7 +841,7 @@ mod tests {
             (s.filtering.tcp, s.filtering.udp, s.filtering.icmp),
             (FilteringMode::AddressAndPortDependent, FilteringMode::AddressDependent, FilteringMode::EndpointIndependent)
         );
-        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ip: Ipv4Addr::new(203, 0, 113, 1) };
+        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ips: vec![Ipv4Addr::new(203, 0, 113, 1)] };
         let config = s.gateway_config(&env);
         assert_eq!((config.filtering_tcp, config.filtering_udp, config.filtering_icmp), (2, 1, 0));
         assert_eq!(config.permit_ttl_udp_ns, 301_000_000_000, "UDP permits live the UDP timeout and one clock tick");

@@ -7,10 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, PermitKey, miss_kind, proto, tcp_flags};
+use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, PermitKey, miss_kind, pool_index, proto, tcp_flags};
 
 use crate::{
-    allocator::PortAllocator,
+    allocator::{PortAllocator, PortPolicy},
     config::{Filtering, FilteringMode},
     control::{Counter, FilteringStatus, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
@@ -93,9 +93,13 @@ pub struct RunInfo {
     pub lan: String,
     pub wan: String,
     pub xdp_mode: &'static str,
-    pub external: Ipv4Addr,
+    /// The external address pool; each inside host is paired with one
+    /// (`nat_common::pool_index`).
+    pub external_ips: Vec<Ipv4Addr>,
     pub port_min: u16,
     pub port_max: u16,
+    /// What an allocated port keeps of the inside port (parity, class).
+    pub port_policy: PortPolicy,
     pub port_hold: Duration,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
@@ -138,9 +142,10 @@ pub struct DaemonCounters {
     pub handoff_errors: u64,
 }
 
-/// Free ports (and session slots) kept queued per protocol for the datapath
-/// to claim: a burst of this many new flows is set up without the daemon.
-pub const FREE_QUEUE_TARGET: usize = 1024;
+/// Free ports (and session slots) kept queued per protocol and parity for
+/// the datapath to claim: a burst of twice this many new flows of one
+/// protocol is set up without the daemon.
+pub const FREE_QUEUE_TARGET: usize = 512;
 
 /// How often a refusal is logged at most: a full port space under load would
 /// otherwise write a line per packet.
@@ -150,7 +155,8 @@ pub struct Daemon {
     datapath: Datapath,
     info: RunInfo,
     started: Instant,
-    ports: PortAllocator,
+    /// One port space per external address, in pool order.
+    pools: Vec<PortAllocator>,
     /// Mirror of the maps.
     sessions: SessionTable,
     slots: SlotPool,
@@ -169,7 +175,15 @@ impl Daemon {
             .context("seeding the port randomizer from /dev/urandom")?;
         let mut daemon = Self {
             datapath,
-            ports: PortAllocator::new(info.port_min, info.port_max, info.port_hold.as_nanos() as u64, u64::from_ne_bytes(seed)),
+            pools: info
+                .external_ips
+                .iter()
+                .enumerate()
+                .map(|(i, _)| {
+                    let seed = u64::from_ne_bytes(seed).wrapping_add(i as u64);
+                    PortAllocator::with_policy(info.port_min, info.port_max, info.port_policy, info.port_hold.as_nanos() as u64, seed)
+                })
+                .collect(),
             quota: HostQuota::new(info.ports_per_host),
             info,
             started: Instant::now(),
@@ -214,7 +228,16 @@ impl Daemon {
 
     /// The datapath installed a mapping from a queued free port.
     fn claimed(&mut self, claim: &ClaimEvent) {
-        self.ports.claimed(claim.inside.proto);
+        // The port was queued on every pool address: the claiming host's
+        // address now uses it, the others get it back.
+        let claimed_on = self.pool_of(&claim.external);
+        for (index, pool) in self.pools.iter_mut().enumerate() {
+            if Some(index) == claimed_on {
+                pool.claimed(claim.inside.proto, claim.external.port());
+            } else {
+                pool.unreserve(claim.inside.proto, claim.external.port());
+            }
+        }
         self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session });
         self.counters.mappings_created += 1;
         self.counters.claimed_in_datapath += 1;
@@ -224,20 +247,44 @@ impl Daemon {
     /// flows are set up in the datapath without waiting for the daemon.
     pub fn refill_free_queues(&mut self) {
         for proto_nr in [proto::TCP, proto::UDP, proto::ICMP] {
-            while self.ports.queued(proto_nr) < FREE_QUEUE_TARGET {
-                let Some(slot) = self.slots.take() else { return };
-                let Some(port) = self.ports.reserve(proto_nr) else {
-                    self.slots.give_back(slot);
-                    break;
-                };
-                if let Err(e) = self.datapath.push_free_port(proto_nr, FreePort { session: slot, port, _pad: 0 }) {
-                    self.ports.unreserve(proto_nr, port);
-                    self.slots.give_back(slot);
-                    eprintln!("natd: {e:#}");
-                    break;
+            for parity in [0, 1] {
+                while self.pools[0].queued_of(proto_nr, parity) < FREE_QUEUE_TARGET {
+                    let Some(slot) = self.slots.take() else { return };
+                    let Some(port) = self.reserve_column(proto_nr, parity) else {
+                        self.slots.give_back(slot);
+                        break;
+                    };
+                    if let Err(e) = self.datapath.push_free_port(proto_nr, FreePort { session: slot, port, _pad: 0 }) {
+                        for pool in &mut self.pools {
+                            pool.unreserve(proto_nr, port);
+                        }
+                        self.slots.give_back(slot);
+                        eprintln!("natd: {e:#}");
+                        break;
+                    }
                 }
             }
         }
+    }
+
+    /// A random port of `parity` free on every pool address, reserved on all
+    /// of them: the datapath claims a queued port on the address of whichever
+    /// host takes it. `None` when no such port turned up in a few tries (a
+    /// busy pool): new flows then take natd's path until ports free up.
+    fn reserve_column(&mut self, proto_nr: u8, parity: u16) -> Option<u16> {
+        const PROBES: usize = 16;
+        let (first, rest) = self.pools.split_first_mut()?;
+        for _ in 0..PROBES {
+            let port = first.reserve(proto_nr, parity)?;
+            if rest.iter().all(|pool| pool.is_free(proto_nr, port)) {
+                for pool in rest.iter_mut() {
+                    pool.reserve_exact(proto_nr, port);
+                }
+                return Some(port);
+            }
+            first.unreserve(proto_nr, port);
+        }
+        None
     }
 
     /// A new flow the datapath could not claim a port for: set it up (unless
@@ -260,7 +307,7 @@ impl Daemon {
         // socket would deliver to the gateway itself: its retransmit finds the
         // mapping and is hairpinned in the datapath.
         let mut packet = event_packet(event)?.to_vec();
-        if packet[16..20] == self.info.external.octets() {
+        if self.info.external_ips.iter().any(|ip| packet[16..20] == ip.octets()) {
             return Ok(());
         }
         // The reply must pass filtering as if the datapath had sent it.
@@ -285,20 +332,22 @@ impl Daemon {
             self.log_refusal(inside, &why);
             return Ok(None);
         }
-        let Some(port) = self.ports.allocate(inside.proto, inside.port()) else {
+        // Paired pooling: the host's address, as the datapath picks it.
+        let pool = pool_index(inside.addr_be, self.pools.len() as u32) as usize;
+        let Some(port) = self.pools[pool].allocate(inside.proto, inside.port()) else {
             self.counters.refused_no_port += 1;
             self.log_refusal(inside, "every external port of this protocol is in use or held");
             return Ok(None);
         };
-        let external = Endpoint::new(self.info.external, port, inside.proto);
+        let external = Endpoint::new(self.info.external_ips[pool], port, inside.proto);
         let Some(slot) = self.slots.take() else {
-            self.ports.cancel(inside.proto, port);
+            self.pools[pool].cancel(inside.proto, port);
             self.counters.refused_map_full += 1;
             self.log_refusal(inside, "every session slot is in use");
             return Ok(None);
         };
         if let Err(e) = self.datapath.insert_pair(inside, external, slot, coarse_now_ns()) {
-            self.ports.cancel(inside.proto, port);
+            self.pools[pool].cancel(inside.proto, port);
             self.slots.give_back(slot);
             // A later packet of this flow may have claimed a queued port in
             // the datapath meanwhile (its ClaimEvent is still in the ring):
@@ -314,6 +363,11 @@ impl Daemon {
         self.quota.made(&mut self.datapath, &inside)?;
         self.counters.mappings_created += 1;
         Ok(Some(external))
+    }
+
+    /// The pool index of an external endpoint's address.
+    fn pool_of(&self, external: &Endpoint) -> Option<usize> {
+        self.info.external_ips.iter().position(|ip| *ip == external.addr())
     }
 
     /// RFC 5508 REQ-8: a host whose new flow was refused hears so at once
@@ -352,13 +406,17 @@ impl Daemon {
     pub fn age(&mut self) -> Result<()> {
         let now = coarse_now_ns();
         self.datapath.set_clock(now)?;
-        self.ports.reclaim(now);
+        for pool in &mut self.pools {
+            pool.reclaim(now);
+        }
         self.refill_free_queues();
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.info.timeouts, now)?;
         for inside in expired {
             if let Some(entry) = self.sessions.remove(&inside) {
                 self.datapath.remove_pair(inside)?;
-                self.ports.release(inside.proto, entry.external.port(), now);
+                if let Some(pool) = self.pool_of(&entry.external) {
+                    self.pools[pool].release(inside.proto, entry.external.port(), now);
+                }
                 self.slots.give_back(entry.slot);
                 self.quota.released(&mut self.datapath, &inside)?;
                 self.counters.mappings_expired += 1;
@@ -382,7 +440,7 @@ impl Daemon {
             pid: std::process::id(),
             lan: info.lan.clone(),
             wan: info.wan.clone(),
-            external_ip: info.external.to_string(),
+            external_ip: info.external_ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", "),
             xdp_mode: info.xdp_mode.to_string(),
             port_range: format!("{}-{}", info.port_min, info.port_max),
             uptime_s: self.started.elapsed().as_secs(),
@@ -391,9 +449,9 @@ impl Daemon {
                 .into_iter()
                 .map(|p| PortUsage {
                     proto: proto_name(p).to_string(),
-                    in_use: self.ports.in_use(p),
-                    held: self.ports.held(p),
-                    free: self.ports.free(p),
+                    in_use: self.pools.iter().map(|pool| pool.in_use(p)).sum(),
+                    held: self.pools.iter().map(|pool| pool.held(p)).sum(),
+                    free: self.pools.iter().map(|pool| pool.free(p)).sum(),
                 })
                 .collect(),
             refused_flows: self.counters.refused_no_port + self.counters.refused_map_full + self.counters.refused_quota,

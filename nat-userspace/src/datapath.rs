@@ -12,7 +12,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names, proto,
+    Endpoint, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names,
 };
 
 use crate::EBPF_OBJECT;
@@ -185,13 +185,9 @@ impl Datapath {
     }
 
     /// Queues a free port (and session slot) for the datapath to claim for a
-    /// new flow of `proto`.
+    /// new flow of `proto` (in the queue of the port's parity).
     pub fn push_free_port(&mut self, proto_nr: u8, free: FreePort) -> Result<()> {
-        let name = match proto_nr {
-            proto::TCP => map_names::FREE_TCP,
-            proto::UDP => map_names::FREE_UDP,
-            _ => map_names::FREE_ICMP,
-        };
+        let name = free_queue_name(proto_nr, free.port);
         let mut queue: Queue<&mut MapData, FreePort> = Queue::try_from(self.map_mut(name)?)?;
         queue.push(free, 0).with_context(|| format!("pushing to {name}"))?;
         Ok(())

@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand};
 use nat_userspace::{
+    allocator::PortPolicy,
     config::{Environment, Overrides, Settings, XdpModeSetting},
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request, Session, Stats, Status},
     daemon::{Daemon, RunInfo},
@@ -117,7 +118,10 @@ fn check(config: &std::path::Path) -> Result<()> {
     let (s, env) = settings(Some(config), &Overrides::default())?;
     println!("{}: OK", config.display());
     println!("  lan {} (ifindex {}), wan {} (ifindex {})", s.lan, env.lan_ifindex, s.wan, env.wan_ifindex);
-    println!("  external_ip {}, port_range {}-{}, port_hold {} s", env.external_ip, s.port_min, s.port_max, s.port_hold.as_secs());
+    let pool: Vec<String> = env.external_ips.iter().map(|ip| ip.to_string()).collect();
+    println!("  external_ip {}, port_range {}-{}, port_hold {} s", pool.join(", "), s.port_min, s.port_max, s.port_hold.as_secs());
+    let low = s.low_port_range.map_or("none".to_string(), |(lo, hi)| format!("{lo}-{hi}"));
+    println!("  port_parity {}, port_class {} (low_port_range {low})", s.port_parity, s.port_class);
     let quota = if s.ports_per_host == 0 { "no limit".to_string() } else { s.ports_per_host.to_string() };
     println!("  ports_per_host {quota}");
     let t = s.timeouts;
@@ -165,9 +169,10 @@ async fn run(args: RunArgs) -> Result<()> {
         lan: settings.lan.clone(),
         wan: settings.wan.clone(),
         xdp_mode: mode,
-        external: env.external_ip,
+        external_ips: env.external_ips.clone(),
         port_min: settings.port_min,
         port_max: settings.port_max,
+        port_policy: PortPolicy { parity: settings.port_parity, class: settings.port_class, low: settings.low_port_range },
         port_hold: settings.port_hold,
         timeouts: settings.timeouts,
         filtering: settings.filtering,
@@ -179,7 +184,7 @@ async fn run(args: RunArgs) -> Result<()> {
         "natd: serving: lan {} wan {} external {} ports {}-{} mode {mode} (pid {})",
         settings.lan,
         settings.wan,
-        env.external_ip,
+        env.external_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(","),
         settings.port_min,
         settings.port_max,
         std::process::id()

@@ -1060,3 +1060,73 @@ fn claims_stop_at_the_per_host_quota() {
     gw.datapath.set_host_returns(key, 1).unwrap();
     assert_eq!(gw.run(Side::Lan, &new_flow(host, 7003)).unwrap().action, REDIRECT, "after a release");
 }
+/// The verifier walks every path of a program up to 1,000,000 instructions;
+/// a change that multiplies paths (one state per queue, per pool address...)
+/// fails to load long after it compiles. Half the limit is the budget.
+#[test]
+fn programs_stay_within_half_the_verifier_budget() {
+    require_root!();
+    let gw = gateway("verified").unwrap();
+    for side in [Side::Lan, Side::Wan] {
+        let info = gw.datapath.program(side).unwrap().info().unwrap();
+        let verified = info.verified_instruction_count().expect("the kernel reports verified instructions (5.16+)");
+        eprintln!("{}: {verified} instructions verified", side.program_name());
+        assert!(verified < 500_000, "{}: {verified} instructions verified", side.program_name());
+    }
+}
+
+/// RFC 4787 REQ-2, REQ-4, REQ-3a in the claim path. With a pool of two
+/// addresses each host's new flows take its paired address (the hash natd
+/// uses too), from the one queue of the port's parity; with parity kept an
+/// odd inside port never takes an even port (natd decides when none is
+/// queued); with class kept an inside port below 1024 is left to natd.
+#[test]
+fn claims_keep_the_paired_address_parity_and_class() {
+    require_root!();
+    let mut gw = gateway("pool").unwrap();
+    let second = Ipv4Addr::new(203, 0, 113, 5);
+    let mut config = nat_common::GatewayConfig::new(addr::EXTERNAL, gw.wan_ifindex, addr::PORT_MIN, addr::PORT_MAX);
+    config.external_addrs_be[1] = u32::from_ne_bytes(second.octets());
+    config.pool_len = 2;
+    (config.port_parity, config.port_class) = (1, 1);
+    (config.low_port_min, config.low_port_max) = (600, 699);
+    gw.datapath.set_config(config).unwrap();
+    let _ring = gw.datapath.take_miss_ring().unwrap();
+    let pool = [addr::EXTERNAL, second];
+    gw.ns.ip(&["neigh", "replace", "10.77.1.11", "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"]).unwrap();
+    let hosts = [addr::LAN_HOST, Ipv4Addr::new(10, 77, 1, 11)];
+    let paired = |host: Ipv4Addr| pool[config.pool_index(u32::from_ne_bytes(host.octets())) as usize];
+    assert_ne!(paired(hosts[0]), paired(hosts[1]), "the fixture's hosts should land on different addresses");
+
+    let mut session = 300;
+    let mut queue = |gw: &mut TestGateway, proto_nr: u8, port: u16| {
+        session += 1;
+        gw.datapath.push_free_port(proto_nr, nat_common::FreePort { session, port, _pad: 0 }).unwrap();
+    };
+    for (host, inside_port, proto_nr) in [(hosts[0], 7001, proto::UDP), (hosts[1], 7003, proto::UDP), (hosts[0], 7005, proto::TCP), (hosts[1], 7006, proto::TCP)] {
+        let external_port = 25000 + inside_port;
+        queue(&mut gw, proto_nr, external_port);
+        let first = if proto_nr == proto::UDP { Frame::udp((host, inside_port), REMOTE_UDP) } else { Frame::tcp((host, inside_port), REMOTE_TCP) };
+        let run = gw.run(Side::Lan, &from_lan(first.clone()).build()).unwrap();
+        assert_eq!(run.action, REDIRECT, "{host}:{inside_port}");
+        let want = translated_out(from_lan(first), (paired(host), external_port));
+        assert_frames_eq(&format!("{host}:{inside_port}"), &run.frame, &want.build()).unwrap();
+    }
+
+    // Parity kept: only an even port is queued, an odd inside port goes to natd.
+    queue(&mut gw, proto::UDP, 26000);
+    let odd = from_lan(Frame::udp((addr::LAN_HOST, 7101), REMOTE_UDP)).build();
+    assert_eq!(gw.run(Side::Lan, &odd).unwrap().action, DROP);
+    let even = from_lan(Frame::udp((addr::LAN_HOST, 7102), REMOTE_UDP)).build();
+    assert_eq!(gw.run(Side::Lan, &even).unwrap().action, REDIRECT, "an even inside port takes the even one");
+    // Class kept: NTP's port 123 is natd's to map into 600-699.
+    queue(&mut gw, proto::UDP, 26001);
+    let ntp = from_lan(Frame::udp((addr::LAN_HOST, 123), REMOTE_UDP)).build();
+    assert_eq!(gw.run(Side::Lan, &ntp).unwrap().action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 2);
+
+    // Unmapped ports of the low range are the NAT's too: dropped, not passed.
+    let unsolicited = from_wan(Frame::udp(REMOTE_UDP, (second, 650))).build();
+    assert_eq!(gw.run(Side::Wan, &unsolicited).unwrap().action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::DropInboundNoMapping).unwrap(), 1);
+}
