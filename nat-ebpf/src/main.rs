@@ -320,9 +320,11 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     }
     let index = cfg.pool_index(inside.addr_be);
     let external_addr_be = *cfg.external_addrs_be.get(index as usize)?;
-    let strict_parity = cfg.port_parity != 0 && inside.proto != proto::ICMP;
+    // Parity kept: the inside port's. Not kept: a bit that has nothing to do
+    // with it, so parity matches only by chance.
+    let parity = if cfg.port_parity != 0 { port & 1 } else { (port >> 1) & 1 };
     let quota = take_quota(inside, cfg.ports_per_host)?;
-    let Some(free) = pop_free(inside.proto, port & 1, strict_parity) else {
+    let Some(free) = pop_free(inside.proto, parity) else {
         give_back_quota(quota);
         return None;
     };
@@ -356,17 +358,14 @@ fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     OUTBOUND.get_ptr(inside)
 }
 
-/// A free port of `parity`; without `strict` parity, one of the other
-/// parity when that queue is empty. Only scalars leave this function: a
-/// queue pointer kept alive past it would make the verifier walk the rest of
-/// the claim once per queue.
+/// A free port of `parity`, or of the other parity when none is left (a
+/// flow that loses its parity beats a flow refused). Only scalars leave this
+/// function: a queue pointer kept alive past it would make the verifier walk
+/// the rest of the claim once per queue.
 #[inline(always)]
-fn pop_free(proto_nr: u8, parity: u16, strict: bool) -> Option<FreePort> {
+fn pop_free(proto_nr: u8, parity: u16) -> Option<FreePort> {
     if let Some(free) = free_queue(proto_nr, parity)?.pop().ok().flatten() {
         return Some(free);
-    }
-    if strict {
-        return None;
     }
     free_queue(proto_nr, parity ^ 1)?.pop().ok().flatten()
 }

@@ -4,8 +4,8 @@
 //! Policy: keep the inside port when it is free and in range (what games and
 //! VoIP expect), otherwise pick at random (RFC 6056 style: hard to guess,
 //! never sequential). With parity kept (RFC 4787 REQ-4) a random port has
-//! the inside port's parity, so RTP on an even port and RTCP on the next odd
-//! one stay a pair; with class kept (REQ-3a) an inside port below 1024 gets
+//! the inside port's parity whenever one of that parity is free, so RTP on an
+//! even port and RTCP on the next odd one stay a pair; with class kept (REQ-3a) an inside port below 1024 gets
 //! one from the low range, when one is configured. One space per protocol;
 //! ICMP identifiers are the "ports" of ICMP echo (parity does not apply).
 //!
@@ -166,8 +166,15 @@ impl PortAllocator {
         if (lo..=hi).contains(&inside_port) && self.taken.insert((proto, inside_port)) {
             return Some(inside_port);
         }
-        let parity = (self.policy.parity && proto != proto::ICMP).then_some(inside_port & 1);
-        self.pick(proto, lo, hi, parity)
+        // Parity is kept when a port of it is free; a flow that loses its
+        // parity beats a flow refused.
+        if self.policy.parity
+            && proto != proto::ICMP
+            && let Some(port) = self.pick(proto, lo, hi, Some(inside_port & 1))
+        {
+            return Some(port);
+        }
+        self.pick(proto, lo, hi, None)
     }
 
     /// A random free port in `lo..=hi`, of `parity` if given: random probes,
@@ -292,17 +299,17 @@ mod tests {
             let port = a.allocate(UDP, inside).unwrap();
             assert_eq!(port & 1, inside & 1, "inside {inside} got {port}");
         }
-        // Full for one parity: the other parity's ports are not handed out.
-        assert_eq!(a.allocate(UDP, 5000).map(|p| p & 1), Some(0));
+        // Odd ports all taken: an odd inside port gets an even one rather than none.
+        let mut full = PortAllocator::with_policy(20000, 20003, keep, 0, 3);
+        assert_eq!([full.allocate(UDP, 7001), full.allocate(UDP, 7003)].map(|p| p.unwrap() & 1), [1, 1]);
+        assert_eq!(full.allocate(UDP, 7005).map(|p| p & 1), Some(0), "no fallback to the other parity");
         let mut b = PortAllocator::new(20000, 20999, 0, 11);
         let parities: HashSet<u16> = (0..64).map(|_| b.allocate(UDP, 5001).unwrap() & 1).collect();
         assert_eq!(parities.len(), 2, "parity off still kept parity");
         for parity in [0, 1] {
             assert_eq!(b.reserve(TCP, parity).unwrap() & 1, parity);
         }
-        // A one-port range of the wrong parity has nothing to give.
-        let mut c = PortAllocator::with_policy(20000, 20000, keep, 0, 1);
-        assert_eq!(c.allocate(UDP, 7001), None);
+
     }
 
     /// RFC 4787 REQ-3a: with class kept, an inside port below 1024 gets one

@@ -47,6 +47,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("xdp_mode", "\"native\" or \"generic\""),
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
+    ("log_mappings", "true: log each mapping made and removed (inside and external endpoints, never destinations)"),
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
@@ -137,6 +138,7 @@ pub struct Settings {
     pub xdp_mode: XdpModeSetting,
     pub port_hold: Duration,
     pub ports_per_host: u32,
+    pub log_mappings: bool,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
 }
@@ -425,6 +427,7 @@ fn validate(raw: &mut Raw) -> Settings {
     };
 
     let port_parity = raw.boolean("port_parity", true);
+    let log_mappings = raw.boolean("log_mappings", false);
     let port_class = raw.boolean("port_class", true);
     let low_port_range = raw.string("low_port_range").and_then(|s| match parse_range(&s, 1, LOWEST_NAT_PORT - 1) {
         Ok(range) => Some(range),
@@ -446,6 +449,7 @@ fn validate(raw: &mut Raw) -> Settings {
         xdp_mode,
         port_hold,
         ports_per_host,
+        log_mappings,
         timeouts,
         filtering,
     }

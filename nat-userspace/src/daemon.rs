@@ -105,6 +105,8 @@ pub struct RunInfo {
     pub filtering: Filtering,
     /// External ports per protocol one inside address may hold; 0: no limit.
     pub ports_per_host: u32,
+    /// Log every mapping made and removed (RFC 6888 REQ-12..15).
+    pub log_mappings: bool,
     /// The gateway's address on the LAN: the source of its ICMP messages to
     /// inside hosts. `None`: the LAN interface has no IPv4 address, no
     /// messages are sent.
@@ -238,7 +240,8 @@ impl Daemon {
                 pool.unreserve(claim.inside.proto, claim.external.port());
             }
         }
-        self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session });
+        self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session, created_ns: coarse_now_ns() });
+        self.log_mapping("created", &claim.inside, &claim.external, None);
         self.counters.mappings_created += 1;
         self.counters.claimed_in_datapath += 1;
     }
@@ -359,7 +362,8 @@ impl Daemon {
             self.log_refusal(inside, &format!("{e:#}"));
             return Ok(None);
         }
-        self.sessions.insert(inside, SessionEntry { external, slot });
+        self.sessions.insert(inside, SessionEntry { external, slot, created_ns: coarse_now_ns() });
+        self.log_mapping("created", &inside, &external, None);
         self.quota.made(&mut self.datapath, &inside)?;
         self.counters.mappings_created += 1;
         Ok(Some(external))
@@ -384,6 +388,28 @@ impl Daemon {
             self.counters.refusals_notified += 1;
         }
         Ok(())
+    }
+
+    /// RFC 6888 REQ-12..15: with `log_mappings`, one line per mapping made
+    /// or removed, enough to tell which inside host held an external port
+    /// when (wall clock, inside and external endpoints, lifetime), and never
+    /// the destinations it talked to.
+    fn log_mapping(&self, what: &str, inside: &Endpoint, external: &Endpoint, lifetime_ns: Option<u64>) {
+        if !self.info.log_mappings {
+            return;
+        }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let lifetime = lifetime_ns.map_or(String::new(), |ns| format!(" lifetime_s={}", ns / 1_000_000_000));
+        eprintln!(
+            "natd: mapping {what} time={}.{:03} proto={} inside={}:{} external={}:{}{lifetime}",
+            wall.as_secs(),
+            wall.subsec_millis(),
+            proto_name(inside.proto),
+            inside.addr(),
+            inside.port(),
+            external.addr(),
+            external.port()
+        );
     }
 
     fn log_refusal(&mut self, inside: Endpoint, why: &str) {
@@ -419,6 +445,7 @@ impl Daemon {
                 }
                 self.slots.give_back(entry.slot);
                 self.quota.released(&mut self.datapath, &inside)?;
+                self.log_mapping("removed", &inside, &entry.external, Some(now.saturating_sub(entry.created_ns)));
                 self.counters.mappings_expired += 1;
             }
         }
@@ -511,6 +538,8 @@ impl Daemon {
 pub struct SessionEntry {
     pub external: Endpoint,
     pub slot: u32,
+    /// `coarse_now_ns` when the mapping was made (for the mapping log).
+    pub created_ns: u64,
 }
 
 /// inside endpoint -> session. foldhash: the aging scan walks every session

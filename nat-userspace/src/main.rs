@@ -177,6 +177,7 @@ async fn run(args: RunArgs) -> Result<()> {
         timeouts: settings.timeouts,
         filtering: settings.filtering,
         ports_per_host: settings.ports_per_host,
+        log_mappings: settings.log_mappings,
         lan_ip: nat_userspace::config::first_ipv4(&settings.lan),
     };
     let mut daemon = Daemon::new(datapath, info)?;

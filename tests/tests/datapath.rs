@@ -841,7 +841,9 @@ fn quote(f: &Frame) -> Vec<u8> {
 /// sent (address, port or echo identifier, quoted IPv4 and UDP/echo
 /// checksums), type and code kept, outer destination and every checksum
 /// right. UDP (Time Exceeded) and echo (Fragmentation Needed) quotes; an
-/// error about the gateway's own packet passes to the kernel.
+/// error about the gateway's own packet passes to the kernel. The errors
+/// neither refresh (RFC 5508 REQ-6) nor end (RFC 4787 REQ-12, RFC 5382
+/// REQ-10) the mapping.
 #[test]
 fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
     require_root!();
@@ -876,6 +878,14 @@ fn icmp_errors_from_the_wan_reach_the_inside_host_reverted() {
     // RFC 5508 REQ-6: the errors refreshed nothing (the mappings were made at t=0).
     let slot = gw.datapath.outbound().unwrap().get(&nat_common::Endpoint::new(UDP_INSIDE.0, UDP_INSIDE.1, proto::UDP), 0).unwrap().session;
     assert_eq!(gw.datapath.liveness(slot).unwrap().last_seen_ns, 0, "an ICMP error refreshed the mapping");
+    // RFC 4787 REQ-12, RFC 5382 REQ-10: nor ended it (Port Unreachable included).
+    let unreachable = with(Frame::udp(UDP_EXTERNAL, REMOTE_UDP), |f| f.ttl = 63);
+    let mut input = Frame::new(addr::REMOTE, addr::EXTERNAL, L4::Raw { proto: proto::ICMP });
+    input.payload = icmp_error(3, 3, &quote(&unreachable));
+    assert_eq!(gw.run(Side::Wan, &from_wan(input).build()).unwrap().action, REDIRECT);
+    assert!(gw.datapath.outbound().unwrap().get(&nat_common::Endpoint::new(UDP_INSIDE.0, UDP_INSIDE.1, proto::UDP), 0).is_ok());
+    assert!(gw.datapath.inbound().unwrap().get(&nat_common::Endpoint::new(UDP_EXTERNAL.0, UDP_EXTERNAL.1, proto::UDP), 0).is_ok());
+    assert_eq!(gw.run(Side::Wan, &udp_in().build()).unwrap().action, REDIRECT, "the mapping stopped working after the errors");
 
     // About a packet of the gateway's own (source port 33000, no mapping).
     let own = with(Frame::udp((addr::EXTERNAL, 33000), REMOTE_UDP), |f| f.ttl = 63);
@@ -1078,8 +1088,9 @@ fn programs_stay_within_half_the_verifier_budget() {
 /// RFC 4787 REQ-2, REQ-4, REQ-3a in the claim path. With a pool of two
 /// addresses each host's new flows take its paired address (the hash natd
 /// uses too), from the one queue of the port's parity; with parity kept an
-/// odd inside port never takes an even port (natd decides when none is
-/// queued); with class kept an inside port below 1024 is left to natd.
+/// odd inside port takes an odd port while one is queued and an even one
+/// after (parity lost beats a refusal); with class kept an inside port below
+/// 1024 is left to natd.
 #[test]
 fn claims_keep_the_paired_address_parity_and_class() {
     require_root!();
@@ -1113,17 +1124,19 @@ fn claims_keep_the_paired_address_parity_and_class() {
         assert_frames_eq(&format!("{host}:{inside_port}"), &run.frame, &want.build()).unwrap();
     }
 
-    // Parity kept: only an even port is queued, an odd inside port goes to natd.
+    // Parity kept: odd to odd while an odd port is queued, then the even one.
     queue(&mut gw, proto::UDP, 26000);
-    let odd = from_lan(Frame::udp((addr::LAN_HOST, 7101), REMOTE_UDP)).build();
-    assert_eq!(gw.run(Side::Lan, &odd).unwrap().action, DROP);
-    let even = from_lan(Frame::udp((addr::LAN_HOST, 7102), REMOTE_UDP)).build();
-    assert_eq!(gw.run(Side::Lan, &even).unwrap().action, REDIRECT, "an even inside port takes the even one");
-    // Class kept: NTP's port 123 is natd's to map into 600-699.
     queue(&mut gw, proto::UDP, 26001);
+    let source_port = |run: &nat_tests::TestRun| u16::from_be_bytes([run.frame[34], run.frame[35]]);
+    let odd = gw.run(Side::Lan, &from_lan(Frame::udp((addr::LAN_HOST, 7101), REMOTE_UDP)).build()).unwrap();
+    assert_eq!((odd.action, source_port(&odd)), (REDIRECT, 26001));
+    let odd = gw.run(Side::Lan, &from_lan(Frame::udp((addr::LAN_HOST, 7103), REMOTE_UDP)).build()).unwrap();
+    assert_eq!((odd.action, source_port(&odd)), (REDIRECT, 26000), "no fallback to the other parity");
+    // Class kept: NTP's port 123 is natd's to map into 600-699.
+    queue(&mut gw, proto::UDP, 26003);
     let ntp = from_lan(Frame::udp((addr::LAN_HOST, 123), REMOTE_UDP)).build();
     assert_eq!(gw.run(Side::Lan, &ntp).unwrap().action, DROP);
-    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 2);
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
 
     // Unmapped ports of the low range are the NAT's too: dropped, not passed.
     let unsolicited = from_wan(Frame::udp(REMOTE_UDP, (second, 650))).build();

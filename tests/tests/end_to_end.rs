@@ -567,6 +567,76 @@ fn a_pool_pairs_each_host_with_one_address_and_ports_keep_parity_and_class() {
     assert!((20000..=32767).contains(&port), "{low:?}");
 }
 
+/// RFC 6888 REQ-12..15: with `log_mappings`, natd logs each mapping made and
+/// removed, datapath-claimed or its own, with the time, inside and external
+/// endpoints and lifetime, and never a destination address or port.
+#[test]
+fn mappings_are_logged_without_destinations() {
+    require_root!();
+    let mut lab = NatLab::new(1, true).unwrap();
+    let config = lab.config_file("log_mappings = true\n[timeouts]\nudp = 2\n").unwrap();
+    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    for port in [6001, 25000] {
+        assert_eq!(udp_request(&lab.hosts[0], port, b"l".to_vec()).join().unwrap().unwrap(), b"echo:l");
+    }
+    let externals: Vec<String> = lab.sessions().unwrap().into_iter().map(|s| s.external).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.sessions().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the mappings never expired");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = lab.natd_log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("natd: mapping ")).collect();
+    assert_eq!(lines.len(), 4, "two made, two removed:\n{log}");
+    for external in &externals {
+        for what in ["created", "removed"] {
+            assert!(
+                lines.iter().any(|l| l.contains(&format!("mapping {what} ")) && l.contains(&format!("external={external}")) && l.contains("inside=10.77.1.10:")),
+                "no `{what}` line for {external}:\n{log}"
+            );
+        }
+    }
+    assert!(lines.iter().all(|l| l.contains(" time=") && !l.contains(&SERVER.to_string()) && !l.contains(&SERVICE_PORT.to_string())), "{log}");
+    assert!(lines.iter().filter(|l| l.contains("removed")).all(|l| l.contains(" lifetime_s=")), "{log}");
+}
+
+/// RFC 4787 REQ-11 (deterministic behaviour): the mapping behaviour does not
+/// change with load. With all but one port of a four-port range in use, a
+/// host's flows to two destinations still share one external endpoint
+/// (endpoint-independent, no fallback to per-destination mappings or port
+/// overloading), and once the range is full new endpoints are refused
+/// rather than given a shared port.
+#[test]
+fn mapping_behaviour_stays_the_same_when_ports_run_short() {
+    require_root!();
+    let mut lab = NatLab::new(2, true).unwrap();
+    let config = lab.config_file("port_range = \"20000-20003\"\n").unwrap();
+    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    let a = EchoServer::start(&lab.server, SERVICE_PORT);
+    let b = EchoServer::start(&lab.server, SERVICE_PORT + 1);
+    for port in [6001, 6002, 6003] {
+        assert_eq!(udp_request(&lab.hosts[0], port, b"f".to_vec()).join().unwrap().unwrap(), b"echo:f");
+    }
+    let sock = udp_socket_in(&lab.hosts[1], 7001);
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for port in [SERVICE_PORT, SERVICE_PORT + 1] {
+        sock.send_to(b"x", SocketAddrV4::new(SERVER, port)).unwrap();
+        sock.recv_from(&mut buf).unwrap();
+    }
+    let last = |peers: Vec<SocketAddr>| *peers.last().unwrap();
+    assert_eq!(last(a.udp_peers()), last(b.udp_peers()), "two destinations got different external endpoints under pressure");
+    let externals: BTreeSet<String> = lab.sessions().unwrap().into_iter().map(|s| s.external).collect();
+    assert_eq!(externals.len(), 4, "four endpoints, four distinct external ports: {externals:?}");
+    // Full: a fifth endpoint is refused, never overloaded onto a used port.
+    let fifth = udp_socket_in(&lab.hosts[1], 7002);
+    fifth.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    fifth.send_to(b"y", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
+    assert!(fifth.recv_from(&mut buf).is_err(), "a fifth endpoint got through a four-port range");
+    assert_eq!(lab.sessions().unwrap().len(), 4);
+}
+
 /// Bad input: each a clear error naming what to fix, and nothing left attached.
 #[test]
 fn bad_input_is_a_clear_error_and_leaves_nothing_attached() {

@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto::UDP);
         let external = Endpoint::new(Ipv4Addr::from(0xcb00_7100 | (i >> 16)), (i & 0xffff) as u16, proto::UDP);
         gw.datapath.insert_pair(inside, external, i, 0).with_context(|| format!("session {i}"))?;
-        table.insert(inside, SessionEntry { external, slot: i });
+        table.insert(inside, SessionEntry { external, slot: i, created_ns: 0 });
     }
     let insert_s = started.elapsed().as_secs_f64();
     let held = gw.datapath.outbound()?.keys().count();
