@@ -140,6 +140,12 @@ impl NatLab {
         bail!("natd did not answer `natd status` within 10 s:\n{}", self.natd_log())
     }
 
+    /// Writes `config` (TOML) to the lab's config file and starts natd with it.
+    pub fn start_natd_with_config(&mut self, config: &str) -> Result<()> {
+        let path = self.config_file(config)?;
+        self.start_natd(&["--config", path.to_str().context("config path")?])
+    }
+
     /// Stops natd with SIGINT and returns its exit status.
     pub fn stop_natd(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.natd.take().context("natd is not running")?;
@@ -304,5 +310,15 @@ impl Drop for EchoServer {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A child process (a server a test started) killed and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

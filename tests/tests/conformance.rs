@@ -2,14 +2,14 @@
 //! other people's NAT test tools, run through the real natd in the lab.
 
 use std::{
-    process::{Child, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use nat_tests::{
-    natlab::{NatLab, SERVER},
+    natlab::{KillOnDrop, NatLab, SERVER},
     netns::Netns,
     require_root,
 };
@@ -19,7 +19,7 @@ use nat_tests::{
 const SERVER_ALT: &str = "203.0.113.3";
 
 /// `turnserver` (coturn) in STUN-only mode on both server addresses, killed on drop.
-struct StunServer(Child);
+struct StunServer(KillOnDrop);
 
 impl StunServer {
     fn start(server: &Netns) -> Result<Self> {
@@ -35,7 +35,7 @@ impl StunServer {
             .stderr(Stdio::null())
             .spawn()
             .context("starting turnserver (Debian package coturn)")?;
-        let mut stun = Self(child);
+        let mut stun = Self(KillOnDrop(child));
         // Listening on both addresses and both ports, bounded.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -43,7 +43,7 @@ impl StunServer {
             if [SERVER.to_string(), SERVER_ALT.to_string()].iter().all(|a| sockets.contains(&format!("{a}:3478")) && sockets.contains(&format!("{a}:3479"))) {
                 return Ok(stun);
             }
-            if let Some(status) = stun.0.try_wait()? {
+            if let Some(status) = stun.0.0.try_wait()? {
                 bail!("turnserver exited at start-up: {status}");
             }
             if Instant::now() > deadline {
@@ -51,13 +51,6 @@ impl StunServer {
             }
             thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for StunServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use nat_tests::{
-    natlab::{EXTERNAL, EchoServer, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
+    natlab::{EXTERNAL, EchoServer, IO_TIMEOUT, KillOnDrop, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
     netns::Netns,
     require_root,
 };
@@ -379,8 +379,7 @@ fn unsolicited_inbound_reaches_no_lan_host() {
 fn aging_removes_idle_mappings_on_time_and_frees_their_ports() {
     require_root!();
     let mut lab = NatLab::new(1, false).unwrap();
-    let config = lab.config_file("port_hold = 1\n[timeouts]\nudp = 2\nicmp = 2\n").unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config("port_hold = 1\n[timeouts]\nudp = 2\nicmp = 2\n").unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     assert_eq!(udp_request(&lab.hosts[0], 6100, b"a".to_vec()).join().unwrap().unwrap(), b"echo:a");
     let sent = Instant::now();
@@ -406,8 +405,7 @@ fn aging_removes_idle_mappings_on_time_and_frees_their_ports() {
 fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
     require_root!();
     let mut lab = NatLab::new(1, false).unwrap();
-    let config = lab.config_file("port_range = \"20000-20001\"\nport_hold = 0\n[timeouts]\nudp = 4\n").unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config("port_range = \"20000-20001\"\nport_hold = 0\n[timeouts]\nudp = 4\n").unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     let host = &lab.hosts[0];
     let keep = udp_socket_in(host, 6200);
@@ -450,8 +448,7 @@ fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
 fn a_host_past_its_port_quota_is_refused_and_told_so() {
     require_root!();
     let mut lab = NatLab::new(2, true).unwrap();
-    let config = lab.config_file("ports_per_host = 2\n[timeouts]\nudp = 3\n").unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config("ports_per_host = 2\n[timeouts]\nudp = 3\n").unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     let service = SocketAddrV4::new(SERVER, SERVICE_PORT);
     let (h0, h1) = (&lab.hosts[0], &lab.hosts[1]);
@@ -520,8 +517,7 @@ fn a_pool_pairs_each_host_with_one_address_and_ports_keep_parity_and_class() {
     let pool_config = |class: bool| {
         format!("external_ip = [\"{EXTERNAL}\", \"{second}\"]\nlow_port_range = \"600-699\"\nport_class = {class}\n")
     };
-    let config = lab.config_file(&pool_config(true)).unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config(&pool_config(true)).unwrap();
     let server = EchoServer::start(&lab.server, SERVICE_PORT);
     let pool: [Ipv4Addr; 2] = [EXTERNAL, second.parse().unwrap()];
     let paired = |i: usize| pool[nat_common::pool_index(u32::from_ne_bytes(host_addr(i).octets()), 2) as usize];
@@ -559,8 +555,7 @@ fn a_pool_pairs_each_host_with_one_address_and_ports_keep_parity_and_class() {
 
     // Class not kept: a port of the NAT range.
     lab.stop_natd().unwrap();
-    let config = lab.config_file(&pool_config(false)).unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config(&pool_config(false)).unwrap();
     assert_eq!(udp_request(&lab.hosts[0], 124, b"m".to_vec()).join().unwrap().unwrap(), b"echo:m");
     let low = lab.sessions().unwrap().into_iter().find(|s| s.inside.ends_with(":124")).unwrap();
     let port = low.external.parse::<SocketAddrV4>().unwrap().port();
@@ -574,8 +569,7 @@ fn a_pool_pairs_each_host_with_one_address_and_ports_keep_parity_and_class() {
 fn mappings_are_logged_without_destinations() {
     require_root!();
     let mut lab = NatLab::new(1, true).unwrap();
-    let config = lab.config_file("log_mappings = true\n[timeouts]\nudp = 2\n").unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config("log_mappings = true\n[timeouts]\nudp = 2\n").unwrap();
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     for port in [6001, 25000] {
         assert_eq!(udp_request(&lab.hosts[0], port, b"l".to_vec()).join().unwrap().unwrap(), b"echo:l");
@@ -611,8 +605,7 @@ fn mappings_are_logged_without_destinations() {
 fn mapping_behaviour_stays_the_same_when_ports_run_short() {
     require_root!();
     let mut lab = NatLab::new(2, true).unwrap();
-    let config = lab.config_file("port_range = \"20000-20003\"\n").unwrap();
-    lab.start_natd(&["--config", config.to_str().unwrap()]).unwrap();
+    lab.start_natd_with_config("port_range = \"20000-20003\"\n").unwrap();
     let a = EchoServer::start(&lab.server, SERVICE_PORT);
     let b = EchoServer::start(&lab.server, SERVICE_PORT + 1);
     for port in [6001, 6002, 6003] {
@@ -721,15 +714,6 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
