@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, miss_kind, tcp_flags,
+    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, FreePort, GatewayConfig, Liveness, MAX_PERMITS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, miss_kind, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -54,6 +54,12 @@ pub mod map_names {
     /// LRU hash `PermitKey` -> last-sent clock (ns): the remotes each inside
     /// endpoint has sent to, for address(-and-port)-dependent filtering.
     pub const PERMITS: &str = "PERMITS";
+    /// LRU hash `FragKey` -> `FragState`: what the first fragment of each
+    /// recent fragmented datagram was translated to (RFC 4787 REQ-14).
+    pub const FRAGS: &str = "FRAGS";
+    /// Hash `FragKey` -> clock (ns): datagrams natd parks later fragments of,
+    /// written by natd; the datapath tells natd when their first fragment passes.
+    pub const PARKED: &str = "PARKED";
 }
 
 /// Names of the XDP programs in the eBPF object.
