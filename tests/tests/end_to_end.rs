@@ -740,6 +740,16 @@ fn fragments_in_reverse_order_reach_the_socket_whole_both_ways() {
     sock.recv_from(&mut buf).expect("no echo through the new mapping");
     let external_port = echo.udp_peers()[0].port();
     let pause = Duration::from_millis(300);
+    let capture_file = std::env::temp_dir().join(format!("{}-frag-wan.pcap", lab.gw.name));
+    let mut capture = KillOnDrop(
+        lab.server
+            .command(&["tcpdump", "-i", "eth0", "-n", "-U", "-w", capture_file.to_str().unwrap(), "ip"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump"),
+    );
+    thread::sleep(Duration::from_millis(500));
 
     // Inbound: server -> the host's external endpoint.
     let inbound: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
@@ -754,17 +764,37 @@ fn fragments_in_reverse_order_reach_the_socket_whole_both_ways() {
     let receiver = udp_socket_in(&lab.server, SERVICE_PORT + 1);
     receiver.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let outbound: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8).collect();
-    send_raw(&lab.hosts[0], reversed_fragments((host_addr(0), inside_port), (SERVER, SERVICE_PORT + 1), &outbound, 0x7002), pause)
-        .join()
-        .unwrap();
+    let pieces = reversed_fragments((host_addr(0), inside_port), (SERVER, SERVICE_PORT + 1), &outbound, 0x7002);
+    let sent = pieces.len();
+    send_raw(&lab.hosts[0], pieces, pause).join().unwrap();
     let (n, from) = receiver.recv_from(&mut buf).expect("the server socket did not get the reverse-ordered datagram");
     assert_eq!(from, SocketAddr::from(SocketAddrV4::new(EXTERNAL, external_port)), "not from the host's mapping");
     assert_eq!(&buf[..n], &outbound[..], "outbound datagram differs");
 
+    // The parked fragments left from the external address too: no inside
+    // address on the WAN, and every outbound fragment seen there.
+    // -v: each packet's IP id on its first line, addresses on the second.
+    // The capture reaches the file a little after the socket got the datagram.
+    let read_capture = || lab.server.exec(&["tcpdump", "-n", "-v", "-r", capture_file.to_str().unwrap()]).unwrap_or_default();
+    let seen = |dump: &str| dump.lines().filter(|l| l.contains(&format!("id {},", 0x7002))).count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen(&read_capture()) < sent && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(capture.0.id() as i32, libc::SIGINT) };
+    let _ = capture.0.wait();
+    let dump = read_capture();
+    let _ = std::fs::remove_file(&capture_file);
+    let leaks: Vec<&str> = dump.lines().filter(|l| l.contains("10.77.1.")).collect();
+    assert!(leaks.is_empty(), "inside addresses on the WAN:\n{}", leaks.join("\n"));
+    assert_eq!(seen(&dump), sent, "outbound fragments on the WAN:\n{dump}");
+
     let stats = lab.stats().unwrap();
-    // Three fragments each way: two parked and released each way.
-    assert!(stats.get("fragment_to_daemon").unwrap() >= 4, "{stats:?}");
-    assert!(stats.get("fragments_parked").unwrap() >= 4, "{stats:?}");
-    assert!(stats.get("fragments_sent").unwrap() >= 4, "{stats:?}");
+    // Four fragments each way (3008 bytes of UDP in 1000-byte pieces): the
+    // three later ones parked and released each way.
+    assert_eq!(stats.get("fragment_to_daemon"), Some(6), "{stats:?}");
+    assert_eq!(stats.get("fragments_parked"), Some(6), "{stats:?}");
+    assert_eq!(stats.get("fragments_sent"), Some(6), "{stats:?}");
     assert_eq!(stats.get("fragments_expired"), Some(0), "{stats:?}");
 }
