@@ -1193,3 +1193,36 @@ fn fragment_state_expires_with_the_published_clock() {
     assert_eq!(items.len(), 1);
     assert_eq!(as_miss(&items[0]).kind, miss_kind::FRAGMENT_OUT);
 }
+
+/// RFC 4787 REQ-14 with RFC 4787 REQ-8: the later fragments of a datagram
+/// whose first fragment filtering refused do not get in by identity (no
+/// state is recorded for it); once the inside endpoint has sent to the
+/// remote, a datagram of its gets in whole. A later fragment in with TTL 1 is
+/// dropped like any inbound packet.
+#[test]
+fn later_fragments_follow_the_filtering_of_their_first() {
+    require_root!();
+    let gw = filtering_gateway("fragfilt", nat_common::filtering::ADDRESS_AND_PORT_DEPENDENT, 10_000_000_000);
+    let refused = packet::fragments(&with_payload(udp_in(), 100, 0x6001).build(), 32);
+    assert_eq!(gw.run(Side::Wan, &refused[0]).unwrap().action, DROP, "first fragment from a remote never sent to");
+    assert_eq!(gw.datapath.counter(Reason::DropFiltered).unwrap(), 1);
+    let run = gw.run(Side::Wan, &refused[1]).unwrap();
+    assert_eq!((run.action, &run.frame), (PASS, &refused[1]), "untranslated to the kernel (and natd), not to the inside host");
+    assert_eq!(gw.datapath.counter(Reason::FragmentTranslatedIn).unwrap(), 0);
+
+    assert_eq!(gw.run(Side::Lan, &udp_out().build()).unwrap().action, REDIRECT, "the inside endpoint sends to the remote");
+    let admitted = packet::fragments(&with_payload(udp_in(), 100, 0x6002).build(), 32);
+    let wants = packet::fragments(&translated_in(with_payload(udp_in(), 100, 0x6002), UDP_INSIDE).build(), 32);
+    for (i, (frame, want)) in admitted.iter().zip(&wants).enumerate() {
+        let run = gw.run(Side::Wan, frame).unwrap();
+        assert_eq!(run.action, REDIRECT, "fragment {i}");
+        assert_frames_eq(&format!("fragment {i}"), &run.frame, want).unwrap();
+    }
+    let mut last = admitted.last().unwrap().clone();
+    last[14 + 8] = 1;
+    last[14 + 10..14 + 12].fill(0);
+    let c = checksum::checksum(&last[14..34]);
+    last[14 + 10..14 + 12].copy_from_slice(&c.to_ne_bytes());
+    assert_eq!(gw.run(Side::Wan, &last).unwrap().action, DROP, "TTL 1");
+    assert_eq!(gw.datapath.counter(Reason::DropTtlExpired).unwrap(), 1);
+}
