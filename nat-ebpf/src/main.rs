@@ -140,7 +140,12 @@ fn finish(verdict: Verdict) -> u32 {
     verdict.action
 }
 
+// `#[xdp]` wraps the function in the program's entry point; inlined, so
+// LLVM does not outline a program that grew past its inlining threshold
+// into a BPF-to-BPF call (~10 ns per packet, measured when the fragment
+// path made nat_lan that big).
 #[xdp]
+#[inline(always)]
 pub fn nat_lan(ctx: XdpContext) -> u32 {
     let verdict = match parse(&ctx) {
         Ok(Frame::Ipv4(pkt)) => lan_ipv4(&ctx, &pkt),
@@ -151,6 +156,7 @@ pub fn nat_lan(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn nat_wan(ctx: XdpContext) -> u32 {
     let verdict = match parse(&ctx) {
         Ok(Frame::Ipv4(pkt)) => wan_ipv4(&ctx, &pkt),

@@ -144,27 +144,23 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     // first fragment (offset 0, more-fragments set) carries it, and must carry
     // all of it (RFC 1858: no tiny first fragments); a fragmented ICMP error is
     // not translated.
-    let fragment = if frags & OFFSET_MASK != 0 {
-        Fragment::Later
-    } else if frags & MORE_FRAGMENTS != 0 {
-        Fragment::First
-    } else {
+    // One test for the common case, a whole datagram.
+    let fragment = if frags & (MORE_FRAGMENTS | OFFSET_MASK) == 0 {
         Fragment::No
+    } else if frags & OFFSET_MASK != 0 {
+        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other, fragment: Fragment::Later }));
+    } else {
+        Fragment::First
     };
-    if let Fragment::Later = fragment {
-        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other, fragment }));
-    }
 
     let l4_offset = l3_offset + header_len;
-    let l4_room = tot_len - header_len;
-    let l4 = match ip_proto {
+    let mut l4 = match ip_proto {
         proto::TCP => L4::Tcp(ptr_at(ctx, l4_offset)?),
         proto::UDP => L4::Udp(ptr_at(ctx, l4_offset)?),
         proto::ICMP => {
             let icmp: *mut IcmpEcho = ptr_at(ctx, l4_offset)?;
             match unsafe { (*icmp).kind } {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(icmp),
-                _ if matches!(fragment, Fragment::First) => L4::Other,
                 // Too short to carry the offending packet's header: not
                 // translatable, handled as any other ICMP.
                 ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match ptr_at::<IcmpError>(ctx, l4_offset) {
@@ -176,14 +172,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
         }
         _ => L4::Other,
     };
-    let l4_header_len = match l4 {
-        L4::Tcp(_) => mem::size_of::<TcpHdr>(),
-        L4::Udp(_) => mem::size_of::<UdpHdr>(),
-        L4::IcmpEcho(_) => mem::size_of::<IcmpEcho>(),
-        _ => 0,
-    };
-    if matches!(fragment, Fragment::First) && l4_room < l4_header_len {
-        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other, fragment }));
+    if let Fragment::First = fragment {
+        let l4_header_len = match l4 {
+            L4::Tcp(_) => mem::size_of::<TcpHdr>(),
+            L4::Udp(_) => mem::size_of::<UdpHdr>(),
+            L4::IcmpEcho(_) => mem::size_of::<IcmpEcho>(),
+            // A fragmented ICMP error: not translated.
+            _ => usize::MAX,
+        };
+        if tot_len - header_len < l4_header_len {
+            l4 = L4::Other;
+        }
     }
     Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4, fragment }))
 }
