@@ -33,7 +33,8 @@ pub enum Reason {
     /// Frame or header truncated, or an IPv4 header that is not valid.
     DropMalformed = 9,
     /// LAN transit packet bound for the WAN that the gateway cannot translate
-    /// (fragment, other protocol, ICMP other than echo): dropped, never leaked.
+    /// (other protocol, ICMP other than echo, a first fragment too short for
+    /// its L4 header, a fragmented ICMP error): dropped, never leaked.
     DropUntranslatable = 10,
     /// WAN packet for the external address and a NAT port with no mapping.
     DropInboundNoMapping = 11,
@@ -77,11 +78,26 @@ pub enum Reason {
     /// endpoint has not sent to this remote address (address-dependent
     /// filtering) or address and port (address-and-port-dependent): dropped.
     DropFiltered = 24,
+    /// A later fragment (no L4 header) of a datagram whose first fragment was
+    /// translated outbound: source address rewritten the same way (RFC 4787 REQ-14).
+    FragmentTranslatedOut = 25,
+    /// The same inbound: destination address rewritten to the inside host.
+    FragmentTranslatedIn = 26,
+    /// A later fragment that came before its first fragment was translated (no
+    /// state): handed to natd, which parks it until then. Outbound it is
+    /// dropped here; inbound it also goes on to the kernel (it may be the
+    /// gateway's own).
+    FragmentToDaemon = 27,
+    /// A later fragment whose first fragment was translated longer than
+    /// `FRAG_TIMEOUT_NS` ago: the state is ignored and the fragment handed to
+    /// natd as one with no state (it ages out there unless a first fragment
+    /// comes).
+    FragmentStateExpired = 28,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 29] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -107,6 +123,10 @@ impl Reason {
         Reason::IcmpErrorIn,
         Reason::IcmpErrorOut,
         Reason::DropFiltered,
+        Reason::FragmentTranslatedOut,
+        Reason::FragmentTranslatedIn,
+        Reason::FragmentToDaemon,
+        Reason::FragmentStateExpired,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -140,6 +160,10 @@ impl Reason {
             Reason::IcmpErrorIn => "icmp_error_in",
             Reason::IcmpErrorOut => "icmp_error_out",
             Reason::DropFiltered => "drop_filtered",
+            Reason::FragmentTranslatedOut => "fragment_translated_out",
+            Reason::FragmentTranslatedIn => "fragment_translated_in",
+            Reason::FragmentToDaemon => "fragment_to_daemon",
+            Reason::FragmentStateExpired => "fragment_state_expired",
         }
     }
 }

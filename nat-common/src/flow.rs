@@ -412,7 +412,99 @@ pub mod miss_kind {
     pub const NO_NEIGHBOUR: u32 = 2;
     /// A `ClaimEvent`: the datapath installed a mapping from a free port.
     pub const CLAIMED: u32 = 3;
+    /// A later fragment (offset > 0) leaving for the WAN whose first fragment
+    /// has not been translated (yet): natd parks it until that happens (the
+    /// frame is untranslated; dropped in the datapath).
+    pub const FRAGMENT_OUT: u32 = 4;
+    /// The same from the WAN, for the external address: natd parks a copy
+    /// (the frame also goes on to the kernel, as it may be the gateway's own).
+    pub const FRAGMENT_IN: u32 = 5;
+    /// A `FragEvent`: a parked datagram's first fragment was translated.
+    pub const FRAGMENT_TRANSLATED: u32 = 6;
 }
+
+/// Which way a fragmented datagram crosses the gateway (`FragKey::dir`).
+pub mod frag_dir {
+    /// LAN -> WAN: the source address is rewritten.
+    pub const OUT: u8 = 1;
+    /// WAN -> LAN: the destination address is rewritten.
+    pub const IN: u8 = 2;
+}
+
+/// The identity of a fragmented datagram as it arrived at the gateway
+/// (RFC 791: source, destination, protocol and identification tell the
+/// fragments of one datagram apart), plus the direction. Key of `FRAGS`
+/// (what its first fragment was translated to) and `PARKED` (natd holds
+/// later fragments that came before it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    /// Source address as received, network byte order.
+    pub src_be: u32,
+    /// Destination address as received, network byte order.
+    pub dst_be: u32,
+    /// IPv4 identification, network byte order.
+    pub id_be: u16,
+    pub proto: u8,
+    /// `frag_dir::*`.
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// What the first fragment of a datagram was translated to, in `FRAGS`:
+/// later fragments (no L4 header) get the same address rewrite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    /// The address written into later fragments (the source outbound, the
+    /// destination inbound), network byte order.
+    pub addr_be: u32,
+    pub _pad: u32,
+    /// The clock (`map_names::CLOCK`) when the first fragment was translated.
+    pub stamp_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragState>() == 16);
+
+impl FragState {
+    /// True while later fragments may still use this translation at `now_ns`.
+    #[inline(always)]
+    pub const fn fresh(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.stamp_ns) <= FRAG_TIMEOUT_NS
+    }
+}
+
+/// How long the translation of a first fragment serves the later fragments
+/// of its datagram (and how long natd parks fragments that came before their
+/// first one). Linux gives a datagram 30 s to reassemble (`ipfrag_time`), but
+/// the fragments of one datagram leave a sender back to back: a few seconds
+/// cover any reordering a network causes, while a short life keeps a reused
+/// IP identification (16 bits, per destination) from picking up an old
+/// datagram's translation. On the published 1 s clock an entry serves between
+/// 4 and 5 s.
+pub const FRAG_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Capacity of the `FRAGS` LRU map: fragmented datagrams in flight within
+/// `FRAG_TIMEOUT_NS`. Under pressure the oldest go first; a later fragment
+/// that finds no entry goes to natd, like one that came too early.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 1 << 14;
+
+/// Capacity of the `PARKED` map: datagrams natd holds fragments of at once
+/// (natd's own limits, `frag::PARK_*`, are lower).
+pub const MAX_PARKED_DATAGRAMS: u32 = 1024;
+
+/// The datapath translated the first fragment of a datagram natd parks later
+/// fragments of (it has a `PARKED` entry): natd rewrites them to `addr_be`
+/// and sends them on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEvent {
+    /// `miss_kind::FRAGMENT_TRANSLATED`, at the same offset as `MissEvent::kind`.
+    pub kind: u32,
+    /// `FragState::addr_be` of the datagram.
+    pub addr_be: u32,
+    pub key: FragKey,
+}
+const _: () = assert!(core::mem::size_of::<FragEvent>() == 20);
 
 /// Largest frame the datapath hands to the daemon: a 1500-byte IPv4 packet
 /// with Ethernet and two VLAN tags fits, with room to spare. A power of two,
@@ -457,6 +549,8 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::PermitKey {}
     unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragState {}
 }
 
 #[cfg(test)]

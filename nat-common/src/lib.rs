@@ -16,7 +16,7 @@ pub mod flow;
 
 pub use counters::Reason;
 pub use flow::{
-    ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, GatewayConfig, HostKey, Liveness, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, free_queue_name, miss_kind, pool_index, tcp_flags,
+    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, miss_kind, pool_index, tcp_flags,
 };
 
 /// IPv4 protocol numbers the gateway translates.
@@ -59,6 +59,12 @@ pub mod map_names {
     /// released minus those it made itself (only natd writes). A host holds
     /// `HOST_CLAIMS - HOST_RETURNS` ports, wrapping arithmetic.
     pub const HOST_RETURNS: &str = "HOST_RETURNS";
+    /// LRU hash `FragKey` -> `FragState`: what the first fragment of each
+    /// recent fragmented datagram was translated to (RFC 4787 REQ-14).
+    pub const FRAGS: &str = "FRAGS";
+    /// Hash `FragKey` -> clock (ns): datagrams natd parks later fragments of,
+    /// written by natd; the datapath tells natd when their first fragment passes.
+    pub const PARKED: &str = "PARKED";
 }
 
 /// Names of the XDP programs in the eBPF object.

@@ -3,7 +3,7 @@
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Endpoint, proto};
+use nat_common::{Endpoint, FragKey, proto};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -66,8 +66,20 @@ pub enum L4 {
     IcmpEcho(*mut IcmpEcho),
     /// Destination Unreachable or Time Exceeded, with the quoted header.
     IcmpError(*mut IcmpError),
-    /// Another protocol, another ICMP type, or a fragment: nothing to translate.
+    /// Another protocol, another ICMP type, or a later fragment: no header
+    /// to translate.
     Other,
+}
+
+/// Where a packet stands in IPv4 fragmentation (RFC 791).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    No,
+    /// Offset 0, more fragments: the L4 header is here, the rest follows.
+    First,
+    /// Offset > 0: payload only; translated by the datagram's identity.
+    Later,
 }
 
 /// An IPv4 packet with its headers located.
@@ -77,6 +89,7 @@ pub struct Ipv4Packet {
     pub l3_offset: usize,
     pub ip: *mut Ipv4Hdr,
     pub l4: L4,
+    pub fragment: Fragment,
 }
 
 pub enum Frame {
@@ -106,6 +119,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     }
 
     let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset)?;
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    const OFFSET_MASK: u16 = 0x1fff;
     let (vihl, tot_len, frags, ip_proto) = unsafe {
         (
             (*ip).vihl,
@@ -124,16 +139,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
         return Err(Malformed);
     }
 
-    // More-fragments set or a non-zero offset: the L4 header is in at most one
-    // of the pieces, so no piece can be translated on its own.
-    const MORE_FRAGMENTS: u16 = 0x2000;
-    const OFFSET_MASK: u16 = 0x1fff;
-    if frags & (MORE_FRAGMENTS | OFFSET_MASK) != 0 {
-        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other }));
-    }
+    // A later fragment (non-zero offset) carries no L4 header: only its
+    // addresses can be translated, by the datagram's identity (`FRAGS`). A
+    // first fragment (offset 0, more-fragments set) carries it, and must carry
+    // all of it (RFC 1858: no tiny first fragments); a fragmented ICMP error is
+    // not translated.
+    // One test for the common case, a whole datagram.
+    let fragment = if frags & (MORE_FRAGMENTS | OFFSET_MASK) == 0 {
+        Fragment::No
+    } else if frags & OFFSET_MASK != 0 {
+        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other, fragment: Fragment::Later }));
+    } else {
+        Fragment::First
+    };
 
     let l4_offset = l3_offset + header_len;
-    let l4 = match ip_proto {
+    let mut l4 = match ip_proto {
         proto::TCP => L4::Tcp(ptr_at(ctx, l4_offset)?),
         proto::UDP => L4::Udp(ptr_at(ctx, l4_offset)?),
         proto::ICMP => {
@@ -151,7 +172,19 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
         }
         _ => L4::Other,
     };
-    Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4 }))
+    if let Fragment::First = fragment {
+        let l4_header_len = match l4 {
+            L4::Tcp(_) => mem::size_of::<TcpHdr>(),
+            L4::Udp(_) => mem::size_of::<UdpHdr>(),
+            L4::IcmpEcho(_) => mem::size_of::<IcmpEcho>(),
+            // A fragmented ICMP error: not translated.
+            _ => usize::MAX,
+        };
+        if tot_len - header_len < l4_header_len {
+            l4 = L4::Other;
+        }
+    }
+    Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4, fragment }))
 }
 
 impl Ipv4Packet {
@@ -202,6 +235,21 @@ impl Ipv4Packet {
             match translated {
                 crate::rewrite::Side::Source => (u32::from_ne_bytes((*self.ip).dst_addr), dst_port_be),
                 crate::rewrite::Side::Destination => (u32::from_ne_bytes((*self.ip).src_addr), src_port_be),
+            }
+        }
+    }
+
+    /// The identity of this packet's datagram as it arrived (RFC 791), for
+    /// the direction `dir` (`frag_dir::*`).
+    #[inline(always)]
+    pub fn frag_key(&self, dir: u8) -> FragKey {
+        unsafe {
+            FragKey {
+                src_be: u32::from_ne_bytes((*self.ip).src_addr),
+                dst_be: u32::from_ne_bytes((*self.ip).dst_addr),
+                id_be: u16::from_ne_bytes((*self.ip).id),
+                proto: (*self.ip).proto,
+                dir,
             }
         }
     }

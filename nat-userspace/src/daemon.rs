@@ -7,13 +7,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nat_common::{CLOCK_TICK_NS, ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, MissEvent, PermitKey, miss_kind, pool_index, proto, tcp_flags};
+use nat_common::{
+    CLOCK_TICK_NS, ClaimEvent, Endpoint, FragEvent, FragKey, FragState, FreePort, MAX_SESSIONS, MissEvent, PermitKey, frag_dir, miss_kind,
+    pool_index, proto, tcp_flags,
+};
 
 use crate::{
     allocator::{PortAllocator, PortPolicy},
     config::{Filtering, FilteringMode},
     control::{Counter, FilteringStatus, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
+    frag::{Park, Parking, frag_key_of, translate_fragment},
     handoff::{KernelSender, event_packet, translate_source},
     quota::{CODE_ADMIN_PROHIBITED, HostQuota, RefusalNotices, destination_unreachable},
 };
@@ -142,6 +146,19 @@ pub struct DaemonCounters {
     pub claimed_in_datapath: u64,
     pub sent_through_kernel: u64,
     pub handoff_errors: u64,
+    /// Later fragments handed over before their first fragment was translated
+    /// and parked (RFC 4787 REQ-14).
+    pub fragments_parked: u64,
+    /// Later fragments natd translated and sent on: parked ones released when
+    /// their first fragment passed, and ones whose first fragment had passed
+    /// by the time natd read them.
+    pub fragments_sent: u64,
+    /// Parked fragments dropped because their first fragment did not pass
+    /// within `FRAG_TIMEOUT_NS` (inbound: also every fragment of the
+    /// gateway's own fragmented traffic, which the kernel got as well).
+    pub fragments_expired: u64,
+    /// Fragments not parked because the park was full.
+    pub fragments_dropped_full: u64,
 }
 
 /// Free ports (and session slots) kept queued per protocol and parity for
@@ -167,6 +184,8 @@ pub struct Daemon {
     notices: RefusalNotices,
     pub counters: DaemonCounters,
     last_refusal_log: Option<Instant>,
+    /// Later fragments waiting for their first fragment.
+    park: Park,
 }
 
 impl Daemon {
@@ -195,6 +214,7 @@ impl Daemon {
             notices: RefusalNotices::default(),
             counters: DaemonCounters::default(),
             last_refusal_log: None,
+            park: Park::default(),
         };
         daemon.refill_free_queues();
         Ok(daemon)
@@ -219,6 +239,17 @@ impl Daemon {
                 } else {
                     self.sender.send(&event).map(|()| self.counters.sent_through_kernel += 1)
                 }
+            }
+            miss_kind::FRAGMENT_OUT | miss_kind::FRAGMENT_IN if item.len() >= size_of::<MissEvent>() => {
+                // SAFETY: as above.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) };
+                let dir = if kind == miss_kind::FRAGMENT_OUT { frag_dir::OUT } else { frag_dir::IN };
+                self.later_fragment(&event, dir)
+            }
+            miss_kind::FRAGMENT_TRANSLATED if item.len() >= size_of::<FragEvent>() => {
+                // SAFETY: as above, for a whole FragEvent.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FragEvent) };
+                self.release(&event.key, event.addr_be)
             }
             other => Err(anyhow!("ring event of kind {other} and {} bytes not understood", item.len())),
         };
@@ -319,9 +350,90 @@ impl Daemon {
         {
             self.datapath.remember_remote(key, coarse_now_ns())?;
         }
+        let first_fragment = frag_key_of(&packet, frag_dir::OUT).filter(|_| u16::from_be_bytes([packet[6], packet[7]]) & 0x2000 != 0);
         translate_source(&mut packet, external)?;
         self.sender.send_packet(&packet)?;
         self.counters.first_packets_sent += 1;
+        // A first fragment: its later fragments follow it as the datapath's would.
+        if let Some(key) = first_fragment {
+            self.datapath.record_fragment(key, FragState { addr_be: external.addr_be, _pad: 0, stamp_ns: coarse_now_ns() })?;
+            self.release(&key, external.addr_be)?;
+        }
+        Ok(())
+    }
+
+    /// A later fragment the datapath could not translate (yet): sent on at
+    /// once if its first fragment has been translated meanwhile, otherwise
+    /// parked until it is.
+    fn later_fragment(&mut self, event: &MissEvent, dir: u8) -> Result<()> {
+        let ip = event_packet(event)?;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+        let packet = ip[..total].to_vec();
+        let key = frag_key_of(&packet, dir).context("fragment without an IPv4 header")?;
+        if let Some(addr_be) = self.translation(&key)? {
+            return self.send_fragment(packet, dir, addr_be);
+        }
+        let now = coarse_now_ns();
+        match self.park.park(key, packet, now) {
+            Parking::Full => {
+                self.counters.fragments_dropped_full += 1;
+                return Ok(());
+            }
+            Parking::Added => {}
+            Parking::NewDatagram => {
+                if let Err(e) = self.datapath.mark_parked(key, now) {
+                    // Without the mark the datapath would not report the first
+                    // fragment; the tick's look-up still would.
+                    eprintln!("natd: {e:#}");
+                }
+            }
+        }
+        self.counters.fragments_parked += 1;
+        // The first fragment may have passed between the look-up above and
+        // the mark: the datapath writes FRAGS before it reads PARKED.
+        if let Some(addr_be) = self.translation(&key)? {
+            self.release(&key, addr_be)?;
+        }
+        Ok(())
+    }
+
+    /// The address the first fragment of `key` was translated to, if that
+    /// was within `FRAG_TIMEOUT_NS`.
+    fn translation(&self, key: &FragKey) -> Result<Option<u32>> {
+        Ok(self.datapath.fragment_state(key)?.filter(|s| s.fresh(coarse_now_ns())).map(|s| s.addr_be))
+    }
+
+    /// The first fragment of `key` was translated to `addr_be`: its parked
+    /// fragments follow.
+    fn release(&mut self, key: &FragKey, addr_be: u32) -> Result<()> {
+        let packets = self.park.take(key);
+        self.datapath.unmark_parked(key)?;
+        for packet in packets {
+            self.send_fragment(packet, key.dir, addr_be)?;
+        }
+        Ok(())
+    }
+
+    fn send_fragment(&mut self, mut packet: Vec<u8>, dir: u8, addr_be: u32) -> Result<()> {
+        translate_fragment(&mut packet, dir, Ipv4Addr::from(addr_be.to_ne_bytes()))?;
+        self.sender.send_packet(&packet)?;
+        self.counters.fragments_sent += 1;
+        Ok(())
+    }
+
+    /// Once a tick: parked datagrams whose first fragment passed without a
+    /// `FragEvent` reaching natd (ring full) are released; the ones parked
+    /// longer than `FRAG_TIMEOUT_NS` are dropped.
+    fn age_fragments(&mut self, now: u64) -> Result<()> {
+        for key in self.park.keys() {
+            if let Some(addr_be) = self.translation(&key)? {
+                self.release(&key, addr_be)?;
+            }
+        }
+        for (key, fragments) in self.park.expire(now) {
+            self.datapath.unmark_parked(&key)?;
+            self.counters.fragments_expired += fragments as u64;
+        }
         Ok(())
     }
 
@@ -436,6 +548,7 @@ impl Daemon {
             pool.reclaim(now);
         }
         self.refill_free_queues();
+        self.age_fragments(now)?;
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.info.timeouts, now)?;
         for inside in expired {
             if let Some(entry) = self.sessions.remove(&inside) {
@@ -527,6 +640,11 @@ impl Daemon {
                 counter("claimed_in_datapath", c.claimed_in_datapath),
                 counter("sent_through_kernel", c.sent_through_kernel),
                 counter("handoff_errors", c.handoff_errors),
+                counter("fragments_parked", c.fragments_parked),
+                counter("fragments_sent", c.fragments_sent),
+                counter("fragments_expired", c.fragments_expired),
+                counter("fragments_dropped_full", c.fragments_dropped_full),
+                counter("fragments_waiting", self.park.fragments() as u64),
             ],
         })
     }

@@ -12,7 +12,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names,
+    Endpoint, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names,
 };
 
 use crate::EBPF_OBJECT;
@@ -158,6 +158,41 @@ impl Datapath {
     pub fn remember_remote(&mut self, key: PermitKey, now_ns: u64) -> Result<()> {
         let mut permits: HashMap<&mut MapData, PermitKey, u64> = HashMap::try_from(self.map_mut(map_names::PERMITS)?)?;
         permits.insert(key, now_ns, 0).with_context(|| format!("recording permit {key:?}"))?;
+        Ok(())
+    }
+
+    /// What the first fragment of datagram `key` was translated to, if the
+    /// datapath (or natd) recorded it and the LRU still holds it.
+    pub fn fragment_state(&self, key: &FragKey) -> Result<Option<FragState>> {
+        let frags: HashMap<&MapData, FragKey, FragState> = HashMap::try_from(self.map(map_names::FRAGS)?)?;
+        match frags.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading FRAGS"),
+        }
+    }
+
+    /// Records the translation of a first fragment natd sent itself, as the
+    /// datapath does for the ones it translates.
+    pub fn record_fragment(&mut self, key: FragKey, state: FragState) -> Result<()> {
+        let mut frags: HashMap<&mut MapData, FragKey, FragState> = HashMap::try_from(self.map_mut(map_names::FRAGS)?)?;
+        frags.insert(key, state, 0).context("writing FRAGS")?;
+        Ok(())
+    }
+
+    /// Tells the datapath that natd parks fragments of datagram `key`, so the
+    /// translation of its first fragment is reported through the ring.
+    pub fn mark_parked(&mut self, key: FragKey, now_ns: u64) -> Result<()> {
+        let mut parked: HashMap<&mut MapData, FragKey, u64> = HashMap::try_from(self.map_mut(map_names::PARKED)?)?;
+        parked.insert(key, now_ns, 0).context("writing PARKED")?;
+        Ok(())
+    }
+
+    /// The datagram `key` is no longer parked (released or expired).
+    pub fn unmark_parked(&mut self, key: &FragKey) -> Result<()> {
+        let mut parked: HashMap<&mut MapData, FragKey, u64> = HashMap::try_from(self.map_mut(map_names::PARKED)?)?;
+        // ENOENT: not marked (the mark failed, or is gone already).
+        let _ = parked.remove(key);
         Ok(())
     }
 

@@ -61,7 +61,13 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     ensure!(ihl >= 20 && ihl <= total && total <= ip.len(), "IPv4 header lengths do not fit the frame");
-    ensure!(u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0, "a fragment cannot be translated");
+    // A first fragment carries the L4 header: translated like a whole packet
+    // (RFC 4787 REQ-14), its checksum incrementally (it covers the whole
+    // datagram; only the pseudo-header address and the port change). A later
+    // fragment has no header to translate here.
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    ensure!(frag & 0x1fff == 0, "a later fragment has no L4 header to translate");
+    let fragment = frag & 0x2000 != 0;
     ensure!(ip[8] > 1, "TTL expired");
     let (header, rest) = ip[..total].split_at_mut(ihl);
     let proto_nr = header[9];
@@ -78,7 +84,9 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
     let check_before = word(rest, check_at);
     let (udp, l4_len) = (proto_nr == proto::UDP, rest.len() as u16);
-    let partial = proto_nr != proto::ICMP && is_partial(check_before, pseudo_header_sum(old_src, dst, proto_nr, l4_len));
+    // A fragment never carries a partial checksum: the sender's kernel
+    // completes it before fragmenting, and the segment is not all here.
+    let partial = !fragment && proto_nr != proto::ICMP && is_partial(check_before, pseudo_header_sum(old_src, dst, proto_nr, l4_len));
 
     let old_ttl_word = word(header, 8);
     header[8] -= 1;

@@ -263,7 +263,8 @@ impl EchoServer {
         let udp_thread = {
             let (stop, peers) = (stop.clone(), udp_peers.clone());
             thread::spawn(move || {
-                let mut buf = [0u8; 2048];
+                // Room for a datagram bigger than the MTU (the fragment tests).
+                let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, peer)) = udp.recv_from(&mut buf) {
                         peers.lock().unwrap().push(peer);

@@ -35,6 +35,9 @@ pub struct Frame {
     pub options: Vec<u8>,
     /// Flags and fragment offset word, host order (0x2000 = more fragments).
     pub frag: u16,
+    /// IPv4 identification: with the addresses and protocol, what tells the
+    /// fragments of one datagram apart.
+    pub id: u16,
     pub l4: L4,
     pub payload: Vec<u8>,
     /// TCP/UDP checksum field as a Linux sender with TX checksum offload
@@ -55,6 +58,7 @@ impl Frame {
             tos: 0,
             options: Vec::new(),
             frag: 0,
+            id: 0x1234,
             l4,
             payload: b"nat test payload".to_vec(),
             partial_checksum: false,
@@ -155,7 +159,7 @@ impl Frame {
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[1] = self.tos;
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.id.to_be_bytes());
         ip[6..8].copy_from_slice(&self.frag.to_be_bytes());
         ip[8] = self.ttl;
         ip[9] = self.l4_proto();
@@ -178,6 +182,31 @@ impl Frame {
         frame.extend_from_slice(&l4);
         frame
     }
+}
+
+/// Splits a built frame's IPv4 datagram into fragments of `piece` payload
+/// bytes (a multiple of 8; the last one shorter) as a sender fragments it
+/// (RFC 791): each keeps the link header, the IPv4 header with its own total
+/// length, more-fragments flag, offset and a from-scratch header checksum.
+/// The first carries the L4 header with the checksum over the whole datagram.
+pub fn fragments(frame: &[u8], piece: usize) -> Vec<Vec<u8>> {
+    assert!(piece.is_multiple_of(8) && piece > 0);
+    let p = parse_ipv4(frame).expect("an IPv4 frame");
+    let (link, header, payload) = (&frame[..p.l3_offset], p.ip, p.l4);
+    payload
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut ip = header.to_vec();
+            let more = if (i + 1) * piece < payload.len() { 0x2000 } else { 0 };
+            ip[2..4].copy_from_slice(&((header.len() + chunk.len()) as u16).to_be_bytes());
+            ip[6..8].copy_from_slice(&(more | (i * piece / 8) as u16).to_be_bytes());
+            ip[10..12].fill(0);
+            let c = checksum::checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_ne_bytes());
+            [link, &ip, chunk].concat()
+        })
+        .collect()
 }
 
 /// A non-IPv4 frame (ARP request, IPv6...) with the given ethertype.

@@ -1,7 +1,8 @@
 //! The daemon's translation of a flow's first packet (`handoff::translate_source`)
 //! gives exactly the bytes a from-scratch build of the translated packet has:
 //! TCP, UDP, UDP without checksum, ICMP echo, IP options, a payload of odd
-//! length, and TCP/UDP checksums left partial by a TX-offloading sender.
+//! length, TCP/UDP checksums left partial by a TX-offloading sender, and a
+//! first fragment.
 //! No root needed.
 
 use std::net::Ipv4Addr;
@@ -81,10 +82,27 @@ fn partial_checksums_from_tx_offload_are_completed() {
     }
 }
 
+/// RFC 4787 REQ-14: a first fragment natd sends itself (a new flow's first
+/// packet on the slow path) carries the L4 header: it leaves as the first
+/// fragment of the translated datagram built from scratch, its L4 checksum
+/// (over the whole datagram) updated incrementally.
+#[test]
+fn a_first_fragment_is_translated_like_the_datagram_it_starts() {
+    for (name, mut frame) in cases() {
+        frame.payload = (0..200u32).map(|i| (i * 13) as u8).collect();
+        let first = nat_tests::packet::fragments(&frame.build(), 64).remove(0);
+        let mut packet = first[ETH_LEN..].to_vec();
+        translate_source(&mut packet, Endpoint::new(EXTERNAL, 23456, frame.l4_proto())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = nat_tests::packet::fragments(&translated(&frame, 23456).build(), 64).remove(0);
+        assert_eq!(packet, expected[ETH_LEN..].to_vec(), "{name}: first fragment differs from a from-scratch build");
+    }
+}
+
 #[test]
 fn untranslatable_packets_are_refused() {
+    // A later fragment: no L4 header (natd rewrites those with `frag::translate_fragment`).
     let mut fragment = Frame::udp((INSIDE, 5000), (REMOTE, 53));
-    fragment.frag = 0x2000;
+    fragment.frag = 0x0010;
     let mut expired = Frame::udp((INSIDE, 5000), (REMOTE, 53));
     expired.ttl = 1;
     for (name, frame) in [("fragment", fragment), ("ttl 1", expired)] {
