@@ -93,11 +93,14 @@ pub enum Reason {
     /// natd as one with no state (it ages out there unless a first fragment
     /// comes).
     FragmentStateExpired = 28,
+    /// ICMP error about a mapped flow whose own checksum or quoted IPv4
+    /// header checksum does not hold (RFC 5508 REQ-3): dropped untranslated.
+    DropBadIcmpError = 29,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -127,6 +130,7 @@ impl Reason {
         Reason::FragmentTranslatedIn,
         Reason::FragmentToDaemon,
         Reason::FragmentStateExpired,
+        Reason::DropBadIcmpError,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -164,6 +168,7 @@ impl Reason {
             Reason::FragmentTranslatedIn => "fragment_translated_in",
             Reason::FragmentToDaemon => "fragment_to_daemon",
             Reason::FragmentStateExpired => "fragment_state_expired",
+            Reason::DropBadIcmpError => "drop_bad_icmp_error",
         }
     }
 }

@@ -43,8 +43,8 @@ use nat_common::{
 };
 
 use crate::{
-    parse::{Fragment, Frame, ICMP_ECHO_REQUEST, IcmpError, Ipv4Packet, L4, parse},
-    rewrite::{Side, finish_partial_checksum, has_partial_checksum, rewrite_quoted, translate, translate_both},
+    parse::{Fragment, Frame, ICMP_ECHO_REQUEST, Ipv4Packet, L4, Quoted, parse},
+    rewrite::{Side, finish_partial_checksum, has_partial_checksum, icmp_error_checksums_hold, rewrite_quoted, translate, translate_both},
 };
 
 #[map]
@@ -238,8 +238,8 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return to_external_address(ctx, pkt);
     }
 
-    if let L4::IcmpError(error) = pkt.l4
-        && let Some(verdict) = icmp_error_out(ctx, pkt, error)
+    if let L4::IcmpError(quoted) = &pkt.l4
+        && let Some(verdict) = icmp_error_out(ctx, pkt, quoted)
     {
         return verdict;
     }
@@ -275,16 +275,19 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 /// leaves from the external address. `None`: not about a mapped flow, handled
 /// as any untranslatable packet (dropped if bound for the WAN).
 #[inline(always)]
-fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> Option<Verdict> {
-    let (inner_vihl, inner_proto, inner_dst) = unsafe { ((*error).inner.vihl, (*error).inner.proto, (*error).inner.dst_addr) };
-    if inner_vihl != 0x45 || (inner_proto != proto::TCP && inner_proto != proto::UDP) {
+fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Option<Verdict> {
+    let (inner_proto, inner_dst) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.dst_addr) };
+    if inner_proto != proto::TCP && inner_proto != proto::UDP {
         return None;
     }
-    let l4 = unsafe { (*error).inner_l4 };
+    let l4 = unsafe { *quoted.l4 };
     let inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
     let mapping = OUTBOUND.get_ptr(inside)?;
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Some(Verdict::drop(Reason::DropBadIcmpError));
+    }
     let external = unsafe { (*mapping).target(inner_proto) };
-    rewrite_quoted(error, Side::Destination, &external);
+    rewrite_quoted(quoted, Side::Destination, &external);
     translate(pkt, Side::Source, &external);
     Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
 }
@@ -472,8 +475,8 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
-    if let L4::IcmpError(error) = pkt.l4 {
-        return icmp_error_in(ctx, pkt, error);
+    if let L4::IcmpError(quoted) = &pkt.l4 {
+        return icmp_error_in(ctx, pkt, quoted);
     }
     if pkt.fragment == Fragment::Later {
         return later_fragment(ctx, pkt, Side::Destination);
@@ -500,13 +503,9 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 /// never refreshes or removes the mapping. Errors about the gateway's own
 /// packets pass to the kernel.
 #[inline(always)]
-fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> Verdict {
-    let (inner_vihl, inner_proto, inner_src) = unsafe { ((*error).inner.vihl, (*error).inner.proto, (*error).inner.src_addr) };
-    // Quoted IPv4 options would move the quoted ports: left to the kernel.
-    if inner_vihl != 0x45 {
-        return Verdict::pass(Reason::PassNoMapping);
-    }
-    let l4 = unsafe { (*error).inner_l4 };
+fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
+    let (inner_proto, inner_src) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.src_addr) };
+    let l4 = unsafe { *quoted.l4 };
     let port_be = match inner_proto {
         proto::TCP | proto::UDP => u16::from_ne_bytes([l4[0], l4[1]]),
         proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => u16::from_ne_bytes([l4[4], l4[5]]),
@@ -519,6 +518,9 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
     if pkt.ttl() <= 1 {
         return Verdict::drop(Reason::DropTtlExpired);
     }
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Verdict::drop(Reason::DropBadIcmpError);
+    }
     let inside = unsafe { (*mapping).target(inner_proto) };
     // Filtered by what the error is about, not by who sends it: a router on
     // the way may report on a flow to a remote the inside host chose.
@@ -526,11 +528,11 @@ fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, error: *mut IcmpError) -> V
         proto::TCP | proto::UDP => u16::from_ne_bytes([l4[2], l4[3]]),
         _ => 0,
     };
-    let quoted_dst_be = unsafe { u32::from_ne_bytes((*error).inner.dst_addr) };
+    let quoted_dst_be = unsafe { u32::from_ne_bytes((*quoted.error).inner.dst_addr) };
     if !admit(&config(), &inside, quoted_dst_be, quoted_dst_port_be, clock()) {
         return Verdict::drop(Reason::DropFiltered);
     }
-    rewrite_quoted(error, Side::Source, &inside);
+    rewrite_quoted(quoted, Side::Source, &inside);
     translate(pkt, Side::Destination, &inside);
     forward(ctx, pkt, Reason::IcmpErrorIn, clock())
 }

@@ -44,10 +44,8 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACHABLE: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
-/// An ICMP error (Destination Unreachable, Time Exceeded) with the start of
-/// the packet it is about: an IPv4 header without options and the first 8
-/// bytes of its L4 header (ports, or the echo identifier), as RFC 792
-/// requires every error to carry.
+/// An ICMP error (Destination Unreachable, Time Exceeded) and the fixed
+/// part of the IPv4 header of the packet it is about.
 #[repr(C)]
 pub struct IcmpError {
     pub kind: u8,
@@ -55,7 +53,18 @@ pub struct IcmpError {
     pub check: [u8; 2],
     pub rest: [u8; 4],
     pub inner: Ipv4Hdr,
-    pub inner_l4: [u8; 8],
+}
+
+/// An ICMP error and the first 8 bytes of the quoted packet's L4 header
+/// (ports, or the echo identifier), as RFC 792 requires every error to
+/// carry, found past the quoted header's options (RFC 5508 REQ-3b).
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    pub error: *mut IcmpError,
+    pub l4: *mut [u8; 8],
+    /// Offset of the ICMP header in the frame, and the quoted IPv4 header's length.
+    pub offset: usize,
+    pub inner_len: usize,
 }
 
 /// Where the translatable part of the packet is, and how to rewrite it.
@@ -65,7 +74,7 @@ pub enum L4 {
     /// Echo request or reply (which one is checked against the direction).
     IcmpEcho(*mut IcmpEcho),
     /// Destination Unreachable or Time Exceeded, with the quoted header.
-    IcmpError(*mut IcmpError),
+    IcmpError(Quoted),
     /// Another protocol, another ICMP type, or a later fragment: no header
     /// to translate.
     Other,
@@ -163,8 +172,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
                 ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(icmp),
                 // Too short to carry the offending packet's header: not
                 // translatable, handled as any other ICMP.
-                ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match ptr_at::<IcmpError>(ctx, l4_offset) {
-                    Ok(error) => L4::IcmpError(error),
+                ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match quoted(ctx, l4_offset) {
+                    Ok(quoted) => L4::IcmpError(quoted),
                     Err(_) => L4::Other,
                 },
                 _ => L4::Other,
@@ -185,6 +194,20 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
         }
     }
     Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4, fragment }))
+}
+
+/// The ICMP error at `offset` and the quoted packet's L4 bytes, past its
+/// IPv4 options.
+#[inline(always)]
+fn quoted(ctx: &XdpContext, offset: usize) -> Result<Quoted, Malformed> {
+    let error: *mut IcmpError = ptr_at(ctx, offset)?;
+    // The mask bounds the length for the verifier: IHL is 4 bits.
+    let inner_len = ((unsafe { (*error).inner.vihl } & 0x0f) as usize) * 4;
+    if inner_len < Ipv4Hdr::LEN {
+        return Err(Malformed);
+    }
+    let l4 = ptr_at(ctx, offset + 8 + inner_len)?;
+    Ok(Quoted { error, l4, offset, inner_len })
 }
 
 impl Ipv4Packet {

@@ -11,7 +11,7 @@ use nat_common::{
     },
 };
 
-use crate::parse::{IcmpError, Ipv4Packet, L4};
+use crate::parse::{Ipv4Packet, L4, Quoted};
 
 /// Which end of the packet the mapping rewrites.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,6 +256,20 @@ fn sum_piece<const SIZE: usize>(ctx: &XdpContext, offset: usize, sum: u32) -> Re
     Ok(ret as u32)
 }
 
+/// RFC 5508 REQ-3: an ICMP error is translated only if its own checksum
+/// and the quoted IPv4 header's checksum hold (the quoted transport checksum
+/// is not checked: the quote may be cut short). An error longer than
+/// `CSUM_MAX_LEN` is not summed and passes unchecked.
+#[inline(always)]
+pub fn icmp_error_checksums_hold(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> bool {
+    let icmp_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) as usize } - (quoted.offset - pkt.l3_offset);
+    if icmp_len > CSUM_MAX_LEN {
+        return true;
+    }
+    let holds = |sum: Result<u32, Unfinished>| sum.is_ok_and(|sum| checksum::fold(sum) == 0xffff);
+    holds(sum_segment(ctx, quoted.offset, icmp_len)) && holds(sum_segment(ctx, quoted.offset + 8, quoted.inner_len))
+}
+
 /// `value` read back through the stack: LLVM forgets what it knew about it,
 /// the verifier (which tracks the stack slot) does not.
 #[inline(always)]
@@ -272,10 +286,10 @@ fn opaque(value: usize) -> usize {
 /// (TCP's lies beyond the 8 quoted bytes) and the error's own checksum follow,
 /// incrementally. Type and code are kept. The caller rewrites the outer header.
 #[inline(always)]
-pub fn rewrite_quoted(error: *mut IcmpError, side: Side, to: &Endpoint) {
+pub fn rewrite_quoted(quoted: &Quoted, side: Side, to: &Endpoint) {
+    let (error, l4) = (quoted.error, quoted.l4);
     unsafe {
         let inner = &raw mut (*error).inner;
-        let l4 = &raw mut (*error).inner_l4;
         let mut icmp_check = load16(&(*error).check);
 
         let addr_field = match side {

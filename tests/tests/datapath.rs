@@ -1345,3 +1345,61 @@ fn later_fragments_follow_the_filtering_of_their_first() {
     assert_eq!(gw.run(Side::Wan, &last).unwrap().action, DROP, "TTL 1");
     assert_eq!(gw.datapath.counter(Reason::DropTtlExpired).unwrap(), 1);
 }
+
+/// RFC 5508 REQ-3: an ICMP error about a mapped flow is translated only if
+/// its checksum and the quoted IPv4 header's checksum hold, and a quoted
+/// header with options is walked to find the quoted ports (here a Time
+/// Exceeded quoting a UDP datagram with IHL 6, and Port Unreachable from an
+/// inside host about one with IHL 8).
+#[test]
+fn icmp_errors_are_checked_and_quoted_options_walked() {
+    require_root!();
+    let gw = gateway("icmpcheck").unwrap();
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let error_from_wan = |payload: Vec<u8>| {
+        let mut f = Frame::new(router, addr::EXTERNAL, L4::Raw { proto: proto::ICMP });
+        f.payload = payload;
+        from_wan(f)
+    };
+    let sent = with(Frame::udp(UDP_INSIDE, REMOTE_UDP), |f| (f.ttl, f.options) = (63, vec![1, 1, 1, 0]));
+    let left = with(Frame::udp(UDP_EXTERNAL, REMOTE_UDP), |f| (f.ttl, f.options) = (63, vec![1, 1, 1, 0]));
+    let input = error_from_wan(icmp_error(11, 0, &quote_with_options(&left)));
+    let mut expected = Frame::new(router, addr::LAN_HOST, L4::Raw { proto: proto::ICMP });
+    expected.ttl = input.ttl - 1;
+    expected.payload = icmp_error(11, 0, &quote_with_options(&sent));
+    let run = gw.run(Side::Wan, &input.build()).unwrap();
+    assert_eq!(run.action, REDIRECT, "a quote with IPv4 options");
+    assert_frames_eq("quote with options", &run.frame, &expected.with_macs(addr::LAN_GW_MAC, addr::LAN_HOST_MAC).build()).unwrap();
+
+    // A corrupted ICMP checksum, then a corrupted quoted IPv4 checksum (with
+    // the ICMP checksum made right over it): both dropped, neither delivered.
+    let mut bad_icmp = icmp_error(11, 0, &quote(&with(left.clone(), |f| f.options.clear())));
+    bad_icmp[2] ^= 0x55;
+    let mut bad_inner = quote(&with(left.clone(), |f| f.options.clear()));
+    bad_inner[10] ^= 0x55;
+    for (name, payload) in [("ICMP checksum", bad_icmp), ("quoted IPv4 checksum", icmp_error(11, 0, &bad_inner))] {
+        assert_eq!(gw.run(Side::Wan, &error_from_wan(payload).build()).unwrap().action, DROP, "{name}");
+    }
+    assert_eq!(gw.datapath.counter(Reason::DropBadIcmpError).unwrap(), 2);
+
+    // The other way: an inside host's error quoting an inbound datagram with IHL 8.
+    let long_options = vec![148, 4, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0];
+    let received = with(Frame::udp(REMOTE_UDP, UDP_INSIDE), |f| (f.ttl, f.options) = (63, long_options.clone()));
+    let sent_by_remote = with(Frame::udp(REMOTE_UDP, UDP_EXTERNAL), |f| (f.ttl, f.options) = (63, long_options.clone()));
+    let mut input = Frame::new(addr::LAN_HOST, addr::REMOTE, L4::Raw { proto: proto::ICMP });
+    input.payload = icmp_error(3, 3, &quote_with_options(&received));
+    let input = from_lan(input);
+    let mut expected = Frame::new(addr::EXTERNAL, addr::REMOTE, L4::Raw { proto: proto::ICMP });
+    expected.ttl = input.ttl - 1;
+    expected.payload = icmp_error(3, 3, &quote_with_options(&sent_by_remote));
+    let run = gw.run(Side::Lan, &input.build()).unwrap();
+    assert_eq!(run.action, REDIRECT);
+    assert_frames_eq("inside error, quote with options", &run.frame, &expected.with_macs(addr::WAN_GW_MAC, addr::WAN_NEXT_HOP_MAC).build()).unwrap();
+}
+
+/// A frame's IPv4 header, options included, and the 8 bytes after it.
+fn quote_with_options(f: &Frame) -> Vec<u8> {
+    let packet = &f.build()[14..];
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    packet[..ihl + 8].to_vec()
+}
