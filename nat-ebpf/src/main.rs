@@ -318,9 +318,7 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         Some(mapping) => mapping,
         None => match claim(&inside) {
             Some(mapping) => mapping,
-            // natd sets the mapping up; this first packet is not sent on by
-            // it (its raw socket would deliver it to the gateway itself) and
-            // the sender's retransmit is hairpinned here.
+            // natd sets the mapping up and hairpins this first packet itself.
             None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
         },
     };

@@ -144,9 +144,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// What the XDP programs read from `CONFIG[0]`. A permit lives as long as
-    /// its protocol's idle timeout plus the clock tick aging also waits, so
-    /// it never ends before the mapping it was made for would.
+    /// What the XDP programs read from `CONFIG[0]`.
     pub fn gateway_config(&self, env: &Environment) -> nat_common::GatewayConfig {
         let mut config = nat_common::GatewayConfig::new(env.external_ips[0], env.wan_ifindex, self.port_min, self.port_max);
         for (slot, ip) in config.external_addrs_be.iter_mut().zip(&env.external_ips) {
@@ -156,13 +154,12 @@ impl Settings {
         config.port_parity = u8::from(self.port_parity);
         config.port_class = u8::from(self.port_class && self.low_port_range.is_some());
         (config.low_port_min, config.low_port_max) = self.low_port_range.unwrap_or((0, 0));
-        let permit_ttl = |timeout: Duration| timeout.as_nanos() as u64 + nat_common::CLOCK_TICK_NS;
         config.filtering_tcp = self.filtering.tcp.datapath_value();
         config.filtering_udp = self.filtering.udp.datapath_value();
         config.filtering_icmp = self.filtering.icmp.datapath_value();
-        config.permit_ttl_tcp_ns = permit_ttl(self.timeouts.tcp_established);
-        config.permit_ttl_udp_ns = permit_ttl(self.timeouts.udp);
-        config.permit_ttl_icmp_ns = permit_ttl(self.timeouts.icmp);
+        config.permit_ttl_tcp_ns = self.timeouts.permit_ttl_ns(nat_common::proto::TCP);
+        config.permit_ttl_udp_ns = self.timeouts.permit_ttl_ns(nat_common::proto::UDP);
+        config.permit_ttl_icmp_ns = self.timeouts.permit_ttl_ns(nat_common::proto::ICMP);
         config.ports_per_host = self.ports_per_host;
         config
     }

@@ -18,7 +18,7 @@ use crate::{
     control::{Counter, FilteringStatus, PortUsage, Request, Session, Stats, Status},
     datapath::Datapath,
     frag::{Park, Parking, frag_key_of, translate_fragment},
-    handoff::{KernelSender, event_packet, translate_source},
+    handoff::{KernelSender, event_packet, translate_destination, translate_source},
     quota::{CODE_ADMIN_PROHIBITED, HostQuota, RefusalNotices, destination_unreachable},
 };
 
@@ -44,6 +44,18 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// How long a filtering permit lets a remote in after the inside
+    /// endpoint last sent to it: the protocol's idle timeout plus the clock
+    /// tick aging also waits, so it never ends before the mapping would.
+    pub fn permit_ttl_ns(&self, proto_nr: u8) -> u64 {
+        let timeout = match proto_nr {
+            proto::TCP => self.tcp_established,
+            proto::UDP => self.udp,
+            _ => self.icmp,
+        };
+        timeout.as_nanos() as u64 + CLOCK_TICK_NS
+    }
+
     /// The timeout for a mapping given the TCP flags seen each way.
     pub fn for_mapping(&self, proto_nr: u8, flags_out: u8, flags_in: u8) -> Duration {
         match proto_nr {
@@ -336,19 +348,19 @@ impl Daemon {
                 None => return self.notify_refusal(event),
             },
         };
-        // The first packet goes on now, not after the sender's retransmit
-        // timer; except one hairpinned to the external address, which the raw
-        // socket would deliver to the gateway itself: its retransmit finds the
-        // mapping and is hairpinned in the datapath.
+        // The first packet goes on now, not after the sender's retransmit timer.
         let mut packet = event_packet(event)?.to_vec();
-        if self.info.external_ips.iter().any(|ip| packet[16..20] == ip.octets()) {
-            return Ok(());
-        }
         // The reply must pass filtering as if the datapath had sent it.
-        if let Some((addr_be, port_be)) = remote_of(&packet)
+        let remote = remote_of(&packet);
+        if let Some((addr_be, port_be)) = remote
             && let Some(key) = PermitKey::new(self.info.filtering_of(inside.proto).datapath_value(), inside, addr_be, port_be)
         {
             self.datapath.remember_remote(key, coarse_now_ns())?;
+        }
+        if let Some((addr_be, port_be)) = remote
+            && self.info.external_ips.iter().any(|ip| addr_be.to_ne_bytes() == ip.octets())
+        {
+            return self.hairpin_first_packet(packet, external, Endpoint::from_be(addr_be, port_be, inside.proto));
         }
         let first_fragment = frag_key_of(&packet, frag_dir::OUT).filter(|_| u16::from_be_bytes([packet[6], packet[7]]) & 0x2000 != 0);
         translate_source(&mut packet, external)?;
@@ -434,6 +446,32 @@ impl Daemon {
             self.datapath.unmark_parked(&key)?;
             self.counters.fragments_expired += fragments as u64;
         }
+        Ok(())
+    }
+
+    /// A new flow's first packet for another inside host's mapping on an
+    /// external address (RFC 4787 REQ-9): translated both ways, as the
+    /// datapath hairpins the packets after it, and sent into the LAN, if the
+    /// target's filtering lets the sender's external endpoint in. Without a
+    /// target mapping the packet was for the gateway itself, whose kernel the
+    /// datapath already passes such packets to.
+    fn hairpin_first_packet(&mut self, mut packet: Vec<u8>, external: Endpoint, target_external: Endpoint) -> Result<()> {
+        let Ok(target) = self.datapath.inbound()?.get(&target_external, 0) else {
+            return Ok(());
+        };
+        let target_inside = target.target(target_external.proto);
+        let mode = self.info.filtering_of(target_inside.proto).datapath_value();
+        if let Some(key) = PermitKey::new(mode, target_inside, external.addr_be, external.port_be) {
+            let ttl = self.info.timeouts.permit_ttl_ns(target_inside.proto);
+            let fresh = self.datapath.permits()?.get(&key, 0).is_ok_and(|sent| coarse_now_ns().saturating_sub(sent) <= ttl);
+            if !fresh {
+                return Ok(());
+            }
+        }
+        translate_source(&mut packet, external)?;
+        translate_destination(&mut packet, target_inside)?;
+        self.sender.send_packet(&packet)?;
+        self.counters.first_packets_sent += 1;
         Ok(())
     }
 

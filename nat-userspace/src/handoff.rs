@@ -50,6 +50,36 @@ impl XdpMd {
     }
 }
 
+/// Rewrites the destination of a TCP/UDP packet `translate_source` has
+/// already translated (so its checksum is a full one) to `to`: the second
+/// half of hairpinning a first packet (RFC 4787 REQ-9). The TTL is left
+/// alone: a hairpinned packet crosses the gateway once.
+pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
+    ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    ensure!(ihl >= 20 && ihl <= total && total <= ip.len(), "IPv4 header lengths do not fit the frame");
+    let (header, rest) = ip[..total].split_at_mut(ihl);
+    let check_at = match header[9] {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        other => bail!("protocol {other} is not hairpinned"),
+    };
+    ensure!(rest.len() >= check_at + 2, "L4 header truncated");
+    let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    let old_dst = u32::from_ne_bytes(header[16..20].try_into().unwrap());
+    header[16..20].copy_from_slice(&to.addr().octets());
+    let ip_check = replace32(word(header, 10), old_dst, to.addr_be);
+    header[10..12].copy_from_slice(&ip_check.to_ne_bytes());
+
+    let (old_port, check_before) = (word(rest, 2), word(rest, check_at));
+    rest[2..4].copy_from_slice(&to.port_be.to_ne_bytes());
+    let check = replace32(replace16(check_before, old_port, to.port_be), old_dst, to.addr_be);
+    let check = if header[9] == proto::UDP { udp_fixup(check_before, check) } else { check };
+    rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
+    Ok(())
+}
+
 /// Rewrites the source of a missed outbound IPv4 packet (`ip`, from the IPv4
 /// header on) to `to` and decrements its TTL, keeping every checksum valid:
 /// the user-space twin of the datapath's rewrite, for the first packet of a

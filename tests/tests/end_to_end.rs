@@ -769,6 +769,34 @@ fn hairpinning_lets_inside_hosts_reach_each_other_by_external_endpoint() {
     assert!(lab.stats().unwrap().get("hairpinned").unwrap() >= 2);
 }
 
+/// RFC 4787 REQ-9 on natd's path: a host's very first packet, from an
+/// inside port in the NAT range (natd sets the flow up), sent straight to
+/// another host's external endpoint, arrives once: natd hairpins it itself
+/// instead of leaving it to a retransmit.
+#[test]
+fn a_hairpinned_first_packet_set_up_by_natd_is_delivered() {
+    require_root!();
+    let mut lab = NatLab::new(2, true).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let b = udp_socket_in(&lab.hosts[1], 6000);
+    b.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    b.send_to(b"map me", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
+    b.recv_from(&mut buf).unwrap();
+    let sessions = lab.sessions().unwrap();
+    let b_ext: SocketAddr = sessions.iter().find(|s| s.inside == "10.77.1.11:6000").unwrap().external.parse().unwrap();
+
+    let before = lab.stats().unwrap().get("first_packets_sent").unwrap();
+    let a = udp_socket_in(&lab.hosts[0], 25100);
+    a.send_to(b"first", b_ext).unwrap();
+    let (n, from) = b.recv_from(&mut buf).expect("the hairpinned first packet was lost");
+    assert_eq!(&buf[..n], b"first");
+    let a_ext = lab.sessions().unwrap().into_iter().find(|s| s.inside == "10.77.1.10:25100").unwrap().external;
+    assert_eq!(from.to_string(), a_ext, "host 1 must see host 0's external endpoint");
+    assert_eq!(lab.stats().unwrap().get("first_packets_sent").unwrap(), before + 1, "natd did not send it");
+}
+
 /// RFC 5508 with a real client: ping with TTL 2 from a LAN host dies one hop
 /// past the gateway (the server forwards it), and the Time Exceeded comes back
 /// through the gateway to the host, which matches it to its own echo request:

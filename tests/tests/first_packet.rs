@@ -13,7 +13,7 @@ use nat_common::{
     proto,
 };
 use nat_tests::packet::{Frame, L4};
-use nat_userspace::handoff::translate_source;
+use nat_userspace::handoff::{translate_destination, translate_source};
 
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
@@ -111,4 +111,29 @@ fn untranslatable_packets_are_refused() {
     }
     let mut short = Frame::udp((INSIDE, 5000), (REMOTE, 53)).build()[ETH_LEN..ETH_LEN + 24].to_vec();
     assert!(translate_source(&mut short, Endpoint::new(EXTERNAL, 1, proto::UDP)).is_err());
+}
+
+/// RFC 4787 REQ-9: a hairpinned first packet natd sends itself gets both
+/// ends translated (`translate_source`, then `translate_destination` to the
+/// target's inside endpoint), the TTL decremented once, and every checksum
+/// as a from-scratch build has it, from a full or a partial (TX offload)
+/// checksum alike.
+#[test]
+fn a_hairpinned_first_packet_is_translated_both_ways() {
+    const TARGET: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 11);
+    for frame in [Frame::udp((INSIDE, 5000), (EXTERNAL, 24000)), Frame::tcp((INSIDE, 5000), (EXTERNAL, 24000))] {
+        let name = if frame.l4_proto() == proto::UDP { "udp" } else { "tcp" };
+        for (kind, input) in [("full", frame.build()), ("partial", with_partial_checksum(&frame))] {
+            let mut packet = input[ETH_LEN..].to_vec();
+            translate_source(&mut packet, Endpoint::new(EXTERNAL, 23456, frame.l4_proto())).unwrap();
+            translate_destination(&mut packet, Endpoint::new(TARGET, 6000, frame.l4_proto())).unwrap();
+            let mut expected = translated(&frame, 23456);
+            expected.dst = TARGET;
+            match &mut expected.l4 {
+                L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = 6000,
+                _ => unreachable!(),
+            }
+            assert_eq!(packet, expected.build()[ETH_LEN..].to_vec(), "{name} ({kind} checksum): differs from a from-scratch build");
+        }
+    }
 }
