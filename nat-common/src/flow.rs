@@ -123,8 +123,12 @@ pub struct GatewayConfig {
     pub port_min: u16,
     pub port_max: u16,
     pub _pad: u32,
+    /// The gateway's IPv4 address on the LAN interface, network byte order:
+    /// the source of the errors it sends into the LAN itself (Fragmentation
+    /// Needed, RFC 4787 REQ-13). 0: none, such errors are not sent.
+    pub lan_addr_be: u32,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 20);
 
 impl GatewayConfig {
     pub const fn new(external: Ipv4Addr, wan_ifindex: u32, port_min: u16, port_max: u16) -> Self {
@@ -134,7 +138,14 @@ impl GatewayConfig {
             port_min,
             port_max,
             _pad: 0,
+            lan_addr_be: 0,
         }
+    }
+
+    /// The same with the LAN interface's address set (`lan_addr_be`).
+    pub const fn with_lan_addr(mut self, lan: Ipv4Addr) -> Self {
+        self.lan_addr_be = u32::from_ne_bytes(lan.octets());
+        self
     }
 }
 

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod flow;
+pub mod icmp;
 
 pub use counters::Reason;
 pub use flow::{
@@ -51,6 +52,8 @@ pub mod map_names {
     pub const CLOCK: &str = "CLOCK";
     /// Per-CPU direct-mapped cache of route lookups (`NextHop` slots).
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Per-CPU `icmp::RateLimit` of the Fragmentation Needed errors the datapath sends.
+    pub const ICMP_RATE: &str = "ICMP_RATE";
 }
 
 /// Names of the XDP programs in the eBPF object.

@@ -140,7 +140,17 @@ async fn run(args: RunArgs) -> Result<()> {
     enable_forwarding(&settings.lan)?;
     enable_forwarding(&settings.wan)?;
     let mut datapath = Datapath::load()?;
-    datapath.set_config(GatewayConfig::new(env.external_ip, env.wan_ifindex, settings.port_min, settings.port_max))?;
+    let mut gateway = GatewayConfig::new(env.external_ip, env.wan_ifindex, settings.port_min, settings.port_max);
+    // The source of the Fragmentation Needed errors the datapath sends into
+    // the LAN (RFC 4787 REQ-13); without one they are not sent.
+    match nat_userspace::config::first_ipv4(&settings.lan) {
+        Some(lan_ip) => gateway = gateway.with_lan_addr(lan_ip),
+        None => eprintln!(
+            "natd: warning: {} has no IPv4 address: LAN hosts get no Fragmentation Needed for packets too big for the WAN",
+            settings.lan
+        ),
+    }
+    datapath.set_config(gateway)?;
     datapath.set_clock(nat_userspace::daemon::coarse_now_ns())?;
     datapath.add_tx_port(env.lan_ifindex)?;
     datapath.add_tx_port(env.wan_ifindex)?;

@@ -33,8 +33,11 @@ pub struct Frame {
     pub tos: u8,
     /// IPv4 options, padded by the caller to a multiple of 4 bytes.
     pub options: Vec<u8>,
-    /// Flags and fragment offset word, host order (0x2000 = more fragments).
+    /// Flags and fragment offset word, host order (0x2000 = more fragments,
+    /// 0x4000 = don't fragment).
     pub frag: u16,
+    /// IPv4 identification, host order.
+    pub id: u16,
     pub l4: L4,
     pub payload: Vec<u8>,
     /// TCP/UDP checksum field as a Linux sender with TX checksum offload
@@ -55,6 +58,7 @@ impl Frame {
             tos: 0,
             options: Vec::new(),
             frag: 0,
+            id: 0x1234,
             l4,
             payload: b"nat test payload".to_vec(),
             partial_checksum: false,
@@ -155,7 +159,7 @@ impl Frame {
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[1] = self.tos;
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.id.to_be_bytes());
         ip[6..8].copy_from_slice(&self.frag.to_be_bytes());
         ip[8] = self.ttl;
         ip[9] = self.l4_proto();
