@@ -577,15 +577,19 @@ enum Route {
     Local,
 }
 
+/// Where the kernel would send the packet as it is. Asked without a length:
+/// on FRAG_NEEDED the kernel returns before it fills in the egress
+/// interface, so a too-big new flow would look routed back inside and be
+/// passed to the kernel, which forwards it untranslated (fragmented, or
+/// not). Whether it fits is for `next_hop` to tell, once translated.
 #[inline(always)]
 fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
     let mut params = fib_params(ctx, pkt, &Leaving::of(pkt));
+    params.__bindgen_anon_1.tot_len = 0;
     let rc = lookup(ctx, &mut params) as u32;
-    // NO_NEIGH and FRAG_NEEDED still name the egress interface; every other
-    // failure means the kernel would not forward it either.
-    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS
-        || rc == BPF_FIB_LKUP_RET_NO_NEIGH
-        || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED;
+    // NO_NEIGH still names the egress interface; every other failure means
+    // the kernel would not forward it either.
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
     let wan = config().wan_ifindex;
     if !routed {
         Route::Local
@@ -731,9 +735,18 @@ fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Side) -> Verdi
     if !unsafe { (*rate).allow(bpf_ktime_get_ns()) } {
         return Verdict::drop(Reason::FragNeededRateLimited);
     }
-    match write_frag_needed(ctx, pkt, source_be, mtu) {
-        Ok(()) => Verdict { action: xdp_action::XDP_TX, reason: Reason::FragNeededSent },
-        Err(()) => Verdict::drop(Reason::DropTooBigForEgress),
+    let ingress = ctx.ingress_ifindex() as u32;
+    if write_frag_needed(ctx, pkt, source_be, mtu).is_err() {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    // Back out of the ingress port through the devmap rather than XDP_TX: a
+    // veth queues XDP_TX frames for its peer but wakes the peer only when it
+    // runs an XDP program (veth_xdp_flush), so behind a veth with GRO alone
+    // the error would wait for unrelated traffic. A redirect is flushed
+    // (XDP_XMIT_FLUSH) like every other packet the gateway forwards.
+    match TX_PORTS.redirect(ingress, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: Reason::FragNeededSent },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
     }
 }
 

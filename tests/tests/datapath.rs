@@ -905,7 +905,7 @@ fn df(f: &mut Frame) {
 
 /// RFC 4787 REQ-13: a DF packet too big for the egress once translated is
 /// answered with ICMP Fragmentation Needed and the next-hop MTU, built in XDP
-/// and sent back out of the ingress port (XDP_TX), never passed to the
+/// and sent back out of the ingress port (redirected to it), never passed to the
 /// kernel. Outbound (WAN MTU 1400) the error comes from the gateway's LAN
 /// address and quotes the inside host's untranslated packet; inbound (LAN MTU
 /// 1200) from the external address, quoting the remote's packet as sent to
@@ -938,12 +938,12 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
     let hairpin_big = with(from_lan(Frame::udp(UDP_INSIDE, (addr::EXTERNAL, 20500))), big(1300));
     let fits = with(udp_out(), big(1352));
     let cases = vec![
-        case("tcp out, DF, 1401 bytes", Lan, tcp_big.clone(), xdp_action::TX, Some(frag_needed_for(&tcp_big, addr::LAN_GW, 1400)), Reason::FragNeededSent),
+        case("tcp out, DF, 1401 bytes", Lan, tcp_big.clone(), REDIRECT, Some(frag_needed_for(&tcp_big, addr::LAN_GW, 1400)), Reason::FragNeededSent),
         case(
             "udp out, DF, 802.1Q tag and IP options (quoted whole)",
             Lan,
             udp_tagged.clone(),
-            xdp_action::TX,
+            REDIRECT,
             Some(frag_needed_for(&udp_tagged, addr::LAN_GW, 1400)),
             Reason::FragNeededSent,
         ),
@@ -951,16 +951,16 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
             "udp out, DF, partial checksum quoted as sent",
             Lan,
             udp_partial.clone(),
-            xdp_action::TX,
+            REDIRECT,
             Some(frag_needed_for(&udp_partial, addr::LAN_GW, 1400)),
             Reason::FragNeededSent,
         ),
-        case("echo request out, DF", Lan, ping_big.clone(), xdp_action::TX, Some(frag_needed_for(&ping_big, addr::LAN_GW, 1400)), Reason::FragNeededSent),
+        case("echo request out, DF", Lan, ping_big.clone(), REDIRECT, Some(frag_needed_for(&ping_big, addr::LAN_GW, 1400)), Reason::FragNeededSent),
         case(
             "udp in, DF, too big for the LAN: from the external address",
             Wan,
             inbound.clone(),
-            xdp_action::TX,
+            REDIRECT,
             Some(frag_needed_for(&inbound, addr::EXTERNAL, 1200)),
             Reason::FragNeededSent,
         ),
@@ -968,7 +968,7 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
             "hairpinned udp, DF, too big for the LAN",
             Lan,
             hairpin_big.clone(),
-            xdp_action::TX,
+            REDIRECT,
             Some(frag_needed_for(&hairpin_big, addr::LAN_GW, 1200)),
             Reason::FragNeededSent,
         ),
@@ -983,7 +983,29 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
         ),
     ];
     run_cases(&gw, cases).unwrap();
-    let errors = [tcp_big, udp_tagged, udp_partial, ping_big, inbound, hairpin_big];
+
+    // New flows: the first packet claims a queued port, then gets the same
+    // answer. Never passed to the kernel, which would forward it untranslated
+    // (the route lookup leaves the egress out when the packet is too big).
+    for (session, port) in [(40, 24700), (41, 24701)] {
+        gw.datapath.push_free_port(proto::UDP, nat_common::FreePort { session, port, _pad: 0 }).unwrap();
+    }
+    let new_flow = with(from_lan(Frame::udp((addr::LAN_HOST, 7100), REMOTE_UDP)), big(1400));
+    let new_flow_no_df = with(from_lan(Frame::udp((addr::LAN_HOST, 7101), REMOTE_UDP)), payload(1400));
+    let cases = vec![
+        case(
+            "new udp flow, DF, too big",
+            Lan,
+            new_flow.clone(),
+            REDIRECT,
+            Some(frag_needed_for(&new_flow, addr::LAN_GW, 1400)),
+            Reason::FragNeededSent,
+        ),
+        case("new udp flow, no DF, too big: dropped, not passed", Lan, new_flow_no_df, DROP, None, Reason::DropTooBigForEgress),
+    ];
+    run_cases(&gw, cases).unwrap();
+
+    let errors = [tcp_big, udp_tagged, udp_partial, ping_big, inbound, hairpin_big, new_flow];
     for input in &errors {
         let run = gw.run(if input.src == addr::REMOTE { Wan } else { Lan }, &input.build()).unwrap();
         packet::verify_checksums(&run.frame).unwrap_or_else(|e| panic!("bad {e} in the error about {:?}", input.l4));
@@ -1019,7 +1041,7 @@ fn rfc4787_req13_frag_needed_is_rate_limited() {
     .build();
     let tries = FRAG_NEEDED_BURST + 10;
     let started = std::time::Instant::now();
-    let sent = (0..tries).filter(|_| gw.run(Side::Lan, &input).unwrap().action == xdp_action::TX).count() as u64;
+    let sent = (0..tries).filter(|_| gw.run(Side::Lan, &input).unwrap().action == REDIRECT).count() as u64;
     let refills = started.elapsed().as_nanos() as u64 / RateLimit::COST_NS + 1;
     let limited = gw.datapath.counter(Reason::FragNeededRateLimited).unwrap();
     assert_eq!(gw.datapath.counter(Reason::FragNeededSent).unwrap(), sent);

@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),
     ("nft", "nftables"),
+    ("traceroute", "traceroute"),
+    ("tracepath", "iputils-tracepath"),
 ];
 
 pub fn toolchain() -> Result<()> {
