@@ -248,8 +248,7 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     };
     let now = clock();
     let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
-    let leaving = Leaving::of(pkt).translated(Side::Source, &external).translated(Side::Destination, &inside_target);
-    let hop = next_hop(ctx, pkt, &leaving, now);
+    let hop = next_hop(ctx, pkt, &Rewrite::Both(external, inside_target), now);
     if let Hop::TooBig(mtu) = hop {
         return too_big(ctx, pkt, mtu, Side::Source);
     }
@@ -424,11 +423,11 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 /// `side` to the mapping's target, finish a partial checksum, redirect.
 ///
 /// The route is looked up before the rewrite, with the addresses and ports
-/// the packet will have (`Leaving`), so that a packet too big for the egress
+/// the packet will have (`Rewrite`), so that a packet too big for the egress
 /// is still exactly what its sender sent when the Fragmentation Needed error
-/// quotes it (RFC 4787 REQ-13, RFC 792). Reverting a translated quote
-/// instead could not give back a partial checksum or the TTL the sender
-/// used. The cache check costs the same either way.
+/// quotes it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL
+/// included, with nothing to undo. (Translating first and undoing the
+/// rewrite on FRAG_NEEDED was tried: no cheaper per hit in fastpath-bench.)
 #[inline(always)]
 fn translate_and_forward(
     ctx: &XdpContext,
@@ -440,7 +439,7 @@ fn translate_and_forward(
 ) -> Verdict {
     let to = unsafe { (*mapping).target(proto_nr) };
     let now = clock();
-    let hop = next_hop(ctx, pkt, &Leaving::of(pkt).translated(side, &to), now);
+    let hop = next_hop(ctx, pkt, &Rewrite::One(side, to), now);
     if let Hop::TooBig(mtu) = hop {
         return too_big(ctx, pkt, mtu, side);
     }
@@ -492,6 +491,30 @@ fn refresh(mapping: *const Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
 
 const AF_INET: u8 = 2;
 
+/// The rewrite a packet is routed for: routes are looked up before the
+/// packet is touched (see `translate_and_forward`).
+#[derive(Clone, Copy)]
+enum Rewrite {
+    /// Leaves as it is (translated already).
+    Nothing,
+    /// `translate(pkt, side, to)`.
+    One(Side, Endpoint),
+    /// `translate_both(pkt, source, destination)`.
+    Both(Endpoint, Endpoint),
+}
+
+impl Rewrite {
+    /// The destination address the packet leaves with: all the next-hop
+    /// cache needs, so a hit reads nothing more of the packet.
+    #[inline(always)]
+    fn dst_be(&self, pkt: &Ipv4Packet) -> u32 {
+        match self {
+            Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
+            _ => u32::from_ne_bytes(unsafe { (*pkt.ip).dst_addr }),
+        }
+    }
+}
+
 /// The addresses and ports a packet leaves with, which the route lookup is
 /// asked about: the packet's own, or what a translation will make of them.
 #[derive(Clone, Copy)]
@@ -516,7 +539,18 @@ impl Leaving {
         Self { src_be: u32::from_ne_bytes(src), dst_be: u32::from_ne_bytes(dst), sport_be, dport_be, has_ports }
     }
 
-    /// As `translate(pkt, side, to)` will leave the packet.
+    /// As the packet leaves after `rewrite`.
+    #[inline(always)]
+    fn after(self, rewrite: &Rewrite) -> Self {
+        match rewrite {
+            Rewrite::Nothing => self,
+            Rewrite::One(side, to) => self.translated(*side, to),
+            Rewrite::Both(source, destination) => {
+                self.translated(Side::Source, source).translated(Side::Destination, destination)
+            }
+        }
+    }
+
     #[inline(always)]
     fn translated(mut self, side: Side, to: &Endpoint) -> Self {
         match side {
@@ -602,7 +636,9 @@ fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
 
 /// What the route lookup says about a packet.
 enum Hop {
-    Ready(NextHop),
+    /// Out of `egress_ifindex` with these MACs (only what `deliver` needs:
+    /// the hop is kept across the rewrite).
+    Ready { egress_ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
     /// Routed, but the next hop's MAC is not known yet.
     NoNeighbour,
     /// Longer than the egress MTU, given in host order.
@@ -614,7 +650,7 @@ enum Hop {
 /// Routes a packet translated already (an ICMP error) and sends it on.
 #[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
-    let hop = next_hop(ctx, pkt, &Leaving::of(pkt), now);
+    let hop = next_hop(ctx, pkt, &Rewrite::Nothing, now);
     deliver(ctx, pkt, hop, translated)
 }
 
@@ -624,40 +660,40 @@ fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> 
 /// another (RFC 1122 3.2.2): dropped.
 #[inline(always)]
 fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: Reason) -> Verdict {
-    let hop = match hop {
-        Hop::Ready(hop) => hop,
+    let (egress_ifindex, smac, dmac) = match hop {
+        Hop::Ready { egress_ifindex, smac, dmac } => (egress_ifindex, smac, dmac),
         Hop::NoNeighbour => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
     unsafe {
-        (*pkt.eth).dst_addr = hop.dmac;
-        (*pkt.eth).src_addr = hop.smac;
+        (*pkt.eth).dst_addr = dmac;
+        (*pkt.eth).src_addr = smac;
     }
-    match TX_PORTS.redirect(hop.egress_ifindex, xdp_action::XDP_DROP as u64) {
+    match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
         Ok(action) => Verdict { action, reason: translated },
         Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
     }
 }
 
-/// The next hop of a packet leaving as `leaving` says: from the cache while
-/// the entry is fresh and the packet no longer than one the route lookup has
-/// accepted, otherwise from `bpf_fib_lookup` (which also checks the egress
-/// MTU, path-MTU exceptions included), and then cached.
+/// The next hop of the packet once `rewrite` is applied to it: from the
+/// cache while the entry is fresh and the packet no longer than one the
+/// route lookup has accepted, otherwise from `bpf_fib_lookup` (which also
+/// checks the egress MTU, path-MTU exceptions included), and then cached.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving, now: u64) -> Hop {
-    let dst_be = leaving.dst_be;
+fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
+    let dst_be = rewrite.dst_be(pkt);
     let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) };
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
     if let Some(slot) = slot {
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            return Hop::Ready(*hop);
+            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac };
         }
     }
 
-    let mut params = fib_params(ctx, pkt, leaving);
+    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt).after(rewrite));
     let rc = lookup(ctx, &mut params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
@@ -691,7 +727,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving, now: u64) -> 
         }
         *old = hop;
     }
-    Hop::Ready(hop)
+    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac }
 }
 
 /// The longest IPv4 header and the 8 L4 bytes an error quotes after it.
