@@ -797,12 +797,8 @@ fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u32, mtu: u1
     let l3 = pkt.l3_offset;
     let (vihl, sender) = unsafe { ((*pkt.ip).vihl, (*pkt.ip).src_addr) };
     let quote_len = ((vihl & 0x0f) as usize) * 4 + QUOTED_L4_LEN;
-    unsafe {
-        let eth = pkt.eth;
-        let previous_hop = (*eth).src_addr;
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = previous_hop;
-    }
+    // Back to the previous hop.
+    unsafe { core::ptr::swap(&raw mut (*pkt.eth).src_addr, &raw mut (*pkt.eth).dst_addr) };
     let mut quote = [0u8; QUOTE_MAX];
     unsafe {
         let raw = ctx.ctx as *mut _;
