@@ -49,8 +49,10 @@ pub enum Reason {
     DropTooBigForDaemon = 15,
     /// `bpf_redirect_map` refused the packet.
     DropRedirectFailed = 16,
-    /// Translated, but larger than the egress MTU (path-MTU handling comes with
-    /// ICMP error support).
+    /// Larger than the egress MTU and not answered with Fragmentation Needed:
+    /// DF clear (the gateway does not fragment), an ICMP error (never answered
+    /// with another, RFC 1122 3.2.2), no gateway address on that side, or a
+    /// packet under 96 bytes (a next-hop MTU below that is not served).
     DropTooBigForEgress = 17,
     /// WAN packet with no mapping, not for the external address, that the
     /// kernel would forward (to an inside host, or back out): unsolicited
@@ -96,11 +98,20 @@ pub enum Reason {
     /// ICMP error about a mapped flow whose own checksum or quoted IPv4
     /// header checksum does not hold (RFC 5508 REQ-3): dropped untranslated.
     DropBadIcmpError = 29,
+    /// DF packet too big for the egress: answered with ICMP Fragmentation
+    /// Needed and the next-hop MTU out of the ingress port (RFC 4787 REQ-13).
+    FragNeededSent = 30,
+    /// As `FragNeededSent`, but over the per-CPU rate limit: dropped silently.
+    FragNeededRateLimited = 31,
+    /// An inside host's ICMP error about a hairpinned packet: sent back into
+    /// the LAN to the sender, from the external address, the quote set to
+    /// what the sender sent (RFC 5508 REQ-7).
+    IcmpErrorHairpinned = 32,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 33] = [
         Reason::TranslatedOut,
         Reason::TranslatedIn,
         Reason::PassNotIpv4,
@@ -131,6 +142,9 @@ impl Reason {
         Reason::FragmentToDaemon,
         Reason::FragmentStateExpired,
         Reason::DropBadIcmpError,
+        Reason::FragNeededSent,
+        Reason::FragNeededRateLimited,
+        Reason::IcmpErrorHairpinned,
     ];
 
     /// Number of entries in the `COUNTERS` map.
@@ -169,6 +183,9 @@ impl Reason {
             Reason::FragmentToDaemon => "fragment_to_daemon",
             Reason::FragmentStateExpired => "fragment_state_expired",
             Reason::DropBadIcmpError => "drop_bad_icmp_error",
+            Reason::FragNeededSent => "frag_needed_sent",
+            Reason::FragNeededRateLimited => "frag_needed_rate_limited",
+            Reason::IcmpErrorHairpinned => "icmp_error_hairpinned",
         }
     }
 }

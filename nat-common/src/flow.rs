@@ -148,8 +148,13 @@ pub struct GatewayConfig {
     /// NAT range, its unmapped ports on an external address are dropped.
     pub low_port_min: u16,
     pub low_port_max: u16,
+    /// The gateway's IPv4 address on the LAN interface, network byte order:
+    /// the source of the errors it sends into the LAN itself (Fragmentation
+    /// Needed, RFC 4787 REQ-13). 0: none, such errors are not sent.
+    pub lan_addr_be: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 88);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 96);
 
 impl GatewayConfig {
     /// One external address, endpoint-independent filtering for every
@@ -175,7 +180,15 @@ impl GatewayConfig {
             ports_per_host: 0,
             low_port_min: 0,
             low_port_max: 0,
+            lan_addr_be: 0,
+            _pad2: 0,
         }
+    }
+
+    /// The same with the LAN interface's address set (`lan_addr_be`).
+    pub const fn with_lan_addr(mut self, lan: Ipv4Addr) -> Self {
+        self.lan_addr_be = u32::from_ne_bytes(lan.octets());
+        self
     }
 
     /// Whether `port` (host order) is one natd hands out: in the NAT range or

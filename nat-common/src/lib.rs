@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod flow;
+pub mod icmp;
 
 pub use counters::Reason;
 pub use flow::{
@@ -65,6 +66,8 @@ pub mod map_names {
     /// Hash `FragKey` -> clock (ns): datagrams natd parks later fragments of,
     /// written by natd; the datapath tells natd when their first fragment passes.
     pub const PARKED: &str = "PARKED";
+    /// Per-CPU `icmp::RateLimit` of the Fragmentation Needed errors the datapath sends.
+    pub const ICMP_RATE: &str = "ICMP_RATE";
 }
 
 /// Names of the XDP programs in the eBPF object.

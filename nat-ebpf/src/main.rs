@@ -31,7 +31,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_NOEXIST,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_fib_lookup, bpf_xdp_load_bytes},
+    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     programs::XdpContext,
@@ -40,6 +40,7 @@ use nat_common::{
     BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_MAPPINGS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_QUOTA_HOSTS, MAX_SESSIONS, MISS_FRAME_MAX,
     MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, Reason,
     frag_dir, miss_kind, proto, tcp_flags,
+    icmp::{FRAG_NEEDED_HEADERS_LEN, IP_DF, QUOTED_L4_LEN, RateLimit, frag_needed_headers},
 };
 
 use crate::{
@@ -155,6 +156,10 @@ static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
 /// route lookup, and per-CPU slots are written without sharing cache lines.
 #[map]
 static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1 << NEXT_HOP_CACHE_BITS, 0);
+
+/// The rate limit of the Fragmentation Needed errors this CPU sends.
+#[map]
+static ICMP_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the program does with a packet, and the counter that says why.
 struct Verdict {
@@ -296,9 +301,13 @@ fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Option
 /// host's TCP/UDP mapping it is hairpinned (RFC 4787 REQ-9, RFC 5382 REQ-8):
 /// source translated to the sender's external endpoint, destination to the
 /// target's inside one, and sent back into the LAN, so the target sees the
-/// sender as the Internet would. Anything else is for the gateway itself.
+/// sender as the Internet would. So is the target's ICMP error about such a
+/// packet (RFC 5508 REQ-7). Anything else is for the gateway itself.
 #[inline(always)]
 fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    if let L4::IcmpError(quoted) = &pkt.l4 {
+        return icmp_error_hairpinned(ctx, pkt, quoted);
+    }
     let (Some(inside), Some(destination)) = (pkt.source(), pkt.destination()) else {
         return Verdict::pass(Reason::PassLocal);
     };
@@ -331,12 +340,51 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if !admit(&cfg, &inside_target, external.addr_be, external.port_be, now) {
         return Verdict::drop(Reason::DropFiltered);
     }
+    let hop = next_hop(ctx, pkt, &Rewrite::Both(external, inside_target), now);
+    if let Hop::TooBig(mtu) = hop {
+        return too_big(ctx, pkt, mtu, Side::Source);
+    }
     refresh(mapping, pkt, now, Side::Source);
     refresh(target, pkt, now, Side::Destination);
     let partial = has_partial_checksum(pkt);
     translate_both(pkt, &external, &inside_target);
     let translated = finish_if_partial(ctx, pkt, partial, Reason::Hairpinned);
-    forward(ctx, pkt, translated, now)
+    deliver(ctx, pkt, hop, translated)
+}
+
+/// RFC 5508 REQ-7 (hairpinned ICMP errors): an inside host's error about a
+/// packet hairpinned to it. It got that packet from the sender's external
+/// endpoint, so it answers to the external address and quotes (sender's
+/// external endpoint -> its own inside endpoint). The error goes back into
+/// the LAN to the sender as the outside view of the target would send it:
+/// from the external address, to the sender's inside address, quoting what
+/// the sender sent (its inside endpoint -> the target's external endpoint).
+/// An error quoting anything else is the gateway's own, passed.
+#[inline(always)]
+fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
+    let error = quoted.error;
+    let (inner_proto, inner_src, inner_dst) = unsafe { ((*error).inner.proto, (*error).inner.src_addr, (*error).inner.dst_addr) };
+    if inner_proto != proto::TCP && inner_proto != proto::UDP {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    let l4 = unsafe { *quoted.l4 };
+    let sender_external = Endpoint::from_be(u32::from_ne_bytes(inner_src), u16::from_ne_bytes([l4[0], l4[1]]), inner_proto);
+    let target_inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
+    let (Some(sender), Some(target)) = (INBOUND.get_ptr(sender_external), OUTBOUND.get_ptr(target_inside)) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Verdict::drop(Reason::DropBadIcmpError);
+    }
+    let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
+    rewrite_quoted(quoted, Side::Destination, &target_external);
+    rewrite_quoted(quoted, Side::Source, &sender_inside);
+    // Only the outer addresses (and the TTL) change: ports are the quote's.
+    // From the target's external address, where the sender sent to.
+    let from = Endpoint::from_be(target_external.addr_be, 0, proto::ICMP);
+    let to = Endpoint::from_be(sender_inside.addr_be, 0, proto::ICMP);
+    translate_both(pkt, &from, &to);
+    forward(ctx, pkt, Reason::IcmpErrorHairpinned, clock())
 }
 
 /// The new flow of `inside` takes a free external port the daemon queued for
@@ -563,8 +611,15 @@ fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 }
 
 /// The hit path of either direction (`key`: the endpoint the mapping was
-/// found by): filter by remote, refresh the session, rewrite `side` to the
-/// mapping's target, finish a partial checksum, route and redirect.
+/// found by): filter by remote, route, refresh the session, rewrite `side`
+/// to the mapping's target, finish a partial checksum, redirect.
+///
+/// The route is looked up before the rewrite, with the addresses and ports
+/// the packet will have (`Rewrite`), so that a packet too big for the egress
+/// is still exactly what its sender sent when the Fragmentation Needed error
+/// quotes it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL
+/// included, with nothing to undo. (Translating first and undoing the
+/// rewrite on FRAG_NEEDED was tried: no cheaper per hit in fastpath-bench.)
 #[inline(always)]
 fn translate_and_forward(
     ctx: &XdpContext,
@@ -586,6 +641,10 @@ fn translate_and_forward(
             }
         }
     }
+    let hop = next_hop(ctx, pkt, &Rewrite::One(side, to), now);
+    if let Hop::TooBig(mtu) = hop {
+        return too_big(ctx, pkt, mtu, side);
+    }
     refresh(mapping, pkt, now, side);
     if pkt.fragment == Fragment::First {
         // The incremental L4 update stays right for the whole datagram (only
@@ -594,12 +653,12 @@ fn translate_and_forward(
         // fragmenting), and the segment is not all here to sum anyway.
         record_first_fragment(pkt, side, to.addr_be, now);
         translate(pkt, side, &to);
-        return forward(ctx, pkt, translated, now);
+        return deliver(ctx, pkt, hop, translated);
     }
     let partial = has_partial_checksum(pkt);
     translate(pkt, side, &to);
     let translated = finish_if_partial(ctx, pkt, partial, translated);
-    forward(ctx, pkt, translated, now)
+    deliver(ctx, pkt, hop, translated)
 }
 
 #[inline(always)]
@@ -777,29 +836,100 @@ fn refresh(mapping: *const Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
 
 const AF_INET: u8 = 2;
 
+/// The rewrite a packet is routed for: routes are looked up before the
+/// packet is touched (see `translate_and_forward`).
+#[derive(Clone, Copy)]
+enum Rewrite {
+    /// Leaves as it is (translated already).
+    Nothing,
+    /// `translate(pkt, side, to)`.
+    One(Side, Endpoint),
+    /// `translate_both(pkt, source, destination)`.
+    Both(Endpoint, Endpoint),
+}
+
+impl Rewrite {
+    /// The destination address the packet leaves with: all the next-hop
+    /// cache needs, so a hit reads nothing more of the packet.
+    #[inline(always)]
+    fn dst_be(&self, pkt: &Ipv4Packet) -> u32 {
+        match self {
+            Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
+            _ => u32::from_ne_bytes(unsafe { (*pkt.ip).dst_addr }),
+        }
+    }
+}
+
+/// The addresses and ports a packet leaves with, which the route lookup is
+/// asked about: the packet's own, or what a translation will make of them.
+#[derive(Clone, Copy)]
+struct Leaving {
+    src_be: u32,
+    dst_be: u32,
+    /// TCP/UDP ports, network order; 0 for other protocols.
+    sport_be: u16,
+    dport_be: u16,
+    has_ports: bool,
+}
+
+impl Leaving {
+    #[inline(always)]
+    fn of(pkt: &Ipv4Packet) -> Self {
+        let (sport_be, dport_be, has_ports) = match pkt.l4 {
+            L4::Tcp(tcp) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest), true) },
+            L4::Udp(udp) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst), true) },
+            _ => (0, 0, false),
+        };
+        let (src, dst) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr) };
+        Self { src_be: u32::from_ne_bytes(src), dst_be: u32::from_ne_bytes(dst), sport_be, dport_be, has_ports }
+    }
+
+    /// As the packet leaves after `rewrite`.
+    #[inline(always)]
+    fn after(self, rewrite: &Rewrite) -> Self {
+        match rewrite {
+            Rewrite::Nothing => self,
+            Rewrite::One(side, to) => self.translated(*side, to),
+            Rewrite::Both(source, destination) => {
+                self.translated(Side::Source, source).translated(Side::Destination, destination)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn translated(mut self, side: Side, to: &Endpoint) -> Self {
+        match side {
+            Side::Source => {
+                self.src_be = to.addr_be;
+                if self.has_ports {
+                    self.sport_be = to.port_be;
+                }
+            }
+            Side::Destination => {
+                self.dst_be = to.addr_be;
+                if self.has_ports {
+                    self.dport_be = to.port_be;
+                }
+            }
+        }
+        self
+    }
+}
+
 #[inline(always)]
-fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet) -> FibParams {
+fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving) -> FibParams {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     unsafe {
         let ip = pkt.ip;
         params.family = AF_INET;
         params.l4_protocol = (*ip).proto;
-        match pkt.l4 {
-            L4::Tcp(tcp) => {
-                params.sport = u16::from_ne_bytes((*tcp).source);
-                params.dport = u16::from_ne_bytes((*tcp).dest);
-            }
-            L4::Udp(udp) => {
-                params.sport = u16::from_ne_bytes((*udp).src);
-                params.dport = u16::from_ne_bytes((*udp).dst);
-            }
-            _ => {}
-        }
+        params.sport = leaving.sport_be;
+        params.dport = leaving.dport_be;
         // Host order: the kernel compares it with the egress MTU.
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
         params.__bindgen_anon_2.tos = (*ip).tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+        params.__bindgen_anon_3.ipv4_src = leaving.src_be;
+        params.__bindgen_anon_4.ipv4_dst = leaving.dst_be;
         params.ifindex = ctx.ingress_ifindex() as u32;
     }
     params
@@ -826,15 +956,19 @@ enum Route {
     Local,
 }
 
+/// Where the kernel would send the packet as it is. Asked without a length:
+/// on FRAG_NEEDED the kernel returns before it fills in the egress
+/// interface, so a too-big new flow would look routed back inside and be
+/// passed to the kernel, which forwards it untranslated (fragmented, or
+/// not). Whether it fits is for `next_hop` to tell, once translated.
 #[inline(always)]
 fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
-    let mut params = fib_params(ctx, pkt);
+    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt));
+    params.__bindgen_anon_1.tot_len = 0;
     let rc = lookup(ctx, &mut params) as u32;
-    // NO_NEIGH and FRAG_NEEDED still name the egress interface; every other
-    // failure means the kernel would not forward it either.
-    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS
-        || rc == BPF_FIB_LKUP_RET_NO_NEIGH
-        || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED;
+    // NO_NEIGH still names the egress interface; every other failure means
+    // the kernel would not forward it either.
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
     let wan = config().wan_ifindex;
     if !routed {
         Route::Local
@@ -845,50 +979,74 @@ fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
     }
 }
 
-/// Routes a translated packet and redirects it out of the egress interface.
+/// What the route lookup says about a packet.
+enum Hop {
+    /// Out of `egress_ifindex` with these MACs (only what `deliver` needs:
+    /// the hop is kept across the rewrite).
+    Ready { egress_ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Routed, but the next hop's MAC is not known yet.
+    NoNeighbour,
+    /// Longer than the egress MTU, given in host order.
+    TooBig(u16),
+    /// Not forwarded: no route, a local destination, forwarding off...
+    Refused(Verdict),
+}
+
+/// Routes a packet translated already (an ICMP error) and sends it on.
 #[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
-    let hop = match next_hop(ctx, pkt, now) {
-        Ok(hop) => hop,
-        Err(verdict) => return verdict,
+    let hop = next_hop(ctx, pkt, &Rewrite::Nothing, now);
+    deliver(ctx, pkt, hop, translated)
+}
+
+/// Sends a translated packet where the route lookup said: redirected out of
+/// the egress interface, or through the daemon while the neighbour resolves.
+/// A packet too big here is an ICMP error, which is never answered with
+/// another (RFC 1122 3.2.2): dropped.
+#[inline(always)]
+fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: Reason) -> Verdict {
+    let (egress_ifindex, smac, dmac) = match hop {
+        Hop::Ready { egress_ifindex, smac, dmac } => (egress_ifindex, smac, dmac),
+        Hop::NoNeighbour => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
+        Hop::Refused(verdict) => return verdict,
     };
     unsafe {
-        (*pkt.eth).dst_addr = hop.dmac;
-        (*pkt.eth).src_addr = hop.smac;
+        (*pkt.eth).dst_addr = dmac;
+        (*pkt.eth).src_addr = smac;
     }
-    match TX_PORTS.redirect(hop.egress_ifindex, xdp_action::XDP_DROP as u64) {
+    match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
         Ok(action) => Verdict { action, reason: translated },
         Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
     }
 }
 
-/// The next hop of a translated packet: from the cache while the entry is
-/// fresh and the packet no longer than one the route lookup has accepted,
-/// otherwise from `bpf_fib_lookup` (which also checks the egress MTU), and
-/// then cached.
+/// The next hop of the packet once `rewrite` is applied to it: from the
+/// cache while the entry is fresh and the packet no longer than one the
+/// route lookup has accepted, otherwise from `bpf_fib_lookup` (which also
+/// checks the egress MTU, path-MTU exceptions included), and then cached.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Verdict> {
-    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
+fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
+    let dst_be = rewrite.dst_be(pkt);
     let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) };
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
     if let Some(slot) = slot {
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            return Ok(*hop);
+            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac };
         }
     }
 
-    let mut params = fib_params(ctx, pkt);
+    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt).after(rewrite));
     let rc = lookup(ctx, &mut params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            return Err(hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR));
-        }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Verdict::drop(Reason::DropTooBigForEgress)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour,
+        // The kernel wrote the MTU over tot_len (a union).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
         // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
-        _ => return Err(Verdict::drop(Reason::DropNoRoute)),
+        _ => return Hop::Refused(Verdict::drop(Reason::DropNoRoute)),
     }
     let mut hop = NextHop {
         dst_be,
@@ -914,7 +1072,104 @@ fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, now: u64) -> Result<NextHop, Ver
         }
         *old = hop;
     }
-    Ok(hop)
+    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac }
+}
+
+/// The longest IPv4 header and the 8 L4 bytes an error quotes after it.
+const QUOTE_MAX: usize = 60 + QUOTED_L4_LEN;
+
+/// The shortest too-big packet answered: the quote buffer is read from it
+/// and written back `FRAG_NEEDED_HEADERS_LEN` further on, both within it.
+/// (A next-hop MTU under 96 bytes is not one the gateway serves.)
+const TOO_BIG_MIN_LEN: u16 = (FRAG_NEEDED_HEADERS_LEN + QUOTE_MAX) as u16;
+
+/// A packet longer than the egress MTU once translated (RFC 4787 REQ-13).
+/// With DF set it is answered with ICMP Destination Unreachable /
+/// Fragmentation Needed and the next-hop MTU, from the gateway's address on
+/// the side it came from (`ingress`: `Side::Source` for the LAN, where natd
+/// configures the LAN interface's address, `Side::Destination` for the WAN,
+/// the external address it was sent to), sent back out of the port it came in on. Without
+/// DF it is dropped: the gateway does not fragment.
+///
+/// Never XDP_PASSed: the kernel's forward path checks the device MTU, not
+/// learned path MTUs (ip_forward_use_pmtu=0), so it could forward a packet
+/// the route lookup refused, untranslated, with the inside address.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Side) -> Verdict {
+    let (frags, tot_len) = unsafe { (u16::from_be_bytes((*pkt.ip).frags), u16::from_be_bytes((*pkt.ip).tot_len)) };
+    if frags & IP_DF == 0 || tot_len < TOO_BIG_MIN_LEN {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    let cfg = config();
+    let source_be = match ingress {
+        Side::Source => cfg.lan_addr_be,
+        // The external address it was sent to (it is not rewritten yet).
+        Side::Destination => unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) },
+    };
+    if source_be == 0 {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    let Some(rate) = ICMP_RATE.get_ptr_mut(0) else {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    };
+    // Per-CPU slot: no other writer. The real clock, not the published
+    // one: the published clock moves once a second, this path is rare.
+    if !unsafe { (*rate).allow(bpf_ktime_get_ns()) } {
+        return Verdict::drop(Reason::FragNeededRateLimited);
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    if write_frag_needed(ctx, pkt, source_be, mtu).is_err() {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    // Back out of the ingress port through the devmap rather than XDP_TX: a
+    // veth queues XDP_TX frames for its peer but wakes the peer only when it
+    // runs an XDP program (veth_xdp_flush), so behind a veth with GRO alone
+    // the error would wait for unrelated traffic. A redirect is flushed
+    // (XDP_XMIT_FLUSH) like every other packet the gateway forwards.
+    match TX_PORTS.redirect(ingress, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: Reason::FragNeededSent },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+    }
+}
+
+/// Turns the frame in place into a Fragmentation Needed error about it, from
+/// `source_be` to its sender, MACs swapped (back to the previous hop), VLAN
+/// tags kept: the quote (IPv4 header with options, 8 L4 bytes, untouched)
+/// moves `FRAG_NEEDED_HEADERS_LEN` bytes on, the new headers go in front of
+/// it and the tail is cut. The caller checked the length. Packet pointers
+/// are not valid afterwards.
+#[inline(always)]
+fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u32, mtu: u16) -> Result<(), ()> {
+    let l3 = pkt.l3_offset;
+    let (vihl, sender) = unsafe { ((*pkt.ip).vihl, (*pkt.ip).src_addr) };
+    let quote_len = ((vihl & 0x0f) as usize) * 4 + QUOTED_L4_LEN;
+    // Back to the previous hop.
+    unsafe { core::ptr::swap(&raw mut (*pkt.eth).src_addr, &raw mut (*pkt.eth).dst_addr) };
+    let mut quote = [0u8; QUOTE_MAX];
+    unsafe {
+        let raw = ctx.ctx as *mut _;
+        if bpf_xdp_load_bytes(raw, l3 as u32, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0 {
+            return Err(());
+        }
+        let ret = bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr() as *mut u32, quote_len as u32, 0);
+        if ret < 0 {
+            return Err(());
+        }
+        let mut headers = frag_needed_headers(source_be.to_ne_bytes(), sender, mtu, quote_len as u16, ret as u32);
+        let at = (l3 + FRAG_NEEDED_HEADERS_LEN) as u32;
+        if bpf_xdp_store_bytes(raw, at, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0
+            || bpf_xdp_store_bytes(raw, l3 as u32, headers.as_mut_ptr() as *mut _, FRAG_NEEDED_HEADERS_LEN as u32) != 0
+        {
+            return Err(());
+        }
+        let new_len = (l3 + FRAG_NEEDED_HEADERS_LEN + quote_len) as i32;
+        // Not `data_end - data`: the verifier refuses arithmetic on pkt_end.
+        let old_len = bpf_xdp_get_buff_len(raw) as i32;
+        if bpf_xdp_adjust_tail(raw, new_len - old_len) != 0 {
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// Copies the frame into the miss ring for the daemon and drops it here; the

@@ -152,7 +152,17 @@ async fn run(args: RunArgs) -> Result<()> {
 
     enable_forwarding(&settings.lan)?;
     enable_forwarding(&settings.wan)?;
-    let gateway_config = settings.gateway_config(&env);
+    // The source of the errors the gateway sends into the LAN itself
+    // (Fragmentation Needed, RFC 4787 REQ-13; refused flows, RFC 5508 REQ-8).
+    let lan_ip = nat_userspace::config::first_ipv4(&settings.lan);
+    let mut gateway_config = settings.gateway_config(&env);
+    match lan_ip {
+        Some(ip) => gateway_config = gateway_config.with_lan_addr(ip),
+        None => eprintln!(
+            "natd: warning: {} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway",
+            settings.lan
+        ),
+    }
     let mut datapath = Datapath::load_for(&gateway_config)?;
     datapath.set_config(gateway_config)?;
     datapath.set_clock(nat_userspace::daemon::coarse_now_ns())?;
@@ -178,7 +188,7 @@ async fn run(args: RunArgs) -> Result<()> {
         filtering: settings.filtering,
         ports_per_host: settings.ports_per_host,
         log_mappings: settings.log_mappings,
-        lan_ip: nat_userspace::config::first_ipv4(&settings.lan),
+        lan_ip,
     };
     let mut daemon = Daemon::new(datapath, info)?;
     eprintln!(

@@ -77,7 +77,9 @@ impl TestGateway {
         let guard = ns.enter()?;
 
         let mut datapath = Datapath::load()?;
-        datapath.set_config(GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX))?;
+        datapath.set_config(
+            GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX).with_lan_addr(addr::LAN_GW),
+        )?;
         datapath.add_tx_port(lan_ifindex)?;
         datapath.add_tx_port(wan_ifindex)?;
         Ok(Self { datapath, next_session: 0, lan_ifindex, wan_ifindex, _guard: guard, ns })

@@ -7,6 +7,14 @@
 //! h2 (10.77.1.12) --+                    10.77.1.1   203.0.113.1
 //! ```
 //!
+//! `NatLab::with_router` puts a router namespace between the gateway and the
+//! server instead, for paths longer than one hop:
+//!
+//! ```text
+//! ... lan0 [gw: natd] wan0 -- eth0 [rt] eth1 -- srv (198.51.100.10)
+//!                203.0.113.1   203.0.113.2  198.51.100.1
+//! ```
+//!
 //! Everything is removed on drop, natd first (SIGINT, so it detaches), also
 //! when the test fails.
 
@@ -31,6 +39,11 @@ use crate::netns::Netns;
 pub const GW_LAN: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// With a router: the router's WAN-side address is `SERVER`'s, the server
+/// sits behind it.
+pub const ROUTER: Ipv4Addr = SERVER;
+pub const ROUTER_SERVER_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const ROUTED_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 
 /// The address of LAN host `i`.
 pub const fn host_addr(i: usize) -> Ipv4Addr {
@@ -58,6 +71,10 @@ pub struct NatLab {
     pub hosts: Vec<Netns>,
     pub gw: Netns,
     pub server: Netns,
+    /// The router between the gateway and the server (`with_router`).
+    pub router: Option<Netns>,
+    /// The server's address: `SERVER`, or `ROUTED_SERVER` behind a router.
+    pub server_addr: Ipv4Addr,
     _switch: Netns,
     natd: Option<Child>,
     natd_log: PathBuf,
@@ -68,9 +85,27 @@ impl NatLab {
     /// Builds the topology. `tx_offload` is the TX checksum offload setting of
     /// every sender (LAN hosts and server).
     pub fn new(hosts: usize, tx_offload: bool) -> Result<Self> {
+        Self::build(hosts, tx_offload, None)
+    }
+
+    /// The topology with a router namespace between the gateway and the
+    /// server (see the module doc), forwarding with its kernel. The router's
+    /// side of the router-server link has MTU `link_mtu`; the server's side
+    /// keeps 1500, as a host behind a narrower tunnel would, so the TCP
+    /// handshake's MSS does not reveal the narrow link: only path-MTU
+    /// discovery can (the router answers Fragmentation Needed).
+    pub fn with_router(hosts: usize, tx_offload: bool, link_mtu: u32) -> Result<Self> {
+        Self::build(hosts, tx_offload, Some(link_mtu))
+    }
+
+    fn build(hosts: usize, tx_offload: bool, router_link_mtu: Option<u32>) -> Result<Self> {
         let sw = Netns::new("sw")?;
         let gw = Netns::new("gw")?;
         let server = Netns::new("srv")?;
+        let router = match router_link_mtu {
+            Some(_) => Some(Netns::new("rt")?),
+            None => None,
+        };
         let mut lab_hosts = Vec::new();
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         for i in 0..hosts {
@@ -86,13 +121,36 @@ impl NatLab {
         sw.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", &gw.name])?;
         sw.ip(&["link", "set", "up0", "master", "br0", "up"])?;
         sw.ip(&["link", "set", "br0", "up"])?;
-        gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
+        let wan_peer = router.as_ref().unwrap_or(&server);
+        gw.ip(&["link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &wan_peer.name])?;
         gw.ip(&["addr", "add", &format!("{GW_LAN}/24"), "dev", "lan0"])?;
         gw.ip(&["addr", "add", &format!("{EXTERNAL}/24"), "dev", "wan0"])?;
-        server.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"])?;
-        for (ns, ifname) in [(&gw, "lan0"), (&gw, "wan0"), (&server, "eth0")] {
+        for (ns, ifname) in [(&gw, "lan0"), (&gw, "wan0")] {
             ns.ip(&["link", "set", ifname, "up"])?;
         }
+        let server_addr = match (&router, router_link_mtu) {
+            (Some(rt), Some(mtu)) => {
+                rt.ip(&["link", "add", "eth1", "mtu", &mtu.to_string(), "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
+                rt.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "eth0"])?;
+                rt.ip(&["addr", "add", &format!("{ROUTER_SERVER_SIDE}/24"), "dev", "eth1"])?;
+                for ifname in ["eth0", "eth1"] {
+                    rt.ip(&["link", "set", ifname, "up"])?;
+                }
+                rt.sysctl("net.ipv4.conf.all.forwarding=1")?;
+                // The gateway's redirects into the router's veth arrive only with NAPI.
+                rt.exec(&["ethtool", "-K", "eth0", "gro", "on"])?;
+                gw.ip(&["route", "add", "198.51.100.0/24", "via", &ROUTER.to_string()])?;
+                server.ip(&["addr", "add", &format!("{ROUTED_SERVER}/24"), "dev", "eth0"])?;
+                server.ip(&["link", "set", "eth0", "up"])?;
+                server.ip(&["route", "add", "default", "via", &ROUTER_SERVER_SIDE.to_string()])?;
+                ROUTED_SERVER
+            }
+            _ => {
+                server.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "eth0"])?;
+                server.ip(&["link", "set", "eth0", "up"])?;
+                SERVER
+            }
+        };
         // XDP redirects into a veth arrive only where the receiving end runs
         // NAPI: GRO on the bridge port and the server.
         sw.exec(&["ethtool", "-K", "up0", "gro", "on"])?;
@@ -102,7 +160,17 @@ impl NatLab {
             ns.exec(&["ethtool", "-K", "eth0", "tx", tx])?;
         }
         let natd_log = std::env::temp_dir().join(format!("{}-natd.log", gw.name));
-        Ok(Self { hosts: lab_hosts, gw, server, _switch: sw, natd: None, natd_log, natd_path: natd_binary()? })
+        Ok(Self {
+            hosts: lab_hosts,
+            gw,
+            server,
+            router,
+            server_addr,
+            _switch: sw,
+            natd: None,
+            natd_log,
+            natd_path: natd_binary()?,
+        })
     }
 
     /// Writes a config file for natd and returns its path (removed with the lab's

@@ -33,10 +33,11 @@ pub struct Frame {
     pub tos: u8,
     /// IPv4 options, padded by the caller to a multiple of 4 bytes.
     pub options: Vec<u8>,
-    /// Flags and fragment offset word, host order (0x2000 = more fragments).
+    /// Flags and fragment offset word, host order (0x2000 = more fragments,
+    /// 0x4000 = don't fragment).
     pub frag: u16,
-    /// IPv4 identification: with the addresses and protocol, what tells the
-    /// fragments of one datagram apart.
+    /// IPv4 identification, host order: with the addresses and protocol,
+    /// what tells the fragments of one datagram apart.
     pub id: u16,
     pub l4: L4,
     pub payload: Vec<u8>,

@@ -14,7 +14,10 @@ use std::{
 };
 
 use nat_tests::{
-    natlab::{EXTERNAL, EchoServer, IO_TIMEOUT, KillOnDrop, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
+    natlab::{
+        EXTERNAL, EchoServer, GW_LAN, IO_TIMEOUT, KillOnDrop, NatLab, ROUTED_SERVER, ROUTER, SERVER, host_addr, in_ns,
+        snmp_counter, udp_socket_in,
+    },
     netns::Netns,
     require_root,
 };
@@ -1007,4 +1010,202 @@ fn fragments_in_reverse_order_reach_the_socket_whole_both_ways() {
     assert_eq!(stats.get("fragments_parked"), Some(6), "{stats:?}");
     assert_eq!(stats.get("fragments_sent"), Some(6), "{stats:?}");
     assert_eq!(stats.get("fragments_expired"), Some(0), "{stats:?}");
+}
+
+/// Runs `args` in `ns` under `timeout` (seconds) and returns its stdout;
+/// fails with both outputs when it fails.
+fn run_bounded(ns: &Netns, seconds: u32, args: &[&str]) -> String {
+    let mut cmd = ns.command(&["timeout", &seconds.to_string()]);
+    let out = cmd.args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?} failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The hops a traceroute or tracepath printed, in order: the first address
+/// on each line that starts with a hop number ("2" or "2:"). tracepath prints
+/// a hop again when a probe of it gets another answer (first the gateway's
+/// "pmtu 1400", then the next hop once the probe fits): the last answer
+/// counts. A silent hop ("*", "no reply") shows as "*".
+fn hops(output: &str) -> Vec<String> {
+    let mut hops: Vec<(String, String)> = Vec::new();
+    // tracepath rewrites a line in place with carriage returns.
+    for line in output.split(['\n', '\r']) {
+        let mut words = line.split_whitespace();
+        let Some(number) = words.next().map(|w| w.trim_end_matches(':')) else { continue };
+        if number.parse::<u32>().is_err() {
+            continue;
+        }
+        let addr = match words.next() {
+            Some(w) if w.parse::<Ipv4Addr>().is_ok() => w.to_string(),
+            _ => "*".to_string(),
+        };
+        match hops.iter_mut().find(|(n, _)| n == number) {
+            Some(hop) if addr != "*" => hop.1 = addr,
+            Some(_) => {}
+            None => hops.push((number.to_string(), addr)),
+        }
+    }
+    hops.into_iter().map(|(_, a)| a).collect()
+}
+
+/// A TCP upload of `len` bytes from `host` to a sink on `server` at `addr`:
+/// the sink answers with the number of bytes it got. Returns that number.
+fn tcp_upload(host: &Netns, server: &Netns, addr: Ipv4Addr, len: usize) -> u64 {
+    const SINK_PORT: u16 = 7300;
+    let listener = in_ns(server, || std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SINK_PORT)).unwrap())
+        .join()
+        .unwrap();
+    let sink = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n as u64,
+                Err(e) => panic!("sink: {e} after {got} bytes"),
+            }
+        }
+        conn.write_all(&got.to_be_bytes()).unwrap();
+    });
+    let uploaded = in_ns(host, move || {
+        let mut conn = TcpStream::connect_timeout(&SocketAddrV4::new(addr, SINK_PORT).into(), IO_TIMEOUT).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        conn.write_all(&data).expect("upload stalled: path-MTU discovery failed?");
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        conn.read_exact(&mut count).expect("no byte count from the sink");
+        u64::from_be_bytes(count)
+    })
+    .join()
+    .unwrap();
+    sink.join().unwrap();
+    uploaded
+}
+
+/// The path MTU `host`'s kernel learned for `addr` ("mtu N" in its route cache).
+fn learned_pmtu(host: &Netns, addr: Ipv4Addr) -> Option<u32> {
+    let route = host.ip(&["route", "get", &addr.to_string()]).unwrap();
+    let mut words = route.split_whitespace();
+    words.by_ref().find(|w| *w == "mtu")?;
+    words.next()?.parse().ok()
+}
+
+const MIB: usize = 1 << 20;
+
+/// RFC 4787 REQ-13 end to end: the gateway's WAN link takes 1400 bytes, the
+/// LAN 1500. tracepath from a LAN host learns the 1400 from the gateway's
+/// Fragmentation Needed, and a 1 MiB TCP upload completes through path-MTU
+/// discovery (the server's end stays at 1500, so its MSS does not hide the
+/// narrow link: the host's first full-size segments are too big for it).
+#[test]
+fn rfc4787_req13_frag_needed_from_the_gateway_drives_tracepath_and_tcp_pmtud() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.gw.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
+    lab.start_natd(&[]).unwrap();
+
+    let out = run_bounded(&lab.hosts[0], 30, &["tracepath", "-n", "-m", "5", &SERVER.to_string()]);
+    assert!(out.contains("pmtu 1400"), "tracepath did not learn the WAN MTU:\n{out}\n{:?}", lab.stats().unwrap());
+    assert!(out.contains("reached") && out.contains("Resume: pmtu 1400"), "{out}");
+    assert_eq!(hops(&out), [GW_LAN.to_string(), SERVER.to_string()], "{out:?}");
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("frag_needed_sent").unwrap() >= 1, "{stats:?}");
+
+    // A fresh host route cache: TCP must learn the MTU by itself.
+    lab.hosts[0].ip(&["route", "flush", "cache"]).unwrap();
+    let sent_before = lab.stats().unwrap().get("frag_needed_sent").unwrap();
+    let got = tcp_upload(&lab.hosts[0], &lab.server, SERVER, MIB);
+    assert_eq!(got, MIB as u64, "the server got {got} of {MIB} bytes\n{}", lab.natd_log());
+    assert_eq!(learned_pmtu(&lab.hosts[0], SERVER), Some(1400));
+    assert!(lab.stats().unwrap().get("frag_needed_sent").unwrap() > sent_before, "TCP got no Fragmentation Needed");
+}
+
+/// Path-MTU discovery across a smaller-MTU link beyond the gateway (RFC 5508
+/// REQ-4/5 with RFC 1191): the router behind the gateway forwards onto a
+/// 1280-byte link and answers Fragmentation Needed to the external address;
+/// the gateway reverts the quote and hands it to the LAN host, whose 1 MiB
+/// TCP upload completes and whose tracepath reports pmtu 1280.
+#[test]
+fn rfc5508_pmtu_discovery_across_a_smaller_link_beyond_the_gateway() {
+    require_root!();
+    let mut lab = NatLab::with_router(1, false, 1280).unwrap();
+    lab.start_natd(&[]).unwrap();
+
+    let got = tcp_upload(&lab.hosts[0], &lab.server, ROUTED_SERVER, MIB);
+    assert_eq!(got, MIB as u64, "the server got {got} of {MIB} bytes\n{}", lab.natd_log());
+    assert_eq!(learned_pmtu(&lab.hosts[0], ROUTED_SERVER), Some(1280));
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("icmp_error_in").unwrap() >= 1, "{stats:?}");
+    assert_eq!(stats.get("frag_needed_sent").unwrap(), 0, "the gateway's own links are 1500");
+
+    lab.hosts[0].ip(&["route", "flush", "cache"]).unwrap();
+    let out = run_bounded(&lab.hosts[0], 30, &["tracepath", "-n", "-m", "5", &ROUTED_SERVER.to_string()]);
+    assert!(out.contains("Resume: pmtu 1280") && out.contains("reached"), "{out}");
+}
+
+/// traceroute and tracepath through the gateway (RFC 5508 REQ-4/5: Time
+/// Exceeded and Port Unreachable from beyond the gateway reach the host
+/// reverted; RFC 4787 REQ-13 for tracepath's full-size DF probes): each
+/// shows the gateway's LAN address, the router and the server, in order.
+fn traceroute_through_the_gateway(args: &[&str]) {
+    let mut lab = NatLab::with_router(1, false, 1500).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let mut cmd = args.to_vec();
+    let dest = ROUTED_SERVER.to_string();
+    cmd.push(&dest);
+    let out = run_bounded(&lab.hosts[0], 60, &cmd);
+    assert_eq!(hops(&out), [GW_LAN.to_string(), ROUTER.to_string(), ROUTED_SERVER.to_string()], "{args:?}:\n{out}");
+}
+
+#[test]
+fn traceroute_udp_shows_every_hop_through_the_gateway() {
+    require_root!();
+    traceroute_through_the_gateway(&["traceroute", "-n", "-U", "-w", "1", "-q", "1", "-m", "5"]);
+}
+
+#[test]
+fn traceroute_icmp_shows_every_hop_through_the_gateway() {
+    require_root!();
+    traceroute_through_the_gateway(&["traceroute", "-n", "-I", "-w", "1", "-q", "1", "-m", "5"]);
+}
+
+#[test]
+fn tracepath_shows_every_hop_through_the_gateway() {
+    require_root!();
+    traceroute_through_the_gateway(&["tracepath", "-n", "-m", "5"]);
+}
+
+/// RFC 5508 REQ-7 with real sockets: host 1 had a mapping for UDP port 6000
+/// and closed the socket. Host 0's connected socket sends to host 1's
+/// external endpoint (hairpinned); host 1's kernel answers Port Unreachable
+/// to the external address, and the gateway hands it to host 0 as the
+/// outside would: host 0's socket reports "connection refused".
+#[test]
+fn rfc5508_req7_hairpinned_port_unreachable_reaches_the_sender() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    assert_eq!(udp_request(&lab.hosts[1], 6000, b"b".to_vec()).join().unwrap().unwrap(), b"echo:b");
+    assert_eq!(udp_request(&lab.hosts[0], 6100, b"a".to_vec()).join().unwrap().unwrap(), b"echo:a");
+    // Host 1's socket is closed now; its mapping lives on.
+    let sessions = lab.sessions().unwrap();
+    let b_external: SocketAddr = sessions.iter().find(|s| s.proto == "udp" && s.inside == "10.77.1.11:6000").unwrap().external.parse().unwrap();
+    let refused = in_ns(&lab.hosts[0], move || {
+        let sock = UdpSocket::bind("0.0.0.0:6100").unwrap();
+        sock.connect(b_external).unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.send(b"anyone there?").unwrap();
+        sock.recv(&mut [0u8; 64]).map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "the hairpinned Port Unreachable did not reach host 0");
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("hairpinned").unwrap() >= 1 && stats.get("icmp_error_hairpinned").unwrap() >= 1, "{stats:?}");
 }

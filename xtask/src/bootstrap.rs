@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     // RFC 5780 NAT behaviour discovery: the client and a STUN server.
     ("turnutils_natdiscovery", "coturn"),
+    ("traceroute", "traceroute"),
+    ("tracepath", "iputils-tracepath"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no
