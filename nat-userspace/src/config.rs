@@ -22,8 +22,8 @@ const LOWEST_NAT_PORT: u16 = 1024;
 const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
 /// Below the RFC 4787 REQ-5 / RFC 5382 REQ-5 / RFC 5508 REQ-2 minimums a NAT
 /// breaks applications; allowed (tests, labs) but warned about.
-const RFC_MINIMUMS_S: [(&str, u64); 4] =
-    [("udp", 120), ("icmp", 60), ("tcp_established", 7440), ("tcp_transitory", 240)];
+const RFC_MINIMUMS_S: [(&str, u64); 6] =
+    [("udp", 120), ("icmp", 60), ("tcp_established", 7440), ("tcp_opening", 240), ("tcp_closing", 240), ("tcp_transitory", 240)];
 
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (20000, 32767);
 /// How long a freed external port stays out of the pool: longer than a remote
@@ -51,7 +51,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
-    ("timeouts.tcp_transitory", "TCP idle timeout before the handshake completes or after FIN/RST, seconds"),
+    ("timeouts.tcp_opening", "TCP idle timeout before the handshake completes, seconds"),
+    ("timeouts.tcp_closing", "TCP idle timeout after FIN or RST, seconds"),
+    ("timeouts.tcp_transitory", "sets tcp_opening and tcp_closing both (RFC 5382's transitory timer), seconds"),
     ("filtering.tcp", FILTERING_ALLOWED),
     ("filtering.udp", FILTERING_ALLOWED),
     ("filtering.icmp", FILTERING_ALLOWED),
@@ -393,11 +395,14 @@ fn validate(raw: &mut Raw) -> Settings {
         }
     };
     let defaults = Timeouts::default();
+    // The transitory timer of RFC 5382: both, unless set one by one.
+    let transitory = raw.values.contains_key("timeouts.tcp_transitory").then(|| raw.seconds("timeouts.tcp_transitory", 1, defaults.tcp_opening));
     let timeouts = Timeouts {
         udp: raw.seconds("timeouts.udp", 1, defaults.udp),
         icmp: raw.seconds("timeouts.icmp", 1, defaults.icmp),
         tcp_established: raw.seconds("timeouts.tcp_established", 1, defaults.tcp_established),
-        tcp_transitory: raw.seconds("timeouts.tcp_transitory", 1, defaults.tcp_transitory),
+        tcp_opening: raw.seconds("timeouts.tcp_opening", 1, transitory.unwrap_or(defaults.tcp_opening)),
+        tcp_closing: raw.seconds("timeouts.tcp_closing", 1, transitory.unwrap_or(defaults.tcp_closing)),
     };
     for (name, minimum) in RFC_MINIMUMS_S {
         let key = format!("timeouts.{name}");
@@ -723,7 +728,7 @@ mod tests {
         assert_eq!(s.xdp_mode, XdpModeSetting::Generic);
         assert_eq!(s.port_hold, Duration::from_secs(5));
         assert_eq!(s.timeouts.udp, Duration::from_secs(30));
-        assert_eq!(s.timeouts.tcp_transitory, Duration::from_secs(20));
+        assert_eq!((s.timeouts.tcp_opening, s.timeouts.tcp_closing), (Duration::from_secs(20), Duration::from_secs(20)), "tcp_transitory sets both");
         assert_eq!(warnings.len(), 4, "every timeout is below its RFC minimum: {warnings:?}");
 
         let flags = Overrides { wan: Some("wan0".into()), port_range: Some("50000-50010".into()), ..Default::default() };
@@ -795,8 +800,8 @@ mod tests {
         assert_eq!(s.port_hold, DEFAULT_PORT_HOLD);
         let d = Timeouts::default();
         assert_eq!(
-            (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_transitory),
-            (d.udp, d.icmp, d.tcp_established, d.tcp_transitory)
+            (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_opening, s.timeouts.tcp_closing),
+            (d.udp, d.icmp, d.tcp_established, d.tcp_opening, d.tcp_closing)
         );        assert_eq!(s.filtering, Filtering::default());
     }
 

@@ -28,8 +28,11 @@ pub struct Timeouts {
     pub udp: Duration,
     pub icmp: Duration,
     pub tcp_established: Duration,
-    /// Before the handshake completes, and after FIN or RST.
-    pub tcp_transitory: Duration,
+    /// Before the handshake completes (SYN seen, not yet ACKed both ways).
+    pub tcp_opening: Duration,
+    /// After a FIN or RST (RFC 7857: an RST'd mapping is held, not dropped
+    /// at once, so a stray RST cannot end a live connection's mapping).
+    pub tcp_closing: Duration,
 }
 
 impl Default for Timeouts {
@@ -38,7 +41,8 @@ impl Default for Timeouts {
             udp: Duration::from_secs(300),
             icmp: Duration::from_secs(60),
             tcp_established: Duration::from_secs(7440),
-            tcp_transitory: Duration::from_secs(240),
+            tcp_opening: Duration::from_secs(240),
+            tcp_closing: Duration::from_secs(240),
         }
     }
 }
@@ -62,7 +66,13 @@ impl Timeouts {
             proto::TCP => {
                 let closing = (flags_out | flags_in) & (tcp_flags::FIN | tcp_flags::RST) != 0;
                 let established = flags_out & flags_in & tcp_flags::ACK != 0;
-                if closing || !established { self.tcp_transitory } else { self.tcp_established }
+                if closing {
+                    self.tcp_closing
+                } else if established {
+                    self.tcp_established
+                } else {
+                    self.tcp_opening
+                }
             }
             proto::ICMP => self.icmp,
             _ => self.udp,
@@ -772,13 +782,18 @@ pub fn session_state(proto_nr: u8, flags_out: u8, flags_in: u8) -> &'static str 
 mod tests {
     use super::*;
 
+    /// RFC 5382 REQ-5 / RFC 7857: separate opening and closing timers;
+    /// established once both sides have ACKed; FIN or RST: closing.
     #[test]
-    fn tcp_is_transitory_until_acked_both_ways_and_after_fin_or_rst() {
+    fn tcp_has_opening_established_and_closing_timers() {
         let t = Timeouts::default();
         let (ack, fin, syn) = (tcp_flags::ACK, tcp_flags::FIN, tcp_flags::SYN);
-        assert_eq!(t.for_mapping(proto::TCP, syn, 0), t.tcp_transitory);
+        let t = Timeouts { tcp_opening: Duration::from_secs(75), tcp_closing: Duration::from_secs(240), ..t };
+        assert_eq!(t.for_mapping(proto::TCP, syn, 0), t.tcp_opening);
+        assert_eq!(t.for_mapping(proto::TCP, syn, syn), t.tcp_opening, "simultaneous open, not yet ACKed");
         assert_eq!(t.for_mapping(proto::TCP, syn | ack, syn | ack), t.tcp_established);
-        assert_eq!(t.for_mapping(proto::TCP, ack | fin, ack), t.tcp_transitory);
+        assert_eq!(t.for_mapping(proto::TCP, ack | fin, ack), t.tcp_closing);
+        assert_eq!(t.for_mapping(proto::TCP, syn | ack, syn | ack | tcp_flags::RST), t.tcp_closing, "RST: held 4 min (RFC 7857)");
         assert_eq!(t.for_mapping(proto::UDP, 0, 0), t.udp);
         assert_eq!(t.for_mapping(proto::ICMP, 0, 0), t.icmp);
     }

@@ -126,11 +126,12 @@ fn check(config: &std::path::Path) -> Result<()> {
     println!("  ports_per_host {quota}");
     let t = s.timeouts;
     println!(
-        "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_transitory {} s",
+        "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_opening {} s, tcp_closing {} s",
         t.udp.as_secs(),
         t.icmp.as_secs(),
         t.tcp_established.as_secs(),
-        t.tcp_transitory.as_secs()
+        t.tcp_opening.as_secs(),
+        t.tcp_closing.as_secs()
     );
     let f = s.filtering;
     println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
