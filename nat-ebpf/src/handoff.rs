@@ -1,0 +1,61 @@
+//! Packets handed to the daemon through the ring.
+
+use super::*;
+
+/// Copies the frame into the miss ring for the daemon and drops it here; the
+/// daemon sets the flow up and sends the packet on (new flow), or sends it
+/// through the kernel (no neighbour).
+#[inline(always)]
+pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
+    let handed = if kind == miss_kind::NEW_FLOW {
+        Reason::MissToDaemon
+    } else {
+        Reason::NoNeighbourToDaemon
+    };
+    match copy_to_daemon(ctx, pkt, kind) {
+        Ok(()) => Verdict::drop(handed),
+        Err(failed) => Verdict::drop(failed),
+    }
+}
+
+/// Copies the frame into the miss ring as a `MissEvent` of `kind`. `Err`:
+/// the reason it could not be.
+#[inline(always)]
+pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Result<(), Reason> {
+    let frame_len = ctx.data_end() - ctx.data();
+    if frame_len > MISS_FRAME_MAX {
+        return Err(Reason::DropTooBigForDaemon);
+    }
+    let Some(mut entry) = MISSES.reserve::<MissEvent>(0) else {
+        return Err(Reason::DropRingFull);
+    };
+    let event = entry.as_mut_ptr();
+    let copied = unsafe {
+        (*event).kind = kind;
+        (*event).ingress_ifindex = ctx.ingress_ifindex() as u32;
+        (*event).frame_len = frame_len as u32;
+        (*event).l3_offset = pkt.l3_offset as u16;
+        (*event)._pad = 0;
+        bpf_xdp_load_bytes(
+            ctx.ctx as *mut _,
+            0,
+            (*event).frame.as_mut_ptr() as *mut _,
+            copy_len(frame_len),
+        )
+    };
+    if copied != 0 {
+        entry.discard(0);
+        return Err(Reason::DropMalformed);
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+/// `frame_len` (1..=MISS_FRAME_MAX, a power of two) in a form the verifier can
+/// bound: LLVM turns a plain `0 < len <= MAX` test into one unsigned compare
+/// the verifier cannot see through, so the range is rebuilt with a mask.
+#[inline(always)]
+pub(crate) fn copy_len(frame_len: usize) -> u32 {
+    const _: () = assert!(MISS_FRAME_MAX.is_power_of_two());
+    (((frame_len as u32).wrapping_sub(1)) & (MISS_FRAME_MAX as u32 - 1)) + 1
+}

@@ -1,0 +1,204 @@
+//! ICMP errors: translated both ways and hairpinned (RFC 5508), and
+//! Fragmentation Needed sent by the gateway itself (RFC 4787 REQ-13).
+
+use super::*;
+
+/// The rate limit of the Fragmentation Needed errors this CPU sends.
+#[map]
+pub(crate) static ICMP_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entries(1, 0);
+
+/// An inside host's ICMP error about an inbound packet (RFC 5508 REQ-4/5, the
+/// other way): the quoted packet's destination is a mapped inside endpoint;
+/// it is set back to the external endpoint the remote sent to, and the error
+/// leaves from the external address. `None`: not about a mapped flow, handled
+/// as any untranslatable packet (dropped if bound for the WAN).
+#[inline(always)]
+pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Option<Verdict> {
+    let (inner_proto, inner_dst) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.dst_addr) };
+    if inner_proto != proto::TCP && inner_proto != proto::UDP {
+        return None;
+    }
+    let l4 = unsafe { *quoted.l4 };
+    let inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
+    let mapping = OUTBOUND.get_ptr(inside)?;
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Some(Verdict::drop(Reason::DropBadIcmpError));
+    }
+    let external = unsafe { (*mapping).target(inner_proto) };
+    rewrite_quoted(quoted, Side::Destination, &external);
+    translate(pkt, Side::Source, &external);
+    Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
+}
+
+/// RFC 5508 REQ-7 (hairpinned ICMP errors): an inside host's error about a
+/// packet hairpinned to it. It got that packet from the sender's external
+/// endpoint, so it answers to the external address and quotes (sender's
+/// external endpoint -> its own inside endpoint). The error goes back into
+/// the LAN to the sender as the outside view of the target would send it:
+/// from the external address, to the sender's inside address, quoting what
+/// the sender sent (its inside endpoint -> the target's external endpoint).
+/// An error quoting anything else is the gateway's own, passed.
+#[inline(always)]
+pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
+    let error = quoted.error;
+    let (inner_proto, inner_src, inner_dst) = unsafe { ((*error).inner.proto, (*error).inner.src_addr, (*error).inner.dst_addr) };
+    if inner_proto != proto::TCP && inner_proto != proto::UDP {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    let l4 = unsafe { *quoted.l4 };
+    let sender_external = Endpoint::from_be(u32::from_ne_bytes(inner_src), u16::from_ne_bytes([l4[0], l4[1]]), inner_proto);
+    let target_inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
+    let (Some(sender), Some(target)) = (INBOUND.get_ptr(sender_external), OUTBOUND.get_ptr(target_inside)) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Verdict::drop(Reason::DropBadIcmpError);
+    }
+    let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
+    rewrite_quoted(quoted, Side::Destination, &target_external);
+    rewrite_quoted(quoted, Side::Source, &sender_inside);
+    // Only the outer addresses (and the TTL) change: ports are the quote's.
+    // From the target's external address, where the sender sent to.
+    let from = Endpoint::from_be(target_external.addr_be, 0, proto::ICMP);
+    let to = Endpoint::from_be(sender_inside.addr_be, 0, proto::ICMP);
+    translate_both(pkt, &from, &to);
+    forward(ctx, pkt, Reason::IcmpErrorHairpinned, clock())
+}
+
+/// An ICMP error from the WAN about a packet the gateway translated (RFC 5508
+/// REQ-4/5): the quoted packet's source is an external endpoint with a mapping.
+/// The error goes to the inside host with the quoted packet reverted to what
+/// that host sent, so traceroute and path-MTU discovery work from inside. It
+/// never refreshes or removes the mapping. Errors about the gateway's own
+/// packets pass to the kernel.
+#[inline(always)]
+pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
+    let (inner_proto, inner_src) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.src_addr) };
+    let l4 = unsafe { *quoted.l4 };
+    let port_be = match inner_proto {
+        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[0], l4[1]]),
+        proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => u16::from_ne_bytes([l4[4], l4[5]]),
+        _ => return Verdict::pass(Reason::PassNoMapping),
+    };
+    let external = Endpoint::from_be(u32::from_ne_bytes(inner_src), port_be, inner_proto);
+    let Some(mapping) = INBOUND.get_ptr(external) else {
+        return Verdict::pass(Reason::PassNoMapping);
+    };
+    if pkt.ttl() <= 1 {
+        return Verdict::drop(Reason::DropTtlExpired);
+    }
+    if !icmp_error_checksums_hold(ctx, pkt, quoted) {
+        return Verdict::drop(Reason::DropBadIcmpError);
+    }
+    let inside = unsafe { (*mapping).target(inner_proto) };
+    // Filtered by what the error is about, not by who sends it: a router on
+    // the way may report on a flow to a remote the inside host chose.
+    let quoted_dst_port_be = match inner_proto {
+        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[2], l4[3]]),
+        _ => 0,
+    };
+    let quoted_dst_be = unsafe { u32::from_ne_bytes((*quoted.error).inner.dst_addr) };
+    if !admit(&config(), &inside, quoted_dst_be, quoted_dst_port_be, clock()) {
+        return Verdict::drop(Reason::DropFiltered);
+    }
+    rewrite_quoted(quoted, Side::Source, &inside);
+    translate(pkt, Side::Destination, &inside);
+    forward(ctx, pkt, Reason::IcmpErrorIn, clock())
+}
+
+/// The longest IPv4 header and the 8 L4 bytes an error quotes after it.
+pub(crate) const QUOTE_MAX: usize = 60 + QUOTED_L4_LEN;
+
+/// The shortest too-big packet answered: the quote buffer is read from it
+/// and written back `FRAG_NEEDED_HEADERS_LEN` further on, both within it.
+/// (A next-hop MTU under 96 bytes is not one the gateway serves.)
+pub(crate) const TOO_BIG_MIN_LEN: u16 = (FRAG_NEEDED_HEADERS_LEN + QUOTE_MAX) as u16;
+
+/// A packet longer than the egress MTU once translated (RFC 4787 REQ-13).
+/// With DF set it is answered with ICMP Destination Unreachable /
+/// Fragmentation Needed and the next-hop MTU, from the gateway's address on
+/// the side it came from (`ingress`: `Side::Source` for the LAN, where natd
+/// configures the LAN interface's address, `Side::Destination` for the WAN,
+/// the external address it was sent to), sent back out of the port it came in on. Without
+/// DF it is dropped: the gateway does not fragment.
+///
+/// Never XDP_PASSed: the kernel's forward path checks the device MTU, not
+/// learned path MTUs (ip_forward_use_pmtu=0), so it could forward a packet
+/// the route lookup refused, untranslated, with the inside address.
+#[inline(always)]
+pub(crate) fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Side) -> Verdict {
+    let (frags, tot_len) = unsafe { (u16::from_be_bytes((*pkt.ip).frags), u16::from_be_bytes((*pkt.ip).tot_len)) };
+    if frags & IP_DF == 0 || tot_len < TOO_BIG_MIN_LEN {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    let cfg = config();
+    let source_be = match ingress {
+        Side::Source => cfg.lan_addr_be,
+        // The external address it was sent to (it is not rewritten yet).
+        Side::Destination => unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) },
+    };
+    if source_be == 0 {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    let Some(rate) = ICMP_RATE.get_ptr_mut(0) else {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    };
+    // Per-CPU slot: no other writer. The real clock, not the published
+    // one: the published clock moves once a second, this path is rare.
+    if !unsafe { (*rate).allow(bpf_ktime_get_ns()) } {
+        return Verdict::drop(Reason::FragNeededRateLimited);
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    if write_frag_needed(ctx, pkt, source_be, mtu).is_err() {
+        return Verdict::drop(Reason::DropTooBigForEgress);
+    }
+    // Back out of the ingress port through the devmap rather than XDP_TX: a
+    // veth queues XDP_TX frames for its peer but wakes the peer only when it
+    // runs an XDP program (veth_xdp_flush), so behind a veth with GRO alone
+    // the error would wait for unrelated traffic. A redirect is flushed
+    // (XDP_XMIT_FLUSH) like every other packet the gateway forwards.
+    match TX_PORTS.redirect(ingress, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: Reason::FragNeededSent },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+    }
+}
+
+/// Turns the frame in place into a Fragmentation Needed error about it, from
+/// `source_be` to its sender, MACs swapped (back to the previous hop), VLAN
+/// tags kept: the quote (IPv4 header with options, 8 L4 bytes, untouched)
+/// moves `FRAG_NEEDED_HEADERS_LEN` bytes on, the new headers go in front of
+/// it and the tail is cut. The caller checked the length. Packet pointers
+/// are not valid afterwards.
+#[inline(always)]
+pub(crate) fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u32, mtu: u16) -> Result<(), ()> {
+    let l3 = pkt.l3_offset;
+    let (vihl, sender) = unsafe { ((*pkt.ip).vihl, (*pkt.ip).src_addr) };
+    let quote_len = ((vihl & 0x0f) as usize) * 4 + QUOTED_L4_LEN;
+    // Back to the previous hop.
+    unsafe { core::ptr::swap(&raw mut (*pkt.eth).src_addr, &raw mut (*pkt.eth).dst_addr) };
+    let mut quote = [0u8; QUOTE_MAX];
+    unsafe {
+        let raw = ctx.ctx as *mut _;
+        if bpf_xdp_load_bytes(raw, l3 as u32, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0 {
+            return Err(());
+        }
+        let ret = bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr() as *mut u32, quote_len as u32, 0);
+        if ret < 0 {
+            return Err(());
+        }
+        let mut headers = frag_needed_headers(source_be.to_ne_bytes(), sender, mtu, quote_len as u16, ret as u32);
+        let at = (l3 + FRAG_NEEDED_HEADERS_LEN) as u32;
+        if bpf_xdp_store_bytes(raw, at, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0
+            || bpf_xdp_store_bytes(raw, l3 as u32, headers.as_mut_ptr() as *mut _, FRAG_NEEDED_HEADERS_LEN as u32) != 0
+        {
+            return Err(());
+        }
+        let new_len = (l3 + FRAG_NEEDED_HEADERS_LEN + quote_len) as i32;
+        // Not `data_end - data`: the verifier refuses arithmetic on pkt_end.
+        let old_len = bpf_xdp_get_buff_len(raw) as i32;
+        if bpf_xdp_adjust_tail(raw, new_len - old_len) != 0 {
+            return Err(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Where a translated packet goes: route lookups (`bpf_fib_lookup`), the
+//! per-CPU next-hop cache, MAC rewrite and the devmap redirect.
+
+use super::*;
+
+/// Interfaces the programs redirect to, keyed by ifindex. Only the daemon's
+/// LAN and WAN interfaces are in it: a route out of any other is refused.
+#[map]
+pub(crate) static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Route lookups of translated packets, reused for `NEXT_HOP_TTL_NS`. A
+/// direct-mapped per-CPU array: an array lookup is inlined by the verifier and
+/// costs a few ns where a hash lookup costs ~50; a collision only costs a
+/// route lookup, and per-CPU slots are written without sharing cache lines.
+#[map]
+pub(crate) static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(1 << NEXT_HOP_CACHE_BITS, 0);
+
+pub(crate) const AF_INET: u8 = 2;
+
+/// The rewrite a packet is routed for: routes are looked up before the
+/// packet is touched (see `translate_and_forward`).
+#[derive(Clone, Copy)]
+pub(crate) enum Rewrite {
+    /// Leaves as it is (translated already).
+    Nothing,
+    /// `translate(pkt, side, to)`.
+    One(Side, Endpoint),
+    /// `translate_both(pkt, source, destination)`.
+    Both(Endpoint, Endpoint),
+}
+
+impl Rewrite {
+    /// The destination address the packet leaves with: all the next-hop
+    /// cache needs, so a hit reads nothing more of the packet.
+    #[inline(always)]
+    fn dst_be(&self, pkt: &Ipv4Packet) -> u32 {
+        match self {
+            Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
+            _ => u32::from_ne_bytes(unsafe { (*pkt.ip).dst_addr }),
+        }
+    }
+}
+
+/// The addresses and ports a packet leaves with, which the route lookup is
+/// asked about: the packet's own, or what a translation will make of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Leaving {
+    src_be: u32,
+    dst_be: u32,
+    /// TCP/UDP ports, network order; 0 for other protocols.
+    sport_be: u16,
+    dport_be: u16,
+    has_ports: bool,
+}
+
+impl Leaving {
+    #[inline(always)]
+    fn of(pkt: &Ipv4Packet) -> Self {
+        let (sport_be, dport_be, has_ports) = match pkt.l4 {
+            L4::Tcp(tcp) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest), true) },
+            L4::Udp(udp) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst), true) },
+            _ => (0, 0, false),
+        };
+        let (src, dst) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr) };
+        Self { src_be: u32::from_ne_bytes(src), dst_be: u32::from_ne_bytes(dst), sport_be, dport_be, has_ports }
+    }
+
+    /// As the packet leaves after `rewrite`.
+    #[inline(always)]
+    fn after(self, rewrite: &Rewrite) -> Self {
+        match rewrite {
+            Rewrite::Nothing => self,
+            Rewrite::One(side, to) => self.translated(*side, to),
+            Rewrite::Both(source, destination) => {
+                self.translated(Side::Source, source).translated(Side::Destination, destination)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn translated(mut self, side: Side, to: &Endpoint) -> Self {
+        match side {
+            Side::Source => {
+                self.src_be = to.addr_be;
+                if self.has_ports {
+                    self.sport_be = to.port_be;
+                }
+            }
+            Side::Destination => {
+                self.dst_be = to.addr_be;
+                if self.has_ports {
+                    self.dport_be = to.port_be;
+                }
+            }
+        }
+        self
+    }
+}
+
+#[inline(always)]
+pub(crate) fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving) -> FibParams {
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    unsafe {
+        let ip = pkt.ip;
+        params.family = AF_INET;
+        params.l4_protocol = (*ip).proto;
+        params.sport = leaving.sport_be;
+        params.dport = leaving.dport_be;
+        // Host order: the kernel compares it with the egress MTU.
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        params.__bindgen_anon_2.tos = (*ip).tos;
+        params.__bindgen_anon_3.ipv4_src = leaving.src_be;
+        params.__bindgen_anon_4.ipv4_dst = leaving.dst_be;
+        params.ifindex = ctx.ingress_ifindex() as u32;
+    }
+    params
+}
+
+#[inline(always)]
+pub(crate) fn lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
+    unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            params as *mut FibParams,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    }
+}
+
+pub(crate) enum Route {
+    /// The kernel would forward it out of the WAN interface.
+    Wan,
+    /// The kernel would forward it out of another interface.
+    Inside,
+    /// Local delivery, or not routable at all: the kernel does not forward it.
+    Local,
+}
+
+/// Where the kernel would send the packet as it is. Asked without a length:
+/// on FRAG_NEEDED the kernel returns before it fills in the egress
+/// interface, so a too-big new flow would look routed back inside and be
+/// passed to the kernel, which forwards it untranslated (fragmented, or
+/// not). Whether it fits is for `next_hop` to tell, once translated.
+#[inline(always)]
+pub(crate) fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
+    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt));
+    params.__bindgen_anon_1.tot_len = 0;
+    let rc = lookup(ctx, &mut params) as u32;
+    // NO_NEIGH still names the egress interface; every other failure means
+    // the kernel would not forward it either.
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+    let wan = config().wan_ifindex;
+    if !routed {
+        Route::Local
+    } else if wan != 0 && params.ifindex == wan {
+        Route::Wan
+    } else {
+        Route::Inside
+    }
+}
+
+/// What the route lookup says about a packet.
+pub(crate) enum Hop {
+    /// Out of `egress_ifindex` with these MACs (only what `deliver` needs:
+    /// the hop is kept across the rewrite).
+    Ready { egress_ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Routed, but the next hop's MAC is not known yet.
+    NoNeighbour,
+    /// Longer than the egress MTU, given in host order.
+    TooBig(u16),
+    /// Not forwarded: no route, a local destination, forwarding off...
+    Refused(Verdict),
+}
+
+/// Routes a packet translated already (an ICMP error) and sends it on.
+#[inline(always)]
+pub(crate) fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
+    let hop = next_hop(ctx, pkt, &Rewrite::Nothing, now);
+    deliver(ctx, pkt, hop, translated)
+}
+
+/// Sends a translated packet where the route lookup said: redirected out of
+/// the egress interface, or through the daemon while the neighbour resolves.
+/// A packet too big here is an ICMP error, which is never answered with
+/// another (RFC 1122 3.2.2): dropped.
+#[inline(always)]
+pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: Reason) -> Verdict {
+    let (egress_ifindex, smac, dmac) = match hop {
+        Hop::Ready { egress_ifindex, smac, dmac } => (egress_ifindex, smac, dmac),
+        Hop::NoNeighbour => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
+        Hop::Refused(verdict) => return verdict,
+    };
+    unsafe {
+        (*pkt.eth).dst_addr = dmac;
+        (*pkt.eth).src_addr = smac;
+    }
+    match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
+        Ok(action) => Verdict { action, reason: translated },
+        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+    }
+}
+
+/// The next hop of the packet once `rewrite` is applied to it: from the
+/// cache while the entry is fresh and the packet no longer than one the
+/// route lookup has accepted, otherwise from `bpf_fib_lookup` (which also
+/// checks the egress MTU, path-MTU exceptions included), and then cached.
+#[inline(always)]
+pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
+    let dst_be = rewrite.dst_be(pkt);
+    let ingress = ctx.ingress_ifindex() as u32;
+    let tot_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) };
+    let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
+    if let Some(slot) = slot {
+        let hop = unsafe { &*slot };
+        if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
+            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac };
+        }
+    }
+
+    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt).after(rewrite));
+    let rc = lookup(ctx, &mut params) as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour,
+        // The kernel wrote the MTU over tot_len (a union).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
+        // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
+        _ => return Hop::Refused(Verdict::drop(Reason::DropNoRoute)),
+    }
+    let mut hop = NextHop {
+        dst_be,
+        ingress_ifindex: ingress,
+        egress_ifindex: params.ifindex,
+        max_len: tot_len,
+        smac: params.smac,
+        dmac: params.dmac,
+        _pad: [0; 6],
+        expires_ns: now + NEXT_HOP_TTL_NS,
+    };
+    if let Some(slot) = slot {
+        let old = unsafe { &mut *slot };
+        // A longer packet to the same, still fresh hop widens what the entry
+        // accepts without extending its life.
+        if old.answers(dst_be, ingress, now)
+            && old.egress_ifindex == hop.egress_ifindex
+            && old.dmac == hop.dmac
+            && old.max_len > hop.max_len
+        {
+            hop.max_len = old.max_len;
+            hop.expires_ns = old.expires_ns;
+        }
+        *old = hop;
+    }
+    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac }
+}
