@@ -156,36 +156,25 @@ impl Datapath {
     /// natd translates itself, so the reply passes address(-and-port)-
     /// dependent filtering.
     pub fn remember_remote(&mut self, key: PermitKey, now_ns: u64) -> Result<()> {
-        let mut permits: HashMap<&mut MapData, PermitKey, u64> = HashMap::try_from(self.map_mut(map_names::PERMITS)?)?;
-        permits.insert(key, now_ns, 0).with_context(|| format!("recording permit {key:?}"))?;
-        Ok(())
+        self.put(map_names::PERMITS, key, now_ns)
     }
 
     /// What the first fragment of datagram `key` was translated to, if the
     /// datapath (or natd) recorded it and the LRU still holds it.
     pub fn fragment_state(&self, key: &FragKey) -> Result<Option<FragState>> {
-        let frags: HashMap<&MapData, FragKey, FragState> = HashMap::try_from(self.map(map_names::FRAGS)?)?;
-        match frags.get(key, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading FRAGS"),
-        }
+        self.get(map_names::FRAGS, key)
     }
 
     /// Records the translation of a first fragment natd sent itself, as the
     /// datapath does for the ones it translates.
     pub fn record_fragment(&mut self, key: FragKey, state: FragState) -> Result<()> {
-        let mut frags: HashMap<&mut MapData, FragKey, FragState> = HashMap::try_from(self.map_mut(map_names::FRAGS)?)?;
-        frags.insert(key, state, 0).context("writing FRAGS")?;
-        Ok(())
+        self.put(map_names::FRAGS, key, state)
     }
 
     /// Tells the datapath that natd parks fragments of datagram `key`, so the
     /// translation of its first fragment is reported through the ring.
     pub fn mark_parked(&mut self, key: FragKey, now_ns: u64) -> Result<()> {
-        let mut parked: HashMap<&mut MapData, FragKey, u64> = HashMap::try_from(self.map_mut(map_names::PARKED)?)?;
-        parked.insert(key, now_ns, 0).context("writing PARKED")?;
-        Ok(())
+        self.put(map_names::PARKED, key, now_ns)
     }
 
     /// The datagram `key` is no longer parked (released or expired).
@@ -204,19 +193,12 @@ impl Datapath {
     /// Mappings the datapath has claimed for a host and protocol (the
     /// datapath's side of the quota count; 0 before its first claim).
     pub fn host_claims(&self, key: HostKey) -> Result<u64> {
-        let claims: HashMap<&MapData, HostKey, u64> = HashMap::try_from(self.map(map_names::HOST_CLAIMS)?)?;
-        match claims.get(&key, 0) {
-            Ok(n) => Ok(n),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
-            Err(e) => Err(e).context("reading HOST_CLAIMS"),
-        }
+        Ok(self.get(map_names::HOST_CLAIMS, &key)?.unwrap_or(0))
     }
 
     /// natd's side of the quota count for a host and protocol.
     pub fn set_host_returns(&mut self, key: HostKey, returns: u64) -> Result<()> {
-        let mut map: HashMap<&mut MapData, HostKey, u64> = HashMap::try_from(self.map_mut(map_names::HOST_RETURNS)?)?;
-        map.insert(key, returns, 0).context("writing HOST_RETURNS")?;
-        Ok(())
+        self.put(map_names::HOST_RETURNS, key, returns)
     }
 
     /// Queues a free port (and session slot) for the datapath to claim for a
@@ -301,6 +283,23 @@ impl Datapath {
             .take_map(map_names::MISSES)
             .ok_or_else(|| anyhow!("MISSES ring missing or already taken"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// `name[key]` of a hash map, `None` when the key is absent.
+    fn get<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Result<Option<V>> {
+        let map: HashMap<&MapData, K, V> = HashMap::try_from(self.map(name)?)?;
+        match map.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {name}")),
+        }
+    }
+
+    /// `name[key] = value` in a hash map.
+    fn put<K: aya::Pod, V: aya::Pod>(&mut self, name: &str, key: K, value: V) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        map.insert(key, value, 0).with_context(|| format!("writing {name}"))?;
+        Ok(())
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
