@@ -235,6 +235,7 @@ mod tests {
         assert_eq!(a.allocate(TCP, 25000), Some(25000));
     }
 
+    /// RFC 6056 / RFC 7857: external ports hard to guess, never sequential.
     #[test]
     fn a_taken_or_out_of_range_port_gets_a_random_one_in_range() {
         let mut a = PortAllocator::new(20000, 29999, 0, 7);
@@ -249,6 +250,7 @@ mod tests {
         assert_ne!(next.abs_diff(low), 1, "{low} then {next}");
     }
 
+    /// RFC 4787 REQ-3, RFC 5382 REQ-7: no port overloading; RFC 6888 REQ-11.
     #[test]
     fn never_two_endpoints_on_one_port_and_exhaustion_is_reported() {
         let mut a = PortAllocator::new(1000, 1063, 0, 99);
@@ -273,6 +275,7 @@ mod tests {
         assert_eq!((a.in_use(UDP), a.queued(UDP), a.free(UDP)), (2, 0, 1));
     }
 
+    /// RFC 6888 REQ-8: a freed port is held before reuse.
     #[test]
     fn a_released_port_is_held_before_reuse() {
         let hold = 120_000_000_000;

@@ -737,6 +737,7 @@ mod tests {
         assert_eq!((s.port_min, s.port_max), (50000, 50010));
     }
 
+    /// RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2: default timers.
     #[test]
     fn defaults_apply_to_what_is_not_set() {
         let flags = Overrides { lan: Some("a".into()), wan: Some("b".into()), ..Default::default() };

@@ -808,6 +808,7 @@ mod tests {
         assert_eq!(pool.take(), None, "past MAX_SESSIONS");
     }
 
+    /// RFC 7857: the TCP state `natd sessions` shows.
     #[test]
     fn session_states_follow_the_flags_seen() {
         let (ack, fin, syn, rst) = (tcp_flags::ACK, tcp_flags::FIN, tcp_flags::SYN, tcp_flags::RST);

@@ -138,6 +138,7 @@ pub fn destination_unreachable(from: Ipv4Addr, refused: &[u8], code: u8) -> Opti
 mod tests {
     use super::*;
 
+    /// RFC 5508 REQ-8: refusal messages are rate-limited.
     #[test]
     fn refusal_notices_are_limited_per_host_and_in_all() {
         let mut notices = RefusalNotices::default();

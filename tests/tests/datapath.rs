@@ -548,6 +548,9 @@ fn partial_checksum_ignores_ethernet_padding() {
     packet::verify_checksums(&run.frame).unwrap();
 }
 
+/// What must not be translated is passed or dropped, never leaked with an
+/// inside address: each case names its reason (RFC 5382 REQ-4: an
+/// unsolicited SYN to a NAT port is dropped, not answered).
 #[test]
 fn passes_and_drops_what_it_must_not_translate() {
     require_root!();
@@ -670,6 +673,8 @@ fn egress_outside_the_managed_ports_is_dropped() {
     assert_eq!(gw.datapath.counter(Reason::DropEgressUnmanaged).unwrap(), 1);
 }
 
+/// RFC 4787 REQ-6: packets refresh their session, outbound and inbound.
+///
 /// A mapping's last-seen time and TCP flags move with traffic.
 #[test]
 fn hits_refresh_the_mapping() {

@@ -138,12 +138,15 @@ fn same_source_port_from_three_hosts(tx_offload: bool) {
     assert!(!lab.natd_cli(&["status"]).unwrap().status.success(), "status must fail once natd stopped");
 }
 
+/// RFC 4787 REQ-1/REQ-3, RFC 5508 REQ-1/2: three hosts on one source port
+/// and one ICMP identifier get distinct external ports (TX offload off).
 #[test]
 fn same_source_port_from_three_hosts_tx_offload_off() {
     require_root!();
     same_source_port_from_three_hosts(false);
 }
 
+/// As above, with TX checksum offload on (partial checksums finished).
 #[test]
 fn same_source_port_from_three_hosts_tx_offload_on() {
     require_root!();
@@ -342,6 +345,8 @@ fn real_clients_curl_nginx_iperf3_and_a_clean_wan_capture() {
     assert!(leaks.is_empty(), "inside addresses on the WAN:\n{}", leaks.join("\n"));
 }
 
+/// RFC 5382 REQ-4 and the no-leak invariant.
+///
 /// Unsolicited inbound packets reach no LAN host: to NAT ports on the external
 /// address (no mapping) and addressed straight to an inside host.
 #[test]
@@ -376,6 +381,8 @@ fn unsolicited_inbound_reaches_no_lan_host() {
     assert!(stats.get("drop_inbound_transit").unwrap() >= 1, "{stats:?}");
 }
 
+/// RFC 4787 REQ-5, RFC 6888 REQ-8: timers and the port hold.
+///
 /// Short timeouts: the mapping disappears on time and its port returns to
 /// the pool after the hold.
 #[test]
@@ -402,6 +409,8 @@ fn aging_removes_idle_mappings_on_time_and_frees_their_ports() {
     assert_eq!(lab.stats().unwrap().get("mappings_expired"), Some(1));
 }
 
+/// RFC 6888 REQ-11: out of ports, nothing is evicted.
+///
 /// A tiny port range fills: new flows are refused and counted, existing ones
 /// keep working, and the gateway recovers by itself once mappings age out.
 #[test]
@@ -1162,18 +1171,21 @@ fn traceroute_through_the_gateway(args: &[&str]) {
     assert_eq!(hops(&out), [GW_LAN.to_string(), ROUTER.to_string(), ROUTED_SERVER.to_string()], "{args:?}:\n{out}");
 }
 
+/// traceroute -U, UDP probes (RFC 5508 REQ-4/5).
 #[test]
 fn traceroute_udp_shows_every_hop_through_the_gateway() {
     require_root!();
     traceroute_through_the_gateway(&["traceroute", "-n", "-U", "-w", "1", "-q", "1", "-m", "5"]);
 }
 
+/// traceroute -I, echo probes (RFC 5508 REQ-4/5).
 #[test]
 fn traceroute_icmp_shows_every_hop_through_the_gateway() {
     require_root!();
     traceroute_through_the_gateway(&["traceroute", "-n", "-I", "-w", "1", "-q", "1", "-m", "5"]);
 }
 
+/// tracepath: DF probes, hop by hop (RFC 5508 REQ-4/5, RFC 4787 REQ-13).
 #[test]
 fn tracepath_shows_every_hop_through_the_gateway() {
     require_root!();
