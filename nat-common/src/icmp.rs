@@ -1,6 +1,8 @@
 //! ICMP messages the gateway writes itself: Destination Unreachable /
 //! Fragmentation Needed (RFC 792, RFC 1191) for a DF packet too big for the
-//! egress after translation (RFC 4787 REQ-13), and the rate limit on them.
+//! egress after translation (RFC 4787 REQ-13), and the rate limit on them;
+//! natd's Destination Unreachable for a refused flow (RFC 5508 REQ-8) is
+//! built by the same function.
 
 use crate::checksum::{add, fold};
 
@@ -9,6 +11,8 @@ pub const ICMP_DEST_UNREACHABLE: u8 = 3;
 /// Code 4: fragmentation needed and DF set (RFC 792), with the next-hop MTU
 /// in the low 16 bits of the second word (RFC 1191).
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Code 13: communication administratively prohibited (RFC 1812).
+pub const ICMP_ADMIN_PROHIBITED: u8 = 13;
 
 /// TTL of the errors the gateway sends.
 pub const ERROR_TTL: u8 = 64;
@@ -28,11 +32,19 @@ pub const QUOTED_L4_LEN: usize = 8;
 /// `src` to `dst` (wire order bytes) reporting `mtu` (host order), in front of
 /// a quote of `quote_len` bytes whose words sum (one's complement, memory
 /// order, not folded) to `quote_sum`. Every checksum is filled in.
+#[inline(always)]
+pub const fn frag_needed_headers(src: [u8; 4], dst: [u8; 4], mtu: u16, quote_len: u16, quote_sum: u32) -> [u8; FRAG_NEEDED_HEADERS_LEN] {
+    unreachable_headers(src, dst, ICMP_FRAG_NEEDED, mtu, quote_len, quote_sum)
+}
+
+/// The outer IPv4 and ICMP headers of a Destination Unreachable of `code`
+/// (with `mtu` in the second word, 0 unless Fragmentation Needed), as
+/// `frag_needed_headers` describes.
 ///
 /// The outer header: TOS 0, ID 0 with DF set (an atomic datagram, RFC 6864:
 /// the ID means nothing), TTL `ERROR_TTL`, protocol ICMP.
 #[inline(always)]
-pub const fn frag_needed_headers(src: [u8; 4], dst: [u8; 4], mtu: u16, quote_len: u16, quote_sum: u32) -> [u8; FRAG_NEEDED_HEADERS_LEN] {
+pub const fn unreachable_headers(src: [u8; 4], dst: [u8; 4], code: u8, mtu: u16, quote_len: u16, quote_sum: u32) -> [u8; FRAG_NEEDED_HEADERS_LEN] {
     let mut h = [0u8; FRAG_NEEDED_HEADERS_LEN];
     let tot_len = (FRAG_NEEDED_HEADERS_LEN as u16 + quote_len).to_be_bytes();
     let df = IP_DF.to_be_bytes();
@@ -56,7 +68,7 @@ pub const fn frag_needed_headers(src: [u8; 4], dst: [u8; 4], mtu: u16, quote_len
     h[11] = ip_check[1];
 
     h[20] = ICMP_DEST_UNREACHABLE;
-    h[21] = ICMP_FRAG_NEEDED;
+    h[21] = code;
     let mtu = mtu.to_be_bytes();
     h[26] = mtu[0];
     h[27] = mtu[1];

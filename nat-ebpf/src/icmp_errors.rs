@@ -14,17 +14,12 @@ pub(crate) static ICMP_RATE: PerCpuArray<RateLimit> = PerCpuArray::with_max_entr
 /// as any untranslatable packet (dropped if bound for the WAN).
 #[inline(always)]
 pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Option<Verdict> {
-    let (inner_proto, inner_dst) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.dst_addr) };
-    if inner_proto != proto::TCP && inner_proto != proto::UDP {
-        return None;
-    }
-    let l4 = unsafe { *quoted.l4 };
-    let inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
+    let inside = quoted.endpoint(Side::Destination)?;
     let mapping = OUTBOUND.get_ptr(inside)?;
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Some(Verdict::drop(Reason::DropBadIcmpError));
     }
-    let external = unsafe { (*mapping).target(inner_proto) };
+    let external = unsafe { (*mapping).target(inside.proto) };
     rewrite_quoted(quoted, Side::Destination, &external);
     translate(pkt, Side::Source, &external);
     Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
@@ -40,20 +35,16 @@ pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted
 /// An error quoting anything else is the gateway's own, passed.
 #[inline(always)]
 pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
-    let error = quoted.error;
-    let (inner_proto, inner_src, inner_dst) = unsafe { ((*error).inner.proto, (*error).inner.src_addr, (*error).inner.dst_addr) };
-    if inner_proto != proto::TCP && inner_proto != proto::UDP {
+    let (Some(sender_external), Some(target_inside)) = (quoted.endpoint(Side::Source), quoted.endpoint(Side::Destination)) else {
         return Verdict::pass(Reason::PassLocal);
-    }
-    let l4 = unsafe { *quoted.l4 };
-    let sender_external = Endpoint::from_be(u32::from_ne_bytes(inner_src), u16::from_ne_bytes([l4[0], l4[1]]), inner_proto);
-    let target_inside = Endpoint::from_be(u32::from_ne_bytes(inner_dst), u16::from_ne_bytes([l4[2], l4[3]]), inner_proto);
+    };
     let (Some(sender), Some(target)) = (INBOUND.get_ptr(sender_external), OUTBOUND.get_ptr(target_inside)) else {
         return Verdict::pass(Reason::PassLocal);
     };
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Verdict::drop(Reason::DropBadIcmpError);
     }
+    let inner_proto = quoted.proto();
     let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
     rewrite_quoted(quoted, Side::Destination, &target_external);
     rewrite_quoted(quoted, Side::Source, &sender_inside);
@@ -73,13 +64,15 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
 /// packets pass to the kernel.
 #[inline(always)]
 pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
-    let (inner_proto, inner_src) = unsafe { ((*quoted.error).inner.proto, (*quoted.error).inner.src_addr) };
+    let inner_proto = quoted.proto();
     let l4 = unsafe { *quoted.l4 };
-    let port_be = match inner_proto {
-        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[0], l4[1]]),
-        proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => u16::from_ne_bytes([l4[4], l4[5]]),
+    // The quoted ports, or an echo request's identifier (its remote has none).
+    let (port_be, remote_port_be) = match inner_proto {
+        proto::TCP | proto::UDP => (u16::from_ne_bytes([l4[0], l4[1]]), u16::from_ne_bytes([l4[2], l4[3]])),
+        proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => (u16::from_ne_bytes([l4[4], l4[5]]), 0),
         _ => return Verdict::pass(Reason::PassNoMapping),
     };
+    let (inner_src, remote_be) = unsafe { ((*quoted.error).inner.src_addr, u32::from_ne_bytes((*quoted.error).inner.dst_addr)) };
     let external = Endpoint::from_be(u32::from_ne_bytes(inner_src), port_be, inner_proto);
     let Some(mapping) = INBOUND.get_ptr(external) else {
         return Verdict::pass(Reason::PassNoMapping);
@@ -93,12 +86,7 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     let inside = unsafe { (*mapping).target(inner_proto) };
     // Filtered by what the error is about, not by who sends it: a router on
     // the way may report on a flow to a remote the inside host chose.
-    let quoted_dst_port_be = match inner_proto {
-        proto::TCP | proto::UDP => u16::from_ne_bytes([l4[2], l4[3]]),
-        _ => 0,
-    };
-    let quoted_dst_be = unsafe { u32::from_ne_bytes((*quoted.error).inner.dst_addr) };
-    if !admit(&config(), &inside, quoted_dst_be, quoted_dst_port_be, clock()) {
+    if !admit(&config(), &inside, remote_be, remote_port_be, clock()) {
         return Verdict::drop(Reason::DropFiltered);
     }
     rewrite_quoted(quoted, Side::Source, &inside);

@@ -351,16 +351,15 @@ fn translate_and_forward(
         return too_big(ctx, pkt, mtu, side);
     }
     refresh(mapping, pkt, now, side);
-    if pkt.fragment == Fragment::First {
-        // The incremental L4 update stays right for the whole datagram (only
-        // pseudo-header address and port change); a fragment never carries a
-        // partial checksum (the sender's kernel completes it before
-        // fragmenting), and the segment is not all here to sum anyway.
+    // A first fragment: the incremental L4 update stays right for the whole
+    // datagram (only pseudo-header address and port change); it never
+    // carries a partial checksum (the sender's kernel completes it before
+    // fragmenting), and the segment is not all here to sum anyway.
+    let first_fragment = pkt.fragment == Fragment::First;
+    if first_fragment {
         record_first_fragment(pkt, side, to.addr_be, now);
-        translate(pkt, side, &to);
-        return deliver(ctx, pkt, hop, translated);
     }
-    let partial = has_partial_checksum(pkt);
+    let partial = !first_fragment && has_partial_checksum(pkt);
     translate(pkt, side, &to);
     let translated = finish_if_partial(ctx, pkt, partial, translated);
     deliver(ctx, pkt, hop, translated)

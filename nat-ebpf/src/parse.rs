@@ -67,6 +67,32 @@ pub struct Quoted {
     pub inner_len: usize,
 }
 
+impl Quoted {
+    /// The quoted packet's protocol.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        unsafe { (*self.error).inner.proto }
+    }
+
+    /// The quoted packet's source (`Side::Source`) or destination endpoint:
+    /// address and TCP/UDP port. `None` for other protocols.
+    #[inline(always)]
+    pub fn endpoint(&self, side: crate::rewrite::Side) -> Option<Endpoint> {
+        let proto_nr = self.proto();
+        if proto_nr != proto::TCP && proto_nr != proto::UDP {
+            return None;
+        }
+        let l4 = unsafe { *self.l4 };
+        let (addr, port) = unsafe {
+            match side {
+                crate::rewrite::Side::Source => ((*self.error).inner.src_addr, [l4[0], l4[1]]),
+                crate::rewrite::Side::Destination => ((*self.error).inner.dst_addr, [l4[2], l4[3]]),
+            }
+        };
+        Some(Endpoint::from_be(u32::from_ne_bytes(addr), u16::from_ne_bytes(port), proto_nr))
+    }
+}
+
 /// Where the translatable part of the packet is, and how to rewrite it.
 pub enum L4 {
     Tcp(*mut TcpHdr),
@@ -243,17 +269,24 @@ impl Ipv4Packet {
         Some(Endpoint::from_be(addr_be, port_be, ip_proto))
     }
 
+    /// TCP/UDP (source, destination) ports, network order; `None` for
+    /// other protocols.
+    #[inline(always)]
+    pub fn ports_be(&self) -> Option<(u16, u16)> {
+        match self.l4 {
+            L4::Tcp(tcp) => unsafe { Some((u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest))) },
+            L4::Udp(udp) => unsafe { Some((u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))) },
+            _ => None,
+        }
+    }
+
     /// The remote end of a packet being translated on `side`: the
     /// destination of an outbound packet (the source is rewritten), the
     /// source of an inbound one. The port is 0 for ICMP echo: a remote has no
     /// identifier of its own.
     #[inline(always)]
     pub fn remote(&self, translated: crate::rewrite::Side) -> (u32, u16) {
-        let (src_port_be, dst_port_be) = match self.l4 {
-            L4::Tcp(tcp) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest)) },
-            L4::Udp(udp) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) },
-            _ => (0, 0),
-        };
+        let (src_port_be, dst_port_be) = self.ports_be().unwrap_or((0, 0));
         unsafe {
             match translated {
                 crate::rewrite::Side::Source => (u32::from_ne_bytes((*self.ip).dst_addr), dst_port_be),

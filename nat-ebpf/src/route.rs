@@ -56,10 +56,9 @@ pub(crate) struct Leaving {
 impl Leaving {
     #[inline(always)]
     fn of(pkt: &Ipv4Packet) -> Self {
-        let (sport_be, dport_be, has_ports) = match pkt.l4 {
-            L4::Tcp(tcp) => unsafe { (u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest), true) },
-            L4::Udp(udp) => unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst), true) },
-            _ => (0, 0, false),
+        let (sport_be, dport_be, has_ports) = match pkt.ports_be() {
+            Some((sport_be, dport_be)) => (sport_be, dport_be, true),
+            None => (0, 0, false),
         };
         let (src, dst) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr) };
         Self { src_be: u32::from_ne_bytes(src), dst_be: u32::from_ne_bytes(dst), sport_be, dport_be, has_ports }

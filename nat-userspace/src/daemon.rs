@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use nat_common::{
     CLOCK_TICK_NS, ClaimEvent, Endpoint, FragEvent, FragKey, FragState, FreePort, MAX_SESSIONS, MissEvent, PermitKey, frag_dir, miss_kind,
-    pool_index, proto, tcp_flags,
+    icmp::ICMP_ADMIN_PROHIBITED, pool_index, proto, tcp_flags,
 };
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
     datapath::Datapath,
     frag::{Park, Parking, frag_key_of, translate_fragment},
     handoff::{KernelSender, event_packet, translate_destination, translate_source},
-    quota::{CODE_ADMIN_PROHIBITED, HostQuota, RefusalNotices, destination_unreachable},
+    quota::{HostQuota, RefusalNotices, destination_unreachable},
 };
 
 /// Idle timeouts (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
@@ -543,7 +543,7 @@ impl Daemon {
         if !self.notices.admit(host, Instant::now()) {
             return Ok(());
         }
-        if let Some(message) = destination_unreachable(lan_ip, refused, CODE_ADMIN_PROHIBITED) {
+        if let Some(message) = destination_unreachable(lan_ip, refused, ICMP_ADMIN_PROHIBITED) {
             self.sender.send_packet(&message)?;
             self.counters.refusals_notified += 1;
         }

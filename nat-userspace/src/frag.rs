@@ -14,7 +14,9 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Result, ensure};
-use nat_common::{FRAG_TIMEOUT_NS, FragKey, MAX_PARKED_DATAGRAMS, checksum::{replace16, replace32}, frag_dir};
+use nat_common::{FRAG_TIMEOUT_NS, FragKey, MAX_PARKED_DATAGRAMS, frag_dir};
+
+use crate::handoff::{Side, rewrite_address};
 
 /// Datagrams natd parks fragments of at once.
 pub const PARK_MAX_DATAGRAMS: usize = 128;
@@ -122,17 +124,8 @@ pub fn frag_key_of(ip: &[u8], dir: u8) -> Option<FragKey> {
 pub fn translate_fragment(ip: &mut [u8], dir: u8, to: Ipv4Addr) -> Result<()> {
     ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
     ensure!(ip[8] > 1, "TTL expired");
-    let at = if dir == frag_dir::OUT { 12 } else { 16 };
-    let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
-    let old_addr = u32::from_ne_bytes(ip[at..at + 4].try_into().unwrap());
-    let new_addr = u32::from_ne_bytes(to.octets());
-    let old_ttl_word = word(ip, 8);
-    ip[8] -= 1;
-    ip[at..at + 4].copy_from_slice(&to.octets());
-    let mut check = word(ip, 10);
-    check = replace32(check, old_addr, new_addr);
-    check = replace16(check, old_ttl_word, word(ip, 8));
-    ip[10..12].copy_from_slice(&check.to_ne_bytes());
+    let side = if dir == frag_dir::OUT { Side::Source } else { Side::Destination };
+    rewrite_address(ip, side, u32::from_ne_bytes(to.octets()), true);
     Ok(())
 }
 

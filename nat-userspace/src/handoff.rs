@@ -50,36 +50,6 @@ impl XdpMd {
     }
 }
 
-/// Rewrites the destination of a TCP/UDP packet `translate_source` has
-/// already translated (so its checksum is a full one) to `to`: the second
-/// half of hairpinning a first packet (RFC 4787 REQ-9). The TTL is left
-/// alone: a hairpinned packet crosses the gateway once.
-pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
-    ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    ensure!(ihl >= 20 && ihl <= total && total <= ip.len(), "IPv4 header lengths do not fit the frame");
-    let (header, rest) = ip[..total].split_at_mut(ihl);
-    let check_at = match header[9] {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        other => bail!("protocol {other} is not hairpinned"),
-    };
-    ensure!(rest.len() >= check_at + 2, "L4 header truncated");
-    let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
-    let old_dst = u32::from_ne_bytes(header[16..20].try_into().unwrap());
-    header[16..20].copy_from_slice(&to.addr().octets());
-    let ip_check = replace32(word(header, 10), old_dst, to.addr_be);
-    header[10..12].copy_from_slice(&ip_check.to_ne_bytes());
-
-    let (old_port, check_before) = (word(rest, 2), word(rest, check_at));
-    rest[2..4].copy_from_slice(&to.port_be.to_ne_bytes());
-    let check = replace32(replace16(check_before, old_port, to.port_be), old_dst, to.addr_be);
-    let check = if header[9] == proto::UDP { udp_fixup(check_before, check) } else { check };
-    rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
-    Ok(())
-}
-
 /// Rewrites the source of a missed outbound IPv4 packet (`ip`, from the IPv4
 /// header on) to `to` and decrements its TTL, keeping every checksum valid:
 /// the user-space twin of the datapath's rewrite, for the first packet of a
@@ -87,59 +57,120 @@ pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
 /// checksum that is only the pseudo-header sum (the sender left it to TX
 /// offload, CHECKSUM_PARTIAL) is computed in full instead.
 pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
-    ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    ensure!(ihl >= 20 && ihl <= total && total <= ip.len(), "IPv4 header lengths do not fit the frame");
     // A first fragment carries the L4 header: translated like a whole packet
     // (RFC 4787 REQ-14), its checksum incrementally (it covers the whole
     // datagram; only the pseudo-header address and the port change). A later
     // fragment has no header to translate here.
+    ensure!(ip.len() >= 8, "not an IPv4 packet");
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     ensure!(frag & 0x1fff == 0, "a later fragment has no L4 header to translate");
     let fragment = frag & 0x2000 != 0;
-    ensure!(ip[8] > 1, "TTL expired");
-    let (header, rest) = ip[..total].split_at_mut(ihl);
+    let (header, rest) = split_datagram(ip)?;
+    ensure!(header[8] > 1, "TTL expired");
     let proto_nr = header[9];
-    let old_src: [u8; 4] = header[12..16].try_into().unwrap();
-    let dst: [u8; 4] = header[16..20].try_into().unwrap();
-    let new_src = to.addr().octets();
-    let (port_at, check_at) = match proto_nr {
-        proto::TCP => (0, 16),
-        proto::UDP => (0, 6),
-        proto::ICMP => (4, 2),
-        other => bail!("protocol {other} is not translated"),
-    };
+    let (port_at, check_at) = l4_fields(proto_nr, Side::Source)?;
     ensure!(rest.len() >= check_at + 2 && rest.len() >= port_at + 2, "L4 header truncated");
-    let word = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
-    let check_before = word(rest, check_at);
-    let (udp, l4_len) = (proto_nr == proto::UDP, rest.len() as u16);
+    let (old_src, dst): ([u8; 4], [u8; 4]) = (header[12..16].try_into().unwrap(), header[16..20].try_into().unwrap());
+    let l4_len = rest.len() as u16;
     // A fragment never carries a partial checksum: the sender's kernel
     // completes it before fragmenting, and the segment is not all here.
-    let partial = !fragment && proto_nr != proto::ICMP && is_partial(check_before, pseudo_header_sum(old_src, dst, proto_nr, l4_len));
+    let partial = !fragment
+        && proto_nr != proto::ICMP
+        && is_partial(word(rest, check_at), pseudo_header_sum(old_src, dst, proto_nr, l4_len));
 
-    let old_ttl_word = word(header, 8);
-    header[8] -= 1;
-    header[12..16].copy_from_slice(&new_src);
-    let mut ip_check = word(header, 10);
-    ip_check = replace32(ip_check, u32::from_ne_bytes(old_src), u32::from_ne_bytes(new_src));
-    ip_check = replace16(ip_check, old_ttl_word, word(header, 8));
-    header[10..12].copy_from_slice(&ip_check.to_ne_bytes());
-
-    let old_port = word(rest, port_at);
-    rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
-    let check = if partial {
+    let old_src = rewrite_address(header, Side::Source, to.addr_be, true);
+    if partial {
+        rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
         rest[check_at..check_at + 2].fill(0);
-        finish(pseudo_header_sum(new_src, dst, proto_nr, l4_len), sum_words(rest, 0), udp)
+        let check = finish(pseudo_header_sum(to.addr().octets(), dst, proto_nr, l4_len), sum_words(rest, 0), proto_nr == proto::UDP);
+        rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
     } else {
-        let mut check = replace16(check_before, old_port, to.port_be);
-        if proto_nr != proto::ICMP {
-            check = replace32(check, u32::from_ne_bytes(old_src), u32::from_ne_bytes(new_src));
-        }
-        if udp { udp_fixup(check_before, check) } else { check }
-    };
-    rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
+        rewrite_l4(rest, proto_nr, (port_at, check_at), old_src, to);
+    }
     Ok(())
+}
+
+/// Rewrites the destination of a TCP/UDP packet `translate_source` has
+/// already translated (so its checksum is a full one) to `to`: the second
+/// half of hairpinning a first packet (RFC 4787 REQ-9). The TTL is left
+/// alone: a hairpinned packet crosses the gateway once.
+pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
+    let (header, rest) = split_datagram(ip)?;
+    let proto_nr = header[9];
+    ensure!(proto_nr == proto::TCP || proto_nr == proto::UDP, "protocol {proto_nr} is not hairpinned");
+    let fields = l4_fields(proto_nr, Side::Destination)?;
+    ensure!(rest.len() >= fields.1 + 2, "L4 header truncated");
+    let old_dst = rewrite_address(header, Side::Destination, to.addr_be, false);
+    rewrite_l4(rest, proto_nr, fields, old_dst, to);
+    Ok(())
+}
+
+/// Which end of a packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// An IPv4 packet's header and the rest of its datagram (up to the total
+/// length), once both lengths are checked.
+fn split_datagram(ip: &mut [u8]) -> Result<(&mut [u8], &mut [u8])> {
+    ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    ensure!(ihl >= 20 && ihl <= total && total <= ip.len(), "IPv4 header lengths do not fit the frame");
+    Ok(ip[..total].split_at_mut(ihl))
+}
+
+/// Offsets in the L4 header of the port (ICMP echo: the identifier) of
+/// `side` and of the checksum.
+fn l4_fields(proto_nr: u8, side: Side) -> Result<(usize, usize)> {
+    let port_at = if side == Side::Source { 0 } else { 2 };
+    Ok(match proto_nr {
+        proto::TCP => (port_at, 16),
+        proto::UDP => (port_at, 6),
+        proto::ICMP => (4, 2),
+        other => bail!("protocol {other} is not translated"),
+    })
+}
+
+fn word(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+/// Rewrites the source or destination address of an IPv4 `header` to
+/// `to_be`, and decrements the TTL if asked, updating the header checksum
+/// incrementally (RFC 1624). Returns the old address. The TTL must be above
+/// 1 when it is decremented.
+pub fn rewrite_address(header: &mut [u8], side: Side, to_be: u32, decrement_ttl: bool) -> u32 {
+    let at = if side == Side::Source { 12 } else { 16 };
+    let old = u32::from_ne_bytes(header[at..at + 4].try_into().unwrap());
+    let mut check = replace32(word(header, 10), old, to_be);
+    if decrement_ttl {
+        let old_ttl_word = word(header, 8);
+        header[8] -= 1;
+        check = replace16(check, old_ttl_word, word(header, 8));
+    }
+    header[at..at + 4].copy_from_slice(&to_be.to_ne_bytes());
+    header[10..12].copy_from_slice(&check.to_ne_bytes());
+    old
+}
+
+/// The L4 half of a rewrite to `to` (the address already rewritten from
+/// `old_addr_be`): the port at `fields.0`, and the full checksum at
+/// `fields.1` updated incrementally; TCP's and UDP's cover the address
+/// through the pseudo-header, ICMP's does not; a zero UDP checksum stays zero.
+fn rewrite_l4(rest: &mut [u8], proto_nr: u8, (port_at, check_at): (usize, usize), old_addr_be: u32, to: Endpoint) {
+    let (old_port, check_before) = (word(rest, port_at), word(rest, check_at));
+    rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
+    let mut check = replace16(check_before, old_port, to.port_be);
+    if proto_nr != proto::ICMP {
+        check = replace32(check, old_addr_be, to.addr_be);
+    }
+    if proto_nr == proto::UDP {
+        check = udp_fixup(check_before, check);
+    }
+    rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
 }
 
 /// A raw IPv4 socket for sending translated packets through the kernel stack.

@@ -21,7 +21,10 @@ use std::{
 };
 
 use anyhow::Result;
-use nat_common::{Endpoint, HostKey, checksum};
+use nat_common::{
+    Endpoint, HostKey, checksum,
+    icmp::{QUOTED_L4_LEN, unreachable_headers},
+};
 
 use crate::datapath::Datapath;
 
@@ -76,9 +79,6 @@ impl HostQuota {
 pub const REFUSAL_ICMP_PER_S: u32 = 100;
 /// At most one message per host in this interval.
 const PER_HOST_INTERVAL: Duration = Duration::from_secs(1);
-/// ICMP Destination Unreachable, communication administratively prohibited.
-const ICMP_DEST_UNREACH: u8 = 3;
-pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 
 /// Rate limits for the ICMP answers to refused flows.
 #[derive(Default)]
@@ -119,19 +119,10 @@ pub fn destination_unreachable(from: Ipv4Addr, refused: &[u8], code: u8) -> Opti
     if ihl < 20 || refused.len() < ihl {
         return None;
     }
-    let quoted = &refused[..refused.len().min(ihl + 8)];
-    let total = 20 + 8 + quoted.len();
-    let mut packet = Vec::with_capacity(total);
-    packet.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, nat_common::proto::ICMP, 0, 0]);
-    packet.extend_from_slice(&from.octets());
-    packet.extend_from_slice(&refused[12..16]);
-    let ip_sum = checksum::checksum(&packet[..20]);
-    packet[10..12].copy_from_slice(&ip_sum.to_ne_bytes());
-    packet.extend_from_slice(&[ICMP_DEST_UNREACH, code, 0, 0, 0, 0, 0, 0]);
-    packet.extend_from_slice(quoted);
-    let icmp_sum = checksum::checksum(&packet[20..]);
-    packet[22..24].copy_from_slice(&icmp_sum.to_ne_bytes());
-    Some(packet)
+    let quoted = &refused[..refused.len().min(ihl + QUOTED_L4_LEN)];
+    let sender: [u8; 4] = refused[12..16].try_into().ok()?;
+    let headers = unreachable_headers(from.octets(), sender, code, 0, quoted.len() as u16, checksum::sum_words(quoted, 0));
+    Some([&headers[..], quoted].concat())
 }
 
 #[cfg(test)]
@@ -160,7 +151,7 @@ mod tests {
         refused.extend_from_slice(&[0x17, 0x71, 0x1b, 0x58, 0, 20, 0xab, 0xcd]);
         refused.extend_from_slice(&[0xee; 12]);
         let gw = Ipv4Addr::new(10, 77, 1, 1);
-        let msg = destination_unreachable(gw, &refused, CODE_ADMIN_PROHIBITED).unwrap();
+        let msg = destination_unreachable(gw, &refused, nat_common::icmp::ICMP_ADMIN_PROHIBITED).unwrap();
         assert_eq!(msg.len(), 20 + 8 + 28);
         assert_eq!(&msg[12..16], &gw.octets());
         assert_eq!(&msg[16..20], &[10, 77, 1, 10]);
