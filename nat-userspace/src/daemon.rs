@@ -473,7 +473,7 @@ impl Daemon {
         let mode = self.info.filtering_of(target_inside.proto).datapath_value();
         if let Some(key) = PermitKey::new(mode, target_inside, external.addr_be, external.port_be) {
             let ttl = self.info.timeouts.permit_ttl_ns(target_inside.proto);
-            let fresh = self.datapath.permits()?.get(&key, 0).is_ok_and(|sent| coarse_now_ns().saturating_sub(sent) <= ttl);
+            let fresh = self.datapath.permit(&key)?.is_some_and(|sent| coarse_now_ns().saturating_sub(sent) <= ttl);
             if !fresh {
                 return Ok(());
             }

@@ -185,9 +185,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// The filtering permits (PermitKey -> clock of the last packet sent).
-    pub fn permits(&self) -> Result<HashMap<&MapData, PermitKey, u64>> {
-        Ok(HashMap::try_from(self.map(map_names::PERMITS)?)?)
+    /// When the inside endpoint of `key` last sent to its remote (the
+    /// clock of the permit), if it has a permit.
+    pub fn permit(&self, key: &PermitKey) -> Result<Option<u64>> {
+        self.get(map_names::PERMITS, key)
     }
 
     /// Mappings the datapath has claimed for a host and protocol (the
