@@ -6,6 +6,8 @@
 
 use core::net::Ipv4Addr;
 
+use crate::source::{MAX_INSIDE_PREFIXES, MAX_OWN_ADDRS, Prefix};
+
 /// One side of a flow: address, port (the identifier for ICMP echo) and protocol.
 ///
 /// Key of both mapping maps. Mapping is endpoint-independent (RFC 4787 REQ-1,
@@ -152,9 +154,25 @@ pub struct GatewayConfig {
     /// the source of the errors it sends into the LAN itself (Fragmentation
     /// Needed, RFC 4787 REQ-13). 0: none, such errors are not sent.
     pub lan_addr_be: u32,
+    /// 1 when the operator's `WAN_DROP_SOURCES` list holds a prefix: only
+    /// then does the WAN program look a source up in it.
+    pub wan_drop_listed: u32,
+    /// The inside prefixes (BCP 38): the LAN program translates and forwards
+    /// only sources in the first `inside_len`, the WAN program drops every
+    /// source in them (`crate::source`).
+    pub inside: [Prefix; MAX_INSIDE_PREFIXES],
+    pub inside_len: u32,
+    /// Bit i set: `inside[i]` is a prefix of the LAN interface itself, whose
+    /// network and broadcast addresses are no host's (RFC 1812 5.3.7).
+    pub inside_connected: u32,
+    /// The addresses of the gateway's own interfaces besides the external
+    /// pool, network byte order, the first `own_len` used: no packet from
+    /// either side may claim one as its source.
+    pub own_addrs_be: [u32; MAX_OWN_ADDRS],
+    pub own_len: u32,
     pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 96);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 272);
 
 impl GatewayConfig {
     /// One external address, endpoint-independent filtering for every
@@ -181,8 +199,39 @@ impl GatewayConfig {
             low_port_min: 0,
             low_port_max: 0,
             lan_addr_be: 0,
+            wan_drop_listed: 0,
+            inside: [Prefix { addr_be: 0, mask_be: 0 }; MAX_INSIDE_PREFIXES],
+            inside_len: 0,
+            inside_connected: 0,
+            own_addrs_be: [0; MAX_OWN_ADDRS],
+            own_len: 0,
             _pad2: 0,
         }
+    }
+
+    /// The same with one more inside prefix (`connected`: a prefix of the
+    /// LAN interface itself). Beyond `MAX_INSIDE_PREFIXES` it is left out:
+    /// natd refuses such a configuration before it gets here.
+    pub const fn with_inside_prefix(mut self, prefix: Prefix, connected: bool) -> Self {
+        let i = self.inside_len as usize;
+        if i < MAX_INSIDE_PREFIXES {
+            self.inside[i] = prefix;
+            if connected {
+                self.inside_connected |= 1 << i;
+            }
+            self.inside_len += 1;
+        }
+        self
+    }
+
+    /// The same with one more address of the gateway's own (up to `MAX_OWN_ADDRS`).
+    pub const fn with_own_addr(mut self, addr: Ipv4Addr) -> Self {
+        let i = self.own_len as usize;
+        if i < MAX_OWN_ADDRS {
+            self.own_addrs_be[i] = u32::from_ne_bytes(addr.octets());
+            self.own_len += 1;
+        }
+        self
     }
 
     /// The same with the LAN interface's address set (`lan_addr_be`).

@@ -14,8 +14,10 @@ pub mod checksum;
 pub mod counters;
 pub mod flow;
 pub mod icmp;
+pub mod source;
 
 pub use counters::Reason;
+pub use source::{MAX_INSIDE_PREFIXES, MAX_OWN_ADDRS, MAX_WAN_DROP_SOURCES, Prefix, is_martian};
 pub use flow::{
     ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, miss_kind, pool_index, tcp_flags,
 };
@@ -68,6 +70,9 @@ pub mod map_names {
     pub const PARKED: &str = "PARKED";
     /// Per-CPU `icmp::RateLimit` of the Fragmentation Needed errors the datapath sends.
     pub const ICMP_RATE: &str = "ICMP_RATE";
+    /// LPM trie of the prefixes the operator listed in `wan_drop_sources`:
+    /// WAN packets from them are dropped (BCP 84).
+    pub const WAN_DROP_SOURCES: &str = "WAN_DROP_SOURCES";
 }
 
 /// Names of the XDP programs in the eBPF object.

@@ -76,11 +76,16 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
     }
     match side {
         Side::Source => match route_untranslated(ctx, pkt) {
-            Route::Wan => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT) {
-                Ok(()) => Verdict::drop(no_state),
-                Err(failed) => Verdict::drop(failed),
+            // Only a source that may be translated is worth parking (BCP 38):
+            // no first fragment of another would ever be translated.
+            Route::Wan => match config().lan_source_refusal(key.src_be) {
+                Some(refused) => Verdict::drop(refused),
+                None => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT) {
+                    Ok(()) => Verdict::drop(no_state),
+                    Err(failed) => Verdict::drop(failed),
+                },
             },
-            Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
+            route => untranslated(pkt, route),
         },
         Side::Destination => {
             if !config().is_external(key.dst_be) {

@@ -61,7 +61,7 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
 /// The error goes to the inside host with the quoted packet reverted to what
 /// that host sent, so traceroute and path-MTU discovery work from inside. It
 /// never refreshes or removes the mapping. Errors about the gateway's own
-/// packets pass to the kernel.
+/// packets pass to the kernel; any other is no translated flow (`wan_miss`).
 #[inline(always)]
 pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
     let inner_proto = quoted.proto();
@@ -70,12 +70,12 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     let (port_be, remote_port_be) = match inner_proto {
         proto::TCP | proto::UDP => (u16::from_ne_bytes([l4[0], l4[1]]), u16::from_ne_bytes([l4[2], l4[3]])),
         proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => (u16::from_ne_bytes([l4[4], l4[5]]), 0),
-        _ => return Verdict::pass(Reason::PassNoMapping),
+        _ => return wan_miss(ctx, pkt),
     };
     let (inner_src, remote_be) = unsafe { ((*quoted.error).inner.src_addr, u32::from_ne_bytes((*quoted.error).inner.dst_addr)) };
     let external = Endpoint::from_be(u32::from_ne_bytes(inner_src), port_be, inner_proto);
     let Some(mapping) = INBOUND.get_ptr(external) else {
-        return Verdict::pass(Reason::PassNoMapping);
+        return wan_miss(ctx, pkt);
     };
     if pkt.ttl() <= 1 {
         return Verdict::drop(Reason::DropTtlExpired);
@@ -86,7 +86,7 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     let inside = unsafe { (*mapping).target(inner_proto) };
     // Filtered by what the error is about, not by who sends it: a router on
     // the way may report on a flow to a remote the inside host chose.
-    if !admit(&config(), &inside, remote_be, remote_port_be, clock()) {
+    if !admit(config(), &inside, remote_be, remote_port_be, clock()) {
         return Verdict::drop(Reason::DropFiltered);
     }
     rewrite_quoted(quoted, Side::Source, &inside);

@@ -46,12 +46,12 @@ use aya_ebpf::{
     },
     helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf, lpm_trie::Key as LpmKey},
     programs::XdpContext,
 };
 use nat_common::{
     BPF_F_MMAPABLE, ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, LAST_SEEN_GRANULARITY_NS, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_MAPPINGS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_QUOTA_HOSTS, MAX_SESSIONS, MISS_FRAME_MAX,
-    MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, Reason,
+    MAX_WAN_DROP_SOURCES, MISS_RING_BYTES, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, Reason,
     frag_dir, miss_kind, proto, tcp_flags,
     icmp::{FRAG_NEEDED_HEADERS_LEN, IP_DF, QUOTED_L4_LEN, RateLimit, frag_needed_headers},
 };
@@ -63,7 +63,7 @@ use crate::{
     icmp_errors::{icmp_error_hairpinned, icmp_error_in, icmp_error_out, too_big},
     new_flow::claim,
     route::{Hop, Rewrite, Route, TX_PORTS, deliver, forward, next_hop, route_untranslated},
-    parse::{Fragment, Frame, ICMP_ECHO_REQUEST, Ipv4Packet, L4, Quoted, parse},
+    parse::{Fragment, Frame, ICMP_ECHO_REQUEST, Invalid, Ipv4Packet, L4, Quoted, parse},
     rewrite::{Side, finish_partial_checksum, has_partial_checksum, icmp_error_checksums_hold, rewrite_quoted, translate, translate_both},
 };
 
@@ -93,6 +93,17 @@ static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
+
+/// The prefixes the operator listed in `wan_drop_sources` (value unused):
+/// WAN packets from them are dropped before anything else (BCP 84). Looked
+/// up only when the list is not empty (`GatewayConfig::wan_drop_listed`).
+#[map]
+static WAN_DROP_SOURCES: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_WAN_DROP_SOURCES, 0);
+
+/// What `config()` answers should CONFIG[0] be missing (an array always
+/// has its entries; the verifier wants the branch): no inside prefixes and
+/// no external address, so nothing is translated.
+static NO_CONFIG: GatewayConfig = GatewayConfig::new(core::net::Ipv4Addr::UNSPECIFIED, 0, 0, 0);
 
 /// What the program does with a packet, and the counter that says why.
 struct Verdict {
@@ -129,7 +140,7 @@ pub fn nat_lan(ctx: XdpContext) -> u32 {
     let verdict = match parse(&ctx) {
         Ok(Frame::Ipv4(pkt)) => lan_ipv4(&ctx, &pkt),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
-        Err(_) => Verdict::drop(Reason::DropMalformed),
+        Err(Invalid(reason)) => Verdict::drop(reason),
     };
     finish(verdict)
 }
@@ -140,7 +151,7 @@ pub fn nat_wan(ctx: XdpContext) -> u32 {
     let verdict = match parse(&ctx) {
         Ok(Frame::Ipv4(pkt)) => wan_ipv4(&ctx, &pkt),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
-        Err(_) => Verdict::drop(Reason::DropMalformed),
+        Err(Invalid(reason)) => Verdict::drop(reason),
     };
     finish(verdict)
 }
@@ -153,30 +164,38 @@ fn clock() -> u64 {
     }
 }
 
+/// The settings natd wrote, read in place: a copy would move all of it
+/// through the stack on every call.
 #[inline(always)]
-fn config() -> GatewayConfig {
+fn config() -> &'static GatewayConfig {
     match CONFIG.get(0) {
-        Some(cfg) => *cfg,
-        None => GatewayConfig::default(),
+        Some(cfg) => cfg,
+        None => &NO_CONFIG,
     }
 }
 
 #[inline(always)]
 fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     // The kernel never forwards these: it answers Time Exceeded itself, or
-    // delivers them locally.
+    // delivers them locally. (From a forged source the answer would go to
+    // whoever was named: not for sources the gateway refuses.)
     if pkt.ttl() <= 1 {
-        return Verdict::pass(Reason::PassTtlExpired);
+        return match refused_lan_source(ctx, pkt) {
+            Some(refused) => refused,
+            None => Verdict::pass(Reason::PassTtlExpired),
+        };
     }
+    // Broadcast and multicast (DHCP from 0.0.0.0 among them) are the
+    // gateway's own to receive, whatever the source.
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
-    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
-    if config().is_external(dst_be) {
+    if config().is_external(pkt.dst_be()) {
         return to_external_address(ctx, pkt);
     }
 
     if let L4::IcmpError(quoted) = &pkt.l4
+        && config().lan_source_refusal(pkt.src_be()).is_none()
         && let Some(verdict) = icmp_error_out(ctx, pkt, quoted)
     {
         return verdict;
@@ -186,15 +205,22 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     }
 
     if let Some(inside) = pkt.source() {
+        // A mapping exists only for a source that passed BCP 38 when its
+        // first packet did: a hit needs no check.
         let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
             Some(mapping) => (mapping, Reason::TranslatedOut),
             // A new flow, if the kernel would route it to the WAN.
             None => match route_untranslated(ctx, pkt) {
-                Route::Wan => match claim(&inside) {
-                    Some(mapping) => (mapping, Reason::TranslatedNewFlow),
-                    None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
-                },
-                Route::Local | Route::Inside => return Verdict::pass(Reason::PassLocal),
+                Route::Wan => {
+                    if let Some(refused) = config().lan_source_refusal(inside.addr_be) {
+                        return Verdict::drop(refused);
+                    }
+                    match claim(&inside) {
+                        Some(mapping) => (mapping, Reason::TranslatedNewFlow),
+                        None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+                    }
+                }
+                route => return untranslated(pkt, route),
             },
         };
         return translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated);
@@ -203,7 +229,31 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     // Not translatable: where would the kernel send it?
     match route_untranslated(ctx, pkt) {
         Route::Wan => Verdict::drop(Reason::DropUntranslatable),
-        Route::Local | Route::Inside => Verdict::pass(Reason::PassLocal),
+        route => untranslated(pkt, route),
+    }
+}
+
+/// A LAN packet the kernel would deliver locally or route back inside: it
+/// passes, unless it comes from a source the gateway refuses (BCP 38) and
+/// is not for the gateway itself, which the kernel would forward.
+#[inline(always)]
+fn untranslated(pkt: &Ipv4Packet, route: Route) -> Verdict {
+    if let Route::Inside = route
+        && let Some(refused) = config().lan_source_refusal(pkt.src_be())
+    {
+        return Verdict::drop(refused);
+    }
+    Verdict::pass(Reason::PassLocal)
+}
+
+/// `Some(drop)` when a LAN packet comes from a source the gateway refuses
+/// and is not for the gateway itself (BCP 38); `None` otherwise.
+#[inline(always)]
+fn refused_lan_source(ctx: &XdpContext, pkt: &Ipv4Packet) -> Option<Verdict> {
+    let refused = config().lan_source_refusal(pkt.src_be())?;
+    match route_untranslated(ctx, pkt) {
+        Route::Local => None,
+        Route::Wan | Route::Inside => Some(Verdict::drop(refused)),
     }
 }
 
@@ -235,6 +285,9 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     };
     let mapping = match OUTBOUND.get_ptr(inside) {
         Some(mapping) => mapping,
+        // A source the gateway refuses is not hairpinned: the packet is for
+        // the gateway's own address, and the kernel's to deliver.
+        None if config().lan_source_refusal(inside.addr_be).is_some() => return Verdict::pass(Reason::PassLocal),
         None => match claim(&inside) {
             Some(mapping) => mapping,
             // natd sets the mapping up and hairpins this first packet itself.
@@ -246,8 +299,8 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
     // The sender is the target's remote, as if it were on the Internet: it
     // passes the target's filter only if the target has sent to it.
-    remember_remote(&cfg, &inside, destination.addr_be, destination.port_be, now);
-    if !admit(&cfg, &inside_target, external.addr_be, external.port_be, now) {
+    remember_remote(cfg, &inside, destination.addr_be, destination.port_be, now);
+    if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
         return Verdict::drop(Reason::DropFiltered);
     }
     let hop = next_hop(ctx, pkt, &Rewrite::Both(external, inside_target), now);
@@ -264,6 +317,17 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 
 #[inline(always)]
 fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    // BCP 84, before anything is translated or passed: no packet from the
+    // WAN comes from inside, from the gateway itself or from a
+    // special-purpose address. The kernel's rp_filter never sees what the
+    // programs translate.
+    let src_be = pkt.src_be();
+    if let Some(refused) = config().wan_source_refusal(src_be) {
+        return Verdict::drop(refused);
+    }
+    if config().wan_drop_listed != 0 && WAN_DROP_SOURCES.get(LpmKey::new(32, src_be)).is_some() {
+        return Verdict::drop(Reason::DropWanSourceListed);
+    }
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
@@ -274,7 +338,7 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return later_fragment(ctx, pkt, Side::Destination);
     }
     let Some(external) = pkt.destination() else {
-        return Verdict::pass(Reason::PassNoMapping);
+        return wan_miss(ctx, pkt);
     };
     if let Some(mapping) = INBOUND.get_ptr(external) {
         // The destination is the gateway's own address: the kernel would deliver
@@ -288,12 +352,14 @@ fn wan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     wan_miss(ctx, pkt)
 }
 
-/// A WAN packet without a mapping.
+/// A WAN packet that is no translated flow. For the external address it is
+/// the gateway host's own; for any other address it is passed only if the
+/// gateway owns it: nothing that is not a translated flow is forwarded into
+/// the LAN (an echo request to an inside host included).
 #[inline(always)]
 fn wan_miss(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let cfg = config();
-    let dst_be = unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) };
-    if cfg.is_external(dst_be) {
+    if cfg.is_external(pkt.dst_be()) {
         // A NAT port on the external address belongs to no local socket: drop
         // it rather than let the kernel answer with RST or Port Unreachable.
         // Anything else is the gateway host's own traffic.
@@ -339,9 +405,9 @@ fn translate_and_forward(
     let cfg = config();
     let (remote_addr_be, remote_port_be) = pkt.remote(side);
     match side {
-        Side::Source => remember_remote(&cfg, key, remote_addr_be, remote_port_be, now),
+        Side::Source => remember_remote(cfg, key, remote_addr_be, remote_port_be, now),
         Side::Destination => {
-            if !admit(&cfg, &to, remote_addr_be, remote_port_be, now) {
+            if !admit(cfg, &to, remote_addr_be, remote_port_be, now) {
                 return Verdict::drop(Reason::DropFiltered);
             }
         }

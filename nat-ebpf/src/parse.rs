@@ -1,9 +1,12 @@
-//! Header parsing: every read goes through one bounds-checked `ptr_at`.
+//! Header parsing: every read goes through one bounds-checked `ptr_at`, and
+//! every IPv4 packet is checked as RFC 1812 5.2.2 asks of a router before
+//! anything is done with it: version, header length, total length, header
+//! checksum, options, and the L4 header against the payload it sits in.
 
 use core::mem;
 
-use aya_ebpf::programs::XdpContext;
-use nat_common::{Endpoint, FragKey, proto};
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
+use nat_common::{Endpoint, FragKey, Reason, checksum, icmp::QUOTED_L4_LEN, proto};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -15,19 +18,49 @@ use network_types::{
 /// 802.1Q and 802.1ad (QinQ): at most this many tags are walked.
 const MAX_VLAN_TAGS: usize = 2;
 
-/// The frame is shorter than a header it claims to carry, or the IPv4 header is
-/// not valid. Counted and dropped by the caller.
-pub struct Malformed;
+/// The longest IPv4 options area: IHL 15 is 60 bytes, 20 of them fixed.
+const MAX_OPTIONS_LEN: usize = 40;
+
+/// Why a frame is refused before it is looked at further: the reason it is
+/// dropped and counted under (`DropMalformed` for a frame cut short, the
+/// `DropBad*` reasons for headers that lie).
+pub struct Invalid(pub Reason);
+
+const TRUNCATED: Invalid = Invalid(Reason::DropMalformed);
+const BAD_IP_HEADER: Invalid = Invalid(Reason::DropBadIpHeader);
+const BAD_L4_HEADER: Invalid = Invalid(Reason::DropBadL4Header);
 
 /// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is there.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Malformed> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Invalid> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
-        return Err(Malformed);
+        return Err(TRUNCATED);
     }
     Ok((start + offset) as *mut T)
+}
+
+/// `value` read back through the stack: LLVM forgets what it knew about it,
+/// the verifier (which tracks the stack slot) does not. For offsets whose
+/// bounds check LLVM would otherwise prove redundant from an earlier check
+/// (the datagram within the frame) and drop, leaving the verifier a read it
+/// cannot prove safe.
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    let slot = value;
+    unsafe { core::ptr::read_volatile(&slot) }
+}
+
+/// A copy of `value` the verifier does not tie to it. A plain copy shares
+/// the verifier's id, so every comparison a loop makes on it narrows the
+/// original too, and each way out of the loop then walks the rest of the
+/// program as a state of its own (the header length of every option count
+/// did, past the verifier's million instructions). An xor with an opaque
+/// zero gives the copy an id of its own.
+#[inline(always)]
+pub fn unlinked(value: usize) -> usize {
+    value ^ opaque(0)
 }
 
 /// ICMP echo request/reply (RFC 792): the identifier plays the role of a port.
@@ -134,9 +167,9 @@ pub enum Frame {
 }
 
 /// Parses Ethernet (up to two VLAN tags), IPv4 (options allowed) and the L4
-/// header the gateway translates.
+/// header the gateway translates, and checks them (RFC 1812 5.2.2).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
+pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3_offset = EthHdr::LEN;
@@ -167,12 +200,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     // The mask bounds the offset for the verifier: IHL is 4 bits.
     let header_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || tot_len < header_len {
-        return Err(Malformed);
+        return Err(BAD_IP_HEADER);
     }
     // The whole datagram must be in the frame (Ethernet padding may follow it).
     if ctx.data() + l3_offset + tot_len > ctx.data_end() {
-        return Err(Malformed);
+        return Err(TRUNCATED);
     }
+    check_header(ctx, ip, l3_offset, header_len)?;
 
     // A later fragment (non-zero offset) carries no L4 header: only its
     // addresses can be translated, by the datagram's identity (`FRAGS`). A
@@ -189,48 +223,188 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     };
 
     let l4_offset = l3_offset + header_len;
-    let mut l4 = match ip_proto {
-        proto::TCP => L4::Tcp(ptr_at(ctx, l4_offset)?),
-        proto::UDP => L4::Udp(ptr_at(ctx, l4_offset)?),
+    // What the IPv4 header says follows it; the frame may hold more (padding).
+    let payload_len = tot_len - header_len;
+    // How many bytes of L4 header the packet must hold for `l4` to be
+    // translated; checked against the payload below.
+    let (mut l4, needed) = match ip_proto {
+        proto::TCP => {
+            let tcp: *mut TcpHdr = ptr_at(ctx, l4_offset)?;
+            // Data offset in 32-bit words, the high nibble of byte 12.
+            let data_offset = unsafe { *(tcp as *const u8).add(12) } >> 4;
+            if data_offset < 5 && payload_len >= mem::size_of::<TcpHdr>() {
+                return Err(BAD_L4_HEADER);
+            }
+            (L4::Tcp(tcp), (data_offset as usize * 4).max(mem::size_of::<TcpHdr>()))
+        }
+        proto::UDP => {
+            let udp: *mut UdpHdr = ptr_at(ctx, l4_offset)?;
+            let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+            // RFC 768: the length covers the header. Only a whole datagram's
+            // must fit its payload: a first fragment's counts every fragment.
+            let too_long = fragment == Fragment::No && udp_len > payload_len;
+            if payload_len >= mem::size_of::<UdpHdr>() && (udp_len < mem::size_of::<UdpHdr>() || too_long) {
+                return Err(BAD_L4_HEADER);
+            }
+            (L4::Udp(udp), mem::size_of::<UdpHdr>())
+        }
         proto::ICMP => {
             let icmp: *mut IcmpEcho = ptr_at(ctx, l4_offset)?;
             match unsafe { (*icmp).kind } {
-                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => L4::IcmpEcho(icmp),
-                // Too short to carry the offending packet's header: not
-                // translatable, handled as any other ICMP.
+                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => (L4::IcmpEcho(icmp), mem::size_of::<IcmpEcho>()),
+                // Too short to carry the offending packet's header (in the
+                // frame and within the total length): not translatable,
+                // handled as any other ICMP. A fragmented error is not
+                // translated either.
                 ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match quoted(ctx, l4_offset) {
-                    Ok(quoted) => L4::IcmpError(quoted),
-                    Err(_) => L4::Other,
+                    Ok(quoted) if fragment == Fragment::No && quoted_within(&quoted, payload_len) => (L4::IcmpError(quoted), 0),
+                    _ => (L4::Other, 0),
                 },
-                _ => L4::Other,
+                _ => (L4::Other, 0),
             }
         }
-        _ => L4::Other,
+        _ => (L4::Other, 0),
     };
-    if let Fragment::First = fragment {
-        let l4_header_len = match l4 {
-            L4::Tcp(_) => mem::size_of::<TcpHdr>(),
-            L4::Udp(_) => mem::size_of::<UdpHdr>(),
-            L4::IcmpEcho(_) => mem::size_of::<IcmpEcho>(),
-            // A fragmented ICMP error: not translated.
-            _ => usize::MAX,
-        };
-        if tot_len - header_len < l4_header_len {
-            l4 = L4::Other;
+    // The header must lie within the total length: the bytes past it are no
+    // part of the datagram. A first fragment too short for its header is a
+    // tiny fragment (RFC 1858): kept, but not translated.
+    if needed > payload_len {
+        if fragment == Fragment::No {
+            return Err(BAD_L4_HEADER);
         }
+        l4 = L4::Other;
     }
     Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4, fragment }))
+}
+
+/// Whether the ICMP error's quote (its IPv4 header and the L4 bytes after
+/// it) lies within the error's payload, behind the 8-byte ICMP header.
+#[inline(always)]
+fn quoted_within(quoted: &Quoted, payload_len: usize) -> bool {
+    8 + quoted.inner_len + QUOTED_L4_LEN <= payload_len
+}
+
+/// RFC 1812 5.2.2: the header checksum must hold, and (RFC 791 3.1) every
+/// option's length must stay within the header, so nothing after it is
+/// taken for an option or the other way round. The fixed 20 bytes are summed
+/// inline from the header `parse` read; options (rare) are copied to the
+/// stack and checked there.
+#[inline(always)]
+fn check_header(ctx: &XdpContext, ip: *const Ipv4Hdr, l3_offset: usize, header_len: usize) -> Result<(), Invalid> {
+    // SAFETY: `ip` was bounds-checked for a whole `Ipv4Hdr` (20 bytes).
+    let fixed = unsafe { &*(ip as *const [u8; Ipv4Hdr::LEN]) };
+    let mut sum = checksum::sum_bytes(fixed);
+    // Tested on a copy: a test of the length itself would split every later
+    // path in two (no options, options), which the verifier cannot merge.
+    let options_len = unlinked(header_len) - Ipv4Hdr::LEN;
+    if options_len > 0 {
+        let options = read_options(ctx, l3_offset, options_len)?;
+        // The zeros past the options add nothing to the sum.
+        sum = checksum::add(sum, checksum::sum_bytes(options));
+        if !options_fit(options, options_len) {
+            return Err(BAD_IP_HEADER);
+        }
+    }
+    if checksum::fold(sum) != 0xffff {
+        return Err(Invalid(Reason::DropBadIpChecksum));
+    }
+    Ok(())
+}
+
+/// Where `read_options` copies a packet's options: a per-CPU scratch slot,
+/// because the programs' 512 bytes of stack are spoken for.
+#[map]
+static OPTIONS: PerCpuArray<[u8; MAX_OPTIONS_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The `len` (4..=40) option bytes after the fixed header, zero-padded to
+/// `MAX_OPTIONS_LEN`. Copied out of the packet, every byte sits at a
+/// constant offset: a walk through the packet would read at offsets the
+/// options themselves decide, and the verifier would follow every option
+/// layout to the end of the program.
+#[inline(always)]
+fn read_options(ctx: &XdpContext, l3_offset: usize, len: usize) -> Result<&'static [u8; MAX_OPTIONS_LEN], Invalid> {
+    let Some(options) = OPTIONS.get_ptr_mut(0) else {
+        return Err(BAD_IP_HEADER);
+    };
+    if len > MAX_OPTIONS_LEN {
+        return Err(BAD_IP_HEADER);
+    }
+    // SAFETY: a per-CPU slot no one else writes while this program runs; it
+    // holds MAX_OPTIONS_LEN >= len bytes.
+    unsafe {
+        *options = [0; MAX_OPTIONS_LEN];
+        let copied = aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx as *mut _, (l3_offset + Ipv4Hdr::LEN) as u32, options as *mut _, len as u32);
+        if copied != 0 {
+            return Err(TRUNCATED);
+        }
+        Ok(&*options)
+    }
+}
+
+/// Option kinds that are a single byte (RFC 791): End of Option List and No
+/// Operation. Every other option has a length byte that counts itself and
+/// the kind byte.
+const OPTION_END: u8 = 0;
+const OPTION_NOP: u8 = 1;
+
+/// Whether the options in the first `len` bytes of `options` are well
+/// formed: every length at least 2 and ending within the header; after End
+/// of Option List the rest is padding. One pass over the positions, each a
+/// constant (the steps are written out: a loop counter would address the
+/// bytes, and the verifier would follow every option layout separately),
+/// tracking where the next option starts: `next` is only compared, never
+/// used to address memory, so the verifier merges the paths it splits.
+/// A BPF subprogram of its own (a call, ~10 ns, only for packets with
+/// options): written out inline it pushed the programs past their 512 bytes
+/// of stack.
+#[inline(never)]
+fn options_fit(options: &[u8; MAX_OPTIONS_LEN], len: usize) -> bool {
+    let mut walk = OptionWalk { next: 0, ended: false, well_formed: true };
+    macro_rules! steps {
+        ($($at:literal)*) => { $(walk.step::<$at>(options);)* };
+    }
+    steps!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
+    const _: () = assert!(MAX_OPTIONS_LEN == 40);
+    walk.well_formed && (walk.ended || walk.next <= len)
+}
+
+/// Where `options_fit` stands after each position.
+struct OptionWalk {
+    /// Where the next option starts.
+    next: usize,
+    /// End of Option List seen: the rest is padding.
+    ended: bool,
+    /// No option so far had a length below 2.
+    well_formed: bool,
+}
+
+impl OptionWalk {
+    #[inline(always)]
+    fn step<const AT: usize>(&mut self, options: &[u8; MAX_OPTIONS_LEN]) {
+        if self.ended || self.next != AT {
+            return;
+        }
+        match options[AT] {
+            OPTION_END => self.ended = true,
+            OPTION_NOP => self.next = AT + 1,
+            _ => {
+                let len = if AT + 1 < MAX_OPTIONS_LEN { options[(AT + 1) % MAX_OPTIONS_LEN] as usize } else { 0 };
+                self.well_formed &= len >= 2;
+                self.next = AT + len.max(1);
+            }
+        }
+    }
 }
 
 /// The ICMP error at `offset` and the quoted packet's L4 bytes, past its
 /// IPv4 options.
 #[inline(always)]
-fn quoted(ctx: &XdpContext, offset: usize) -> Result<Quoted, Malformed> {
+fn quoted(ctx: &XdpContext, offset: usize) -> Result<Quoted, Invalid> {
     let error: *mut IcmpError = ptr_at(ctx, offset)?;
     // The mask bounds the length for the verifier: IHL is 4 bits.
     let inner_len = ((unsafe { (*error).inner.vihl } & 0x0f) as usize) * 4;
     if inner_len < Ipv4Hdr::LEN {
-        return Err(Malformed);
+        return Err(BAD_IP_HEADER);
     }
     let l4 = ptr_at(ctx, offset + 8 + inner_len)?;
     Ok(Quoted { error, l4, offset, inner_len })
@@ -308,6 +482,18 @@ impl Ipv4Packet {
                 dir,
             }
         }
+    }
+
+    /// Source address, network byte order.
+    #[inline(always)]
+    pub fn src_be(&self) -> u32 {
+        u32::from_ne_bytes(unsafe { (*self.ip).src_addr })
+    }
+
+    /// Destination address, network byte order.
+    #[inline(always)]
+    pub fn dst_be(&self) -> u32 {
+        u32::from_ne_bytes(unsafe { (*self.ip).dst_addr })
     }
 
     #[inline(always)]

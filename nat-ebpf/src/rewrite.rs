@@ -11,7 +11,7 @@ use nat_common::{
     },
 };
 
-use crate::parse::{Ipv4Packet, L4, Quoted};
+use crate::parse::{Ipv4Packet, L4, Quoted, opaque};
 
 /// Which end of the packet the mapping rewrites.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -270,13 +270,6 @@ pub fn icmp_error_checksums_hold(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Qu
     holds(sum_segment(ctx, quoted.offset, icmp_len)) && holds(sum_segment(ctx, quoted.offset + 8, quoted.inner_len))
 }
 
-/// `value` read back through the stack: LLVM forgets what it knew about it,
-/// the verifier (which tracks the stack slot) does not.
-#[inline(always)]
-fn opaque(value: usize) -> usize {
-    let slot = value;
-    unsafe { core::ptr::read_volatile(&slot) }
-}
 
 /// Rewrites the packet an ICMP error quotes (RFC 5508 REQ-4/5): its source
 /// (an error from the WAN about a packet the gateway sent from `to`'s

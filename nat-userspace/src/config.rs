@@ -10,6 +10,7 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, time::Duration};
 
+use nat_common::Prefix;
 use toml::Value;
 
 use crate::daemon::Timeouts;
@@ -48,6 +49,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
     ("log_mappings", "true: log each mapping made and removed (inside and external endpoints, never destinations)"),
+    ("inside_prefixes", "routed inside networks behind an inside router, [\"A.B.C.D/LEN\", ...], besides the LAN interface's own prefixes"),
+    ("wan_drop_sources", "prefixes whose packets the WAN side drops, [\"A.B.C.D/LEN\", ...] (bogons, known attackers)"),
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
@@ -143,6 +146,11 @@ pub struct Settings {
     pub log_mappings: bool,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
+    /// Inside networks routed behind an inside router (BCP 38): translated
+    /// besides the LAN interface's own prefixes.
+    pub inside_prefixes: Vec<Prefix>,
+    /// Sources the WAN side drops on the operator's word (BCP 84).
+    pub wan_drop_sources: Vec<Prefix>,
 }
 
 impl Settings {
@@ -163,6 +171,13 @@ impl Settings {
         config.permit_ttl_udp_ns = self.timeouts.permit_ttl_ns(nat_common::proto::UDP);
         config.permit_ttl_icmp_ns = self.timeouts.permit_ttl_ns(nat_common::proto::ICMP);
         config.ports_per_host = self.ports_per_host;
+        for (prefix, connected) in env.inside_prefixes() {
+            config = config.with_inside_prefix(prefix, connected);
+        }
+        for addr in &env.own_addrs {
+            config = config.with_own_addr(*addr);
+        }
+        config.wan_drop_listed = u32::from(!self.wan_drop_sources.is_empty());
         config
     }
 }
@@ -438,6 +453,8 @@ fn validate(raw: &mut Raw) -> Settings {
             None
         }
     });
+    let inside_prefixes = prefixes(raw, "inside_prefixes", nat_common::MAX_INSIDE_PREFIXES);
+    let wan_drop_sources = prefixes(raw, "wan_drop_sources", nat_common::MAX_WAN_DROP_SOURCES as usize);
 
     Settings {
         lan,
@@ -454,7 +471,60 @@ fn validate(raw: &mut Raw) -> Settings {
         log_mappings,
         timeouts,
         filtering,
+        inside_prefixes,
+        wan_drop_sources,
     }
+}
+
+/// A list of prefixes under `key`: "A.B.C.D/LEN" each (a bare address is a
+/// /32), at most `max`, no special-purpose address space (RFC 6890).
+fn prefixes(raw: &mut Raw, key: &str, max: usize) -> Vec<Prefix> {
+    let items = match raw.values.get(key).cloned() {
+        None => return Vec::new(),
+        Some((Value::Array(items), _)) => items,
+        Some((other, _)) => {
+            raw.error(key, &other, "must be a list of prefixes in quotes, e.g. [\"10.20.0.0/16\"]");
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    for item in items {
+        let Some(text) = item.as_str() else {
+            raw.error(key, &item, "each entry must be a prefix in quotes, e.g. \"10.20.0.0/16\"");
+            continue;
+        };
+        match parse_prefix(text) {
+            Ok(prefix) if found.contains(&prefix) => raw.error(key, format!("{text:?}"), "is listed twice"),
+            Ok(prefix) => found.push(prefix),
+            Err(why) => raw.error(key, format!("{text:?}"), why),
+        }
+    }
+    if found.len() > max {
+        raw.error(key, format!("{} prefixes", found.len()), format!("at most {max}"));
+        found.truncate(max);
+    }
+    found
+}
+
+/// "A.B.C.D/LEN" (or "A.B.C.D", a /32) with no host bits set, outside the
+/// special-purpose blocks no packet may come from (0/8, 127/8, 224/4, 240/4).
+pub fn parse_prefix(text: &str) -> Result<Prefix, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, len.trim().parse::<u8>().ok().filter(|l| *l <= 32)),
+        None => (text, Some(32)),
+    };
+    let (Ok(addr), Some(len)) = (addr.trim().parse::<Ipv4Addr>(), len) else {
+        return Err("must be an IPv4 prefix \"A.B.C.D/LEN\" with LEN 0-32, e.g. \"10.20.0.0/16\"".into());
+    };
+    let prefix = Prefix::new(addr, len);
+    if prefix.network() != addr {
+        return Err(format!("has host bits set: the prefix is {}/{len}", prefix.network()));
+    }
+    let special = [(Ipv4Addr::new(0, 0, 0, 0), 8), (Ipv4Addr::new(127, 0, 0, 0), 8), (Ipv4Addr::new(224, 0, 0, 0), 3)];
+    if special.iter().any(|&(addr, len)| prefix.overlaps(&Prefix::new(addr, len))) {
+        return Err("overlaps special-purpose space (0/8, 127/8, 224/4, 240/4), which no packet may come from and the gateway drops anyway".into());
+    }
+    Ok(prefix)
 }
 
 /// `external_ip`: one address (a string; `--external-ip` takes a
@@ -531,6 +601,21 @@ pub struct Environment {
     pub wan_ifindex: u32,
     /// The external address pool (at least one).
     pub external_ips: Vec<Ipv4Addr>,
+    /// The prefixes of the LAN interface's addresses: inside by default.
+    pub lan_prefixes: Vec<Prefix>,
+    /// `inside_prefixes` of the settings: routed inside networks.
+    pub routed_prefixes: Vec<Prefix>,
+    /// Every IPv4 address of the LAN and WAN interfaces: no packet from
+    /// either side may claim one as its source.
+    pub own_addrs: Vec<Ipv4Addr>,
+}
+
+impl Environment {
+    /// Every inside prefix, with whether it is one of the LAN interface's
+    /// own (whose network and broadcast addresses are no host's).
+    pub fn inside_prefixes(&self) -> impl Iterator<Item = (Prefix, bool)> + '_ {
+        self.lan_prefixes.iter().map(|p| (*p, true)).chain(self.routed_prefixes.iter().map(|p| (*p, false)))
+    }
 }
 
 impl Environment {
@@ -599,10 +684,74 @@ impl Environment {
             }
         }
 
-        match (lan_ifindex, wan_ifindex, external_ips) {
-            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ips)) if errors.is_empty() => {
-                Ok(Environment { lan_ifindex, wan_ifindex, external_ips })
+        // BCP 38: the sources the LAN side translates. The LAN interface's
+        // own prefixes always; routed ones on the operator's word.
+        let lan_addrs = interface_addresses(&settings.lan);
+        let wan_addrs = interface_addresses(&settings.wan);
+        let mut lan_prefixes: Vec<Prefix> = Vec::new();
+        for (addr, len) in &lan_addrs {
+            let prefix = Prefix::new(*addr, *len);
+            if !lan_prefixes.contains(&prefix) {
+                lan_prefixes.push(prefix);
             }
+        }
+        if lan_ifindex.is_some() && lan_prefixes.is_empty() && settings.inside_prefixes.is_empty() {
+            err(
+                "lan",
+                &settings.lan,
+                format!(
+                    "has no IPv4 address, and inside_prefixes is empty: no inside source would be translated; add an \
+                     address (ip addr add ADDR/LEN dev {}) or list the inside networks in inside_prefixes",
+                    settings.lan
+                ),
+            );
+        }
+        let inside_count = lan_prefixes.len() + settings.inside_prefixes.len();
+        if inside_count > nat_common::MAX_INSIDE_PREFIXES {
+            err(
+                "inside_prefixes",
+                &format!("{} prefixes with the LAN interface's {}", inside_count, lan_prefixes.len()),
+                format!("at most {} inside prefixes in all: merge routed networks into shorter prefixes", nat_common::MAX_INSIDE_PREFIXES),
+            );
+        }
+        let wan_prefixes: Vec<Prefix> = wan_addrs.iter().map(|(addr, len)| Prefix::new(*addr, *len)).collect();
+        for inside in &settings.inside_prefixes {
+            let text = format!("{}/{}", inside.network(), inside.len());
+            if let Some(wan) = wan_prefixes.iter().find(|wan| wan.overlaps(inside)) {
+                err(
+                    "inside_prefixes",
+                    &text,
+                    format!("overlaps the WAN interface's network {}/{}: inside networks lie behind the LAN interface", wan.network(), wan.len()),
+                );
+            }
+            if let Some(ip) = external_ips.iter().flatten().find(|ip| inside.contains(u32::from_ne_bytes(ip.octets()))) {
+                err("inside_prefixes", &text, format!("holds the external address {ip}: it must be outside every inside network"));
+            }
+        }
+        let mut own_addrs: Vec<Ipv4Addr> = Vec::new();
+        for (addr, _) in lan_addrs.iter().chain(&wan_addrs) {
+            let in_pool = external_ips.iter().flatten().any(|ip| ip == addr);
+            if !in_pool && !own_addrs.contains(addr) {
+                own_addrs.push(*addr);
+            }
+        }
+        if own_addrs.len() > nat_common::MAX_OWN_ADDRS {
+            err(
+                "lan",
+                &format!("{} and {}: {} addresses", settings.lan, settings.wan, own_addrs.len()),
+                format!("the LAN and WAN interfaces may hold at most {} IPv4 addresses besides the external ones", nat_common::MAX_OWN_ADDRS),
+            );
+        }
+
+        match (lan_ifindex, wan_ifindex, external_ips) {
+            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ips)) if errors.is_empty() => Ok(Environment {
+                lan_ifindex,
+                wan_ifindex,
+                external_ips,
+                lan_prefixes,
+                routed_prefixes: settings.inside_prefixes.clone(),
+                own_addrs,
+            }),
             _ => Err(ConfigErrors(errors)),
         }
     }
@@ -616,13 +765,19 @@ pub fn ifindex(name: &str) -> Option<u32> {
     }
 }
 
-/// The first IPv4 address of an interface, from `getifaddrs`.
+/// The first IPv4 address of an interface.
 pub fn first_ipv4(ifname: &str) -> Option<Ipv4Addr> {
+    interface_addresses(ifname).first().map(|(addr, _)| *addr)
+}
+
+/// Every IPv4 address of an interface with its prefix length, from
+/// `getifaddrs`, in the kernel's order (the primary address first).
+pub fn interface_addresses(ifname: &str) -> Vec<(Ipv4Addr, u8)> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return None;
+        return Vec::new();
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cursor = addrs;
     while !cursor.is_null() {
         // SAFETY: getifaddrs returned a valid list, freed below.
@@ -631,12 +786,20 @@ pub fn first_ipv4(ifname: &str) -> Option<Ipv4Addr> {
         if entry.ifa_addr.is_null() || unsafe { (*entry.ifa_addr).sa_family } != libc::AF_INET as u16 {
             continue;
         }
+        // SAFETY: a NUL-terminated name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
-        if name.to_bytes() == ifname.as_bytes() {
-            let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            break;
+        if name.to_bytes() != ifname.as_bytes() {
+            continue;
         }
+        // SAFETY: AF_INET entries hold sockaddr_in addresses (the netmask too, when set).
+        let addr = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+        let len = if entry.ifa_netmask.is_null() {
+            32
+        } else {
+            let mask = unsafe { &*(entry.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+        };
+        found.push((Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), len));
     }
     unsafe { libc::freeifaddrs(addrs) };
     found
@@ -696,6 +859,18 @@ mod tests {
     impl Drop for TempFile {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A machine with a LAN on 10.77.1.0/24 (the gateway at .1).
+    fn test_environment(external_ips: Vec<Ipv4Addr>) -> Environment {
+        Environment {
+            lan_ifindex: 1,
+            wan_ifindex: 2,
+            external_ips,
+            lan_prefixes: vec![Prefix::new(Ipv4Addr::new(10, 77, 1, 0), 24)],
+            routed_prefixes: Vec::new(),
+            own_addrs: vec![Ipv4Addr::new(10, 77, 1, 1)],
         }
     }
 
@@ -815,7 +990,7 @@ mod tests {
         let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
         assert_eq!(s.external_ips, [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(198, 51, 100, 7)]);
         assert_eq!((s.port_parity, s.port_class, s.low_port_range), (false, true, Some((600, 699))));
-        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ips: s.external_ips.clone() };
+        let env = test_environment(s.external_ips.clone());
         let config = s.gateway_config(&env);
         assert_eq!((config.pool_len, config.port_parity, config.port_class), (2, 0, 1));
         assert_eq!(config.external_addrs_be[1], u32::from_ne_bytes([198, 51, 100, 7]));
@@ -848,7 +1023,7 @@ mod tests {
             (s.filtering.tcp, s.filtering.udp, s.filtering.icmp),
             (FilteringMode::AddressAndPortDependent, FilteringMode::AddressDependent, FilteringMode::EndpointIndependent)
         );
-        let env = Environment { lan_ifindex: 1, wan_ifindex: 2, external_ips: vec![Ipv4Addr::new(203, 0, 113, 1)] };
+        let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
         let config = s.gateway_config(&env);
         assert_eq!((config.filtering_tcp, config.filtering_udp, config.filtering_icmp), (2, 1, 0));
         assert_eq!(config.permit_ttl_udp_ns, 301_000_000_000, "UDP permits live the UDP timeout and one clock tick");
@@ -865,6 +1040,40 @@ mod tests {
         let flags = Overrides { filtering: Some("strict".into()), ..Overrides::default() };
         let errs = errors("lan = \"a\"\nwan = \"b\"\n", &flags);
         assert!(errs.iter().all(|e| e.field.starts_with("--filtering")), "{errs:?}");
+    }
+
+    /// BCP 38 / BCP 84 settings: routed inside prefixes join the LAN's own
+    /// (which alone have their network and broadcast addresses refused), the
+    /// operator's WAN drop list switches its lookup on, and every mistake is
+    /// named with the value and the fix.
+    #[test]
+    fn inside_prefixes_and_wan_drop_sources() {
+        let f = file("lan = \"a\"\nwan = \"b\"\ninside_prefixes = [\"10.88.0.0/16\"]\nwan_drop_sources = [\"198.18.0.0/15\", \"192.0.2.7\"]\n");
+        let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+        assert_eq!(s.inside_prefixes, [Prefix::new(Ipv4Addr::new(10, 88, 0, 0), 16)]);
+        assert_eq!(s.wan_drop_sources, [Prefix::new(Ipv4Addr::new(198, 18, 0, 0), 15), Prefix::new(Ipv4Addr::new(192, 0, 2, 7), 32)]);
+        let mut env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
+        env.routed_prefixes = s.inside_prefixes.clone();
+        let config = s.gateway_config(&env);
+        assert_eq!((config.inside_len, config.inside_connected, config.wan_drop_listed), (2, 0b01, 1));
+        let be = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert_eq!(config.lan_source_refusal(be([10, 88, 3, 4])), None);
+        assert_eq!(config.lan_source_refusal(be([10, 88, 0, 0])), None, "a routed prefix's edges are the inside router's business");
+        assert_eq!(config.lan_source_refusal(be([10, 77, 1, 255])), Some(nat_common::Reason::DropLanSourceReserved));
+        assert_eq!(config.lan_source_refusal(be([10, 77, 1, 1])), Some(nat_common::Reason::DropLanSourceReserved));
+        assert_eq!(config.lan_source_refusal(be([192, 168, 0, 9])), Some(nat_common::Reason::DropLanSourceNotInside));
+
+        let errs = errors(
+            "lan = \"a\"\nwan = \"b\"\ninside_prefixes = [\"10.88.0.1/16\", \"127.0.0.0/8\", \"10.9.0.0/33\", 7]\nwan_drop_sources = \"1.2.3.0/24\"\n",
+            &Overrides::default(),
+        );
+        let said = |field: &str, what: &str| errs.iter().any(|e| e.field == field && e.to_string().contains(what));
+        assert!(said("inside_prefixes", "host bits set: the prefix is 10.88.0.0/16"), "{errs:#?}");
+        assert!(said("inside_prefixes", "special-purpose"), "{errs:#?}");
+        assert!(said("inside_prefixes", "LEN 0-32"), "{errs:#?}");
+        assert!(said("inside_prefixes", "in quotes"), "{errs:#?}");
+        assert!(said("wan_drop_sources", "must be a list"), "{errs:#?}");
+        assert_eq!(parse_prefix("0.0.0.0/0").unwrap_err(), parse_prefix("240.0.0.0/4").unwrap_err(), "a /0 spans special-purpose space");
     }
 
     #[test]

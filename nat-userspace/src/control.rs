@@ -134,6 +134,8 @@ pub struct Status {
     pub ports: Vec<PortUsage>,
     pub refused_flows: u64,
     pub filtering: FilteringStatus,
+    /// The inside prefixes, where each comes from: the sources translated.
+    pub inside: String,
 }
 
 /// The inbound filtering mode of each protocol, by its config name.

@@ -137,6 +137,8 @@ pub struct RunInfo {
     /// inside hosts. `None`: the LAN interface has no IPv4 address, no
     /// messages are sent.
     pub lan_ip: Option<Ipv4Addr>,
+    /// The inside prefixes (BCP 38), as `natd status` shows them.
+    pub inside: String,
 }
 
 impl RunInfo {
@@ -643,6 +645,7 @@ impl Daemon {
                 })
                 .collect(),
             refused_flows: self.counters.refused_no_port + self.counters.refused_map_full + self.counters.refused_quota,
+            inside: info.inside.clone(),
             filtering: FilteringStatus {
                 tcp: info.filtering.tcp.name().to_string(),
                 udp: info.filtering.udp.name().to_string(),

@@ -8,11 +8,11 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, Queue, RingBuf},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Reason, map_names, program_names,
+    Endpoint, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names,
 };
 
 use crate::EBPF_OBJECT;
@@ -119,6 +119,19 @@ impl Datapath {
     pub fn set_clock(&mut self, now_ns: u64) -> Result<()> {
         let mut array: Array<&mut MapData, u64> = Array::try_from(self.map_mut(map_names::CLOCK)?)?;
         array.set(0, now_ns, 0).context("writing CLOCK")?;
+        Ok(())
+    }
+
+    /// The operator's `wan_drop_sources`: WAN packets from these prefixes are
+    /// dropped (the datapath looks only when `GatewayConfig::wan_drop_listed`).
+    pub fn set_wan_drop_sources(&mut self, prefixes: &[Prefix]) -> Result<()> {
+        let mut trie: LpmTrie<&mut MapData, u32, u8> = LpmTrie::try_from(self.map_mut(map_names::WAN_DROP_SOURCES)?)?;
+        for prefix in prefixes {
+            // The key's bytes are compared first to last: the address as it
+            // sits in the packet, network order.
+            trie.insert(&LpmKey::new(u32::from(prefix.len()), prefix.addr_be), 1, 0)
+                .with_context(|| format!("adding {}/{} to WAN_DROP_SOURCES", prefix.network(), prefix.len()))?;
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod forwarding;
 pub mod frag;
 pub mod handoff;
 pub mod quota;

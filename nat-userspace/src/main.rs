@@ -13,6 +13,7 @@ use nat_userspace::{
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request, Session, Stats, Status},
     daemon::{Daemon, RunInfo},
     datapath::{Datapath, Side},
+    forwarding::Forwarding,
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
@@ -135,7 +136,18 @@ fn check(config: &std::path::Path) -> Result<()> {
     );
     let f = s.filtering;
     println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
+    println!("  inside (translated sources): {}", inside_description(&env));
+    println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
     Ok(())
+}
+
+/// The inside prefixes, each marked with where it comes from.
+fn inside_description(env: &Environment) -> String {
+    let prefixes: Vec<String> = env
+        .inside_prefixes()
+        .map(|(p, connected)| format!("{}/{} ({})", p.network(), p.len(), if connected { "lan" } else { "routed" }))
+        .collect();
+    prefixes.join(", ")
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -151,8 +163,6 @@ async fn run(args: RunArgs) -> Result<()> {
     // Before anything is attached: a second natd stops here.
     let _locks = InterfaceLocks::acquire(&[&settings.lan, &settings.wan])?;
 
-    enable_forwarding(&settings.lan)?;
-    enable_forwarding(&settings.wan)?;
     // The source of the errors the gateway sends into the LAN itself
     // (Fragmentation Needed, RFC 4787 REQ-13; refused flows, RFC 5508 REQ-8).
     let lan_ip = nat_userspace::config::first_ipv4(&settings.lan);
@@ -166,6 +176,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let mut datapath = Datapath::load_for(&gateway_config)?;
     datapath.set_config(gateway_config)?;
+    datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
     datapath.set_clock(nat_userspace::daemon::coarse_now_ns())?;
     datapath.add_tx_port(env.lan_ifindex)?;
     datapath.add_tx_port(env.wan_ifindex)?;
@@ -190,8 +201,13 @@ async fn run(args: RunArgs) -> Result<()> {
         ports_per_host: settings.ports_per_host,
         log_mappings: settings.log_mappings,
         lan_ip,
+        inside: inside_description(&env),
     };
     let mut daemon = Daemon::new(datapath, info)?;
+    // Only now: with forwarding on and no program attached the kernel would
+    // forward inside addresses to the WAN. Dropped (restored) before the
+    // daemon, which detaches the programs.
+    let mut forwarding = Forwarding::enable(&[&settings.lan, &settings.wan])?;
     eprintln!(
         "natd: serving: lan {} wan {} external {} ports {}-{} mode {mode} (pid {})",
         settings.lan,
@@ -231,7 +247,10 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    eprintln!("natd: stopping; detaching from {} and {}", settings.lan, settings.wan);
+    eprintln!("natd: stopping; IPv4 forwarding restored on {} and {}, detaching", settings.lan, settings.wan);
+    for path in forwarding.restore() {
+        eprintln!("natd: warning: could not restore {path}: the kernel may forward LAN traffic untranslated");
+    }
     Ok(())
 }
 
@@ -253,12 +272,6 @@ async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<(Re
         Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
     };
     let _ = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(format!("{answer}\n").as_bytes())).await;
-}
-
-/// XDP redirects and `bpf_fib_lookup` need IPv4 forwarding on both interfaces.
-fn enable_forwarding(ifname: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
-    std::fs::write(&path, "1").with_context(|| format!("enabling IPv4 forwarding ({path})"))
 }
 
 /// Native first; generic only when asked, or (with a warning) when the driver
@@ -313,6 +326,7 @@ fn status(json: bool) -> Result<()> {
         println!("  sessions {}  refused flows {}", s.sessions, s.refused_flows);
         let f = &s.filtering;
         println!("  filtering: tcp {}  udp {}  icmp {}", f.tcp, f.udp, f.icmp);
+        println!("  inside: {}", s.inside);
         for p in s.ports {
             println!("  {:<4} ports: {} in use, {} held, {} free", p.proto, p.in_use, p.held, p.free);
         }

@@ -8,7 +8,7 @@ pub mod packet;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, bail};
-use nat_common::{Endpoint, GatewayConfig};
+use nat_common::{Endpoint, GatewayConfig, Prefix};
 use nat_userspace::{
     datapath::{Datapath, Side},
     handoff::XdpMd,
@@ -44,6 +44,16 @@ fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// The settings of the fixture's gateway as natd would write them: the
+/// external address, the NAT port range, the LAN's connected prefix
+/// 10.77.1.0/24 as the inside, and the gateway's own LAN address.
+pub fn fixture_config(wan_ifindex: u32) -> GatewayConfig {
+    GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX)
+        .with_lan_addr(addr::LAN_GW)
+        .with_inside_prefix(Prefix::new(addr::LAN_GW, 24), true)
+        .with_own_addr(addr::LAN_GW)
+}
+
 /// A gateway namespace with a LAN and a WAN veth, routes and static
 /// neighbours, and the programs loaded (not attached): enough for
 /// BPF_PROG_TEST_RUN, whose route lookups resolve in the caller's namespace.
@@ -77,9 +87,7 @@ impl TestGateway {
         let guard = ns.enter()?;
 
         let mut datapath = Datapath::load()?;
-        datapath.set_config(
-            GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX).with_lan_addr(addr::LAN_GW),
-        )?;
+        datapath.set_config(fixture_config(wan_ifindex))?;
         datapath.add_tx_port(lan_ifindex)?;
         datapath.add_tx_port(wan_ifindex)?;
         Ok(Self { datapath, next_session: 0, lan_ifindex, wan_ifindex, _guard: guard, ns })

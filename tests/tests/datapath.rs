@@ -952,7 +952,7 @@ fn icmp_errors_from_inside_hosts_leave_with_the_quote_set_back() {
 /// permits living `ttl_ns`.
 fn filtering_gateway(tag: &str, mode: u8, ttl_ns: u64) -> TestGateway {
     let mut gw = gateway(tag).unwrap();
-    let mut config = nat_common::GatewayConfig::new(addr::EXTERNAL, gw.wan_ifindex, addr::PORT_MIN, addr::PORT_MAX);
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
     (config.filtering_tcp, config.filtering_udp, config.filtering_icmp) = (mode, mode, mode);
     (config.permit_ttl_tcp_ns, config.permit_ttl_udp_ns, config.permit_ttl_icmp_ns) = (ttl_ns, ttl_ns, ttl_ns);
     gw.datapath.set_config(config).unwrap();
@@ -1069,7 +1069,7 @@ fn filtering_covers_icmp_errors_and_hairpinned_packets() {
 fn claims_stop_at_the_per_host_quota() {
     require_root!();
     let mut gw = gateway("quota").unwrap();
-    let mut config = nat_common::GatewayConfig::new(addr::EXTERNAL, gw.wan_ifindex, addr::PORT_MIN, addr::PORT_MAX);
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
     config.ports_per_host = 2;
     gw.datapath.set_config(config).unwrap();
     let _ring = gw.datapath.take_miss_ring().unwrap();
@@ -1122,7 +1122,7 @@ fn claims_keep_the_paired_address_parity_and_class() {
     require_root!();
     let mut gw = gateway("pool").unwrap();
     let second = Ipv4Addr::new(203, 0, 113, 5);
-    let mut config = nat_common::GatewayConfig::new(addr::EXTERNAL, gw.wan_ifindex, addr::PORT_MIN, addr::PORT_MAX);
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
     config.external_addrs_be[1] = u32::from_ne_bytes(second.octets());
     config.pool_len = 2;
     (config.port_parity, config.port_class) = (1, 1);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use nat_common::{Endpoint, GatewayConfig, Reason, proto};
+use nat_common::{Endpoint, GatewayConfig, Prefix, Reason, proto};
 use nat_tests::{natlab::in_ns, netns::Netns, require_root};
 use nat_userspace::datapath::{Datapath, Side};
 
@@ -74,7 +74,7 @@ fn lab(tx_offload: bool) -> Lab {
     let _inside_gw = gw.enter().unwrap();
     let mut datapath = Datapath::load().unwrap();
     datapath
-        .set_config(GatewayConfig::new(EXTERNAL, wan_ifindex, 20000, 29999))
+        .set_config(GatewayConfig::new(EXTERNAL, wan_ifindex, 20000, 29999).with_inside_prefix(Prefix::new(HOST, 24), true))
         .unwrap();
     datapath.add_tx_port(lan_ifindex).unwrap();
     datapath.add_tx_port(wan_ifindex).unwrap();
