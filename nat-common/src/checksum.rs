@@ -111,12 +111,9 @@ pub const fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u1
 
 /// One's complement sum (not folded) of `N` bytes (an even `N`) taken as
 /// 16-bit words in memory order, summed by their place in a word as
-/// `pseudo_header_sum` does: the datapath verifies every IPv4 header with
-/// it, from bytes it reads one at a time anyway.
+/// `pseudo_header_sum` does.
 #[inline(always)]
 pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
-    const FIRST_SHIFT: u32 = if cfg!(target_endian = "little") { 0 } else { 8 };
-    const SECOND_SHIFT: u32 = 8 - FIRST_SHIFT;
     const { assert!(N % 2 == 0 && N <= 256) };
     let (mut first, mut second) = (0u32, 0u32);
     let mut i = 0;
@@ -125,6 +122,18 @@ pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
         second += bytes[i + 1] as u32;
         i += 2;
     }
+    word_sum(first, second)
+}
+
+/// The sum of 16-bit words in memory order, from the sum of their first
+/// bytes and the sum of their second bytes (each under 2^24): a word is
+/// `first + (second << 8)` on a little-endian host, the shifts swap on big
+/// endian. The datapath reads header bytes one at a time anyway (their
+/// fields are byte arrays), and this saves assembling words.
+#[inline(always)]
+pub const fn word_sum(first: u32, second: u32) -> u32 {
+    const FIRST_SHIFT: u32 = if cfg!(target_endian = "little") { 0 } else { 8 };
+    const SECOND_SHIFT: u32 = 8 - FIRST_SHIFT;
     (first << FIRST_SHIFT) + (second << SECOND_SHIFT)
 }
 

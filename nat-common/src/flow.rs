@@ -171,8 +171,14 @@ pub struct GatewayConfig {
     pub own_addrs_be: [u32; MAX_OWN_ADDRS],
     pub own_len: u32,
     pub _pad2: u32,
+    /// One bit per first octet of an address: set when an address starting
+    /// with it may be a source the WAN side refuses (special-purpose, inside,
+    /// the gateway's own). Most sources on the WAN start with an octet none
+    /// of those do, and the screen lets them by with one test. Derived from
+    /// the fields above by `with_source_screen`.
+    pub source_screen: [u64; 4],
 }
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 272);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 304);
 
 impl GatewayConfig {
     /// One external address, endpoint-independent filtering for every
@@ -206,6 +212,7 @@ impl GatewayConfig {
             own_addrs_be: [0; MAX_OWN_ADDRS],
             own_len: 0,
             _pad2: 0,
+            source_screen: [0; 4],
         }
     }
 
@@ -252,7 +259,10 @@ impl GatewayConfig {
     pub fn is_external(&self, addr_be: u32) -> bool {
         let mut i = 0;
         while i < MAX_POOL_ADDRS {
-            if (i as u32) < self.pool_len && self.external_addrs_be[i] == addr_be {
+            if i as u32 >= self.pool_len {
+                return false;
+            }
+            if self.external_addrs_be[i] == addr_be {
                 return true;
             }
             i += 1;

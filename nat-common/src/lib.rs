@@ -9,11 +9,16 @@
 //! the field name, and a compile-time size assertion next to each.
 #![no_std]
 
+// The host tests use std's collections.
+#[cfg(test)]
+extern crate std;
+
 pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod flow;
 pub mod icmp;
+pub mod ipv4_options;
 pub mod source;
 
 pub use counters::Reason;

@@ -78,12 +78,9 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
         Side::Source => match route_untranslated(ctx, pkt) {
             // Only a source that may be translated is worth parking (BCP 38):
             // no first fragment of another would ever be translated.
-            Route::Wan => match config().lan_source_refusal(key.src_be) {
-                Some(refused) => Verdict::drop(refused),
-                None => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT) {
-                    Ok(()) => Verdict::drop(no_state),
-                    Err(failed) => Verdict::drop(failed),
-                },
+            Route::Wan if config().lan_source_refusal(key.src_be).is_none() => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT) {
+                Ok(()) => Verdict::drop(no_state),
+                Err(failed) => Verdict::drop(failed),
             },
             route => untranslated(pkt, route),
         },

@@ -204,56 +204,54 @@ fn lan_ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         return later_fragment(ctx, pkt, Side::Source);
     }
 
-    if let Some(inside) = pkt.source() {
+    let Some(inside) = pkt.source() else {
+        return untranslated(pkt, route_untranslated(ctx, pkt));
+    };
+    let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
         // A mapping exists only for a source that passed BCP 38 when its
         // first packet did: a hit needs no check.
-        let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
-            Some(mapping) => (mapping, Reason::TranslatedOut),
-            // A new flow, if the kernel would route it to the WAN.
-            None => match route_untranslated(ctx, pkt) {
-                Route::Wan => {
-                    if let Some(refused) = config().lan_source_refusal(inside.addr_be) {
-                        return Verdict::drop(refused);
-                    }
-                    match claim(&inside) {
-                        Some(mapping) => (mapping, Reason::TranslatedNewFlow),
-                        None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
-                    }
-                }
-                route => return untranslated(pkt, route),
+        Some(mapping) => (mapping, Reason::TranslatedOut),
+        // A new flow, if the kernel would route it to the WAN and its source
+        // may be translated.
+        None => match route_untranslated(ctx, pkt) {
+            Route::Wan if config().lan_source_refusal(inside.addr_be).is_none() => match claim(&inside) {
+                Some(mapping) => (mapping, Reason::TranslatedNewFlow),
+                None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
             },
-        };
-        return translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated);
-    }
-
-    // Not translatable: where would the kernel send it?
-    match route_untranslated(ctx, pkt) {
-        Route::Wan => Verdict::drop(Reason::DropUntranslatable),
-        route => untranslated(pkt, route),
-    }
+            route => return untranslated(pkt, route),
+        },
+    };
+    translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated)
 }
 
-/// A LAN packet the kernel would deliver locally or route back inside: it
-/// passes, unless it comes from a source the gateway refuses (BCP 38) and
-/// is not for the gateway itself, which the kernel would forward.
+/// A LAN packet the gateway does not translate goes where the kernel would
+/// send it only if that is the gateway itself, or back inside from an
+/// inside host (routing between inside networks). Bound for the WAN it is
+/// dropped: nothing leaves with an inside address. From a source the gateway
+/// refuses (BCP 38) it is dropped under that reason wherever it would go but
+/// the gateway itself.
 #[inline(always)]
 fn untranslated(pkt: &Ipv4Packet, route: Route) -> Verdict {
-    if let Route::Inside = route
-        && let Some(refused) = config().lan_source_refusal(pkt.src_be())
-    {
+    if let Route::Local = route {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    if let Some(refused) = config().lan_source_refusal(pkt.src_be()) {
         return Verdict::drop(refused);
     }
-    Verdict::pass(Reason::PassLocal)
+    match route {
+        Route::Wan => Verdict::drop(Reason::DropUntranslatable),
+        _ => Verdict::pass(Reason::PassLocal),
+    }
 }
 
 /// `Some(drop)` when a LAN packet comes from a source the gateway refuses
 /// and is not for the gateway itself (BCP 38); `None` otherwise.
 #[inline(always)]
 fn refused_lan_source(ctx: &XdpContext, pkt: &Ipv4Packet) -> Option<Verdict> {
-    let refused = config().lan_source_refusal(pkt.src_be())?;
-    match route_untranslated(ctx, pkt) {
-        Route::Local => None,
-        Route::Wan | Route::Inside => Some(Verdict::drop(refused)),
+    config().lan_source_refusal(pkt.src_be())?;
+    match untranslated(pkt, route_untranslated(ctx, pkt)) {
+        Verdict { action: xdp_action::XDP_DROP, reason } => Some(Verdict::drop(reason)),
+        _ => None,
     }
 }
 

@@ -6,7 +6,11 @@
 use core::mem;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
-use nat_common::{Endpoint, FragKey, Reason, checksum, icmp::QUOTED_L4_LEN, proto};
+use nat_common::{
+    Endpoint, FragKey, Reason, checksum, icmp::QUOTED_L4_LEN,
+    ipv4_options::{self, MAX_OPTIONS_LEN},
+    proto,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -17,9 +21,6 @@ use network_types::{
 
 /// 802.1Q and 802.1ad (QinQ): at most this many tags are walked.
 const MAX_VLAN_TAGS: usize = 2;
-
-/// The longest IPv4 options area: IHL 15 is 60 bytes, 20 of them fixed.
-const MAX_OPTIONS_LEN: usize = 40;
 
 /// Why a frame is refused before it is looked at further: the reason it is
 /// dropped and counted under (`DropMalformed` for a frame cut short, the
@@ -291,9 +292,9 @@ fn quoted_within(quoted: &Quoted, payload_len: usize) -> bool {
 /// stack and checked there.
 #[inline(always)]
 fn check_header(ctx: &XdpContext, ip: *const Ipv4Hdr, l3_offset: usize, header_len: usize) -> Result<(), Invalid> {
+    // Summed inline: the helper (bpf_csum_diff) cost ~35 ns a packet here.
     // SAFETY: `ip` was bounds-checked for a whole `Ipv4Hdr` (20 bytes).
-    let fixed = unsafe { &*(ip as *const [u8; Ipv4Hdr::LEN]) };
-    let mut sum = checksum::sum_bytes(fixed);
+    let mut sum = checksum::sum_bytes(unsafe { &*(ip as *const [u8; Ipv4Hdr::LEN]) });
     // Tested on a copy: a test of the length itself would split every later
     // path in two (no options, options), which the verifier cannot merge.
     let options_len = unlinked(header_len) - Ipv4Hdr::LEN;
@@ -341,59 +342,12 @@ fn read_options(ctx: &XdpContext, l3_offset: usize, len: usize) -> Result<&'stat
     }
 }
 
-/// Option kinds that are a single byte (RFC 791): End of Option List and No
-/// Operation. Every other option has a length byte that counts itself and
-/// the kind byte.
-const OPTION_END: u8 = 0;
-const OPTION_NOP: u8 = 1;
-
-/// Whether the options in the first `len` bytes of `options` are well
-/// formed: every length at least 2 and ending within the header; after End
-/// of Option List the rest is padding. One pass over the positions, each a
-/// constant (the steps are written out: a loop counter would address the
-/// bytes, and the verifier would follow every option layout separately),
-/// tracking where the next option starts: `next` is only compared, never
-/// used to address memory, so the verifier merges the paths it splits.
-/// A BPF subprogram of its own (a call, ~10 ns, only for packets with
-/// options): written out inline it pushed the programs past their 512 bytes
-/// of stack.
+/// `nat_common::ipv4_options::fit` in a BPF subprogram of its own (a call,
+/// ~10 ns, only for packets with options): written out inline its 40 steps
+/// pushed the programs past their 512 bytes of stack.
 #[inline(never)]
 fn options_fit(options: &[u8; MAX_OPTIONS_LEN], len: usize) -> bool {
-    let mut walk = OptionWalk { next: 0, ended: false, well_formed: true };
-    macro_rules! steps {
-        ($($at:literal)*) => { $(walk.step::<$at>(options);)* };
-    }
-    steps!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
-    const _: () = assert!(MAX_OPTIONS_LEN == 40);
-    walk.well_formed && (walk.ended || walk.next <= len)
-}
-
-/// Where `options_fit` stands after each position.
-struct OptionWalk {
-    /// Where the next option starts.
-    next: usize,
-    /// End of Option List seen: the rest is padding.
-    ended: bool,
-    /// No option so far had a length below 2.
-    well_formed: bool,
-}
-
-impl OptionWalk {
-    #[inline(always)]
-    fn step<const AT: usize>(&mut self, options: &[u8; MAX_OPTIONS_LEN]) {
-        if self.ended || self.next != AT {
-            return;
-        }
-        match options[AT] {
-            OPTION_END => self.ended = true,
-            OPTION_NOP => self.next = AT + 1,
-            _ => {
-                let len = if AT + 1 < MAX_OPTIONS_LEN { options[(AT + 1) % MAX_OPTIONS_LEN] as usize } else { 0 };
-                self.well_formed &= len >= 2;
-                self.next = AT + len.max(1);
-            }
-        }
-    }
+    ipv4_options::fit(options, len)
 }
 
 /// The ICMP error at `offset` and the quoted packet's L4 bytes, past its

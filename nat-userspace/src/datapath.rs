@@ -108,9 +108,11 @@ impl Datapath {
             .with_context(|| format!("detaching {}", side.program_name()))
     }
 
+    /// Writes the settings the programs read, with the WAN source screen
+    /// derived from them (`GatewayConfig::with_source_screen`).
     pub fn set_config(&mut self, config: GatewayConfig) -> Result<()> {
         let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
-        array.set(0, config, 0).context("writing CONFIG")?;
+        array.set(0, config.with_source_screen(), 0).context("writing CONFIG")?;
         Ok(())
     }
 

@@ -75,7 +75,8 @@ pub struct NatLab {
     pub router: Option<Netns>,
     /// The server's address: `SERVER`, or `ROUTED_SERVER` behind a router.
     pub server_addr: Ipv4Addr,
-    _switch: Netns,
+    /// The LAN's bridge.
+    pub switch: Netns,
     natd: Option<Child>,
     natd_log: PathBuf,
     natd_path: PathBuf,
@@ -166,7 +167,7 @@ impl NatLab {
             server,
             router,
             server_addr,
-            _switch: sw,
+            switch: sw,
             natd: None,
             natd_log,
             natd_path: natd_binary()?,
@@ -230,6 +231,15 @@ impl NatLab {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills natd with SIGKILL, as a crash or the OOM killer would: it
+    /// cleans nothing up. Returns once it is gone.
+    pub fn kill_natd(&mut self) -> Result<()> {
+        let mut child = self.natd.take().context("natd is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     pub fn natd_log(&self) -> String {
@@ -379,6 +389,158 @@ impl Drop for EchoServer {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A TCP echo service that keeps every connection open and echoes all it
+/// reads, for flows that must survive what a test does to the gateway.
+pub struct StreamEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StreamEcho {
+    pub fn start(server: &Netns, port: u16) -> Self {
+        let listener = in_ns(server, move || TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).unwrap()).join().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                            let stop = stop.clone();
+                            thread::spawn(move || {
+                                let mut buf = [0u8; 4096];
+                                while !stop.load(Ordering::Relaxed) {
+                                    match conn.read(&mut buf) {
+                                        Ok(0) => return,
+                                        Ok(n) => {
+                                            if conn.write_all(&buf[..n]).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                                        Err(_) => return,
+                                    }
+                                }
+                            });
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for StreamEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A conversation from `host` over one TCP connection to `to`: `rounds`
+/// 16-byte messages, `gap` apart, each echoed back. Returns how many came
+/// back whole, and the longest wait for one.
+pub fn tcp_conversation(host: &Netns, to: SocketAddrV4, rounds: u32, gap: Duration) -> thread::JoinHandle<Result<(u32, Duration), String>> {
+    in_ns(host, move || {
+        let mut conn = std::net::TcpStream::connect_timeout(&to.into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let (mut echoed, mut longest) = (0, Duration::ZERO);
+        for i in 0..rounds {
+            let message = [i as u8; 16];
+            let sent = Instant::now();
+            conn.write_all(&message).map_err(|e| format!("round {i}: {e}"))?;
+            let mut back = [0u8; 16];
+            if conn.read_exact(&mut back).is_ok() && back == message {
+                echoed += 1;
+            }
+            longest = longest.max(sent.elapsed());
+            thread::sleep(gap);
+        }
+        Ok((echoed, longest))
+    })
+}
+
+/// A UDP stream from `source_port` in `host` to `to`: `count` datagrams,
+/// `gap` apart. Returns how many echoes came back.
+pub fn udp_stream(host: &Netns, source_port: u16, to: SocketAddrV4, count: u32, gap: Duration) -> thread::JoinHandle<Result<u32, String>> {
+    in_ns(host, move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source_port)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut echoed = 0;
+        let mut buf = [0u8; 256];
+        for i in 0..count {
+            sock.send_to(&i.to_be_bytes(), to).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + gap;
+            while Instant::now() < deadline {
+                if sock.recv(&mut buf).is_ok() {
+                    echoed += 1;
+                }
+            }
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        while sock.recv(&mut buf).is_ok() {
+            echoed += 1;
+        }
+        Ok(echoed)
+    })
+}
+
+/// tcpdump on an interface of a lab namespace, writing a file, read back
+/// as text once stopped. Removed on drop.
+pub struct Capture {
+    child: Option<Child>,
+    file: PathBuf,
+    /// The namespace's name (the lab owns the namespace).
+    ns: String,
+}
+
+impl Capture {
+    /// Starts capturing `filter` on `ifname` in `ns`, and waits until tcpdump runs.
+    pub fn start(ns: &Netns, ifname: &str, filter: &str) -> Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let file = std::env::temp_dir().join(format!("{}-{ifname}-{n}.pcap", ns.name));
+        let mut args = vec!["tcpdump", "-i", ifname, "-n", "-U", "-w", file.to_str().context("capture path")?];
+        args.extend(filter.split_whitespace());
+        let child = ns.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting tcpdump")?;
+        // tcpdump creates the file once it listens.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(200));
+        Ok(Self { child: Some(child), file, ns: ns.name.clone() })
+    }
+
+    /// Stops the capture and returns one line per packet.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        thread::sleep(Duration::from_millis(200));
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+        let text = crate::netns::run(std::process::Command::new("ip").args(["netns", "exec", &self.ns, "tcpdump", "-n", "-r"]).arg(&self.file))?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.file);
     }
 }
 

@@ -109,6 +109,16 @@ fn setns(file: &File) -> Result<()> {
     Ok(())
 }
 
+/// The ifindex of `ifname` in the calling thread's network namespace.
+pub fn ifindex_here(ifname: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => bail!("no interface {ifname} here: {}", std::io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let Output { status, stdout, stderr } =

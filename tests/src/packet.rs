@@ -210,6 +210,20 @@ pub fn fragments(frame: &[u8], piece: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `frame` with its IPv4 header edited by `edit` (given the bytes from the
+/// IPv4 header to the end of the frame), then the header checksum computed
+/// afresh over the header length the edited header claims: a frame that lies
+/// about a field but is otherwise well formed. The frame has no VLAN tags.
+pub fn edit_ipv4(mut frame: Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    const L3: usize = 14;
+    edit(&mut frame[L3..]);
+    let ihl = ((frame[L3] & 0x0f) as usize * 4).clamp(20, frame.len() - L3);
+    frame[L3 + 10..L3 + 12].fill(0);
+    let c = checksum::checksum(&frame[L3..L3 + ihl]);
+    frame[L3 + 10..L3 + 12].copy_from_slice(&c.to_ne_bytes());
+    frame
+}
+
 /// A non-IPv4 frame (ARP request, IPv6...) with the given ethertype.
 pub fn other_ethertype(ethertype: u16, len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len.max(14)];

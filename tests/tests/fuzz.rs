@@ -60,9 +60,45 @@ fn seeds() -> Vec<(Side, Vec<u8>)> {
     ]
 }
 
+/// Sources a hostile neighbour picks: special-purpose, inside, the
+/// gateway's own, the LAN's network and broadcast, or anything at all.
+fn hostile_source(rng: &mut Rng) -> Ipv4Addr {
+    let any = Ipv4Addr::from(rng.next() as u32);
+    let interesting = [
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::new(224, 0, 0, 5),
+        Ipv4Addr::new(240, 1, 2, 3),
+        Ipv4Addr::BROADCAST,
+        addr::LAN_HOST,
+        Ipv4Addr::new(10, 77, 1, 0),
+        Ipv4Addr::new(10, 77, 1, 255),
+        addr::LAN_GW,
+        addr::EXTERNAL,
+        addr::REMOTE,
+        any,
+    ];
+    interesting[rng.below(interesting.len())]
+}
+
+/// Writes `source` into the frame's IPv4 header and fixes the header
+/// checksum, so the frame gets past the header checks to the source checks.
+fn with_source(mut f: Vec<u8>, source: Ipv4Addr) -> Vec<u8> {
+    if let Some(l3) = packet::parse_ipv4(&f).map(|p| p.l3_offset) {
+        f[l3 + 12..l3 + 16].copy_from_slice(&source.octets());
+        let ihl = ((f[l3] & 0x0f) as usize * 4).max(20);
+        f[l3 + 10..l3 + 12].fill(0);
+        let c = nat_common::checksum::checksum(&f[l3..l3 + ihl]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_ne_bytes());
+    }
+    f
+}
+
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut f = seed.to_vec();
-    match rng.below(4) {
+    match rng.below(5) {
+        // A forged source (BCP 38 / BCP 84), the rest intact.
+        4 => f = with_source(f, hostile_source(rng)),
         // Flip a few bytes anywhere (headers are in the first 64).
         0 | 1 => {
             for _ in 0..1 + rng.below(4) {
@@ -86,6 +122,18 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 fn is_inside(a: Ipv4Addr) -> bool {
     a.octets()[..3] == [10, 77, 1]
+}
+
+/// RFC 6890 addresses no packet comes from.
+fn is_martian(a: Ipv4Addr) -> bool {
+    let first = a.octets()[0];
+    first == 0 || first == 127 || first >= 224
+}
+
+/// A LAN source the gateway may translate (BCP 38): an inside host, not the
+/// gateway's own address nor the subnet's network or broadcast address.
+fn translatable_lan_source(a: Ipv4Addr) -> bool {
+    is_inside(a) && !is_martian(a) && a != addr::LAN_GW && a.octets()[3] != 0 && a.octets()[3] != 255
 }
 
 /// The fixture's routing table: where the kernel would forward `dst` if the
@@ -122,6 +170,18 @@ fn mutated_frames_never_abort_and_never_leak_inside_addresses() {
         assert_ne!(run.action, ABORTED, "frame {i} aborted: {frame:02x?}");
         assert!(matches!(run.action, DROP | PASS | REDIRECT), "frame {i}: action {}", run.action);
 
+        let source = packet::parse_ipv4(&frame).map(|p| p.src());
+        if let Some(src) = source {
+            // BCP 38: a source the gateway may not translate is never sent on.
+            if *side == Side::Lan && !translatable_lan_source(src) {
+                assert_ne!(run.action, REDIRECT, "frame {i} from {src} redirected: {frame:02x?}");
+            }
+            // BCP 84: a WAN frame from inside, from the gateway or from a
+            // special-purpose address goes nowhere, the kernel included.
+            if *side == Side::Wan && (is_inside(src) || is_martian(src) || src == addr::EXTERNAL) {
+                assert_eq!(run.action, DROP, "frame {i} from {src} not dropped: {frame:02x?}");
+            }
+        }
         if *side == Side::Lan {
             let out = packet::parse_ipv4(&run.frame);
             match (run.action, out) {
