@@ -29,6 +29,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("turnutils_natdiscovery", "coturn"),
     ("traceroute", "traceroute"),
     ("tracepath", "iputils-tracepath"),
+    // A DHCP server on the gateway and a client on a LAN host (dnsmasq-base
+    // has no service to start).
+    ("dnsmasq", "dnsmasq-base"),
+    ("busybox", "busybox"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no
