@@ -170,7 +170,9 @@ pub struct GatewayConfig {
     /// either side may claim one as its source.
     pub own_addrs_be: [u32; MAX_OWN_ADDRS],
     pub own_len: u32,
-    pub _pad2: u32,
+    /// The LAN interface: with `wan_ifindex`, the only interfaces translated
+    /// packets leave by.
+    pub lan_ifindex: u32,
     /// One bit per first octet of an address: set when an address starting
     /// with it may be a source the WAN side refuses (special-purpose, inside,
     /// the gateway's own). Most sources on the WAN start with an octet none
@@ -211,7 +213,7 @@ impl GatewayConfig {
             inside_connected: 0,
             own_addrs_be: [0; MAX_OWN_ADDRS],
             own_len: 0,
-            _pad2: 0,
+            lan_ifindex: 0,
             source_screen: [0; 4],
         }
     }
@@ -238,6 +240,12 @@ impl GatewayConfig {
             self.own_addrs_be[i] = u32::from_ne_bytes(addr.octets());
             self.own_len += 1;
         }
+        self
+    }
+
+    /// The same with the LAN interface's index set (`lan_ifindex`).
+    pub const fn with_lan_ifindex(mut self, lan_ifindex: u32) -> Self {
+        self.lan_ifindex = lan_ifindex;
         self
     }
 

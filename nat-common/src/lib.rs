@@ -19,6 +19,7 @@ pub mod counters;
 pub mod flow;
 pub mod icmp;
 pub mod ipv4_options;
+pub mod proto;
 pub mod source;
 
 pub use counters::Reason;
@@ -26,13 +27,6 @@ pub use source::{MAX_INSIDE_PREFIXES, MAX_OWN_ADDRS, MAX_WAN_DROP_SOURCES, Prefi
 pub use flow::{
     ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, miss_kind, pool_index, tcp_flags,
 };
-
-/// IPv4 protocol numbers the gateway translates.
-pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-}
 
 /// Names of the maps in the eBPF object, so the daemon and the tests
 /// cannot drift from the kernel side.

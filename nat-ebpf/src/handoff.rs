@@ -1,6 +1,9 @@
 //! Packets handed to the daemon through the ring.
 
-use super::*;
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use nat_common::{MISS_FRAME_MAX, MissEvent, Reason, miss_kind};
+
+use crate::{maps::MISSES, packet::parse::Ipv4Packet, verdict::Verdict};
 
 /// Copies the frame into the miss ring for the daemon and drops it here; the
 /// daemon sets the flow up and sends the packet on (new flow), or sends it
@@ -30,6 +33,8 @@ pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> R
         return Err(Reason::DropRingFull);
     };
     let event = entry.as_mut_ptr();
+    // SAFETY: a whole MissEvent reserved in the ring; the helper writes at
+    // most `copy_len` <= MISS_FRAME_MAX bytes into its frame.
     let copied = unsafe {
         (*event).kind = kind;
         (*event).ingress_ifindex = ctx.ingress_ifindex() as u32;

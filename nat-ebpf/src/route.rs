@@ -1,7 +1,21 @@
 //! Where a translated packet goes: route lookups (`bpf_fib_lookup`), the
 //! per-CPU next-hop cache, MAC rewrite and the devmap redirect.
 
-use super::*;
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::bpf_fib_lookup,
+    macros::map,
+    maps::{DevMapHash, PerCpuArray},
+    programs::XdpContext,
+};
+use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason, miss_kind};
+
+use crate::{
+    ctx::config,
+    handoff::hand_to_daemon,
+    packet::{Side, parse::Ipv4Packet},
+    verdict::Verdict,
+};
 
 /// Interfaces the programs redirect to, keyed by ifindex. Only the daemon's
 /// LAN and WAN interfaces are in it: a route out of any other is refused.
@@ -36,7 +50,7 @@ impl Rewrite {
     fn dst_be(&self, pkt: &Ipv4Packet) -> u32 {
         match self {
             Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
-            _ => u32::from_ne_bytes(unsafe { (*pkt.ip).dst_addr }),
+            _ => pkt.dst_be(),
         }
     }
 }
@@ -60,8 +74,7 @@ impl Leaving {
             Some((sport_be, dport_be)) => (sport_be, dport_be, true),
             None => (0, 0, false),
         };
-        let (src, dst) = unsafe { ((*pkt.ip).src_addr, (*pkt.ip).dst_addr) };
-        Self { src_be: u32::from_ne_bytes(src), dst_be: u32::from_ne_bytes(dst), sport_be, dport_be, has_ports }
+        Self { src_be: pkt.src_be(), dst_be: pkt.dst_be(), sport_be, dport_be, has_ports }
     }
 
     /// As the packet leaves after `rewrite`.
@@ -98,25 +111,24 @@ impl Leaving {
 
 #[inline(always)]
 pub(crate) fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving) -> FibParams {
+    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    unsafe {
-        let ip = pkt.ip;
-        params.family = AF_INET;
-        params.l4_protocol = (*ip).proto;
-        params.sport = leaving.sport_be;
-        params.dport = leaving.dport_be;
-        // Host order: the kernel compares it with the egress MTU.
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
-        params.__bindgen_anon_2.tos = (*ip).tos;
-        params.__bindgen_anon_3.ipv4_src = leaving.src_be;
-        params.__bindgen_anon_4.ipv4_dst = leaving.dst_be;
-        params.ifindex = ctx.ingress_ifindex() as u32;
-    }
+    params.family = AF_INET;
+    params.l4_protocol = pkt.proto();
+    params.sport = leaving.sport_be;
+    params.dport = leaving.dport_be;
+    // Host order: the kernel compares it with the egress MTU.
+    params.__bindgen_anon_1.tot_len = pkt.tot_len();
+    params.__bindgen_anon_2.tos = pkt.tos();
+    params.__bindgen_anon_3.ipv4_src = leaving.src_be;
+    params.__bindgen_anon_4.ipv4_dst = leaving.dst_be;
+    params.ifindex = ctx.ingress_ifindex() as u32;
     params
 }
 
 #[inline(always)]
 pub(crate) fn lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
+    // SAFETY: the helper reads and writes `params`, a whole struct of its size.
     unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
@@ -191,13 +203,16 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
+    // SAFETY: `parse` checked the Ethernet header in the frame.
     unsafe {
         (*pkt.eth).dst_addr = dmac;
         (*pkt.eth).src_addr = smac;
     }
+    // The egress is one of the gateway's (`next_hop` checked): it fails only
+    // when natd took it out of the devmap.
     match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
         Ok(action) => Verdict { action, reason: translated },
-        Err(_) => Verdict::drop(Reason::DropEgressUnmanaged),
+        Err(_) => Verdict::drop(Reason::DropRedirectFailed),
     }
 }
 
@@ -209,9 +224,10 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
 pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
     let dst_be = rewrite.dst_be(pkt);
     let ingress = ctx.ingress_ifindex() as u32;
-    let tot_len = unsafe { u16::from_be_bytes((*pkt.ip).tot_len) };
+    let tot_len = pkt.tot_len();
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
     if let Some(slot) = slot {
+        // SAFETY: this CPU's slot, written only while this program runs on it.
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
             return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac };
@@ -224,9 +240,16 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour,
         // The kernel wrote the MTU over tot_len (a union).
+        // SAFETY: a union of two u16s.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
         // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
         _ => return Hop::Refused(Verdict::drop(Reason::DropNoRoute)),
+    }
+    // Out of a third interface: not the gateway's to send to (checked when
+    // the hop is cached, not per packet).
+    let cfg = config();
+    if params.ifindex != cfg.lan_ifindex && params.ifindex != cfg.wan_ifindex {
+        return Hop::Refused(Verdict::drop(Reason::DropEgressUnmanaged));
     }
     let mut hop = NextHop {
         dst_be,
@@ -239,6 +262,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         expires_ns: now + NEXT_HOP_TTL_NS,
     };
     if let Some(slot) = slot {
+        // SAFETY: as above.
         let old = unsafe { &mut *slot };
         // A longer packet to the same, still fresh hop widens what the entry
         // accepts without extending its life.

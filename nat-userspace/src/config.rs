@@ -156,7 +156,8 @@ pub struct Settings {
 impl Settings {
     /// What the XDP programs read from `CONFIG[0]`.
     pub fn gateway_config(&self, env: &Environment) -> nat_common::GatewayConfig {
-        let mut config = nat_common::GatewayConfig::new(env.external_ips[0], env.wan_ifindex, self.port_min, self.port_max);
+        let mut config = nat_common::GatewayConfig::new(env.external_ips[0], env.wan_ifindex, self.port_min, self.port_max)
+            .with_lan_ifindex(env.lan_ifindex);
         for (slot, ip) in config.external_addrs_be.iter_mut().zip(&env.external_ips) {
             *slot = u32::from_ne_bytes(ip.octets());
         }

@@ -17,6 +17,9 @@ use nat_common::{
 
 use crate::EBPF_OBJECT;
 
+/// How often a program load is tried when the verifier answers EAGAIN.
+const LOAD_ATTEMPTS: u32 = 5;
+
 /// `BPF_NOEXIST`: the update fails if the key is already there.
 const BPF_NOEXIST: u64 = 1;
 
@@ -67,11 +70,19 @@ impl Datapath {
         };
         let mut datapath = Self { ebpf, liveness };
         for side in [Side::Lan, Side::Wan] {
-            datapath
-                .program_mut(side)?
-                .load()
-                .map_err(verifier_error)
-                .with_context(|| format!("the kernel verifier rejected program {}", side.program_name()))?;
+            let program = datapath.program_mut(side)?;
+            // The verifier gives up with EAGAIN when a signal is pending for
+            // the loading thread; libbpf retries such loads, and so does this.
+            let mut attempts = 0;
+            let loaded = loop {
+                attempts += 1;
+                match program.load() {
+                    Err(ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < LOAD_ATTEMPTS => {}
+                    other => break other,
+                }
+            };
+            loaded.map_err(verifier_error).with_context(|| format!("the kernel verifier rejected program {}", side.program_name()))?;
         }
         Ok(datapath)
     }

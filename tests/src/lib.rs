@@ -47,9 +47,13 @@ fn mac(m: [u8; 6]) -> String {
 
 /// The settings of the fixture's gateway as natd would write them: the
 /// external address, the NAT port range, the LAN's connected prefix
-/// 10.77.1.0/24 as the inside, and the gateway's own LAN address.
+/// 10.77.1.0/24 as the inside, and the gateway's own LAN address. Called
+/// in the fixture's namespace (a `TestGateway` keeps its thread there),
+/// where it finds the LAN interface.
 pub fn fixture_config(wan_ifindex: u32) -> GatewayConfig {
+    let lan_ifindex = netns::ifindex_here("lan0").unwrap_or(0);
     GatewayConfig::new(addr::EXTERNAL, wan_ifindex, addr::PORT_MIN, addr::PORT_MAX)
+        .with_lan_ifindex(lan_ifindex)
         .with_lan_addr(addr::LAN_GW)
         .with_inside_prefix(Prefix::new(addr::LAN_GW, 24), true)
         .with_own_addr(addr::LAN_GW)

@@ -74,7 +74,7 @@ fn lab(tx_offload: bool) -> Lab {
     let _inside_gw = gw.enter().unwrap();
     let mut datapath = Datapath::load().unwrap();
     datapath
-        .set_config(GatewayConfig::new(EXTERNAL, wan_ifindex, 20000, 29999).with_inside_prefix(Prefix::new(HOST, 24), true))
+        .set_config(GatewayConfig::new(EXTERNAL, wan_ifindex, 20000, 29999).with_lan_ifindex(lan_ifindex).with_inside_prefix(Prefix::new(HOST, 24), true))
         .unwrap();
     datapath.add_tx_port(lan_ifindex).unwrap();
     datapath.add_tx_port(wan_ifindex).unwrap();

@@ -190,7 +190,7 @@ impl Bench {
             let mut dp = Datapath::load()?;
             // Inside ports of the new-flow trials (40000+) are outside the range,
             // so they take the claim path rather than port preservation.
-            dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1024, 32767).with_inside_prefix(Prefix::new(NAT_LAN_ADDR, 24), true))?;
+            dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1024, 32767).with_lan_ifindex(n0).with_inside_prefix(Prefix::new(NAT_LAN_ADDR, 24), true))?;
             dp.add_tx_port(n0)?;
             dp.add_tx_port(n1)?;
             dp

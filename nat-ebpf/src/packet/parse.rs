@@ -1,144 +1,32 @@
-//! Header parsing: every read goes through one bounds-checked `ptr_at`, and
-//! every IPv4 packet is checked as RFC 1812 5.2.2 asks of a router before
-//! anything is done with it: version, header length, total length, header
+//! Parsing, and the checks RFC 1812 5.2.2 asks of a router before anything
+//! is done with a packet: version, header length, total length, header
 //! checksum, options, and the L4 header against the payload it sits in.
+//! Every header read goes through `ptr_at`.
 
-use core::mem;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::XdpContext};
 use nat_common::{
-    Endpoint, FragKey, Reason, checksum, icmp::QUOTED_L4_LEN,
+    Endpoint, FragKey, Reason, checksum,
+    icmp::QUOTED_L4_LEN,
     ipv4_options::{self, MAX_OPTIONS_LEN},
-    proto,
+    proto::{IcmpEcho, Tcp, Transport, Udp},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
-    tcp::TcpHdr,
-    udp::UdpHdr,
     vlan::VlanHdr,
+};
+
+use crate::{
+    packet::{BAD_IP_HEADER, BAD_L4_HEADER, Invalid, Side, TRUNCATED, ptr_at, unlinked},
+    proto::{
+        L4,
+        icmp::{self, Quoted},
+    },
 };
 
 /// 802.1Q and 802.1ad (QinQ): at most this many tags are walked.
 const MAX_VLAN_TAGS: usize = 2;
-
-/// Why a frame is refused before it is looked at further: the reason it is
-/// dropped and counted under (`DropMalformed` for a frame cut short, the
-/// `DropBad*` reasons for headers that lie).
-pub struct Invalid(pub Reason);
-
-const TRUNCATED: Invalid = Invalid(Reason::DropMalformed);
-const BAD_IP_HEADER: Invalid = Invalid(Reason::DropBadIpHeader);
-const BAD_L4_HEADER: Invalid = Invalid(Reason::DropBadL4Header);
-
-/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is there.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Invalid> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return Err(TRUNCATED);
-    }
-    Ok((start + offset) as *mut T)
-}
-
-/// `value` read back through the stack: LLVM forgets what it knew about it,
-/// the verifier (which tracks the stack slot) does not. For offsets whose
-/// bounds check LLVM would otherwise prove redundant from an earlier check
-/// (the datagram within the frame) and drop, leaving the verifier a read it
-/// cannot prove safe.
-#[inline(always)]
-pub fn opaque(value: usize) -> usize {
-    let slot = value;
-    unsafe { core::ptr::read_volatile(&slot) }
-}
-
-/// A copy of `value` the verifier does not tie to it. A plain copy shares
-/// the verifier's id, so every comparison a loop makes on it narrows the
-/// original too, and each way out of the loop then walks the rest of the
-/// program as a state of its own (the header length of every option count
-/// did, past the verifier's million instructions). An xor with an opaque
-/// zero gives the copy an id of its own.
-#[inline(always)]
-pub fn unlinked(value: usize) -> usize {
-    value ^ opaque(0)
-}
-
-/// ICMP echo request/reply (RFC 792): the identifier plays the role of a port.
-#[repr(C)]
-pub struct IcmpEcho {
-    pub kind: u8,
-    pub code: u8,
-    pub check: [u8; 2],
-    pub id: [u8; 2],
-    pub seq: [u8; 2],
-}
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_DEST_UNREACHABLE: u8 = 3;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-
-/// An ICMP error (Destination Unreachable, Time Exceeded) and the fixed
-/// part of the IPv4 header of the packet it is about.
-#[repr(C)]
-pub struct IcmpError {
-    pub kind: u8,
-    pub code: u8,
-    pub check: [u8; 2],
-    pub rest: [u8; 4],
-    pub inner: Ipv4Hdr,
-}
-
-/// An ICMP error and the first 8 bytes of the quoted packet's L4 header
-/// (ports, or the echo identifier), as RFC 792 requires every error to
-/// carry, found past the quoted header's options (RFC 5508 REQ-3b).
-#[derive(Clone, Copy)]
-pub struct Quoted {
-    pub error: *mut IcmpError,
-    pub l4: *mut [u8; 8],
-    /// Offset of the ICMP header in the frame, and the quoted IPv4 header's length.
-    pub offset: usize,
-    pub inner_len: usize,
-}
-
-impl Quoted {
-    /// The quoted packet's protocol.
-    #[inline(always)]
-    pub fn proto(&self) -> u8 {
-        unsafe { (*self.error).inner.proto }
-    }
-
-    /// The quoted packet's source (`Side::Source`) or destination endpoint:
-    /// address and TCP/UDP port. `None` for other protocols.
-    #[inline(always)]
-    pub fn endpoint(&self, side: crate::rewrite::Side) -> Option<Endpoint> {
-        let proto_nr = self.proto();
-        if proto_nr != proto::TCP && proto_nr != proto::UDP {
-            return None;
-        }
-        let l4 = unsafe { *self.l4 };
-        let (addr, port) = unsafe {
-            match side {
-                crate::rewrite::Side::Source => ((*self.error).inner.src_addr, [l4[0], l4[1]]),
-                crate::rewrite::Side::Destination => ((*self.error).inner.dst_addr, [l4[2], l4[3]]),
-            }
-        };
-        Some(Endpoint::from_be(u32::from_ne_bytes(addr), u16::from_ne_bytes(port), proto_nr))
-    }
-}
-
-/// Where the translatable part of the packet is, and how to rewrite it.
-pub enum L4 {
-    Tcp(*mut TcpHdr),
-    Udp(*mut UdpHdr),
-    /// Echo request or reply (which one is checked against the direction).
-    IcmpEcho(*mut IcmpEcho),
-    /// Destination Unreachable or Time Exceeded, with the quoted header.
-    IcmpError(Quoted),
-    /// Another protocol, another ICMP type, or a later fragment: no header
-    /// to translate.
-    Other,
-}
 
 /// Where a packet stands in IPv4 fragmentation (RFC 791).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -151,7 +39,7 @@ pub enum Fragment {
     Later,
 }
 
-/// An IPv4 packet with its headers located.
+/// An IPv4 packet with its headers located and checked.
 pub struct Ipv4Packet {
     pub eth: *mut EthHdr,
     /// Offset of the IPv4 header (after Ethernet and VLAN tags).
@@ -172,14 +60,15 @@ pub enum Frame {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: checked in the frame by `ptr_at`.
     let mut ether_type = unsafe { (*eth).ether_type };
     let mut l3_offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != EtherType::Ieee8021q as u16 && ether_type != EtherType::Ieee8021ad as u16
-        {
+        if ether_type != EtherType::Ieee8021q as u16 && ether_type != EtherType::Ieee8021ad as u16 {
             break;
         }
         let vlan: *const VlanHdr = ptr_at(ctx, l3_offset)?;
+        // SAFETY: checked in the frame by `ptr_at`.
         ether_type = unsafe { (*vlan).ether_type };
         l3_offset += VlanHdr::LEN;
     }
@@ -190,14 +79,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, l3_offset)?;
     const MORE_FRAGMENTS: u16 = 0x2000;
     const OFFSET_MASK: u16 = 0x1fff;
-    let (vihl, tot_len, frags, ip_proto) = unsafe {
-        (
-            (*ip).vihl,
-            u16::from_be_bytes((*ip).tot_len) as usize,
-            u16::from_be_bytes((*ip).frags),
-            (*ip).proto,
-        )
-    };
+    // SAFETY: checked in the frame by `ptr_at`.
+    let (vihl, tot_len, frags, ip_proto) =
+        unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).tot_len) as usize, u16::from_be_bytes((*ip).frags), (*ip).proto) };
     // The mask bounds the offset for the verifier: IHL is 4 bits.
     let header_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || tot_len < header_len {
@@ -229,35 +113,38 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     // How many bytes of L4 header the packet must hold for `l4` to be
     // translated; checked against the payload below.
     let (mut l4, needed) = match ip_proto {
-        proto::TCP => {
-            let tcp: *mut TcpHdr = ptr_at(ctx, l4_offset)?;
+        Tcp::NR => {
+            let tcp: *mut [u8; Tcp::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
             // Data offset in 32-bit words, the high nibble of byte 12.
-            let data_offset = unsafe { *(tcp as *const u8).add(12) } >> 4;
-            if data_offset < 5 && payload_len >= mem::size_of::<TcpHdr>() {
+            // SAFETY: checked in the frame by `ptr_at`.
+            let data_offset = unsafe { (*tcp)[12] } >> 4;
+            if data_offset < 5 && payload_len >= Tcp::HEADER_LEN {
                 return Err(BAD_L4_HEADER);
             }
-            (L4::Tcp(tcp), (data_offset as usize * 4).max(mem::size_of::<TcpHdr>()))
+            (L4::Tcp(tcp as *mut u8), (data_offset as usize * 4).max(Tcp::HEADER_LEN))
         }
-        proto::UDP => {
-            let udp: *mut UdpHdr = ptr_at(ctx, l4_offset)?;
-            let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+        Udp::NR => {
+            let udp: *mut [u8; Udp::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
+            // SAFETY: checked in the frame by `ptr_at`.
+            let udp_len = u16::from_be_bytes(unsafe { [(*udp)[4], (*udp)[5]] }) as usize;
             // RFC 768: the length covers the header. Only a whole datagram's
             // must fit its payload: a first fragment's counts every fragment.
             let too_long = fragment == Fragment::No && udp_len > payload_len;
-            if payload_len >= mem::size_of::<UdpHdr>() && (udp_len < mem::size_of::<UdpHdr>() || too_long) {
+            if payload_len >= Udp::HEADER_LEN && (udp_len < Udp::HEADER_LEN || too_long) {
                 return Err(BAD_L4_HEADER);
             }
-            (L4::Udp(udp), mem::size_of::<UdpHdr>())
+            (L4::Udp(udp as *mut u8), Udp::HEADER_LEN)
         }
-        proto::ICMP => {
-            let icmp: *mut IcmpEcho = ptr_at(ctx, l4_offset)?;
-            match unsafe { (*icmp).kind } {
-                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => (L4::IcmpEcho(icmp), mem::size_of::<IcmpEcho>()),
+        IcmpEcho::NR => {
+            let header: *mut [u8; IcmpEcho::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
+            let header = header as *mut u8;
+            match icmp::kind(header) {
+                icmp::ECHO_REQUEST | icmp::ECHO_REPLY => (L4::IcmpEcho(header), IcmpEcho::HEADER_LEN),
                 // Too short to carry the offending packet's header (in the
                 // frame and within the total length): not translatable,
                 // handled as any other ICMP. A fragmented error is not
                 // translated either.
-                ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => match quoted(ctx, l4_offset) {
+                icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED => match icmp::quoted(ctx, l4_offset) {
                     Ok(quoted) if fragment == Fragment::No && quoted_within(&quoted, payload_len) => (L4::IcmpError(quoted), 0),
                     _ => (L4::Other, 0),
                 },
@@ -288,8 +175,8 @@ fn quoted_within(quoted: &Quoted, payload_len: usize) -> bool {
 /// RFC 1812 5.2.2: the header checksum must hold, and (RFC 791 3.1) every
 /// option's length must stay within the header, so nothing after it is
 /// taken for an option or the other way round. The fixed 20 bytes are summed
-/// inline from the header `parse` read; options (rare) are copied to the
-/// stack and checked there.
+/// inline from the header `parse` read; options (rare) are copied and
+/// checked apart.
 #[inline(always)]
 fn check_header(ctx: &XdpContext, ip: *const Ipv4Hdr, l3_offset: usize, header_len: usize) -> Result<(), Invalid> {
     // Summed inline: the helper (bpf_csum_diff) cost ~35 ns a packet here.
@@ -350,62 +237,89 @@ fn options_fit(options: &[u8; MAX_OPTIONS_LEN], len: usize) -> bool {
     ipv4_options::fit(options, len)
 }
 
-/// The ICMP error at `offset` and the quoted packet's L4 bytes, past its
-/// IPv4 options.
-#[inline(always)]
-fn quoted(ctx: &XdpContext, offset: usize) -> Result<Quoted, Invalid> {
-    let error: *mut IcmpError = ptr_at(ctx, offset)?;
-    // The mask bounds the length for the verifier: IHL is 4 bits.
-    let inner_len = ((unsafe { (*error).inner.vihl } & 0x0f) as usize) * 4;
-    if inner_len < Ipv4Hdr::LEN {
-        return Err(BAD_IP_HEADER);
-    }
-    let l4 = ptr_at(ctx, offset + 8 + inner_len)?;
-    Ok(Quoted { error, l4, offset, inner_len })
-}
-
 impl Ipv4Packet {
+    /// The fixed IPv4 header, to read. (Writes go through `ip`, with no
+    /// reference alive.)
+    #[inline(always)]
+    fn header(&self) -> &Ipv4Hdr {
+        // SAFETY: `parse` checked the whole fixed header in the frame before
+        // it made the packet; the frame outlives the program run.
+        unsafe { &*self.ip }
+    }
+
+    /// Source address, network byte order.
+    #[inline(always)]
+    pub fn src_be(&self) -> u32 {
+        u32::from_ne_bytes(self.header().src_addr)
+    }
+
+    /// Destination address, network byte order.
+    #[inline(always)]
+    pub fn dst_be(&self) -> u32 {
+        u32::from_ne_bytes(self.header().dst_addr)
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        self.header().ttl
+    }
+
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.header().proto
+    }
+
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        self.header().tos
+    }
+
+    /// Total length, host order.
+    #[inline(always)]
+    pub fn tot_len(&self) -> u16 {
+        u16::from_be_bytes(self.header().tot_len)
+    }
+
+    /// The flags and fragment offset word, host order.
+    #[inline(always)]
+    pub fn frags(&self) -> u16 {
+        u16::from_be_bytes(self.header().frags)
+    }
+
+    /// IPv4 header length in bytes (IHL, options included).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        ((self.header().vihl & 0x0f) as usize) * 4
+    }
+
+    /// Length of the L4 segment: total length minus the header. `parse`
+    /// made sure the total length covers the header.
+    #[inline(always)]
+    pub fn l4_len(&self) -> u16 {
+        self.tot_len().wrapping_sub(self.header_len() as u16)
+    }
+
     /// The packet's source endpoint, if it is one the gateway translates
     /// outbound (TCP, UDP, ICMP echo request).
     #[inline(always)]
     pub fn source(&self) -> Option<Endpoint> {
-        let addr_be = u32::from_ne_bytes(unsafe { (*self.ip).src_addr });
-        let (port_be, ip_proto) = match self.l4 {
-            L4::Tcp(tcp) => (u16::from_ne_bytes(unsafe { (*tcp).source }), proto::TCP),
-            L4::Udp(udp) => (u16::from_ne_bytes(unsafe { (*udp).src }), proto::UDP),
-            L4::IcmpEcho(icmp) if unsafe { (*icmp).kind } == ICMP_ECHO_REQUEST => {
-                (u16::from_ne_bytes(unsafe { (*icmp).id }), proto::ICMP)
-            }
-            _ => return None,
-        };
-        Some(Endpoint::from_be(addr_be, port_be, ip_proto))
+        let (proto_nr, port_be) = self.l4.endpoint_port(Side::Source)?;
+        Some(Endpoint::from_be(self.src_be(), port_be, proto_nr))
     }
 
     /// The packet's destination endpoint, if it is one the gateway translates
     /// inbound (TCP, UDP, ICMP echo reply).
     #[inline(always)]
     pub fn destination(&self) -> Option<Endpoint> {
-        let addr_be = u32::from_ne_bytes(unsafe { (*self.ip).dst_addr });
-        let (port_be, ip_proto) = match self.l4 {
-            L4::Tcp(tcp) => (u16::from_ne_bytes(unsafe { (*tcp).dest }), proto::TCP),
-            L4::Udp(udp) => (u16::from_ne_bytes(unsafe { (*udp).dst }), proto::UDP),
-            L4::IcmpEcho(icmp) if unsafe { (*icmp).kind } == ICMP_ECHO_REPLY => {
-                (u16::from_ne_bytes(unsafe { (*icmp).id }), proto::ICMP)
-            }
-            _ => return None,
-        };
-        Some(Endpoint::from_be(addr_be, port_be, ip_proto))
+        let (proto_nr, port_be) = self.l4.endpoint_port(Side::Destination)?;
+        Some(Endpoint::from_be(self.dst_be(), port_be, proto_nr))
     }
 
     /// TCP/UDP (source, destination) ports, network order; `None` for
     /// other protocols.
     #[inline(always)]
     pub fn ports_be(&self) -> Option<(u16, u16)> {
-        match self.l4 {
-            L4::Tcp(tcp) => unsafe { Some((u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest))) },
-            L4::Udp(udp) => unsafe { Some((u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))) },
-            _ => None,
-        }
+        self.l4.ports_be()
     }
 
     /// The remote end of a packet being translated on `side`: the
@@ -413,13 +327,11 @@ impl Ipv4Packet {
     /// source of an inbound one. The port is 0 for ICMP echo: a remote has no
     /// identifier of its own.
     #[inline(always)]
-    pub fn remote(&self, translated: crate::rewrite::Side) -> (u32, u16) {
+    pub fn remote(&self, translated: Side) -> (u32, u16) {
         let (src_port_be, dst_port_be) = self.ports_be().unwrap_or((0, 0));
-        unsafe {
-            match translated {
-                crate::rewrite::Side::Source => (u32::from_ne_bytes((*self.ip).dst_addr), dst_port_be),
-                crate::rewrite::Side::Destination => (u32::from_ne_bytes((*self.ip).src_addr), src_port_be),
-            }
+        match translated {
+            Side::Source => (self.dst_be(), dst_port_be),
+            Side::Destination => (self.src_be(), src_port_be),
         }
     }
 
@@ -427,39 +339,14 @@ impl Ipv4Packet {
     /// the direction `dir` (`frag_dir::*`).
     #[inline(always)]
     pub fn frag_key(&self, dir: u8) -> FragKey {
-        unsafe {
-            FragKey {
-                src_be: u32::from_ne_bytes((*self.ip).src_addr),
-                dst_be: u32::from_ne_bytes((*self.ip).dst_addr),
-                id_be: u16::from_ne_bytes((*self.ip).id),
-                proto: (*self.ip).proto,
-                dir,
-            }
-        }
-    }
-
-    /// Source address, network byte order.
-    #[inline(always)]
-    pub fn src_be(&self) -> u32 {
-        u32::from_ne_bytes(unsafe { (*self.ip).src_addr })
-    }
-
-    /// Destination address, network byte order.
-    #[inline(always)]
-    pub fn dst_be(&self) -> u32 {
-        u32::from_ne_bytes(unsafe { (*self.ip).dst_addr })
-    }
-
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        unsafe { (*self.ip).ttl }
+        FragKey { src_be: self.src_be(), dst_be: self.dst_be(), id_be: u16::from_ne_bytes(self.header().id), proto: self.proto(), dir }
     }
 
     /// Multicast, limited broadcast or zeronet destination: the kernel never
     /// routes these through the unicast path, and they are never translated.
     #[inline(always)]
     pub fn dst_is_special(&self) -> bool {
-        let first = unsafe { (*self.ip).dst_addr[0] };
+        let first = self.dst_be().to_ne_bytes()[0];
         first >= 224 || first == 0
     }
 }

@@ -2,7 +2,17 @@
 //! claimed for the inside endpoint, within its host's port quota, and the
 //! daemon told through the ring.
 
-use super::*;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{HashMap, Queue},
+};
+use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, Liveness, MAX_QUOTA_HOSTS, Mapping, miss_kind, proto};
+
+use crate::{
+    ctx::{clock, config},
+    maps::{INBOUND, LIVENESS, MISSES, OUTBOUND},
+};
 
 /// Declares the free-port queues and `free_queue`, which picks one. aya-ebpf
 /// has no map-in-map, so each queue is a static of its own.
@@ -100,6 +110,7 @@ pub(crate) fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         return OUTBOUND.get_ptr(inside);
     }
     if let Some(live) = LIVENESS.get_ptr_mut(free.session) {
+        // SAFETY: the slot of a session natd handed out for this claim alone.
         unsafe { *live = Liveness::new(clock()) };
     }
     event.write(ClaimEvent { kind: miss_kind::CLAIMED, session: free.session, inside: *inside, external });
@@ -145,6 +156,7 @@ pub(crate) fn take_quota(inside: &Endpoint, ports_per_host: u32) -> Option<*mut 
             HOST_CLAIMS.get_ptr_mut(key)?
         }
     };
+    // SAFETY: a map value natd writes whole; a stale read only delays a claim.
     let returned = unsafe { HOST_RETURNS.get(key).copied().unwrap_or(0) };
     // Claims for one host race on every CPU. BPF ISA v1 (what bpf-linker
     // targets) has an atomic add but no fetch-and-add: the count is read
@@ -153,6 +165,7 @@ pub(crate) fn take_quota(inside: &Endpoint, ports_per_host: u32) -> Option<*mut 
     // x86, where the add is a full barrier; a weaker memory model can let one
     // more through per CPU racing on the same host).
     atomic_add(claims, 1);
+    // SAFETY: a value of the map, read after this CPU's atomic add.
     let claimed = unsafe { core::ptr::read_volatile(claims) };
     if claimed.wrapping_sub(returned) > ports_per_host as u64 {
         give_back_quota(claims);
@@ -173,10 +186,12 @@ pub(crate) fn give_back_quota(claims: *mut u64) {
 /// ISA v1 cannot return. (The host build, for clippy, uses the std atomic.)
 #[inline(always)]
 pub(crate) fn atomic_add(counter: *mut u64, delta: u64) {
+    // SAFETY: `counter` is a value of a map, alive while the program runs.
     #[cfg(target_arch = "bpf")]
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, delta);
     }
+    // SAFETY: as above.
     #[cfg(not(target_arch = "bpf"))]
     unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }

@@ -1,7 +1,8 @@
 //! Inbound filtering by remote (RFC 4787 REQ-8, RFC 5382 REQ-3): the remotes
 //! each inside endpoint has sent to, and whether one may send back.
 
-use super::*;
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use nat_common::{Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, MAX_PERMITS, PermitKey};
 
 /// The remotes each inside endpoint has sent to, with the clock when it last
 /// did: what address-dependent and address-and-port-dependent filtering let
@@ -21,6 +22,7 @@ pub(crate) fn remember_remote(cfg: &GatewayConfig, inside: &Endpoint, remote_add
         return;
     };
     match PERMITS.get_ptr_mut(key) {
+        // SAFETY: a value of the map, written racily by design (a timestamp).
         Some(sent) => unsafe {
             if now.saturating_sub(*sent) >= LAST_SEEN_GRANULARITY_NS {
                 *sent = now;
@@ -45,6 +47,7 @@ pub(crate) fn admit(cfg: &GatewayConfig, inside: &Endpoint, remote_addr_be: u32,
     let Some(sent) = PERMITS.get_ptr_mut(key) else {
         return false;
     };
+    // SAFETY: a value of the map, written racily by design (a timestamp).
     unsafe {
         // natd stamps the permits of the first packets it sends with its own
         // clock, up to a tick ahead of the one it published: not stale.

@@ -1,7 +1,22 @@
 //! Fragments (RFC 4787 REQ-14): later fragments carry no ports and follow
 //! their first fragment's translation by datagram identity.
 
-use super::*;
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap},
+    programs::XdpContext,
+};
+use nat_common::{Endpoint, FragEvent, FragKey, FragState, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, Reason, frag_dir, miss_kind};
+
+use crate::{
+    ctx::{clock, config},
+    handoff::copy_to_daemon,
+    maps::MISSES,
+    nat::untranslated,
+    packet::{Side, parse::Ipv4Packet, rewrite::translate},
+    route::{Route, forward, route_untranslated},
+    verdict::Verdict,
+};
 
 /// What the first fragment of each recent fragmented datagram was translated
 /// to, keyed by the datagram's identity as it arrived: later fragments carry
@@ -58,6 +73,7 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
     let now = clock();
     let mut no_state = Reason::FragmentToDaemon;
     if let Some(state) = FRAGS.get_ptr(key) {
+        // SAFETY: a value of the map, copied whole.
         let state = unsafe { *state };
         if state.fresh(now) {
             // Inbound, the destination is the gateway's own address: the
@@ -82,11 +98,11 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
                 Ok(()) => Verdict::drop(no_state),
                 Err(failed) => Verdict::drop(failed),
             },
-            route => untranslated(pkt, route),
+            route => untranslated::lan(pkt, route),
         },
         Side::Destination => {
             if !config().is_external(key.dst_be) {
-                return wan_miss(ctx, pkt);
+                return untranslated::wan(ctx, pkt);
             }
             match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_IN) {
                 Ok(()) => Verdict::pass(no_state),

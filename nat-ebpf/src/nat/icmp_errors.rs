@@ -1,7 +1,33 @@
 //! ICMP errors: translated both ways and hairpinned (RFC 5508), and
 //! Fragmentation Needed sent by the gateway itself (RFC 4787 REQ-13).
 
-use super::*;
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use nat_common::{
+    Endpoint, Reason,
+    icmp::{FRAG_NEEDED_HEADERS_LEN, IP_DF, QUOTED_L4_LEN, RateLimit, frag_needed_headers},
+    proto,
+};
+
+use crate::{
+    ctx::{clock, config},
+    maps::{INBOUND, OUTBOUND},
+    nat::{filter::admit, untranslated},
+    packet::{
+        Side,
+        checksum::icmp_error_checksums_hold,
+        parse::Ipv4Packet,
+        rewrite::{translate, translate_both},
+    },
+    proto::icmp::Quoted,
+    route::{TX_PORTS, forward},
+    verdict::Verdict,
+};
 
 /// The rate limit of the Fragmentation Needed errors this CPU sends.
 #[map]
@@ -19,8 +45,9 @@ pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Some(Verdict::drop(Reason::DropBadIcmpError));
     }
+    // SAFETY: a value of the map, copied.
     let external = unsafe { (*mapping).target(inside.proto) };
-    rewrite_quoted(quoted, Side::Destination, &external);
+    quoted.rewrite(Side::Destination, &external);
     translate(pkt, Side::Source, &external);
     Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
 }
@@ -45,9 +72,10 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
         return Verdict::drop(Reason::DropBadIcmpError);
     }
     let inner_proto = quoted.proto();
+    // SAFETY: values of the maps, copied.
     let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
-    rewrite_quoted(quoted, Side::Destination, &target_external);
-    rewrite_quoted(quoted, Side::Source, &sender_inside);
+    quoted.rewrite(Side::Destination, &target_external);
+    quoted.rewrite(Side::Source, &sender_inside);
     // Only the outer addresses (and the TTL) change: ports are the quote's.
     // From the target's external address, where the sender sent to.
     let from = Endpoint::from_be(target_external.addr_be, 0, proto::ICMP);
@@ -61,21 +89,18 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
 /// The error goes to the inside host with the quoted packet reverted to what
 /// that host sent, so traceroute and path-MTU discovery work from inside. It
 /// never refreshes or removes the mapping. Errors about the gateway's own
-/// packets pass to the kernel; any other is no translated flow (`wan_miss`).
+/// packets pass to the kernel; any other is no translated flow (`untranslated::wan`).
 #[inline(always)]
 pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted) -> Verdict {
     let inner_proto = quoted.proto();
-    let l4 = unsafe { *quoted.l4 };
     // The quoted ports, or an echo request's identifier (its remote has none).
-    let (port_be, remote_port_be) = match inner_proto {
-        proto::TCP | proto::UDP => (u16::from_ne_bytes([l4[0], l4[1]]), u16::from_ne_bytes([l4[2], l4[3]])),
-        proto::ICMP if l4[0] == ICMP_ECHO_REQUEST => (u16::from_ne_bytes([l4[4], l4[5]]), 0),
-        _ => return wan_miss(ctx, pkt),
+    let Some((port_be, remote_port_be)) = quoted.sent_ports_be() else {
+        return untranslated::wan(ctx, pkt);
     };
-    let (inner_src, remote_be) = unsafe { ((*quoted.error).inner.src_addr, u32::from_ne_bytes((*quoted.error).inner.dst_addr)) };
-    let external = Endpoint::from_be(u32::from_ne_bytes(inner_src), port_be, inner_proto);
+    let remote_be = quoted.inner_dst_be();
+    let external = Endpoint::from_be(quoted.inner_src_be(), port_be, inner_proto);
     let Some(mapping) = INBOUND.get_ptr(external) else {
-        return wan_miss(ctx, pkt);
+        return untranslated::wan(ctx, pkt);
     };
     if pkt.ttl() <= 1 {
         return Verdict::drop(Reason::DropTtlExpired);
@@ -83,13 +108,14 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Verdict::drop(Reason::DropBadIcmpError);
     }
+    // SAFETY: a value of the map, copied.
     let inside = unsafe { (*mapping).target(inner_proto) };
     // Filtered by what the error is about, not by who sends it: a router on
     // the way may report on a flow to a remote the inside host chose.
     if !admit(config(), &inside, remote_be, remote_port_be, clock()) {
         return Verdict::drop(Reason::DropFiltered);
     }
-    rewrite_quoted(quoted, Side::Source, &inside);
+    quoted.rewrite(Side::Source, &inside);
     translate(pkt, Side::Destination, &inside);
     forward(ctx, pkt, Reason::IcmpErrorIn, clock())
 }
@@ -115,15 +141,14 @@ pub(crate) const TOO_BIG_MIN_LEN: u16 = (FRAG_NEEDED_HEADERS_LEN + QUOTE_MAX) as
 /// the route lookup refused, untranslated, with the inside address.
 #[inline(always)]
 pub(crate) fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Side) -> Verdict {
-    let (frags, tot_len) = unsafe { (u16::from_be_bytes((*pkt.ip).frags), u16::from_be_bytes((*pkt.ip).tot_len)) };
-    if frags & IP_DF == 0 || tot_len < TOO_BIG_MIN_LEN {
+    if pkt.frags() & IP_DF == 0 || pkt.tot_len() < TOO_BIG_MIN_LEN {
         return Verdict::drop(Reason::DropTooBigForEgress);
     }
     let cfg = config();
     let source_be = match ingress {
         Side::Source => cfg.lan_addr_be,
         // The external address it was sent to (it is not rewritten yet).
-        Side::Destination => unsafe { u32::from_ne_bytes((*pkt.ip).dst_addr) },
+        Side::Destination => pkt.dst_be(),
     };
     if source_be == 0 {
         return Verdict::drop(Reason::DropTooBigForEgress);
@@ -131,8 +156,9 @@ pub(crate) fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Sid
     let Some(rate) = ICMP_RATE.get_ptr_mut(0) else {
         return Verdict::drop(Reason::DropTooBigForEgress);
     };
-    // Per-CPU slot: no other writer. The real clock, not the published
-    // one: the published clock moves once a second, this path is rare.
+    // The real clock, not the published one: the published clock moves once
+    // a second, this path is rare.
+    // SAFETY: this CPU's slot: no other writer.
     if !unsafe { (*rate).allow(bpf_ktime_get_ns()) } {
         return Verdict::drop(Reason::FragNeededRateLimited);
     }
@@ -160,11 +186,14 @@ pub(crate) fn too_big(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16, ingress: Sid
 #[inline(always)]
 pub(crate) fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u32, mtu: u16) -> Result<(), ()> {
     let l3 = pkt.l3_offset;
-    let (vihl, sender) = unsafe { ((*pkt.ip).vihl, (*pkt.ip).src_addr) };
-    let quote_len = ((vihl & 0x0f) as usize) * 4 + QUOTED_L4_LEN;
+    let sender = pkt.src_be().to_ne_bytes();
+    let quote_len = pkt.header_len() + QUOTED_L4_LEN;
     // Back to the previous hop.
+    // SAFETY: `parse` checked the Ethernet header in the frame.
     unsafe { core::ptr::swap(&raw mut (*pkt.eth).src_addr, &raw mut (*pkt.eth).dst_addr) };
     let mut quote = [0u8; QUOTE_MAX];
+    // SAFETY: the helpers read and write within `quote` and `headers`, sized
+    // for what they are asked; packet offsets are checked by the helpers.
     unsafe {
         let raw = ctx.ctx as *mut _;
         if bpf_xdp_load_bytes(raw, l3 as u32, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0 {

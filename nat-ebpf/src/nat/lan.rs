@@ -1,0 +1,141 @@
+//! LAN ingress: what `nat_lan` does with an IPv4 packet.
+//!
+//! Invariant: nothing it lets through reaches the WAN with an inside source
+//! address. Transit traffic the kernel would route to the WAN is translated,
+//! handed to natd, or dropped; it is never passed.
+
+use aya_ebpf::programs::XdpContext;
+use nat_common::{Reason, miss_kind, proto};
+
+use crate::{
+    ctx::{clock, config},
+    handoff::hand_to_daemon,
+    maps::{INBOUND, OUTBOUND},
+    nat::{
+        filter::{admit, remember_remote},
+        fragment::later_fragment,
+        guard::lan_source_refusal,
+        hit::{finish_if_partial, refresh, translate_and_forward},
+        icmp_errors::{icmp_error_hairpinned, icmp_error_out, too_big},
+        new_flow::claim,
+        untranslated::{self, refused_lan_source},
+    },
+    packet::{
+        Side,
+        checksum::has_partial_checksum,
+        parse::{Fragment, Ipv4Packet},
+        rewrite::translate_both,
+    },
+    proto::L4,
+    route::{Hop, Rewrite, Route, deliver, next_hop, route_untranslated},
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    // The kernel never forwards these: it answers Time Exceeded itself, or
+    // delivers them locally. (From a forged source the answer would go to
+    // whoever was named: not for sources the gateway refuses.)
+    if pkt.ttl() <= 1 {
+        return match refused_lan_source(ctx, pkt) {
+            Some(refused) => refused,
+            None => Verdict::pass(Reason::PassTtlExpired),
+        };
+    }
+    // Broadcast and multicast (DHCP from 0.0.0.0 among them) are the
+    // gateway's own to receive, whatever the source.
+    if pkt.dst_is_special() {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    if config().is_external(pkt.dst_be()) {
+        return to_external_address(ctx, pkt);
+    }
+
+    if let L4::IcmpError(quoted) = &pkt.l4
+        && lan_source_refusal(pkt.src_be()).is_none()
+        && let Some(verdict) = icmp_error_out(ctx, pkt, quoted)
+    {
+        return verdict;
+    }
+    if pkt.fragment == Fragment::Later {
+        return later_fragment(ctx, pkt, Side::Source);
+    }
+
+    let Some(inside) = pkt.source() else {
+        return untranslated::lan(pkt, route_untranslated(ctx, pkt));
+    };
+    let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
+        // A mapping exists only for a source that passed BCP 38 when its
+        // first packet did: a hit needs no check.
+        Some(mapping) => (mapping, Reason::TranslatedOut),
+        // A new flow, if the kernel would route it to the WAN and its source
+        // may be translated.
+        None => match route_untranslated(ctx, pkt) {
+            Route::Wan if lan_source_refusal(inside.addr_be).is_none() => match claim(&inside) {
+                Some(mapping) => (mapping, Reason::TranslatedNewFlow),
+                None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+            },
+            route => return untranslated::lan(pkt, route),
+        },
+    };
+    translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated)
+}
+
+/// A LAN packet for the gateway's external address. For another inside
+/// host's TCP/UDP mapping it is hairpinned (RFC 4787 REQ-9, RFC 5382 REQ-8):
+/// source translated to the sender's external endpoint, destination to the
+/// target's inside one, and sent back into the LAN, so the target sees the
+/// sender as the Internet would. So is the target's ICMP error about such a
+/// packet (RFC 5508 REQ-7). Anything else is for the gateway itself.
+#[inline(always)]
+fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+    if let L4::IcmpError(quoted) = &pkt.l4 {
+        return icmp_error_hairpinned(ctx, pkt, quoted);
+    }
+    let (Some(inside), Some(destination)) = (pkt.source(), pkt.destination()) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    // Hairpinned fragments are not translated (a later fragment would need
+    // both addresses from the first): the kernel gets them, as the gateway's.
+    if pkt.fragment != Fragment::No {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    // Echo requests to the external address are the gateway's to answer.
+    if inside.proto == proto::ICMP {
+        return Verdict::pass(Reason::PassLocal);
+    }
+    let Some(target) = INBOUND.get_ptr(destination) else {
+        return Verdict::pass(Reason::PassLocal);
+    };
+    let mapping = match OUTBOUND.get_ptr(inside) {
+        Some(mapping) => mapping,
+        // A source the gateway refuses is not hairpinned: the packet is for
+        // the gateway's own address, and the kernel's to deliver.
+        None if lan_source_refusal(inside.addr_be).is_some() => return Verdict::pass(Reason::PassLocal),
+        None => match claim(&inside) {
+            Some(mapping) => mapping,
+            // natd sets the mapping up and hairpins this first packet itself.
+            None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
+        },
+    };
+    let now = clock();
+    let cfg = config();
+    // SAFETY: values of the maps, copied.
+    let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
+    // The sender is the target's remote, as if it were on the Internet: it
+    // passes the target's filter only if the target has sent to it.
+    remember_remote(cfg, &inside, destination.addr_be, destination.port_be, now);
+    if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
+        return Verdict::drop(Reason::DropFiltered);
+    }
+    let hop = next_hop(ctx, pkt, &Rewrite::Both(external, inside_target), now);
+    if let Hop::TooBig(mtu) = hop {
+        return too_big(ctx, pkt, mtu, Side::Source);
+    }
+    refresh(mapping, pkt, now, Side::Source);
+    refresh(target, pkt, now, Side::Destination);
+    let partial = has_partial_checksum(pkt);
+    translate_both(pkt, &external, &inside_target);
+    let translated = finish_if_partial(ctx, pkt, partial, Reason::Hairpinned);
+    deliver(ctx, pkt, hop, translated)
+}

@@ -1,0 +1,64 @@
+//! The packet: reading it within bounds (here), parsing and checking it
+//! (`parse`), the rewrites of a translation (`rewrite`), and the full
+//! checksums a TX-offloaded segment or an ICMP error needs (`checksum`).
+
+pub mod checksum;
+pub mod parse;
+pub mod rewrite;
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use nat_common::Reason;
+
+/// Which end of a packet a translation rewrites.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// LAN -> WAN: the inside source becomes the external endpoint.
+    Source,
+    /// WAN -> LAN: the external destination becomes the inside endpoint.
+    Destination,
+}
+
+/// Why a frame is refused before it is looked at further: the reason it is
+/// dropped and counted under (`DropMalformed` for a frame cut short, the
+/// `DropBad*` reasons for headers that lie).
+pub struct Invalid(pub Reason);
+
+pub const TRUNCATED: Invalid = Invalid(Reason::DropMalformed);
+pub const BAD_IP_HEADER: Invalid = Invalid(Reason::DropBadIpHeader);
+pub const BAD_L4_HEADER: Invalid = Invalid(Reason::DropBadL4Header);
+
+/// A pointer to a `T` at `offset` bytes into the packet, if the whole `T` is
+/// there: the one bounds check every header read goes through.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Invalid> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(TRUNCATED);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// `value` read back through the stack: LLVM forgets what it knew about it,
+/// the verifier (which tracks the stack slot) does not. For offsets whose
+/// bounds check LLVM would otherwise prove redundant from an earlier check
+/// (the datagram within the frame) and drop, leaving the verifier a read it
+/// cannot prove safe.
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    let slot = value;
+    // SAFETY: a read of a local just written.
+    unsafe { core::ptr::read_volatile(&slot) }
+}
+
+/// A copy of `value` the verifier does not tie to it. A plain copy shares
+/// the verifier's id, so every comparison made on it narrows the original
+/// too, and each way out of a test then walks the rest of the program as a
+/// state of its own. An xor with an opaque zero gives the copy an id of its
+/// own.
+#[inline(always)]
+pub fn unlinked(value: usize) -> usize {
+    value ^ opaque(0)
+}
