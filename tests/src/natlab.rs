@@ -258,6 +258,30 @@ impl NatLab {
         self.query("sessions")
     }
 
+    /// The external endpoint natd gave the `proto` ("udp", "tcp", "icmp")
+    /// session of `inside`, from `natd sessions`; an error naming the
+    /// sessions there are when it has none.
+    pub fn external_of(&self, proto: &str, inside: SocketAddrV4) -> Result<SocketAddrV4> {
+        self.wait_external_of(proto, inside, Duration::ZERO)
+    }
+
+    /// `external_of`, asking again every 20 ms for up to `within` while natd
+    /// has not made the session yet.
+    pub fn wait_external_of(&self, proto: &str, inside: SocketAddrV4, within: Duration) -> Result<SocketAddrV4> {
+        let inside_end = inside.to_string();
+        let deadline = Instant::now() + within;
+        loop {
+            let sessions = self.sessions()?;
+            if let Some(s) = sessions.iter().find(|s| s.proto == proto && s.inside == inside_end) {
+                return s.external.parse().with_context(|| format!("the external endpoint of {s:?}"));
+            }
+            if Instant::now() >= deadline {
+                bail!("no {proto} session for {inside_end} (waited {within:?}): {sessions:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn status(&self) -> Result<Status> {
         let mut all: Vec<Status> = self.query("status")?;
         all.pop().context("no natd in status")

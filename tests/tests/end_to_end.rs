@@ -242,15 +242,7 @@ fn tcp_simultaneous_open_completes_through_the_gateway() {
         tcp_talk(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INSIDE_PORT), SocketAddrV4::new(SERVER, SERVER_PORT), b"from inside")
     });
     // The inside SYN made the mapping: the server connects to its external end.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let external: SocketAddrV4 = loop {
-        let inside_end = format!("{}:{INSIDE_PORT}", host_addr(0));
-        if let Some(s) = lab.sessions().unwrap().into_iter().find(|s| s.proto == "tcp" && s.inside == inside_end) {
-            break s.external.parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "no TCP mapping for {inside_end}");
-        thread::sleep(Duration::from_millis(20));
-    };
+    let external = lab.wait_external_of("tcp", SocketAddrV4::new(host_addr(0), INSIDE_PORT), Duration::from_secs(5)).unwrap();
     let outside = in_ns(&lab.server, move || {
         tcp_talk(SocketAddrV4::new(SERVER, SERVER_PORT), external, b"from outsid")
     });
@@ -561,16 +553,16 @@ fn a_pool_pairs_each_host_with_one_address_and_ports_keep_parity_and_class() {
 
     // Class kept: NTP's port 123 leaves from a port of the low range.
     assert_eq!(udp_request(&lab.hosts[0], 123, b"n".to_vec()).join().unwrap().unwrap(), b"echo:n");
-    let ntp = lab.sessions().unwrap().into_iter().find(|s| s.inside.ends_with(":123")).unwrap();
-    let port = ntp.external.parse::<SocketAddrV4>().unwrap().port();
+    let ntp = lab.external_of("udp", SocketAddrV4::new(host_addr(0), 123)).unwrap();
+    let port = ntp.port();
     assert!((600..=699).contains(&port), "{ntp:?}");
 
     // Class not kept: a port of the NAT range.
     lab.stop_natd().unwrap();
     lab.start_natd_with_config(&pool_config(false)).unwrap();
     assert_eq!(udp_request(&lab.hosts[0], 124, b"m".to_vec()).join().unwrap().unwrap(), b"echo:m");
-    let low = lab.sessions().unwrap().into_iter().find(|s| s.inside.ends_with(":124")).unwrap();
-    let port = low.external.parse::<SocketAddrV4>().unwrap().port();
+    let low = lab.external_of("udp", SocketAddrV4::new(host_addr(0), 124)).unwrap();
+    let port = low.port();
     assert!((20000..=32767).contains(&port), "{low:?}");
 }
 
@@ -765,12 +757,8 @@ fn hairpinning_lets_inside_hosts_reach_each_other_by_external_endpoint() {
         sock.send_to(b"map me", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
         sock.recv_from(&mut buf).unwrap();
     }
-    let external_of = |inside: &str| -> SocketAddr {
-        let sessions = lab.sessions().unwrap();
-        let s = sessions.iter().find(|s| s.proto == "udp" && s.inside == inside).unwrap_or_else(|| panic!("{inside}: {sessions:?}"));
-        s.external.parse().unwrap()
-    };
-    let (a_ext, b_ext) = (external_of("10.77.1.10:6100"), external_of("10.77.1.11:6000"));
+    let a_ext = SocketAddr::from(lab.external_of("udp", SocketAddrV4::new(host_addr(0), 6100)).unwrap());
+    let b_ext = SocketAddr::from(lab.external_of("udp", SocketAddrV4::new(host_addr(1), 6000)).unwrap());
 
     a.send_to(b"hairpin", b_ext).unwrap();
     let (n, from) = b.recv_from(&mut buf).expect("host 1 got nothing through the external address");
@@ -796,15 +784,14 @@ fn a_hairpinned_first_packet_set_up_by_natd_is_delivered() {
     let mut buf = [0u8; 64];
     b.send_to(b"map me", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
     b.recv_from(&mut buf).unwrap();
-    let sessions = lab.sessions().unwrap();
-    let b_ext: SocketAddr = sessions.iter().find(|s| s.inside == "10.77.1.11:6000").unwrap().external.parse().unwrap();
+    let b_ext: SocketAddr = lab.external_of("udp", SocketAddrV4::new(host_addr(1), 6000)).unwrap().into();
 
     let before = lab.stats().unwrap().get("first_packets_sent").unwrap();
     let a = udp_socket_in(&lab.hosts[0], 25100);
     a.send_to(b"first", b_ext).unwrap();
     let (n, from) = b.recv_from(&mut buf).expect("the hairpinned first packet was lost");
     assert_eq!(&buf[..n], b"first");
-    let a_ext = lab.sessions().unwrap().into_iter().find(|s| s.inside == "10.77.1.10:25100").unwrap().external;
+    let a_ext = lab.external_of("udp", SocketAddrV4::new(host_addr(0), 25100)).unwrap().to_string();
     assert_eq!(from.to_string(), a_ext, "host 1 must see host 0's external endpoint");
     assert_eq!(lab.stats().unwrap().get("first_packets_sent").unwrap(), before + 1, "natd did not send it");
 }
@@ -840,7 +827,7 @@ fn port_unreachable_from_an_inside_host_reaches_the_remote_sender() {
     let _server = EchoServer::start(&lab.server, SERVICE_PORT);
     assert_eq!(udp_request(&lab.hosts[0], 6400, b"x".to_vec()).join().unwrap().unwrap(), b"echo:x");
     // The host's socket is closed now; the mapping lives on.
-    let external: SocketAddr = lab.sessions().unwrap().iter().find(|s| s.inside == "10.77.1.10:6400").unwrap().external.parse().unwrap();
+    let external: SocketAddr = lab.external_of("udp", SocketAddrV4::new(host_addr(0), 6400)).unwrap().into();
     let refused = in_ns(&lab.server, move || {
         let sock = UdpSocket::bind("0.0.0.0:7100").unwrap();
         sock.connect(external).unwrap();
@@ -1206,8 +1193,7 @@ fn rfc5508_req7_hairpinned_port_unreachable_reaches_the_sender() {
     assert_eq!(udp_request(&lab.hosts[1], 6000, b"b".to_vec()).join().unwrap().unwrap(), b"echo:b");
     assert_eq!(udp_request(&lab.hosts[0], 6100, b"a".to_vec()).join().unwrap().unwrap(), b"echo:a");
     // Host 1's socket is closed now; its mapping lives on.
-    let sessions = lab.sessions().unwrap();
-    let b_external: SocketAddr = sessions.iter().find(|s| s.proto == "udp" && s.inside == "10.77.1.11:6000").unwrap().external.parse().unwrap();
+    let b_external: SocketAddr = lab.external_of("udp", SocketAddrV4::new(host_addr(1), 6000)).unwrap().into();
     let refused = in_ns(&lab.hosts[0], move || {
         let sock = UdpSocket::bind("0.0.0.0:6100").unwrap();
         sock.connect(b_external).unwrap();

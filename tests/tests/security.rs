@@ -53,13 +53,6 @@ fn counter(stats: &Stats, name: &str) -> u64 {
     stats.get(name).unwrap_or_else(|| panic!("no counter {name}: {stats:?}"))
 }
 
-/// The external endpoint natd gave `inside` (UDP), from `natd sessions`.
-fn external_port(lab: &NatLab, inside: SocketAddrV4) -> u16 {
-    let inside = inside.to_string();
-    let session = lab.sessions().unwrap().into_iter().find(|s| s.proto == "udp" && s.inside == inside).expect("a session");
-    session.external.rsplit_once(':').unwrap().1.parse().unwrap()
-}
-
 /// Nothing reaches `sock` within half a second.
 fn assert_silent(sock: &UdpSocket, what: &str) {
     sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -98,7 +91,7 @@ fn wan_attacks_are_stopped_and_counted_while_flows_go_on() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 256];
     sock.recv_from(&mut buf).expect("the echo that proves the mapping");
-    let mapped = external_port(&lab, inside);
+    let mapped = lab.external_of("udp", inside).unwrap().port();
     let wan = Link::between(&lab.server, "eth0", &lab.gw, "wan0").unwrap();
     let forged = |src: Ipv4Addr, sport: u16, dport: u16| Frame::udp((src, sport), (EXTERNAL, dport)).with_macs(wan.from, wan.to).build();
     let mut frames = vec![forged(host_addr(1), 53, mapped), forged(EXTERNAL, 53, mapped)];
