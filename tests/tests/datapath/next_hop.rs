@@ -1,0 +1,40 @@
+//! The next-hop cache and the egress MTU check of cached next hops.
+
+use nat_common::Reason;
+use nat_tests::{
+    addr, require_root,
+    xdp_action::{DROP, REDIRECT},
+};
+use nat_userspace::datapath::Side;
+
+use super::{gateway, udp_out, with};
+
+/// The next hop is cached for NEXT_HOP_TTL_NS of the published clock: a
+/// neighbour change is picked up once the entry expires, and a packet longer
+/// than any the route lookup accepted is checked against the egress MTU.
+#[test]
+fn next_hops_are_cached_until_they_expire_and_longer_packets_are_checked() {
+    require_root!();
+    let mut gw = gateway("nexthop").unwrap();
+    let t0 = 10_000_000_000;
+    gw.datapath.set_clock(t0).unwrap();
+    let first = gw.run(Side::Lan, &udp_out().build()).unwrap();
+    assert_eq!((first.action, &first.frame[..6]), (REDIRECT, &addr::WAN_NEXT_HOP_MAC[..]));
+
+    let new_mac = [0x02, 0, 0, 0, 0x02, 0x99];
+    let new_mac_text = "02:00:00:00:02:99";
+    gw.ns.ip(&["neigh", "replace", "203.0.113.2", "lladdr", new_mac_text, "dev", "wan0", "nud", "permanent"]).unwrap();
+    let cached = gw.run(Side::Lan, &udp_out().build()).unwrap();
+    assert_eq!(&cached.frame[..6], &addr::WAN_NEXT_HOP_MAC[..], "the cached next hop was not used");
+
+    gw.datapath.set_clock(t0 + nat_common::NEXT_HOP_TTL_NS).unwrap();
+    let fresh = gw.run(Side::Lan, &udp_out().build()).unwrap();
+    assert_eq!(&fresh.frame[..6], &new_mac[..], "the expired next hop was not looked up again");
+
+    // The cache approved 16-byte payloads; a 1400-byte one over a 1000-byte
+    // MTU must be refused, not sent on the cached entry.
+    gw.ns.ip(&["link", "set", "wan0", "mtu", "1000"]).unwrap();
+    let big = with(udp_out(), |f| f.payload = vec![0; 1400]);
+    assert_eq!(gw.run(Side::Lan, &big.build()).unwrap().action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::DropTooBigForEgress).unwrap(), 1);
+}
