@@ -12,7 +12,10 @@ use std::{
 };
 
 use nat_tests::{
-    natlab::{Capture, EXTERNAL, EchoServer, GW_LAN, KillOnDrop, NatLab, SERVER, StreamEcho, host_addr, in_ns, snmp_counter, tcp_conversation, udp_socket_in, udp_stream},
+    natlab::{
+        Capture, EXTERNAL, EchoServer, GW_LAN, KillOnDrop, NatLab, SERVER, StreamEcho, host_addr,
+        in_ns, snmp_counter, tcp_conversation, udp_socket_in, udp_stream,
+    },
     packet::{self, Frame},
     require_root,
     wire::{Link, send_frames},
