@@ -157,6 +157,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// Stops the programs redirecting out of `ifindex` (an interface that
+    /// went away): packets routed there are dropped and counted
+    /// (`drop_redirect_failed`).
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(map_names::TX_PORTS)?)?;
+        ports.remove(ifindex).with_context(|| format!("removing ifindex {ifindex} from TX_PORTS"))?;
+        Ok(())
+    }
+
     /// Inserts both directions of a mapping: `inside` is translated to
     /// `external` outbound, and back inbound, with their liveness in slot
     /// `session` of LIVENESS (which must not belong to a live session).

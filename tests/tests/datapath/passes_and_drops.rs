@@ -215,3 +215,17 @@ fn egress_outside_the_managed_ports_is_dropped() {
     assert_eq!(run.action, DROP);
     assert_eq!(gw.datapath.counter(Reason::DropEgressUnmanaged).unwrap(), 1);
 }
+
+/// A redirect to one of the gateway's own interfaces that fails (natd took
+/// it out of the devmap, as it does when an interface goes away) is counted
+/// as such, not as an unmanaged egress.
+#[test]
+fn a_failed_redirect_is_counted_as_such() {
+    require_root!();
+    let mut gw = gateway("redirect").unwrap();
+    gw.datapath.remove_tx_port(gw.lan_ifindex).unwrap();
+    let run = gw.run(Side::Wan, &udp_in().build()).unwrap();
+    assert_eq!(run.action, DROP);
+    assert_eq!(gw.datapath.counter(Reason::DropRedirectFailed).unwrap(), 1);
+    assert_eq!(gw.datapath.counter(Reason::DropEgressUnmanaged).unwrap(), 0);
+}
