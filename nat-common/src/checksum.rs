@@ -114,7 +114,7 @@ pub const fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u1
 /// `pseudo_header_sum` does.
 #[inline(always)]
 pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
-    const { assert!(N % 2 == 0 && N <= 256) };
+    const { assert!(N.is_multiple_of(2) && N <= 256) };
     let (mut first, mut second) = (0u32, 0u32);
     let mut i = 0;
     while i < N {

@@ -631,6 +631,8 @@ mod pod {
     unsafe impl aya::Pod for super::HostKey {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragState {}
+    unsafe impl aya::Pod for super::ClaimEvent {}
+    unsafe impl aya::Pod for super::FragEvent {}
 }
 
 #[cfg(test)]

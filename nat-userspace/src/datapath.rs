@@ -253,6 +253,7 @@ impl Datapath {
 
     /// Writes one entry of one direction, bypassing the pairing rules. For
     /// benchmarks that need entries for a packet's rewritten form too.
+    #[cfg(feature = "testing")]
     pub fn insert_raw(&mut self, side: Side, key: Endpoint, value: Mapping) -> Result<()> {
         let name = match side {
             Side::Lan => map_names::OUTBOUND,
@@ -288,12 +289,25 @@ impl Datapath {
         ))
     }
 
+    /// Every outbound mapping, to read (the tests and benchmarks count and
+    /// look entries up with it).
     pub fn outbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {
         Ok(HashMap::try_from(self.map(map_names::OUTBOUND)?)?)
     }
 
+    /// Every inbound mapping, to read.
     pub fn inbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {
         Ok(HashMap::try_from(self.map(map_names::INBOUND)?)?)
+    }
+
+    /// The mapping of an inside endpoint, if it has one.
+    pub fn outbound_mapping(&self, inside: &Endpoint) -> Result<Option<Mapping>> {
+        self.get(map_names::OUTBOUND, inside)
+    }
+
+    /// The mapping of an external endpoint, if it has one.
+    pub fn inbound_mapping(&self, external: &Endpoint) -> Result<Option<Mapping>> {
+        self.get(map_names::INBOUND, external)
     }
 
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.

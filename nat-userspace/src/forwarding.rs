@@ -49,7 +49,7 @@ impl Forwarding {
 impl Drop for Forwarding {
     fn drop(&mut self) {
         for path in self.restore() {
-            eprintln!("natd: warning: could not restore {path}: the kernel may forward LAN traffic untranslated");
+            tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
         }
     }
 }

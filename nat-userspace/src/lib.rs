@@ -1,17 +1,29 @@
 //! natd: the control plane of the XDP NAT gateway.
+//!
+//! - `config`: the settings (schema, loading and validation, the machine);
+//! - `datapath`: the loaded programs and typed access to their maps;
+//! - `nat`: the daemon and its jobs (ports, sessions, first packets,
+//!   fragments, quotas, logs, views);
+//! - `packet`: the one user-side reader and writer of IPv4 packets;
+//! - `control`: how the client commands reach a serving natd;
+//! - `forwarding`: the sysctls natd turns on and puts back;
+//! - `logging`: natd's log lines;
+//! - `cli` and `serve`: the command line, and `natd run`.
 
-pub mod allocator;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod datapath;
 pub mod forwarding;
-pub mod frag;
-pub mod handoff;
-pub mod quota;
+pub mod logging;
+pub mod nat;
+pub mod packet;
+pub mod serve;
 
 /// The compiled XDP programs (nat-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat"));
 
-/// Measurement-only programs (the XDP_DROP floor), embedded for the benchmarks.
+/// Measurement-only programs (the XDP_DROP floor, the load generator, the
+/// sink), for the tests and benchmarks only.
+#[cfg(feature = "testing")]
 pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench"));

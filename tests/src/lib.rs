@@ -10,10 +10,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, bail};
 use nat_common::{Endpoint, GatewayConfig, Prefix};
-use nat_userspace::{
-    datapath::{Datapath, Side},
-    handoff::XdpMd,
-};
+use nat_userspace::datapath::{Datapath, Side};
 
 use crate::netns::{NsGuard, Netns};
 
@@ -120,6 +117,30 @@ impl TestGateway {
             slot,
             0,
         )
+    }
+}
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: the data span and the
+/// interface the program believes the frame arrived on.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct XdpMd {
+    pub data: u32,
+    pub data_end: u32,
+    pub data_meta: u32,
+    pub ingress_ifindex: u32,
+    pub rx_queue_index: u32,
+    pub egress_ifindex: u32,
+}
+
+impl XdpMd {
+    pub fn for_frame(frame: &[u8], ingress_ifindex: u32) -> Self {
+        Self { data_end: frame.len() as u32, ingress_ifindex, ..Self::default() }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C), six u32, no padding.
+        unsafe { std::slice::from_raw_parts(self as *const Self as *const u8, std::mem::size_of::<Self>()) }
     }
 }
 

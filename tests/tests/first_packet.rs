@@ -1,4 +1,4 @@
-//! The daemon's translation of a flow's first packet (`handoff::translate_source`)
+//! The daemon's translation of a flow's first packet (`packet::translate_source`)
 //! gives exactly the bytes a from-scratch build of the translated packet has:
 //! TCP, UDP, UDP without checksum, ICMP echo, IP options, a payload of odd
 //! length, TCP/UDP checksums left partial by a TX-offloading sender, and a
@@ -13,7 +13,7 @@ use nat_common::{
     proto,
 };
 use nat_tests::packet::{Frame, L4};
-use nat_userspace::handoff::{translate_destination, translate_source};
+use nat_userspace::packet::{translate_destination, translate_source};
 
 const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);

@@ -184,9 +184,9 @@ fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
     lab.datapath
         .insert_pair(Endpoint::new(HOST, 5001, proto::UDP), Endpoint::new(EXTERNAL, 20002, proto::UDP), 3, 0)
         .unwrap();
-    let mut packet = nat_userspace::handoff::event_packet(&event).unwrap().to_vec();
-    nat_userspace::handoff::translate_source(&mut packet, Endpoint::new(EXTERNAL, 20002, proto::UDP)).unwrap();
-    nat_userspace::handoff::KernelSender::new().unwrap().send_packet(&packet).unwrap();
+    let mut packet = nat_userspace::packet::Ipv4::of_event(&event).unwrap().datagram().to_vec();
+    nat_userspace::packet::translate_source(&mut packet, Endpoint::new(EXTERNAL, 20002, proto::UDP)).unwrap();
+    nat_userspace::nat::first_packet::KernelSender::new().unwrap().send_packet(&packet).unwrap();
 
     assert_eq!(server.join().unwrap(), SocketAddrV4::new(EXTERNAL, 20002).into());
     assert_eq!(client.join().unwrap(), 5);
@@ -219,7 +219,8 @@ fn packet_without_a_neighbour_is_delivered_through_the_kernel() {
     let event = next_event(&mut ring);
     assert_eq!(event.kind, nat_common::miss_kind::NO_NEIGHBOUR);
     let _in_gw = lab.gw.enter().unwrap();
-    nat_userspace::handoff::KernelSender::new().unwrap().send(&event).unwrap();
+    let packet = nat_userspace::packet::Ipv4::of_event(&event).unwrap();
+    nat_userspace::nat::first_packet::KernelSender::new().unwrap().send_packet(packet.datagram()).unwrap();
     let (n, from) = host.join().unwrap();
     assert_eq!((n, from), (7, SocketAddrV4::new(SERVER, 7002).into()));
     assert!(lab.gw.ip(&["neigh", "show", "10.77.1.10"]).unwrap().contains("lladdr"), "the neighbour was not resolved");

@@ -10,7 +10,10 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use nat_common::{Endpoint, MAX_MAPPINGS, proto};
 use nat_tests::{TestGateway, addr};
-use nat_userspace::daemon::{SessionEntry, SessionTable, Timeouts, expired_sessions};
+use nat_userspace::{
+    config::Timeouts,
+    nat::sessions::{SessionEntry, SessionTable, expired_sessions},
+};
 
 /// Aging scans timed; the median is reported.
 const SCANS: usize = 5;

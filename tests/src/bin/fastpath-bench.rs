@@ -17,12 +17,13 @@ use aya::{
 };
 use nat_common::{Endpoint, Mapping, proto};
 use nat_tests::{
+    XdpMd,
     TestGateway, addr,
     packet::{Frame, L4},
     test_run,
     xdp_action::{DROP, PASS, REDIRECT},
 };
-use nat_userspace::{BENCH_OBJECT, datapath::Side, handoff::XdpMd};
+use nat_userspace::{BENCH_OBJECT, datapath::Side};
 
 /// Repetitions per test run: under 255 - 1 so TTL never reaches 1.
 const REPEAT: u32 = 200;

@@ -33,7 +33,7 @@ use nat_tests::{
     natlab::{EchoServer, NatLab, SERVER, host_addr, in_ns},
     packet::Frame,
 };
-use nat_userspace::{BENCH_OBJECT, handoff::KernelSender};
+use nat_userspace::{BENCH_OBJECT, nat::first_packet::KernelSender};
 
 const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: &str = "5201";

@@ -36,11 +36,10 @@ use nat_common::{
     bench::{GEN_HEADER_LEN, GenConfig, names},
     checksum, proto,
 };
-use nat_tests::netns::Netns;
+use nat_tests::{XdpMd, netns::Netns};
 use nat_userspace::{
     BENCH_OBJECT,
     datapath::{Datapath, Side},
-    handoff::XdpMd,
 };
 
 const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);

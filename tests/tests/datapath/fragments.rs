@@ -107,7 +107,7 @@ fn a_later_fragment_before_its_first_goes_to_natd_never_to_the_wan() {
     }
 
     // natd parks them and marks the datagram; its first fragment passes.
-    let key = nat_userspace::frag::frag_key_of(&out[0][14..], nat_common::frag_dir::OUT).unwrap();
+    let key = nat_userspace::packet::Ipv4::read(&out[0][14..]).unwrap().frag_key(nat_common::frag_dir::OUT);
     gw.datapath.mark_parked(key, 0).unwrap();
     let run = gw.run(Side::Lan, &out[0]).unwrap();
     assert_eq!(run.action, REDIRECT);

@@ -21,10 +21,7 @@ use std::{
 };
 
 use anyhow::Result;
-use nat_common::{
-    Endpoint, HostKey, checksum,
-    icmp::{QUOTED_L4_LEN, unreachable_headers},
-};
+use nat_common::{Endpoint, HostKey};
 
 use crate::datapath::Datapath;
 
@@ -110,21 +107,6 @@ impl RefusalNotices {
     }
 }
 
-/// ICMP Destination Unreachable `code` from `from` to the sender of
-/// `refused` (an IPv4 packet, header first), quoting its IPv4 header and the
-/// first 8 bytes after it (RFC 792), with valid checksums. `None` if
-/// `refused` is not a whole IPv4 header.
-pub fn destination_unreachable(from: Ipv4Addr, refused: &[u8], code: u8) -> Option<Vec<u8>> {
-    let ihl = (*refused.first()? & 0x0f) as usize * 4;
-    if ihl < 20 || refused.len() < ihl {
-        return None;
-    }
-    let quoted = &refused[..refused.len().min(ihl + QUOTED_L4_LEN)];
-    let sender: [u8; 4] = refused[12..16].try_into().ok()?;
-    let headers = unreachable_headers(from.octets(), sender, code, 0, quoted.len() as u16, checksum::sum_words(quoted, 0));
-    Some([&headers[..], quoted].concat())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,23 +123,5 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         let admitted = (0..1000u32).filter(|i| notices.admit(Ipv4Addr::from(0x0a01_0000 + i), later)).count();
         assert_eq!(admitted, REFUSAL_ICMP_PER_S as usize, "the overall limit per second");
-    }
-
-    /// RFC 5508 REQ-8 / RFC 792: the message quotes the refused packet's
-    /// header and 8 bytes, goes back to its sender, and every checksum holds.
-    #[test]
-    fn destination_unreachable_quotes_the_refused_packet() {
-        let mut refused = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 77, 1, 10, 203, 0, 113, 2];
-        refused.extend_from_slice(&[0x17, 0x71, 0x1b, 0x58, 0, 20, 0xab, 0xcd]);
-        refused.extend_from_slice(&[0xee; 12]);
-        let gw = Ipv4Addr::new(10, 77, 1, 1);
-        let msg = destination_unreachable(gw, &refused, nat_common::icmp::ICMP_ADMIN_PROHIBITED).unwrap();
-        assert_eq!(msg.len(), 20 + 8 + 28);
-        assert_eq!(&msg[12..16], &gw.octets());
-        assert_eq!(&msg[16..20], &[10, 77, 1, 10]);
-        assert_eq!((msg[20], msg[21]), (3, 13));
-        assert_eq!(&msg[28..], &refused[..28]);
-        assert_eq!(checksum::checksum(&msg[..20]), 0, "IPv4 header checksum");
-        assert_eq!(checksum::checksum(&msg[20..]), 0, "ICMP checksum");
     }
 }

@@ -13,10 +13,109 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use anyhow::{Result, ensure};
-use nat_common::{FRAG_TIMEOUT_NS, FragKey, MAX_PARKED_DATAGRAMS, frag_dir};
+use anyhow::{Context as _, Result};
+use nat_common::{FRAG_TIMEOUT_NS, FragKey, FragState, MAX_PARKED_DATAGRAMS, MissEvent};
 
-use crate::handoff::{Side, rewrite_address};
+use crate::{
+    datapath::Datapath,
+    nat::{counters::DaemonCounters, first_packet::KernelSender, sessions::coarse_now_ns},
+    packet::{Ipv4, translate_fragment},
+};
+
+/// Later fragments natd holds for their first fragment, and sends on once
+/// it has been translated.
+#[derive(Default)]
+pub struct Fragments {
+    park: Park,
+}
+
+impl Fragments {
+    /// Fragments waiting for their first fragment.
+    pub fn waiting(&self) -> usize {
+        self.park.fragments()
+    }
+
+    /// A later fragment the datapath could not translate (yet): sent on at
+    /// once if its first fragment has been translated meanwhile, otherwise
+    /// parked until it is.
+    pub fn later_fragment(&mut self, datapath: &mut Datapath, sender: &KernelSender, counters: &mut DaemonCounters, event: &MissEvent, dir: u8) -> Result<()> {
+        let packet = Ipv4::of_event(event)?;
+        let key = packet.frag_key(dir);
+        let packet = packet.datagram().to_vec();
+        if let Some(addr_be) = translation(datapath, &key)? {
+            return send_fragment(sender, counters, packet, dir, addr_be);
+        }
+        let now = coarse_now_ns();
+        match self.park.park(key, packet, now) {
+            Parking::Full => {
+                counters.fragments_dropped_full += 1;
+                return Ok(());
+            }
+            Parking::Added => {}
+            Parking::NewDatagram => {
+                if let Err(e) = datapath.mark_parked(key, now) {
+                    // Without the mark the datapath would not report the first
+                    // fragment; the tick's look-up still would.
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+        counters.fragments_parked += 1;
+        // The first fragment may have passed between the look-up above and
+        // the mark: the datapath writes FRAGS before it reads PARKED.
+        if let Some(addr_be) = translation(datapath, &key)? {
+            self.release(datapath, sender, counters, &key, addr_be)?;
+        }
+        Ok(())
+    }
+
+    /// natd sent a first fragment itself (a new flow it set up): its later
+    /// fragments follow it as the datapath's would.
+    pub fn first_fragment_sent(&mut self, datapath: &mut Datapath, sender: &KernelSender, counters: &mut DaemonCounters, key: FragKey, addr_be: u32) -> Result<()> {
+        datapath.record_fragment(key, FragState { addr_be, _pad: 0, stamp_ns: coarse_now_ns() })?;
+        self.release(datapath, sender, counters, &key, addr_be)
+    }
+
+    /// The first fragment of `key` was translated to `addr_be`: its parked
+    /// fragments follow.
+    pub fn release(&mut self, datapath: &mut Datapath, sender: &KernelSender, counters: &mut DaemonCounters, key: &FragKey, addr_be: u32) -> Result<()> {
+        let packets = self.park.take(key);
+        datapath.unmark_parked(key)?;
+        for packet in packets {
+            send_fragment(sender, counters, packet, key.dir, addr_be)?;
+        }
+        Ok(())
+    }
+
+    /// Once a tick: parked datagrams whose first fragment passed without a
+    /// `FragEvent` reaching natd (ring full) are released; the ones parked
+    /// longer than `FRAG_TIMEOUT_NS` are dropped.
+    pub fn age(&mut self, datapath: &mut Datapath, sender: &KernelSender, counters: &mut DaemonCounters, now: u64) -> Result<()> {
+        for key in self.park.keys() {
+            if let Some(addr_be) = translation(datapath, &key)? {
+                self.release(datapath, sender, counters, &key, addr_be)?;
+            }
+        }
+        for (key, fragments) in self.park.expire(now) {
+            datapath.unmark_parked(&key)?;
+            counters.fragments_expired += fragments as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The address the first fragment of `key` was translated to, if that was
+/// within `FRAG_TIMEOUT_NS`.
+fn translation(datapath: &Datapath, key: &FragKey) -> Result<Option<u32>> {
+    Ok(datapath.fragment_state(key)?.filter(|s| s.fresh(coarse_now_ns())).map(|s| s.addr_be))
+}
+
+fn send_fragment(sender: &KernelSender, counters: &mut DaemonCounters, mut packet: Vec<u8>, dir: u8, addr_be: u32) -> Result<()> {
+    translate_fragment(&mut packet, dir, Ipv4Addr::from(addr_be.to_ne_bytes())).context("translating a parked fragment")?;
+    sender.send_packet(&packet)?;
+    counters.fragments_sent += 1;
+    Ok(())
+}
 
 /// Datagrams natd parks fragments of at once.
 pub const PARK_MAX_DATAGRAMS: usize = 128;
@@ -104,80 +203,11 @@ impl Park {
     }
 }
 
-/// The identity of the datagram an IPv4 packet (`ip`, from its header on)
-/// belongs to, as the datapath files it for direction `dir`.
-pub fn frag_key_of(ip: &[u8], dir: u8) -> Option<FragKey> {
-    let ip = ip.get(..20)?;
-    Some(FragKey {
-        src_be: u32::from_ne_bytes(ip[12..16].try_into().ok()?),
-        dst_be: u32::from_ne_bytes(ip[16..20].try_into().ok()?),
-        id_be: u16::from_ne_bytes([ip[4], ip[5]]),
-        proto: ip[9],
-        dir,
-    })
-}
-
-/// Rewrites a later fragment (`ip`, from its IPv4 header on) as the datapath
-/// does: the source (`frag_dir::OUT`) or destination (`frag_dir::IN`) address
-/// becomes `to`, the TTL drops by one, and the IPv4 header checksum follows
-/// incrementally (RFC 1624). The payload is not touched: it has no L4 header.
-pub fn translate_fragment(ip: &mut [u8], dir: u8, to: Ipv4Addr) -> Result<()> {
-    ensure!(ip.len() >= 20 && ip[0] >> 4 == 4, "not an IPv4 packet");
-    ensure!(ip[8] > 1, "TTL expired");
-    let side = if dir == frag_dir::OUT { Side::Source } else { Side::Destination };
-    rewrite_address(ip, side, u32::from_ne_bytes(to.octets()), true);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use nat_common::frag_dir;
+
     use super::*;
-    use nat_common::checksum;
-
-    fn fragment(src: [u8; 4], dst: [u8; 4], id: u16, offset_words: u16, payload: usize) -> Vec<u8> {
-        let mut ip = vec![0u8; 20 + payload];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&id.to_be_bytes());
-        ip[6..8].copy_from_slice(&offset_words.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&src);
-        ip[16..20].copy_from_slice(&dst);
-        for (i, b) in ip[20..].iter_mut().enumerate() {
-            *b = i as u8;
-        }
-        let c = checksum::checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-        ip
-    }
-
-    /// RFC 4787 REQ-14: a parked fragment leaves as the datapath would have
-    /// sent it: address and TTL rewritten, header checksum equal to one
-    /// computed from scratch, payload untouched.
-    #[test]
-    fn translated_fragments_match_a_from_scratch_build() {
-        let inside = [10, 77, 1, 10];
-        let (external, remote) = ([203, 0, 113, 1], [198, 51, 100, 10]);
-        let mut out = fragment(inside, remote, 0xbeef, 185, 100);
-        let key = frag_key_of(&out, frag_dir::OUT).unwrap();
-        assert_eq!((key.src_be.to_ne_bytes(), key.dst_be.to_ne_bytes(), u16::from_be(key.id_be)), (inside, remote, 0xbeef));
-        translate_fragment(&mut out, frag_dir::OUT, Ipv4Addr::from(external)).unwrap();
-        let mut want = fragment(external, remote, 0xbeef, 185, 100);
-        want[8] = 63;
-        want[10..12].fill(0);
-        let c = checksum::checksum(&want[..20]);
-        want[10..12].copy_from_slice(&c.to_ne_bytes());
-        assert_eq!(out, want);
-
-        let mut inbound = fragment(remote, external, 7, 0x2000 | 185, 64);
-        translate_fragment(&mut inbound, frag_dir::IN, Ipv4Addr::from(inside)).unwrap();
-        assert_eq!(&inbound[16..20], &inside);
-        assert!(checksum::verifies(&inbound[..20], 0));
-        let mut dying = fragment(remote, external, 7, 185, 8);
-        dying[8] = 1;
-        assert!(translate_fragment(&mut dying, frag_dir::IN, Ipv4Addr::from(inside)).is_err());
-    }
 
     /// RFC 4787 REQ-14: the park is bounded by datagrams, fragments and
     /// bytes, and ages whole datagrams out after FRAG_TIMEOUT_NS.

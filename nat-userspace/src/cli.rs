@@ -1,0 +1,195 @@
+//! natd's command line, and the commands that ask a serving natd (or check
+//! a config file) and print what they learn.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Environment, Overrides, Settings},
+    control::{self, Request, Session, Stats, Status},
+};
+
+#[derive(Parser)]
+#[command(name = "natd", about = "XDP NAT gateway daemon", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Attach to the LAN and WAN interfaces and serve until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show whether natd serves in this network namespace (exit 1 if not).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live mappings.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the datapath's per-reason packet counters and the daemon's counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file against this machine and explain every error.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Every flag overrides the same setting of the config file.
+#[derive(Parser)]
+pub struct RunArgs {
+    /// TOML config file with any of the settings below and the timeouts.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The inside interface.
+    #[arg(long, value_name = "IF")]
+    pub lan: Option<String>,
+    /// The outside interface.
+    #[arg(long, value_name = "IF")]
+    pub wan: Option<String>,
+    /// Public address to translate to [default: the WAN interface's first IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub external_ip: Option<String>,
+    /// External ports to allocate [default: 20000-32767, below Linux's
+    /// ephemeral range so the gateway's own connections keep theirs].
+    #[arg(long, value_name = "LO-HI")]
+    pub port_range: Option<String>,
+    /// XDP attach mode: native (driver) or generic (skb, slower, any driver) [default: native].
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<String>,
+    /// Inbound filtering for every protocol: endpoint-independent,
+    /// address-dependent or address-and-port-dependent [default:
+    /// endpoint-independent; per protocol in the config file's [filtering]].
+    #[arg(long, value_name = "MODE")]
+    pub filtering: Option<String>,
+    /// How much natd logs: trace, debug, info, warn or error [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl RunArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            lan: self.lan.clone(),
+            wan: self.wan.clone(),
+            external_ip: self.external_ip.clone(),
+            port_range: self.port_range.clone(),
+            xdp_mode: self.xdp_mode.clone(),
+            filtering: self.filtering.clone(),
+            log_level: self.log_level.clone(),
+        }
+    }
+}
+
+/// Settings from the file and flags, checked against this machine, with
+/// their warnings. Every error is reported at once; nothing has been
+/// touched yet.
+pub fn settings(file: Option<&Path>, flags: &Overrides) -> Result<(Settings, Environment, Vec<String>)> {
+    let (settings, warnings) = Settings::from_sources(file, flags)?;
+    let env = Environment::check(&settings)?;
+    Ok((settings, env, warnings))
+}
+
+pub fn check(config: &Path) -> Result<()> {
+    let (s, env, warnings) = settings(Some(config), &Overrides::default())?;
+    for w in warnings {
+        eprintln!("natd: warning: {w}");
+    }
+    println!("{}: OK", config.display());
+    println!("  lan {} (ifindex {}), wan {} (ifindex {})", s.lan, env.lan_ifindex, s.wan, env.wan_ifindex);
+    let pool: Vec<String> = env.external_ips.iter().map(|ip| ip.to_string()).collect();
+    println!("  external_ip {}, port_range {}-{}, port_hold {} s", pool.join(", "), s.port_min, s.port_max, s.port_hold.as_secs());
+    let low = s.low_port_range.map_or("none".to_string(), |(lo, hi)| format!("{lo}-{hi}"));
+    println!("  port_parity {}, port_class {} (low_port_range {low})", s.port_parity, s.port_class);
+    let quota = if s.ports_per_host == 0 { "no limit".to_string() } else { s.ports_per_host.to_string() };
+    println!("  ports_per_host {quota}");
+    let t = s.timeouts;
+    println!(
+        "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_opening {} s, tcp_closing {} s",
+        t.udp.as_secs(),
+        t.icmp.as_secs(),
+        t.tcp_established.as_secs(),
+        t.tcp_opening.as_secs(),
+        t.tcp_closing.as_secs()
+    );
+    let f = s.filtering;
+    println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
+    println!("  inside (translated sources): {}", env.inside_description());
+    println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
+    Ok(())
+}
+
+/// Asks every natd of this network namespace; fails when there is none.
+fn ask<T: serde::de::DeserializeOwned>(request: Request) -> Result<Vec<T>> {
+    let daemons = control::running_daemons()?;
+    if daemons.is_empty() {
+        bail!("natd is not running in this network namespace");
+    }
+    daemons
+        .iter()
+        .map(|d| {
+            let text = control::query(d, request)?;
+            serde_json::from_str(&text).with_context(|| format!("natd at @{d} answered {}", text.trim()))
+        })
+        .collect()
+}
+
+pub fn status(json: bool) -> Result<()> {
+    let all: Vec<Status> = ask(Request::Status)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for s in all {
+        println!("natd serving (pid {}, up {} s)", s.pid, s.uptime_s);
+        println!("  lan {}  wan {}  mode {}  external {}  ports {}", s.lan, s.wan, s.xdp_mode, s.external_ip, s.port_range);
+        println!("  sessions {}  refused flows {}", s.sessions, s.refused_flows);
+        let f = &s.filtering;
+        println!("  filtering: tcp {}  udp {}  icmp {}", f.tcp, f.udp, f.icmp);
+        println!("  inside: {}", s.inside);
+        for p in s.ports {
+            println!("  {:<4} ports: {} in use, {} held, {} free", p.proto, p.in_use, p.held, p.free);
+        }
+    }
+    Ok(())
+}
+
+pub fn sessions(json: bool) -> Result<()> {
+    let rows: Vec<Session> = ask::<Vec<Session>>(Request::Sessions)?.into_iter().flatten().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", "PROTO", "INSIDE", "EXTERNAL", "STATE", "IDLE_S", "TIMEOUT");
+    for r in &rows {
+        println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", r.proto, r.inside, r.external, r.state, r.idle_s, r.timeout_s);
+    }
+    println!("{} session(s)", rows.len());
+    Ok(())
+}
+
+pub fn stats(json: bool) -> Result<()> {
+    let all: Vec<Stats> = ask(Request::Stats)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    for s in all {
+        for (title, counters) in [("datapath (packets, per reason):", &s.datapath), ("daemon:", &s.daemon)] {
+            println!("{title}");
+            for c in counters {
+                println!("  {:<26} {}", c.name, c.value);
+            }
+        }
+    }
+    Ok(())
+}

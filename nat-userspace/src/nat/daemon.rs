@@ -1,0 +1,196 @@
+//! The daemon: the thin owner of natd's state that wires the jobs together.
+//! Each job is a module of its own: the ring's events (`events`), the port
+//! space and setting mappings up (`ports`), the sessions and their aging
+//! (`sessions`), first packets (`first_packet`), parked fragments (`frag`),
+//! the per-host quota and refusal messages (`quota`), the mapping log
+//! (`maplog`); `views` answers status, sessions and stats from it.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow};
+use nat_common::{ClaimEvent, Endpoint, MissEvent, icmp::ICMP_ADMIN_PROHIBITED, proto};
+
+use crate::{
+    datapath::Datapath,
+    nat::{
+        counters::DaemonCounters,
+        events::RingEvent,
+        first_packet::{KernelSender, Sent, send_first_packet},
+        frag::Fragments,
+        maplog::MappingLog,
+        ports::{Ports, Refusal, SetUp},
+        run::Run,
+        quota::{HostQuota, RefusalNotices},
+        sessions::{SessionEntry, SessionTable, coarse_now_ns, expired_sessions},
+    },
+    packet::{Ipv4, Side, destination_unreachable},
+};
+
+pub struct Daemon {
+    pub datapath: Datapath,
+    pub run: Run,
+    pub ports: Ports,
+    /// Mirror of the maps.
+    pub sessions: SessionTable,
+    sender: KernelSender,
+    quota: HostQuota,
+    notices: RefusalNotices,
+    pub fragments: Fragments,
+    log: MappingLog,
+    pub counters: DaemonCounters,
+}
+
+impl Daemon {
+    pub fn new(datapath: Datapath, run: Run) -> Result<Self> {
+        let mut daemon = Self {
+            datapath,
+            ports: Ports::new(&run.settings, &run.env)?,
+            quota: HostQuota::new(run.settings.ports_per_host),
+            log: MappingLog::new(run.settings.log_mappings),
+            run,
+            sessions: SessionTable::default(),
+            sender: KernelSender::new()?,
+            notices: RefusalNotices::default(),
+            fragments: Fragments::default(),
+            counters: DaemonCounters::default(),
+        };
+        daemon.refill_free_queues();
+        Ok(daemon)
+    }
+
+    /// One item of the ring.
+    pub fn handle_event(&mut self, item: &[u8]) {
+        let result = RingEvent::decode(item).and_then(|event| match event {
+            RingEvent::Claimed(claim) => {
+                self.claimed(&claim);
+                Ok(())
+            }
+            RingEvent::NewFlow(event) => self.new_flow(&event),
+            RingEvent::NoNeighbour(event) => {
+                let packet = Ipv4::of_event(&event)?;
+                self.sender.send_packet(packet.datagram()).map(|()| self.counters.sent_through_kernel += 1)
+            }
+            RingEvent::Fragment(event, dir) => self.fragments.later_fragment(&mut self.datapath, &self.sender, &mut self.counters, &event, dir),
+            RingEvent::FragmentTranslated(event) => {
+                self.fragments.release(&mut self.datapath, &self.sender, &mut self.counters, &event.key, event.addr_be)
+            }
+        });
+        if let Err(e) = result {
+            self.counters.handoff_errors += 1;
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    /// Keeps the datapath's free-port queues filled.
+    pub fn refill_free_queues(&mut self) {
+        if let Err(e) = self.ports.refill_free_queues(&mut self.datapath) {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    /// The datapath installed a mapping from a queued free port.
+    fn claimed(&mut self, claim: &ClaimEvent) {
+        self.ports.claimed(claim);
+        self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session, created_ns: coarse_now_ns() });
+        self.log.mapping("created", &claim.inside, &claim.external, None);
+        self.counters.mappings_created += 1;
+        self.counters.claimed_in_datapath += 1;
+    }
+
+    /// A new flow the datapath could not claim a port for: set it up (unless
+    /// an earlier packet of it did), then send its packet on.
+    fn new_flow(&mut self, event: &MissEvent) -> Result<()> {
+        let packet = Ipv4::of_event(event)?;
+        let inside = packet.endpoint(Side::Source).ok_or_else(|| anyhow!("miss event without a TCP/UDP/ICMP source"))?;
+        // Several packets of one flow can miss before the mapping exists: the
+        // later ones only need sending on (endpoint-independent mapping).
+        let external = match self.sessions.get(&inside) {
+            Some(entry) => entry.external,
+            None => match self.set_up(inside)? {
+                Some(external) => external,
+                None => return self.notify_refusal(packet.datagram()),
+            },
+        };
+        // The first packet goes on now, not after the sender's retransmit timer.
+        let first_fragment = packet.is_first_fragment().then(|| packet.frag_key(nat_common::frag_dir::OUT));
+        let now = coarse_now_ns();
+        let sent = send_first_packet(&mut self.datapath, &self.sender, &self.run, packet.datagram(), inside, external, now)?;
+        if let Sent::Forwarded = sent {
+            self.counters.first_packets_sent += 1;
+        }
+        // A first fragment: its later fragments follow it as the datapath's would.
+        if let Some(key) = first_fragment {
+            self.fragments.first_fragment_sent(&mut self.datapath, &self.sender, &mut self.counters, key, external.addr_be)?;
+        }
+        Ok(())
+    }
+
+    /// Sets a mapping up for `inside` and records it; `None` when refused
+    /// (counted and logged).
+    fn set_up(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
+        let now = coarse_now_ns();
+        let refusal = match self.ports.set_up(&mut self.datapath, &mut self.quota, inside, now)? {
+            SetUp::Made { external, slot } => {
+                self.sessions.insert(inside, SessionEntry { external, slot, created_ns: now });
+                self.log.mapping("created", &inside, &external, None);
+                self.counters.mappings_created += 1;
+                return Ok(Some(external));
+            }
+            SetUp::Claimed(external) => return Ok(Some(external)),
+            SetUp::Refused(refusal) => refusal,
+        };
+        let why = match refusal {
+            Refusal::Quota => {
+                self.counters.refused_quota += 1;
+                format!("the host holds its {} {} ports (ports_per_host)", self.run.settings.ports_per_host, proto::name(inside.proto))
+            }
+            Refusal::NoPort => {
+                self.counters.refused_no_port += 1;
+                "every external port of this protocol is in use or held".to_string()
+            }
+            Refusal::MapFull(why) => {
+                self.counters.refused_map_full += 1;
+                why
+            }
+        };
+        self.log.refusal(&inside, &why, self.counters.refused());
+        Ok(None)
+    }
+
+    /// RFC 5508 REQ-8: a host whose new flow was refused hears so at once
+    /// (Destination Unreachable, administratively prohibited), rate-limited.
+    fn notify_refusal(&mut self, refused: &[u8]) -> Result<()> {
+        let Some(lan_ip) = self.run.lan_ip else { return Ok(()) };
+        let host = Ipv4::read(refused)?.src();
+        if !self.notices.admit(host, Instant::now()) {
+            return Ok(());
+        }
+        if let Some(message) = destination_unreachable(lan_ip, refused, ICMP_ADMIN_PROHIBITED) {
+            self.sender.send_packet(&message)?;
+            self.counters.refusals_notified += 1;
+        }
+        Ok(())
+    }
+
+    /// Once a tick: publishes the clock, returns held ports, refills the
+    /// queues, ages parked fragments, and removes every mapping idle past
+    /// its timeout, both directions together, its port held before reuse.
+    pub fn age(&mut self) -> Result<()> {
+        let now = coarse_now_ns();
+        self.datapath.set_clock(now)?;
+        self.ports.reclaim(now);
+        self.refill_free_queues();
+        self.fragments.age(&mut self.datapath, &self.sender, &mut self.counters, now)?;
+        let expired = expired_sessions(&self.datapath, &self.sessions, &self.run.settings.timeouts, now)?;
+        for inside in expired {
+            if let Some(entry) = self.sessions.remove(&inside) {
+                self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
+                self.ports.release(&entry.external, entry.slot, now);
+                self.quota.released(&mut self.datapath, &inside)?;
+                self.log.mapping("removed", &inside, &entry.external, Some(now.saturating_sub(entry.created_ns)));
+                self.counters.mappings_expired += 1;
+            }
+        }
+        Ok(())
+    }
+}

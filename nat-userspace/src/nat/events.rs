@@ -1,0 +1,46 @@
+//! What the datapath tells natd through the ring: each item decoded once,
+//! by the kind its first `u32` names (`nat_common::miss_kind`).
+
+use anyhow::{Result, bail};
+use nat_common::{ClaimEvent, FragEvent, MissEvent, frag_dir, miss_kind};
+
+/// One ring item.
+pub enum RingEvent {
+    /// The datapath set a new flow up from a queued free port.
+    Claimed(ClaimEvent),
+    /// A new flow's first packet, untranslated: natd sets the flow up.
+    NewFlow(Box<MissEvent>),
+    /// A translated packet whose next hop has no neighbour entry yet.
+    NoNeighbour(Box<MissEvent>),
+    /// A later fragment that came before its first one (`frag_dir::*`).
+    Fragment(Box<MissEvent>, u8),
+    /// A parked datagram's first fragment was translated.
+    FragmentTranslated(FragEvent),
+}
+
+impl RingEvent {
+    pub fn decode(item: &[u8]) -> Result<Self> {
+        let Some(kind) = item.get(..4).map(|k| u32::from_ne_bytes(k.try_into().unwrap())) else {
+            bail!("ring item of {} bytes, too short for a kind", item.len());
+        };
+        Ok(match kind {
+            miss_kind::CLAIMED => Self::Claimed(read(item)?),
+            miss_kind::NEW_FLOW => Self::NewFlow(Box::new(read(item)?)),
+            miss_kind::NO_NEIGHBOUR => Self::NoNeighbour(Box::new(read(item)?)),
+            miss_kind::FRAGMENT_OUT => Self::Fragment(Box::new(read(item)?), frag_dir::OUT),
+            miss_kind::FRAGMENT_IN => Self::Fragment(Box::new(read(item)?), frag_dir::IN),
+            miss_kind::FRAGMENT_TRANSLATED => Self::FragmentTranslated(read(item)?),
+            other => bail!("ring event of kind {other} and {} bytes not understood", item.len()),
+        })
+    }
+}
+
+/// A whole `T` from the start of a ring item.
+fn read<T: aya::Pod>(item: &[u8]) -> Result<T> {
+    if item.len() < size_of::<T>() {
+        bail!("ring item of {} bytes, short of the {} of a {}", item.len(), size_of::<T>(), std::any::type_name::<T>());
+    }
+    // SAFETY: the datapath wrote a whole T (checked above); T is Pod: Copy,
+    // and every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) })
+}

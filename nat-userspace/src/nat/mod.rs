@@ -1,0 +1,15 @@
+//! natd's runtime: the daemon that owns the port space and every decision
+//! that is not per packet, one job per module.
+
+pub mod alloc;
+pub mod counters;
+pub mod daemon;
+pub mod events;
+pub mod first_packet;
+pub mod frag;
+pub mod maplog;
+pub mod ports;
+pub mod quota;
+pub mod run;
+pub mod sessions;
+pub mod views;

@@ -1,0 +1,230 @@
+//! The external port space natd owns: one `PortAllocator` per pool address,
+//! the session slots of the LIVENESS array, the free ports queued for the
+//! datapath to claim, and setting a mapping up when natd allocates itself.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use nat_common::{ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, pool_index, proto};
+
+use crate::{
+    config::{Environment, Settings},
+    control::PortUsage,
+    datapath::Datapath,
+    nat::{
+        alloc::{PortAllocator, PortPolicy},
+        quota::HostQuota,
+    },
+};
+
+/// Free ports (and session slots) kept queued per protocol and parity for
+/// the datapath to claim: a burst of twice this many new flows of one
+/// protocol is set up without natd.
+pub const FREE_QUEUE_TARGET: usize = 512;
+
+/// How many random ports of one parity are tried for one free on every pool
+/// address before the queue is left short (a busy pool).
+const COLUMN_PROBES: usize = 16;
+
+/// What became of a request for a mapping.
+pub enum SetUp {
+    /// Installed in both maps.
+    Made { external: Endpoint, slot: u32 },
+    /// Another packet of the flow had the datapath claim a port meanwhile:
+    /// its mapping serves.
+    Claimed(Endpoint),
+    /// Refused (nothing is evicted to make room), and why.
+    Refused(Refusal),
+}
+
+/// Why a new flow was refused.
+pub enum Refusal {
+    /// The host holds its `ports_per_host` of this protocol.
+    Quota,
+    /// Every external port of the protocol is in use or held.
+    NoPort,
+    /// Every session slot is in use, or a map is full.
+    MapFull(String),
+}
+
+pub struct Ports {
+    /// One port space per external address, in pool order.
+    pools: Vec<PortAllocator>,
+    external_ips: Vec<Ipv4Addr>,
+    slots: SlotPool,
+}
+
+impl Ports {
+    pub fn new(settings: &Settings, env: &Environment) -> Result<Self> {
+        let mut seed = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+            .context("seeding the port randomizer from /dev/urandom")?;
+        let policy = PortPolicy { parity: settings.port_parity, class: settings.port_class, low: settings.low_port_range };
+        let hold_ns = settings.port_hold.as_nanos() as u64;
+        let pools = (0..env.external_ips.len())
+            .map(|i| {
+                let seed = u64::from_ne_bytes(seed).wrapping_add(i as u64);
+                PortAllocator::with_policy(settings.port_min, settings.port_max, policy, hold_ns, seed)
+            })
+            .collect();
+        Ok(Self { pools, external_ips: env.external_ips.clone(), slots: SlotPool::default() })
+    }
+
+    /// The pool index of an external endpoint's address.
+    pub fn pool_of(&self, external: &Endpoint) -> Option<usize> {
+        self.external_ips.iter().position(|ip| *ip == external.addr())
+    }
+
+    /// The datapath installed a mapping from a queued free port. The port
+    /// was queued on every pool address: the claiming host's address now
+    /// uses it, the others get it back.
+    pub fn claimed(&mut self, claim: &ClaimEvent) {
+        let claimed_on = self.pool_of(&claim.external);
+        for (index, pool) in self.pools.iter_mut().enumerate() {
+            if Some(index) == claimed_on {
+                pool.claimed(claim.inside.proto, claim.external.port());
+            } else {
+                pool.unreserve(claim.inside.proto, claim.external.port());
+            }
+        }
+    }
+
+    /// Keeps each protocol's free queues filled with random free ports, so
+    /// new flows are set up in the datapath without waiting for natd.
+    /// Returns the first error a push met (the queue is left short).
+    pub fn refill_free_queues(&mut self, datapath: &mut Datapath) -> Result<()> {
+        for proto_nr in proto::ALL {
+            for parity in [0, 1] {
+                while self.pools[0].queued_of(proto_nr, parity) < FREE_QUEUE_TARGET {
+                    let Some(slot) = self.slots.take() else { return Ok(()) };
+                    let Some(port) = self.reserve_column(proto_nr, parity) else {
+                        self.slots.give_back(slot);
+                        break;
+                    };
+                    if let Err(e) = datapath.push_free_port(proto_nr, FreePort { session: slot, port, _pad: 0 }) {
+                        for pool in &mut self.pools {
+                            pool.unreserve(proto_nr, port);
+                        }
+                        self.slots.give_back(slot);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A random port of `parity` free on every pool address, reserved on all
+    /// of them: the datapath claims a queued port on the address of whichever
+    /// host takes it. `None` when no such port turned up in a few tries (a
+    /// busy pool): new flows then take natd's path until ports free up.
+    fn reserve_column(&mut self, proto_nr: u8, parity: u16) -> Option<u16> {
+        let (first, rest) = self.pools.split_first_mut()?;
+        for _ in 0..COLUMN_PROBES {
+            let port = first.reserve(proto_nr, parity)?;
+            if rest.iter().all(|pool| pool.is_free(proto_nr, port)) {
+                for pool in rest.iter_mut() {
+                    pool.reserve_exact(proto_nr, port);
+                }
+                return Some(port);
+            }
+            first.unreserve(proto_nr, port);
+        }
+        None
+    }
+
+    /// Allocates an external port and a session slot for `inside` and
+    /// installs the mapping pair, within the host's quota. A live mapping
+    /// is never evicted to make room.
+    pub fn set_up(&mut self, datapath: &mut Datapath, quota: &mut HostQuota, inside: Endpoint, now_ns: u64) -> Result<SetUp> {
+        if !quota.allows(datapath, &inside)? {
+            return Ok(SetUp::Refused(Refusal::Quota));
+        }
+        // Paired pooling: the host's address, as the datapath picks it.
+        let pool = pool_index(inside.addr_be, self.pools.len() as u32) as usize;
+        let Some(port) = self.pools[pool].allocate(inside.proto, inside.port()) else {
+            return Ok(SetUp::Refused(Refusal::NoPort));
+        };
+        let external = Endpoint::new(self.external_ips[pool], port, inside.proto);
+        let Some(slot) = self.slots.take() else {
+            self.pools[pool].cancel(inside.proto, port);
+            return Ok(SetUp::Refused(Refusal::MapFull("every session slot is in use".into())));
+        };
+        if let Err(e) = datapath.insert_pair(inside, external, slot, now_ns) {
+            self.pools[pool].cancel(inside.proto, port);
+            self.slots.give_back(slot);
+            // A later packet of this flow may have claimed a queued port in
+            // the datapath meanwhile (its ClaimEvent is still in the ring):
+            // then this one goes out on that mapping.
+            if let Some(mapping) = datapath.outbound_mapping(&inside)? {
+                return Ok(SetUp::Claimed(mapping.target(inside.proto)));
+            }
+            return Ok(SetUp::Refused(Refusal::MapFull(format!("{e:#}"))));
+        }
+        quota.made(datapath, &inside)?;
+        Ok(SetUp::Made { external, slot })
+    }
+
+    /// A mapping ended: its port is held before reuse, its slot free.
+    pub fn release(&mut self, external: &Endpoint, slot: u32, now_ns: u64) {
+        if let Some(pool) = self.pool_of(external) {
+            self.pools[pool].release(external.proto, external.port(), now_ns);
+        }
+        self.slots.give_back(slot);
+    }
+
+    /// Returns ports whose hold is over to the pool.
+    pub fn reclaim(&mut self, now_ns: u64) {
+        for pool in &mut self.pools {
+            pool.reclaim(now_ns);
+        }
+    }
+
+    /// Ports of `proto_nr` in use, held and free, all pool addresses together.
+    pub fn usage(&self, proto_nr: u8) -> PortUsage {
+        PortUsage {
+            proto: proto::name(proto_nr).to_string(),
+            in_use: self.pools.iter().map(|pool| pool.in_use(proto_nr)).sum(),
+            held: self.pools.iter().map(|pool| pool.held(proto_nr)).sum(),
+            free: self.pools.iter().map(|pool| pool.free(proto_nr)).sum(),
+        }
+    }
+}
+
+/// Session slots of the LIVENESS array: handed out once, reused after release.
+#[derive(Default)]
+pub struct SlotPool {
+    free: Vec<u32>,
+    next_unused: u32,
+}
+
+impl SlotPool {
+    pub fn take(&mut self) -> Option<u32> {
+        self.free.pop().or_else(|| {
+            (self.next_unused < MAX_SESSIONS).then(|| {
+                self.next_unused += 1;
+                self.next_unused - 1
+            })
+        })
+    }
+
+    pub fn give_back(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_slots_are_reused_and_run_out() {
+        let mut pool = SlotPool::default();
+        assert_eq!((pool.take(), pool.take()), (Some(0), Some(1)));
+        pool.give_back(0);
+        assert_eq!(pool.take(), Some(0));
+        pool.next_unused = MAX_SESSIONS;
+        assert_eq!(pool.take(), None, "past MAX_SESSIONS");
+    }
+}

@@ -1,0 +1,101 @@
+//! natd's mirror of the live mappings, and what their liveness says: the
+//! state of a TCP session, the timeout that applies, which ones expired.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use nat_common::{CLOCK_TICK_NS, Endpoint, proto, tcp_flags};
+
+use crate::{config::Timeouts, datapath::Datapath};
+
+/// A live session as natd keeps it: where the inside endpoint is mapped to,
+/// and its slot in the LIVENESS array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub external: Endpoint,
+    pub slot: u32,
+    /// `coarse_now_ns` when the mapping was made (for the mapping log).
+    pub created_ns: u64,
+}
+
+/// inside endpoint -> session. foldhash: the aging scan walks every session
+/// every second, and SipHash would be most of its cost.
+pub type SessionTable = HashMap<Endpoint, SessionEntry, foldhash::fast::RandomState>;
+
+/// The sessions idle past their timeout at `now`. Reads each session's
+/// liveness in place (the LIVENESS array is mapped into this process): no
+/// syscall per session.
+pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: &Timeouts, now: u64) -> Result<Vec<Endpoint>> {
+    let mut expired = Vec::new();
+    for (inside, entry) in sessions {
+        let live = datapath.liveness(entry.slot)?;
+        let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+        // The datapath stamps with the clock natd published, up to one tick
+        // behind the packet: wait one tick more, so a session never expires
+        // before its timeout (it may go up to two ticks after).
+        if now.saturating_sub(live.last_seen_ns) > timeout.as_nanos() as u64 + CLOCK_TICK_NS {
+            expired.push(*inside);
+        }
+    }
+    Ok(expired)
+}
+
+/// What `natd sessions` shows as the state, from the TCP flags seen each way.
+pub fn session_state(proto_nr: u8, flags_out: u8, flags_in: u8) -> &'static str {
+    if proto_nr != proto::TCP {
+        return "active";
+    }
+    let seen = flags_out | flags_in;
+    if seen & tcp_flags::RST != 0 {
+        "reset"
+    } else if seen & tcp_flags::FIN != 0 {
+        "closing"
+    } else if flags_out & flags_in & tcp_flags::ACK != 0 {
+        "established"
+    } else {
+        "opening"
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`,
+/// the one natd publishes to the programs.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// RFC 5382 REQ-5 / RFC 7857: separate opening and closing timers;
+    /// established once both sides have ACKed; FIN or RST: closing.
+    #[test]
+    fn tcp_has_opening_established_and_closing_timers() {
+        let t = Timeouts::default();
+        let (ack, fin, syn) = (tcp_flags::ACK, tcp_flags::FIN, tcp_flags::SYN);
+        let t = Timeouts { tcp_opening: Duration::from_secs(75), tcp_closing: Duration::from_secs(240), ..t };
+        assert_eq!(t.for_mapping(proto::TCP, syn, 0), t.tcp_opening);
+        assert_eq!(t.for_mapping(proto::TCP, syn, syn), t.tcp_opening, "simultaneous open, not yet ACKed");
+        assert_eq!(t.for_mapping(proto::TCP, syn | ack, syn | ack), t.tcp_established);
+        assert_eq!(t.for_mapping(proto::TCP, ack | fin, ack), t.tcp_closing);
+        assert_eq!(t.for_mapping(proto::TCP, syn | ack, syn | ack | tcp_flags::RST), t.tcp_closing, "RST: held 4 min (RFC 7857)");
+        assert_eq!(t.for_mapping(proto::UDP, 0, 0), t.udp);
+        assert_eq!(t.for_mapping(proto::ICMP, 0, 0), t.icmp);
+    }
+
+    /// RFC 7857: the TCP state `natd sessions` shows.
+    #[test]
+    fn session_states_follow_the_flags_seen() {
+        let (ack, fin, syn, rst) = (tcp_flags::ACK, tcp_flags::FIN, tcp_flags::SYN, tcp_flags::RST);
+        assert_eq!(session_state(proto::TCP, syn, 0), "opening");
+        assert_eq!(session_state(proto::TCP, syn | ack, syn | ack), "established");
+        assert_eq!(session_state(proto::TCP, syn | ack | fin, syn | ack), "closing");
+        assert_eq!(session_state(proto::TCP, syn, rst | ack), "reset");
+        assert_eq!(session_state(proto::UDP, 0, 0), "active");
+    }
+}

@@ -1,0 +1,80 @@
+//! What `natd status`, `sessions` and `stats` show: read from the daemon,
+//! never written.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use nat_common::proto;
+
+use crate::{
+    control::{Counter, FilteringStatus, Request, Session, Stats, Status},
+    nat::{
+        daemon::Daemon,
+        sessions::{coarse_now_ns, session_state},
+    },
+};
+
+/// The JSON answer to a control request.
+pub fn answer(daemon: &Daemon, request: Request) -> Result<String> {
+    Ok(match request {
+        Request::Status => serde_json::to_string(&status(daemon))?,
+        Request::Sessions => serde_json::to_string(&session_rows(daemon)?)?,
+        Request::Stats => serde_json::to_string(&stats(daemon)?)?,
+    })
+}
+
+pub fn status(daemon: &Daemon) -> Status {
+    let run = &daemon.run;
+    let (settings, env) = (&run.settings, &run.env);
+    let filtering = settings.filtering;
+    Status {
+        pid: std::process::id(),
+        lan: settings.lan.clone(),
+        wan: settings.wan.clone(),
+        external_ip: env.external_ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(", "),
+        xdp_mode: run.xdp_mode.to_string(),
+        port_range: format!("{}-{}", settings.port_min, settings.port_max),
+        uptime_s: run.started.elapsed().as_secs(),
+        sessions: daemon.sessions.len(),
+        ports: proto::ALL.into_iter().map(|p| daemon.ports.usage(p)).collect(),
+        refused_flows: daemon.counters.refused(),
+        filtering: FilteringStatus {
+            tcp: filtering.tcp.name().to_string(),
+            udp: filtering.udp.name().to_string(),
+            icmp: filtering.icmp.name().to_string(),
+        },
+        inside: env.inside_description(),
+    }
+}
+
+/// The live mappings, most recently active first.
+pub fn session_rows(daemon: &Daemon) -> Result<Vec<Session>> {
+    let now = coarse_now_ns();
+    let timeouts = &daemon.run.settings.timeouts;
+    let mut rows = Vec::with_capacity(daemon.sessions.len());
+    for (inside, entry) in &daemon.sessions {
+        let live = daemon.datapath.liveness(entry.slot)?;
+        let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+        rows.push(Session {
+            proto: proto::name(inside.proto).to_string(),
+            inside: format!("{}:{}", inside.addr(), inside.port()),
+            external: format!("{}:{}", entry.external.addr(), entry.external.port()),
+            state: session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in).to_string(),
+            idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
+            timeout_s: timeout.as_secs(),
+        });
+    }
+    rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
+    Ok(rows)
+}
+
+pub fn stats(daemon: &Daemon) -> Result<Stats> {
+    let counter = |name: &str, value| Counter { name: name.to_string(), value };
+    let mut natd = vec![counter("sessions", daemon.sessions.len() as u64)];
+    natd.extend(daemon.counters.named());
+    natd.push(counter("fragments_waiting", daemon.fragments.waiting() as u64));
+    Ok(Stats {
+        datapath: daemon.datapath.counters()?.into_iter().map(|(r, v)| counter(r.name(), v)).collect(),
+        daemon: natd,
+    })
+}

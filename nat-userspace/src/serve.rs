@@ -1,0 +1,156 @@
+//! `natd run`: the start-up sequence (settings, locks, programs, daemon,
+//! forwarding), the event loop, and the shutdown in reverse order.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use aya::programs::XdpMode;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    cli::{self, RunArgs},
+    config::{XdpModeSetting, first_ipv4},
+    control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request},
+    datapath::{Datapath, Side},
+    forwarding::Forwarding,
+    logging,
+    nat::{
+        daemon::Daemon,
+        run::Run,
+        sessions::coarse_now_ns,
+        views,
+    },
+};
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let (settings, env, warnings) = cli::settings(args.config.as_deref(), &args.overrides())?;
+    let _log = logging::init(&settings.log_level);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    // Before anything is attached: a second natd stops here.
+    let _locks = InterfaceLocks::acquire(&[&settings.lan, &settings.wan])?;
+
+    // The source of the errors the gateway sends into the LAN itself
+    // (Fragmentation Needed, RFC 4787 REQ-13; refused flows, RFC 5508 REQ-8).
+    let lan_ip = first_ipv4(&settings.lan);
+    let mut gateway_config = settings.gateway_config(&env);
+    match lan_ip {
+        Some(ip) => gateway_config = gateway_config.with_lan_addr(ip),
+        None => tracing::warn!(
+            "{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway",
+            settings.lan
+        ),
+    }
+    let mut datapath = Datapath::load_for(&gateway_config)?;
+    datapath.set_config(gateway_config)?;
+    datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
+    datapath.set_clock(coarse_now_ns())?;
+    datapath.add_tx_port(env.lan_ifindex)?;
+    datapath.add_tx_port(env.wan_ifindex)?;
+    let ring = datapath.take_miss_ring()?;
+    // From here on an error drops `datapath`, which detaches both programs.
+    let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
+    let control = control::bind_control()?;
+    // SAFETY: the ring owns its fd for as long as the AsyncFd holds the ring.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("registering the miss ring with the event loop: {e}"))?;
+
+    let (lan, wan) = (settings.lan.clone(), settings.wan.clone());
+    let serving = format!(
+        "serving: lan {lan} wan {wan} external {} ports {}-{} mode {mode} (pid {})",
+        env.external_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(","),
+        settings.port_min,
+        settings.port_max,
+        std::process::id()
+    );
+    let mut daemon = Daemon::new(datapath, Run { settings, env, xdp_mode: mode, lan_ip, started: Instant::now() })?;
+    // Only now: with forwarding on and no program attached the kernel would
+    // forward inside addresses to the WAN. Restored before the daemon, which
+    // detaches the programs, is dropped.
+    let mut forwarding = Forwarding::enable(&[&lan, &wan])?;
+    tracing::info!("{serving}");
+
+    let (requests_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    // Each tick publishes the clock to the datapath and ages mappings out.
+    let mut aging = tokio::time::interval(Duration::from_nanos(nat_common::CLOCK_TICK_NS));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    daemon.handle_event(&item);
+                }
+                guard.clear_ready();
+                daemon.refill_free_queues();
+            }
+            _ = aging.tick() => daemon.age()?,
+            accepted = control.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_client(stream, requests_tx.clone()));
+                }
+            }
+            Some((request, reply)) = requests.recv() => {
+                let answer = views::answer(&daemon, request).unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string());
+                let _ = reply.send(answer);
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    for path in forwarding.restore() {
+        tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
+    }
+    tracing::info!("stopping; IPv4 forwarding restored on {lan} and {wan}, detaching");
+    Ok(())
+}
+
+/// Reads one request line, has the main loop answer it, writes the answer.
+/// A client that stalls costs a task, never the packet loop.
+async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<(Request, oneshot::Sender<String>)>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read);
+    let Ok(Ok(_)) = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await else { return };
+    let answer = match Request::parse(&line) {
+        Ok(request) => {
+            let (reply_tx, reply) = oneshot::channel();
+            if requests.send((request, reply_tx)).await.is_err() {
+                return;
+            }
+            reply.await.unwrap_or_default()
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+    };
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(format!("{answer}\n").as_bytes())).await;
+}
+
+/// Native first; generic only when asked, or (with a warning) when the driver
+/// has no native XDP.
+fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: XdpModeSetting) -> Result<&'static str> {
+    // Both or neither: a LAN program left attached after the WAN attach failed
+    // would block the generic retry and outlive the error.
+    let try_mode = |dp: &mut Datapath, m: XdpMode| -> Result<()> {
+        let lan_link = dp.attach(Side::Lan, lan, m)?;
+        if let Err(e) = dp.attach(Side::Wan, wan, m) {
+            dp.detach(Side::Lan, lan_link)?;
+            return Err(e);
+        }
+        Ok(())
+    };
+    match mode {
+        XdpModeSetting::Generic => try_mode(dp, XdpMode::Skb).map(|()| "generic"),
+        XdpModeSetting::Native => match try_mode(dp, XdpMode::Driver) {
+            Ok(()) => Ok("native"),
+            Err(e) => {
+                tracing::warn!("native XDP failed ({e:#}); falling back to generic mode, which is much slower");
+                try_mode(dp, XdpMode::Skb).map(|()| "generic")
+            }
+        },
+    }
+}
