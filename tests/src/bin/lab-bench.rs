@@ -207,6 +207,11 @@ impl KernelNat {
                 self.links.push(link);
             }
         }
+        // The kernel forwards only where forwarding is on (natd turns it off
+        // again when it stops).
+        for ifname in ["lan0", "wan0"] {
+            lab.gw.sysctl(&format!("net.ipv4.conf.{ifname}.forwarding=1"))?;
+        }
         lab.gw.exec(&["nft", "add", "table", "ip", "natbench"])?;
         lab.gw.exec(&["nft", "add chain ip natbench post { type nat hook postrouting priority 100 ; }"])?;
         lab.gw.exec(&["nft", "add", "rule", "ip", "natbench", "post", "oifname", "wan0", "masquerade"])?;
@@ -218,6 +223,9 @@ impl KernelNat {
             pass_program(&mut self.bench)?.detach(link)?;
         }
         lab.gw.exec(&["nft", "delete", "table", "ip", "natbench"])?;
+        for ifname in ["lan0", "wan0"] {
+            lab.gw.sysctl(&format!("net.ipv4.conf.{ifname}.forwarding=0"))?;
+        }
         Ok(())
     }
 }
