@@ -60,7 +60,8 @@ pub struct Mapping {
     pub addr_be: u32,
     /// Port (or ICMP identifier) to write, network byte order.
     pub port_be: u16,
-    pub _pad: u16,
+    /// `forward::mapping_flags::*`.
+    pub flags: u16,
     /// Index of the session's `Liveness` in the `LIVENESS` array.
     pub session: u32,
 }
@@ -68,7 +69,7 @@ const _: () = assert!(core::mem::size_of::<Mapping>() == 12);
 
 impl Mapping {
     pub const fn new(to: Endpoint, session: u32) -> Self {
-        Self { addr_be: to.addr_be, port_be: to.port_be, _pad: 0, session }
+        Self { addr_be: to.addr_be, port_be: to.port_be, flags: 0, session }
     }
 
     /// The endpoint this mapping translates to, with the given protocol.

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod flow;
+pub mod forward;
 pub mod icmp;
 pub mod ipv4_options;
 pub mod proto;
@@ -69,6 +70,18 @@ pub mod map_names {
     pub const PARKED: &str = "PARKED";
     /// Per-CPU `icmp::RateLimit` of the Fragmentation Needed errors the datapath sends.
     pub const ICMP_RATE: &str = "ICMP_RATE";
+    /// Hash external endpoint -> `forward::ForwardPort`: the forwarded ports.
+    pub const FORWARDS: &str = "FORWARDS";
+    /// Array of `forward::Backend`, `forward * MAX_BACKENDS + slot`.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Array of backend slots (`u32`), `forward * MAGLEV_SIZE + slot`.
+    pub const MAGLEV: &str = "MAGLEV";
+    /// Hash `forward::FlowKey` -> `forward::Flow`: established forwarded flows.
+    pub const FLOWS: &str = "FLOWS";
+    /// LRU hash `forward::FlowKey` -> `forward::Flow`: half-open ones.
+    pub const PENDING: &str = "PENDING";
+    /// Array of `forward::Signals`, as `BACKENDS`: passive health signals.
+    pub const SIGNALS: &str = "SIGNALS";
     /// LPM trie of the prefixes the operator listed in `wan_drop_sources`:
     /// WAN packets from them are dropped (BCP 84).
     pub const WAN_DROP_SOURCES: &str = "WAN_DROP_SOURCES";
