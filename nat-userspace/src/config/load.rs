@@ -326,6 +326,7 @@ fn validate(raw: &mut Raw) -> Settings {
         inside_prefixes,
         wan_drop_sources,
         log_level,
+        forwards: Vec::new(),
     }
 }
 

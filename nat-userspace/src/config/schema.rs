@@ -49,6 +49,17 @@ pub const KEYS: &[(&str, &str)] = &[
     ("filtering.icmp", FILTERING_ALLOWED),
 ];
 
+/// A forward's port range spans this many ports at most.
+pub const MAX_FORWARD_RANGE: u32 = 4096;
+/// A server's weight at most (0: draining, no new flows).
+pub const MAX_WEIGHT: u32 = 100;
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_FALL: u32 = 2;
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+
 pub(crate) const FILTERING_ALLOWED: &str =
     "\"endpoint-independent\", \"address-dependent\" or \"address-and-port-dependent\"";
 
@@ -151,6 +162,163 @@ pub struct Settings {
     pub wan_drop_sources: Vec<Prefix>,
     /// How much natd logs (`logging::LEVELS`).
     pub log_level: String,
+    /// Inbound port forwards, the file's first, then the flags'.
+    pub forwards: Vec<Forward>,
+}
+
+/// An inbound port forward: a public port (or range) on an external address
+/// sent to one inside server, or load balanced over several.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// The label in status and logs: given, or "PROTOCOL/PORT".
+    pub name: String,
+    /// `nat_common::proto` numbers: TCP, UDP or both (in that order).
+    pub protocols: Vec<u8>,
+    /// The public ports, an inclusive range (LO == HI for one port).
+    pub ports: (u16, u16),
+    /// None: the first address of the external pool.
+    pub external_ip: Option<Ipv4Addr>,
+    /// At least one, at most `nat_common::forward::MAX_BACKENDS`.
+    pub servers: Vec<Server>,
+    pub health: HealthCheck,
+}
+
+impl Forward {
+    /// How many ports the range spans (per protocol).
+    pub const fn port_count(&self) -> u32 {
+        self.ports.1 as u32 - self.ports.0 as u32 + 1
+    }
+
+    /// "tcp", "udp" or "tcp+udp", as written in the settings.
+    pub fn protocol_name(&self) -> String {
+        let names: Vec<&str> = self.protocols.iter().map(|p| proto::name(*p)).collect();
+        names.join("+")
+    }
+
+    /// "8080", or "8000-8099" for a range.
+    pub fn ports_text(&self) -> String {
+        let (lo, hi) = self.ports;
+        if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }
+    }
+
+    /// The external address forwarded, given the pool (None: no pool known).
+    pub fn external_addr(&self, pool: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        self.external_ip.or_else(|| pool.first().copied())
+    }
+
+    /// Whether the two claim a common external endpoint: a protocol, an
+    /// address (an unset one is `default`, the first external address; when
+    /// that is unknown only another unset one equals it) and a port.
+    pub fn overlaps(&self, other: &Forward, default: Option<Ipv4Addr>) -> bool {
+        let addr = |f: &Forward| f.external_ip.or(default);
+        let same_addr = match (addr(self), addr(other)) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        same_addr
+            && self.protocols.iter().any(|p| other.protocols.contains(p))
+            && self.ports.0 <= other.ports.1
+            && other.ports.0 <= self.ports.1
+    }
+}
+
+/// One server of a forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub addr: Ipv4Addr,
+    /// The server port for the forward's first port (the others keep their
+    /// offset from it); None: the same port as the external one.
+    pub port: Option<u16>,
+    /// Share of new flows, 0-100; 0: draining (no new flows, existing ones
+    /// continue).
+    pub weight: u32,
+}
+
+impl Server {
+    /// The server port a packet to `external_port` goes to, in a forward
+    /// whose range starts at `range_first`: the same port, or the server's
+    /// port plus the offset into the range (8001 -> 9001 for a server
+    /// given as ADDR:9000 on "8000-8099"). Validation keeps it below 65536.
+    pub const fn port_for(&self, external_port: u16, range_first: u16) -> u16 {
+        match self.port {
+            None => external_port,
+            Some(port) => port.wrapping_add(external_port.wrapping_sub(range_first)),
+        }
+    }
+
+    /// The server port for the range's first port (`Backend::base_port`).
+    pub const fn base_port(&self, range_first: u16) -> u16 {
+        self.port_for(range_first, range_first)
+    }
+}
+
+/// How natd tells whether a forward's servers are up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that take a server down.
+    pub fall: u32,
+    /// Consecutive successes that bring it back up.
+    pub rise: u32,
+    /// What an http check GETs.
+    pub path: String,
+    /// What a udp check sends.
+    pub send: Vec<u8>,
+    /// What the answer to a udp check must start with; None: any answer.
+    pub expect: Option<Vec<u8>>,
+}
+
+impl HealthCheck {
+    /// A check of `kind` with the default timing.
+    pub fn of_kind(kind: HealthKind) -> Self {
+        Self {
+            kind,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            path: DEFAULT_HEALTH_PATH.to_string(),
+            send: Vec::new(),
+            expect: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect to the server port.
+    Tcp,
+    /// An HTTP GET of `path`: a 2xx or 3xx status is up.
+    Http,
+    /// A datagram (`send`), and an answer (starting with `expect`) is up.
+    Udp,
+    /// No check: the servers are always up.
+    None,
+}
+
+impl HealthKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            HealthKind::Tcp => "tcp",
+            HealthKind::Http => "http",
+            HealthKind::Udp => "udp",
+            HealthKind::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [HealthKind::Tcp, HealthKind::Http, HealthKind::Udp, HealthKind::None].into_iter().find(|kind| kind.name() == s)
+    }
+
+    /// Without a `kind`: TCP connects when a TCP forward has several servers
+    /// to choose between; none for one server (nothing to fail over to) and
+    /// for UDP alone (a UDP service need not answer a probe).
+    pub fn default_for(protocols: &[u8], servers: usize) -> Self {
+        if servers > 1 && protocols.contains(&proto::TCP) { HealthKind::Tcp } else { HealthKind::None }
+    }
 }
 
 /// Idle timeouts (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).

@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use nat_common::Prefix;
 
 use crate::config::{
-    ConfigError, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Overrides, Settings, Timeouts, XdpModeSetting,
+    ConfigError, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Overrides, Server, Settings, Timeouts, XdpModeSetting,
     parse_port_range, parse_prefix,
 };
 
@@ -249,4 +249,22 @@ fn port_ranges() {
     assert!(parse_port_range("80-90").is_err());
     assert!(parse_port_range("30000").is_err());
     assert!(parse_port_range("30000-70000").is_err());
+}
+
+fn server(addr: [u8; 4], port: Option<u16>, weight: u32) -> Server {
+    Server { addr: Ipv4Addr::from(addr), port, weight }
+}
+
+/// Issue 12: the offset rule. A server without a port gets the external
+/// port; one with a port gets it for the range's first port, and the
+/// offset into the range is kept.
+#[test]
+fn a_server_port_keeps_the_offset_into_the_range() {
+    let same = server([10, 0, 0, 1], None, 1);
+    let shifted = server([10, 0, 0, 2], Some(9000), 1);
+    assert_eq!((same.port_for(8000, 8000), same.port_for(8001, 8000), same.port_for(8099, 8000)), (8000, 8001, 8099));
+    assert_eq!((shifted.port_for(8000, 8000), shifted.port_for(8001, 8000), shifted.port_for(8099, 8000)), (9000, 9001, 9099));
+    assert_eq!((shifted.base_port(8000), same.base_port(8000)), (9000, 8000));
+    let single = server([10, 0, 0, 3], Some(80), 1);
+    assert_eq!(single.port_for(8080, 8080), 80);
 }
