@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// How much natd logs: trace, debug, info, warn or error [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Forward a public port (or range LO-HI) of the first external address
+    /// to inside servers, load balanced over several: PROTOCOL is tcp, udp
+    /// or tcp+udp, each SERVER ADDR[:PORT]. Repeatable; adds to the config
+    /// file's [[forward]] tables.
+    #[arg(long, value_name = "PROTOCOL:PORT=SERVER[,SERVER...]")]
+    pub forward: Vec<String>,
 }
 
 impl RunArgs {
@@ -86,6 +92,7 @@ impl RunArgs {
             xdp_mode: self.xdp_mode.clone(),
             filtering: self.filtering.clone(),
             log_level: self.log_level.clone(),
+            forwards: self.forward.clone(),
         }
     }
 }

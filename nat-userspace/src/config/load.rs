@@ -5,12 +5,17 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, time::Duration};
 
-use nat_common::Prefix;
+use nat_common::{
+    Prefix,
+    forward::{MAX_BACKENDS, MAX_FORWARDS},
+    proto,
+};
 use toml::Value;
 
 use crate::config::schema::{
-    DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, DEFAULT_PORTS_PER_HOST, FILTERING_ALLOWED, LOG_LEVELS, Filtering, FilteringMode, KEYS, Settings, Timeouts,
-    XdpModeSetting,
+    DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
+    DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, FILTERING_ALLOWED, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS,
+    MAX_FORWARD_RANGE, MAX_WEIGHT, Server, Settings, Timeouts, XdpModeSetting,
 };
 
 /// Linux's IFNAMSIZ minus the terminating NUL.
@@ -71,6 +76,9 @@ pub struct Overrides {
     /// One filtering mode for every protocol (`filtering.*`).
     pub filtering: Option<String>,
     pub log_level: Option<String>,
+    /// `--forward PROTO:PORT=SERVER[,SERVER...]`, each one forward more
+    /// besides the file's.
+    pub forwards: Vec<String>,
 }
 
 /// Where a value came from, so the error names what the user typed.
@@ -82,6 +90,8 @@ enum Origin {
 
 struct Raw {
     values: BTreeMap<String, (Value, Origin)>,
+    /// `[[forward]]` tables of the file, then `--forward` values.
+    forwards: Vec<(Value, Origin)>,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
@@ -139,7 +149,7 @@ impl Settings {
     /// Reads `file` (if any), applies the flags over it and validates the
     /// result. Returns the settings and warnings, or every error found.
     pub fn from_sources(file: Option<&Path>, flags: &Overrides) -> Result<(Settings, Vec<String>), ConfigErrors> {
-        let mut raw = Raw { values: BTreeMap::new(), errors: Vec::new(), warnings: Vec::new() };
+        let mut raw = Raw { values: BTreeMap::new(), forwards: Vec::new(), errors: Vec::new(), warnings: Vec::new() };
         if let Some(path) = file {
             read_file(path, &mut raw);
         }
@@ -160,6 +170,9 @@ impl Settings {
             for key in ["filtering.tcp", "filtering.udp", "filtering.icmp"] {
                 raw.values.insert(key.to_string(), (Value::String(mode.clone()), Origin::Flag("--filtering")));
             }
+        }
+        for forward in &flags.forwards {
+            raw.forwards.push((Value::String(forward.clone()), Origin::Flag("--forward")));
         }
         let settings = validate(&mut raw);
         if raw.errors.is_empty() {
@@ -203,11 +216,17 @@ fn flatten(prefix: &str, table: toml::Table, raw: &mut Raw) {
         let full = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
         match value {
             Value::Table(inner) if full == "timeouts" || full == "filtering" => flatten(&full, inner, raw),
-            value if KEYS.iter().any(|(k, _)| *k == full) => {
+            Value::Array(items) if full == "forward" => raw.forwards.extend(items.into_iter().map(|item| (item, Origin::File))),
+            value if full == "forward" => raw.errors.push(ConfigError {
+                field: full,
+                value: value.to_string(),
+                allowed: "must be forward tables: write each one as a [[forward]] section (two brackets)".into(),
+            }),
+            value if !full.starts_with("forward.") && KEYS.iter().any(|(k, _)| *k == full) => {
                 raw.values.insert(full, (value, Origin::File));
             }
             _ => {
-                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).filter(|k| !k.starts_with("forward.")).collect();
                 raw.errors.push(ConfigError {
                     field: full,
                     value: String::new(),
@@ -307,6 +326,7 @@ fn validate(raw: &mut Raw) -> Settings {
     };
     let inside_prefixes = prefixes(raw, "inside_prefixes", nat_common::MAX_INSIDE_PREFIXES);
     let wan_drop_sources = prefixes(raw, "wan_drop_sources", nat_common::MAX_WAN_DROP_SOURCES as usize);
+    let forwards = forwards(raw, external_ips.first().copied());
 
     Settings {
         lan,
@@ -326,7 +346,7 @@ fn validate(raw: &mut Raw) -> Settings {
         inside_prefixes,
         wan_drop_sources,
         log_level,
-        forwards: Vec::new(),
+        forwards,
     }
 }
 
@@ -447,4 +467,467 @@ fn parse_range(s: &str, min: u16, max: u16) -> Result<(u16, u16), String> {
         return Err(allowed);
     }
     Ok((lo, hi))
+}
+
+/// The keys of a `[[forward]]` table, of its `[forward.health]` table and of
+/// a server given as a table.
+const FORWARD_KEYS: &[&str] = &["name", "protocol", "port", "external_ip", "to", "health"];
+const HEALTH_KEYS: &[&str] = &["kind", "interval", "timeout", "fall", "rise", "path", "send", "expect"];
+const SERVER_KEYS: &[&str] = &["server", "weight"];
+/// A forward's name at most, in characters.
+const MAX_FORWARD_NAME: usize = 64;
+/// The longest health check timing, seconds.
+const MAX_HEALTH_S: f64 = 3600.0;
+const MIN_HEALTH_INTERVAL_S: f64 = 0.1;
+/// A udp probe (and expected answer) at most: one datagram on a 1500-byte MTU.
+const MAX_PROBE_LEN: usize = 1472;
+
+const FORWARD_FLAG_ALLOWED: &str =
+    "must be PROTOCOL:PORT=SERVER[,SERVER...] with PROTOCOL tcp, udp or tcp+udp, PORT a port or a range LO-HI and each SERVER ADDR[:PORT], e.g. tcp:8080=192.168.1.10:80,192.168.1.11:80";
+const PROTOCOL_ALLOWED: &str = "must be \"tcp\", \"udp\" or \"tcp+udp\"";
+const SERVER_ALLOWED: &str = "must be \"ADDR\" or \"ADDR:PORT\", an IPv4 address and a port 1-65535, e.g. \"192.168.1.10:80\"";
+const UNICAST_ALLOWED: &str = "must be a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast)";
+
+/// Where a forward's errors point: `forward[1] "web".to[2]` in the file,
+/// `--forward (forward[3].to[0])` for a flag. N counts the file's forwards
+/// first, then the flags', as `Settings::forwards` holds them.
+struct At {
+    index: usize,
+    /// The name the forward was given, once read.
+    name: Option<String>,
+    flag: bool,
+}
+
+impl At {
+    fn field(&self, key: &str) -> String {
+        let mut field = format!("forward[{}]", self.index);
+        if let Some(name) = &self.name {
+            field = format!("{field} {name:?}");
+        }
+        if !key.is_empty() {
+            field = format!("{field}.{key}");
+        }
+        if self.flag { format!("--forward ({field})") } else { field }
+    }
+}
+
+impl Raw {
+    fn forward_error(&mut self, at: &At, key: &str, value: impl fmt::Display, allowed: impl Into<String>) {
+        self.errors.push(ConfigError { field: at.field(key), value: value.to_string(), allowed: allowed.into() });
+    }
+
+    fn unknown_keys(&mut self, at: &At, prefix: &str, table: &toml::Table, known: &[&str]) {
+        for key in table.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.forward_error(at, &format!("{prefix}{key}"), "", format!("unknown key; known: {}", known.join(", ")));
+        }
+    }
+}
+
+/// Every forward of the file and the flags, each validated, then together:
+/// how many, and that no two claim one external endpoint. `default_addr`
+/// is the first external address if the settings name it.
+fn forwards(raw: &mut Raw, default_addr: Option<Ipv4Addr>) -> Vec<Forward> {
+    let entries = std::mem::take(&mut raw.forwards);
+    if entries.len() > MAX_FORWARDS as usize {
+        raw.errors.push(ConfigError {
+            field: "forward".into(),
+            value: format!("{} forwards", entries.len()),
+            allowed: format!("at most {MAX_FORWARDS} forwards (a port range counts once)"),
+        });
+    }
+    let mut found: Vec<(At, bool, Forward)> = Vec::new();
+    for (index, (value, origin)) in entries.into_iter().enumerate() {
+        let mut at = At { index, name: None, flag: matches!(origin, Origin::Flag(_)) };
+        let table = match (value, origin) {
+            (Value::Table(table), Origin::File) => table,
+            (Value::String(text), Origin::Flag(_)) => match flag_forward(&text) {
+                Some(table) => table,
+                None => {
+                    raw.forward_error(&at, "", format!("{text:?}"), FORWARD_FLAG_ALLOWED);
+                    continue;
+                }
+            },
+            (other, _) => {
+                raw.forward_error(&at, "", &other, "must be a table: write each forward as a [[forward]] section");
+                continue;
+            }
+        };
+        if let Some(forward) = forward(raw, &mut at, table) {
+            let named = at.name.is_some();
+            found.push((at, named, forward));
+        }
+    }
+    for (i, (at, named, forward)) in found.iter().enumerate() {
+        if let Some((other, _, _)) = found[..i].iter().find(|(_, _, earlier)| earlier.overlaps(forward, default_addr)) {
+            raw.forward_error(at, "port", forward.ports_text(), overlap_allowed(&other.field(""), forward, default_addr));
+        }
+        let same_name = found[..i].iter().find(|(_, earlier_named, earlier)| (*named || *earlier_named) && earlier.name == forward.name);
+        if let Some((other, _, _)) = same_name {
+            let allowed = format!("is the name of {} too: names tell forwards apart in status and logs", other.field(""));
+            raw.forward_error(at, "name", format!("{:?}", forward.name), allowed);
+        }
+    }
+    found.into_iter().map(|(_, _, forward)| forward).collect()
+}
+
+/// What an overlap error says: which forward already has the endpoint.
+pub(crate) fn overlap_allowed(other: &str, forward: &Forward, default_addr: Option<Ipv4Addr>) -> String {
+    let addr = forward.external_ip.or(default_addr).map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
+    format!(
+        "overlaps {other}: {} {} on {addr} is forwarded there already; a protocol, external address and port go to one forward only",
+        forward.protocol_name(),
+        forward.ports_text()
+    )
+}
+
+/// `tcp:8080=192.168.1.10:80,192.168.1.11:80` as the table the file would
+/// hold, so both are validated (and their errors worded) alike.
+fn flag_forward(text: &str) -> Option<toml::Table> {
+    let (left, servers) = text.split_once('=')?;
+    let (protocol, port) = left.split_once(':')?;
+    let mut table = toml::Table::new();
+    table.insert("protocol".into(), Value::String(protocol.trim().to_string()));
+    table.insert("port".into(), Value::String(port.trim().to_string()));
+    let servers = servers.split(',').map(|s| Value::String(s.trim().to_string())).collect();
+    table.insert("to".into(), Value::Array(servers));
+    Some(table)
+}
+
+/// One forward. None when its protocol, port or external address is not
+/// valid (there is nothing to compare with the others); a forward with
+/// bad servers or health is still returned, its errors recorded.
+fn forward(raw: &mut Raw, at: &mut At, table: toml::Table) -> Option<Forward> {
+    match table.get("name") {
+        None => {}
+        Some(Value::String(name))
+            if (1..=MAX_FORWARD_NAME).contains(&name.chars().count()) && !name.chars().any(char::is_control) =>
+        {
+            at.name = Some(name.clone())
+        }
+        Some(other) => {
+            raw.forward_error(at, "name", other, format!("must be a name in quotes, 1-{MAX_FORWARD_NAME} characters without control characters"))
+        }
+    }
+    raw.unknown_keys(at, "", &table, FORWARD_KEYS);
+
+    let protocols = match table.get("protocol") {
+        None => {
+            raw.forward_error(at, "protocol", "", format!("required: {PROTOCOL_ALLOWED}"));
+            None
+        }
+        Some(Value::String(s)) if s == "tcp" => Some(vec![proto::TCP]),
+        Some(Value::String(s)) if s == "udp" => Some(vec![proto::UDP]),
+        Some(Value::String(s)) if s == "tcp+udp" => Some(vec![proto::TCP, proto::UDP]),
+        Some(other) => {
+            raw.forward_error(at, "protocol", other, PROTOCOL_ALLOWED);
+            None
+        }
+    };
+
+    let ports = match table.get("port") {
+        None => {
+            raw.forward_error(at, "port", "", "required: the public port, e.g. 8080, or a range, e.g. \"8000-8099\"");
+            None
+        }
+        Some(Value::Integer(n)) if (1..=65535).contains(n) => Some((*n as u16, *n as u16)),
+        Some(Value::String(s)) => match parse_forward_ports(s) {
+            Ok(ports) => Some(ports),
+            Err(why) => {
+                raw.forward_error(at, "port", format!("{s:?}"), why);
+                None
+            }
+        },
+        Some(other) => {
+            raw.forward_error(at, "port", other, "must be a port 1-65535, e.g. 8080, or a range in quotes, e.g. \"8000-8099\"");
+            None
+        }
+    };
+
+    let external_ip = match table.get("external_ip") {
+        None => Ok(None),
+        Some(Value::String(s)) => match s.trim().parse::<Ipv4Addr>() {
+            Ok(ip) if is_unicast(ip) => Ok(Some(ip)),
+            Ok(_) => Err((format!("{s:?}"), UNICAST_ALLOWED)),
+            Err(_) => Err((format!("{s:?}"), "must be an IPv4 address, e.g. \"203.0.113.1\"")),
+        },
+        Some(other) => Err((other.to_string(), "must be an IPv4 address in quotes, e.g. \"203.0.113.1\"")),
+    };
+    if let Err((value, allowed)) = &external_ip {
+        raw.forward_error(at, "external_ip", value, *allowed);
+    }
+
+    let servers = servers(raw, at, table.get("to"), ports);
+    let health = health(raw, at, table.get("health"), protocols.as_deref(), servers.len());
+
+    let (Some(protocols), Some(ports), Ok(external_ip)) = (protocols, ports, external_ip) else {
+        return None;
+    };
+    let mut forward = Forward { name: String::new(), protocols, ports, external_ip, servers, health };
+    forward.name = at.name.clone().unwrap_or_else(|| format!("{}/{}", forward.protocol_name(), forward.ports_text()));
+    Some(forward)
+}
+
+fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback())
+}
+
+/// A forward's public ports: "PORT" or "LO-HI", 1 <= LO <= HI <= 65535,
+/// at most MAX_FORWARD_RANGE ports.
+pub fn parse_forward_ports(s: &str) -> Result<(u16, u16), String> {
+    let allowed = || "must be a port 1-65535 or a range \"LO-HI\", e.g. 8080 or \"8000-8099\"".to_string();
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse::<u16>().map_err(|_| allowed())?, hi.trim().parse::<u16>().map_err(|_| allowed())?),
+        None => {
+            let port = s.trim().parse::<u16>().map_err(|_| allowed())?;
+            (port, port)
+        }
+    };
+    if lo == 0 {
+        return Err("port 0 is no port: must be 1-65535".into());
+    }
+    if lo > hi {
+        return Err("LO is above HI: must be \"LO-HI\" with LO <= HI".into());
+    }
+    let count = u32::from(hi) - u32::from(lo) + 1;
+    if count > MAX_FORWARD_RANGE {
+        return Err(format!("spans {count} ports: a range may span at most {MAX_FORWARD_RANGE}"));
+    }
+    Ok((lo, hi))
+}
+
+/// "ADDR" or "ADDR:PORT": a unicast address, and a port 1-65535 if given.
+pub fn parse_server(text: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    let (addr, port) = match text.split_once(':') {
+        Some((addr, port)) => (addr, Some(port.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or(SERVER_ALLOWED)?)),
+        None => (text, None),
+    };
+    let addr = addr.trim().parse::<Ipv4Addr>().map_err(|_| SERVER_ALLOWED)?;
+    if !is_unicast(addr) {
+        return Err(UNICAST_ALLOWED.into());
+    }
+    Ok((addr, port))
+}
+
+/// A forward's `to`: each server a string or a { server, weight } table.
+fn servers(raw: &mut Raw, at: &At, value: Option<&Value>, ports: Option<(u16, u16)>) -> Vec<Server> {
+    let items = match value {
+        None => {
+            raw.forward_error(at, "to", "", "required: the server(s) to forward to, e.g. to = [\"192.168.1.10:80\"]");
+            return Vec::new();
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            raw.forward_error(at, "to", other, "must be a list of servers, e.g. [\"192.168.1.10:80\", \"192.168.1.11:80\"]");
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        raw.forward_error(at, "to", "[]", "must list at least one server");
+    }
+    let mut servers: Vec<Server> = Vec::new();
+    for (k, item) in items.iter().enumerate() {
+        let key = format!("to[{k}]");
+        let (text, text_key, weight) = match item {
+            Value::String(text) => (text.clone(), key.clone(), DEFAULT_WEIGHT),
+            Value::Table(table) => {
+                raw.unknown_keys(at, &format!("{key}."), table, SERVER_KEYS);
+                let weight = match table.get("weight") {
+                    None => DEFAULT_WEIGHT,
+                    Some(Value::Integer(w)) if (0..=i64::from(MAX_WEIGHT)).contains(w) => *w as u32,
+                    Some(other) => {
+                        let allowed = format!("must be a whole number 0-{MAX_WEIGHT} (0: draining, no new flows)");
+                        raw.forward_error(at, &format!("{key}.weight"), other, allowed);
+                        DEFAULT_WEIGHT
+                    }
+                };
+                match table.get("server") {
+                    Some(Value::String(text)) => (text.clone(), format!("{key}.server"), weight),
+                    None => {
+                        raw.forward_error(at, &format!("{key}.server"), "", format!("required: {SERVER_ALLOWED}"));
+                        continue;
+                    }
+                    Some(other) => {
+                        raw.forward_error(at, &format!("{key}.server"), other, SERVER_ALLOWED);
+                        continue;
+                    }
+                }
+            }
+            other => {
+                let allowed = "must be a server \"ADDR[:PORT]\" or a table { server = \"ADDR[:PORT]\", weight = N }";
+                raw.forward_error(at, &key, other, allowed);
+                continue;
+            }
+        };
+        let (addr, port) = match parse_server(&text) {
+            Ok(server) => server,
+            Err(why) => {
+                raw.forward_error(at, &text_key, format!("{text:?}"), why);
+                continue;
+            }
+        };
+        if let (Some(port), Some((lo, hi))) = (port, ports) {
+            let last = u32::from(port) + u32::from(hi - lo);
+            if last > 65535 {
+                let allowed = format!(
+                    "the range's last port {hi} would go to server port {last}, past 65535: a server port is the one for the range's first port {lo}"
+                );
+                raw.forward_error(at, &text_key, format!("{text:?}"), allowed);
+                continue;
+            }
+        }
+        let server = Server { addr, port, weight };
+        // Without a port a server takes the range's first port for the first.
+        let base = |s: &Server| ports.map_or(s.port, |(lo, _)| Some(s.base_port(lo)));
+        if let Some(j) = servers.iter().position(|s| s.addr == addr && base(s) == base(&server)) {
+            raw.forward_error(at, &text_key, format!("{text:?}"), format!("is the same server as {}", at.field(&format!("to[{j}]"))));
+            continue;
+        }
+        servers.push(server);
+    }
+    if servers.len() > MAX_BACKENDS as usize {
+        raw.forward_error(at, "to", format!("{} servers", servers.len()), format!("at most {MAX_BACKENDS} servers per forward"));
+    }
+    if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
+        let allowed = "every weight is 0 (draining): no server could take a new flow; give at least one a weight of 1-100";
+        raw.forward_error(at, "to", value.map_or_else(String::new, Value::to_string), allowed);
+    }
+    servers
+}
+
+/// A forward's `[forward.health]`, with the defaults for what it leaves out.
+fn health(raw: &mut Raw, at: &At, value: Option<&Value>, protocols: Option<&[u8]>, servers: usize) -> HealthCheck {
+    let default_kind = protocols.map_or(HealthKind::None, |p| HealthKind::default_for(p, servers));
+    let table = match value {
+        None => return HealthCheck::of_kind(default_kind),
+        Some(Value::Table(table)) => table,
+        Some(other) => {
+            raw.forward_error(at, "health", other, "must be a table: a [forward.health] section with kind, interval, timeout...");
+            return HealthCheck::of_kind(default_kind);
+        }
+    };
+    raw.unknown_keys(at, "health.", table, HEALTH_KEYS);
+    // An unknown kind is reported once, not again by every key that
+    // depends on it.
+    let (kind, kind_known) = match table.get("kind") {
+        None => (default_kind, true),
+        Some(Value::String(s)) if HealthKind::parse(s).is_some() => (HealthKind::parse(s).unwrap_or(default_kind), true),
+        Some(other) => {
+            let allowed = "must be \"tcp\" (connect), \"http\" (GET path, 2xx/3xx is up), \"udp\" (send a probe, an answer is up) or \"none\"";
+            raw.forward_error(at, "health.kind", other, allowed);
+            (default_kind, false)
+        }
+    };
+    if let Some(protocols) = protocols {
+        let kind_value = format!("{:?}", kind.name());
+        if matches!(kind, HealthKind::Tcp | HealthKind::Http) && !protocols.contains(&proto::TCP) {
+            let allowed = "a tcp or http check needs a TCP service and the forward is udp only: use \"udp\" or \"none\"";
+            raw.forward_error(at, "health.kind", kind_value, allowed);
+        } else if kind == HealthKind::Udp && !protocols.contains(&proto::UDP) {
+            let allowed = "a udp check needs a UDP service and the forward is tcp only: use \"tcp\", \"http\" or \"none\"";
+            raw.forward_error(at, "health.kind", kind_value, allowed);
+        }
+    }
+
+    let mut seconds = |key: &str, min: f64, min_included: bool, default: Duration| match table.get(key) {
+        None => default,
+        Some(v @ (Value::Integer(_) | Value::Float(_))) => {
+            let s = v.as_float().unwrap_or_else(|| v.as_integer().unwrap_or_default() as f64);
+            let above_min = if min_included { s >= min } else { s > min };
+            if above_min && s <= MAX_HEALTH_S {
+                Duration::from_secs_f64(s)
+            } else {
+                let lowest = if min_included { format!("at least {min}") } else { format!("above {min}") };
+                raw.forward_error(at, &format!("health.{key}"), v, format!("must be seconds, {lowest} and at most {MAX_HEALTH_S}"));
+                default
+            }
+        }
+        Some(other) => {
+            raw.forward_error(at, &format!("health.{key}"), other, "must be a number of seconds, e.g. 1 or 0.5");
+            default
+        }
+    };
+    let interval = seconds("interval", MIN_HEALTH_INTERVAL_S, true, DEFAULT_HEALTH_INTERVAL);
+    let timeout = seconds("timeout", 0.0, false, DEFAULT_HEALTH_TIMEOUT);
+    let mut count = |key: &str, default: u32| match table.get(key) {
+        None => default,
+        Some(Value::Integer(n)) if (1..=100).contains(n) => *n as u32,
+        Some(other) => {
+            raw.forward_error(at, &format!("health.{key}"), other, "must be a whole number of checks, 1-100");
+            default
+        }
+    };
+    let fall = count("fall", DEFAULT_FALL);
+    let rise = count("rise", DEFAULT_RISE);
+
+    let only_for = |wanted: HealthKind| format!("is for kind = \"{}\" only, and kind is \"{}\"", wanted.name(), kind.name());
+    let path = match table.get("path") {
+        None => DEFAULT_HEALTH_PATH.to_string(),
+        Some(v) if kind_known && kind != HealthKind::Http => {
+            raw.forward_error(at, "health.path", v, only_for(HealthKind::Http));
+            DEFAULT_HEALTH_PATH.to_string()
+        }
+        Some(Value::String(path)) if path.starts_with('/') && !path.chars().any(|c| c.is_whitespace() || c.is_control()) => path.clone(),
+        Some(other) => {
+            raw.forward_error(at, "health.path", other, "must be a path starting with '/', without spaces, e.g. \"/healthz\"");
+            DEFAULT_HEALTH_PATH.to_string()
+        }
+    };
+    let mut payload = |key: &str, min_len: usize| match table.get(key) {
+        None => None,
+        Some(v) if kind_known && kind != HealthKind::Udp => {
+            raw.forward_error(at, &format!("health.{key}"), v, only_for(HealthKind::Udp));
+            None
+        }
+        Some(Value::String(s)) => match parse_payload(s) {
+            Ok(bytes) if (min_len..=MAX_PROBE_LEN).contains(&bytes.len()) => Some(bytes),
+            Ok(bytes) => {
+                let allowed = format!("is {} bytes: must be {min_len}-{MAX_PROBE_LEN} (one datagram)", bytes.len());
+                raw.forward_error(at, &format!("health.{key}"), format!("{s:?}"), allowed);
+                None
+            }
+            Err(why) => {
+                raw.forward_error(at, &format!("health.{key}"), format!("{s:?}"), why);
+                None
+            }
+        },
+        Some(other) => {
+            raw.forward_error(at, &format!("health.{key}"), other, "must be text in quotes, or \"hex:\" and hex digits, e.g. \"hex:0a0b\"");
+            None
+        }
+    };
+    let send = payload("send", 1);
+    let expect = payload("expect", 0);
+    if kind == HealthKind::Udp && !table.contains_key("send") {
+        raw.forward_error(at, "health.send", "", "required for kind = \"udp\": the probe to send, text or \"hex:0a0b...\"");
+    }
+
+    if kind != HealthKind::None && timeout > interval {
+        raw.warnings.push(format!(
+            "{} = {} s is longer than the interval, {} s: a check of a server may still wait when the next one starts",
+            at.field("health.timeout"),
+            timeout.as_secs_f64(),
+            interval.as_secs_f64()
+        ));
+    }
+    let unused: Vec<&str> = ["interval", "timeout", "fall", "rise"].into_iter().filter(|k| table.contains_key(*k)).collect();
+    if kind == HealthKind::None && !unused.is_empty() {
+        raw.warnings.push(format!(
+            "{}: kind is \"none\", nothing is checked, so these keys have no effect: {}; set kind (\"tcp\", \"http\" or \"udp\") to check the servers",
+            at.field("health"),
+            unused.join(", ")
+        ));
+    }
+    HealthCheck { kind, interval, timeout, fall, rise, path, send: send.unwrap_or_default(), expect }
+}
+
+/// A probe or expected answer: the text's bytes, or "hex:0a0b..." decoded.
+pub fn parse_payload(s: &str) -> Result<Vec<u8>, String> {
+    let Some(hex) = s.strip_prefix("hex:") else {
+        return Ok(s.as_bytes().to_vec());
+    };
+    let digits: Vec<char> = hex.chars().collect();
+    if !digits.len().is_multiple_of(2) || !digits.iter().all(char::is_ascii_hexdigit) {
+        return Err("\"hex:\" must be followed by pairs of hex digits, e.g. \"hex:0a0b\"".into());
+    }
+    Ok(digits.chunks(2).map(|pair| (pair[0].to_digit(16).unwrap_or(0) * 16 + pair[1].to_digit(16).unwrap_or(0)) as u8).collect())
 }

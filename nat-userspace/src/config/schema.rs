@@ -47,6 +47,20 @@ pub const KEYS: &[(&str, &str)] = &[
     ("filtering.tcp", FILTERING_ALLOWED),
     ("filtering.udp", FILTERING_ALLOWED),
     ("filtering.icmp", FILTERING_ALLOWED),
+    ("forward", "inbound port forwards, one [[forward]] table each (`natd run --forward PROTO:PORT=SERVER[,SERVER...]` adds more)"),
+    ("forward.name", "a label for status and logs (default: \"PROTOCOL/PORT\", e.g. \"tcp/8080\")"),
+    ("forward.protocol", "\"tcp\", \"udp\" or \"tcp+udp\""),
+    ("forward.port", "public port (a number) or range (\"LO-HI\", at most 4096 ports) on the external address"),
+    ("forward.external_ip", "the external address forwarded (default: the first external address)"),
+    ("forward.to", "servers, [\"ADDR[:PORT]\", ...] or { server = \"ADDR[:PORT]\", weight = 0-100 } each; several are load balanced"),
+    ("forward.health.kind", "\"tcp\", \"http\", \"udp\" or \"none\" (default: tcp for several TCP servers, else none)"),
+    ("forward.health.interval", "seconds between checks, >= 0.1"),
+    ("forward.health.timeout", "seconds a check may take"),
+    ("forward.health.fall", "consecutive failures that take a server down, 1-100"),
+    ("forward.health.rise", "consecutive successes that bring it back up, 1-100"),
+    ("forward.health.path", "the path an http check GETs, \"/...\""),
+    ("forward.health.send", "the probe a udp check sends, text or \"hex:0a0b...\""),
+    ("forward.health.expect", "what the answer to a udp check starts with, text or \"hex:...\" (default: any answer)"),
 ];
 
 /// A forward's port range spans this many ports at most.

@@ -6,9 +6,11 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use nat_common::Prefix;
 
+use nat_common::proto::{TCP, UDP};
+
 use crate::config::{
-    ConfigError, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Overrides, Server, Settings, Timeouts, XdpModeSetting,
-    parse_port_range, parse_prefix,
+    ConfigError, ConfigErrors, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, Overrides, Server,
+    Settings, Timeouts, XdpModeSetting, parse_port_range, parse_prefix,
 };
 
 /// A config file in the temp dir, removed on drop.
@@ -251,8 +253,117 @@ fn port_ranges() {
     assert!(parse_port_range("30000-70000").is_err());
 }
 
+const INTERFACES: &str = "lan = \"a\"\nwan = \"b\"\n";
+
+fn forwards_of(text: &str, flags: &Overrides) -> (Vec<Forward>, Vec<String>) {
+    let f = file(&format!("{INTERFACES}{text}"));
+    let (s, warnings) = Settings::from_sources(Some(&f.0), flags).unwrap();
+    (s.forwards, warnings)
+}
+
+fn flags(forwards: &[&str]) -> Overrides {
+    Overrides { forwards: forwards.iter().map(|f| f.to_string()).collect(), ..Overrides::default() }
+}
+
 fn server(addr: [u8; 4], port: Option<u16>, weight: u32) -> Server {
     Server { addr: Ipv4Addr::from(addr), port, weight }
+}
+
+/// Whether one error has exactly `field` and `value` and says `what`.
+fn has(errs: &[ConfigError], field: &str, value: &str, what: &str) -> bool {
+    errs.iter().any(|e| e.field == field && e.value == value && e.allowed.contains(what))
+}
+
+/// Issue 12: a port forward, a load-balanced service with weights and a
+/// health table, a range with and without server ports; the defaults filled
+/// in (the name, the health kind by protocol and server count).
+#[test]
+fn forwards_are_read_with_their_defaults() {
+    let (forwards, warnings) = forwards_of(
+        r#"
+        [[forward]]
+        protocol = "tcp"
+        port = 8080
+        to = ["10.77.1.10:80"]
+
+        [[forward]]
+        name = "web"
+        protocol = "tcp"
+        port = 443
+        external_ip = "203.0.113.1"
+        to = ["10.77.1.11:8443", { server = "10.77.1.12:8443", weight = 2 }, { server = "10.77.1.13:8443", weight = 0 }]
+        [forward.health]
+        kind = "http"
+        interval = 0.5
+        timeout = 0.25
+        fall = 3
+        rise = 5
+        path = "/healthz"
+
+        [[forward]]
+        protocol = "tcp+udp"
+        port = "8100-8199"
+        to = ["10.77.1.20", "10.77.1.21:9000"]
+
+        [[forward]]
+        protocol = "udp"
+        port = 53
+        to = ["10.77.1.30", "10.77.1.31"]
+
+        [[forward]]
+        name = "game"
+        protocol = "udp"
+        port = 27015
+        to = ["10.77.1.40", "10.77.1.41"]
+        health = { kind = "udp", send = "hex:ffffffff54", expect = "pong" }
+        "#,
+        &Overrides::default(),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(forwards.len(), 5);
+    assert_eq!(
+        forwards[0],
+        Forward {
+            name: "tcp/8080".into(),
+            protocols: vec![TCP],
+            ports: (8080, 8080),
+            external_ip: None,
+            servers: vec![server([10, 77, 1, 10], Some(80), 1)],
+            health: HealthCheck::of_kind(HealthKind::None),
+        },
+        "one server: no health check"
+    );
+    let web = &forwards[1];
+    assert_eq!((web.name.as_str(), web.external_ip), ("web", Some(Ipv4Addr::new(203, 0, 113, 1))));
+    assert_eq!(
+        web.servers,
+        [server([10, 77, 1, 11], Some(8443), 1), server([10, 77, 1, 12], Some(8443), 2), server([10, 77, 1, 13], Some(8443), 0)]
+    );
+    assert_eq!(
+        web.health,
+        HealthCheck {
+            kind: HealthKind::Http,
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(250),
+            fall: 3,
+            rise: 5,
+            path: "/healthz".into(),
+            send: Vec::new(),
+            expect: None,
+        }
+    );
+    let range = &forwards[2];
+    assert_eq!((range.name.as_str(), range.protocols.as_slice(), range.ports), ("tcp+udp/8100-8199", [TCP, UDP].as_slice(), (8100, 8199)));
+    assert_eq!(range.servers, [server([10, 77, 1, 20], None, 1), server([10, 77, 1, 21], Some(9000), 1)]);
+    assert_eq!(range.health, HealthCheck::of_kind(HealthKind::Tcp), "several TCP servers: TCP connects, the default timing");
+    assert_eq!(
+        (range.health.interval, range.health.timeout, range.health.fall, range.health.rise, range.health.path.as_str()),
+        (Duration::from_secs(1), Duration::from_secs(1), 2, 2, "/")
+    );
+    assert_eq!(range.port_count(), 100);
+    assert_eq!(forwards[3].health.kind, HealthKind::None, "UDP alone: no check unless asked");
+    let game = &forwards[4].health;
+    assert_eq!((game.kind, game.send.as_slice(), game.expect.as_deref()), (HealthKind::Udp, [0xff, 0xff, 0xff, 0xff, 0x54].as_slice(), Some(b"pong".as_slice())));
 }
 
 /// Issue 12: the offset rule. A server without a port gets the external
@@ -267,4 +378,216 @@ fn a_server_port_keeps_the_offset_into_the_range() {
     assert_eq!((shifted.base_port(8000), same.base_port(8000)), (9000, 8000));
     let single = server([10, 0, 0, 3], Some(80), 1);
     assert_eq!(single.port_for(8080, 8080), 80);
+    // The last port of a range may reach 65535 exactly.
+    let (forwards, _) = forwards_of("[[forward]]\nprotocol = \"tcp\"\nport = \"1000-1009\"\nto = [\"10.0.0.1:65526\"]\n", &Overrides::default());
+    assert_eq!(forwards[0].servers[0].port_for(1009, 1000), 65535);
+}
+
+/// Issue 12: `--forward PROTOCOL:PORT=SERVER[,SERVER...]`, repeatable,
+/// adds forwards after the file's, with the same defaults.
+#[test]
+fn forward_flags_add_to_the_file() {
+    let text = "[[forward]]\nname = \"ssh\"\nprotocol = \"tcp\"\nport = 2222\nto = [\"10.77.1.5:22\"]\n";
+    let (forwards, _) = forwards_of(text, &flags(&["tcp:8080=10.77.1.10:80,10.77.1.11:80", "tcp+udp:5000-5009=10.77.1.12", "udp:53 = 10.77.1.13:5353"]));
+    let names: Vec<&str> = forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["ssh", "tcp/8080", "tcp+udp/5000-5009", "udp/53"]);
+    assert_eq!(forwards[1].servers, [server([10, 77, 1, 10], Some(80), 1), server([10, 77, 1, 11], Some(80), 1)]);
+    assert_eq!(forwards[1].health.kind, HealthKind::Tcp);
+    assert_eq!((forwards[2].protocols.as_slice(), forwards[2].ports), ([TCP, UDP].as_slice(), (5000, 5009)));
+    assert_eq!(forwards[2].servers, [server([10, 77, 1, 12], None, 1)]);
+    assert_eq!(forwards[2].health.kind, HealthKind::None);
+    assert_eq!((forwards[3].protocols.as_slice(), forwards[3].servers[0].port), ([UDP].as_slice(), Some(5353)));
+    assert!(forwards.iter().all(|f| f.external_ip.is_none()));
+
+    let flagged = Settings::from_sources(None, &Overrides { lan: Some("a".into()), wan: Some("b".into()), ..flags(&["udp:69=10.77.1.2"]) }).unwrap().0;
+    assert_eq!(flagged.forwards.len(), 1, "flags alone, without a file");
+}
+
+/// Issue 12: every mistake in a forward, at once, each naming the field
+/// (`forward[N]`, its name if given, the key), the value and what is
+/// allowed; the flag's errors name `--forward`.
+#[test]
+fn every_forward_error_is_named_with_field_and_value() {
+    let errs = errors(
+        &format!(
+            r#"{INTERFACES}
+            [[forward]]
+            protocol = "sctp"
+            port = 0
+            to = ["10.77.1.10:80"]
+            colour = "blue"
+
+            [[forward]]
+            name = "web"
+            port = "9000-8000"
+            to = ["10.77.1.10:80", "10.77.1.10:80", "10.77.1.11:eighty", "10.77.1", {{ server = "10.77.1.12:80", weight = 101 }}, {{ weight = 2 }}, {{ server = "10.77.1.13", wieght = 1 }}, 7]
+            [forward.health]
+            kind = "icmp"
+            interval = 0.05
+            timeout = 0
+            fall = 0
+            rise = 101
+            path = "health"
+            retries = 3
+
+            [[forward]]
+            name = "range"
+            protocol = "tcp"
+            port = "1000-6000"
+
+            [[forward]]
+            name = "overflow"
+            protocol = "tcp"
+            port = "60000-60099"
+            external_ip = "224.0.0.1"
+            to = ["10.77.1.10:65500", "10.77.1.11"]
+
+            [[forward]]
+            name = "drained"
+            protocol = "tcp"
+            port = 7000
+            to = [{{ server = "10.77.1.10", weight = 0 }}, {{ server = "10.77.1.11", weight = 0 }}]
+            health = {{ kind = "tcp", send = "ping", expect = "pong" }}
+
+            [[forward]]
+            name = "udp-probe"
+            protocol = "udp"
+            port = 7001
+            to = ["10.77.1.10", "10.77.1.11"]
+            health = {{ kind = "udp", expect = "hex:0g" }}
+
+            [[forward]]
+            name = "mismatch"
+            protocol = "udp"
+            port = 7002
+            to = ["10.77.1.10"]
+            health = {{ kind = "http", path = "/" }}
+
+            [[forward]]
+            name = "pathless"
+            protocol = "tcp"
+            port = 7004
+            to = ["10.77.1.10"]
+            health = {{ path = "/" }}
+
+            [[forward]]
+            protocol = "tcp"
+            port = 7003
+            to = "10.77.1.10:80"
+            "#
+        ),
+        &flags(&["tcp/8080=10.0.0.1", "tcp:8081=10.77.1.10:80,", "icmp:80-70=10.77.1.10"]),
+    );
+    let expected: &[(&str, &str, &str)] = &[
+        ("forward[0].protocol", "\"sctp\"", "must be \"tcp\", \"udp\" or \"tcp+udp\""),
+        ("forward[0].port", "0", "must be a port 1-65535"),
+        ("forward[0].colour", "", "unknown key; known: name, protocol, port, external_ip, to, health"),
+        ("forward[1] \"web\".protocol", "", "required"),
+        ("forward[1] \"web\".port", "\"9000-8000\"", "LO is above HI"),
+        ("forward[1] \"web\".to[1]", "\"10.77.1.10:80\"", "is the same server as forward[1] \"web\".to[0]"),
+        ("forward[1] \"web\".to[2]", "\"10.77.1.11:eighty\"", "must be \"ADDR\" or \"ADDR:PORT\""),
+        ("forward[1] \"web\".to[3]", "\"10.77.1\"", "must be \"ADDR\" or \"ADDR:PORT\""),
+        ("forward[1] \"web\".to[4].weight", "101", "must be a whole number 0-100"),
+        ("forward[1] \"web\".to[5].server", "", "required"),
+        ("forward[1] \"web\".to[6].wieght", "", "unknown key; known: server, weight"),
+        ("forward[1] \"web\".to[7]", "7", "must be a server"),
+        ("forward[1] \"web\".health.kind", "\"icmp\"", "must be \"tcp\" (connect)"),
+        ("forward[1] \"web\".health.interval", "0.05", "at least 0.1"),
+        ("forward[1] \"web\".health.timeout", "0", "above 0"),
+        ("forward[1] \"web\".health.fall", "0", "1-100"),
+        ("forward[1] \"web\".health.rise", "101", "1-100"),
+        ("forward[1] \"web\".health.retries", "", "unknown key"),
+        ("forward[1] \"web\".health.path", "\"health\"", "must be a path starting with '/'"),
+        ("forward[2] \"range\".port", "\"1000-6000\"", "spans 5001 ports: a range may span at most 4096"),
+        ("forward[2] \"range\".to", "", "required"),
+        ("forward[3] \"overflow\".external_ip", "\"224.0.0.1\"", "unicast"),
+        ("forward[3] \"overflow\".to[0]", "\"10.77.1.10:65500\"", "the range's last port 60099 would go to server port 65599, past 65535"),
+        ("forward[4] \"drained\".to", "[{ server = \"10.77.1.10\", weight = 0 }, { server = \"10.77.1.11\", weight = 0 }]", "every weight is 0"),
+        ("forward[4] \"drained\".health.send", "\"ping\"", "is for kind = \"udp\" only, and kind is \"tcp\""),
+        ("forward[4] \"drained\".health.expect", "\"pong\"", "is for kind = \"udp\" only"),
+        ("forward[5] \"udp-probe\".health.send", "", "required for kind = \"udp\""),
+        ("forward[5] \"udp-probe\".health.expect", "\"hex:0g\"", "pairs of hex digits"),
+        ("forward[6] \"mismatch\".health.kind", "\"http\"", "the forward is udp only"),
+        ("forward[7] \"pathless\".health.path", "\"/\"", "is for kind = \"http\" only, and kind is \"none\""),
+        ("forward[8].to", "\"10.77.1.10:80\"", "must be a list of servers"),
+        ("--forward (forward[9])", "\"tcp/8080=10.0.0.1\"", "must be PROTOCOL:PORT=SERVER[,SERVER...]"),
+        ("--forward (forward[10].to[1])", "\"\"", "must be \"ADDR\" or \"ADDR:PORT\""),
+        ("--forward (forward[11].protocol)", "\"icmp\"", "must be \"tcp\", \"udp\" or \"tcp+udp\""),
+        ("--forward (forward[11].port)", "\"80-70\"", "LO is above HI"),
+    ];
+    for (field, value, what) in expected {
+        assert!(has(&errs, field, value, what), "no error {field} = {value}: ...{what}...; got:\n{}", ConfigErrors(errs.clone()));
+    }
+    assert_eq!(errs.len(), expected.len(), "exactly these errors:\n{}", ConfigErrors(errs.clone()));
+    let one = errs.iter().find(|e| e.field == "forward[0].protocol").unwrap();
+    assert_eq!(one.to_string(), "forward[0].protocol = \"sctp\": must be \"tcp\", \"udp\" or \"tcp+udp\"");
+}
+
+/// Issue 12: the limits of the datapath's tables: forwards, and servers of
+/// one forward.
+#[test]
+fn too_many_forwards_or_servers() {
+    let many: String = (0..65).map(|i| format!("[[forward]]\nprotocol = \"tcp\"\nport = {}\nto = [\"10.0.0.1\"]\n", 1000 + i)).collect();
+    let errs = errors(&format!("{INTERFACES}{many}"), &Overrides::default());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(has(&errs, "forward", "65 forwards", "at most 64 forwards"), "{errs:?}");
+
+    let servers: Vec<String> = (1..=33).map(|i| format!("\"10.0.0.{i}\"")).collect();
+    let errs = errors(&format!("{INTERFACES}[[forward]]\nprotocol = \"tcp\"\nport = 80\nto = [{}]\n", servers.join(", ")), &Overrides::default());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(has(&errs, "forward[0].to", "33 servers", "at most 32 servers per forward"), "{errs:?}");
+
+    let errs = errors(&format!("{INTERFACES}[forward]\nprotocol = \"tcp\"\n"), &Overrides::default());
+    assert!(errs[0].field == "forward" && errs[0].allowed.contains("[[forward]]"), "{errs:?}");
+}
+
+/// Issue 12: one protocol, address and port goes to one forward: overlaps
+/// between the file and the flags are found, an unset external_ip being
+/// the pool's first address; other protocols, addresses or ports are fine.
+#[test]
+fn overlapping_forwards_are_refused() {
+    let text = r#"
+        external_ip = ["203.0.113.1", "203.0.113.2"]
+        [[forward]]
+        name = "web"
+        protocol = "tcp"
+        port = "8000-8099"
+        to = ["10.77.1.10"]
+        [[forward]]
+        protocol = "udp"
+        port = 8050
+        external_ip = "203.0.113.1"
+        to = ["10.77.1.11"]
+        [[forward]]
+        protocol = "tcp"
+        port = 8050
+        external_ip = "203.0.113.2"
+        to = ["10.77.1.12"]
+        "#;
+    assert_eq!(forwards_of(text, &Overrides::default()).0.len(), 3, "other protocol, other address: no overlap");
+    let errs = errors(&format!("{INTERFACES}{text}"), &flags(&["tcp+udp:8099-8100=10.77.1.13", "tcp:9000=10.77.1.14"]));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "--forward (forward[3].port)");
+    assert_eq!(errs[0].value, "8099-8100");
+    assert!(errs[0].allowed.starts_with("overlaps forward[0] \"web\": tcp+udp 8099-8100 on 203.0.113.1"), "{}", errs[0]);
+
+    let errs = errors(&format!("{INTERFACES}{text}"), &flags(&["udp:8050=10.77.1.13"]));
+    assert!(has(&errs, "--forward (forward[3].port)", "8050", "overlaps forward[1]"), "None is the first external address: {errs:?}");
+
+    let errs = errors(&format!("{INTERFACES}{text}"), &flags(&["udp:8050=10.77.1.13", "udp:8040-8060=10.77.1.14"]));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
+
+/// Issue 12: a health timeout longer than its interval is allowed, with a
+/// warning; so is a timing set for no check at all.
+#[test]
+fn odd_health_timing_is_warned_about() {
+    let (_, warnings) = forwards_of(
+        "[[forward]]\nname = \"slow\"\nprotocol = \"tcp\"\nport = 80\nto = [\"10.0.0.1\", \"10.0.0.2\"]\nhealth = { interval = 1, timeout = 2.5 }\n\
+         [[forward]]\nprotocol = \"tcp\"\nport = 81\nto = [\"10.0.0.1\"]\nhealth = { fall = 5 }\n",
+        &Overrides::default(),
+    );
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("forward[0] \"slow\".health.timeout = 2.5 s is longer than the interval, 1 s"), "{warnings:?}");
+    assert!(warnings[1].starts_with("forward[1].health: kind is \"none\", nothing is checked, so these keys have no effect: fall;"), "{warnings:?}");
 }
