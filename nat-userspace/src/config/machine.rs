@@ -5,12 +5,16 @@
 
 use std::net::Ipv4Addr;
 
-use nat_common::Prefix;
+use nat_common::{Prefix, forward::MAX_FORWARD_PORTS, proto};
 
 use crate::config::{
-    load::{ConfigError, ConfigErrors},
+    load::{ConfigError, ConfigErrors, overlap_allowed},
     schema::Settings,
 };
+
+/// A socket that takes packets to a port: a TCP listener or a bound UDP
+/// socket, its protocol number, local address and port.
+pub(crate) type Listener = (u8, Ipv4Addr, u16);
 
 /// What natd needs from the machine, read from the network namespace it runs in.
 pub struct Environment {
@@ -25,6 +29,9 @@ pub struct Environment {
     /// Every IPv4 address of the LAN and WAN interfaces: no packet from
     /// either side may claim one as its source.
     pub own_addrs: Vec<Ipv4Addr>,
+    /// The prefixes of the WAN interface's addresses: the outside networks
+    /// the gateway is on (no forward's server may be there).
+    pub wan_prefixes: Vec<Prefix>,
 }
 
 impl Environment {
@@ -92,7 +99,10 @@ impl Environment {
             );
         }
         let ranges = [("port_range", Some((settings.port_min, settings.port_max))), ("low_port_range", settings.low_port_range)];
-        for (proto, port) in listening_ports(external_ips.as_deref().unwrap_or_default()) {
+        let listeners = listening_ports();
+        let pool = external_ips.as_deref().unwrap_or_default();
+        for &(proto_nr, _, port) in listeners.iter().filter(|(_, addr, _)| addr.is_unspecified() || pool.contains(addr)) {
+            let proto = proto::name(proto_nr);
             for (key, range) in ranges {
                 if let Some((lo, hi)) = range
                     && (lo..=hi).contains(&port)
@@ -168,16 +178,137 @@ impl Environment {
             );
         }
 
+        let env = Environment {
+            lan_ifindex: lan_ifindex.unwrap_or_default(),
+            wan_ifindex: wan_ifindex.unwrap_or_default(),
+            external_ips: external_ips.clone().unwrap_or_default(),
+            lan_prefixes,
+            routed_prefixes: settings.inside_prefixes.clone(),
+            own_addrs,
+            wan_prefixes,
+        };
+        errors.extend(env.forward_errors(settings, &listeners));
         match (lan_ifindex, wan_ifindex, external_ips) {
-            (Some(lan_ifindex), Some(wan_ifindex), Some(external_ips)) if errors.is_empty() => Ok(Environment {
-                lan_ifindex,
-                wan_ifindex,
-                external_ips,
-                lan_prefixes,
-                routed_prefixes: settings.inside_prefixes.clone(),
-                own_addrs,
-            }),
+            (Some(_), Some(_), Some(_)) if errors.is_empty() => Ok(env),
             _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The forwards against this machine, every problem at once: their
+    /// ports clear of the NAT's port ranges and of local services, their
+    /// addresses in the pool, their servers inside hosts, and not more
+    /// forwarded ports in all than the datapath holds. `listeners` are the
+    /// machine's (`listening_ports`). An empty `external_ips` (the WAN's
+    /// address unknown) skips what needs the pool.
+    pub(crate) fn forward_errors(&self, settings: &Settings, listeners: &[Listener]) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |field: String, value: String, allowed: String| errors.push(ConfigError { field, value, allowed });
+        let pool = &self.external_ips;
+        let mut total_ports: u64 = 0;
+        for (i, forward) in settings.forwards.iter().enumerate() {
+            let field = |key: &str| format!("forward[{i}] {:?}.{key}", forward.name);
+            let (lo, hi) = forward.ports;
+            let nat_ranges = [("port_range", Some((settings.port_min, settings.port_max))), ("low_port_range", settings.low_port_range)];
+            for (key, range) in nat_ranges {
+                if let Some((min, max)) = range
+                    && lo <= max
+                    && min <= hi
+                {
+                    err(
+                        field("port"),
+                        forward.ports_text(),
+                        format!(
+                            "overlaps {key} {min}-{max}, the ports natd hands out to outbound flows: a forwarded port must lie \
+                             outside it; move the forward or the range"
+                        ),
+                    );
+                }
+            }
+            let addr = forward.external_addr(pool);
+            for &(proto_nr, local, port) in listeners {
+                if forward.protocols.contains(&proto_nr) && (lo..=hi).contains(&port) && (local.is_unspecified() || Some(local) == addr) {
+                    err(
+                        field("port"),
+                        forward.ports_text(),
+                        format!(
+                            "contains {} port {port}, where a local service listens on {local}: inbound packets for it would go \
+                             to the forward's servers, not the service; move the service or the forward",
+                            proto::name(proto_nr)
+                        ),
+                    );
+                }
+            }
+            if let Some(ip) = forward.external_ip
+                && !pool.is_empty()
+                && !pool.contains(&ip)
+            {
+                let pool: Vec<String> = pool.iter().map(|ip| ip.to_string()).collect();
+                err(
+                    field("external_ip"),
+                    ip.to_string(),
+                    format!(
+                        "is not in the external pool ({}): a forward's address must be one natd translates to; add it to external_ip",
+                        pool.join(", ")
+                    ),
+                );
+            }
+            for (k, server) in forward.servers.iter().enumerate() {
+                if let Some(why) = self.server_refusal(server.addr) {
+                    let text = match server.port {
+                        Some(port) => format!("{}:{port}", server.addr),
+                        None => server.addr.to_string(),
+                    };
+                    err(field(&format!("to[{k}]")), format!("{text:?}"), why);
+                }
+            }
+            total_ports += u64::from(forward.port_count()) * forward.protocols.len() as u64;
+        }
+        if total_ports > u64::from(MAX_FORWARD_PORTS) {
+            err(
+                "forward".into(),
+                format!("{total_ports} forwarded ports"),
+                format!("at most {MAX_FORWARD_PORTS} in all (each port of a range counts once per protocol): shorten the ranges"),
+            );
+        }
+        // Forwards without external_ip are on the first external address:
+        // the file could not tell which when it named no pool.
+        let first = pool.first().copied();
+        let named_first = settings.external_ips.first().copied();
+        for (i, forward) in settings.forwards.iter().enumerate() {
+            let earlier = settings.forwards[..i].iter().enumerate().find(|(_, e)| e.overlaps(forward, first) && !e.overlaps(forward, named_first));
+            if let Some((j, other)) = earlier {
+                let other_field = format!("forward[{j}] {:?}", other.name);
+                err(format!("forward[{i}] {:?}.port", forward.name), forward.ports_text(), overlap_allowed(&other_field, forward, first));
+            }
+        }
+        errors
+    }
+
+    /// Why `addr` cannot be a forward's server, if it cannot: it must be an
+    /// inside host, so not one of the gateway's addresses, not on the WAN
+    /// side, in an inside prefix, and no LAN prefix's network or broadcast
+    /// address.
+    fn server_refusal(&self, addr: Ipv4Addr) -> Option<String> {
+        let be = u32::from_ne_bytes(addr.octets());
+        let prefix_text = |p: &Prefix| format!("{}/{}", p.network(), p.len());
+        if self.external_ips.contains(&addr) {
+            return Some("is an external address: a server is an inside host, on the LAN side".into());
+        }
+        if self.own_addrs.contains(&addr) {
+            return Some("is one of the gateway's own addresses: a server is an inside host, on the LAN side".into());
+        }
+        if let Some(wan) = self.wan_prefixes.iter().find(|p| p.contains(be)) {
+            return Some(format!("is on the WAN side, in the WAN interface's network {}: a server is an inside host, on the LAN side", prefix_text(wan)));
+        }
+        match self.inside_prefixes().find(|(p, _)| p.contains(be)) {
+            None => Some(format!(
+                "is outside every inside prefix ({}): a server must be an inside host; add its network to inside_prefixes if it is routed",
+                self.inside_description()
+            )),
+            Some((p, true)) if p.is_network_or_broadcast(be) => {
+                Some(format!("is the network or broadcast address of the LAN prefix {}, no host's", prefix_text(&p)))
+            }
+            Some(_) => None,
         }
     }
 }
@@ -237,17 +368,17 @@ fn ephemeral_range() -> Option<(u16, u16)> {
     Some((it.next()?.ok()?, it.next()?.ok()?))
 }
 
-/// TCP listeners and bound UDP sockets on the wildcard or `external` address,
-/// from /proc/net/{tcp,udp} (per network namespace).
-fn listening_ports(external: &[Ipv4Addr]) -> Vec<(&'static str, u16)> {
+/// TCP listeners and bound UDP sockets of this network namespace, from
+/// /proc/net/{tcp,udp}.
+fn listening_ports() -> Vec<Listener> {
     const TCP_LISTEN: &str = "0A";
     let mut ports = Vec::new();
-    for (proto, path) in [("tcp", "/proc/net/tcp"), ("udp", "/proc/net/udp")] {
+    for (proto, path) in [(proto::TCP, "/proc/net/tcp"), (proto::UDP, "/proc/net/udp")] {
         let Ok(text) = std::fs::read_to_string(path) else { continue };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { continue };
-            if proto == "tcp" && *state != TCP_LISTEN {
+            if proto == proto::TCP && *state != TCP_LISTEN {
                 continue;
             }
             let Some((addr_hex, port_hex)) = local.split_once(':') else { continue };
@@ -255,10 +386,7 @@ fn listening_ports(external: &[Ipv4Addr]) -> Vec<(&'static str, u16)> {
                 continue;
             };
             // /proc prints the network-order bytes read as a host integer.
-            let addr = Ipv4Addr::from(u32::from_be(addr));
-            if addr.is_unspecified() || external.contains(&addr) {
-                ports.push((proto, port));
-            }
+            ports.push((proto, Ipv4Addr::from(u32::from_be(addr)), port));
         }
     }
     ports

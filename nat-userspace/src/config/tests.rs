@@ -30,7 +30,8 @@ impl Drop for TempFile {
     }
 }
 
-/// A machine with a LAN on 10.77.1.0/24 (the gateway at .1).
+/// A machine with a LAN on 10.77.1.0/24 (the gateway at .1) and a WAN on
+/// 203.0.113.0/24.
 fn test_environment(external_ips: Vec<Ipv4Addr>) -> Environment {
     Environment {
         lan_ifindex: 1,
@@ -39,6 +40,7 @@ fn test_environment(external_ips: Vec<Ipv4Addr>) -> Environment {
         lan_prefixes: vec![Prefix::new(Ipv4Addr::new(10, 77, 1, 0), 24)],
         routed_prefixes: Vec::new(),
         own_addrs: vec![Ipv4Addr::new(10, 77, 1, 1)],
+        wan_prefixes: vec![Prefix::new(Ipv4Addr::new(203, 0, 113, 0), 24)],
     }
 }
 
@@ -576,6 +578,102 @@ fn overlapping_forwards_are_refused() {
 
     let errs = errors(&format!("{INTERFACES}{text}"), &flags(&["udp:8050=10.77.1.13", "udp:8040-8060=10.77.1.14"]));
     assert_eq!(errs.len(), 2, "{errs:?}");
+}
+
+/// Issue 12: the forwards against the machine, every problem at once: a
+/// port natd hands out or a local service listens on, an external_ip not
+/// in the pool, a server on the WAN side (an external or own address, the
+/// WAN's network) or outside every inside prefix.
+#[test]
+fn forwards_are_checked_against_the_machine() {
+    let text = r#"
+        external_ip = ["203.0.113.1", "203.0.113.2"]
+        low_port_range = "600-699"
+        [[forward]]
+        name = "nat"
+        protocol = "tcp"
+        port = "19990-20009"
+        to = ["10.77.1.10"]
+        [[forward]]
+        name = "low"
+        protocol = "udp"
+        port = 650
+        to = ["10.77.1.10"]
+        [[forward]]
+        name = "elsewhere"
+        protocol = "tcp"
+        port = 8080
+        external_ip = "198.51.100.9"
+        to = ["203.0.113.2:80", "10.77.1.1:80", "203.0.113.50:80", "192.168.9.9:80", "10.77.1.255:80", "10.77.1.10:80"]
+        [[forward]]
+        name = "listened"
+        protocol = "tcp+udp"
+        port = "5300-5399"
+        to = ["10.77.1.53"]
+        [[forward]]
+        name = "fine"
+        protocol = "tcp"
+        port = 443
+        external_ip = "203.0.113.2"
+        to = ["10.77.1.11", "10.88.0.5"]
+        "#;
+    let f = file(&format!("{INTERFACES}{text}"));
+    let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+    let mut env = test_environment(s.external_ips.clone());
+    env.routed_prefixes = vec![Prefix::new(Ipv4Addr::new(10, 88, 0, 0), 16)];
+    let listeners = [
+        (UDP, Ipv4Addr::UNSPECIFIED, 5353),
+        (TCP, Ipv4Addr::new(203, 0, 113, 1), 5300),
+        (TCP, Ipv4Addr::new(203, 0, 113, 2), 5301),
+        (TCP, Ipv4Addr::new(203, 0, 113, 1), 443),
+    ];
+    let errs = env.forward_errors(&s, &listeners);
+    let expected: &[(&str, &str, &str)] = &[
+        ("forward[0] \"nat\".port", "19990-20009", "overlaps port_range 20000-32767, the ports natd hands out"),
+        ("forward[1] \"low\".port", "650", "overlaps low_port_range 600-699"),
+        ("forward[2] \"elsewhere\".external_ip", "198.51.100.9", "is not in the external pool (203.0.113.1, 203.0.113.2)"),
+        ("forward[2] \"elsewhere\".to[0]", "\"203.0.113.2:80\"", "is an external address"),
+        ("forward[2] \"elsewhere\".to[1]", "\"10.77.1.1:80\"", "is one of the gateway's own addresses"),
+        ("forward[2] \"elsewhere\".to[2]", "\"203.0.113.50:80\"", "is on the WAN side, in the WAN interface's network 203.0.113.0/24"),
+        ("forward[2] \"elsewhere\".to[3]", "\"192.168.9.9:80\"", "is outside every inside prefix (10.77.1.0/24 (lan), 10.88.0.0/16 (routed))"),
+        ("forward[2] \"elsewhere\".to[4]", "\"10.77.1.255:80\"", "is the network or broadcast address of the LAN prefix 10.77.1.0/24"),
+        ("forward[3] \"listened\".port", "5300-5399", "contains udp port 5353, where a local service listens on 0.0.0.0"),
+        ("forward[3] \"listened\".port", "5300-5399", "contains tcp port 5300, where a local service listens on 203.0.113.1"),
+    ];
+    for (field, value, what) in expected {
+        assert!(has(&errs, field, value, what), "no error {field} = {value}: ...{what}...; got:\n{}", ConfigErrors(errs.clone()));
+    }
+    assert_eq!(errs.len(), expected.len(), "a listener on another pool address or another port is no collision:\n{}", ConfigErrors(errs.clone()));
+
+    // The pool's first address named by the WAN, not the file: an overlap
+    // the file could not see.
+    let f = file(&format!(
+        "{INTERFACES}[[forward]]\nprotocol = \"tcp\"\nport = 80\nto = [\"10.77.1.10\"]\n[[forward]]\nprotocol = \"tcp\"\nport = 80\nexternal_ip = \"203.0.113.1\"\nto = [\"10.77.1.11\"]\n"
+    ));
+    let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+    let errs = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]).forward_errors(&s, &[]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(has(&errs, "forward[1] \"tcp/80\".port", "80", "overlaps forward[0] \"tcp/80\": tcp 80 on 203.0.113.1"), "{errs:?}");
+    assert!(test_environment(vec![Ipv4Addr::new(203, 0, 113, 2), Ipv4Addr::new(203, 0, 113, 1)]).forward_errors(&s, &[]).is_empty());
+}
+
+/// Issue 12: the datapath holds MAX_FORWARD_PORTS forwarded endpoints;
+/// each port of a range counts once per protocol.
+#[test]
+fn forwarded_ports_in_all_are_bounded() {
+    let pool: Vec<String> = (1..=8).map(|i| format!("\"203.0.113.{i}\"")).collect();
+    let mut text = format!("{INTERFACES}external_ip = [{}]\n", pool.join(", "));
+    for i in 1..=8 {
+        for lo in [33000u32, 37096] {
+            text += &format!("[[forward]]\nprotocol = \"tcp+udp\"\nport = \"{lo}-{}\"\nexternal_ip = \"203.0.113.{i}\"\nto = [\"10.77.1.10\"]\n", lo + 4095);
+        }
+    }
+    let f = file(&text);
+    let (s, _) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+    let env = test_environment(s.external_ips.clone());
+    let errs = env.forward_errors(&s, &[]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(has(&errs, "forward", "131072 forwarded ports", "at most 65536 in all"), "{errs:?}");
 }
 
 /// Issue 12: a health timeout longer than its interval is allowed, with a
