@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Overrides, Settings},
+    config::{Environment, Forward, HealthKind, Overrides, Settings},
     control::{self, Request, Session, Stats, Status},
 };
 
@@ -132,7 +132,54 @@ pub fn check(config: &Path) -> Result<()> {
     println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
     println!("  inside (translated sources): {}", env.inside_description());
     println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
+    for forward in &s.forwards {
+        println!("  {}", forward_line(forward, &env.external_ips));
+    }
     Ok(())
+}
+
+/// One forward as `natd check` shows it: name, protocols, port(s),
+/// external address, servers with weights, health check.
+fn forward_line(forward: &Forward, pool: &[std::net::Ipv4Addr]) -> String {
+    let addr = forward.external_addr(pool).map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
+    let (first, last) = forward.ports;
+    let servers: Vec<String> = forward
+        .servers
+        .iter()
+        .map(|server| {
+            let port = if first == last {
+                format!(":{}", server.base_port(first))
+            } else {
+                format!(":{}-{}", server.base_port(first), server.port_for(last, first))
+            };
+            format!("{}{port} (weight {})", server.addr, server.weight)
+        })
+        .collect();
+    let h = &forward.health;
+    let health = match h.kind {
+        HealthKind::None => "none".to_string(),
+        kind => {
+            let what = match kind {
+                HealthKind::Http => format!("http GET {}", h.path),
+                HealthKind::Udp => format!("udp probe ({} bytes, {})", h.send.len(), if h.expect.is_some() { "answer checked" } else { "any answer" }),
+                _ => "tcp connect".to_string(),
+            };
+            format!(
+                "{what} every {} s, timeout {} s, fall {}, rise {}",
+                h.interval.as_secs_f64(),
+                h.timeout.as_secs_f64(),
+                h.fall,
+                h.rise
+            )
+        }
+    };
+    format!(
+        "forward {:?}: {} {} on {addr} -> {}; health: {health}",
+        forward.name,
+        forward.protocol_name(),
+        forward.ports_text(),
+        servers.join(", ")
+    )
 }
 
 /// Asks every natd of this network namespace; fails when there is none.
