@@ -689,3 +689,20 @@ fn odd_health_timing_is_warned_about() {
     assert!(warnings[0].starts_with("forward[0] \"slow\".health.timeout = 2.5 s is longer than the interval, 1 s"), "{warnings:?}");
     assert!(warnings[1].starts_with("forward[1].health: kind is \"none\", nothing is checked, so these keys have no effect: fall;"), "{warnings:?}");
 }
+
+/// The example config's commented forwards, uncommented, are valid and
+/// mean what its comments say.
+#[test]
+fn the_example_forwards_are_valid() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/natd.toml")).unwrap();
+    let start = example.find("# [[forward]]").expect("the example shows forwards");
+    let uncommented: String = example[start..].lines().map(|line| format!("{}\n", line.trim_start_matches('#').trim_start())).collect();
+    let f = file(&format!("{example}\n{uncommented}"));
+    let (s, warnings) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let names: Vec<&str> = s.forwards.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["ssh", "web", "tcp+udp/8000-8099", "game"]);
+    let kinds: Vec<HealthKind> = s.forwards.iter().map(|f| f.health.kind).collect();
+    assert_eq!(kinds, [HealthKind::None, HealthKind::Http, HealthKind::Tcp, HealthKind::Udp]);
+    assert_eq!(s.forwards[2].servers[1].port_for(8001, 8000), 9001);
+}
