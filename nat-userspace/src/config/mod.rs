@@ -4,13 +4,14 @@
 //!   (syntax, types, ranges) and every error reported at once;
 //! - `machine`: the values against this machine (interfaces exist, the WAN
 //!   has an address, the NAT port range leaves the gateway's own ephemeral
-//!   ports and listening services alone), and what the programs are told.
+//!   ports and listening services alone, forwards claim free ports and
+//!   name inside servers), and what the programs are told.
 
 pub mod load;
 pub mod machine;
 pub mod schema;
 
-pub use load::{ConfigError, ConfigErrors, Overrides, parse_port_range, parse_prefix};
+pub use load::{ConfigError, ConfigErrors, Overrides, parse_forward_ports, parse_payload, parse_port_range, parse_prefix, parse_server};
 pub use machine::{Environment, first_ipv4, ifindex, interface_addresses};
 pub use schema::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
