@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod events;
 pub mod first_packet;
 pub mod frag;
+pub mod health;
 pub mod maglev;
 pub mod maplog;
 pub mod ports;
