@@ -20,8 +20,13 @@
 //! Transitions are reported on changes of the derived status, stamped with
 //! the caller's `now`: this module never reads a clock, so tests and replays
 //! are deterministic.
+//!
+//! The active checks come from `probe`; the passive signal from the
+//! datapath's per-backend `Signals` counters, through [`passive_failure`].
 
 use std::{fmt, time::Instant};
+
+use nat_common::forward::{Signals, backend_state};
 
 /// What the health checks alone say about a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +59,17 @@ impl ServerStatus {
     /// Whether the server gets Maglev slots (and so new flows).
     pub fn accepts_new_flows(self) -> bool {
         self == ServerStatus::Up
+    }
+
+    /// The `Backend::state` the datapath acts on.  `Unknown` is `DOWN`
+    /// there: a server not checked yet takes no flows, as one that failed
+    /// (`backend_state::DOWN` says so); `Draining` keeps its flows.
+    pub fn backend_state(self) -> u8 {
+        match self {
+            ServerStatus::Up => backend_state::UP,
+            ServerStatus::Unknown | ServerStatus::Down => backend_state::DOWN,
+            ServerStatus::Draining => backend_state::DRAINING,
+        }
     }
 }
 
@@ -258,14 +274,37 @@ impl ServerHealth {
     }
 }
 
+/// Whether a backend's datapath counters say it failed since the last look
+/// (`before` is what natd read then, `now` what it reads now): it refused
+/// connections (RSTs before a handshake, or ICMP Destination Unreachable
+/// about its flows, grew), or new flows' SYNs reached it and not one SYN-ACK
+/// came back.  Feed a `true` to [`ServerHealth::record_passive_failures`]
+/// as one failure; `false` is no evidence either way (no traffic, or
+/// traffic answered), as there.
+///
+/// The counters only grow while the backend holds its slot; a counter
+/// below its old value (the slot was reset for a new backend) is not
+/// growth.  A SYN sent just before the look whose SYN-ACK comes just after
+/// reads as one failure: look at intervals much longer than a round trip
+/// (natd's check interval), and `fall` above 1 absorbs the rare miss.
+pub fn passive_failure(before: &Signals, now: &Signals) -> bool {
+    let grew = |old: u64, new: u64| new > old;
+    grew(before.resets, now.resets)
+        || grew(before.unreachables, now.unreachables)
+        || (grew(before.syns, now.syns) && !grew(before.syn_acks, now.syn_acks))
+}
+
 #[cfg(test)]
 mod tests {
     //! Every transition of the server health state machine, with timestamps.
 
     use std::time::{Duration, Instant};
 
+    use nat_common::forward::{Signals, backend_state};
+
     use super::{
         CheckState, HealthConfig, InvalidHealthConfig, ServerHealth, ServerStatus, Transition,
+        passive_failure,
     };
 
     /// A clock the tests advance by hand: the state machine only ever sees the
@@ -594,5 +633,71 @@ mod tests {
         assert_eq!(HealthConfig::new(3, 0), Err(InvalidHealthConfig));
         let defaults = HealthConfig::default();
         assert_eq!((defaults.fall(), defaults.rise()), (3, 2));
+    }
+
+    /// What the datapath is told for each status: only `Up` is `UP`, a
+    /// server not checked yet is `DOWN` (no flows), draining keeps its flows.
+    #[test]
+    fn statuses_map_to_datapath_states() {
+        assert_eq!(ServerStatus::Up.backend_state(), backend_state::UP);
+        assert_eq!(ServerStatus::Unknown.backend_state(), backend_state::DOWN);
+        assert_eq!(ServerStatus::Down.backend_state(), backend_state::DOWN);
+        assert_eq!(ServerStatus::Draining.backend_state(), backend_state::DRAINING);
+    }
+
+    fn signals(syns: u64, syn_acks: u64, resets: u64, unreachables: u64) -> Signals {
+        Signals { syns, syn_acks, resets, unreachables }
+    }
+
+    #[test]
+    fn passive_failure_on_refusals() {
+        let before = signals(10, 10, 2, 1);
+        assert!(passive_failure(&before, &signals(10, 10, 3, 1)), "a reset");
+        assert!(passive_failure(&before, &signals(10, 10, 2, 2)), "an unreachable");
+        assert!(
+            passive_failure(&before, &signals(20, 20, 3, 1)),
+            "a reset counts even while other SYNs are answered"
+        );
+    }
+
+    #[test]
+    fn passive_failure_on_unanswered_syns() {
+        let before = signals(10, 9, 0, 0);
+        assert!(passive_failure(&before, &signals(13, 9, 0, 0)), "SYNs, no SYN-ACK");
+        assert!(
+            !passive_failure(&before, &signals(13, 10, 0, 0)),
+            "some SYN-ACK came back: the server answers"
+        );
+    }
+
+    #[test]
+    fn no_traffic_or_answered_traffic_is_no_passive_failure() {
+        let before = signals(10, 10, 2, 1);
+        assert!(!passive_failure(&before, &before), "nothing happened");
+        assert!(!passive_failure(&before, &signals(15, 15, 2, 1)), "every SYN answered");
+        assert!(
+            !passive_failure(&before, &signals(10, 12, 2, 1)),
+            "late SYN-ACKs alone"
+        );
+        assert!(
+            !passive_failure(&before, &Signals::default()),
+            "counters reset (slot reused) are not growth"
+        );
+    }
+
+    /// The daemon's loop: a delta that is a passive failure counts once, like
+    /// a failed check.
+    #[test]
+    fn passive_failures_feed_the_state_machine() {
+        let mut clock = FakeClock::new();
+        let mut health = up_server(2, 2, &mut clock);
+        let readings = [signals(0, 0, 0, 0), signals(5, 5, 0, 0), signals(6, 5, 0, 0), signals(6, 5, 1, 0)];
+        let mut transitions = Vec::new();
+        for pair in readings.windows(2) {
+            let failed = passive_failure(&pair[0], &pair[1]);
+            transitions.extend(health.record_passive_failures(u64::from(failed), clock.tick()));
+        }
+        assert_eq!(transitions.len(), 1);
+        assert_eq!((transitions[0].from, transitions[0].to), (ServerStatus::Up, ServerStatus::Down));
     }
 }
