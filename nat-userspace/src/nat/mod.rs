@@ -11,6 +11,7 @@ pub mod health;
 pub mod maglev;
 pub mod maplog;
 pub mod ports;
+pub mod probe;
 pub mod quota;
 pub mod run;
 pub mod sessions;
