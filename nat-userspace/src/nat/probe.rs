@@ -43,23 +43,24 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// Whether the probe can be sent at all: an HTTP path or host with
-    /// spaces, control characters or non-ASCII would make a malformed
-    /// request (or smuggle header lines into it).  Config loading should
-    /// call this; [`check`] does too, and fails every check of an invalid
-    /// probe with [`ProbeFailure::InvalidProbe`].
+    /// Whether the probe can be sent at all: an HTTP path with spaces or
+    /// control characters, or a host that is not plain ASCII, would make a
+    /// malformed request (or smuggle header lines into it).  The same rule
+    /// for the path as the config's `health.path`; non-ASCII characters in
+    /// it are sent percent-encoded (RFC 3986 §2.1).  Config loading may
+    /// call this; [`check`] does, and fails every check of an invalid probe
+    /// with [`ProbeFailure::InvalidProbe`].
     pub fn validate(&self) -> Result<()> {
-        // Visible ASCII (RFC 9110 §5.6.2 VCHAR): what a request target and
-        // a host may hold unencoded.
-        let visible = |text: &str| text.bytes().all(|byte| byte.is_ascii_graphic());
         if let Probe::Http { path, host } = self {
-            if !path.starts_with('/') || !visible(path) {
-                bail!("HTTP check path {path:?} is not an origin-form request target (starts with '/', no spaces or control characters)");
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("HTTP check path {path:?} is not a path starting with '/' without spaces or control characters");
             }
+            // Visible ASCII (RFC 9110 §5.6.2 VCHAR): a host name, an
+            // address, either with a port; no IDNA here.
             if let Some(host) = host
-                && (host.is_empty() || !visible(host) || host.contains('/'))
+                && (host.is_empty() || !host.bytes().all(|byte| byte.is_ascii_graphic()) || host.contains('/'))
             {
-                bail!("HTTP check host {host:?} is not a host name or host:port");
+                bail!("HTTP check host {host:?} is not an ASCII host name or host:port");
             }
         }
         Ok(())
@@ -155,7 +156,15 @@ impl Step {
 /// does not hold the connection open for more requests (RFC 9112 §9.6).
 fn http_request(server: SocketAddrV4, path: &str, host: Option<&str>) -> String {
     let host = host.map_or_else(|| server.to_string(), str::to_owned);
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: natd-health\r\n\r\n")
+    let mut target = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii() {
+            target.push(char::from(byte));
+        } else {
+            target.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: natd-health\r\n\r\n")
 }
 
 async fn check_http(step: &Step, server: SocketAddrV4, path: &str, host: Option<&str>) -> Result<(), ProbeFailure> {
@@ -373,7 +382,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use super::{BackendId, CheckResult, Checker, MIN_INTERVAL, Probe, ProbeFailure, check, parse_status_line};
+    use super::{BackendId, CheckResult, Checker, MIN_INTERVAL, Probe, ProbeFailure, check, http_request, parse_status_line};
 
     const TIMEOUT: Duration = Duration::from_millis(500);
     /// How long a test helper thread waits for anything before it gives up.
@@ -491,6 +500,17 @@ mod tests {
         assert_eq!(String::from_utf8(request).unwrap(), expected);
     }
 
+    /// The config accepts any path without spaces or control characters;
+    /// what is not ASCII goes out percent-encoded (RFC 9112 §3.2: the
+    /// request target is ASCII).
+    #[test]
+    fn non_ascii_paths_are_percent_encoded() {
+        let probe = Probe::Http { path: "/état?q=ü".into(), host: None };
+        assert!(probe.validate().is_ok());
+        let request = http_request(loopback(80), "/état?q=ü", None);
+        assert!(request.starts_with("GET /%C3%A9tat?q=%C3%BC HTTP/1.1\r\nHost: 127.0.0.1:80\r\n"), "{request:?}");
+    }
+
     #[tokio::test]
     async fn http_host_header_is_the_configured_host() {
         let (server, requests, responder) = http_responder(vec![b"HTTP/1.0 204 No Content\r\n\r\n"]);
@@ -544,6 +564,7 @@ mod tests {
             Probe::Http { path: "/\r\nX-Injected: 1".into(), host: None },
             Probe::Http { path: "/".into(), host: Some("a\r\nb".into()) },
             Probe::Http { path: "/".into(), host: Some(String::new()) },
+            Probe::Http { path: "/".into(), host: Some("bücher.example".into()) },
         ] {
             assert!(probe.validate().is_err(), "{probe:?}");
             let failure = check(&probe, v4(&listener), TIMEOUT).await.unwrap_err();
