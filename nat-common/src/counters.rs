@@ -157,6 +157,20 @@ reasons! {
     /// LAN packet from the gateway's own address or a LAN network or broadcast
     /// address (RFC 1812 5.3.7), not for the gateway itself.
     DropLanSourceReserved = 41 => "drop_lan_source_reserved",
+    /// WAN packet of a forwarded flow sent to its backend.
+    ForwardedIn = 42 => "forwarded_in",
+    /// First packet of a forwarded flow: a backend picked (Maglev) and the
+    /// flow filed half-open.
+    ForwardedNewFlow = 43 => "forwarded_new_flow",
+    /// A forwarded flow whose backend went down moved to another (a TCP
+    /// client's new SYN, a UDP datagram).
+    ForwardRebalanced = 44 => "forward_rebalanced",
+    /// A new flow to a forward with no backend up: handed to natd, which
+    /// answers with a TCP RST or an ICMP Port Unreachable.
+    ForwardNoServer = 45 => "forward_no_server",
+    /// A LAN host's packet to a forwarded port on the external address,
+    /// hairpinned to the backend from the sender's external endpoint.
+    HairpinnedToForward = 46 => "hairpinned_to_forward",
 }
 
 impl Reason {

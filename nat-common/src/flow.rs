@@ -137,7 +137,10 @@ pub struct GatewayConfig {
     /// Keep the inside port's class (RFC 4787 REQ-3a), 1 on: an inside port
     /// below 1024 is left to natd, which maps it into the low port range.
     pub port_class: u8,
-    pub _pad: [u8; 7],
+    /// Always 0. The programs add it to the key of their reason counters so
+    /// the key is not a constant to the verifier (`nat-ebpf` `verdict`).
+    pub opaque_zero: u8,
+    pub _pad: [u8; 6],
     /// How long a remote stays permitted after the inside endpoint last sent
     /// to it, per protocol (ns): the protocol's idle timeout, so a permit
     /// never outlives the mapping it was made for.
@@ -200,7 +203,8 @@ impl GatewayConfig {
             filtering_icmp: filtering::ENDPOINT_INDEPENDENT,
             port_parity: 0,
             port_class: 0,
-            _pad: [0; 7],
+            opaque_zero: 0,
+            _pad: [0; 6],
             permit_ttl_tcp_ns: 0,
             permit_ttl_udp_ns: 0,
             permit_ttl_icmp_ns: 0,
@@ -502,6 +506,10 @@ pub mod miss_kind {
     pub const FRAGMENT_IN: u32 = 5;
     /// A `FragEvent`: a parked datagram's first fragment was translated.
     pub const FRAGMENT_TRANSLATED: u32 = 6;
+    /// A new flow to a forward with no backend up: natd answers it (a TCP
+    /// RST, an ICMP Port Unreachable) from the forward's endpoint (the frame
+    /// is untranslated; dropped in the datapath).
+    pub const NO_SERVER: u32 = 7;
 }
 
 /// Which way a fragmented datagram crosses the gateway (`FragKey::dir`).

@@ -178,6 +178,22 @@ pub struct Signals {
 }
 const _: () = assert!(core::mem::size_of::<Signals>() == 32);
 
+/// What `Mapping::session` holds for a backend's static mapping (flag
+/// `mapping_flags::FORWARD`), which has no session slot: the forward, the
+/// backend slot and the port's offset in the forward's range.
+#[inline(always)]
+pub const fn static_backend_session(forward: u32, slot: u32, offset: u16) -> u32 {
+    (forward << 24) | ((slot & 0xff) << 16) | offset as u32
+}
+
+/// The (forward, backend slot, offset) of `static_backend_session`.
+#[inline(always)]
+pub const fn static_backend(session: u32) -> (u32, u32, u16) {
+    (session >> 24, (session >> 16) & 0xff, session as u16)
+}
+
+const _: () = assert!(MAX_FORWARDS <= 256 && MAX_BACKENDS <= 256);
+
 /// Bits of `Mapping::flags`.
 pub mod mapping_flags {
     /// A backend's static outbound mapping: never aged, not filtered, and
@@ -202,6 +218,13 @@ mod tests {
 
     use super::*;
     use crate::{Endpoint, proto};
+
+    #[test]
+    fn a_static_mapping_names_its_backend() {
+        for (forward, slot, offset) in [(0, 0, 0), (63, 31, 4095), (7, 3, 100)] {
+            assert_eq!(static_backend(static_backend_session(forward, slot, offset)), (forward, slot, offset));
+        }
+    }
 
     #[test]
     fn a_backend_port_follows_the_range_offset() {

@@ -10,10 +10,10 @@ use crate::{maps::MISSES, packet::parse::Ipv4Packet, verdict::Verdict};
 /// through the kernel (no neighbour).
 #[inline(always)]
 pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
-    let handed = if kind == miss_kind::NEW_FLOW {
-        Reason::MissToDaemon
-    } else {
-        Reason::NoNeighbourToDaemon
+    let handed = match kind {
+        miss_kind::NEW_FLOW => Reason::MissToDaemon,
+        miss_kind::NO_SERVER => Reason::ForwardNoServer,
+        _ => Reason::NoNeighbourToDaemon,
     };
     match copy_to_daemon(ctx, pkt, kind) {
         Ok(()) => Verdict::drop(handed),

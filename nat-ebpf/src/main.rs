@@ -18,8 +18,10 @@
 // The panic handler.
 use nat_ebpf as _;
 
+mod atomic;
 mod ctx;
 mod handoff;
+mod inbound;
 mod maps;
 mod nat;
 mod packet;

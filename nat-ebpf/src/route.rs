@@ -44,6 +44,16 @@ pub(crate) enum Rewrite {
 }
 
 impl Rewrite {
+    /// The side the packet came in on, for an error about it: the LAN for a
+    /// source rewrite and a hairpin, the WAN for a destination rewrite.
+    #[inline(always)]
+    pub(crate) fn ingress(&self) -> Side {
+        match self {
+            Rewrite::One(Side::Destination, _) => Side::Destination,
+            _ => Side::Source,
+        }
+    }
+
     /// The destination address the packet leaves with: all the next-hop
     /// cache needs, so a hit reads nothing more of the packet.
     #[inline(always)]

@@ -2,10 +2,11 @@
 //! routed, its session refreshed, rewritten and sent on.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Endpoint, LAST_SEEN_GRANULARITY_NS, Mapping, Reason};
+use nat_common::{Endpoint, LAST_SEEN_GRANULARITY_NS, Mapping, Reason, forward::mapping_flags};
 
 use crate::{
     ctx::{clock, config},
+    inbound::forward,
     maps::LIVENESS,
     nat::{
         filter::{admit, remember_remote},
@@ -16,7 +17,7 @@ use crate::{
         Side,
         checksum::{finish_partial_checksum, has_partial_checksum},
         parse::{Fragment, Ipv4Packet},
-        rewrite::translate,
+        rewrite::{translate, translate_both},
     },
     proto::{L4, tcp},
     route::{Hop, Rewrite, deliver, next_hop},
@@ -24,44 +25,89 @@ use crate::{
 };
 
 /// The hit path of either direction (`key`: the endpoint the mapping was
-/// found by): filter by remote, route, refresh the session, rewrite `side`
-/// to the mapping's target, finish a partial checksum, redirect.
-///
-/// The route is looked up before the rewrite, with the addresses and ports
-/// the packet will have (`Rewrite`), so that a packet too big for the egress
-/// is still exactly what its sender sent when the Fragmentation Needed error
-/// quotes it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL
-/// included, with nothing to undo.
+/// found by): filter by remote, then route, refresh the session, rewrite
+/// `side` to the mapping's target and send.
 #[inline(always)]
 pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, mapping: *const Mapping, side: Side, key: &Endpoint, translated: Reason) -> Verdict {
-    // SAFETY: a value of the map, copied.
-    let to = unsafe { (*mapping).target(key.proto) };
+    // SAFETY: a value of the map, alive while the program runs.
+    let mapping = unsafe { &*mapping };
     let now = clock();
-    let cfg = config();
-    let (remote_addr_be, remote_port_be) = pkt.remote(side);
-    match side {
-        Side::Source => remember_remote(cfg, key, remote_addr_be, remote_port_be, now),
-        Side::Destination => {
-            if !admit(cfg, &to, remote_addr_be, remote_port_be, now) {
-                return Verdict::drop(Reason::DropFiltered);
+    match filter(mapping, pkt, side, key, now) {
+        Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side)),
+        Err(filtered) => filtered,
+    }
+}
+
+/// Filtering by remote on the hit path (RFC 4787 REQ-8): outbound, the
+/// remote is remembered; inbound, it must have been. Returns the endpoint
+/// the mapping translates `side` to. A backend's static mapping (a forward)
+/// is not filtered: its packets belong to the forwarded flow they track.
+#[inline(always)]
+pub fn filter(mapping: &Mapping, pkt: &Ipv4Packet, side: Side, key: &Endpoint, now: u64) -> Result<Endpoint, Verdict> {
+    let to = mapping.target(key.proto);
+    if mapping.flags & mapping_flags::FORWARD == 0 {
+        let cfg = config();
+        let (remote_addr_be, remote_port_be) = pkt.remote(side);
+        match side {
+            Side::Source => remember_remote(cfg, key, remote_addr_be, remote_port_be, now),
+            Side::Destination => {
+                if !admit(cfg, &to, remote_addr_be, remote_port_be, now) {
+                    return Err(Verdict::drop(Reason::DropFiltered));
+                }
             }
         }
     }
-    let hop = next_hop(ctx, pkt, &Rewrite::One(side, to), now);
+    Ok(to)
+}
+
+/// The sessions a packet refreshes once its route is known (`send`).
+/// (Not a closure: LLVM made one a BPF subprogram, a call per packet.)
+pub enum Refresh<'a> {
+    None,
+    /// The mapping it was translated by, on that side.
+    One(&'a Mapping, Side),
+    /// A hairpin: the sender's mapping, and the target's when it has one.
+    Hairpin(&'a Mapping, Option<&'a Mapping>),
+}
+
+/// Routes, rewrites and sends a packet being translated as `rewrite` says,
+/// refreshing `sessions` once the route is known to take it.
+///
+/// The route is looked up before the rewrite, with the addresses and ports
+/// the packet will have, so that a packet too big for the egress is still
+/// exactly what its sender sent when the Fragmentation Needed error quotes
+/// it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL included, with
+/// nothing to undo.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh) -> Verdict {
+    let hop = next_hop(ctx, pkt, rewrite, now);
     if let Hop::TooBig(mtu) = hop {
-        return too_big(ctx, pkt, mtu, side);
+        return too_big(ctx, pkt, mtu, rewrite.ingress());
     }
-    refresh(mapping, pkt, now, side);
+    match sessions {
+        Refresh::None => {}
+        Refresh::One(mapping, side) => refresh(mapping, pkt, now, side),
+        Refresh::Hairpin(sender, target) => {
+            refresh(sender, pkt, now, Side::Source);
+            if let Some(target) = target {
+                refresh(target, pkt, now, Side::Destination);
+            }
+        }
+    }
     // A first fragment: the incremental L4 update stays right for the whole
     // datagram (only pseudo-header address and port change); it never
     // carries a partial checksum (the sender's kernel completes it before
     // fragmenting), and the segment is not all here to sum anyway.
     let first_fragment = pkt.fragment == Fragment::First;
-    if first_fragment {
-        record_first_fragment(pkt, side, to.addr_be, now);
+    if first_fragment && let Rewrite::One(side, to) = rewrite {
+        record_first_fragment(pkt, *side, to.addr_be, now);
     }
     let partial = !first_fragment && has_partial_checksum(pkt);
-    translate(pkt, side, &to);
+    match rewrite {
+        Rewrite::One(side, to) => translate(pkt, *side, to),
+        Rewrite::Both(source, destination) => translate_both(pkt, source, destination),
+        Rewrite::Nothing => {}
+    }
     let translated = finish_if_partial(ctx, pkt, partial, translated);
     deliver(ctx, pkt, hop, translated)
 }
@@ -82,11 +128,16 @@ pub fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, tran
 }
 
 /// Records activity on a mapping's session: at most one write per granule
-/// for the timestamp, and one per new TCP flag in this direction.
+/// for the timestamp, and one per new TCP flag in this direction. A
+/// backend's static mapping has no session of its own: its packet refreshes
+/// the forwarded flow it belongs to.
 #[inline(always)]
-pub fn refresh(mapping: *const Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
-    // SAFETY: a value of the map.
-    let Some(live) = LIVENESS.get_ptr_mut(unsafe { (*mapping).session }) else {
+pub fn refresh(mapping: &Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
+    if mapping.flags & mapping_flags::FORWARD != 0 {
+        forward::track_outbound(pkt, mapping, now);
+        return;
+    }
+    let Some(live) = LIVENESS.get_ptr_mut(mapping.session) else {
         return;
     };
     // SAFETY: the session's slot; the datapath's writes to it race only with

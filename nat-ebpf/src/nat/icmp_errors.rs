@@ -10,12 +10,14 @@ use aya_ebpf::{
 };
 use nat_common::{
     Endpoint, Reason,
+    forward::mapping_flags,
     icmp::{FRAG_NEEDED_HEADERS_LEN, IP_DF, QUOTED_L4_LEN, RateLimit, frag_needed_headers},
     proto,
 };
 
 use crate::{
     ctx::{clock, config},
+    inbound::forward,
     maps::{INBOUND, OUTBOUND},
     nat::{filter::admit, untranslated},
     packet::{
@@ -45,8 +47,13 @@ pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Some(Verdict::drop(Reason::DropBadIcmpError));
     }
-    // SAFETY: a value of the map, copied.
-    let external = unsafe { (*mapping).target(inside.proto) };
+    // SAFETY: a value of the map, alive while the program runs.
+    let mapping = unsafe { &*mapping };
+    let external = mapping.target(inside.proto);
+    // A backend refusing a forwarded flow: a passive health signal.
+    if mapping.flags & mapping_flags::FORWARD != 0 {
+        forward::count_unreachable(mapping);
+    }
     quoted.rewrite(Side::Destination, &external);
     translate(pkt, Side::Source, &external);
     Some(forward(ctx, pkt, Reason::IcmpErrorOut, clock()))
@@ -99,8 +106,14 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     };
     let remote_be = quoted.inner_dst_be();
     let external = Endpoint::from_be(quoted.inner_src_be(), port_be, inner_proto);
-    let Some(mapping) = INBOUND.get_ptr(external) else {
-        return untranslated::wan(ctx, pkt);
+    // About a mapping's packet, or a forwarded flow's (a backend's reply).
+    let (inside, filtered) = match INBOUND.get_ptr(external) {
+        // SAFETY: a value of the map, copied.
+        Some(mapping) => (unsafe { (*mapping).target(inner_proto) }, true),
+        None => match forward::quoted_backend(&Endpoint::from_be(remote_be, remote_port_be, inner_proto), &external) {
+            Some(backend) => (backend, false),
+            None => return untranslated::wan(ctx, pkt),
+        },
     };
     if pkt.ttl() <= 1 {
         return Verdict::drop(Reason::DropTtlExpired);
@@ -108,11 +121,9 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Verdict::drop(Reason::DropBadIcmpError);
     }
-    // SAFETY: a value of the map, copied.
-    let inside = unsafe { (*mapping).target(inner_proto) };
     // Filtered by what the error is about, not by who sends it: a router on
     // the way may report on a flow to a remote the inside host chose.
-    if !admit(config(), &inside, remote_be, remote_port_be, clock()) {
+    if filtered && !admit(config(), &inside, remote_be, remote_port_be, clock()) {
         return Verdict::drop(Reason::DropFiltered);
     }
     quoted.rewrite(Side::Source, &inside);

@@ -15,19 +15,18 @@ use crate::{
         filter::{admit, remember_remote},
         fragment::later_fragment,
         guard::lan_source_refusal,
-        hit::{finish_if_partial, refresh, translate_and_forward},
-        icmp_errors::{icmp_error_hairpinned, icmp_error_out, too_big},
+        hit::{Refresh, send, translate_and_forward},
+        icmp_errors::{icmp_error_hairpinned, icmp_error_out},
         new_flow::claim,
         untranslated::{self, refused_lan_source},
     },
+    inbound::{forward::hairpin_backend, lb::forward_port},
     packet::{
         Side,
-        checksum::has_partial_checksum,
         parse::{Fragment, Ipv4Packet},
-        rewrite::translate_both,
     },
     proto::L4,
-    route::{Hop, Rewrite, Route, deliver, next_hop, route_untranslated},
+    route::{Rewrite, Route, route_untranslated},
     verdict::Verdict,
 };
 
@@ -82,11 +81,12 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
 }
 
 /// A LAN packet for the gateway's external address. For another inside
-/// host's TCP/UDP mapping it is hairpinned (RFC 4787 REQ-9, RFC 5382 REQ-8):
-/// source translated to the sender's external endpoint, destination to the
-/// target's inside one, and sent back into the LAN, so the target sees the
-/// sender as the Internet would. So is the target's ICMP error about such a
-/// packet (RFC 5508 REQ-7). Anything else is for the gateway itself.
+/// host's TCP/UDP mapping, or a forwarded port, it is hairpinned (RFC 4787
+/// REQ-9, RFC 5382 REQ-8): source translated to the sender's external
+/// endpoint, destination to the target's inside one (the forward's
+/// backend), and sent back into the LAN, so the target sees the sender as
+/// the Internet would. So is the target's ICMP error about such a packet
+/// (RFC 5508 REQ-7). Anything else is for the gateway itself.
 #[inline(always)]
 fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if let L4::IcmpError(quoted) = &pkt.l4 {
@@ -104,9 +104,11 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if inside.proto == proto::ICMP {
         return Verdict::pass(Reason::PassLocal);
     }
-    let Some(target) = INBOUND.get_ptr(destination) else {
+    let target = INBOUND.get_ptr(destination);
+    let forward = if target.is_none() { forward_port(&destination) } else { None };
+    if target.is_none() && forward.is_none() {
         return Verdict::pass(Reason::PassLocal);
-    };
+    }
     let mapping = match OUTBOUND.get_ptr(inside) {
         Some(mapping) => mapping,
         // A source the gateway refuses is not hairpinned: the packet is for
@@ -114,28 +116,37 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         None if lan_source_refusal(inside.addr_be).is_some() => return Verdict::pass(Reason::PassLocal),
         None => match claim(&inside) {
             Some(mapping) => mapping,
-            // natd sets the mapping up and hairpins this first packet itself.
+            // natd sets the mapping up (and hairpins this first packet itself
+            // to a mapping; to a forward the sender's retry finds it set up).
             None => return hand_to_daemon(ctx, pkt, miss_kind::NEW_FLOW),
         },
     };
     let now = clock();
     let cfg = config();
-    // SAFETY: values of the maps, copied.
-    let (external, inside_target) = unsafe { ((*mapping).target(inside.proto), (*target).target(inside.proto)) };
-    // The sender is the target's remote, as if it were on the Internet: it
-    // passes the target's filter only if the target has sent to it.
+    // SAFETY: values of the maps, alive while the program runs.
+    let mapping = unsafe { &*mapping };
+    let external = mapping.target(inside.proto);
+    // The sender is the target's remote, as if it were on the Internet.
     remember_remote(cfg, &inside, destination.addr_be, destination.port_be, now);
-    if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
-        return Verdict::drop(Reason::DropFiltered);
-    }
-    let hop = next_hop(ctx, pkt, &Rewrite::Both(external, inside_target), now);
-    if let Hop::TooBig(mtu) = hop {
-        return too_big(ctx, pkt, mtu, Side::Source);
-    }
-    refresh(mapping, pkt, now, Side::Source);
-    refresh(target, pkt, now, Side::Destination);
-    let partial = has_partial_checksum(pkt);
-    translate_both(pkt, &external, &inside_target);
-    let translated = finish_if_partial(ctx, pkt, partial, Reason::Hairpinned);
-    deliver(ctx, pkt, hop, translated)
+    // To a forward: the flow's backend; to a mapping: its inside endpoint,
+    // if the target's filter lets the sender in (only if the target has
+    // sent to it). One send for both: each copy of it is a large part of
+    // what the verifier walks.
+    let (to, target, hairpinned) = match (forward, target) {
+        (Some(port), _) => match hairpin_backend(ctx, pkt, &external, &destination, &port) {
+            Ok(server) => (server, None, Reason::HairpinnedToForward),
+            Err(verdict) => return verdict,
+        },
+        (None, Some(target)) => {
+            // SAFETY: a value of the map, alive while the program runs.
+            let target = unsafe { &*target };
+            let inside_target = target.target(inside.proto);
+            if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
+                return Verdict::drop(Reason::DropFiltered);
+            }
+            (inside_target, Some(target), Reason::Hairpinned)
+        }
+        (None, None) => return Verdict::pass(Reason::PassLocal),
+    };
+    send(ctx, pkt, &Rewrite::Both(external, to), now, hairpinned, Refresh::Hairpin(mapping, target))
 }

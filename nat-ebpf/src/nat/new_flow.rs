@@ -10,6 +10,7 @@ use aya_ebpf::{
 use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, Liveness, MAX_QUOTA_HOSTS, Mapping, miss_kind, proto};
 
 use crate::{
+    atomic::atomic_add,
     ctx::{clock, config},
     maps::{INBOUND, LIVENESS, MISSES, OUTBOUND},
 };
@@ -180,18 +181,4 @@ pub(crate) fn give_back_quota(claims: *mut u64) {
     if !claims.is_null() {
         atomic_add(claims, u64::MAX);
     }
-}
-
-/// `*counter += delta` (wrapping), atomically: a BPF XADD, whose result
-/// ISA v1 cannot return. (The host build, for clippy, uses the std atomic.)
-#[inline(always)]
-pub(crate) fn atomic_add(counter: *mut u64, delta: u64) {
-    // SAFETY: `counter` is a value of a map, alive while the program runs.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, delta);
-    }
-    // SAFETY: as above.
-    #[cfg(not(target_arch = "bpf"))]
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }

@@ -5,13 +5,22 @@ use aya_ebpf::programs::XdpContext;
 use nat_common::Reason;
 
 use crate::{
+    ctx::clock,
+    inbound::{forward, lb::forward_port},
     maps::INBOUND,
-    nat::{fragment::later_fragment, guard::wan_source_refusal, hit::translate_and_forward, icmp_errors::icmp_error_in, untranslated},
+    nat::{
+        fragment::later_fragment,
+        guard::wan_source_refusal,
+        hit::{Refresh, filter, send},
+        icmp_errors::icmp_error_in,
+        untranslated,
+    },
     packet::{
         Side,
         parse::{Fragment, Ipv4Packet},
     },
     proto::L4,
+    route::Rewrite,
     verdict::Verdict,
 };
 
@@ -33,13 +42,32 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let Some(external) = pkt.destination() else {
         return untranslated::wan(ctx, pkt);
     };
-    if let Some(mapping) = INBOUND.get_ptr(external) {
-        // The destination is the gateway's own address: the kernel would deliver
-        // it locally instead of answering Time Exceeded.
-        if pkt.ttl() <= 1 {
-            return Verdict::drop(Reason::DropTtlExpired);
+    let now = clock();
+    // A mapping's packet, or a forwarded one: one send for both (each copy
+    // of it is a large part of what the verifier walks). Forwards are
+    // looked up only where the mapping lookup misses: the hit path pays
+    // nothing for them.
+    let (to, translated, sessions) = match INBOUND.get_ptr(external) {
+        Some(mapping) => {
+            // SAFETY: a value of the map, alive while the program runs.
+            let mapping = unsafe { &*mapping };
+            match filter(mapping, pkt, Side::Destination, &external, now) {
+                Ok(to) => (to, Reason::TranslatedIn, Refresh::One(mapping, Side::Destination)),
+                Err(filtered) => return filtered,
+            }
         }
-        return translate_and_forward(ctx, pkt, mapping, Side::Destination, &external, Reason::TranslatedIn);
+        None => match forward_port(&external) {
+            Some(port) => match forward::inbound(ctx, pkt, &external, &port, now) {
+                Ok((to, translated)) => (to, translated, Refresh::None),
+                Err(refused) => return refused,
+            },
+            None => return untranslated::wan(ctx, pkt),
+        },
+    };
+    // The destination is the gateway's own address: the kernel would deliver
+    // it locally instead of answering Time Exceeded.
+    if pkt.ttl() <= 1 {
+        return Verdict::drop(Reason::DropTtlExpired);
     }
-    untranslated::wan(ctx, pkt)
+    send(ctx, pkt, &Rewrite::One(Side::Destination, to), now, translated, sessions)
 }

@@ -102,7 +102,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     let fragment = if frags & (MORE_FRAGMENTS | OFFSET_MASK) == 0 {
         Fragment::No
     } else if frags & OFFSET_MASK != 0 {
-        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::Other, fragment: Fragment::Later }));
+        return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::other(), fragment: Fragment::Later }));
     } else {
         Fragment::First
     };
@@ -146,12 +146,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
                 // translated either.
                 icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED => match icmp::quoted(ctx, l4_offset) {
                     Ok(quoted) if fragment == Fragment::No && quoted_within(&quoted, payload_len) => (L4::IcmpError(quoted), 0),
-                    _ => (L4::Other, 0),
+                    _ => (L4::other(), 0),
                 },
-                _ => (L4::Other, 0),
+                _ => (L4::other(), 0),
             }
         }
-        _ => (L4::Other, 0),
+        _ => (L4::other(), 0),
     };
     // The header must lie within the total length: the bytes past it are no
     // part of the datagram. A first fragment too short for its header is a
@@ -160,7 +160,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
         if fragment == Fragment::No {
             return Err(BAD_L4_HEADER);
         }
-        l4 = L4::Other;
+        l4 = L4::other();
     }
     Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4, fragment }))
 }

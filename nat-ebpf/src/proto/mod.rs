@@ -19,6 +19,7 @@ use crate::{packet::Side, proto::icmp::Quoted};
 /// Where the translatable part of the packet is. Each pointer is the start
 /// of a header `parse` checked to be in the frame and within the datagram
 /// for `Transport::HEADER_LEN` bytes.
+#[repr(u8)]
 pub enum L4 {
     Tcp(*mut u8),
     Udp(*mut u8),
@@ -27,8 +28,27 @@ pub enum L4 {
     /// Destination Unreachable or Time Exceeded, with the quoted header.
     IcmpError(Quoted),
     /// Another protocol, another ICMP type, or a later fragment: no header
-    /// to translate.
-    Other,
+    /// to translate. Built with `L4::other()`, never as the bare variant.
+    #[allow(dead_code, reason = "built by `L4::other()` from its tag")]
+    Other = OTHER_TAG,
+}
+
+/// `L4::Other`'s tag, the first byte of its `repr(u8)` layout.
+const OTHER_TAG: u8 = 4;
+
+impl L4 {
+    /// `L4::Other` with its unused payload zeroed. Built as the bare variant,
+    /// the payload is undefined, and where LLVM spills a parsed packet whole
+    /// to the stack it stores that undefined register, which the verifier
+    /// refuses ("R5 !read_ok").
+    #[inline(always)]
+    pub fn other() -> L4 {
+        let mut bytes = [0u8; core::mem::size_of::<L4>()];
+        bytes[0] = OTHER_TAG;
+        // SAFETY: `repr(u8)` puts the tag in the first byte; `Other` has no
+        // payload, so any bytes after the tag are a valid `L4::Other`.
+        unsafe { core::mem::transmute::<[u8; core::mem::size_of::<L4>()], L4>(bytes) }
+    }
 }
 
 /// The 16-bit field at `at` in a header, in memory (network) order.
