@@ -167,6 +167,9 @@ const _: () = assert!(core::mem::size_of::<Flow>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Signals {
+    /// New flows sent to the backend (picked for it, or moved to it), every
+    /// protocol: what `natd forwards` shows as new flows per second.
+    pub flows: u64,
     /// TCP SYNs of new flows sent to the backend.
     pub syns: u64,
     /// SYN-ACKs from it.
@@ -176,7 +179,7 @@ pub struct Signals {
     /// ICMP Destination Unreachable from it about one of its flows.
     pub unreachables: u64,
 }
-const _: () = assert!(core::mem::size_of::<Signals>() == 32);
+const _: () = assert!(core::mem::size_of::<Signals>() == 40);
 
 /// What `Mapping::session` holds for a backend's static mapping (flag
 /// `mapping_flags::FORWARD`), which has no session slot: the forward, the

@@ -11,6 +11,9 @@ pub const ICMP_DEST_UNREACHABLE: u8 = 3;
 /// Code 4: fragmentation needed and DF set (RFC 792), with the next-hop MTU
 /// in the low 16 bits of the second word (RFC 1191).
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Code 3: port unreachable (natd's answer to a flow to a forward with no
+/// server up).
+pub const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// Code 13: communication administratively prohibited (RFC 1812).
 pub const ICMP_ADMIN_PROHIBITED: u8 = 13;
 

@@ -2,7 +2,7 @@
 //! per-CPU next-hop cache, MAC rewrite and the devmap redirect.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
     helpers::bpf_fib_lookup,
     macros::map,
     maps::{DevMapHash, PerCpuArray},
@@ -190,7 +190,8 @@ pub(crate) enum Hop {
     NoNeighbour,
     /// Longer than the egress MTU, given in host order.
     TooBig(u16),
-    /// Not forwarded: no route, a local destination, forwarding off...
+    /// Not forwarded: no route (dropped), or a local destination (passed
+    /// as it came: nothing is rewritten or refreshed for it).
     Refused(Verdict),
 }
 
@@ -252,7 +253,12 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         // The kernel wrote the MTU over tot_len (a union).
         // SAFETY: a union of two u16s.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
-        // NOT_FWDED (a local destination), blackhole, unreachable, forwarding off.
+        // For the gateway itself (natd's health checks answered from a
+        // forwarded port, a mapped host's packet to the gateway's LAN
+        // address): delivered untranslated. With forwarding off on the
+        // ingress, the kernel forwards nothing either.
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Hop::Refused(Verdict::pass(Reason::PassLocal)),
+        // Blackhole, unreachable, prohibited.
         _ => return Hop::Refused(Verdict::drop(Reason::DropNoRoute)),
     }
     // Out of a third interface: not the gateway's to send to (checked when

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     config::{Environment, Forward, HealthKind, Overrides, Settings},
-    control::{self, Request, Session, Stats, Status},
+    control::{self, ReloadOutcome, Request, Session, Stats, Status},
+    nat::forwards::ForwardView,
 };
 
 #[derive(Parser)]
@@ -37,6 +38,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the inbound forwards: servers, weights, health, flows.
+    Forwards {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config file of the natd serving here and apply the
+    /// forwards, log level and WAN drop list without a restart (as SIGHUP
+    /// does). Exits 1 when the new configuration is refused.
+    Reload,
     /// Validate a config file against this machine and explain every error.
     Check {
         #[arg(long, value_name = "FILE")]
@@ -223,11 +233,57 @@ pub fn sessions(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", "PROTO", "INSIDE", "EXTERNAL", "STATE", "IDLE_S", "TIMEOUT");
+    println!("{:<5} {:<21} {:<21} {:<21} {:<12} {:>8} {:>8}", "PROTO", "INSIDE", "EXTERNAL", "REMOTE", "STATE", "IDLE_S", "TIMEOUT");
     for r in &rows {
-        println!("{:<5} {:<21} {:<21} {:<12} {:>8} {:>8}", r.proto, r.inside, r.external, r.state, r.idle_s, r.timeout_s);
+        let remote = r.remote.as_deref().unwrap_or("-");
+        println!("{:<5} {:<21} {:<21} {:<21} {:<12} {:>8} {:>8}", r.proto, r.inside, r.external, remote, r.state, r.idle_s, r.timeout_s);
     }
-    println!("{} session(s)", rows.len());
+    let forwarded = rows.iter().filter(|r| r.remote.is_some()).count();
+    println!("{} session(s), {forwarded} of them forwarded flows", rows.len());
+    Ok(())
+}
+
+pub fn forwards(json: bool) -> Result<()> {
+    let all: Vec<ForwardView> = ask::<Vec<ForwardView>>(Request::Forwards)?.into_iter().flatten().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no forwards");
+    }
+    for f in &all {
+        println!("forward {:?}: {} {} on {}; health: {}", f.name, f.protocol, f.ports, f.external, f.health_check);
+        println!("  {:<21} {:>6} {:<9} {:>8} {:>10} {:>10}  LAST FAILURE", "SERVER", "WEIGHT", "HEALTH", "FLOWS", "NEW/S", "CHANGED_S");
+        for s in &f.servers {
+            let failure = s.last_failure.as_deref().unwrap_or("-");
+            println!(
+                "  {:<21} {:>6} {:<9} {:>8} {:>10.1} {:>10}  {failure}",
+                s.server, s.weight, s.health, s.active_flows, s.new_flows_per_s, s.health_changed_s
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Asks natd to reload; an error (exit 1) when it refused.
+pub fn reload() -> Result<()> {
+    let outcomes: Vec<ReloadOutcome> = ask(Request::Reload)?;
+    let mut refused = false;
+    for outcome in outcomes {
+        if outcome.applied {
+            println!("{}", outcome.message);
+            for change in &outcome.changes {
+                println!("  {change}");
+            }
+        } else {
+            eprintln!("natd: {}", outcome.message);
+            refused = true;
+        }
+    }
+    if refused {
+        bail!("the new configuration was refused; natd runs as before");
+    }
     Ok(())
 }
 

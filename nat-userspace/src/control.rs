@@ -10,7 +10,8 @@
 //! - `xdp-nat/if/<ifname>`: one bound socket per interface natd serves. Binding
 //!   fails with EADDRINUSE while another natd holds it: the interface lock.
 //! - `xdp-nat/ctl/<pid>`: the control socket. A client sends one request line
-//!   (`status`, `sessions`, `stats`) and reads one JSON document.
+//!   (`status`, `sessions`, `stats`, `forwards`, `reload`) and reads one JSON
+//!   document.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -99,6 +100,9 @@ pub enum Request {
     Status,
     Sessions,
     Stats,
+    Forwards,
+    /// Re-read the config file and apply what may change live.
+    Reload,
 }
 
 impl Request {
@@ -107,6 +111,8 @@ impl Request {
             Request::Status => "status",
             Request::Sessions => "sessions",
             Request::Stats => "stats",
+            Request::Forwards => "forwards",
+            Request::Reload => "reload",
         }
     }
 
@@ -115,6 +121,8 @@ impl Request {
             "status" => Ok(Request::Status),
             "sessions" => Ok(Request::Sessions),
             "stats" => Ok(Request::Stats),
+            "forwards" => Ok(Request::Forwards),
+            "reload" => Ok(Request::Reload),
             other => Err(anyhow!("unknown request {other:?}")),
         }
     }
@@ -155,15 +163,32 @@ pub struct PortUsage {
     pub free: usize,
 }
 
-/// One row of `sessions`.
+/// One row of `sessions`: a mapping, or a forwarded flow (with its remote
+/// and its forward).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub proto: String,
     pub inside: String,
     pub external: String,
+    /// A forwarded flow's remote (client) endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// A forwarded flow's forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
     pub state: String,
     pub idle_s: u64,
     pub timeout_s: u64,
+}
+
+/// Answer to `reload`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ReloadOutcome {
+    /// False: the new configuration was refused and nothing changed.
+    pub applied: bool,
+    /// Why it was refused, or what was applied, in words.
+    pub message: String,
+    pub changes: Vec<String>,
 }
 
 /// Answer to `stats`: the datapath's per-reason counters and the daemon's own.

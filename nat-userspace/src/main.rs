@@ -1,6 +1,7 @@
 //! natd: loads the XDP programs on the LAN and WAN interfaces, allocates
 //! external ports when the fast path misses, ages mappings out, and answers
-//! `status`, `sessions` and `stats` from other processes.
+//! `status`, `sessions`, `stats`, `forwards` and `reload` from other
+//! processes.
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ fn main() -> ExitCode {
         Cmd::Status { json } => cli::status(json),
         Cmd::Sessions { json } => cli::sessions(json),
         Cmd::Stats { json } => cli::stats(json),
+        Cmd::Forwards { json } => cli::forwards(json),
+        Cmd::Reload => cli::reload(),
         Cmd::Check { config } => cli::check(&config),
     };
     match result {

@@ -231,6 +231,58 @@ pub fn destination_unreachable(from: Ipv4Addr, refused: &[u8], code: u8) -> Opti
     Some([&headers[..], quoted].concat())
 }
 
+/// The TCP reset that refuses `refused` (a TCP segment), from the endpoint
+/// it was sent to (RFC 9293 3.10.7.1, a segment to a closed port): to an
+/// ACK, `<SEQ=SEG.ACK><CTL=RST>`; otherwise `<SEQ=0><ACK=SEG.SEQ+SEG.LEN>
+/// <CTL=RST,ACK>`. `None` for an RST (never answered) or a segment too
+/// short to read.
+pub fn tcp_reset(refused: &[u8]) -> Option<Vec<u8>> {
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    const SYN: u8 = 0x02;
+    const FIN: u8 = 0x01;
+    let packet = Ipv4::read(refused).ok()?;
+    let tcp = packet.payload();
+    if packet.proto() != proto::TCP || tcp.len() < 20 || packet.is_later_fragment() {
+        return None;
+    }
+    let flags = tcp[13];
+    if flags & RST != 0 {
+        return None;
+    }
+    let seq = u32::from_be_bytes(tcp[4..8].try_into().ok()?);
+    let ack = u32::from_be_bytes(tcp[8..12].try_into().ok()?);
+    let data_len = tcp.len().saturating_sub(usize::from(tcp[12] >> 4) * 4) as u32;
+    let (reset_seq, reset_ack, reset_flags) = if flags & ACK != 0 {
+        (ack, 0, RST)
+    } else {
+        let len = data_len + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0);
+        (0, seq.wrapping_add(len), RST | ACK)
+    };
+    let mut segment = [0u8; 20];
+    segment[0..2].copy_from_slice(&tcp[2..4]);
+    segment[2..4].copy_from_slice(&tcp[0..2]);
+    segment[4..8].copy_from_slice(&reset_seq.to_be_bytes());
+    segment[8..12].copy_from_slice(&reset_ack.to_be_bytes());
+    segment[12] = 5 << 4;
+    segment[13] = reset_flags;
+    let (from, to) = (packet.dst().octets(), packet.src().octets());
+    let check = checksum::l4_checksum(from, to, proto::TCP, &segment);
+    segment[16..18].copy_from_slice(&check.to_ne_bytes());
+    let mut header = [0u8; 20];
+    header[0] = 0x45;
+    header[2..4].copy_from_slice(&40u16.to_be_bytes());
+    // Don't fragment, as the kernel's own resets.
+    header[6] = 0x40;
+    header[8] = 64;
+    header[9] = proto::TCP;
+    header[12..16].copy_from_slice(&from);
+    header[16..20].copy_from_slice(&to);
+    let check = checksum::checksum(&header);
+    header[10..12].copy_from_slice(&check.to_ne_bytes());
+    Some([&header[..], &segment[..]].concat())
+}
+
 /// The layout of `proto_nr`'s header on `side`, if the protocol is
 /// translated and its header (up to the checksum) fits `l4_len` bytes.
 fn l4_layout(proto_nr: u8, side: Side, l4_len: usize) -> Result<Layout> {
@@ -292,6 +344,47 @@ fn rewrite_l4(rest: &mut [u8], layout: Layout, old_addr_be: u32, to: Endpoint) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TCP segment from 198.51.100.7:40000 to 203.0.113.1:8080.
+    fn segment(flags: u8, seq: u32, ack: u32, payload: usize) -> Vec<u8> {
+        let mut ip = vec![0u8; 40 + payload];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[198, 51, 100, 7]);
+        ip[16..20].copy_from_slice(&[203, 0, 113, 1]);
+        ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        ip[22..24].copy_from_slice(&8080u16.to_be_bytes());
+        ip[24..28].copy_from_slice(&seq.to_be_bytes());
+        ip[28..32].copy_from_slice(&ack.to_be_bytes());
+        ip[32] = 5 << 4;
+        ip[33] = flags;
+        ip
+    }
+
+    /// RFC 9293 3.10.7.1: a SYN is refused with RST+ACK acknowledging it; a
+    /// segment with an ACK with an RST carrying that sequence number; an RST
+    /// is never answered. From the address and port it was sent to, with
+    /// both checksums right.
+    #[test]
+    fn refusing_resets_follow_rfc_9293() {
+        let reset = tcp_reset(&segment(0x02, 1000, 0, 0)).unwrap();
+        assert_eq!(reset.len(), 40);
+        assert_eq!((&reset[12..16], &reset[16..20]), (&[203, 0, 113, 1][..], &[198, 51, 100, 7][..]));
+        assert_eq!((u16::from_be_bytes([reset[20], reset[21]]), u16::from_be_bytes([reset[22], reset[23]])), (8080, 40000));
+        assert_eq!((u32::from_be_bytes(reset[24..28].try_into().unwrap()), u32::from_be_bytes(reset[28..32].try_into().unwrap())), (0, 1001));
+        assert_eq!(reset[33], 0x14, "RST+ACK");
+        assert!(checksum::verifies(&reset[..20], 0));
+        let pseudo = pseudo_header_sum([203, 0, 113, 1], [198, 51, 100, 7], 6, 20);
+        assert!(checksum::verifies(&reset[20..], pseudo));
+
+        let reset = tcp_reset(&segment(0x18, 5000, 777, 10)).unwrap();
+        assert_eq!((u32::from_be_bytes(reset[24..28].try_into().unwrap()), reset[33]), (777, 0x04), "to an ACK: SEQ=SEG.ACK, RST alone");
+        let reset = tcp_reset(&segment(0x01, 5000, 0, 10)).unwrap();
+        assert_eq!(u32::from_be_bytes(reset[28..32].try_into().unwrap()), 5011, "data and FIN count");
+        assert_eq!(tcp_reset(&segment(0x04, 1, 0, 0)), None);
+    }
 
     fn fragment(src: [u8; 4], dst: [u8; 4], id: u16, offset_words: u16, payload: usize) -> Vec<u8> {
         let mut ip = vec![0u8; 20 + payload];

@@ -1,5 +1,5 @@
 //! `natd run`: the start-up sequence (settings, locks, programs, daemon,
-//! forwarding), the event loop, and the shutdown in reverse order.
+//! forwarding), the event loop, reloads, and the shutdown in reverse order.
 
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,15 @@ use tokio::{
 
 use crate::{
     cli::{self, RunArgs},
-    config::{XdpModeSetting, first_ipv4},
-    control::{self, CLIENT_TIMEOUT, InterfaceLocks, Request},
+    config::{XdpModeSetting, first_ipv4, reload::fixed_changes},
+    control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
     datapath::{Datapath, Side},
     forwarding::Forwarding,
-    logging,
+    logging::{self, LogLevel},
     nat::{
         daemon::Daemon,
+        forwards::{FLOW_AGING, SIGNALS_POLL},
+        probe::CheckResult,
         run::Run,
         sessions::coarse_now_ns,
         views,
@@ -27,8 +29,9 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let (settings, env, warnings) = cli::settings(args.config.as_deref(), &args.overrides())?;
-    let _log = logging::init(&settings.log_level);
+    let overrides = args.overrides();
+    let (settings, env, warnings) = cli::settings(args.config.as_deref(), &overrides)?;
+    let log = logging::init(&settings.log_level);
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -67,7 +70,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         settings.port_max,
         std::process::id()
     );
-    let mut daemon = Daemon::new(datapath, Run { settings, env, xdp_mode: mode, lan_ip, started: Instant::now() })?;
+    let (checks_tx, mut checks) = mpsc::channel::<CheckResult>(256);
+    let run = Run { settings, env, xdp_mode: mode, lan_ip, started: Instant::now(), config_file: args.config.clone(), overrides };
+    let mut daemon = Daemon::new(datapath, run, checks_tx)?;
     // Only now: with forwarding on and no program attached the kernel would
     // forward inside addresses to the WAN. Restored before the daemon, which
     // detaches the programs, is dropped.
@@ -77,8 +82,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (requests_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     // Each tick publishes the clock to the datapath and ages mappings out.
     let mut aging = tokio::time::interval(Duration::from_nanos(nat_common::CLOCK_TICK_NS));
+    let mut passive_signals = tokio::time::interval(SIGNALS_POLL);
+    let mut flow_aging = tokio::time::interval(FLOW_AGING);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -90,14 +98,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 daemon.refill_free_queues();
             }
             _ = aging.tick() => daemon.age()?,
+            _ = passive_signals.tick() => daemon.poll_forwards(),
+            _ = flow_aging.tick() => daemon.age_forwarded_flows()?,
+            Some(result) = checks.recv() => daemon.check_result(result),
             accepted = control.accept() => {
                 if let Ok((stream, _)) = accepted {
                     tokio::spawn(serve_client(stream, requests_tx.clone()));
                 }
             }
             Some((request, reply)) = requests.recv() => {
-                let answer = views::answer(&daemon, request).unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string());
-                let _ = reply.send(answer);
+                let answer = match request {
+                    Request::Reload => serde_json::to_string(&reload(&mut daemon, log.as_ref())).map_err(anyhow::Error::from),
+                    view => views::answer(&daemon, view),
+                };
+                let _ = reply.send(answer.unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string()));
+            }
+            _ = sighup.recv() => {
+                reload(&mut daemon, log.as_ref());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -108,6 +125,70 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!("stopping; IPv4 forwarding restored on {lan} and {wan}, detaching");
     Ok(())
+}
+
+/// Reads the config file natd was started with (and its flags) again and
+/// applies what may change live: the forwards, the log level, the WAN drop
+/// list. A new configuration that is invalid, or that changes a setting
+/// only a restart can change, is refused whole, and what runs stays as it
+/// was. The outcome is logged as well as returned (SIGHUP has no one to
+/// answer).
+fn reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
+    let outcome = try_reload(daemon, log);
+    if outcome.applied {
+        tracing::info!("{}", outcome.message);
+        for change in &outcome.changes {
+            tracing::info!("  {change}");
+        }
+    } else {
+        tracing::warn!("{}", outcome.message);
+    }
+    outcome
+}
+
+fn try_reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
+    let refused = |message: String| ReloadOutcome { applied: false, message, changes: Vec::new() };
+    let source = daemon.run.config_file.as_ref().map_or_else(|| "the command line".to_string(), |path| path.display().to_string());
+    let (settings, env, warnings) = match cli::settings(daemon.run.config_file.as_deref(), &daemon.run.overrides) {
+        Ok(read) => read,
+        Err(e) => return refused(format!("reload refused, {source} is not valid; nothing was changed:\n{e:#}")),
+    };
+    let fixed = fixed_changes(&daemon.run.settings, &daemon.run.env, &settings, &env);
+    if !fixed.is_empty() {
+        return refused(format!(
+            "reload refused, these settings cannot change while natd runs (restart natd to change them); nothing was changed:\n  {}",
+            fixed.join("\n  ")
+        ));
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let mut changes = match daemon.apply_forwards(&settings.forwards) {
+        Ok(changes) => changes,
+        Err(e) => {
+            return ReloadOutcome {
+                applied: false,
+                message: format!("reload failed while applying the forwards, some may be applied: {e:#}"),
+                changes: Vec::new(),
+            };
+        }
+    };
+    if settings.log_level != daemon.run.settings.log_level {
+        match log.map(|log| log.set(&settings.log_level)) {
+            Some(Err(e)) => tracing::warn!("{e:#}"),
+            _ => changes.push(format!("log_level {} -> {}", daemon.run.settings.log_level, settings.log_level)),
+        }
+    }
+    if settings.wan_drop_sources != daemon.run.settings.wan_drop_sources {
+        match daemon.datapath.set_wan_drop_sources(&settings.wan_drop_sources) {
+            Ok(()) => changes.push(format!("wan_drop_sources: {} prefix(es)", settings.wan_drop_sources.len())),
+            Err(e) => tracing::warn!("applying wan_drop_sources: {e:#}"),
+        }
+    }
+    let count = changes.len();
+    daemon.run.settings = settings;
+    daemon.run.env = env;
+    ReloadOutcome { applied: true, message: format!("reloaded {source}: {count} change(s)"), changes }
 }
 
 /// Reads one request line, has the main loop answer it, writes the answer.

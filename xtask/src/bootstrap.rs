@@ -33,6 +33,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // has no service to start).
     ("dnsmasq", "dnsmasq-base"),
     ("busybox", "busybox"),
+    // Inbound forwards: load from the WAN, and the reference L4 balancer
+    // the benchmarks measure against (policy-rc.d keeps its service off).
+    ("wrk", "wrk"),
+    ("haproxy", "haproxy"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no

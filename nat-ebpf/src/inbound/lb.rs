@@ -130,8 +130,11 @@ pub fn route_inbound(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> 
             let _ = PENDING.remove(*key);
         }
     }
-    if moved && key.proto == proto::TCP {
-        count(forward, slot, Signal::Syn);
+    if moved {
+        count(forward, slot, Signal::Flow);
+        if key.proto == proto::TCP {
+            count(forward, slot, Signal::Syn);
+        }
     }
     Some(Routed { backend, new: false, moved })
 }
@@ -144,6 +147,7 @@ fn new_flow(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> Option<Ro
     record_flags(&mut flow.tcp_flags_in, flags);
     // BPF_ANY: another CPU's insert for the same first packet picked alike.
     let _ = PENDING.insert(*key, flow, BPF_ANY as u64);
+    count(port.forward, slot, Signal::Flow);
     if flags & tcp_flags::SYN != 0 {
         count(port.forward, slot, Signal::Syn);
     }
@@ -206,6 +210,7 @@ pub fn count_unreachable(forward: u32, slot: u32) {
 
 /// One of the `Signals` counters.
 enum Signal {
+    Flow,
     Syn,
     SynAck,
     Reset,
@@ -224,6 +229,7 @@ fn count(forward: u32, slot: u32, signal: Signal) {
     // SAFETY: a value of the map; only atomic adds write it.
     let counter = unsafe {
         match signal {
+            Signal::Flow => &raw mut (*signals).flows,
             Signal::Syn => &raw mut (*signals).syns,
             Signal::SynAck => &raw mut (*signals).syn_acks,
             Signal::Reset => &raw mut (*signals).resets,

@@ -41,11 +41,15 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, mapping: *const
 /// Filtering by remote on the hit path (RFC 4787 REQ-8): outbound, the
 /// remote is remembered; inbound, it must have been. Returns the endpoint
 /// the mapping translates `side` to. A backend's static mapping (a forward)
-/// is not filtered: its packets belong to the forwarded flow they track.
+/// is not filtered: its packet is tracked on the forwarded flow it belongs
+/// to, here, before the route: a SYN-ACK the gateway cannot route (to a
+/// spoofed source) still tells natd's passive checks the server answers.
 #[inline(always)]
 pub fn filter(mapping: &Mapping, pkt: &Ipv4Packet, side: Side, key: &Endpoint, now: u64) -> Result<Endpoint, Verdict> {
     let to = mapping.target(key.proto);
-    if mapping.flags & mapping_flags::FORWARD == 0 {
+    if mapping.flags & mapping_flags::FORWARD != 0 {
+        forward::track_outbound(pkt, mapping, now);
+    } else {
         let cfg = config();
         let (remote_addr_be, remote_port_be) = pkt.remote(side);
         match side {
@@ -81,8 +85,10 @@ pub enum Refresh<'a> {
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh) -> Verdict {
     let hop = next_hop(ctx, pkt, rewrite, now);
-    if let Hop::TooBig(mtu) = hop {
-        return too_big(ctx, pkt, mtu, rewrite.ingress());
+    match hop {
+        Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
+        Hop::Refused(verdict) => return verdict,
+        Hop::Ready { .. } | Hop::NoNeighbour => {}
     }
     match sessions {
         Refresh::None => {}
@@ -129,12 +135,11 @@ pub fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, tran
 
 /// Records activity on a mapping's session: at most one write per granule
 /// for the timestamp, and one per new TCP flag in this direction. A
-/// backend's static mapping has no session of its own: its packet refreshes
-/// the forwarded flow it belongs to.
+/// backend's static mapping has no session of its own (`filter` tracked
+/// its packet on its forwarded flow).
 #[inline(always)]
 pub fn refresh(mapping: &Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
     if mapping.flags & mapping_flags::FORWARD != 0 {
-        forward::track_outbound(pkt, mapping, now);
         return;
     }
     let Some(live) = LIVENESS.get_ptr_mut(mapping.session) else {

@@ -5,10 +5,12 @@
 //! - `machine`: the values against this machine (interfaces exist, the WAN
 //!   has an address, the NAT port range leaves the gateway's own ephemeral
 //!   ports and listening services alone, forwards claim free ports and
-//!   name inside servers), and what the programs are told.
+//!   name inside servers), and what the programs are told;
+//! - `reload`: what a reload may change while natd runs.
 
 pub mod load;
 pub mod machine;
+pub mod reload;
 pub mod schema;
 
 pub use load::{ConfigError, ConfigErrors, Overrides, parse_forward_ports, parse_payload, parse_port_range, parse_prefix, parse_server};

@@ -336,7 +336,7 @@ impl HealthKind {
 }
 
 /// Idle timeouts (RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-2).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub udp: Duration,
     pub icmp: Duration,

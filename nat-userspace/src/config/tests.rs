@@ -11,6 +11,7 @@ use nat_common::proto::{TCP, UDP};
 use crate::config::{
     ConfigError, ConfigErrors, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, Overrides, Server,
     Settings, Timeouts, XdpModeSetting, parse_port_range, parse_prefix,
+    reload::fixed_changes,
 };
 
 /// A config file in the temp dir, removed on drop.
@@ -705,4 +706,35 @@ fn the_example_forwards_are_valid() {
     let kinds: Vec<HealthKind> = s.forwards.iter().map(|f| f.health.kind).collect();
     assert_eq!(kinds, [HealthKind::None, HealthKind::Http, HealthKind::Tcp, HealthKind::Udp]);
     assert_eq!(s.forwards[2].servers[1].port_for(8001, 8000), 9001);
+}
+
+fn settings_of(text: &str) -> Settings {
+    let f = file(text);
+    Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap().0
+}
+
+const RELOAD_BASE: &str = "lan = \"lan0\"\nwan = \"wan0\"\n";
+
+#[test]
+fn forwards_log_level_and_drop_list_change_live() {
+    let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
+    let old = settings_of(RELOAD_BASE);
+    let new = settings_of(&format!(
+        "{RELOAD_BASE}log_level = \"debug\"\nwan_drop_sources = [\"192.0.2.0/24\"]\n[[forward]]\nprotocol = \"tcp\"\nport = 8080\nto = [\"10.77.1.5:80\"]\n"
+    ));
+    assert_eq!(fixed_changes(&old, &env, &new, &env), Vec::<String>::new());
+}
+
+#[test]
+fn what_cannot_change_live_is_refused_by_name() {
+    let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
+    let old = settings_of(RELOAD_BASE);
+    let new = settings_of("lan = \"lan1\"\nwan = \"wan0\"\nport_range = \"30000-40000\"\n[timeouts]\nudp = 60\n");
+    let changes = fixed_changes(&old, &env, &new, &env);
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert_eq!(changes[0], "lan: \"lan0\" -> \"lan1\"");
+    assert_eq!(changes[1], "port_range: (20000, 32767) -> (30000, 40000)");
+    assert!(changes[2].starts_with("timeouts: "), "{}", changes[2]);
+    let moved = test_environment(vec![Ipv4Addr::new(203, 0, 113, 9)]);
+    assert_eq!(fixed_changes(&old, &env, &old, &moved), ["external_ip: [203.0.113.1] -> [203.0.113.9]"]);
 }

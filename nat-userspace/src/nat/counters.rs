@@ -34,6 +34,13 @@ pub struct DaemonCounters {
     pub fragments_expired: u64,
     /// Fragments not parked because the park was full.
     pub fragments_dropped_full: u64,
+    /// New flows to a forward with no server up, answered with a TCP RST or
+    /// an ICMP Port Unreachable...
+    pub no_server_answered: u64,
+    /// ...or not answered, over the rate limit.
+    pub no_server_unanswered: u64,
+    /// Forwarded flows removed idle.
+    pub forwarded_flows_expired: u64,
 }
 
 impl DaemonCounters {
@@ -60,6 +67,9 @@ impl DaemonCounters {
             counter("fragments_sent", self.fragments_sent),
             counter("fragments_expired", self.fragments_expired),
             counter("fragments_dropped_full", self.fragments_dropped_full),
+            counter("no_server_answered", self.no_server_answered),
+            counter("no_server_unanswered", self.no_server_unanswered),
+            counter("forwarded_flows_expired", self.forwarded_flows_expired),
         ]
     }
 }

@@ -3,12 +3,18 @@
 //! space and setting mappings up (`ports`), the sessions and their aging
 //! (`sessions`), first packets (`first_packet`), parked fragments (`frag`),
 //! the per-host quota and refusal messages (`quota`), the mapping log
-//! (`maplog`); `views` answers status, sessions and stats from it.
+//! (`maplog`), the inbound forwards and their health (`forwards`); `views`
+//! answers status, sessions, stats and forwards from it.
 
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
-use nat_common::{ClaimEvent, Endpoint, MissEvent, icmp::ICMP_ADMIN_PROHIBITED, proto};
+use nat_common::{
+    ClaimEvent, Endpoint, MissEvent,
+    icmp::{ICMP_ADMIN_PROHIBITED, ICMP_PORT_UNREACHABLE},
+    proto,
+};
+use tokio::sync::mpsc;
 
 use crate::{
     datapath::Datapath,
@@ -16,14 +22,17 @@ use crate::{
         counters::DaemonCounters,
         events::RingEvent,
         first_packet::{KernelSender, Sent, send_first_packet},
+        forwards::Forwards,
         frag::Fragments,
         maplog::MappingLog,
         ports::{Ports, Refusal, SetUp},
         run::Run,
         quota::{HostQuota, RefusalNotices},
+        probe::CheckResult,
         sessions::{SessionEntry, SessionTable, coarse_now_ns, expired_sessions},
     },
-    packet::{Ipv4, Side, destination_unreachable},
+    config::Forward,
+    packet::{Ipv4, Side, destination_unreachable, tcp_reset},
 };
 
 pub struct Daemon {
@@ -38,10 +47,14 @@ pub struct Daemon {
     pub fragments: Fragments,
     log: MappingLog,
     pub counters: DaemonCounters,
+    pub forwards: Forwards,
+    /// Rate limits for the answers to flows to a forward with no server up.
+    no_server_notices: RefusalNotices,
 }
 
 impl Daemon {
-    pub fn new(datapath: Datapath, run: Run) -> Result<Self> {
+    /// `checks`: where the forwards' health checkers send their results.
+    pub fn new(datapath: Datapath, run: Run, checks: mpsc::Sender<CheckResult>) -> Result<Self> {
         let mut daemon = Self {
             datapath,
             ports: Ports::new(&run.settings, &run.env)?,
@@ -53,9 +66,50 @@ impl Daemon {
             notices: RefusalNotices::default(),
             fragments: Fragments::default(),
             counters: DaemonCounters::default(),
+            forwards: Forwards::new(checks),
+            no_server_notices: RefusalNotices::default(),
         };
         daemon.refill_free_queues();
+        let forwards = daemon.run.settings.forwards.clone();
+        for change in daemon.apply_forwards(&forwards)? {
+            tracing::info!("{change}");
+        }
         Ok(daemon)
+    }
+
+    /// Makes the datapath serve `wanted` (at start, and on a reload). A
+    /// dynamic mapping a server holds on its forwarded port goes first: the
+    /// port is the forward's from now on.
+    pub fn apply_forwards(&mut self, wanted: &[Forward]) -> Result<Vec<String>> {
+        let now = coarse_now_ns();
+        for server in Forwards::static_endpoints(wanted, &self.run.env.external_ips) {
+            if self.sessions.contains_key(&server) {
+                self.remove_session(server, now)?;
+            }
+        }
+        self.forwards.apply(&mut self.datapath, wanted, &self.run.env.external_ips, Instant::now())
+    }
+
+    /// One active health check's result.
+    pub fn check_result(&mut self, result: CheckResult) {
+        if let Err(e) = self.forwards.check_result(&mut self.datapath, result) {
+            tracing::warn!("applying a health check result: {e:#}");
+        }
+    }
+
+    /// Reads the forwards' passive health signals (every `SIGNALS_POLL`).
+    pub fn poll_forwards(&mut self) {
+        if let Err(e) = self.forwards.poll(&mut self.datapath, Instant::now()) {
+            tracing::warn!("reading the forwards' passive signals: {e:#}");
+        }
+    }
+
+    /// Removes the forwarded flows idle past their timeout (every
+    /// `FLOW_AGING`).
+    pub fn age_forwarded_flows(&mut self) -> Result<()> {
+        let removed = self.forwards.age_flows(&mut self.datapath, &self.run.settings.timeouts, coarse_now_ns())?;
+        self.counters.forwarded_flows_expired += removed as u64;
+        Ok(())
     }
 
     /// One item of the ring.
@@ -74,6 +128,7 @@ impl Daemon {
             RingEvent::FragmentTranslated(event) => {
                 self.fragments.release(&mut self.datapath, &self.sender, &mut self.counters, &event.key, event.addr_be)
             }
+            RingEvent::NoServer(event) => self.no_server(&event),
         });
         if let Err(e) = result {
             self.counters.handoff_errors += 1;
@@ -172,6 +227,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// A new flow to a forward with no server up: refused at once from the
+    /// forward's endpoint, as a closed port is (a TCP RST, an ICMP Port
+    /// Unreachable), rate-limited as refusals are: a flood of spoofed
+    /// sources to a dead forward must not make the gateway a reflector.
+    fn no_server(&mut self, event: &MissEvent) -> Result<()> {
+        let packet = Ipv4::of_event(event)?;
+        if !self.no_server_notices.admit(packet.src(), Instant::now()) {
+            self.counters.no_server_unanswered += 1;
+            return Ok(());
+        }
+        let answer = match packet.proto() {
+            proto::TCP => tcp_reset(packet.datagram()),
+            _ => destination_unreachable(packet.dst(), packet.datagram(), ICMP_PORT_UNREACHABLE),
+        };
+        match answer {
+            Some(answer) => {
+                self.sender.send_packet(&answer)?;
+                self.counters.no_server_answered += 1;
+            }
+            None => self.counters.no_server_unanswered += 1,
+        }
+        Ok(())
+    }
+
     /// Once a tick: publishes the clock, returns held ports, refills the
     /// queues, ages parked fragments, and removes every mapping idle past
     /// its timeout, both directions together, its port held before reuse.
@@ -183,14 +262,20 @@ impl Daemon {
         self.fragments.age(&mut self.datapath, &self.sender, &mut self.counters, now)?;
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.run.settings.timeouts, now)?;
         for inside in expired {
-            if let Some(entry) = self.sessions.remove(&inside) {
-                self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
-                self.ports.release(&entry.external, entry.slot, now);
-                self.quota.released(&mut self.datapath, &inside)?;
-                self.log.mapping("removed", &inside, &entry.external, Some(now.saturating_sub(entry.created_ns)));
-                self.counters.mappings_expired += 1;
-            }
+            self.remove_session(inside, now)?;
+            self.counters.mappings_expired += 1;
         }
+        Ok(())
+    }
+
+    /// Removes a dynamic mapping, both directions, its port held before
+    /// reuse.
+    fn remove_session(&mut self, inside: Endpoint, now: u64) -> Result<()> {
+        let Some(entry) = self.sessions.remove(&inside) else { return Ok(()) };
+        self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
+        self.ports.release(&entry.external, entry.slot, now);
+        self.quota.released(&mut self.datapath, &inside)?;
+        self.log.mapping("removed", &inside, &entry.external, Some(now.saturating_sub(entry.created_ns)));
         Ok(())
     }
 }

@@ -16,6 +16,8 @@ pub enum RingEvent {
     Fragment(Box<MissEvent>, u8),
     /// A parked datagram's first fragment was translated.
     FragmentTranslated(FragEvent),
+    /// A new flow to a forward with no server up.
+    NoServer(Box<MissEvent>),
 }
 
 impl RingEvent {
@@ -30,6 +32,7 @@ impl RingEvent {
             miss_kind::FRAGMENT_OUT => Self::Fragment(Box::new(read(item)?), frag_dir::OUT),
             miss_kind::FRAGMENT_IN => Self::Fragment(Box::new(read(item)?), frag_dir::IN),
             miss_kind::FRAGMENT_TRANSLATED => Self::FragmentTranslated(read(item)?),
+            miss_kind::NO_SERVER => Self::NoServer(Box::new(read(item)?)),
             other => bail!("ring event of kind {other} and {} bytes not understood", item.len()),
         })
     }

@@ -204,6 +204,13 @@ impl ServerHealth {
         self.record(false, now)
     }
 
+    /// Takes new `fall` and `rise` (a reload changed them), keeping the
+    /// state and the runs counted so far: a reload does not send a healthy
+    /// server back to `Unknown`.
+    pub fn reconfigure(&mut self, config: HealthConfig) {
+        self.config = config;
+    }
+
     /// Sets the configured weight; 0 drains the server.
     pub fn set_weight(&mut self, weight: u32, now: Instant) -> Option<Transition> {
         let status_before = self.status();
@@ -274,24 +281,51 @@ impl ServerHealth {
     }
 }
 
-/// Whether a backend's datapath counters say it failed since the last look
-/// (`before` is what natd read then, `now` what it reads now): it refused
-/// connections (RSTs before a handshake, or ICMP Destination Unreachable
-/// about its flows, grew), or new flows' SYNs reached it and not one SYN-ACK
-/// came back.  Feed a `true` to [`ServerHealth::record_passive_failures`]
-/// as one failure; `false` is no evidence either way (no traffic, or
-/// traffic answered), as there.
+/// What a backend's datapath counters say against it (`passive_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassiveFailure {
+    /// It answered this many new connections with an RST.
+    Refused(u64),
+    /// It sent this many ICMP Destination Unreachable about its flows.
+    Unreachable(u64),
+    /// This many SYNs reached it a whole look ago, and not one SYN-ACK has
+    /// come back since.
+    Unanswered(u64),
+}
+
+impl fmt::Display for PassiveFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(n) => write!(f, "passive: refused {n} connection(s) with a TCP RST"),
+            Self::Unreachable(n) => write!(f, "passive: {n} ICMP destination unreachable from the server"),
+            Self::Unanswered(n) => write!(f, "passive: {n} SYN(s) sent to the server got no SYN-ACK"),
+        }
+    }
+}
+
+/// Whether a backend's datapath counters say it failed, from three looks
+/// at them (`older`, `last`, `now`, one poll apart): it refused connections
+/// since the last look (RSTs before a handshake, or ICMP Destination
+/// Unreachable about its flows), or SYNs reached it between the older look
+/// and the last and not one SYN-ACK has come back since the older look.
+/// Waiting a whole poll for the SYN-ACK means a SYN sent just before a look
+/// and answered just after it is never taken for a dead server. Feed a
+/// failure to [`ServerHealth::record`] as one failed check; `None` is no
+/// evidence either way (no traffic, or traffic answered).
 ///
 /// The counters only grow while the backend holds its slot; a counter
 /// below its old value (the slot was reset for a new backend) is not
-/// growth.  A SYN sent just before the look whose SYN-ACK comes just after
-/// reads as one failure: look at intervals much longer than a round trip
-/// (natd's check interval), and `fall` above 1 absorbs the rare miss.
-pub fn passive_failure(before: &Signals, now: &Signals) -> bool {
-    let grew = |old: u64, new: u64| new > old;
-    grew(before.resets, now.resets)
-        || grew(before.unreachables, now.unreachables)
-        || (grew(before.syns, now.syns) && !grew(before.syn_acks, now.syn_acks))
+/// growth.
+pub fn passive_failure(older: &Signals, last: &Signals, now: &Signals) -> Option<PassiveFailure> {
+    let growth = |old: u64, new: u64| new.saturating_sub(old);
+    if growth(last.resets, now.resets) > 0 {
+        return Some(PassiveFailure::Refused(growth(last.resets, now.resets)));
+    }
+    if growth(last.unreachables, now.unreachables) > 0 {
+        return Some(PassiveFailure::Unreachable(growth(last.unreachables, now.unreachables)));
+    }
+    let unanswered = growth(older.syns, last.syns);
+    (unanswered > 0 && growth(older.syn_acks, now.syn_acks) == 0).then_some(PassiveFailure::Unanswered(unanswered))
 }
 
 #[cfg(test)]
@@ -304,7 +338,7 @@ mod tests {
 
     use super::{
         CheckState, HealthConfig, InvalidHealthConfig, ServerHealth, ServerStatus, Transition,
-        passive_failure,
+        PassiveFailure, passive_failure,
     };
 
     /// A clock the tests advance by hand: the state machine only ever sees the
@@ -646,56 +680,51 @@ mod tests {
     }
 
     fn signals(syns: u64, syn_acks: u64, resets: u64, unreachables: u64) -> Signals {
-        Signals { syns, syn_acks, resets, unreachables }
+        Signals { flows: syns, syns, syn_acks, resets, unreachables }
     }
 
     #[test]
     fn passive_failure_on_refusals() {
-        let before = signals(10, 10, 2, 1);
-        assert!(passive_failure(&before, &signals(10, 10, 3, 1)), "a reset");
-        assert!(passive_failure(&before, &signals(10, 10, 2, 2)), "an unreachable");
-        assert!(
-            passive_failure(&before, &signals(20, 20, 3, 1)),
+        let last = signals(10, 10, 2, 1);
+        assert_eq!(passive_failure(&last, &last, &signals(10, 10, 3, 1)), Some(PassiveFailure::Refused(1)), "a reset");
+        assert_eq!(passive_failure(&last, &last, &signals(10, 10, 2, 3)), Some(PassiveFailure::Unreachable(2)), "unreachables");
+        assert_eq!(
+            passive_failure(&last, &last, &signals(20, 20, 3, 1)),
+            Some(PassiveFailure::Refused(1)),
             "a reset counts even while other SYNs are answered"
         );
     }
 
     #[test]
     fn passive_failure_on_unanswered_syns() {
-        let before = signals(10, 9, 0, 0);
-        assert!(passive_failure(&before, &signals(13, 9, 0, 0)), "SYNs, no SYN-ACK");
-        assert!(
-            !passive_failure(&before, &signals(13, 10, 0, 0)),
-            "some SYN-ACK came back: the server answers"
-        );
+        let older = signals(10, 9, 0, 0);
+        let last = signals(13, 9, 0, 0);
+        assert_eq!(passive_failure(&older, &last, &last), Some(PassiveFailure::Unanswered(3)), "SYNs a poll ago, no SYN-ACK since");
+        assert_eq!(passive_failure(&older, &last, &signals(13, 10, 0, 0)), None, "a SYN-ACK came back: the server answers");
+        assert_eq!(passive_failure(&older, &older, &signals(13, 9, 0, 0)), None, "SYNs since the last look only: their answers may be on the way");
     }
 
     #[test]
     fn no_traffic_or_answered_traffic_is_no_passive_failure() {
-        let before = signals(10, 10, 2, 1);
-        assert!(!passive_failure(&before, &before), "nothing happened");
-        assert!(!passive_failure(&before, &signals(15, 15, 2, 1)), "every SYN answered");
-        assert!(
-            !passive_failure(&before, &signals(10, 12, 2, 1)),
-            "late SYN-ACKs alone"
-        );
-        assert!(
-            !passive_failure(&before, &Signals::default()),
-            "counters reset (slot reused) are not growth"
-        );
+        let last = signals(10, 10, 2, 1);
+        assert_eq!(passive_failure(&last, &last, &last), None, "nothing happened");
+        assert_eq!(passive_failure(&last, &signals(15, 15, 2, 1), &signals(15, 15, 2, 1)), None, "every SYN answered");
+        assert_eq!(passive_failure(&last, &last, &signals(10, 12, 2, 1)), None, "late SYN-ACKs alone");
+        assert_eq!(passive_failure(&last, &last, &Signals::default()), None, "counters reset (slot reused) are not growth");
     }
 
-    /// The daemon's loop: a delta that is a passive failure counts once, like
+    /// The daemon's loop: each poll with a passive failure counts once, like
     /// a failed check.
     #[test]
     fn passive_failures_feed_the_state_machine() {
         let mut clock = FakeClock::new();
         let mut health = up_server(2, 2, &mut clock);
-        let readings = [signals(0, 0, 0, 0), signals(5, 5, 0, 0), signals(6, 5, 0, 0), signals(6, 5, 1, 0)];
+        let readings = [signals(0, 0, 0, 0), signals(5, 5, 0, 0), signals(6, 5, 0, 0), signals(6, 5, 0, 0), signals(6, 5, 1, 0)];
         let mut transitions = Vec::new();
-        for pair in readings.windows(2) {
-            let failed = passive_failure(&pair[0], &pair[1]);
-            transitions.extend(health.record_passive_failures(u64::from(failed), clock.tick()));
+        for looks in readings.windows(3) {
+            if passive_failure(&looks[0], &looks[1], &looks[2]).is_some() {
+                transitions.extend(health.record(false, clock.tick()));
+            }
         }
         assert_eq!(transitions.len(), 1);
         assert_eq!((transitions[0].from, transitions[0].to), (ServerStatus::Up, ServerStatus::Down));

@@ -6,6 +6,7 @@ pub mod counters;
 pub mod daemon;
 pub mod events;
 pub mod first_packet;
+pub mod forwards;
 pub mod frag;
 pub mod health;
 pub mod maglev;

@@ -1,9 +1,9 @@
 //! How natd runs: what it was started with and what it found on the
 //! machine, shared read-only by the daemon's jobs.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
-use crate::config::{Environment, Settings};
+use crate::config::{Environment, Overrides, Settings};
 
 /// How natd runs: what it was started with and what it found.
 pub struct Run {
@@ -16,4 +16,8 @@ pub struct Run {
     /// messages are sent.
     pub lan_ip: Option<Ipv4Addr>,
     pub started: Instant,
+    /// The config file and flags natd was started with: what a reload
+    /// reads again.
+    pub config_file: Option<PathBuf>,
+    pub overrides: Overrides,
 }

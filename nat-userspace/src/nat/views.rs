@@ -1,13 +1,14 @@
-//! What `natd status`, `sessions` and `stats` show: read from the daemon,
-//! never written.
+//! What `natd status`, `sessions`, `stats` and `forwards` show: read from
+//! the daemon, never written.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Instant};
 
-use anyhow::Result;
-use nat_common::proto;
+use anyhow::{Result, bail};
+use nat_common::{Endpoint, proto, tcp_flags};
 
 use crate::{
     control::{Counter, FilteringStatus, Request, Session, Stats, Status},
+    datapath::{FlowTable, ForwardTables as _},
     nat::{
         daemon::Daemon,
         sessions::{coarse_now_ns, session_state},
@@ -20,6 +21,9 @@ pub fn answer(daemon: &Daemon, request: Request) -> Result<String> {
         Request::Status => serde_json::to_string(&status(daemon))?,
         Request::Sessions => serde_json::to_string(&session_rows(daemon)?)?,
         Request::Stats => serde_json::to_string(&stats(daemon)?)?,
+        Request::Forwards => serde_json::to_string(&daemon.forwards.views(Instant::now()))?,
+        // Changes the daemon: `serve` answers it.
+        Request::Reload => bail!("reload is not a view"),
     })
 }
 
@@ -57,15 +61,51 @@ pub fn session_rows(daemon: &Daemon) -> Result<Vec<Session>> {
         let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
         rows.push(Session {
             proto: proto::name(inside.proto).to_string(),
-            inside: format!("{}:{}", inside.addr(), inside.port()),
-            external: format!("{}:{}", entry.external.addr(), entry.external.port()),
+            inside: endpoint_text(inside),
+            external: endpoint_text(&entry.external),
+            remote: None,
+            forward: None,
             state: session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in).to_string(),
             idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
             timeout_s: timeout.as_secs(),
         });
     }
+    rows.extend(forwarded_flow_rows(daemon, now)?);
     rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
     Ok(rows)
+}
+
+/// The forwarded flows, as sessions: the server inside, the forward's
+/// endpoint outside, and the remote client.
+fn forwarded_flow_rows(daemon: &Daemon, now: u64) -> Result<Vec<Session>> {
+    let timeouts = &daemon.run.settings.timeouts;
+    let mut rows = Vec::new();
+    for (key, flow, table) in daemon.datapath.forwarded_flows()? {
+        let Some(view) = daemon.forwards.flow_view(&key, flow.forward, flow.backend, flow.offset) else { continue };
+        let (flags_out, flags_in) = (flow.tcp_flags_out & tcp_flags::TRACKED, flow.tcp_flags_in & tcp_flags::TRACKED);
+        let state = match table {
+            FlowTable::HalfOpen if key.proto == proto::TCP => "opening",
+            FlowTable::HalfOpen => "half-open",
+            FlowTable::Established => session_state(key.proto, flags_out, flags_in),
+        };
+        let external = Endpoint::from_be(key.external_addr_be, key.external_port_be, key.proto);
+        let remote = Endpoint::from_be(key.remote_addr_be, key.remote_port_be, key.proto);
+        rows.push(Session {
+            proto: proto::name(key.proto).to_string(),
+            inside: endpoint_text(&view.server),
+            external: endpoint_text(&external),
+            remote: Some(endpoint_text(&remote)),
+            forward: Some(view.forward),
+            state: state.to_string(),
+            idle_s: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+            timeout_s: timeouts.for_mapping(key.proto, flags_out, flags_in).as_secs(),
+        });
+    }
+    Ok(rows)
+}
+
+fn endpoint_text(endpoint: &Endpoint) -> String {
+    format!("{}:{}", endpoint.addr(), endpoint.port())
 }
 
 pub fn stats(daemon: &Daemon) -> Result<Stats> {

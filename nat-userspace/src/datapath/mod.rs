@@ -17,6 +17,9 @@ use nat_common::{
 
 use crate::EBPF_OBJECT;
 
+mod forwards;
+pub use forwards::{FlowTable, ForwardTables, StaticMapping};
+
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;
 
@@ -350,6 +353,17 @@ impl Datapath {
         let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(self.map_mut(name)?)?;
         map.insert(key, value, 0).with_context(|| format!("writing {name}"))?;
         Ok(())
+    }
+
+    /// Removes `name[key]` from a hash map; an absent key is no error.
+    /// (`V`: the map's value type, which aya checks the map against.)
+    fn remove<K: aya::Pod, V: aya::Pod>(&mut self, name: &str, key: &K) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        match map.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing from {name}")),
+        }
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
