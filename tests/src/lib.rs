@@ -4,6 +4,7 @@ pub mod bench;
 pub mod natlab;
 pub mod netns;
 pub mod packet;
+pub mod servers;
 pub mod wire;
 
 use std::net::Ipv4Addr;

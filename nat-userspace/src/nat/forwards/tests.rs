@@ -258,7 +258,7 @@ fn removing_a_server_moves_few_other_slots() {
 fn a_removed_forward_leaves_nothing_and_its_slot_is_reused() {
     let (mut f, mut t, now) = (forwards(), FakeTables::default(), Instant::now());
     let web = forward(vec![server(1, 1)], HealthKind::None);
-    apply(&mut f, &mut t, &[web.clone()], now);
+    apply(&mut f, &mut t, std::slice::from_ref(&web), now);
     let flow = t.flow(40000, 0, 0, 0);
     let mut other = web.clone();
     other.ports = (9090, 9090);
@@ -281,7 +281,7 @@ fn a_removed_forward_leaves_nothing_and_its_slot_is_reused() {
 fn a_renamed_forward_keeps_its_flows() {
     let (mut f, mut t, now) = (forwards(), FakeTables::default(), Instant::now());
     let web = forward(vec![server(1, 1)], HealthKind::None);
-    apply(&mut f, &mut t, &[web.clone()], now);
+    apply(&mut f, &mut t, std::slice::from_ref(&web), now);
     let flow = t.flow(40000, 0, 0, 0);
     let renamed = Forward { name: "site".into(), ..web };
     assert_eq!(apply(&mut f, &mut t, &[renamed], now), ["forward \"web\" renamed \"site\""]);
