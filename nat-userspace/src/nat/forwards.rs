@@ -273,7 +273,7 @@ impl Forwards {
                     protocol: config.protocol_name(),
                     ports: config.ports_text(),
                     external: installed.external.to_string(),
-                    health_check: check_description(&config.health),
+                    health_check: config.health.describe(),
                     servers: installed
                         .backends
                         .iter()
@@ -500,7 +500,7 @@ fn update_forward(
         }
     }
     if health_changed {
-        changes.push(format!("forward {name:?}: health check now {}", check_description(&forward.health)));
+        changes.push(format!("forward {name:?}: health check now {}", forward.health.describe()));
         for (slot, member) in installed.backends.iter_mut().enumerate() {
             if let Some(member) = member {
                 member.health.reconfigure(health_config(&forward.health));
@@ -601,22 +601,6 @@ fn probe_of(check: &HealthCheck) -> Option<Probe> {
         HealthKind::Udp => Some(Probe::Udp { send: check.send.clone(), expect: check.expect.clone() }),
         HealthKind::None => None,
     }
-}
-
-pub fn check_description(check: &HealthCheck) -> String {
-    let what = match check.kind {
-        HealthKind::None => return "none (passive signals only)".to_string(),
-        HealthKind::Tcp => "tcp connect".to_string(),
-        HealthKind::Http => format!("http GET {}", check.path),
-        HealthKind::Udp => format!("udp probe of {} bytes", check.send.len()),
-    };
-    format!(
-        "{what} every {} s, timeout {} s, down after {}, up after {}",
-        check.interval.as_secs_f64(),
-        check.timeout.as_secs_f64(),
-        check.fall,
-        check.rise
-    )
 }
 
 fn status_name(status: ServerStatus) -> &'static str {
