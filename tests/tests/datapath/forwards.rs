@@ -333,6 +333,39 @@ fn a_lan_host_reaches_a_forward_hairpinned_from_its_external_endpoint() {
     assert_eq!(claimed.target(proto::UDP), endpoint((addr::EXTERNAL, 24680), proto::UDP));
 }
 
+/// DESIGN "Health": the passive signals count a hairpinned client like any
+/// other. Its SYN counts in the backend's `syns`, so the server's SYN-ACK
+/// must count in `syn_acks` (else natd sees SYNs left unanswered and takes a
+/// healthy server down when only LAN clients use it), and the server's
+/// answer with the host's ACK completes the handshake: the flow moves to
+/// FLOWS, where a flood cannot evict it. The server's Port Unreachable to a
+/// hairpinned client counts in `unreachables`.
+#[test]
+fn a_hairpinned_handshake_counts_the_servers_answer_and_promotes_the_flow() {
+    require_root!();
+    let gw = forward_gateway("fwdhairpinsig");
+    let a = A.at();
+    let key = FlowKey::new(&endpoint(TCP_EXTERNAL, proto::TCP), &endpoint(SERVICE, proto::TCP));
+    for (side, input) in [
+        (Side::Lan, from_lan(tcp(TCP_INSIDE, SERVICE, SYN))),
+        (Side::Lan, from_server(tcp(a, TCP_EXTERNAL, SYN_ACK), &A)),
+        (Side::Lan, from_lan(tcp(TCP_INSIDE, SERVICE, ACK))),
+    ] {
+        assert_eq!(gw.run(side, &input.build()).unwrap().action, REDIRECT);
+    }
+    let signals = gw.datapath.signals(FORWARD, A.slot).unwrap();
+    assert_eq!((signals.syns, signals.syn_acks), (1, 1), "hairpinned SYN and SYN-ACK counted as {signals:?}");
+    assert_eq!(table_of(&gw, &key), Some(FlowTable::Established), "the hairpinned handshake did not promote the flow");
+
+    // The server's Port Unreachable to a hairpinned client is a refusal as
+    // one to the Internet is.
+    assert_eq!(gw.run(Side::Lan, &from_lan(udp(UDP_INSIDE, SERVICE)).build()).unwrap().action, REDIRECT);
+    let mut error = Frame::new(A.addr, addr::EXTERNAL, L4::Raw { proto: proto::ICMP });
+    error.payload = icmp_error(3, 3, &quote(&with(udp(UDP_EXTERNAL, a), |f| f.ttl = 63)));
+    assert_eq!(gw.run(Side::Lan, &from_server(error, &A).build()).unwrap().action, REDIRECT);
+    assert_eq!(gw.datapath.signals(FORWARD, A.slot).unwrap().unreachables, 1, "the hairpinned refusal was not counted");
+}
+
 /// DESIGN "Inbound": a new flow takes the backend in the slot
 /// `pick_hash % MAGLEV_SIZE` of its forward's Maglev table. With slots
 /// alternating between A and B, each of 16 clients reaches the backend of
