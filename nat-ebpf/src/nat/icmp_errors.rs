@@ -79,8 +79,14 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
         return Verdict::drop(Reason::DropBadIcmpError);
     }
     let inner_proto = quoted.proto();
-    // SAFETY: values of the maps, copied.
-    let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
+    // SAFETY: values of the maps, alive while the program runs.
+    let (sender, target) = unsafe { (&*sender, &*target) };
+    let (sender_inside, target_external) = (sender.target(inner_proto), target.target(inner_proto));
+    // A backend refusing a client hairpinned to its forward: the passive
+    // signal `icmp_error_out` counts for a client on the Internet.
+    if target.flags & mapping_flags::FORWARD != 0 {
+        forward::count_unreachable(target);
+    }
     quoted.rewrite(Side::Destination, &target_external);
     quoted.rewrite(Side::Source, &sender_inside);
     // Only the outer addresses (and the TTL) change: ports are the quote's.
