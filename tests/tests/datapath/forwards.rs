@@ -588,7 +588,9 @@ fn icmp_errors_from_the_wan_about_a_forwarded_flow_reach_its_backend() {
 /// Unreachable about a client's datagram leaves from the external address
 /// with the quote set back to what the client sent (to the service), every
 /// checksum right; it counts in the backend's `unreachables` (DESIGN
-/// "Health": a passive signal), and nowhere else.
+/// "Health": a passive signal), and nowhere else. Errors that refuse
+/// nothing (Fragmentation Needed, Time Exceeded) are translated alike but
+/// not counted: a server that sends them is not refusing service.
 #[test]
 fn icmp_errors_from_a_backend_leave_from_the_service_and_count_as_unreachables() {
     require_root!();
@@ -596,15 +598,27 @@ fn icmp_errors_from_a_backend_leave_from_the_service_and_count_as_unreachables()
     assert_eq!(gw.run(Side::Wan, &from_wan(udp(CLIENT, SERVICE)).build()).unwrap().action, REDIRECT);
     let received = with(udp(CLIENT, A.at()), |f| f.ttl = 63);
     let sent_by_client = with(udp(CLIENT, SERVICE), |f| f.ttl = 63);
-    let mut input = Frame::new(A.addr, CLIENT.0, L4::Raw { proto: proto::ICMP });
-    input.payload = icmp_error(3, 3, &quote(&received));
-    let mut expected = Frame::new(addr::EXTERNAL, CLIENT.0, L4::Raw { proto: proto::ICMP });
-    expected.payload = icmp_error(3, 3, &quote(&sent_by_client));
+    let error = |kind: u8, code: u8| {
+        let mut input = Frame::new(A.addr, CLIENT.0, L4::Raw { proto: proto::ICMP });
+        input.payload = icmp_error(kind, code, &quote(&received));
+        let mut expected = Frame::new(addr::EXTERNAL, CLIENT.0, L4::Raw { proto: proto::ICMP });
+        expected.payload = icmp_error(kind, code, &quote(&sent_by_client));
+        (from_server(input, &A), Some(on_wan(expected)))
+    };
+    let (frag_needed, frag_needed_out) = error(3, 4);
+    let (time_exceeded, time_exceeded_out) = error(11, 0);
+    let (port_unreachable, port_unreachable_out) = error(3, 3);
     run_cases(
         &gw,
-        vec![case("port unreachable from the backend", Side::Lan, from_server(input, &A), REDIRECT, Some(on_wan(expected)), Reason::IcmpErrorOut)],
+        vec![
+            case("fragmentation needed from the backend", Side::Lan, frag_needed, REDIRECT, frag_needed_out, Reason::IcmpErrorOut),
+            case("time exceeded from the backend", Side::Lan, time_exceeded, REDIRECT, time_exceeded_out, Reason::IcmpErrorOut),
+        ],
     )
     .unwrap();
+    assert_eq!(gw.datapath.signals(FORWARD, A.slot).unwrap().unreachables, 0, "errors that refuse nothing");
+    run_cases(&gw, vec![case("port unreachable from the backend", Side::Lan, port_unreachable, REDIRECT, port_unreachable_out, Reason::IcmpErrorOut)])
+        .unwrap();
     let signals = gw.datapath.signals(FORWARD, A.slot).unwrap();
     assert_eq!(signals, Signals { flows: 1, syns: 0, syn_acks: 0, resets: 0, unreachables: 1 });
     assert_eq!(gw.datapath.signals(FORWARD, B.slot).unwrap(), Signals::default());
