@@ -2,10 +2,10 @@
 //! packets in; everything else is the gateway's own or dropped.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::Reason;
+use nat_common::{Reason, proto};
 
 use crate::{
-    ctx::clock,
+    ctx::{clock, config},
     inbound::{forward, lb::forward_port},
     maps::INBOUND,
     nat::{
@@ -45,9 +45,17 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     let now = clock();
     // A mapping's packet, or a forwarded one: one send for both (each copy
     // of it is a large part of what the verifier walks). Forwards are
-    // looked up only where the mapping lookup misses: the hit path pays
-    // nothing for them.
-    let (to, translated, sessions) = match INBOUND.get_ptr(external) {
+    // looked up only where there is no mapping: the hit path pays nothing
+    // for them. Every mapping's external port is a NAT port, and no forward's port is
+    // one (`natd check` refuses it): a TCP or UDP packet to any other port
+    // skips the mapping lookup that could only miss, and a forwarded flow
+    // pays for its own lookups only.
+    let mapping = if external.proto == proto::ICMP || config().is_nat_port(u16::from_be(external.port_be)) {
+        INBOUND.get_ptr(external)
+    } else {
+        None
+    };
+    let (to, translated, sessions) = match mapping {
         Some(mapping) => {
             // SAFETY: a value of the map, alive while the program runs.
             let mapping = unsafe { &*mapping };
