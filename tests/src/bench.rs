@@ -159,3 +159,36 @@ impl Drop for Affinity {
         unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
     }
 }
+
+/// The machine's CPU time so far, from /proc/stat's "cpu" line, in ticks:
+/// (busy, total), busy being everything but idle and iowait.
+pub fn cpu_ticks() -> Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy between two
+/// `cpu_ticks` readings (0 to 1).
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let (busy, total) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+    if total == 0 { 0.0 } else { busy as f64 / total as f64 }
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = text.rsplit_once(')').context("unreadable /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}

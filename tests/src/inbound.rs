@@ -157,6 +157,11 @@ impl Natd {
         std::fs::read_to_string(self.dir.join("natd.log")).unwrap_or_default()
     }
 
+    /// natd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops natd with SIGINT (it detaches and puts back what it changed).
     pub fn stop(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("natd is not running")?;
@@ -339,6 +344,11 @@ impl Haproxy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+    }
+
+    /// HAProxy's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn stop(mut self) -> Result<()> {
