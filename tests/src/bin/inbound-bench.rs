@@ -626,6 +626,8 @@ mod lb {
     const AFTER_KILL: Duration = Duration::from_secs(12);
     /// The server killed.
     const VICTIM: usize = 1;
+    /// The client namespace's TCP settings (see `Bench::new`).
+    const CLIENT_SYSCTLS: [&str; 2] = ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65535"];
 
     #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
     enum Mode {
@@ -678,6 +680,16 @@ mod lb {
         fn new() -> Result<Self> {
             // Senders with full checksums, as frames from a wire.
             let lab = NatLab::new(SERVERS, false)?;
+            // The client as a load generator is set up: wrk often closes
+            // first (it closes once it has read a `Connection: close`
+            // answer, before the server's FIN), so its ports sit in
+            // TIME_WAIT for 60 s; with the default range (and connect()
+            // preferring even ports) a few runs exhaust them and connect()
+            // then spends wrk's CPU searching: conn/s fell to ~200 for
+            // every contender alike. Both settings are the client's own.
+            for setting in CLIENT_SYSCTLS {
+                lab.server.sysctl(setting)?;
+            }
             let nginx = lab.hosts.iter().map(|h| Nginx::start(h, SERVER_PORT)).collect::<Result<Vec<_>>>()?;
             Ok(Self { lab, nginx, pass: XdpPass::load()?, natd: None, haproxy: None, nft: false })
         }
@@ -819,6 +831,7 @@ mod lb {
             "runs": plan.conn_runs, "seconds": plan.conn_seconds,
             "wrk": format!("taskset -c {WRK_CPU} wrk -t1 -c{WRK_CONNECTIONS} -d{}s --timeout 2s --latency -H 'Connection: close' {url}", plan.conn_seconds),
             "wrk_cpu": WRK_CPU, "wrk_connections": WRK_CONNECTIONS, "servers": SERVERS,
+            "client_sysctls": CLIENT_SYSCTLS,
             "checks": { "natd": NATD_CHECKS, "haproxy": HAPROXY_SAME_CHECKS, "nft_numgen": "none" },
             "samples": per_mode(&|s| json!(s.wrk.requests_per_s.round())),
             "errors": errors,
