@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Forward, HealthKind, Overrides, Settings},
+    config::{Environment, Forward, Overrides, Settings},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
 };
@@ -165,24 +165,7 @@ fn forward_line(forward: &Forward, pool: &[std::net::Ipv4Addr]) -> String {
             format!("{}{port} (weight {})", server.addr, server.weight)
         })
         .collect();
-    let h = &forward.health;
-    let health = match h.kind {
-        HealthKind::None => "none".to_string(),
-        kind => {
-            let what = match kind {
-                HealthKind::Http => format!("http GET {}", h.path),
-                HealthKind::Udp => format!("udp probe ({} bytes, {})", h.send.len(), if h.expect.is_some() { "answer checked" } else { "any answer" }),
-                _ => "tcp connect".to_string(),
-            };
-            format!(
-                "{what} every {} s, timeout {} s, fall {}, rise {}",
-                h.interval.as_secs_f64(),
-                h.timeout.as_secs_f64(),
-                h.fall,
-                h.rise
-            )
-        }
-    };
+    let health = forward.health.describe();
     format!(
         "forward {:?}: {} {} on {addr} -> {}; health: {health}",
         forward.name,

@@ -5,6 +5,7 @@ pub mod inbound;
 pub mod natlab;
 pub mod netns;
 pub mod packet;
+pub mod servers;
 pub mod wire;
 
 use std::net::Ipv4Addr;

@@ -242,6 +242,21 @@ impl NatLab {
         Ok(())
     }
 
+    /// Sends natd a signal (SIGHUP: reload).
+    pub fn signal_natd(&self, signal: i32) -> Result<()> {
+        let child = self.natd.as_ref().context("natd is not running")?;
+        // `ip netns exec` execs natd, so the child's pid is natd's.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!("signalling natd: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `natd forwards --json`.
+    pub fn forwards(&self) -> Result<Vec<nat_userspace::nat::forwards::ForwardView>> {
+        self.query("forwards")
+    }
+
     pub fn natd_log(&self) -> String {
         std::fs::read_to_string(&self.natd_log).unwrap_or_default()
     }

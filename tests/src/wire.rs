@@ -34,18 +34,30 @@ fn send_here(ifname: &str, frames: &[Vec<u8>], gap: Duration) -> Result<()> {
     address.sll_halen = 6;
     for frame in frames {
         address.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&address as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            bail!("sending a {}-byte frame on {ifname}: {}", frame.len(), std::io::Error::last_os_error());
+        // A flood outruns the device queue: ENOBUFS is a wait, not a failure
+        // (bounded: a queue that never drains is one).
+        let mut waits = 0;
+        loop {
+            let sent = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&address as *const libc::sockaddr_ll).cast(),
+                    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if sent >= 0 {
+                break;
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENOBUFS) && waits < 10_000 {
+                waits += 1;
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            bail!("sending a {}-byte frame on {ifname}: {error}", frame.len());
         }
         if !gap.is_zero() {
             std::thread::sleep(gap);

@@ -7,7 +7,9 @@
 //! h2 (10.77.1.12) --+                 10.77.1.1   203.0.113.1
 //! ```
 //! Both LAN hosts talk UDP and TCP from the same source port, and ping with
-//! the same ICMP identifier; the server prints what it saw.
+//! the same ICMP identifier; the server prints what it saw. Then the other
+//! way: the WAN server calls a public port forwarded to both LAN hosts,
+//! load balanced, and they print the client address they saw.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -39,6 +41,26 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((me, 5000)); u.sett
 u.sendto(b"hello", ("203.0.113.2", 7000)); print(f"{me}:5000 UDP reply {u.recvfrom(100)[0]!r}", flush=True)
 t = socket.socket(); t.bind((me, 5000)); t.settimeout(5); t.connect(("203.0.113.2", 8000))
 t.sendall(b"hello"); print(f"{me}:5000 TCP reply {t.recv(100)!r}", flush=True)
+"#;
+
+/// A web server on a LAN host: answers its own address, and prints each
+/// client it serves that is not the gateway (whose health checks connect
+/// every second). Ends by itself.
+const WEB: &str = r#"
+import socket, sys, time
+me = sys.argv[1]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((me, 8081)); s.listen(); s.settimeout(1)
+end = time.time() + 20
+while time.time() < end:
+    try: c, peer = s.accept()
+    except socket.timeout: continue
+    c.settimeout(1)
+    try:
+        if c.recv(1000) and peer[0] != "10.77.1.1":
+            print(f"{me}: HTTP request from {peer[0]}:{peer[1]}", flush=True)
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nanswered by " + me.encode() + b"\n")
+    except OSError: pass
+    c.close()
 "#;
 
 struct Lab {
@@ -125,12 +147,24 @@ pub fn run(natd: &std::path::Path) -> Result<()> {
     lab.exec("sw", &["ethtool", "-K", "up0", "gro", "on"])?;
     lab.exec("srv", &["ethtool", "-K", "eth0", "gro", "on"])?;
 
+    // The web servers of the forward, up before natd checks them.
+    let webs: Vec<Child> = ["10.77.1.11", "10.77.1.12"]
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.ns(&format!("h{}", i + 1)), "python3", "-c", WEB, addr])
+                .stdout(Stdio::inherit())
+                .spawn()
+                .context("starting a lab web server (python3)")
+        })
+        .collect::<Result<_>>()?;
     println!("lab: starting natd in namespace {}", lab.ns("gw"));
     lab.natd = Some(
         Command::new("ip")
             .args(["netns", "exec", &lab.ns("gw")])
             .arg(natd)
-            .args(["run", "--lan", "lan0", "--wan", "wan0"])
+            .args(["run", "--lan", "lan0", "--wan", "wan0", "--forward", "tcp:8080=10.77.1.11:8081,10.77.1.12:8081"])
             .spawn()
             .context("starting natd")?,
     );
@@ -155,7 +189,19 @@ pub fn run(natd: &std::path::Path) -> Result<()> {
         bail!("the lab server failed");
     }
     println!("lab: both hosts used source port 5000; the server saw two external ports on 203.0.113.1.");
+
+    println!("lab: the other way: 203.0.113.1:8080 is forwarded to both LAN hosts (load balanced, health-checked)");
+    for _ in 0..6 {
+        let answer = lab.exec("srv", &["curl", "-sS", "--max-time", "3", "http://203.0.113.1:8080/"])?;
+        println!("203.0.113.2: curl http://203.0.113.1:8080/ -> {}", answer.trim());
+    }
+    println!("lab: natd forwards on the gateway:");
+    print!("{}", lab.exec("gw", &[natd_cmd, "forwards"])?);
     println!("lab: natd sessions on the gateway:");
     print!("{}", lab.exec("gw", &[natd_cmd, "sessions"])?);
+    for mut web in webs {
+        let _ = web.kill();
+        let _ = web.wait();
+    }
     Ok(())
 }

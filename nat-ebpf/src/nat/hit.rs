@@ -44,13 +44,17 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, mapping: *const
 /// is not filtered: its packet is tracked on the forwarded flow it belongs
 /// to, here, before the route: a SYN-ACK the gateway cannot route (to a
 /// spoofed source) still tells natd's passive checks the server answers.
+/// Its answers to the gateway itself (natd's health checks, passed up
+/// untranslated by `send`) belong to no forwarded flow.
 #[inline(always)]
 pub fn filter(mapping: &Mapping, pkt: &Ipv4Packet, side: Side, key: &Endpoint, now: u64) -> Result<Endpoint, Verdict> {
     let to = mapping.target(key.proto);
+    let cfg = config();
     if mapping.flags & mapping_flags::FORWARD != 0 {
-        forward::track_outbound(pkt, mapping, now);
+        if !cfg.is_own(pkt.dst_be()) {
+            forward::track_outbound(pkt, mapping, now);
+        }
     } else {
-        let cfg = config();
         let (remote_addr_be, remote_port_be) = pkt.remote(side);
         match side {
             Side::Source => remember_remote(cfg, key, remote_addr_be, remote_port_be, now),

@@ -51,7 +51,7 @@ pub(crate) fn icmp_error_out(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted
     let mapping = unsafe { &*mapping };
     let external = mapping.target(inside.proto);
     // A backend refusing a forwarded flow: a passive health signal.
-    if mapping.flags & mapping_flags::FORWARD != 0 {
+    if mapping.flags & mapping_flags::FORWARD != 0 && quoted.is_refusal() {
         forward::count_unreachable(mapping);
     }
     quoted.rewrite(Side::Destination, &external);
@@ -79,8 +79,14 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
         return Verdict::drop(Reason::DropBadIcmpError);
     }
     let inner_proto = quoted.proto();
-    // SAFETY: values of the maps, copied.
-    let (sender_inside, target_external) = unsafe { ((*sender).target(inner_proto), (*target).target(inner_proto)) };
+    // SAFETY: values of the maps, alive while the program runs.
+    let (sender, target) = unsafe { (&*sender, &*target) };
+    let (sender_inside, target_external) = (sender.target(inner_proto), target.target(inner_proto));
+    // A backend refusing a client hairpinned to its forward: the passive
+    // signal `icmp_error_out` counts for a client on the Internet.
+    if target.flags & mapping_flags::FORWARD != 0 && quoted.is_refusal() {
+        forward::count_unreachable(target);
+    }
     quoted.rewrite(Side::Destination, &target_external);
     quoted.rewrite(Side::Source, &sender_inside);
     // Only the outer addresses (and the TTL) change: ports are the quote's.

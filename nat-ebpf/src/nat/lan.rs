@@ -5,7 +5,7 @@
 //! handed to natd, or dropped; it is never passed.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Reason, miss_kind, proto};
+use nat_common::{Reason, forward::mapping_flags, miss_kind, proto};
 
 use crate::{
     ctx::{clock, config},
@@ -20,7 +20,10 @@ use crate::{
         new_flow::claim,
         untranslated::{self, refused_lan_source},
     },
-    inbound::{forward::hairpin_backend, lb::forward_port},
+    inbound::{
+        forward::{self, hairpin_backend},
+        lb::forward_port,
+    },
     packet::{
         Side,
         parse::{Fragment, Ipv4Packet},
@@ -143,6 +146,14 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
             let inside_target = target.target(inside.proto);
             if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
                 return Verdict::drop(Reason::DropFiltered);
+            }
+            // A backend answering a client hairpinned to its forward: the
+            // packet belongs to that forwarded flow as an answer to the
+            // Internet does (`hit::filter`), so the handshake promotes the
+            // flow and the SYN-ACK counts for the passive checks (its SYN
+            // did, on the way in).
+            if mapping.flags & mapping_flags::FORWARD != 0 {
+                forward::track_outbound(pkt, mapping, now);
             }
             (inside_target, Some(target), Reason::Hairpinned)
         }

@@ -89,6 +89,21 @@ impl Quoted {
         unsafe { &*self.l4 }
     }
 
+    /// Whether the error says the sender refused the quoted packet: a
+    /// Destination Unreachable for its protocol or port, or administratively
+    /// prohibited (RFC 1812 5.2.7.1). Not Fragmentation Needed, not Time
+    /// Exceeded: a server that sends those is not refusing service.
+    #[inline(always)]
+    pub fn is_refusal(&self) -> bool {
+        const PROTOCOL: u8 = 2;
+        const PORT: u8 = 3;
+        const NET_PROHIBITED: u8 = 9;
+        const HOST_PROHIBITED: u8 = 10;
+        const ADMIN_PROHIBITED: u8 = 13;
+        let error = self.error();
+        error.kind == DEST_UNREACHABLE && matches!(error.code, PROTOCOL | PORT | NET_PROHIBITED | HOST_PROHIBITED | ADMIN_PROHIBITED)
+    }
+
     /// The quoted packet's protocol.
     #[inline(always)]
     pub fn proto(&self) -> u8 {

@@ -286,6 +286,23 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
+    /// The check in words, as `natd check` and `natd forwards` show it.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            HealthKind::None => return "none (passive signals only)".to_string(),
+            HealthKind::Tcp => "tcp connect".to_string(),
+            HealthKind::Http => format!("http GET {}", self.path),
+            HealthKind::Udp => format!("udp probe of {} bytes ({})", self.send.len(), if self.expect.is_some() { "answer checked" } else { "any answer" }),
+        };
+        format!(
+            "{what} every {} s, timeout {} s, down after {}, up after {}",
+            self.interval.as_secs_f64(),
+            self.timeout.as_secs_f64(),
+            self.fall,
+            self.rise
+        )
+    }
+
     /// A check of `kind` with the default timing.
     pub fn of_kind(kind: HealthKind) -> Self {
         Self {

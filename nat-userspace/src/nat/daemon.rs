@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, anyhow};
 use nat_common::{
     ClaimEvent, Endpoint, MissEvent,
-    icmp::{ICMP_ADMIN_PROHIBITED, ICMP_PORT_UNREACHABLE},
+    icmp::ICMP_ADMIN_PROHIBITED,
     proto,
 };
 use tokio::sync::mpsc;
@@ -25,6 +25,7 @@ use crate::{
         forwards::Forwards,
         frag::Fragments,
         maplog::MappingLog,
+        no_server::NoServerAnswers,
         ports::{Ports, Refusal, SetUp},
         run::Run,
         quota::{HostQuota, RefusalNotices},
@@ -32,7 +33,7 @@ use crate::{
         sessions::{SessionEntry, SessionTable, coarse_now_ns, expired_sessions},
     },
     config::Forward,
-    packet::{Ipv4, Side, destination_unreachable, tcp_reset},
+    packet::{Ipv4, Side, destination_unreachable},
 };
 
 pub struct Daemon {
@@ -48,8 +49,7 @@ pub struct Daemon {
     log: MappingLog,
     pub counters: DaemonCounters,
     pub forwards: Forwards,
-    /// Rate limits for the answers to flows to a forward with no server up.
-    no_server_notices: RefusalNotices,
+    no_server_answers: NoServerAnswers,
 }
 
 impl Daemon {
@@ -67,7 +67,7 @@ impl Daemon {
             fragments: Fragments::default(),
             counters: DaemonCounters::default(),
             forwards: Forwards::new(checks),
-            no_server_notices: RefusalNotices::default(),
+            no_server_answers: NoServerAnswers::default(),
         };
         daemon.refill_free_queues();
         let forwards = daemon.run.settings.forwards.clone();
@@ -227,21 +227,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// A new flow to a forward with no server up: refused at once from the
-    /// forward's endpoint, as a closed port is (a TCP RST, an ICMP Port
-    /// Unreachable), rate-limited as refusals are: a flood of spoofed
-    /// sources to a dead forward must not make the gateway a reflector.
+    /// A new flow to a forward with no server up (`no_server`).
     fn no_server(&mut self, event: &MissEvent) -> Result<()> {
         let packet = Ipv4::of_event(event)?;
-        if !self.no_server_notices.admit(packet.src(), Instant::now()) {
-            self.counters.no_server_unanswered += 1;
-            return Ok(());
-        }
-        let answer = match packet.proto() {
-            proto::TCP => tcp_reset(packet.datagram()),
-            _ => destination_unreachable(packet.dst(), packet.datagram(), ICMP_PORT_UNREACHABLE),
-        };
-        match answer {
+        match self.no_server_answers.answer(&packet, Instant::now()) {
             Some(answer) => {
                 self.sender.send_packet(&answer)?;
                 self.counters.no_server_answered += 1;

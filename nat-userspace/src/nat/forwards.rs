@@ -9,7 +9,7 @@
 //! health and its flows.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::{Duration, Instant},
 };
@@ -74,8 +74,6 @@ struct Member {
     signals: [Signals; 2],
     /// (when, `Signals::flows`) samples over `RATE_WINDOW`.
     flow_samples: VecDeque<(Instant, u64)>,
-    /// Forwarded flows on it at the last aging pass.
-    active_flows: u64,
     /// With no active check (kind "none"): when it was last assumed up.
     assumed_up: Instant,
 }
@@ -233,29 +231,16 @@ impl Forwards {
     }
 
     /// Removes the forwarded flows idle past their timeout (the mappings'
-    /// timeouts by protocol and TCP state), and counts the rest per backend.
-    /// Returns how many were removed.
+    /// timeouts by protocol and TCP state). Returns how many were removed.
     pub fn age_flows(&mut self, tables: &mut dyn ForwardTables, timeouts: &Timeouts, now_ns: u64) -> Result<usize> {
-        for member in self.installed.iter_mut().flatten().flat_map(|i| i.backends.iter_mut().flatten()) {
-            member.active_flows = 0;
-        }
         let mut removed = 0;
         for (key, flow, table) in tables.forwarded_flows()? {
             let timeout = flow_timeout(timeouts, &key, flow.tcp_flags_out, flow.tcp_flags_in);
-            let member = self
-                .installed
-                .get_mut(usize::from(flow.forward))
-                .and_then(Option::as_mut)
-                .and_then(|i| i.backends.get_mut(usize::from(flow.backend)))
-                .and_then(Option::as_mut);
             // The datapath stamps with the clock natd published, up to one
             // tick behind: one tick more, as for mappings.
-            let idle = now_ns.saturating_sub(flow.last_seen_ns);
-            if idle > timeout.as_nanos() as u64 + nat_common::CLOCK_TICK_NS {
+            if now_ns.saturating_sub(flow.last_seen_ns) > timeout.as_nanos() as u64 + nat_common::CLOCK_TICK_NS {
                 tables.remove_forwarded_flow(&key, table)?;
                 removed += 1;
-            } else if let Some(member) = member {
-                member.active_flows += 1;
             }
         }
         Ok(removed)
@@ -270,36 +255,43 @@ impl Forwards {
         Some(FlowView { forward: installed.config.name.clone(), server: Endpoint::new(member.server.addr, port, key.proto) })
     }
 
-    /// What `natd forwards` shows.
-    pub fn views(&self, now: Instant) -> Vec<ForwardView> {
-        self.installed
+    /// What `natd forwards` shows; the flows are counted now.
+    pub fn views(&self, tables: &dyn ForwardTables, now: Instant) -> Result<Vec<ForwardView>> {
+        let mut flows: HashMap<(u16, u16), u64> = HashMap::new();
+        for (_, flow, _) in tables.forwarded_flows()? {
+            *flows.entry((flow.forward, flow.backend)).or_default() += 1;
+        }
+        Ok(self
+            .installed
             .iter()
-            .flatten()
-            .map(|installed| {
+            .enumerate()
+            .filter_map(|(index, installed)| Some((index as u16, installed.as_ref()?)))
+            .map(|(index, installed)| {
                 let config = &installed.config;
                 ForwardView {
                     name: config.name.clone(),
                     protocol: config.protocol_name(),
                     ports: config.ports_text(),
                     external: installed.external.to_string(),
-                    health_check: check_description(&config.health),
+                    health_check: config.health.describe(),
                     servers: installed
                         .backends
                         .iter()
-                        .flatten()
-                        .map(|member| ServerView {
+                        .enumerate()
+                        .filter_map(|(slot, member)| Some((slot as u16, member.as_ref()?)))
+                        .map(|(slot, member)| ServerView {
                             server: format!("{}:{}", member.server.addr, member.server.base_port(config.ports.0)),
                             weight: member.server.weight,
                             health: status_name(member.health.status()).to_string(),
-                            active_flows: member.active_flows,
-                            new_flows_per_s: member.flow_rate(),
+                            active_flows: flows.get(&(index, slot)).copied().unwrap_or(0),
+                            new_flows_per_s: member.flow_rate(now, tables.signals(u32::from(index), u32::from(slot)).map_or(0, |s| s.flows)),
                             health_changed_s: now.saturating_duration_since(member.health.last_change()).as_secs(),
                             last_failure: member.last_failure.clone(),
                         })
                         .collect(),
                 }
             })
-            .collect()
+            .collect())
     }
 
     /// How many forwards are installed.
@@ -332,7 +324,6 @@ impl Member {
             written_state: backend_state::EMPTY,
             signals: [Signals::default(); 2],
             flow_samples: VecDeque::new(),
-            active_flows: 0,
             assumed_up: now,
         };
         member.start_checks(check, results, id);
@@ -355,9 +346,11 @@ impl Member {
         }
     }
 
-    fn flow_rate(&self) -> f64 {
-        match (self.flow_samples.front(), self.flow_samples.back()) {
-            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64(),
+    /// New flows per second from the oldest sample in the window to
+    /// `flows` now.
+    fn flow_rate(&self, now: Instant, flows: u64) -> f64 {
+        match self.flow_samples.front() {
+            Some((t0, n0)) if now > *t0 => flows.saturating_sub(*n0) as f64 / now.duration_since(*t0).as_secs_f64(),
             _ => 0.0,
         }
     }
@@ -507,7 +500,7 @@ fn update_forward(
         }
     }
     if health_changed {
-        changes.push(format!("forward {name:?}: health check now {}", check_description(&forward.health)));
+        changes.push(format!("forward {name:?}: health check now {}", forward.health.describe()));
         for (slot, member) in installed.backends.iter_mut().enumerate() {
             if let Some(member) = member {
                 member.health.reconfigure(health_config(&forward.health));
@@ -608,22 +601,6 @@ fn probe_of(check: &HealthCheck) -> Option<Probe> {
         HealthKind::Udp => Some(Probe::Udp { send: check.send.clone(), expect: check.expect.clone() }),
         HealthKind::None => None,
     }
-}
-
-pub fn check_description(check: &HealthCheck) -> String {
-    let what = match check.kind {
-        HealthKind::None => return "none (passive signals only)".to_string(),
-        HealthKind::Tcp => "tcp connect".to_string(),
-        HealthKind::Http => format!("http GET {}", check.path),
-        HealthKind::Udp => format!("udp probe of {} bytes", check.send.len()),
-    };
-    format!(
-        "{what} every {} s, timeout {} s, down after {}, up after {}",
-        check.interval.as_secs_f64(),
-        check.timeout.as_secs_f64(),
-        check.fall,
-        check.rise
-    )
 }
 
 fn status_name(status: ServerStatus) -> &'static str {

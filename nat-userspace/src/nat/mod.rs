@@ -11,6 +11,7 @@ pub mod frag;
 pub mod health;
 pub mod maglev;
 pub mod maplog;
+pub mod no_server;
 pub mod ports;
 pub mod probe;
 pub mod quota;

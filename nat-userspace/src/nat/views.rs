@@ -21,7 +21,7 @@ pub fn answer(daemon: &Daemon, request: Request) -> Result<String> {
         Request::Status => serde_json::to_string(&status(daemon))?,
         Request::Sessions => serde_json::to_string(&session_rows(daemon)?)?,
         Request::Stats => serde_json::to_string(&stats(daemon)?)?,
-        Request::Forwards => serde_json::to_string(&daemon.forwards.views(Instant::now()))?,
+        Request::Forwards => serde_json::to_string(&daemon.forwards.views(&daemon.datapath, Instant::now())?)?,
         // Changes the daemon: `serve` answers it.
         Request::Reload => bail!("reload is not a view"),
     })

@@ -15,7 +15,7 @@ use super::{
     payload, with,
 };
 
-fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<MissEvent> {
+pub(super) fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<MissEvent> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         assert_eq!(item.len(), std::mem::size_of::<MissEvent>());

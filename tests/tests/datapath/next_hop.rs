@@ -9,12 +9,29 @@ use nat_userspace::datapath::Side;
 
 use super::{gateway, udp_out, with};
 
+/// Pins the calling thread to the CPU it runs on. The next-hop cache is per
+/// CPU (`NEXT_HOPS`, a PerCpuArray) and BPF_PROG_TEST_RUN runs the program
+/// on the caller's CPU: a test thread the scheduler moves between two runs
+/// finds the other CPU's cache cold, and the entry it expects cached is
+/// looked up afresh (seen under load, with the neighbour already changed).
+fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on a zeroed cpu_set_t of the size given.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity failed");
+    }
+}
+
 /// The next hop is cached for NEXT_HOP_TTL_NS of the published clock: a
 /// neighbour change is picked up once the entry expires, and a packet longer
 /// than any the route lookup accepted is checked against the egress MTU.
 #[test]
 fn next_hops_are_cached_until_they_expire_and_longer_packets_are_checked() {
     require_root!();
+    stay_on_this_cpu();
     let mut gw = gateway("nexthop").unwrap();
     let t0 = 10_000_000_000;
     gw.datapath.set_clock(t0).unwrap();

@@ -11,6 +11,7 @@ mod bad_input;
 mod basics;
 mod exhaustion_and_quota;
 mod filtering;
+mod forwards;
 mod fragments;
 mod generic_mode;
 mod hairpin;

@@ -1,12 +1,12 @@
 //! Real clients through the gateway: curl to nginx, iperf3, ping, and a clean
 //! WAN capture.
 
-use std::{process::Stdio, thread, time::Duration};
+use std::{net::SocketAddrV4, process::Stdio, thread, time::Duration};
 
 use nat_tests::{
     natlab::{KillOnDrop, NatLab, SERVER},
-    netns::Netns,
     require_root,
+    servers::Nginx,
 };
 
 use super::ping;
@@ -31,7 +31,7 @@ fn real_clients_curl_nginx_iperf3_and_a_clean_wan_capture() {
         .stderr(Stdio::null())
         .spawn()
         .expect("tcpdump");
-    let _nginx = Nginx::start(&lab.server);
+    let _nginx = Nginx::start(&lab.server, SocketAddrV4::new(SERVER, 80), "server").unwrap();
     thread::sleep(Duration::from_millis(500));
 
     // curl: 1 MiB over HTTP, compared byte for byte.
@@ -68,48 +68,4 @@ fn real_clients_curl_nginx_iperf3_and_a_clean_wan_capture() {
     assert!(dump.lines().count() > 1000, "the capture saw too little: {} lines", dump.lines().count());
     let leaks: Vec<&str> = dump.lines().filter(|l| l.contains("10.77.1.")).take(5).collect();
     assert!(leaks.is_empty(), "inside addresses on the WAN:\n{}", leaks.join("\n"));
-}
-
-/// nginx serving a 1 MiB file from a temp dir in the server namespace.
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    const BLOB_LEN: usize = 1 << 20;
-
-    fn blob_text() -> String {
-        (0..Self::BLOB_LEN).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect()
-    }
-
-    fn start(server: &Netns) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-nginx", server.name));
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::write(dir.join("www/blob"), Self::blob_text()).unwrap();
-        let conf = format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; \
-             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen {SERVER}:80; root {d}/www; }} }}\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = server
-            .command(&["nginx", "-c", dir.join("nginx.conf").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (Debian nginx-light; cargo xtask test installs it)");
-        Self { child, dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -204,7 +204,8 @@ fn passive_refusals_take_a_server_down_table_first_and_it_comes_back() {
     assert_eq!(t.state(0, 1), backend_state::DOWN);
     assert_eq!(t.shares(0).keys().copied().collect::<Vec<_>>(), [0], "only the healthy server takes new flows");
     assert_eq!(t.writes, ["maglev 0", "state 0/1 2"], "out of the table before it is marked down");
-    let view = &f.views(now)[0].servers[1];
+    let views = f.views(&t, now).unwrap();
+    let view = &views[0].servers[1];
     assert_eq!(view.health, "down");
     assert_eq!(view.last_failure.as_deref(), Some("passive: refused 1 connection(s) with a TCP RST"));
 
@@ -258,7 +259,7 @@ fn removing_a_server_moves_few_other_slots() {
 fn a_removed_forward_leaves_nothing_and_its_slot_is_reused() {
     let (mut f, mut t, now) = (forwards(), FakeTables::default(), Instant::now());
     let web = forward(vec![server(1, 1)], HealthKind::None);
-    apply(&mut f, &mut t, &[web.clone()], now);
+    apply(&mut f, &mut t, std::slice::from_ref(&web), now);
     let flow = t.flow(40000, 0, 0, 0);
     let mut other = web.clone();
     other.ports = (9090, 9090);
@@ -268,7 +269,7 @@ fn a_removed_forward_leaves_nothing_and_its_slot_is_reused() {
     assert_eq!(t.ports.keys().map(|e| e.port()).collect::<Vec<_>>(), [9090]);
     assert!(!t.flows.contains_key(&flow));
     assert_eq!(t.statics.len(), 1);
-    assert_eq!(f.views(now).len(), 1);
+    assert_eq!(f.views(&t, now).unwrap().len(), 1);
 
     let changes = apply(&mut f, &mut t, &[], now);
     assert_eq!(changes, ["forward \"other\" removed"]);
@@ -281,7 +282,7 @@ fn a_removed_forward_leaves_nothing_and_its_slot_is_reused() {
 fn a_renamed_forward_keeps_its_flows() {
     let (mut f, mut t, now) = (forwards(), FakeTables::default(), Instant::now());
     let web = forward(vec![server(1, 1)], HealthKind::None);
-    apply(&mut f, &mut t, &[web.clone()], now);
+    apply(&mut f, &mut t, std::slice::from_ref(&web), now);
     let flow = t.flow(40000, 0, 0, 0);
     let renamed = Forward { name: "site".into(), ..web };
     assert_eq!(apply(&mut f, &mut t, &[renamed], now), ["forward \"web\" renamed \"site\""]);
@@ -298,6 +299,19 @@ fn idle_flows_age_out_and_the_rest_are_counted() {
     let stale = t.flow(40001, 0, 1, now_ns - 200_000_000_000);
     assert_eq!(f.age_flows(&mut t, &timeouts, now_ns).unwrap(), 1);
     assert!(t.flows.contains_key(&fresh) && !t.flows.contains_key(&stale));
-    let view = f.views(now);
+    let view = f.views(&t, now).unwrap();
     assert_eq!((view[0].servers[0].active_flows, view[0].servers[1].active_flows), (0, 1));
+}
+
+/// `natd forwards`: new flows per second over the last seconds, from the
+/// datapath's per-backend count read at the question.
+#[test]
+fn new_flows_per_second_come_from_the_datapath_count() {
+    let (mut f, mut t, now) = (forwards(), FakeTables::default(), Instant::now());
+    apply(&mut f, &mut t, &[forward(vec![server(1, 1)], HealthKind::None)], now);
+    t.signals.insert((0, 0), Signals { flows: 100, ..Signals::default() });
+    f.poll(&mut t, now).unwrap();
+    t.signals.insert((0, 0), Signals { flows: 120, ..Signals::default() });
+    let rate = f.views(&t, now + Duration::from_secs(2)).unwrap()[0].servers[0].new_flows_per_s;
+    assert!((rate - 10.0).abs() < 1e-9, "{rate}");
 }

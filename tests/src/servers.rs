@@ -1,0 +1,127 @@
+//! Real servers for the namespace tests and benchmarks: nginx in a
+//! namespace, which says who it is, logs who it saw, and can be stopped,
+//! frozen and started again as a failing server would.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::Netns;
+
+/// nginx (Debian nginx-light) on one address and port of a namespace: `/`
+/// answers its name, `/blob` a 1 MiB file; the access log has one line per
+/// request, the client's address first. One process (no master), so a
+/// SIGSTOP freezes it whole.
+pub struct Nginx {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    ns: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    pub const BLOB_LEN: usize = 1 << 20;
+
+    /// The 1 MiB `/blob` body.
+    pub fn blob_text() -> String {
+        (0..Self::BLOB_LEN).map(|i| (b'a' + (i * 7 % 26) as u8) as char).collect()
+    }
+
+    /// Starts nginx in `ns` on `addr` and waits (bounded) until it accepts.
+    pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-nginx-{}-{}", ns.name, addr.ip(), addr.port()));
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/blob"), Self::blob_text())?;
+        let conf = format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ log_format who '$remote_addr $request'; access_log {d}/access.log who;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             keepalive_timeout 300s; keepalive_requests 1000000;\n\
+             server {{ listen {addr} reuseport backlog=4096; root {d}/www; default_type text/plain;\n\
+             location = / {{ return 200 \"{name}\\n\"; }} }} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let mut nginx = Self { name: name.to_string(), addr, ns: ns.name.clone(), dir, child: None };
+        nginx.spawn(ns)?;
+        Ok(nginx)
+    }
+
+    fn spawn(&mut self, ns: &Netns) -> Result<()> {
+        let conf = self.dir.join("nginx.conf");
+        let child = ns
+            .command(&["nginx", "-c", conf.to_str().context("nginx.conf path")?])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (Debian nginx-light; `cargo xtask test` installs it)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let probe = format!("/dev/tcp/{}/{}", self.addr.ip(), self.addr.port());
+        while Instant::now() < deadline {
+            if ns.exec(&["bash", "-c", &format!("exec 3<>{probe}")]).is_ok() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("nginx {} did not accept on {} within 5 s: {}", self.name, self.addr, std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default())
+    }
+
+    /// Kills nginx: its port is closed (connections are refused) until
+    /// `start_again`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped nginx again, with the same config and log.
+    pub fn start_again(&mut self, ns: &Netns) -> Result<()> {
+        assert_eq!(ns.name, self.ns, "nginx {} lives in {}", self.name, self.ns);
+        self.stop();
+        self.spawn(ns)
+    }
+
+    /// SIGSTOP: the kernel still completes handshakes into its backlog, but
+    /// nothing is answered.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // `ip netns exec` execs nginx: the child's pid is nginx's.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// The client address of every request logged so far.
+    pub fn clients(&self) -> Vec<Ipv4Addr> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(' ').next()?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.thaw();
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
