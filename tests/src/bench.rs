@@ -41,3 +41,154 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 pub fn median(values: &mut [f64]) -> f64 {
     percentile(values, 50.0)
 }
+
+/// The CPU model, from /proc/cpuinfo ("unknown CPU" when absent): quoted
+/// with every table, as only ratios from one machine compare.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The machine a figure was measured on: CPU model, vCPUs, kernel.
+pub fn machine_json() -> serde_json::Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({ "cpu": cpu_model(), "vcpus": cpus, "kernel": kernel.trim() })
+}
+
+/// What the load generator (the bench object's `generate`) writes into
+/// every frame: Ethernet `src_mac` -> `dst_mac`, IPv4 `source` ->
+/// `destination` (header checksum valid), UDP to `dport` with no checksum,
+/// `frame_len` bytes on the wire; `flows` (a power of two, at most 65,536)
+/// source ports from `sport_base` (wrapping).
+pub struct GeneratorFrame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub source: std::net::Ipv4Addr,
+    pub destination: std::net::Ipv4Addr,
+    pub dport: u16,
+    pub frame_len: usize,
+    pub flows: u32,
+    pub sport_base: u16,
+}
+
+impl GeneratorFrame {
+    pub fn config(&self) -> Result<nat_common::bench::GenConfig> {
+        use nat_common::{bench::GEN_HEADER_LEN, checksum, proto};
+        anyhow::ensure!(self.flows.is_power_of_two() && self.flows <= 65536, "flows must be a power of two up to 65,536");
+        anyhow::ensure!(self.frame_len >= GEN_HEADER_LEN, "a frame holds at least the generator's header");
+        let mut header = [0u8; GEN_HEADER_LEN];
+        header[0..6].copy_from_slice(&self.dst_mac);
+        header[6..12].copy_from_slice(&self.src_mac);
+        header[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (self.frame_len - 14) as u16;
+        let ip = &mut header[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto::UDP;
+        ip[12..16].copy_from_slice(&self.source.octets());
+        ip[16..20].copy_from_slice(&self.destination.octets());
+        let c = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
+        let udp = &mut header[34..42];
+        udp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        Ok(nat_common::bench::GenConfig { header, _pad: [0; 6], flows_mask: self.flows - 1, sport_base: self.sport_base, _pad2: 0 })
+    }
+
+    /// Writes the frame into the generator's GEN_CONFIG map of `bench`.
+    pub fn write(&self, bench: &mut aya::Ebpf) -> Result<()> {
+        use anyhow::Context as _;
+        let map = bench.map_mut(nat_common::bench::names::GEN_CONFIG).context("GEN_CONFIG")?;
+        aya::maps::Array::try_from(map)?.set(0, self.config()?, 0)?;
+        Ok(())
+    }
+}
+
+/// Runs the generator program `generate` (loaded) `packets` times through
+/// live-frames BPF_PROG_TEST_RUN as if on `ifindex` (the calling thread
+/// must be in that interface's namespace), `batch` frames per kernel batch,
+/// pinned to `cpu`. Returns the time it took.
+pub fn run_generator(generate: &mut aya::programs::Xdp, ifindex: u32, frame_len: usize, packets: u32, batch: u32, cpu: usize) -> Result<std::time::Duration> {
+    use anyhow::Context as _;
+    use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+    // The thread's own CPUs come back afterwards: what it starts later
+    // (servers, daemons) must not inherit the generator's CPU.
+    let _restore = Affinity::of_this_thread();
+    pin_to_cpu(cpu);
+    let frame = vec![0u8; frame_len];
+    let md = crate::XdpMd::for_frame(&frame, ifindex);
+    let started = std::time::Instant::now();
+    generate
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(md.as_bytes()),
+            repeat: packets,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::new()
+        })
+        .context("running the generator")?;
+    Ok(started.elapsed())
+}
+
+/// The calling thread's CPU affinity, put back on drop.
+pub struct Affinity(libc::cpu_set_t);
+
+impl Affinity {
+    pub fn of_this_thread() -> Self {
+        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                // Unknown: put back every CPU rather than leave a pin behind.
+                for cpu in 0..libc::CPU_SETSIZE as usize {
+                    libc::CPU_SET(cpu, &mut set);
+                }
+            }
+            Self(set)
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        // SAFETY: a set read from (or filled for) this thread.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
+/// The machine's CPU time so far, from /proc/stat's "cpu" line, in ticks:
+/// (busy, total), busy being everything but idle and iowait.
+pub fn cpu_ticks() -> Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy between two
+/// `cpu_ticks` readings (0 to 1).
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let (busy, total) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+    if total == 0 { 0.0 } else { busy as f64 / total as f64 }
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = text.rsplit_once(')').context("unreadable /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}

@@ -1,6 +1,7 @@
 //! Shared fixtures for the kernel and namespace tests.
 
 pub mod bench;
+pub mod inbound;
 pub mod natlab;
 pub mod netns;
 pub mod packet;

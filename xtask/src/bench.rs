@@ -9,20 +9,59 @@ use serde_json::{Value, json};
 
 use crate::run;
 
-/// How long each part runs: `--quick` keeps the whole suite under 3 minutes.
+/// How long each part runs: `--quick` keeps the outbound suite under 3
+/// minutes, and the inbound benchmark (natd restarted per round, failover
+/// windows of 12 s) under 2 more.
 pub struct Plan {
     pub fastpath_rounds: u32,
     pub pps_runs: u32,
     pub pps_packets: u32,
     pub lab_runs: u32,
+    pub inbound: InboundPlan,
+}
+
+/// inbound-bench's sizes (its own `--quick` is the same as this one's).
+pub struct InboundPlan {
+    pub pps_runs: u32,
+    pub pps_packets: u32,
+    pub conn_runs: u32,
+    pub conn_seconds: u32,
+    pub failover_trials: u32,
+}
+
+impl InboundPlan {
+    fn args(&self) -> Vec<String> {
+        [
+            ("--pps-runs", self.pps_runs),
+            ("--pps-packets", self.pps_packets),
+            ("--conn-runs", self.conn_runs),
+            ("--conn-seconds", self.conn_seconds),
+            ("--failover-trials", self.failover_trials),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
 }
 
 impl Plan {
     pub fn new(quick: bool) -> Self {
         if quick {
-            Self { fastpath_rounds: 300, pps_runs: 3, pps_packets: 300_000, lab_runs: 1 }
+            Self {
+                fastpath_rounds: 300,
+                pps_runs: 3,
+                pps_packets: 300_000,
+                lab_runs: 1,
+                inbound: InboundPlan { pps_runs: 3, pps_packets: 300_000, conn_runs: 1, conn_seconds: 3, failover_trials: 1 },
+            }
         } else {
-            Self { fastpath_rounds: 2000, pps_runs: 7, pps_packets: 1_000_000, lab_runs: 3 }
+            Self {
+                fastpath_rounds: 2000,
+                pps_runs: 7,
+                pps_packets: 1_000_000,
+                lab_runs: 3,
+                inbound: InboundPlan { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3 },
+            }
         }
     }
 }
@@ -37,7 +76,15 @@ pub fn suite(plan: &Plan) -> Result<()> {
     bench_bin("pps-bench", &[plan.pps_runs.to_string(), plan.pps_packets.to_string()])?;
     bench_bin("lab-bench", &[plan.lab_runs.to_string()])?;
     bench_bin("capacity-bench", &[])?;
-    summarize(Path::new("target/bench"), plan)
+    // Inbound forwards: figures to report, not a gate. A failed part is
+    // recorded in inbound.json with its error; if the binary fails outright
+    // the summary says so instead of quoting an older run's file.
+    let dir = Path::new("target/bench");
+    let _ = std::fs::remove_file(dir.join("inbound.json"));
+    if let Err(e) = bench_bin("inbound-bench", &plan.inbound.args()) {
+        eprintln!("xtask: inbound-bench: {e:#}; the summary keeps what it recorded");
+    }
+    summarize(dir, plan)
 }
 
 fn read(dir: &Path, name: &str) -> Result<Value> {
@@ -59,6 +106,9 @@ fn machine() -> String {
 
 fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
     let (fast, pps, lab, cap) = (read(dir, "fastpath")?, read(dir, "pps")?, read(dir, "lab")?, read(dir, "capacity")?);
+    // Every inbound figure with its samples (inbound-bench's own file), or
+    // why there are none.
+    let inbound = read(dir, "inbound").unwrap_or_else(|e| json!({ "error": format!("inbound-bench left no results: {e:#}") }));
     // The headline packet rate is the 1,024-flow column (the table has 1 and 65,536 too).
     let flows = &pps["flows_1024"];
     let pps_of = |k: &str| flows[k].as_f64().unwrap_or(0.0);
@@ -88,7 +138,12 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
         "sessions_held": cap["sessions_held"],
         "aging_scan_ms_per_million": cap["aging_scan_ms_per_million"],
         "pps_by_flows": pps,
-        "plan": { "fastpath_rounds": plan.fastpath_rounds, "pps_packets_per_run": plan.pps_packets, "tcp_runs": plan.lab_runs },
+        "inbound": inbound,
+        "plan": {
+            "fastpath_rounds": plan.fastpath_rounds, "pps_packets_per_run": plan.pps_packets, "tcp_runs": plan.lab_runs,
+            "inbound": { "pps_runs": plan.inbound.pps_runs, "pps_packets_per_run": plan.inbound.pps_packets, "conn_runs": plan.inbound.conn_runs,
+                         "conn_seconds": plan.inbound.conn_seconds, "failover_trials": plan.inbound.failover_trials },
+        },
     });
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
 
@@ -116,6 +171,12 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
     writeln!(md, "| kernel bytes per session (vs conntrack object) | {} | {} | <= 192 |", b["xdp_nat"], b["conntrack"])?;
     writeln!(md, "| sessions held | {} | - | 1,000,000 |", results["sessions_held"])?;
     writeln!(md, "| aging scan, CPU ms per million sessions | {} | - | < 200 |", results["aging_scan_ms_per_million"])?;
+    writeln!(md, "\n## Inbound forwards (inbound-bench)\n")?;
+    match (results["inbound"]["error"].as_str(), std::fs::read_to_string(dir.join("inbound.md"))) {
+        (None, Ok(inbound_md)) => md.push_str(&inbound_md),
+        (Some(e), _) => writeln!(md, "No figures: {e}")?,
+        (None, Err(e)) => writeln!(md, "No table: reading inbound.md: {e}")?,
+    }
     std::fs::write(dir.join("results.md"), &md)?;
     print!("{md}");
     println!("written to target/bench/results.{{json,md}}");

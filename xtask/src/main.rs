@@ -41,7 +41,9 @@ enum Cmd {
     /// The benchmark suite (../shared/BENCHMARK.md): fast-path cost, packets
     /// per second against nftables masquerade, kernel forwarding and bare XDP
     /// redirect, new flows and TCP through natd and conntrack, sessions at
-    /// scale. Writes target/bench/results.{json,md}. Needs root.
+    /// scale; inbound forwards against nftables DNAT, HAProxy and bare
+    /// redirect (packets/s, connections/s, failover; reported, never a
+    /// failure). Writes target/bench/results.{json,md}. Needs root.
     Bench {
         /// The same figures from fewer runs (under 3 minutes).
         #[arg(long)]

@@ -22,21 +22,20 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, DevMap, PerCpuArray},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{DevMap, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use nat_common::{
-    Endpoint, FreePort, GatewayConfig, Prefix, Reason,
-    bench::{GEN_HEADER_LEN, GenConfig, names},
-    checksum, proto,
+use nat_common::{Endpoint, FreePort, GatewayConfig, Prefix, Reason, bench::names, proto};
+use nat_tests::{
+    bench::{GeneratorFrame, run_generator},
+    netns::Netns,
 };
-use nat_tests::{XdpMd, netns::Netns};
 use nat_userspace::{
     BENCH_OBJECT,
     datapath::{Datapath, Side},
@@ -219,27 +218,7 @@ impl Bench {
     /// The generator's frames: UDP from `source` to the sink's `dport`, `flows`
     /// source ports from `sport_base`.
     fn write_generator(&mut self, source: Ipv4Addr, dport: u16, flows: u32, sport_base: u16) -> Result<()> {
-        ensure!(flows.is_power_of_two() && flows <= 65536);
-        let mut header = [0u8; GEN_HEADER_LEN];
-        header[0..6].copy_from_slice(&N0_MAC);
-        header[6..12].copy_from_slice(&G0_MAC);
-        header[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip_len = (FRAME_LEN - 14) as u16;
-        let ip = &mut header[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = proto::UDP;
-        ip[12..16].copy_from_slice(&source.octets());
-        ip[16..20].copy_from_slice(&SINK_ADDR.octets());
-        let c = checksum::checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-        let udp = &mut header[34..42];
-        udp[2..4].copy_from_slice(&dport.to_be_bytes());
-        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-        let cfg = GenConfig { header, _pad: [0; 6], flows_mask: flows - 1, sport_base, _pad2: 0 };
-        Array::try_from(self.bench.map_mut(names::GEN_CONFIG).context("GEN_CONFIG")?)?.set(0, cfg, 0)?;
-        Ok(())
+        GeneratorFrame { src_mac: G0_MAC, dst_mac: N0_MAC, source, destination: SINK_ADDR, dport, frame_len: FRAME_LEN, flows, sport_base }.write(&mut self.bench)
     }
 
     /// New flows per second, every generated packet a new flow from a fresh
@@ -303,21 +282,7 @@ impl Bench {
 
     fn generate(&mut self, packets: u32) -> Result<Duration> {
         let _in_gen = self.generator_ns.enter()?;
-        nat_tests::bench::pin_to_cpu(0);
-        let frame = vec![0u8; FRAME_LEN];
-        let md = XdpMd::for_frame(&frame, self.g0);
-        let generator = xdp(&mut self.bench, names::GENERATE)?;
-        let started = Instant::now();
-        generator
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(md.as_bytes()),
-                repeat: packets,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .context("running the generator")?;
-        Ok(started.elapsed())
+        run_generator(xdp(&mut self.bench, names::GENERATE)?, self.g0, FRAME_LEN, packets, BATCH, 0)
     }
 
     fn enter(&mut self, mode: Mode) -> Result<Vec<(Side, XdpLinkId)>> {
