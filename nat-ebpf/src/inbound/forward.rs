@@ -13,7 +13,7 @@ use nat_common::{
 use crate::{
     ctx::clock,
     handoff::hand_to_daemon,
-    inbound::lb::{self, Routed},
+    inbound::lb::{self, Inbound, Routed},
     packet::parse::Ipv4Packet,
     proto::{L4, tcp},
     verdict::Verdict,
@@ -28,19 +28,20 @@ fn flags_of(pkt: &Ipv4Packet) -> u8 {
     }
 }
 
-/// Where a WAN packet for forward `port` at `external` (no mapping) goes:
-/// the backend of its flow, picked now if the flow is new, and the reason
-/// it counts under. The remote's address is kept: the server sees its real
-/// client. `Err`: no backend is up; natd answers (a TCP RST, an ICMP Port
-/// Unreachable).
+/// Where a WAN packet to `external` (a port no mapping can have) goes: the
+/// backend of its flow, or of a new flow if `external` is forwarded, and the
+/// reason it counts under. The remote's address is kept: the server sees its
+/// real client. `None`: not a forwarded flow. `Some(Err)`: no backend is up;
+/// natd answers (a TCP RST, an ICMP Port Unreachable).
 #[inline(always)]
-pub fn inbound(ctx: &XdpContext, pkt: &Ipv4Packet, external: &Endpoint, port: &ForwardPort, now: u64) -> Result<(Endpoint, Reason), Verdict> {
+pub fn inbound(ctx: &XdpContext, pkt: &Ipv4Packet, external: &Endpoint, now: u64) -> Option<Result<(Endpoint, Reason), Verdict>> {
     let Some(remote) = pkt.source() else {
-        return Err(Verdict::drop(Reason::DropUntranslatable));
+        return Some(Err(Verdict::drop(Reason::DropUntranslatable)));
     };
-    match lb::route_inbound(&FlowKey::new(&remote, external), port, flags_of(pkt), now) {
-        Some(routed) => Ok((routed.backend.endpoint(port.offset, external.proto), reason_of(&routed))),
-        None => Err(hand_to_daemon(ctx, pkt, miss_kind::NO_SERVER)),
+    match lb::route_inbound(&FlowKey::new(&remote, external), flags_of(pkt), now, || lb::forward_port(external)) {
+        Inbound::Routed(routed) => Some(Ok((routed.backend.endpoint(routed.offset, external.proto), reason_of(&routed)))),
+        Inbound::NoBackend => Some(Err(hand_to_daemon(ctx, pkt, miss_kind::NO_SERVER))),
+        Inbound::NotForwarded => None,
     }
 }
 
@@ -72,9 +73,9 @@ pub fn track_outbound(pkt: &Ipv4Packet, mapping: &Mapping, now: u64) {
 #[inline(always)]
 pub fn hairpin_backend(ctx: &XdpContext, pkt: &Ipv4Packet, sender: &Endpoint, destination: &Endpoint, port: &ForwardPort) -> Result<Endpoint, Verdict> {
     let key = FlowKey::new(sender, destination);
-    match lb::route_inbound(&key, port, flags_of(pkt), clock()) {
-        Some(routed) => Ok(routed.backend.endpoint(port.offset, destination.proto)),
-        None => Err(hand_to_daemon(ctx, pkt, miss_kind::NO_SERVER)),
+    match lb::route_inbound(&key, flags_of(pkt), clock(), || Some(*port)) {
+        Inbound::Routed(routed) => Ok(routed.backend.endpoint(routed.offset, destination.proto)),
+        Inbound::NoBackend | Inbound::NotForwarded => Err(hand_to_daemon(ctx, pkt, miss_kind::NO_SERVER)),
     }
 }
 

@@ -67,6 +67,8 @@ pub fn backend(forward: u32, slot: u32) -> Option<Backend> {
 /// Where a forwarded packet goes: its flow's backend, picked now or before.
 pub struct Routed {
     pub backend: Backend,
+    /// The flow's port offset into the forward's range.
+    pub offset: u16,
     /// The flow is new: its backend was just picked.
     pub new: bool,
     /// The flow's backend was down and it moved to another.
@@ -86,20 +88,40 @@ fn pick(key: &FlowKey, forward: u32) -> Option<(u32, Backend)> {
     (backend.state == backend_state::UP).then_some((slot, backend))
 }
 
+/// What an inbound packet of a flow to a forwarded port gets.
+pub enum Inbound {
+    /// Its backend.
+    Routed(Routed),
+    /// No backend of its forward is up.
+    NoBackend,
+    /// No flow is tracked and the port is not forwarded.
+    NotForwarded,
+}
+
 /// The backend of an inbound packet of the flow `key` (TCP flags `flags`,
-/// 0 for UDP) to forward `port`: its flow's, or a new pick. A flow whose
-/// backend is down keeps it for the rest of a TCP connection, but a new
-/// SYN (the client retrying) or a UDP datagram picks another. `None`: no
-/// backend is up.
+/// 0 for UDP): its flow's, or a new pick from the forward `port()` names.
+/// A flow whose backend is down keeps it for the rest of a TCP connection,
+/// but a new SYN (the client retrying) or a UDP datagram picks another.
+///
+/// The established flow is looked up first, and the forward only when there
+/// is none, so a packet of an established flow pays one hash lookup, as a
+/// mapping's does (natd removes a forward's flows with the forward).
 #[inline(always)]
-pub fn route_inbound(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> Option<Routed> {
+pub fn route_inbound(key: &FlowKey, flags: u8, now: u64, port: impl FnOnce() -> Option<ForwardPort>) -> Inbound {
     let retry = key.proto == proto::UDP || flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     let (flow, established) = match FLOWS.get_ptr_mut(*key) {
         Some(flow) => (flow, true),
-        None => match PENDING.get_ptr_mut(*key) {
-            Some(flow) => (flow, false),
-            None => return new_flow(key, port, flags, now),
-        },
+        None => {
+            // Before the half-open flows: the gateway's own traffic pays two
+            // lookups, not three.
+            let Some(port) = port() else {
+                return Inbound::NotForwarded;
+            };
+            match PENDING.get_ptr_mut(*key) {
+                Some(flow) => (flow, false),
+                None => return new_flow(key, &port, flags, now),
+            }
+        }
     };
     // SAFETY: a value of the map; its fields are written racily by design
     // (timestamps, flag bits, a re-pick both CPUs would make alike).
@@ -111,7 +133,9 @@ pub fn route_inbound(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> 
         // the packet; one that is down only to a retry.
         Some(backend) if backend.keeps_flows() || (!retry && backend.state != backend_state::EMPTY) => (u32::from(flow.backend), backend),
         _ => {
-            let (slot, backend) = pick(key, forward)?;
+            let Some((slot, backend)) = pick(key, forward) else {
+                return Inbound::NoBackend;
+            };
             flow.backend = slot as u16;
             moved = true;
             (slot, backend)
@@ -136,13 +160,15 @@ pub fn route_inbound(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> 
             count(forward, slot, Signal::Syn);
         }
     }
-    Some(Routed { backend, new: false, moved })
+    Inbound::Routed(Routed { backend, offset: flow.offset, new: false, moved })
 }
 
 /// A flow's first packet: picks its backend and files it half-open.
 #[inline(always)]
-fn new_flow(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> Option<Routed> {
-    let (slot, backend) = pick(key, port.forward)?;
+fn new_flow(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> Inbound {
+    let Some((slot, backend)) = pick(key, port.forward) else {
+        return Inbound::NoBackend;
+    };
     let mut flow = Flow { last_seen_ns: now, forward: port.forward as u16, backend: slot as u16, offset: port.offset, tcp_flags_in: 0, tcp_flags_out: 0 };
     record_flags(&mut flow.tcp_flags_in, flags);
     // BPF_ANY: another CPU's insert for the same first packet picked alike.
@@ -151,7 +177,7 @@ fn new_flow(key: &FlowKey, port: &ForwardPort, flags: u8, now: u64) -> Option<Ro
     if flags & tcp_flags::SYN != 0 {
         count(port.forward, slot, Signal::Syn);
     }
-    Some(Routed { backend, new: true, moved: false })
+    Inbound::Routed(Routed { backend, offset: port.offset, new: true, moved: false })
 }
 
 /// A packet from a backend on the flow `key` (the server its static

@@ -6,7 +6,7 @@ use nat_common::{Reason, proto};
 
 use crate::{
     ctx::{clock, config},
-    inbound::{forward, lb::forward_port},
+    inbound::forward,
     maps::INBOUND,
     nat::{
         fragment::later_fragment,
@@ -44,17 +44,12 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     };
     let now = clock();
     // A mapping's packet, or a forwarded one: one send for both (each copy
-    // of it is a large part of what the verifier walks). Forwards are
-    // looked up only where there is no mapping: the hit path pays nothing
-    // for them. Every mapping's external port is a NAT port, and no forward's port is
-    // one (`natd check` refuses it): a TCP or UDP packet to any other port
-    // skips the mapping lookup that could only miss, and a forwarded flow
-    // pays for its own lookups only.
-    let mapping = if external.proto == proto::ICMP || config().is_nat_port(u16::from_be(external.port_be)) {
-        INBOUND.get_ptr(external)
-    } else {
-        None
-    };
+    // of it is a large part of what the verifier walks). Every mapping's
+    // external port is a NAT port, and no forward's port is one (`natd
+    // check` refuses it): a packet is looked up in one kind of table only,
+    // and the hit path pays nothing for forwards.
+    let forwardable = external.proto != proto::ICMP && !config().is_nat_port(u16::from_be(external.port_be));
+    let mapping = if forwardable { None } else { INBOUND.get_ptr(external) };
     let (to, translated, sessions) = match mapping {
         Some(mapping) => {
             // SAFETY: a value of the map, alive while the program runs.
@@ -64,13 +59,12 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
                 Err(filtered) => return filtered,
             }
         }
-        None => match forward_port(&external) {
-            Some(port) => match forward::inbound(ctx, pkt, &external, &port, now) {
-                Ok((to, translated)) => (to, translated, Refresh::None),
-                Err(refused) => return refused,
-            },
+        None if forwardable => match forward::inbound(ctx, pkt, &external, now) {
+            Some(Ok((to, translated))) => (to, translated, Refresh::None),
+            Some(Err(refused)) => return refused,
             None => return untranslated::wan(ctx, pkt),
         },
+        None => return untranslated::wan(ctx, pkt),
     };
     // The destination is the gateway's own address: the kernel would deliver
     // it locally instead of answering Time Exceeded.

@@ -15,7 +15,10 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use nat_common::{Endpoint, Mapping, proto};
+use nat_common::{
+    Endpoint, Mapping, proto, tcp_flags,
+    forward::{Backend, Flow, FlowKey, ForwardPort, backend_state},
+};
 use nat_tests::{
     XdpMd,
     TestGateway, addr,
@@ -23,13 +26,28 @@ use nat_tests::{
     test_run,
     xdp_action::{DROP, PASS, REDIRECT},
 };
-use nat_userspace::{BENCH_OBJECT, datapath::Side};
+use nat_userspace::{
+    BENCH_OBJECT,
+    datapath::{FlowTable, ForwardTables as _, Side},
+};
 
 /// Repetitions per test run: under 255 - 1 so TTL never reaches 1.
 const REPEAT: u32 = 200;
 
+/// The inside port of the hit figures. In the NAT range: the inbound
+/// flip-flop's destinations are looked up in INBOUND, which the WAN program
+/// does only for a port a mapping can have.
+const INSIDE_PORT: u16 = 24000;
 /// A second inside host for the inbound flip-flop.
 const SECOND_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 11);
+/// The forward of the forwarded-flow figures: its index, its port (outside
+/// the NAT ranges, as `natd check` requires) and the clock its flows were
+/// last seen on.
+const FORWARD: u32 = 1;
+const FORWARD_PORT: u16 = 8080;
+const FORWARD_NOW: u64 = 1_000_000_000;
+/// The flags an established forwarded flow has seen both ways.
+const HANDSHAKE: u8 = tcp_flags::SYN | tcp_flags::ACK;
 
 struct Figure {
     key: &'static str,
@@ -52,20 +70,20 @@ fn main() -> Result<()> {
         ("udp_out", "udp_in", proto::UDP, udp),
         ("icmp_out", "icmp_in", proto::ICMP, icmp_request),
     ] {
-        let inside = Endpoint::new(addr::LAN_HOST, 40000, proto_nr);
+        let inside = Endpoint::new(addr::LAN_HOST, INSIDE_PORT, proto_nr);
         let external = Endpoint::new(addr::EXTERNAL, 20000, proto_nr);
         gw.datapath.insert_pair(inside, external, 0, 0)?;
         // Flip-flop: the rewritten packet maps on, so repetition n+1 hits too.
         // Outbound the external source maps back to the inside one. Inbound
         // the destination alternates between two inside hosts (mapping back
         // to the external address would make it local, another path).
-        let twin = Endpoint::new(SECOND_HOST, 40000, proto_nr);
+        let twin = Endpoint::new(SECOND_HOST, INSIDE_PORT, proto_nr);
         gw.datapath.insert_raw(Side::Lan, external, Mapping::new(inside, 0))?;
         gw.datapath.insert_raw(Side::Wan, inside, Mapping::new(twin, 0))?;
         gw.datapath.insert_raw(Side::Wan, twin, Mapping::new(inside, 0))?;
 
         let remote = (addr::REMOTE, 443);
-        let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, 40000), remote))
+        let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, INSIDE_PORT), remote))
             .with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
         out.ttl = 255;
         let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, 20000)))
@@ -77,10 +95,35 @@ fn main() -> Result<()> {
         figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![] });
         figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![] });
     }
+    // A forwarded flow's packet from the WAN (issue 12): the forward's port
+    // and the established flow looked up, the backend read, the destination
+    // rewritten. Flip-flop as above: the forward is also "at" each backend's
+    // own endpoint, with a flow there that names the other backend.
+    gw.datapath.set_clock(FORWARD_NOW)?;
+    let backends = [addr::LAN_HOST, SECOND_HOST];
+    for (slot, server) in backends.iter().enumerate() {
+        let backend = Backend { addr_be: u32::from_ne_bytes(server.octets()), base_port: FORWARD_PORT, state: backend_state::UP, _pad: 0 };
+        gw.datapath.set_backend(FORWARD, slot as u32, backend)?;
+    }
+    for (key, proto_nr, make) in [("tcp_fwd_in", proto::TCP, tcp as fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> L4), ("udp_fwd_in", proto::UDP, udp)] {
+        let remote = Endpoint::new(addr::REMOTE, 443, proto_nr);
+        // (where the packet is addressed, the backend slot its flow names)
+        for (at, slot) in [(addr::EXTERNAL, 0u16), (addr::LAN_HOST, 1), (SECOND_HOST, 0)] {
+            let external = Endpoint::new(at, FORWARD_PORT, proto_nr);
+            gw.datapath.set_forward_port(external, ForwardPort { forward: FORWARD, offset: 0, _pad: 0 })?;
+            let flow = Flow { last_seen_ns: FORWARD_NOW, forward: FORWARD as u16, backend: slot, offset: 0, tcp_flags_in: HANDSHAKE, tcp_flags_out: HANDSHAKE };
+            gw.datapath.insert_forwarded_flow(FlowKey::new(&remote, &external), flow, FlowTable::Established)?;
+        }
+        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make((addr::REMOTE, 443), (addr::EXTERNAL, FORWARD_PORT)))
+            .with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+        inbound.ttl = 255;
+        figures.push(Figure { key, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![] });
+    }
     let miss = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
     figures.push(Figure { key: "miss", side: Side::Lan, frame: miss.build(), expect: DROP, samples: vec![] });
     // Diagnostics: where the time goes. Parse + count only (TTL 1 passes
-    // early), and parse + one map lookup (inbound miss outside the NAT range).
+    // early), and parse + the lookups of a WAN packet to the gateway's own
+    // port (outside the NAT ranges: FLOWS and FORWARDS miss).
     let mut ttl1 = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
     ttl1.ttl = 1;
     figures.push(Figure { key: "parse_only", side: Side::Lan, frame: ttl1.build(), expect: PASS, samples: vec![] });
