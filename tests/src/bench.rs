@@ -192,3 +192,31 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok(ticks as f64 / per_second)
 }
+
+/// The CPU time the loaded BPF programs named `names` have run, summed
+/// over every program of those names: what XDP programs cost, which no
+/// process's CPU time shows (they run in softirq). Counted only while a
+/// [`BpfRunTimeStats`] is held.
+pub fn bpf_run_time(names: &[&str]) -> Result<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    for program in aya::programs::loaded_programs() {
+        let program = program?;
+        if program.name_as_str().is_some_and(|name| names.contains(&name)) {
+            total += program.run_time();
+        }
+    }
+    Ok(total)
+}
+
+/// The kernel counts BPF programs' run time while this is held
+/// (BPF_ENABLE_STATS; the counting stops when it is dropped, so nothing is
+/// left switched on). Counting costs each program run two clock reads.
+pub struct BpfRunTimeStats(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl BpfRunTimeStats {
+    pub fn enable() -> Result<Self> {
+        use anyhow::Context as _;
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS (run time)")?;
+        Ok(Self(fd))
+    }
+}
