@@ -40,7 +40,8 @@ pub mod addr {
     pub const PORT_MAX: u16 = 29999;
 }
 
-fn mac(m: [u8; 6]) -> String {
+/// A MAC address as `ip` writes it.
+pub fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 

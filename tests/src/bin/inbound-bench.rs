@@ -307,7 +307,7 @@ fn markdown(r: &Value) -> Result<String> {
 /// Part 1: packets per second through a UDP forward.
 mod pps {
     use super::*;
-    use nat_tests::{packet::Frame, wire::send_frames};
+    use nat_tests::{mac, packet::Frame, wire::send_frames};
 
     pub const FLOW_COUNTS: [u32; 2] = [1024, 65536];
     const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -364,10 +364,6 @@ mod pps {
                 Series::XdpRedirect => "xdp_redirect",
             }
         }
-    }
-
-    fn mac(m: [u8; 6]) -> String {
-        m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
     }
 
     fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

@@ -34,6 +34,7 @@ use aya::{
 use nat_common::{Endpoint, FreePort, GatewayConfig, Prefix, Reason, bench::names, proto};
 use nat_tests::{
     bench::{GeneratorFrame, run_generator},
+    mac,
     netns::Netns,
 };
 use nat_userspace::{
@@ -78,10 +79,6 @@ impl Mode {
             Mode::XdpRedirect => "xdp_redirect",
         }
     }
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 struct Bench {

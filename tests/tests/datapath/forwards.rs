@@ -80,7 +80,7 @@ fn forward_gateway(tag: &str) -> TestGateway {
     let mut gw = gateway(tag).unwrap();
     gw.datapath.set_clock(NOW).unwrap();
     for server in [&A, &B] {
-        let mac = server.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac = nat_tests::mac(server.mac);
         gw.ns.ip(&["neigh", "replace", &server.addr.to_string(), "lladdr", &mac, "dev", "lan0", "nud", "permanent"]).unwrap();
         gw.datapath.set_backend(FORWARD, server.slot, backend(server, SERVER_PORT, backend_state::UP)).unwrap();
     }
