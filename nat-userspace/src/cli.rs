@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Forward, Overrides, Settings},
+    config::{Environment, Forward, Overrides, Proxy, Settings},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
 };
@@ -145,7 +145,38 @@ pub fn check(config: &Path) -> Result<()> {
     for forward in &s.forwards {
         println!("  {}", forward_line(forward, &env.external_ips));
     }
+    for proxy in &s.proxies {
+        for line in proxy_lines(proxy, &env.external_ips) {
+            println!("  {line}");
+        }
+    }
     Ok(())
+}
+
+/// One proxy as `natd check` shows it: where it listens, its timeouts and
+/// limit, each name with its servers, the default, the health check.
+fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
+    let addr = proxy.external_addr(pool).map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
+    let mut lines = vec![format!(
+        "proxy {:?}: {} on {addr}:{}, proxy_protocol {}, hello_timeout {} s, connect_timeout {} s, idle_timeout {} s, max_connections {}; health: {}",
+        proxy.name,
+        proxy.kind.name(),
+        proxy.port,
+        proxy.proxy_protocol.map_or("none", |v| v.name()),
+        proxy.hello_timeout.as_secs_f64(),
+        proxy.connect_timeout.as_secs_f64(),
+        proxy.idle_timeout.as_secs_f64(),
+        proxy.max_connections,
+        proxy.health.describe()
+    )];
+    for (name, servers) in proxy.server_sets() {
+        let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        lines.push(format!("  {name} -> {}", servers.join(", ")));
+    }
+    if proxy.default.is_none() {
+        lines.push("  other names, no name, not TLS: refused (no default)".to_string());
+    }
+    lines
 }
 
 /// One forward as `natd check` shows it: name, protocols, port(s),

@@ -1,7 +1,8 @@
 //! What a reload may change while natd runs: the forwards, the log level
 //! and the WAN drop list. Every other setting shapes what is loaded and
 //! attached (interfaces, the port space, the address pool, timers the
-//! datapath was told), and changing it means a restart.
+//! datapath was told), and changing it means a restart. The proxies are
+//! not applied live yet: a reload that changes one is refused.
 
 use std::fmt::Debug;
 
@@ -32,5 +33,13 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("timeouts", &old.timeouts, &new.timeouts);
     compare("filtering", &old.filtering, &new.filtering);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());
+    for (i, (a, b)) in old.proxies.iter().zip(&new.proxies).enumerate() {
+        if a != b {
+            changes.push(format!("proxy[{i}] {:?}: changed (proxies are applied at start only)", a.name));
+        }
+    }
+    if old.proxies.len() != new.proxies.len() {
+        changes.push(format!("proxy: {} -> {} proxies (proxies are applied at start only)", old.proxies.len(), new.proxies.len()));
+    }
     changes
 }
