@@ -10,6 +10,7 @@ use crate::{
     config::{Environment, Forward, Overrides, Proxy, Settings},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
+    proxy::{ProxyView, Refusal},
 };
 
 #[derive(Parser)]
@@ -40,6 +41,11 @@ pub enum Cmd {
     },
     /// List the inbound forwards: servers, weights, health, flows.
     Forwards {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the name-based proxies: names, servers, health, connections.
+    Proxies {
         #[arg(long)]
         json: bool,
     },
@@ -275,6 +281,37 @@ pub fn forwards(json: bool) -> Result<()> {
                 "  {:<21} {:>6} {:<9} {:>8} {:>10.1} {:>10}  {failure}",
                 s.server, s.weight, s.health, s.active_flows, s.new_flows_per_s, s.health_changed_s
             );
+        }
+    }
+    Ok(())
+}
+
+pub fn proxies(json: bool) -> Result<()> {
+    let all: Vec<ProxyView> = ask::<Vec<ProxyView>>(Request::Proxies)?.into_iter().flatten().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no proxies");
+    }
+    for p in &all {
+        println!(
+            "proxy {:?}: {} on {}, proxy_protocol {}; hello_timeout {} s, idle_timeout {} s, max_connections {}; health: {}",
+            p.name, p.kind, p.listen, p.proxy_protocol, p.hello_timeout_s, p.idle_timeout_s, p.max_connections, p.health_check
+        );
+        let reasons: Vec<String> =
+            Refusal::KEYS.iter().filter_map(|key| p.refused_by.get(*key).filter(|n| **n > 0).map(|n| format!("{key} {n}"))).collect();
+        let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
+        println!("  connections: {} active, {} total, {} refused{reasons}", p.active, p.total, p.refused);
+        println!("  {:<32} SERVERS", "NAME");
+        for route in &p.routes {
+            println!("  {:<32} {}", route.name, route.servers.join(", "));
+        }
+        println!("  {:<21} {:<17} {:>7} {:>8} {:>8}  LAST FAILURE", "SERVER", "HEALTH", "ACTIVE", "TOTAL", "FAILED");
+        for s in &p.servers {
+            let failure = s.last_failure.as_deref().unwrap_or("-");
+            println!("  {:<21} {:<17} {:>7} {:>8} {:>8}  {failure}", s.server, s.health, s.active, s.total, s.connect_failures);
         }
     }
     Ok(())

@@ -26,6 +26,7 @@ use crate::{
         sessions::coarse_now_ns,
         views,
     },
+    proxy::Proxies,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -49,6 +50,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             settings.lan
         ),
     }
+    // Bound before anything is attached: a port another service holds stops
+    // the start here, with nothing to undo.
+    let proxies = Proxies::start(&settings.proxies, &env.external_ips)?;
     let mut datapath = Datapath::load_for(&gateway_config)?;
     datapath.set_config(gateway_config)?;
     datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
@@ -109,6 +113,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some((request, reply)) = requests.recv() => {
                 let answer = match request {
                     Request::Reload => serde_json::to_string(&reload(&mut daemon, log.as_ref())).map_err(anyhow::Error::from),
+                    Request::Proxies => serde_json::to_string(&proxies.views()).map_err(anyhow::Error::from),
                     view => views::answer(&daemon, view),
                 };
                 let _ = reply.send(answer.unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string()));
