@@ -173,7 +173,7 @@ fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
         proxy.connect_timeout.as_secs_f64(),
         proxy.idle_timeout.as_secs_f64(),
         proxy.max_connections,
-        proxy.health.describe()
+        proxy.health_text()
     )];
     for (name, servers) in proxy.server_sets() {
         let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();

@@ -246,6 +246,14 @@ impl Proxy {
         self.external_ip.or_else(|| pool.first().copied())
     }
 
+    /// The check in words, as `natd check` and `natd proxies` show it.
+    pub fn health_text(&self) -> String {
+        match self.health.kind {
+            HealthKind::None => "none (no name has several servers)".to_string(),
+            _ => format!("{}, for the servers of a name that has several", self.health.describe()),
+        }
+    }
+
     /// Every server set: each route's, then the default's, labelled.
     pub fn server_sets(&self) -> impl Iterator<Item = (&str, &[SocketAddrV4])> {
         self.routes

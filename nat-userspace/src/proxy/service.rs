@@ -98,7 +98,7 @@ impl Service {
             connect_timeout_s: proxy.connect_timeout.as_secs_f64(),
             idle_timeout_s: proxy.idle_timeout.as_secs_f64(),
             max_connections: proxy.max_connections,
-            health_check: proxy.health.describe(),
+            health_check: proxy.health_text(),
             routes,
             servers,
             active: self.active.load(Ordering::Relaxed),
