@@ -7,7 +7,7 @@ use std::{
     fmt,
     net::SocketAddrV4,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
 };
@@ -177,27 +177,39 @@ pub struct Routes {
     pub sets: Vec<ServerSet>,
     /// The default's index in `sets`.
     default: Option<usize>,
-    pub backends: Vec<Backend>,
+    /// Shared with the routes a reload replaces, for the servers that stay.
+    pub backends: Vec<Arc<Backend>>,
 }
 
 impl Routes {
     pub fn new(proxy: &Proxy) -> Self {
+        Self::build(proxy, None)
+    }
+
+    /// The routes of a reloaded `proxy`: a server of `old` that stays, and
+    /// stays checked or not, keeps its health and counters.
+    pub fn carried_over(proxy: &Proxy, old: &Routes) -> Self {
+        Self::build(proxy, Some(old))
+    }
+
+    fn build(proxy: &Proxy, old: Option<&Routes>) -> Self {
+        let mut backends: Vec<Backend> = Vec::new();
         let mut routes = Routes { table: NameTable::new(), sets: Vec::new(), default: None, backends: Vec::new() };
         for (label, servers) in proxy.server_sets() {
             let mut members = Vec::with_capacity(servers.len());
             for server in servers {
-                let index = match routes.backends.iter().position(|b| b.addr == *server) {
+                let index = match backends.iter().position(|b| b.addr == *server) {
                     Some(index) => index,
                     None => {
-                        routes.backends.push(Backend::new(*server, false));
-                        routes.backends.len() - 1
+                        backends.push(Backend::new(*server, false));
+                        backends.len() - 1
                     }
                 };
                 members.push(index);
             }
             if members.len() > 1 {
                 for &m in &members {
-                    routes.backends[m] = Backend::new(routes.backends[m].addr, true);
+                    backends[m] = Backend::new(backends[m].addr, true);
                 }
             }
             let set = routes.sets.len();
@@ -210,6 +222,8 @@ impl Routes {
                 let _ = routes.table.insert(label, set);
             }
         }
+        let kept = |b: &Backend| old.and_then(|old| old.backends.iter().find(|o| o.addr == b.addr && o.checked == b.checked)).map(Arc::clone);
+        routes.backends = backends.into_iter().map(|b| kept(&b).unwrap_or_else(|| Arc::new(b))).collect();
         routes
     }
 
@@ -235,7 +249,7 @@ impl Routes {
         let set = &self.sets[set];
         let n = set.members.len();
         let start = set.next.fetch_add(1, Ordering::Relaxed);
-        let up: Vec<&Backend> = (0..n).map(|k| &self.backends[set.members[(start + k) % n]]).filter(|b| b.is_up()).collect();
+        let up: Vec<&Backend> = (0..n).map(|k| self.backends[set.members[(start + k) % n]].as_ref()).filter(|b| b.is_up()).collect();
         if up.is_empty() { Err(Refusal::NoServerUp(set.label.clone())) } else { Ok(up) }
     }
 }
@@ -317,6 +331,23 @@ mod tests {
         let order: Vec<SocketAddrV4> = routes.candidates(green).unwrap().iter().map(|b| b.addr).collect();
         assert!(!order.contains(&server(13)) && order.len() == 2, "a down server is skipped: {order:?}");
         assert_eq!(thirteen.health_text(), "down");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_health_and_counters_of_the_servers_that_stay() {
+        let old = Routes::new(&proxy(&[("*.green.example", &[12, 13])], None));
+        for b in &old.backends {
+            b.set_status(ServerStatus::Up);
+            b.total.store(5, Ordering::Relaxed);
+        }
+        let new = Routes::carried_over(&proxy(&[("*.green.example", &[12, 14]), ("blue.example", &[13])], None), &old);
+        let twelve = new.backends.iter().find(|b| b.addr == server(12)).unwrap();
+        assert!(twelve.is_up() && twelve.total.load(Ordering::Relaxed) == 5, "12 stays in a checked set: kept");
+        let fourteen = new.backends.iter().find(|b| b.addr == server(14)).unwrap();
+        assert_eq!(fourteen.health_text(), "unknown", "a new server waits for its first check");
+        let thirteen = new.backends.iter().find(|b| b.addr == server(13)).unwrap();
+        assert_eq!((thirteen.health_text(), thirteen.total.load(Ordering::Relaxed)), ("up (not checked)", 0), "alone now: not checked, a new backend");
+        assert_eq!(first(&new, new.for_name(Some("blue.example")).unwrap()), server(13));
     }
 
     #[test]

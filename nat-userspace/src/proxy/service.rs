@@ -1,14 +1,15 @@
 //! The proxies of a running natd: their listeners, bound at start before
 //! anything is attached (a port another service holds fails the start with
 //! its name), served on a thread of their own so that relaying never delays
-//! the packet loop; the health checks of their servers; their counters, and
-//! what `natd proxies` shows.
+//! the packet loop; the health checks of their servers; a reload's new
+//! names, servers and timeouts; their counters, and what `natd proxies`
+//! shows.
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
-        Arc,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -19,8 +20,9 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, TcpSocket},
-    runtime::Runtime,
+    runtime::{Handle, Runtime},
     sync::{Semaphore, oneshot},
+    task::AbortHandle,
     time::{self, MissedTickBehavior},
 };
 
@@ -45,11 +47,21 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Descriptors natd needs besides its proxies' connections.
 const OWN_DESCRIPTORS: u64 = 1024;
 
+/// What a reload may replace: the settings and the routes built from them.
+/// A connection keeps the one it started with.
+struct Current {
+    proxy: Proxy,
+    routes: Routes,
+}
+
 /// One proxy at work.
 struct Service {
-    proxy: Proxy,
+    /// The label, "KIND/PORT", fixed while natd runs.
+    name: String,
     listen: SocketAddrV4,
-    routes: Routes,
+    current: RwLock<Arc<Current>>,
+    /// The health checks of `current`'s servers, stopped when it is replaced.
+    checks: Mutex<Vec<AbortHandle>>,
     /// Client connections open now (reading a hello, or relayed).
     active: AtomicU64,
     /// Client connections accepted since start.
@@ -63,19 +75,38 @@ struct Service {
 impl Service {
     fn refuse(&self, peer: SocketAddr, refusal: &Refusal) {
         self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("proxy {} on {}: refused {peer}: {refusal}", self.proxy.name, self.listen);
+        tracing::debug!("proxy {} on {}: refused {peer}: {refusal}", self.name, self.listen);
+    }
+
+    fn current(&self) -> Arc<Current> {
+        // A poisoned lock still holds a whole Arc: a panic cannot leave it half written.
+        Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Starts the health checks of `current`'s checked servers on `runtime`,
+    /// after stopping the previous ones.
+    fn start_checks(&self, current: &Arc<Current>, runtime: &Handle) {
+        let mut checks = self.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for check in checks.drain(..) {
+            check.abort();
+        }
+        if current.proxy.health.kind == HealthKind::None {
+            return;
+        }
+        for index in (0..current.routes.backends.len()).filter(|&i| current.routes.backends[i].checked) {
+            checks.push(runtime.spawn(check(self.name.clone(), Arc::clone(current), index)).abort_handle());
+        }
     }
 
     fn view(&self) -> ProxyView {
-        let proxy = &self.proxy;
-        let routes = self
-            .routes
+        let current = self.current();
+        let (proxy, routes) = (&current.proxy, &current.routes);
+        let route_views = routes
             .sets
             .iter()
-            .map(|set| RouteView { name: set.label.clone(), servers: set.members.iter().map(|&m| self.routes.backends[m].addr.to_string()).collect() })
+            .map(|set| RouteView { name: set.label.clone(), servers: set.members.iter().map(|&m| routes.backends[m].addr.to_string()).collect() })
             .collect();
-        let servers = self
-            .routes
+        let servers = routes
             .backends
             .iter()
             .map(|b| ProxyServerView {
@@ -99,7 +130,7 @@ impl Service {
             idle_timeout_s: proxy.idle_timeout.as_secs_f64(),
             max_connections: proxy.max_connections,
             health_check: proxy.health_text(),
-            routes,
+            routes: route_views,
             servers,
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
@@ -113,6 +144,8 @@ impl Service {
 /// drop.
 pub struct Proxies {
     services: Vec<Arc<Service>>,
+    /// The proxies' runtime, to start health checks on after a reload.
+    runtime: Option<Handle>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -123,19 +156,20 @@ impl Proxies {
     /// error names the proxy and the address; nothing is left listening.
     pub fn start(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<Self> {
         if proxies.is_empty() {
-            return Ok(Self { services: Vec::new(), stop: None, thread: None });
+            return Ok(Self { services: Vec::new(), runtime: None, stop: None, thread: None });
         }
         raise_descriptor_limit(proxies.iter().map(|p| 2 * u64::from(p.max_connections)).sum::<u64>() + OWN_DESCRIPTORS);
         // The runtime is made, and dropped, on the proxies' thread: a tokio
         // runtime may not be dropped where natd's own runtime runs.
-        let (ready, bound) = std::sync::mpsc::channel::<Result<Vec<Arc<Service>>>>();
+        let (ready, bound) = std::sync::mpsc::channel::<Result<(Handle, Vec<Arc<Service>>)>>();
         let (stop, stopped) = oneshot::channel();
         let (proxies, pool) = (proxies.to_vec(), pool.to_vec());
         let thread = std::thread::Builder::new()
             .name("natd-proxy".into())
             .spawn(move || match bind_all(&proxies, &pool) {
                 Ok((runtime, bound)) => {
-                    let _ = ready.send(Ok(bound.iter().map(|(service, _)| Arc::clone(service)).collect()));
+                    let services = bound.iter().map(|(service, _)| Arc::clone(service)).collect();
+                    let _ = ready.send(Ok((runtime.handle().clone(), services)));
                     serve(runtime, bound, stopped);
                 }
                 Err(e) => {
@@ -143,8 +177,8 @@ impl Proxies {
                 }
             })
             .context("starting the proxies' thread")?;
-        let services = match bound.recv() {
-            Ok(Ok(services)) => services,
+        let (runtime, services) = match bound.recv() {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -155,15 +189,39 @@ impl Proxies {
             }
         };
         for service in &services {
+            let proxy = &service.current().proxy;
             tracing::info!(
                 "proxy {} listening on {}: {} name(s){}",
-                service.proxy.name,
+                service.name,
                 service.listen,
-                service.proxy.routes.len(),
-                if service.proxy.default.is_some() { " and a default" } else { "" }
+                proxy.routes.len(),
+                if proxy.default.is_some() { " and a default" } else { "" }
             );
         }
-        Ok(Self { services, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { services, runtime: Some(runtime), stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Applies a reload's proxies, the same ones in the same order (a
+    /// reload that adds, removes or moves one, or changes its
+    /// max_connections, is refused before: `config::reload`): new names,
+    /// servers, default, PROXY protocol and timeouts take the next
+    /// connection; open ones finish as they began. A server that stays
+    /// keeps its health and counters. Returns the changes, in words.
+    pub fn apply(&self, proxies: &[Proxy]) -> Vec<String> {
+        let mut changes = Vec::new();
+        let Some(runtime) = &self.runtime else { return changes };
+        for (service, proxy) in self.services.iter().zip(proxies) {
+            let old = service.current();
+            if old.proxy == *proxy {
+                continue;
+            }
+            let current = Arc::new(Current { proxy: proxy.clone(), routes: Routes::carried_over(proxy, &old.routes) });
+            *service.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&current);
+            service.start_checks(&current, runtime);
+            let names: Vec<String> = current.routes.sets.iter().map(|set| set.label.clone()).collect();
+            changes.push(format!("proxy {}: now {}", service.name, names.join(", ")));
+        }
+        changes
     }
 
     /// What `natd proxies` shows.
@@ -200,9 +258,10 @@ fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
                 format!("proxy {:?}: cannot listen on {listen} (another service on the port, or the address is not this machine's)", proxy.name)
             })?;
             let service = Service {
-                proxy: proxy.clone(),
+                name: proxy.name.clone(),
                 listen,
-                routes: Routes::new(proxy),
+                current: RwLock::new(Arc::new(Current { proxy: proxy.clone(), routes: Routes::new(proxy) })),
+                checks: Mutex::new(Vec::new()),
                 active: AtomicU64::new(0),
                 total: AtomicU64::new(0),
                 refused: Default::default(),
@@ -225,13 +284,10 @@ fn bind(listen: SocketAddrV4) -> std::io::Result<TcpListener> {
 /// The proxies' thread: accept loops and health checks until `stopped`;
 /// dropping the runtime then cancels every task, which closes every socket.
 fn serve(runtime: Runtime, bound: Bound, stopped: oneshot::Receiver<()>) {
+    let handle = runtime.handle().clone();
     runtime.block_on(async move {
         for (service, listener) in bound {
-            if service.proxy.health.kind != HealthKind::None {
-                for index in (0..service.routes.backends.len()).filter(|&i| service.routes.backends[i].checked) {
-                    tokio::spawn(check(Arc::clone(&service), index));
-                }
-            }
+            service.start_checks(&service.current(), &handle);
             tokio::spawn(accept(service, listener));
         }
         let _ = stopped.await;
@@ -243,7 +299,7 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!("proxy {} on {}: accept failed: {e}; retrying", service.proxy.name, service.listen);
+                tracing::warn!("proxy {} on {}: accept failed: {e}; retrying", service.name, service.listen);
                 time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
@@ -257,10 +313,12 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
         service.active.fetch_add(1, Ordering::Relaxed);
         let service = Arc::clone(&service);
         tokio::spawn(async move {
-            match relay::relay(&service.proxy, &service.routes, client, peer).await {
-                Ok((server, End::Closed(Ok(())))) => tracing::debug!("proxy {}: {peer} -> {server} closed", service.proxy.name),
-                Ok((server, End::Closed(Err(e)))) => tracing::debug!("proxy {}: {peer} -> {server} ended: {e}", service.proxy.name),
-                Ok((server, End::Idle)) => tracing::debug!("proxy {}: {peer} -> {server} closed after idle_timeout", service.proxy.name),
+            let current = service.current();
+            let name = &service.name;
+            match relay::relay(&current.proxy, &current.routes, client, peer).await {
+                Ok((server, End::Closed(Ok(())))) => tracing::debug!("proxy {name}: {peer} -> {server} closed"),
+                Ok((server, End::Closed(Err(e)))) => tracing::debug!("proxy {name}: {peer} -> {server} ended: {e}"),
+                Ok((server, End::Idle)) => tracing::debug!("proxy {name}: {peer} -> {server} closed after idle_timeout"),
                 Err(refusal) => service.refuse(peer, &refusal),
             }
             service.active.fetch_sub(1, Ordering::Relaxed);
@@ -270,12 +328,17 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
 }
 
 /// The health checks of one server, as a forward's (`nat::health`'s
-/// fall/rise over `probe`'s TCP connects), for as long as natd serves.
-async fn check(service: Arc<Service>, index: usize) {
-    let check = &service.proxy.health;
-    let backend = &service.routes.backends[index];
+/// fall/rise over `probe`'s TCP connects), until a reload replaces
+/// `current` (or natd stops).
+async fn check(name: String, current: Arc<Current>, index: usize) {
+    let check = &current.proxy.health;
+    let backend = &current.routes.backends[index];
     let Ok(config) = HealthConfig::new(check.fall, check.rise) else { return };
     let mut health = ServerHealth::new(config, 1, Instant::now());
+    if backend.is_up() {
+        // A server a reload kept: up until `fall` checks say otherwise.
+        health.record(true, Instant::now());
+    }
     let mut ticks = time::interval(check.interval.max(probe::MIN_INTERVAL));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -286,7 +349,7 @@ async fn check(service: Arc<Service>, index: usize) {
         }
         if let Some(transition) = health.record(outcome.is_ok(), Instant::now()) {
             backend.set_status(transition.to);
-            tracing::info!("proxy {}: server {} is {}", service.proxy.name, backend.addr, backend.health_text());
+            tracing::info!("proxy {name}: server {} is {}", backend.addr, backend.health_text());
         }
     }
 }

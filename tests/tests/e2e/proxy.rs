@@ -5,7 +5,7 @@
 //! alert, a ClientHello one byte per segment and one over 4 KB in several
 //! records, silent clients closed after the hello timeout without holding
 //! up others, max_connections, PROXY protocol v1 and v2, a server that goes
-//! down, and bad configs.
+//! down, a reload, and bad configs.
 
 use std::{
     io::{Read as _, Write as _},
@@ -376,6 +376,37 @@ fn a_name_with_several_servers_spreads_and_avoids_a_server_that_is_down() {
     let view = proxy_view(&lab, 443);
     assert!(view.servers[0].last_failure.as_deref().is_some_and(|f| f.contains("refused")), "{view:?}");
     assert_eq!(view.refused, 0, "{view:?}");
+}
+
+/// `natd reload` adds a name and a server to a running proxy; a reload
+/// that would move its listener is refused by name, and the proxy keeps
+/// serving as before.
+#[test]
+fn a_reload_adds_a_name_live_and_refuses_to_move_a_proxy() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let _servers = [tls_on(&lab, 0, "proxy-blue"), tls_on(&lab, 1, "proxy-red")];
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let before = format!("[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\" }}\n");
+    lab.start_natd_with_config(&before).unwrap();
+    assert_eq!(who(&lab, "blue.example", 443).as_deref(), Ok("proxy-blue"));
+    assert!(who(&lab, "red.example", 443).is_err(), "not a name yet");
+
+    lab.config_file(&before.replace(" }", &format!(", \"red.example\" = \"{h1}:443\" }}"))).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("proxy tls/443: now blue.example, red.example"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(who(&lab, "red.example", 443).as_deref(), Ok("proxy-red"));
+    assert_eq!(who(&lab, "blue.example", 443).as_deref(), Ok("proxy-blue"));
+    let view = proxy_view(&lab, 443);
+    assert_eq!(view.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["blue.example", "red.example"]);
+    assert_eq!(refused(&view, "unknown_name"), 1, "counters outlive a reload: {view:?}");
+
+    lab.config_file(&before.replace("443\nkind", "8443\nkind")).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && stderr.contains("proxy: [\"tls/443 on the first external address"), "{stderr}");
+    assert_eq!(who(&lab, "red.example", 443).as_deref(), Ok("proxy-red"), "as before the refused reload");
 }
 
 /// Bad proxies are explained, field and value named, before anything is
