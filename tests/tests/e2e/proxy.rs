@@ -151,7 +151,8 @@ fn names_reach_their_servers_and_unknown_names_get_an_alert_or_the_default() {
     let _servers = [tls_on(&lab, 0, "proxy-blue"), tls_on(&lab, 1, "proxy-red"), tls_on(&lab, 2, "proxy-default")];
     let (h0, h1, h2) = (host_addr(0), host_addr(1), host_addr(2));
     lab.start_natd_with_config(&format!(
-        "[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\", \"red.example\" = \"{h1}:443\", \"*.green.example\" = \"{h2}:443\" }}\n\
+        "log_level = \"debug\"\n\
+         [[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\", \"red.example\" = \"{h1}:443\", \"*.green.example\" = \"{h2}:443\" }}\n\
          [[proxy]]\nport = 4443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\" }}\ndefault = \"{h2}:443\"\n"
     ))
     .unwrap();
@@ -193,6 +194,12 @@ fn names_reach_their_servers_and_unknown_names_get_an_alert_or_the_default() {
     let text = lab.natd_cli(&["proxies"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains("proxy \"tls/443\": tls on 203.0.113.1:443") && text.contains("*.green.example") && text.contains("unknown_name 3"), "{text}");
+    let log = lab.natd_log();
+    assert!(log.contains(&format!("proxy tls/443 on {EXTERNAL}:443: refused {SERVER}:")) && log.contains("name \"unknown.example\" is not in names, and no default"), "{log}");
+    // A LAN host reaches a proxy through the external address too.
+    let resolve = format!("blue.example:443:{EXTERNAL}");
+    let hairpin = lab.hosts[1].exec(&["curl", "-sS", "-k", "--max-time", "5", "--resolve", &resolve, "https://blue.example/who"]).unwrap();
+    assert_eq!(hairpin.trim(), "proxy-blue");
     // What the README shows (`-- --nocapture`).
     eprintln!("$ natd proxies\n{text}");
 }
