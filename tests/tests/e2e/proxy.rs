@@ -385,6 +385,46 @@ fn a_name_with_several_servers_spreads_and_avoids_a_server_that_is_down() {
     assert_eq!(view.refused, 0, "{view:?}");
 }
 
+/// A relayed connection whose server goes away is closed on the client's
+/// side at once, not left to the idle timeout.
+#[test]
+fn a_client_learns_at_once_that_its_server_went_away() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let mut blue = tls_on(&lab, 0, "proxy-blue");
+    let h0 = host_addr(0);
+    lab.start_natd_with_config(&format!("[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\" }}\n")).unwrap();
+    let mut stream = in_ns(&lab.server, || TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, 443).into(), IO_TIMEOUT)).join().unwrap().unwrap();
+    stream.write_all(&client_hello(Some("blue.example"), 0, 16384)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !contains(&got, b"proxy-blue") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the certificate: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let stopped = Instant::now();
+    blue.stop();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e} after {:?}, not closed", stopped.elapsed()),
+        }
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(1), "closed {:?} after the server went away", stopped.elapsed());
+    // The server's close was passed on as a half-close (TCP allows the
+    // client to go on sending); the client's own close ends the relay.
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while proxy_view(&lab, 443).active > 0 {
+        assert!(Instant::now() < deadline, "{:?}", proxy_view(&lab, 443));
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `natd reload` adds a name and a server to a running proxy; a reload
 /// that would move its listener is refused by name, and the proxy keeps
 /// serving as before.
