@@ -478,6 +478,16 @@ fn bad_proxies_are_explained_before_anything_is_attached() {
         assert!(!out.status.success() && stderr.contains(why), "{body}: {stderr}");
     }
 
+    let good = format!(
+        "lan = \"lan0\"\nwan = \"wan0\"\n[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"*.green.example\" = [\"{h0}:443\", \"{h0}:8443\"] }}\n"
+    );
+    let path = lab.config_file(&good).unwrap();
+    let out = lab.natd_cli(&["check", "--config", path.to_str().unwrap()]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("proxy \"tls/443\": tls on 203.0.113.1:443") && stdout.contains(&format!("*.green.example -> {h0}:443, {h0}:8443")), "{stdout}");
+    assert!(stdout.contains("tcp connect every 1 s") && stdout.contains("no default"), "{stdout}");
+
     let (taken_tx, taken) = mpsc::channel();
     let (release_tx, release) = mpsc::channel::<()>();
     let holder = in_ns(&lab.gw, move || {
