@@ -129,8 +129,9 @@ impl Drop for Nginx {
 
 /// `openssl s_server` on one address and port of a namespace, with a
 /// self-signed certificate whose subject is CN=`name`; `GET /who` answers
-/// `name` (`-WWW` serves the files of its directory). One connection at a
-/// time, as s_server serves them.
+/// `name`, `GET /blob` the 1 MiB `Nginx::blob_text()` (`-WWW` serves the
+/// files of its directory). One connection at a time, as s_server serves
+/// them.
 pub struct TlsServer {
     pub name: String,
     pub addr: SocketAddrV4,
@@ -145,6 +146,7 @@ impl TlsServer {
         let dir = std::env::temp_dir().join(format!("{}-tls-{}-{}", ns.name, addr.ip(), addr.port()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("who"), format!("{name}\n"))?;
+        std::fs::write(dir.join("blob"), Nginx::blob_text())?;
         let subject = format!("/CN={name}");
         let mut req = std::process::Command::new("openssl");
         req.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);

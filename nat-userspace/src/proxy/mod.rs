@@ -21,6 +21,7 @@ pub mod proxy_protocol;
 mod relay;
 mod route;
 mod service;
+mod splice;
 pub mod tls;
 
 #[cfg(test)]

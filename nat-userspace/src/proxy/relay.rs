@@ -1,8 +1,8 @@
 //! One client connection of a proxy, from its first byte to its close:
 //! read the ClientHello within `hello_timeout`, pick the server set of its
 //! name, connect to a server up (within `connect_timeout`), send the PROXY
-//! header if asked, replay the bytes read, then copy both ways until both
-//! sides are done or nothing moved for `idle_timeout`.
+//! header if asked, replay the bytes read, then splice both ways until
+//! both sides are done or nothing moved for `idle_timeout`.
 //!
 //! Every wait is bounded, and each connection is its own task: a client
 //! that sends nothing, or sends slowly, holds its own task and socket only.
@@ -10,14 +10,12 @@
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
-    pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
-    task::{Context, Poll},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     time::{Instant, timeout, timeout_at},
 };
@@ -27,6 +25,7 @@ use crate::{
     proxy::{
         proxy_protocol::{PP2_TYPE_AUTHORITY, Tlv, Transport, encode_v1, encode_v2},
         route::{Backend, Refusal, Routes},
+        splice::splice_until_idle,
         tls::{ClientHelloReader, Limits, Progress, unrecognized_name_alert},
     },
 };
@@ -92,7 +91,11 @@ pub(super) async fn relay(proxy: &Proxy, routes: &Routes, mut client: TcpStream,
     backend.active.fetch_add(1, Ordering::Relaxed);
     backend.total.fetch_add(1, Ordering::Relaxed);
     let end = match timeout(proxy.idle_timeout, server.write_all(&first)).await {
-        Ok(Ok(())) => copy_until_idle(&mut client, &mut server, proxy.idle_timeout).await,
+        Ok(Ok(())) => match splice_until_idle(&client, &server, proxy.idle_timeout).await {
+            Ok(true) => End::Idle,
+            Ok(false) => End::Closed(Ok(())),
+            Err(e) => End::Closed(Err(e)),
+        },
         Ok(Err(e)) => End::Closed(Err(e)),
         Err(_) => End::Idle,
     };
@@ -151,63 +154,6 @@ async fn connect(candidates: Vec<&Backend>, connect_timeout: Duration) -> Result
         failures.push(why);
     }
     Err(Refusal::ConnectFailed(failures.join("; ")))
-}
-
-/// `copy_bidirectional` (each side's EOF passed on as a shutdown of the
-/// other's write side), ended when no byte was read from either side for
-/// `idle`.
-async fn copy_until_idle(client: &mut TcpStream, server: &mut TcpStream, idle: Duration) -> End {
-    let epoch = Instant::now();
-    let last_read_ms = AtomicU64::new(0);
-    let mut client = Tracked { inner: client, last_read_ms: &last_read_ms, epoch };
-    let mut server = Tracked { inner: server, last_read_ms: &last_read_ms, epoch };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-    tokio::pin!(copy);
-    loop {
-        let seen = last_read_ms.load(Ordering::Relaxed);
-        tokio::select! {
-            result = &mut copy => return End::Closed(result.map(drop)),
-            () = tokio::time::sleep_until(epoch + Duration::from_millis(seen) + idle) => {
-                if last_read_ms.load(Ordering::Relaxed) == seen {
-                    return End::Idle;
-                }
-            }
-        }
-    }
-}
-
-/// A stream that notes when it last read a byte, for the idle timeout
-/// (`copy_bidirectional` has none).
-struct Tracked<'a, S> {
-    inner: &'a mut S,
-    last_read_ms: &'a AtomicU64,
-    epoch: Instant,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.last_read_ms.store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -287,25 +233,5 @@ mod tests {
         assert_eq!(&v2[16..28], &[203, 0, 113, 2, 203, 0, 113, 1, 0x9c, 0x40, 0x01, 0xbb]);
         assert_eq!(&v2[28..31], &[PP2_TYPE_AUTHORITY, 0, 12]);
         assert_eq!(&v2[31..], b"blue.example");
-    }
-
-    #[test]
-    fn a_relay_that_goes_quiet_ends_after_the_idle_timeout_and_a_busy_one_does_not() {
-        rt().block_on(async {
-            let (mut client, mut natd_client) = pair().await;
-            let (mut server, mut natd_server) = pair().await;
-            let relay = tokio::spawn(async move { copy_until_idle(&mut natd_client, &mut natd_server, Duration::from_millis(300)).await });
-            // Bytes every 100 ms keep it alive past the timeout.
-            for _ in 0..6 {
-                client.write_all(b"x").await.unwrap();
-                let mut byte = [0u8; 1];
-                server.read_exact(&mut byte).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(!relay.is_finished(), "a connection with traffic is not idle");
-            let started = Instant::now();
-            assert!(matches!(relay.await.unwrap(), End::Idle));
-            assert!(started.elapsed() >= Duration::from_millis(150), "ended {:?} after the last byte", started.elapsed());
-        });
     }
 }
