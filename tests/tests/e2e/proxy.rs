@@ -354,6 +354,29 @@ fn proxy_protocol_v1_and_v2_reach_the_server_with_the_client_address() {
     assert_eq!(String::from_utf8_lossy(&got), expected, "v1, then the plain-text request, at the default");
 }
 
+/// nginx with `listen ... proxy_protocol` understands natd's v1 and v2
+/// headers: it answers, and logs the client's address from the header.
+#[test]
+fn nginx_reads_the_client_address_from_the_proxy_protocol_header() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let h0 = host_addr(0);
+    let v1 = Nginx::start_proxy_protocol(&lab.hosts[0], SocketAddrV4::new(h0, 8081), "pp-v1").unwrap();
+    let v2 = Nginx::start_proxy_protocol(&lab.hosts[0], SocketAddrV4::new(h0, 8082), "pp-v2").unwrap();
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 8443\nkind = \"tls\"\nproxy_protocol = \"v1\"\ndefault = \"{h0}:8081\"\n\
+         [[proxy]]\nport = 9443\nkind = \"tls\"\nproxy_protocol = \"v2\"\ndefault = \"{h0}:8082\"\n"
+    ))
+    .unwrap();
+    // Plain HTTP is not TLS: it goes to the default, after the header.
+    for (port, nginx) in [(8443, &v1), (9443, &v2)] {
+        let url = format!("http://{EXTERNAL}:{port}/");
+        let body = lab.server.exec(&["curl", "-sS", "--max-time", "5", &url]).unwrap();
+        assert_eq!(body.trim(), nginx.name);
+        assert_eq!(nginx.clients(), [SERVER], "{} logged the client from the header", nginx.name);
+    }
+}
+
 /// Two servers for one name: both take connections in turn while up; one
 /// stopped is found down by the health checks, and every connection goes
 /// to the other.
