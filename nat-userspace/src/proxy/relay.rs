@@ -158,24 +158,11 @@ async fn connect(candidates: Vec<&Backend>, connect_timeout: Duration) -> Result
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use tokio::net::TcpListener;
-
     use super::*;
-    use crate::proxy::{proxy_protocol::V2_SIGNATURE, test_support::ClientHelloBuilder};
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
-
-    /// A connected pair on loopback: (the end a client writes, the end natd reads).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        (client, accepted)
-    }
+    use crate::proxy::{
+        proxy_protocol::V2_SIGNATURE,
+        test_support::{ClientHelloBuilder, pair, rt},
+    };
 
     #[test]
     fn a_hello_written_a_byte_at_a_time_is_read_whole_and_kept_for_replay() {

@@ -103,25 +103,10 @@ pub(super) async fn splice_until_idle(client: &TcpStream, server: &TcpStream, id
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use tokio::{
-        io::{AsyncReadExt as _, AsyncWriteExt as _},
-        net::TcpListener,
-    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        (client, accepted)
-    }
+    use crate::proxy::test_support::{pair, rt};
 
     /// 8 MiB each way, byte for byte, each side's close passed on.
     #[test]

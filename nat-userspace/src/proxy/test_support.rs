@@ -1,5 +1,6 @@
 //! Builders shared by the tests of `tls` and `quic`: ClientHellos made to
-//! order, TLS record framing, hex literals.
+//! order, TLS record framing, hex literals; and for the relay's tests, a
+//! runtime and connected sockets.
 
 /// Decodes hex, ignoring whitespace (so RFC dumps can be pasted as is).
 pub fn hex(text: &str) -> Vec<u8> {
@@ -184,4 +185,18 @@ pub fn records_sized(handshake: &[u8], sizes: &[usize]) -> Vec<u8> {
         out.extend(record(22, rest));
     }
     out
+}
+
+/// A runtime for one test.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A connected pair on loopback: (the end a client or server holds, the
+/// end natd holds).
+pub async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    (client, accepted)
 }
