@@ -83,8 +83,8 @@ pub(super) async fn relay(proxy: &Proxy, routes: &Routes, mut client: TcpStream,
     let mut first = match proxy.proxy_protocol {
         None => Vec::with_capacity(seen.len()),
         Some(version) => {
-            let local = client.local_addr().map_err(|e| Refusal::ConnectFailed(format!("the client's socket: {e}")))?;
-            header(version, peer, local, sni.as_deref()).map_err(Refusal::ConnectFailed)?
+            let local = client.local_addr().map_err(|e| Refusal::Local(format!("the client's socket: {e}")))?;
+            header(version, peer, local, sni.as_deref()).map_err(Refusal::Local)?
         }
     };
     first.extend_from_slice(&seen);

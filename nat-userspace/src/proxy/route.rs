@@ -40,12 +40,24 @@ pub enum Refusal {
     NoServerUp(String),
     /// Every server up was tried and none accepted the connection.
     ConnectFailed(String),
+    /// natd's own side failed (the client's socket, the PROXY header).
+    Local(String),
 }
 
 impl Refusal {
     /// The keys `natd proxies` counts refusals under, in `index` order.
-    pub const KEYS: [&'static str; 9] =
-        ["max_connections", "hello_timeout", "client_closed", "bad_hello", "not_tls", "unknown_name", "no_name", "no_server_up", "connect_failed"];
+    pub const KEYS: [&'static str; 10] = [
+        "max_connections",
+        "hello_timeout",
+        "client_closed",
+        "bad_hello",
+        "not_tls",
+        "unknown_name",
+        "no_name",
+        "no_server_up",
+        "connect_failed",
+        "local_error",
+    ];
 
     pub fn index(&self) -> usize {
         match self {
@@ -58,6 +70,7 @@ impl Refusal {
             Refusal::NoName => 6,
             Refusal::NoServerUp(_) => 7,
             Refusal::ConnectFailed(_) => 8,
+            Refusal::Local(_) => 9,
         }
     }
 
@@ -86,6 +99,7 @@ impl fmt::Display for Refusal {
             Refusal::NoName => write!(f, "no SNI in the ClientHello, and no default"),
             Refusal::NoServerUp(set) => write!(f, "no server of {set} is up"),
             Refusal::ConnectFailed(why) => write!(f, "no server accepted: {why}"),
+            Refusal::Local(why) => write!(f, "natd could not relay it: {why}"),
         }
     }
 }
