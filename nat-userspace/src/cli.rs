@@ -7,9 +7,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Forward, Overrides, Settings},
+    config::{Environment, Forward, Overrides, Proxy, Settings},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
+    proxy::{ProxyView, Refusal},
 };
 
 #[derive(Parser)]
@@ -40,6 +41,11 @@ pub enum Cmd {
     },
     /// List the inbound forwards: servers, weights, health, flows.
     Forwards {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the name-based proxies: names, servers, health, connections.
+    Proxies {
         #[arg(long)]
         json: bool,
     },
@@ -145,7 +151,38 @@ pub fn check(config: &Path) -> Result<()> {
     for forward in &s.forwards {
         println!("  {}", forward_line(forward, &env.external_ips));
     }
+    for proxy in &s.proxies {
+        for line in proxy_lines(proxy, &env.external_ips) {
+            println!("  {line}");
+        }
+    }
     Ok(())
+}
+
+/// One proxy as `natd check` shows it: where it listens, its timeouts and
+/// limit, each name with its servers, the default, the health check.
+fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
+    let addr = proxy.external_addr(pool).map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
+    let mut lines = vec![format!(
+        "proxy {:?}: {} on {addr}:{}, proxy_protocol {}, hello_timeout {} s, connect_timeout {} s, idle_timeout {} s, max_connections {}; health: {}",
+        proxy.name,
+        proxy.kind.name(),
+        proxy.port,
+        proxy.proxy_protocol.map_or("none", |v| v.name()),
+        proxy.hello_timeout.as_secs_f64(),
+        proxy.connect_timeout.as_secs_f64(),
+        proxy.idle_timeout.as_secs_f64(),
+        proxy.max_connections,
+        proxy.health_text()
+    )];
+    for (name, servers) in proxy.server_sets() {
+        let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        lines.push(format!("  {name} -> {}", servers.join(", ")));
+    }
+    if proxy.default.is_none() {
+        lines.push("  other names, no name, not TLS: refused (no default)".to_string());
+    }
+    lines
 }
 
 /// One forward as `natd check` shows it: name, protocols, port(s),
@@ -244,6 +281,37 @@ pub fn forwards(json: bool) -> Result<()> {
                 "  {:<21} {:>6} {:<9} {:>8} {:>10.1} {:>10}  {failure}",
                 s.server, s.weight, s.health, s.active_flows, s.new_flows_per_s, s.health_changed_s
             );
+        }
+    }
+    Ok(())
+}
+
+pub fn proxies(json: bool) -> Result<()> {
+    let all: Vec<ProxyView> = ask::<Vec<ProxyView>>(Request::Proxies)?.into_iter().flatten().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no proxies");
+    }
+    for p in &all {
+        println!(
+            "proxy {:?}: {} on {}, proxy_protocol {}; hello_timeout {} s, idle_timeout {} s, max_connections {}; health: {}",
+            p.name, p.kind, p.listen, p.proxy_protocol, p.hello_timeout_s, p.idle_timeout_s, p.max_connections, p.health_check
+        );
+        let reasons: Vec<String> =
+            Refusal::KEYS.iter().filter_map(|key| p.refused_by.get(*key).filter(|n| **n > 0).map(|n| format!("{key} {n}"))).collect();
+        let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
+        println!("  connections: {} active, {} total, {} refused{reasons}", p.active, p.total, p.refused);
+        println!("  {:<32} SERVERS", "NAME");
+        for route in &p.routes {
+            println!("  {:<32} {}", route.name, route.servers.join(", "));
+        }
+        println!("  {:<21} {:<17} {:>7} {:>8} {:>8}  LAST FAILURE", "SERVER", "HEALTH", "ACTIVE", "TOTAL", "FAILED");
+        for s in &p.servers {
+            let failure = s.last_failure.as_deref().unwrap_or("-");
+            println!("  {:<21} {:<17} {:>7} {:>8} {:>8}  {failure}", s.server, s.health, s.active, s.total, s.connect_failures);
         }
     }
     Ok(())

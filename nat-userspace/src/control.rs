@@ -10,7 +10,7 @@
 //! - `xdp-nat/if/<ifname>`: one bound socket per interface natd serves. Binding
 //!   fails with EADDRINUSE while another natd holds it: the interface lock.
 //! - `xdp-nat/ctl/<pid>`: the control socket. A client sends one request line
-//!   (`status`, `sessions`, `stats`, `forwards`, `reload`) and reads one JSON
+//!   (`status`, `sessions`, `stats`, `forwards`, `proxies`, `reload`) and reads one JSON
 //!   document.
 
 use std::{
@@ -101,6 +101,7 @@ pub enum Request {
     Sessions,
     Stats,
     Forwards,
+    Proxies,
     /// Re-read the config file and apply what may change live.
     Reload,
 }
@@ -112,6 +113,7 @@ impl Request {
             Request::Sessions => "sessions",
             Request::Stats => "stats",
             Request::Forwards => "forwards",
+            Request::Proxies => "proxies",
             Request::Reload => "reload",
         }
     }
@@ -122,6 +124,7 @@ impl Request {
             "sessions" => Ok(Request::Sessions),
             "stats" => Ok(Request::Stats),
             "forwards" => Ok(Request::Forwards),
+            "proxies" => Ok(Request::Proxies),
             "reload" => Ok(Request::Reload),
             other => Err(anyhow!("unknown request {other:?}")),
         }

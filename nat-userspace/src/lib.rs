@@ -5,6 +5,7 @@
 //! - `nat`: the daemon and its jobs (ports, sessions, first packets,
 //!   fragments, quotas, logs, views);
 //! - `packet`: the one user-side reader and writer of IPv4 packets;
+//! - `proxy`: name-based proxies on a shared public port (TLS SNI);
 //! - `control`: how the client commands reach a serving natd;
 //! - `forwarding`: the sysctls natd turns on and puts back;
 //! - `logging`: natd's log lines;
@@ -18,6 +19,7 @@ pub mod forwarding;
 pub mod logging;
 pub mod nat;
 pub mod packet;
+pub mod proxy;
 pub mod serve;
 
 /// The compiled XDP programs (nat-ebpf), embedded at build time.

@@ -1,6 +1,6 @@
 //! natd: loads the XDP programs on the LAN and WAN interfaces, allocates
 //! external ports when the fast path misses, ages mappings out, and answers
-//! `status`, `sessions`, `stats`, `forwards` and `reload` from other
+//! `status`, `sessions`, `stats`, `forwards`, `proxies` and `reload` from other
 //! processes.
 
 use std::process::ExitCode;
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Cmd::Sessions { json } => cli::sessions(json),
         Cmd::Stats { json } => cli::stats(json),
         Cmd::Forwards { json } => cli::forwards(json),
+        Cmd::Proxies { json } => cli::proxies(json),
         Cmd::Reload => cli::reload(),
         Cmd::Check { config } => cli::check(&config),
     };

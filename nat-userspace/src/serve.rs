@@ -26,6 +26,7 @@ use crate::{
         sessions::coarse_now_ns,
         views,
     },
+    proxy::Proxies,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -49,6 +50,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             settings.lan
         ),
     }
+    // Bound before anything is attached: a port another service holds stops
+    // the start here, with nothing to undo.
+    let proxies = Proxies::start(&settings.proxies, &env.external_ips)?;
     let mut datapath = Datapath::load_for(&gateway_config)?;
     datapath.set_config(gateway_config)?;
     datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
@@ -108,13 +112,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             Some((request, reply)) = requests.recv() => {
                 let answer = match request {
-                    Request::Reload => serde_json::to_string(&reload(&mut daemon, log.as_ref())).map_err(anyhow::Error::from),
+                    Request::Reload => serde_json::to_string(&reload(&mut daemon, &proxies, log.as_ref())).map_err(anyhow::Error::from),
+                    Request::Proxies => serde_json::to_string(&proxies.views()).map_err(anyhow::Error::from),
                     view => views::answer(&daemon, view),
                 };
                 let _ = reply.send(answer.unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string()));
             }
             _ = sighup.recv() => {
-                reload(&mut daemon, log.as_ref());
+                reload(&mut daemon, &proxies, log.as_ref());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -128,13 +133,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// Reads the config file natd was started with (and its flags) again and
-/// applies what may change live: the forwards, the log level, the WAN drop
-/// list. A new configuration that is invalid, or that changes a setting
+/// applies what may change live: the forwards, the proxies' names, servers
+/// and timeouts, the log level, the WAN drop list. A new configuration that
+/// is invalid, or that changes a setting
 /// only a restart can change, is refused whole, and what runs stays as it
 /// was. The outcome is logged as well as returned (SIGHUP has no one to
 /// answer).
-fn reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
-    let outcome = try_reload(daemon, log);
+fn reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
+    let outcome = try_reload(daemon, proxies, log);
     if outcome.applied {
         tracing::info!("{}", outcome.message);
         for change in &outcome.changes {
@@ -146,7 +152,7 @@ fn reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
     outcome
 }
 
-fn try_reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
+fn try_reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
     let refused = |message: String| ReloadOutcome { applied: false, message, changes: Vec::new() };
     let source = daemon.run.config_file.as_ref().map_or_else(|| "the command line".to_string(), |path| path.display().to_string());
     let (settings, env, warnings) = match cli::settings(daemon.run.config_file.as_deref(), &daemon.run.overrides) {
@@ -173,6 +179,7 @@ fn try_reload(daemon: &mut Daemon, log: Option<&LogLevel>) -> ReloadOutcome {
             };
         }
     };
+    changes.extend(proxies.apply(&settings.proxies));
     if settings.log_level != daemon.run.settings.log_level {
         match log.map(|log| log.set(&settings.log_level)) {
             Some(Err(e)) => tracing::warn!("{e:#}"),

@@ -257,6 +257,11 @@ impl NatLab {
         self.query("forwards")
     }
 
+    /// `natd proxies --json`.
+    pub fn proxies(&self) -> Result<Vec<nat_userspace::proxy::ProxyView>> {
+        self.query("proxies")
+    }
+
     pub fn natd_log(&self) -> String {
         std::fs::read_to_string(&self.natd_log).unwrap_or_default()
     }

@@ -1,6 +1,7 @@
 //! Real servers for the namespace tests and benchmarks: nginx in a
 //! namespace, which says who it is, logs who it saw, and can be stopped,
-//! frozen and started again as a failing server would.
+//! frozen and started again as a failing server would; `openssl s_server`
+//! with a self-signed certificate of its own, for TLS.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::Netns;
+use crate::netns::{Netns, run};
 
 /// nginx (Debian nginx-light) on one address and port of a namespace: `/`
 /// answers its name, `/blob` a 1 MiB file; the access log has one line per
@@ -36,16 +37,28 @@ impl Nginx {
 
     /// Starts nginx in `ns` on `addr` and waits (bounded) until it accepts.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        Self::start_with(ns, addr, name, false)
+    }
+
+    /// `start`, with `listen ... proxy_protocol`: nginx reads a PROXY v1 or
+    /// v2 header first, and its log (`clients`) has the address the header
+    /// names, not the connection's.
+    pub fn start_proxy_protocol(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        Self::start_with(ns, addr, name, true)
+    }
+
+    fn start_with(ns: &Netns, addr: SocketAddrV4, name: &str, proxy_protocol: bool) -> Result<Self> {
+        let (listen, client) = if proxy_protocol { (" proxy_protocol", "$proxy_protocol_addr") } else { ("", "$remote_addr") };
         let dir = std::env::temp_dir().join(format!("{}-nginx-{}-{}", ns.name, addr.ip(), addr.port()));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/blob"), Self::blob_text())?;
         let conf = format!(
             "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{ log_format who '$remote_addr $request'; access_log {d}/access.log who;\n\
+             http {{ log_format who '{client} $request'; access_log {d}/access.log who;\n\
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              keepalive_timeout 300s; keepalive_requests 1000000;\n\
-             server {{ listen {addr} reuseport backlog=4096; root {d}/www; default_type text/plain;\n\
+             server {{ listen {addr}{listen} reuseport backlog=4096; root {d}/www; default_type text/plain;\n\
              location = / {{ return 200 \"{name}\\n\"; }} }} }}\n",
             d = dir.display()
         );
@@ -121,6 +134,66 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.thaw();
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `openssl s_server` on one address and port of a namespace, with a
+/// self-signed certificate whose subject is CN=`name`; `GET /who` answers
+/// `name`, `GET /blob` the 1 MiB `Nginx::blob_text()` (`-WWW` serves the
+/// files of its directory). One connection at a time, as s_server serves
+/// them.
+pub struct TlsServer {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TlsServer {
+    /// Makes the certificate, starts s_server in `ns` and waits (bounded)
+    /// until it accepts.
+    pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-tls-{}-{}", ns.name, addr.ip(), addr.port()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("who"), format!("{name}\n"))?;
+        std::fs::write(dir.join("blob"), Nginx::blob_text())?;
+        let subject = format!("/CN={name}");
+        let mut req = std::process::Command::new("openssl");
+        req.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);
+        run(req.current_dir(&dir)).context("making a self-signed certificate")?;
+        let accept = addr.to_string();
+        let child = ns
+            .command(&["openssl", "s_server", "-quiet", "-accept", &accept, "-cert", "cert.pem", "-key", "key.pem", "-WWW"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting openssl s_server")?;
+        let server = Self { name: name.to_string(), addr, dir, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let probe = format!("exec 3<>/dev/tcp/{}/{}", addr.ip(), addr.port());
+        while Instant::now() < deadline {
+            if ns.exec(&["bash", "-c", &probe]).is_ok() {
+                return Ok(server);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("openssl s_server {name} did not accept on {addr} within 5 s")
+    }
+
+    /// Kills s_server: its port is closed (connections are refused).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -37,6 +37,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // the benchmarks measure against (policy-rc.d keeps its service off).
     ("wrk", "wrk"),
     ("haproxy", "haproxy"),
+    // The name-based proxy's TLS servers and their certificates.
+    ("openssl", "openssl"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no

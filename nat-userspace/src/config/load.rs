@@ -18,6 +18,8 @@ use crate::config::schema::{
     MAX_FORWARD_RANGE, MAX_WEIGHT, Server, Settings, Timeouts, XdpModeSetting,
 };
 
+mod proxies;
+
 /// Linux's IFNAMSIZ minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
 /// Ports below this are the well-known services' (RFC 6335): never handed out.
@@ -92,6 +94,8 @@ struct Raw {
     values: BTreeMap<String, (Value, Origin)>,
     /// `[[forward]]` tables of the file, then `--forward` values.
     forwards: Vec<(Value, Origin)>,
+    /// `[[proxy]]` tables of the file.
+    proxies: Vec<Value>,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
@@ -149,7 +153,7 @@ impl Settings {
     /// Reads `file` (if any), applies the flags over it and validates the
     /// result. Returns the settings and warnings, or every error found.
     pub fn from_sources(file: Option<&Path>, flags: &Overrides) -> Result<(Settings, Vec<String>), ConfigErrors> {
-        let mut raw = Raw { values: BTreeMap::new(), forwards: Vec::new(), errors: Vec::new(), warnings: Vec::new() };
+        let mut raw = Raw { values: BTreeMap::new(), forwards: Vec::new(), proxies: Vec::new(), errors: Vec::new(), warnings: Vec::new() };
         if let Some(path) = file {
             read_file(path, &mut raw);
         }
@@ -222,11 +226,17 @@ fn flatten(prefix: &str, table: toml::Table, raw: &mut Raw) {
                 value: value.to_string(),
                 allowed: "must be forward tables: write each one as a [[forward]] section (two brackets)".into(),
             }),
-            value if !full.starts_with("forward.") && KEYS.iter().any(|(k, _)| *k == full) => {
+            Value::Array(items) if full == "proxy" => raw.proxies.extend(items),
+            value if full == "proxy" => raw.errors.push(ConfigError {
+                field: full,
+                value: value.to_string(),
+                allowed: "must be proxy tables: write each one as a [[proxy]] section (two brackets)".into(),
+            }),
+            value if !is_section_key(&full) && KEYS.iter().any(|(k, _)| *k == full) => {
                 raw.values.insert(full, (value, Origin::File));
             }
             _ => {
-                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).filter(|k| !k.starts_with("forward.")).collect();
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).filter(|k| !is_section_key(k)).collect();
                 raw.errors.push(ConfigError {
                     field: full,
                     value: String::new(),
@@ -235,6 +245,11 @@ fn flatten(prefix: &str, table: toml::Table, raw: &mut Raw) {
             }
         }
     }
+}
+
+/// A key of a `[[forward]]` or `[[proxy]]` table, not a top-level one.
+fn is_section_key(key: &str) -> bool {
+    key.starts_with("forward.") || key.starts_with("proxy.")
 }
 
 fn validate(raw: &mut Raw) -> Settings {
@@ -327,6 +342,8 @@ fn validate(raw: &mut Raw) -> Settings {
     let inside_prefixes = prefixes(raw, "inside_prefixes", nat_common::MAX_INSIDE_PREFIXES);
     let wan_drop_sources = prefixes(raw, "wan_drop_sources", nat_common::MAX_WAN_DROP_SOURCES as usize);
     let forwards = forwards(raw, external_ips.first().copied());
+    let nat_ranges = [("port_range", Some((port_min, port_max))), ("low_port_range", low_port_range)];
+    let proxies = proxies::proxies(raw, external_ips.first().copied(), &nat_ranges, &forwards);
 
     Settings {
         lan,
@@ -347,6 +364,7 @@ fn validate(raw: &mut Raw) -> Settings {
         wan_drop_sources,
         log_level,
         forwards,
+        proxies,
     }
 }
 

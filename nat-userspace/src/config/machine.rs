@@ -188,6 +188,7 @@ impl Environment {
             wan_prefixes,
         };
         errors.extend(env.forward_errors(settings, &listeners));
+        errors.extend(env.proxy_errors(settings));
         match (lan_ifindex, wan_ifindex, external_ips) {
             (Some(_), Some(_), Some(_)) if errors.is_empty() => Ok(env),
             _ => Err(ConfigErrors(errors)),
@@ -279,6 +280,40 @@ impl Environment {
             if let Some((j, other)) = earlier {
                 let other_field = format!("forward[{j}] {:?}", other.name);
                 err(format!("forward[{i}] {:?}.port", forward.name), forward.ports_text(), overlap_allowed(&other_field, forward, first));
+            }
+        }
+        errors
+    }
+
+    /// The proxies against this machine: their address in the pool, their
+    /// servers inside hosts. natd's own listener is not looked for among
+    /// the machine's (a reload would find it): binding the port at start
+    /// says clearly when another service holds it.
+    pub(crate) fn proxy_errors(&self, settings: &Settings) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let pool = &self.external_ips;
+        for (i, proxy) in settings.proxies.iter().enumerate() {
+            if let Some(ip) = proxy.external_ip
+                && !pool.is_empty()
+                && !pool.contains(&ip)
+            {
+                let pool: Vec<String> = pool.iter().map(|ip| ip.to_string()).collect();
+                errors.push(ConfigError {
+                    field: format!("proxy[{i}].external_ip"),
+                    value: ip.to_string(),
+                    allowed: format!(
+                        "is not in the external pool ({}): a proxy listens on an external address; add it to external_ip",
+                        pool.join(", ")
+                    ),
+                });
+            }
+            for (set, servers) in proxy.server_sets() {
+                let key = if set == "default" { "default".to_string() } else { format!("names.{set:?}") };
+                for server in servers {
+                    if let Some(why) = self.server_refusal(*server.ip()) {
+                        errors.push(ConfigError { field: format!("proxy[{i}].{key}"), value: format!("\"{server}\""), allowed: why });
+                    }
+                }
             }
         }
         errors

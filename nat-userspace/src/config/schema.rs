@@ -2,7 +2,10 @@
 //! config file may hold. Reading and validating them is `load`'s job,
 //! checking them against the machine `machine`'s.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use nat_common::{CLOCK_TICK_NS, Prefix, proto, tcp_flags};
 
@@ -61,6 +64,17 @@ pub const KEYS: &[(&str, &str)] = &[
     ("forward.health.path", "the path an http check GETs, \"/...\""),
     ("forward.health.send", "the probe a udp check sends, text or \"hex:0a0b...\""),
     ("forward.health.expect", "what the answer to a udp check starts with, text or \"hex:...\" (default: any answer)"),
+    ("proxy", "name-based proxies on a shared public port, one [[proxy]] table each"),
+    ("proxy.port", "the public TCP port natd listens on, 1-65535, outside port_range and low_port_range"),
+    ("proxy.kind", "\"tls\": route by the SNI of the TLS ClientHello, without terminating TLS (\"http\" is not supported yet)"),
+    ("proxy.names", "{ \"NAME\" = \"ADDR[:PORT]\" or [\"ADDR[:PORT]\", ...] }: a host name or a one-label wildcard \"*.example.com\" each"),
+    ("proxy.default", "server(s) for a name not in names, no name, or a non-TLS client (default: none, such connections are refused)"),
+    ("proxy.proxy_protocol", "\"v1\" or \"v2\": a PROXY protocol header to the server with the client's address (default: none)"),
+    ("proxy.external_ip", "the address listened on (default: the first external address)"),
+    ("proxy.hello_timeout", "seconds a client has to send its whole ClientHello (default: 5)"),
+    ("proxy.connect_timeout", "seconds a connection to a server may take (default: 5)"),
+    ("proxy.idle_timeout", "seconds a relayed connection may stay silent both ways (default: 600)"),
+    ("proxy.max_connections", "concurrent connections at most, 1-1000000; more are closed at once (default: 4096)"),
 ];
 
 /// A forward's port range spans this many ports at most.
@@ -73,6 +87,21 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_FALL: u32 = 2;
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_PATH: &str = "/";
+
+/// How long a proxy waits for the whole ClientHello: long enough for a
+/// client on a slow mobile link, short enough that idle sockets (slowloris)
+/// are shed quickly. HAProxy's documented `tcp-request inspect-delay` for SNI
+/// routing is 5 s too.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// HAProxy's `timeout connect` in its examples.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// nginx stream's `proxy_timeout` default: 10 minutes without a byte either way.
+pub const DEFAULT_PROXY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Two file descriptors each: 8192 of natd's descriptors at most, which the
+/// usual hard limit (524288 on systemd hosts) allows once natd raises its
+/// soft limit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+pub const MAX_PROXY_CONNECTIONS: u32 = 1_000_000;
 
 pub(crate) const FILTERING_ALLOWED: &str =
     "\"endpoint-independent\", \"address-dependent\" or \"address-and-port-dependent\"";
@@ -178,6 +207,100 @@ pub struct Settings {
     pub log_level: String,
     /// Inbound port forwards, the file's first, then the flags'.
     pub forwards: Vec<Forward>,
+    /// Name-based proxies (`[[proxy]]`), in the file's order.
+    pub proxies: Vec<Proxy>,
+}
+
+/// A name-based proxy: natd's own TCP listener on a public port that reads
+/// the name a client asks for and relays the connection to that name's
+/// server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proxy {
+    /// The label in status and logs: "KIND/PORT", e.g. "tls/443".
+    pub name: String,
+    pub kind: ProxyKind,
+    pub port: u16,
+    /// None: the first address of the external pool.
+    pub external_ip: Option<Ipv4Addr>,
+    /// The `names` table, each pattern in canonical form, ordered by the
+    /// names as written (TOML tables are read sorted). Order does not
+    /// change routing: an exact name beats a wildcard, and only one
+    /// one-label wildcard can match a name.
+    pub routes: Vec<ProxyRoute>,
+    /// Servers for a name not in `routes`, no name, or a non-TLS client.
+    pub default: Option<Vec<SocketAddrV4>>,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    pub hello_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    /// The check of the servers of a name (or the default) that has several
+    /// to choose between: TCP connects with the forwards' default timing.
+    /// A lone server is not checked: there is nothing to fail over to.
+    pub health: HealthCheck,
+}
+
+impl Proxy {
+    /// The address listened on, given the pool (None: no pool known).
+    pub fn external_addr(&self, pool: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        self.external_ip.or_else(|| pool.first().copied())
+    }
+
+    /// The check in words, as `natd check` and `natd proxies` show it.
+    pub fn health_text(&self) -> String {
+        match self.health.kind {
+            HealthKind::None => "none (no name has several servers)".to_string(),
+            _ => format!("{}, for the servers of a name that has several", self.health.describe()),
+        }
+    }
+
+    /// Every server set: each route's, then the default's, labelled.
+    pub fn server_sets(&self) -> impl Iterator<Item = (&str, &[SocketAddrV4])> {
+        self.routes
+            .iter()
+            .map(|r| (r.pattern.as_str(), r.servers.as_slice()))
+            .chain(self.default.as_deref().map(|servers| ("default", servers)))
+    }
+}
+
+/// One entry of a proxy's `names`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRoute {
+    /// "blue.example" or "*.green.example", lower case, no trailing dot.
+    pub pattern: String,
+    /// At least one; several are picked in turn among those up.
+    pub servers: Vec<SocketAddrV4>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// By the SNI of the TLS ClientHello; TLS passes through untouched.
+    Tls,
+}
+
+impl ProxyKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyKind::Tls => "tls",
+        }
+    }
+}
+
+/// The PROXY protocol header natd sends a server first (HAProxy's
+/// proxy-protocol.txt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+impl ProxyProtocolVersion {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProxyProtocolVersion::V1 => "v1",
+            ProxyProtocolVersion::V2 => "v2",
+        }
+    }
 }
 
 /// An inbound port forward: a public port (or range) on an external address

@@ -706,6 +706,8 @@ fn the_example_forwards_are_valid() {
     let kinds: Vec<HealthKind> = s.forwards.iter().map(|f| f.health.kind).collect();
     assert_eq!(kinds, [HealthKind::None, HealthKind::Http, HealthKind::Tcp, HealthKind::Udp]);
     assert_eq!(s.forwards[2].servers[1].port_for(8001, 8000), 9001);
+    let proxies: Vec<(&str, usize, bool)> = s.proxies.iter().map(|p| (p.name.as_str(), p.routes.len(), p.default.is_some())).collect();
+    assert_eq!(proxies, [("tls/8443", 2, true)]);
 }
 
 fn settings_of(text: &str) -> Settings {
@@ -738,3 +740,5 @@ fn what_cannot_change_live_is_refused_by_name() {
     let moved = test_environment(vec![Ipv4Addr::new(203, 0, 113, 9)]);
     assert_eq!(fixed_changes(&old, &env, &old, &moved), ["external_ip: [203.0.113.1] -> [203.0.113.9]"]);
 }
+
+mod proxies;

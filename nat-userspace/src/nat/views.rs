@@ -24,6 +24,8 @@ pub fn answer(daemon: &Daemon, request: Request) -> Result<String> {
         Request::Forwards => serde_json::to_string(&daemon.forwards.views(&daemon.datapath, Instant::now())?)?,
         // Changes the daemon: `serve` answers it.
         Request::Reload => bail!("reload is not a view"),
+        // Not the daemon's: `serve` holds the proxies.
+        Request::Proxies => bail!("the proxies are not the daemon's"),
     })
 }
 

@@ -20,6 +20,7 @@ mod inbound_unsolicited;
 mod logging;
 mod pmtu;
 mod pools;
+mod proxy;
 mod real_clients;
 mod security;
 mod tcp;

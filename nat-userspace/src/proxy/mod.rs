@@ -1,0 +1,31 @@
+//! Name-based routing on one shared public port (issue 13, TLS): natd's own
+//! listener on the external address reads the TLS ClientHello, picks the
+//! server of the name it asks for, and relays the connection there without
+//! terminating TLS.
+//!
+//! - `tls`, `names`, `proxy_protocol`: pure parsers and encoders (no I/O):
+//!   the incremental ClientHello reader, name normalisation and the name
+//!   table, PROXY protocol v1/v2 headers;
+//! - `route`: a proxy's names, server sets and the pick among servers up;
+//! - `relay`: one client connection, from its first byte to its close;
+//! - `service`: the listeners, their thread, health checks and counters,
+//!   and what `natd proxies` shows.
+//!
+//! The XDP program passes packets for the external address's ports that
+//! are neither NAT ports nor forwarded to the kernel (`nat_ebpf::nat::wan`,
+//! `untranslated::wan`), so a plain socket receives them; `natd check`
+//! keeps proxy ports out of the NAT ranges and the forwards.
+
+pub mod names;
+pub mod proxy_protocol;
+mod relay;
+mod route;
+mod service;
+mod splice;
+pub mod tls;
+
+#[cfg(test)]
+mod test_support;
+
+pub use route::{Refusal, Routes};
+pub use service::{Proxies, ProxyServerView, ProxyView, RouteView};

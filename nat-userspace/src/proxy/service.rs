@@ -1,0 +1,420 @@
+//! The proxies of a running natd: their listeners, bound at start before
+//! anything is attached (a port another service holds fails the start with
+//! its name), served on a thread of their own so that relaying never delays
+//! the packet loop; the health checks of their servers; a reload's new
+//! names, servers and timeouts; their counters, and what `natd proxies`
+//! shows.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    runtime::{Handle, Runtime},
+    sync::{Semaphore, oneshot},
+    task::AbortHandle,
+    time::{self, MissedTickBehavior},
+};
+
+use crate::{
+    config::{HealthKind, Proxy},
+    nat::{
+        health::{HealthConfig, ServerHealth},
+        probe::{self, Probe},
+    },
+    proxy::{
+        relay::{self, End},
+        route::{Refusal, Routes},
+    },
+};
+
+/// The listen backlog: a burst of new clients waits in the kernel rather
+/// than being refused (std's 128 is short for a public port).
+const BACKLOG: u32 = 4096;
+/// After an accept error (out of file descriptors, most likely), so the
+/// loop does not spin while it lasts.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Descriptors natd needs besides its proxies' connections.
+const OWN_DESCRIPTORS: u64 = 1024;
+
+/// What a reload may replace: the settings and the routes built from them.
+/// A connection keeps the one it started with.
+struct Current {
+    proxy: Proxy,
+    routes: Routes,
+}
+
+/// One proxy at work.
+struct Service {
+    /// The label, "KIND/PORT", fixed while natd runs.
+    name: String,
+    listen: SocketAddrV4,
+    current: RwLock<Arc<Current>>,
+    /// The health checks of `current`'s servers, stopped when it is replaced.
+    checks: Mutex<Vec<AbortHandle>>,
+    /// Client connections open now (reading a hello, or relayed).
+    active: AtomicU64,
+    /// Client connections accepted since start.
+    total: AtomicU64,
+    /// Refused connections, by `Refusal::index`.
+    refused: [AtomicU64; Refusal::KEYS.len()],
+    /// `max_connections` permits.
+    slots: Arc<Semaphore>,
+}
+
+impl Service {
+    fn refuse(&self, peer: SocketAddr, refusal: &Refusal) {
+        self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("proxy {} on {}: refused {peer}: {refusal}", self.name, self.listen);
+    }
+
+    fn current(&self) -> Arc<Current> {
+        // A poisoned lock still holds a whole Arc: a panic cannot leave it half written.
+        Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Starts the health checks of `current`'s checked servers on `runtime`,
+    /// after stopping the previous ones.
+    fn start_checks(&self, current: &Arc<Current>, runtime: &Handle) {
+        let mut checks = self.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for check in checks.drain(..) {
+            check.abort();
+        }
+        if current.proxy.health.kind == HealthKind::None {
+            return;
+        }
+        for index in (0..current.routes.backends.len()).filter(|&i| current.routes.backends[i].checked) {
+            checks.push(runtime.spawn(check(self.name.clone(), Arc::clone(current), index)).abort_handle());
+        }
+    }
+
+    fn view(&self) -> ProxyView {
+        let current = self.current();
+        let (proxy, routes) = (&current.proxy, &current.routes);
+        let route_views = routes
+            .sets
+            .iter()
+            .map(|set| RouteView { name: set.label.clone(), servers: set.members.iter().map(|&m| routes.backends[m].addr.to_string()).collect() })
+            .collect();
+        let servers = routes
+            .backends
+            .iter()
+            .map(|b| ProxyServerView {
+                server: b.addr.to_string(),
+                health: b.health_text().to_string(),
+                active: b.active.load(Ordering::Relaxed),
+                total: b.total.load(Ordering::Relaxed),
+                connect_failures: b.connect_failures.load(Ordering::Relaxed),
+                last_failure: b.last_failure.lock().ok().and_then(|last| last.clone()),
+            })
+            .collect();
+        let refused_by: BTreeMap<String, u64> =
+            Refusal::KEYS.iter().zip(&self.refused).map(|(key, count)| (key.to_string(), count.load(Ordering::Relaxed))).collect();
+        ProxyView {
+            name: proxy.name.clone(),
+            kind: proxy.kind.name().to_string(),
+            listen: self.listen.to_string(),
+            proxy_protocol: proxy.proxy_protocol.map_or("none", |v| v.name()).to_string(),
+            hello_timeout_s: proxy.hello_timeout.as_secs_f64(),
+            connect_timeout_s: proxy.connect_timeout.as_secs_f64(),
+            idle_timeout_s: proxy.idle_timeout.as_secs_f64(),
+            max_connections: proxy.max_connections,
+            health_check: proxy.health_text(),
+            routes: route_views,
+            servers,
+            active: self.active.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            refused: refused_by.values().sum(),
+            refused_by,
+        }
+    }
+}
+
+/// The proxies natd serves; stopped (listeners and connections closed) on
+/// drop.
+pub struct Proxies {
+    services: Vec<Arc<Service>>,
+    /// The proxies' runtime, to start health checks on after a reload.
+    runtime: Option<Handle>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxies {
+    /// Binds every proxy's listener on its external address (`pool`'s first
+    /// when it names none), then serves them on a thread of their own. An
+    /// error names the proxy and the address; nothing is left listening.
+    pub fn start(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<Self> {
+        if proxies.is_empty() {
+            return Ok(Self { services: Vec::new(), runtime: None, stop: None, thread: None });
+        }
+        raise_descriptor_limit(proxies.iter().map(|p| 2 * u64::from(p.max_connections)).sum::<u64>() + OWN_DESCRIPTORS);
+        // The runtime is made, and dropped, on the proxies' thread: a tokio
+        // runtime may not be dropped where natd's own runtime runs.
+        let (ready, bound) = std::sync::mpsc::channel::<Result<(Handle, Vec<Arc<Service>>)>>();
+        let (stop, stopped) = oneshot::channel();
+        let (proxies, pool) = (proxies.to_vec(), pool.to_vec());
+        let thread = std::thread::Builder::new()
+            .name("natd-proxy".into())
+            .spawn(move || match bind_all(&proxies, &pool) {
+                Ok((runtime, bound)) => {
+                    let services = bound.iter().map(|(service, _)| Arc::clone(service)).collect();
+                    let _ = ready.send(Ok((runtime.handle().clone(), services)));
+                    serve(runtime, bound, stopped);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            })
+            .context("starting the proxies' thread")?;
+        let (runtime, services) = match bound.recv() {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                anyhow::bail!("the proxies' thread ended before it listened");
+            }
+        };
+        for service in &services {
+            let proxy = &service.current().proxy;
+            tracing::info!(
+                "proxy {} listening on {}: {} name(s){}",
+                service.name,
+                service.listen,
+                proxy.routes.len(),
+                if proxy.default.is_some() { " and a default" } else { "" }
+            );
+        }
+        Ok(Self { services, runtime: Some(runtime), stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Applies a reload's proxies, the same ones in the same order (a
+    /// reload that adds, removes or moves one, or changes its
+    /// max_connections, is refused before: `config::reload`): new names,
+    /// servers, default, PROXY protocol and timeouts take the next
+    /// connection; open ones finish as they began. A server that stays
+    /// keeps its health and counters. Returns the changes, in words.
+    pub fn apply(&self, proxies: &[Proxy]) -> Vec<String> {
+        let mut changes = Vec::new();
+        let Some(runtime) = &self.runtime else { return changes };
+        for (service, proxy) in self.services.iter().zip(proxies) {
+            let old = service.current();
+            if old.proxy == *proxy {
+                continue;
+            }
+            let current = Arc::new(Current { proxy: proxy.clone(), routes: Routes::carried_over(proxy, &old.routes) });
+            *service.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&current);
+            service.start_checks(&current, runtime);
+            let names: Vec<String> = current.routes.sets.iter().map(|set| set.label.clone()).collect();
+            changes.push(format!("proxy {}: now {}", service.name, names.join(", ")));
+        }
+        changes
+    }
+
+    /// What `natd proxies` shows.
+    pub fn views(&self) -> Vec<ProxyView> {
+        self.services.iter().map(|s| s.view()).collect()
+    }
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Each proxy with its listener.
+type Bound = Vec<(Arc<Service>, TcpListener)>;
+
+/// The proxies' runtime and every proxy's listener, registered with it.
+fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the proxies' runtime")?;
+    let mut bound = Vec::new();
+    {
+        // Tokio sockets are registered with the runtime that serves them.
+        let _entered = runtime.enter();
+        for proxy in proxies {
+            let addr = proxy.external_addr(pool).with_context(|| format!("proxy {:?}: no external address to listen on", proxy.name))?;
+            let listen = SocketAddrV4::new(addr, proxy.port);
+            let listener = bind(listen).with_context(|| {
+                format!("proxy {:?}: cannot listen on {listen} (another service on the port, or the address is not this machine's)", proxy.name)
+            })?;
+            let service = Service {
+                name: proxy.name.clone(),
+                listen,
+                current: RwLock::new(Arc::new(Current { proxy: proxy.clone(), routes: Routes::new(proxy) })),
+                checks: Mutex::new(Vec::new()),
+                active: AtomicU64::new(0),
+                total: AtomicU64::new(0),
+                refused: Default::default(),
+                slots: Arc::new(Semaphore::new(proxy.max_connections as usize)),
+            };
+            bound.push((Arc::new(service), listener));
+        }
+    }
+    Ok((runtime, bound))
+}
+
+fn bind(listen: SocketAddrV4) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    // A restarted natd must not wait out its old connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen.into())?;
+    socket.listen(BACKLOG)
+}
+
+/// The proxies' thread: accept loops and health checks until `stopped`;
+/// dropping the runtime then cancels every task, which closes every socket.
+fn serve(runtime: Runtime, bound: Bound, stopped: oneshot::Receiver<()>) {
+    let handle = runtime.handle().clone();
+    runtime.block_on(async move {
+        for (service, listener) in bound {
+            service.start_checks(&service.current(), &handle);
+            tokio::spawn(accept(service, listener));
+        }
+        let _ = stopped.await;
+    });
+}
+
+async fn accept(service: Arc<Service>, listener: TcpListener) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("proxy {} on {}: accept failed: {e}; retrying", service.name, service.listen);
+                time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        service.total.fetch_add(1, Ordering::Relaxed);
+        let Ok(slot) = Arc::clone(&service.slots).try_acquire_owned() else {
+            // Closed at once: a client past the limit costs no more than this.
+            service.refuse(peer, &Refusal::MaxConnections);
+            continue;
+        };
+        service.active.fetch_add(1, Ordering::Relaxed);
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            let current = service.current();
+            let name = &service.name;
+            match relay::relay(&current.proxy, &current.routes, client, peer).await {
+                Ok((server, End::Closed(Ok(())))) => tracing::debug!("proxy {name}: {peer} -> {server} closed"),
+                Ok((server, End::Closed(Err(e)))) => tracing::debug!("proxy {name}: {peer} -> {server} ended: {e}"),
+                Ok((server, End::Idle)) => tracing::debug!("proxy {name}: {peer} -> {server} closed after idle_timeout"),
+                Err(refusal) => service.refuse(peer, &refusal),
+            }
+            service.active.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+}
+
+/// The health checks of one server, as a forward's (`nat::health`'s
+/// fall/rise over `probe`'s TCP connects), until a reload replaces
+/// `current` (or natd stops).
+async fn check(name: String, current: Arc<Current>, index: usize) {
+    let check = &current.proxy.health;
+    let backend = &current.routes.backends[index];
+    let Ok(config) = HealthConfig::new(check.fall, check.rise) else { return };
+    let mut health = ServerHealth::new(config, 1, Instant::now());
+    if backend.is_up() {
+        // A server a reload kept: up until `fall` checks say otherwise.
+        health.record(true, Instant::now());
+    }
+    let mut ticks = time::interval(check.interval.max(probe::MIN_INTERVAL));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let outcome = probe::check(&Probe::Tcp, backend.addr, check.timeout).await;
+        if let Err(failure) = &outcome {
+            backend.note_failure(format!("check: {failure}"));
+        }
+        if let Some(transition) = health.record(outcome.is_ok(), Instant::now()) {
+            backend.set_status(transition.to);
+            tracing::info!("proxy {name}: server {} is {}", backend.addr, backend.health_text());
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each relayed
+/// connection holds two descriptors, and the usual soft limit (1024) would
+/// refuse clients long before `max_connections`.
+fn raise_descriptor_limit(wanted: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit to fill in and read back.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            "natd may open {} files, fewer than the proxies' max_connections need ({wanted}): raise its limit (ulimit -n, LimitNOFILE=) or lower max_connections",
+            limit.rlim_cur
+        );
+    }
+}
+
+/// One proxy as `natd proxies` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ProxyView {
+    pub name: String,
+    pub kind: String,
+    pub listen: String,
+    pub proxy_protocol: String,
+    pub hello_timeout_s: f64,
+    pub connect_timeout_s: f64,
+    pub idle_timeout_s: f64,
+    pub max_connections: u32,
+    pub health_check: String,
+    /// Each name with its servers, then "default" if there is one.
+    pub routes: Vec<RouteView>,
+    pub servers: Vec<ProxyServerView>,
+    /// Client connections open now.
+    pub active: u64,
+    /// Client connections accepted since start (refused ones included).
+    pub total: u64,
+    pub refused: u64,
+    /// Refusals by reason (`Refusal::KEYS`).
+    pub refused_by: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RouteView {
+    pub name: String,
+    pub servers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ProxyServerView {
+    pub server: String,
+    /// "up", "down", "unknown" (not checked yet), "up (not checked)".
+    pub health: String,
+    pub active: u64,
+    pub total: u64,
+    pub connect_failures: u64,
+    pub last_failure: Option<String>,
+}
