@@ -33,6 +33,7 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 use nat_common::Reason;
 
 use crate::{
+    ctx::config,
     packet::{
         Invalid,
         parse::{Frame, parse},
@@ -40,6 +41,9 @@ use crate::{
     verdict::{Verdict, finish},
 };
 
+// The configuration is read once per packet and handed down the hit path
+// (each read is an array lookup the packet would pay again).
+//
 // `#[inline(always)]` reaches the inner function the `#[xdp]` macro wraps
 // the body in; LLVM inlines that function on its own only while it is small,
 // and past that size every packet paid a BPF-to-BPF call (~10 ns in
@@ -47,23 +51,25 @@ use crate::{
 #[xdp]
 #[inline(always)]
 pub fn nat_lan(ctx: XdpContext) -> u32 {
+    let cfg = config();
     let verdict = match parse(&ctx) {
-        Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(&ctx, &pkt),
+        Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(&ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
         Err(Invalid(reason)) => Verdict::drop(reason),
     };
-    finish(verdict)
+    finish(verdict, cfg)
 }
 
 #[xdp]
 #[inline(always)]
 pub fn nat_wan(ctx: XdpContext) -> u32 {
+    let cfg = config();
     let verdict = match parse(&ctx) {
-        Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(&ctx, &pkt),
+        Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(&ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
         Err(Invalid(reason)) => Verdict::drop(reason),
     };
-    finish(verdict)
+    finish(verdict, cfg)
 }
 
 #[unsafe(link_section = "license")]

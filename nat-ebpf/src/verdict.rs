@@ -2,9 +2,8 @@
 //! reason (katran's per-reason stats, without logging on the hot path).
 
 use aya_ebpf::{bindings::xdp_action, macros::map, maps::PerCpuArray};
-use nat_common::Reason;
+use nat_common::{GatewayConfig, Reason};
 
-use crate::ctx::config;
 
 /// Per-CPU `u64` counters indexed by `Reason`.
 #[map]
@@ -40,8 +39,8 @@ impl Verdict {
 /// packet and a rebalanced one) were then never merged, and each walked the
 /// whole send path again, a quarter of all instructions verified.
 #[inline(always)]
-pub fn finish(verdict: Verdict) -> u32 {
-    let key = verdict.reason as u32 | u32::from(config().opaque_zero);
+pub fn finish(verdict: Verdict, cfg: &GatewayConfig) -> u32 {
+    let key = verdict.reason as u32 | u32::from(cfg.opaque_zero);
     if let Some(counter) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot: no other writer.
         unsafe { *counter += 1 };

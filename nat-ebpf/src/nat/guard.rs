@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LpmTrie, lpm_trie::Key as LpmKey},
 };
-use nat_common::{MAX_WAN_DROP_SOURCES, Reason};
+use nat_common::{GatewayConfig, MAX_WAN_DROP_SOURCES, Reason};
 
 use crate::{ctx::config, packet::parse::Ipv4Packet};
 
@@ -21,9 +21,8 @@ static WAN_DROP_SOURCES: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_WAN_DR
 /// or from a prefix the operator listed. The kernel's rp_filter never sees
 /// what the programs translate, so this is the only check.
 #[inline(always)]
-pub fn wan_source_refusal(pkt: &Ipv4Packet) -> Option<Reason> {
+pub fn wan_source_refusal(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Option<Reason> {
     let src_be = pkt.src_be();
-    let cfg = config();
     if let Some(refused) = cfg.wan_source_refusal(src_be) {
         return Some(refused);
     }

@@ -2,10 +2,10 @@
 //! routed, its session refreshed, rewritten and sent on.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Endpoint, LAST_SEEN_GRANULARITY_NS, Mapping, Reason, forward::mapping_flags};
+use nat_common::{Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Mapping, Reason, forward::mapping_flags};
 
 use crate::{
-    ctx::{clock, config},
+    ctx::clock,
     inbound::forward,
     maps::LIVENESS,
     nat::{
@@ -28,11 +28,11 @@ use crate::{
 /// found by): filter by remote, then route, refresh the session, rewrite
 /// `side` to the mapping's target and send.
 #[inline(always)]
-pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, mapping: *const Mapping, side: Side, key: &Endpoint, translated: Reason) -> Verdict {
+pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, mapping: *const Mapping, side: Side, key: &Endpoint, translated: Reason) -> Verdict {
     // SAFETY: a value of the map, alive while the program runs.
     let mapping = unsafe { &*mapping };
     let now = clock();
-    match filter(mapping, pkt, side, key, now) {
+    match filter(cfg, mapping, pkt, side, key, now) {
         Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side)),
         Err(filtered) => filtered,
     }
@@ -47,9 +47,8 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, mapping: *const
 /// Its answers to the gateway itself (natd's health checks, passed up
 /// untranslated by `send`) belong to no forwarded flow.
 #[inline(always)]
-pub fn filter(mapping: &Mapping, pkt: &Ipv4Packet, side: Side, key: &Endpoint, now: u64) -> Result<Endpoint, Verdict> {
+pub fn filter(cfg: &GatewayConfig, mapping: &Mapping, pkt: &Ipv4Packet, side: Side, key: &Endpoint, now: u64) -> Result<Endpoint, Verdict> {
     let to = mapping.target(key.proto);
-    let cfg = config();
     if mapping.flags & mapping_flags::FORWARD != 0 {
         if !cfg.is_own(pkt.dst_be()) {
             forward::track_outbound(pkt, mapping, now);

@@ -5,7 +5,7 @@
 //! handed to natd, or dropped; it is never passed.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Reason, forward::mapping_flags, miss_kind, proto};
+use nat_common::{GatewayConfig, Reason, forward::mapping_flags, miss_kind, proto};
 
 use crate::{
     ctx::{clock, config},
@@ -34,7 +34,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
     // The kernel never forwards these: it answers Time Exceeded itself, or
     // delivers them locally. (From a forged source the answer would go to
     // whoever was named: not for sources the gateway refuses.)
@@ -49,7 +49,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
-    if config().is_external(pkt.dst_be()) {
+    if cfg.is_external(pkt.dst_be()) {
         return to_external_address(ctx, pkt);
     }
 
@@ -80,7 +80,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
             route => return untranslated::lan(pkt, route),
         },
     };
-    translate_and_forward(ctx, pkt, mapping, Side::Source, &inside, translated)
+    translate_and_forward(ctx, pkt, cfg, mapping, Side::Source, &inside, translated)
 }
 
 /// A LAN packet for the gateway's external address. For another inside

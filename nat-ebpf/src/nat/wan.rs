@@ -2,10 +2,10 @@
 //! packets in; everything else is the gateway's own or dropped.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Reason, proto};
+use nat_common::{GatewayConfig, Reason, proto};
 
 use crate::{
-    ctx::{clock, config},
+    ctx::clock,
     inbound::forward,
     maps::INBOUND,
     nat::{
@@ -25,9 +25,9 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
     // BCP 84, before anything is translated or passed.
-    if let Some(refused) = wan_source_refusal(pkt) {
+    if let Some(refused) = wan_source_refusal(pkt, cfg) {
         return Verdict::drop(refused);
     }
     if pkt.dst_is_special() {
@@ -48,13 +48,13 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
     // external port is a NAT port, and no forward's port is one (`natd
     // check` refuses it): a packet is looked up in one kind of table only,
     // and the hit path pays nothing for forwards.
-    let forwardable = external.proto != proto::ICMP && !config().is_nat_port(u16::from_be(external.port_be));
+    let forwardable = external.proto != proto::ICMP && !cfg.is_nat_port(u16::from_be(external.port_be));
     let mapping = if forwardable { None } else { INBOUND.get_ptr(external) };
     let (to, translated, sessions) = match mapping {
         Some(mapping) => {
             // SAFETY: a value of the map, alive while the program runs.
             let mapping = unsafe { &*mapping };
-            match filter(mapping, pkt, Side::Destination, &external, now) {
+            match filter(cfg, mapping, pkt, Side::Destination, &external, now) {
                 Ok(to) => (to, Reason::TranslatedIn, Refresh::One(mapping, Side::Destination)),
                 Err(filtered) => return filtered,
             }
