@@ -16,6 +16,7 @@ extern crate std;
 pub mod bench;
 pub mod checksum;
 pub mod counters;
+pub mod crc32c;
 pub mod flow;
 pub mod forward;
 pub mod icmp;
