@@ -42,11 +42,17 @@ pub enum Refusal {
     ConnectFailed(String),
     /// natd's own side failed (the client's socket, the PROXY header).
     Local(String),
+    /// http: a request natd cannot route (Host twice, not text, a head
+    /// hyper could not parse); answered 400.
+    BadRequest(String),
+    /// http: the server took the connection but failed the request (closed
+    /// or reset before its response head); answered 502.
+    ServerFailed(String),
 }
 
 impl Refusal {
     /// The keys `natd proxies` counts refusals under, in `index` order.
-    pub const KEYS: [&'static str; 10] = [
+    pub const KEYS: [&'static str; 12] = [
         "max_connections",
         "hello_timeout",
         "client_closed",
@@ -57,6 +63,8 @@ impl Refusal {
         "no_server_up",
         "connect_failed",
         "local_error",
+        "bad_request",
+        "server_failed",
     ];
 
     pub fn index(&self) -> usize {
@@ -71,6 +79,8 @@ impl Refusal {
             Refusal::NoServerUp(_) => 7,
             Refusal::ConnectFailed(_) => 8,
             Refusal::Local(_) => 9,
+            Refusal::BadRequest(_) => 10,
+            Refusal::ServerFailed(_) => 11,
         }
     }
 
@@ -100,6 +110,8 @@ impl fmt::Display for Refusal {
             Refusal::NoServerUp(set) => write!(f, "no server of {set} is up"),
             Refusal::ConnectFailed(why) => write!(f, "no server accepted: {why}"),
             Refusal::Local(why) => write!(f, "natd could not relay it: {why}"),
+            Refusal::BadRequest(why) => write!(f, "a bad request: {why}"),
+            Refusal::ServerFailed(why) => write!(f, "the server failed the request: {why}"),
         }
     }
 }
