@@ -151,7 +151,7 @@ impl Conn {
                 Err(_) => routes.for_name(None).map_err(|_| Refusal::UnknownName(host.clone()))?,
             },
         };
-        prepare(&mut request, self.peer, host.as_deref());
+        prepare(&mut request, self.peer);
         let candidates = routes.candidates(set)?;
         let (mut sender, backend) = self.sender(candidates, &current.proxy, host.as_deref()).await?;
         let backend = routes.backends.iter().find(|b| b.addr == backend).map(Arc::clone).expect("a candidate is one of the routes' backends");
@@ -258,8 +258,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request as its server gets it: origin-form target, Host set to what
 /// it was routed by, hop-by-hop headers dropped, and the client named in
-/// `X-Forwarded-For` (appended) and `Forwarded` (a new element, RFC 7239).
-fn prepare<B>(request: &mut Request<B>, peer: SocketAddr, host: Option<&str>) {
+/// `X-Forwarded-For` (appended) and `Forwarded` (a new element, RFC 7239:
+/// `host` is the Host as received).
+fn prepare<B>(request: &mut Request<B>, peer: SocketAddr) {
     let uri = request.uri();
     if uri.authority().is_some() {
         let authority = uri.authority().map(|a| a.as_str().to_string());
@@ -276,7 +277,7 @@ fn prepare<B>(request: &mut Request<B>, peer: SocketAddr, host: Option<&str>) {
     let client = client_ip(peer);
     append(headers, HeaderName::from_static("x-forwarded-for"), &client.to_string());
     let mut element = format!("for={}", forwarded_node(client));
-    if let Some(host) = host {
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
         element.push_str(&format!(";host={}", forwarded_value(host)));
     }
     element.push_str(";proto=http");
@@ -522,7 +523,7 @@ mod tests {
     fn the_server_gets_the_client_in_forwarded_and_x_forwarded_for_and_no_hop_by_hop_headers() {
         let peer: SocketAddr = "198.51.100.7:40000".parse().unwrap();
         let mut fresh = request("/a?b=c", Version::HTTP_11, &[("host", "blue.example"), ("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("te", "trailers"), ("upgrade", "websocket")]);
-        prepare(&mut fresh, peer, Some("blue.example"));
+        prepare(&mut fresh, peer);
         let headers = fresh.headers();
         assert_eq!(headers["x-forwarded-for"], "198.51.100.7");
         assert_eq!(headers["forwarded"], "for=198.51.100.7;host=blue.example;proto=http");
@@ -537,16 +538,17 @@ mod tests {
             Version::HTTP_11,
             &[("host", "red.example:8080"), ("x-forwarded-for", "192.0.2.1, 192.0.2.2"), ("x-forwarded-for", "192.0.2.3"), ("forwarded", "for=192.0.2.1")],
         );
-        prepare(&mut relayed, "[::ffff:198.51.100.7]:1".parse().unwrap(), Some("red.example"));
+        prepare(&mut relayed, "[::ffff:198.51.100.7]:1".parse().unwrap());
         let headers = relayed.headers();
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 192.0.2.3, 198.51.100.7", "appended, a mapped address as IPv4");
-        assert_eq!(headers["forwarded"], "for=192.0.2.1, for=198.51.100.7;host=red.example;proto=http");
+        assert_eq!(headers["forwarded"], "for=192.0.2.1, for=198.51.100.7;host=\"red.example:8080\";proto=http", "host as received, quoted for its ':'");
         assert_eq!(relayed.uri(), "/p", "origin form to the server");
         assert_eq!(headers["host"], "red.example:8080");
 
         let mut v6 = request("/", Version::HTTP_10, &[]);
-        prepare(&mut v6, "[2001:db8::7]:1".parse().unwrap(), Some("a b"));
-        assert_eq!(v6.headers()["forwarded"], "for=\"[2001:db8::7]\";host=\"a b\";proto=http", "RFC 7239 §6: IPv6 quoted, a non-token quoted");
+        prepare(&mut v6, "[2001:db8::7]:1".parse().unwrap());
+        assert_eq!(v6.headers()["forwarded"], "for=\"[2001:db8::7]\";proto=http", "RFC 7239 §6: IPv6 quoted; no Host, no host");
+        assert_eq!(forwarded_value("a \"b\""), "\"a \\\"b\\\"\"", "a non-token quoted, its quotes escaped");
     }
 
     #[test]
