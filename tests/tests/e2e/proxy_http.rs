@@ -334,3 +334,59 @@ fn a_host_with_several_servers_spreads_and_avoids_a_server_that_is_down() {
     }
     assert_eq!(proxy_view(&lab, 80).refused, 0);
 }
+
+/// A keep-alive connection from the WAN host that outlives a reload: each
+/// request sent on it is answered on it.
+struct KeepAlive {
+    requests: std::sync::mpsc::Sender<String>,
+    answers: std::sync::mpsc::Receiver<Result<Answer, String>>,
+}
+
+impl KeepAlive {
+    fn open(ns: &Netns, port: u16) -> Self {
+        let (requests, incoming) = std::sync::mpsc::channel::<String>();
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        in_ns(ns, move || {
+            let mut stream = match TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT) {
+                Ok(stream) => stream,
+                Err(e) => return drop(answer_tx.send(Err(format!("connect: {e}")))),
+            };
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut buffered = Vec::new();
+            for request in incoming {
+                let answer = stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}")).and_then(|()| read_answer(&mut stream, &mut buffered));
+                if answer_tx.send(answer).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { requests, answers }
+    }
+
+    fn ask(&self, request: String) -> Result<Answer, String> {
+        self.requests.send(request).map_err(|e| e.to_string())?;
+        self.answers.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+    }
+}
+
+#[test]
+fn a_reload_adds_a_host_live_even_for_an_open_keep_alive_connection() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let _servers = [nginx_on(&lab, 0, "http-blue"), nginx_on(&lab, 1, "http-red")];
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let before = format!("[[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\n");
+    lab.start_natd_with_config(&before).unwrap();
+    let open = KeepAlive::open(&lab.server, 80);
+    assert_eq!(open.ask(get("blue.example")), Ok(answer(200, "http-blue")));
+    assert_eq!(open.ask(get("red.example")).map(|a| a.status), Ok(421), "not a host yet");
+
+    lab.config_file(&before.replace(" }", &format!(", \"red.example\" = \"{h1}:80\" }}"))).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("proxy http/80: now blue.example, red.example"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(open.ask(get("red.example")), Ok(answer(200, "http-red")), "the next request on the same connection takes the new names");
+    assert_eq!(open.ask(get("blue.example")), Ok(answer(200, "http-blue")));
+    assert_eq!(curl(&lab, 80, "red.example", &[]), "200 http-red");
+    assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1, "counters outlive a reload");
+}
