@@ -143,7 +143,7 @@ impl Conn {
         let routes = &current.routes;
         let host = request_host(&request)?;
         let set = match &host {
-            None if request.version() == Version::HTTP_11 => return Err(Refusal::NoName),
+            None if request.version() == Version::HTTP_11 => return Err(Refusal::NoHost),
             None => routes.for_name(None)?,
             // Not a DNS name (an address, say): only the default takes it.
             Some(host) => match normalize_dns_name(host) {
@@ -320,7 +320,7 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let (status, body) = match refusal {
         Refusal::UnknownName(host) => (StatusCode::MISDIRECTED_REQUEST, format!("no site {host:?} here\n")),
-        Refusal::NoName => (StatusCode::BAD_REQUEST, "the request names no host\n".to_string()),
+        Refusal::NoName | Refusal::NoHost => (StatusCode::BAD_REQUEST, "the request names no host\n".to_string()),
         Refusal::BadRequest(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
         Refusal::NoServerUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "no server is up for this site\n".to_string()),
         _ => (StatusCode::BAD_GATEWAY, "the site's server did not answer\n".to_string()),
@@ -556,6 +556,8 @@ mod tests {
         let status = |r: Refusal| refusal_response(&r).status();
         assert_eq!(status(Refusal::UnknownName("x.example".into())), StatusCode::MISDIRECTED_REQUEST);
         assert_eq!(status(Refusal::NoName), StatusCode::BAD_REQUEST);
+        assert_eq!(status(Refusal::NoHost), StatusCode::BAD_REQUEST);
+        assert_eq!(Refusal::NoHost.key(), "no_name");
         assert_eq!(status(Refusal::BadRequest("Host appears more than once".into())), StatusCode::BAD_REQUEST);
         assert_eq!(status(Refusal::NoServerUp("default".into())), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status(Refusal::ConnectFailed("x".into())), StatusCode::BAD_GATEWAY);

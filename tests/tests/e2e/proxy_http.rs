@@ -198,6 +198,7 @@ fn hosts_reach_their_servers_per_request_with_the_client_in_forwarded_headers() 
     assert!(text.contains("proxy \"http/80\": http on 203.0.113.1:80") && text.contains("*.red.example") && text.contains("unknown_name 4"), "{text}");
     let log = lab.natd_log();
     assert!(log.contains(&format!("proxy http/80 on {EXTERNAL}:80: refused {SERVER}:")) && log.contains("name \"other.example\" is not in names, and no default"), "{log}");
+    assert!(log.contains("an HTTP/1.1 request without Host") && log.contains("a bad request: Host appears more than once"), "{log}");
     // What the README shows (`-- --nocapture`).
     eprintln!("$ natd proxies\n{text}");
 }
