@@ -88,9 +88,14 @@ pub(super) async fn relay(proxy: &Proxy, routes: &Routes, mut client: TcpStream,
         }
     };
     first.extend_from_slice(&seen);
+    // Held no longer than needed: an idle relay keeps only its sockets,
+    // pipes and task.
+    drop(seen);
     backend.active.fetch_add(1, Ordering::Relaxed);
     backend.total.fetch_add(1, Ordering::Relaxed);
-    let end = match timeout(proxy.idle_timeout, server.write_all(&first)).await {
+    let replayed = timeout(proxy.idle_timeout, server.write_all(&first)).await;
+    drop(first);
+    let end = match replayed {
         Ok(Ok(())) => match splice_until_idle(&client, &server, proxy.idle_timeout).await {
             Ok(true) => End::Idle,
             Ok(false) => End::Closed(Ok(())),
