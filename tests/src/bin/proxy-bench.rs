@@ -35,7 +35,9 @@
 //! 4. Memory per idle connection: `--idle-connections` connections, each
 //!    with its ClientHello relayed and the server's first flight back, then
 //!    idle; the growth of the proxy's resident memory (VmRSS) over their
-//!    number. Kernel socket and pipe memory is not in it, for any of them.
+//!    number, each proxy started anew for it (an allocator keeps what it
+//!    freed: a process measured twice would show no growth the second
+//!    time). Kernel socket and pipe memory is not in it, for any of them.
 //!
 //! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
 //! [--latency-samples N] [--idle-connections N] (root; writes
@@ -355,9 +357,9 @@ fn rss_bytes(pid: u32) -> Result<u64> {
 struct Bench {
     lab: NatLab,
     _server: Process,
-    natd: Natd,
-    haproxy: Process,
-    stream: Process,
+    natd: Option<Natd>,
+    haproxy: Option<Process>,
+    stream: Option<Process>,
 }
 
 impl Bench {
@@ -370,7 +372,7 @@ impl Bench {
         let natd = Natd::start(&lab.gw, "lan0", "wan0", &natd_config())?;
         let haproxy = start_haproxy(&lab.gw)?;
         let stream = start_nginx_stream(&lab.gw)?;
-        let bench = Self { lab, _server: server, natd, haproxy, stream };
+        let bench = Self { lab, _server: server, natd: Some(natd), haproxy: Some(haproxy), stream: Some(stream) };
         for mode in Mode::ALL {
             bench.latency(mode, 3).with_context(|| format!("{} does not reach the server", mode.key()))?;
         }
@@ -379,9 +381,9 @@ impl Bench {
 
     fn pid(&self, mode: Mode) -> Option<u32> {
         match mode {
-            Mode::Natd => self.natd.pid(),
-            Mode::Haproxy => self.haproxy.pid(),
-            Mode::NginxStream => self.stream.pid(),
+            Mode::Natd => self.natd.as_ref().and_then(Natd::pid),
+            Mode::Haproxy => self.haproxy.as_ref().and_then(Process::pid),
+            Mode::NginxStream => self.stream.as_ref().and_then(Process::pid),
             Mode::Forward => None,
         }
     }
@@ -427,6 +429,31 @@ impl Bench {
         .map_err(|_| anyhow::anyhow!("the latency client panicked"))?
     }
 
+    /// Starts `mode`'s process anew: a heap that never held connections
+    /// (an allocator keeps what it freed, so a second measurement in the
+    /// same process would see no growth), warmed by one relayed connection.
+    fn restart(&mut self, mode: Mode) -> Result<()> {
+        match mode {
+            Mode::Natd => {
+                if let Some(natd) = self.natd.take() {
+                    natd.stop()?;
+                }
+                self.natd = Some(Natd::start(&self.lab.gw, "lan0", "wan0", &natd_config())?);
+            }
+            Mode::Haproxy => {
+                drop(self.haproxy.take());
+                self.haproxy = Some(start_haproxy(&self.lab.gw)?);
+            }
+            Mode::NginxStream => {
+                drop(self.stream.take());
+                self.stream = Some(start_nginx_stream(&self.lab.gw)?);
+            }
+            Mode::Forward => bail!("the forward has no process of its own"),
+        }
+        self.latency(mode, 1)?;
+        Ok(())
+    }
+
     /// Resident bytes the proxy grows by per idle relayed connection.
     fn memory(&self, mode: Mode, connections: usize) -> Result<f64> {
         let pid = self.pid(mode).context("no process")?;
@@ -466,7 +493,7 @@ fn main() -> Result<()> {
     ensure!(nat_tests::netns::is_root(), "the proxy benchmark creates namespaces and runs natd, HAProxy and nginx: run it as root");
     raise_nofile();
     let started = Instant::now();
-    let bench = Bench::new()?;
+    let mut bench = Bench::new()?;
     let mut conn: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gbps: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
@@ -478,18 +505,24 @@ fn main() -> Result<()> {
             conn.entry(mode).or_default().push(bench.connections(mode, plan.conn_seconds).with_context(|| what("connections/s"))?);
             gbps.entry(mode).or_default().push(bench.throughput(mode).with_context(|| what("throughput"))?);
             latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
-            if mode != Mode::Forward {
-                memory.entry(mode).or_default().push(bench.memory(mode, plan.idle_connections).with_context(|| what("memory"))?);
-            }
             eprintln!("proxy-bench: {} round {round} done ({:.0} s)", mode.key(), started.elapsed().as_secs_f64());
         }
+    }
+    // Memory last: each measurement in a process started for it.
+    let proxies = [Mode::Natd, Mode::Haproxy, Mode::NginxStream];
+    for round in 0..plan.runs {
+        for i in 0..proxies.len() {
+            let mode = proxies[(i + round) % proxies.len()];
+            bench.restart(mode).with_context(|| format!("restarting {}", mode.key()))?;
+            memory.entry(mode).or_default().push(bench.memory(mode, plan.idle_connections).with_context(|| format!("memory of {}, round {round}", mode.key()))?);
+        }
+        eprintln!("proxy-bench: memory round {round} done ({:.0} s)", started.elapsed().as_secs_f64());
     }
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode: Mode| samples.get(&mode).map_or(0.0, |v| median(&mut v.clone()));
     let pct = |mode: Mode, p: f64| latency.get(&mode).map_or(0.0, |v| percentile(&mut v.clone(), p));
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
     let ratio = |a: f64, b: f64| if b > 0.0 { round2(a / b) } else { 0.0 };
     let per_mode = |f: &dyn Fn(Mode) -> Value, modes: &[Mode]| -> Value { modes.iter().map(|&m| (m.key().to_string(), f(m))).collect::<serde_json::Map<_, _>>().into() };
-    let proxies = [Mode::Natd, Mode::Haproxy, Mode::NginxStream];
     let results = json!({
         "machine": machine_json(),
         "plan": { "runs": plan.runs, "conn_seconds": plan.conn_seconds, "latency_samples_per_run": plan.latency_samples, "idle_connections": plan.idle_connections, "big_bytes": BIG_LEN },
@@ -502,7 +535,7 @@ fn main() -> Result<()> {
             "connections": "openssl s_time -new (no SNI: each proxy parses the ClientHello and takes its default, the same server)",
             "throughput": "curl, one 1 GiB download over TLS with SNI",
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
-            "memory": "VmRSS growth of the proxy's process over idle relayed connections (their ClientHello relayed, the server's first flight back)",
+            "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
         },
         "new_tls_conn_per_s": per_mode(&|m| json!(med(&conn, m).round() as i64), &Mode::ALL),
         "new_tls_conn_per_s_samples": per_mode(&|m| json!(conn.get(&m)), &Mode::ALL),
