@@ -17,7 +17,8 @@ use crate::netns::{Netns, run};
 
 /// nginx (Debian nginx-light) on one address and port of a namespace: `/`
 /// answers its name, `/blob` a 1 MiB file; the access log has one line per
-/// request, the client's address first. One process (no master), so a
+/// request, the client's address first, then the request, and the
+/// X-Forwarded-For, Forwarded and Host it came with (`requests`). One process (no master), so a
 /// SIGSTOP freezes it whole.
 pub struct Nginx {
     pub name: String,
@@ -55,7 +56,7 @@ impl Nginx {
         let conf = format!(
             "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{ log_format who '{client} $request'; access_log {d}/access.log who;\n\
+             http {{ log_format who '{client} $request|$http_x_forwarded_for|$http_forwarded|$host'; access_log {d}/access.log who;\n\
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              keepalive_timeout 300s; keepalive_requests 1000000;\n\
              server {{ listen {addr}{listen} reuseport backlog=4096; root {d}/www; default_type text/plain;\n\
@@ -129,6 +130,39 @@ impl Nginx {
             .filter_map(|line| line.split(' ').next()?.parse().ok())
             .collect()
     }
+
+    /// Every request logged so far.
+    pub fn requests(&self) -> Vec<Logged> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (client, rest) = line.split_once(' ')?;
+                // nginx writes a double quote and a backslash as \x22 and \x5C in its log.
+                let mut fields = rest.split('|').map(|f| if f == "-" { String::new() } else { f.replace("\\x22", "\"").replace("\\x5C", "\\") });
+                Some(Logged {
+                    client: client.parse().ok()?,
+                    request: fields.next()?,
+                    x_forwarded_for: fields.next()?,
+                    forwarded: fields.next()?,
+                    host: fields.next()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One line of nginx's access log; a header the request did not have is
+/// empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The connection's peer, or the PROXY header's client.
+    pub client: Ipv4Addr,
+    /// "GET / HTTP/1.1"
+    pub request: String,
+    pub x_forwarded_for: String,
+    pub forwarded: String,
+    pub host: String,
 }
 
 impl Drop for Nginx {

@@ -11,13 +11,32 @@ use crate::run;
 
 /// How long each part runs: `--quick` keeps the outbound suite under 3
 /// minutes, and the inbound benchmark (natd restarted per round, failover
-/// windows of 12 s) under 2 more.
+/// windows of 12 s) under 2 more, and the proxy benchmark (four 1 GiB
+/// downloads a round) about 1 more.
 pub struct Plan {
     pub fastpath_rounds: u32,
     pub pps_runs: u32,
     pub pps_packets: u32,
     pub lab_runs: u32,
     pub inbound: InboundPlan,
+    pub proxy: ProxyPlan,
+}
+
+/// proxy-bench's sizes (its own `--quick` is the same as this one's).
+pub struct ProxyPlan {
+    pub runs: u32,
+    pub conn_seconds: u32,
+    pub latency_samples: u32,
+    pub idle_connections: u32,
+}
+
+impl ProxyPlan {
+    fn args(&self) -> Vec<String> {
+        [("--runs", self.runs), ("--conn-seconds", self.conn_seconds), ("--latency-samples", self.latency_samples), ("--idle-connections", self.idle_connections)]
+            .iter()
+            .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+            .collect()
+    }
 }
 
 /// inbound-bench's sizes (its own `--quick` is the same as this one's).
@@ -53,6 +72,7 @@ impl Plan {
                 pps_packets: 300_000,
                 lab_runs: 1,
                 inbound: InboundPlan { pps_runs: 3, pps_packets: 300_000, conn_runs: 1, conn_seconds: 3, failover_trials: 1 },
+                proxy: ProxyPlan { runs: 1, conn_seconds: 3, latency_samples: 300, idle_connections: 500 },
             }
         } else {
             Self {
@@ -61,6 +81,7 @@ impl Plan {
                 pps_packets: 1_000_000,
                 lab_runs: 3,
                 inbound: InboundPlan { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3 },
+                proxy: ProxyPlan { runs: 3, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 },
             }
         }
     }
@@ -83,6 +104,12 @@ pub fn suite(plan: &Plan) -> Result<()> {
     let _ = std::fs::remove_file(dir.join("inbound.json"));
     if let Err(e) = bench_bin("inbound-bench", &plan.inbound.args()) {
         eprintln!("xtask: inbound-bench: {e:#}; the summary keeps what it recorded");
+    }
+    // The name-based proxy against HAProxy and nginx stream: figures to
+    // report, as the inbound ones.
+    let _ = std::fs::remove_file(dir.join("proxy.json"));
+    if let Err(e) = bench_bin("proxy-bench", &plan.proxy.args()) {
+        eprintln!("xtask: proxy-bench: {e:#}; the summary says it left no results");
     }
     summarize(dir, plan)
 }
@@ -109,6 +136,7 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
     // Every inbound figure with its samples (inbound-bench's own file), or
     // why there are none.
     let inbound = read(dir, "inbound").unwrap_or_else(|e| json!({ "error": format!("inbound-bench left no results: {e:#}") }));
+    let proxy = read(dir, "proxy").unwrap_or_else(|e| json!({ "error": format!("proxy-bench left no results: {e:#}") }));
     // The headline packet rate is the 1,024-flow column (the table has 1 and 65,536 too).
     let flows = &pps["flows_1024"];
     let pps_of = |k: &str| flows[k].as_f64().unwrap_or(0.0);
@@ -139,10 +167,13 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
         "aging_scan_ms_per_million": cap["aging_scan_ms_per_million"],
         "pps_by_flows": pps,
         "inbound": inbound,
+        "proxy": proxy,
         "plan": {
             "fastpath_rounds": plan.fastpath_rounds, "pps_packets_per_run": plan.pps_packets, "tcp_runs": plan.lab_runs,
             "inbound": { "pps_runs": plan.inbound.pps_runs, "pps_packets_per_run": plan.inbound.pps_packets, "conn_runs": plan.inbound.conn_runs,
                          "conn_seconds": plan.inbound.conn_seconds, "failover_trials": plan.inbound.failover_trials },
+            "proxy": { "runs": plan.proxy.runs, "conn_seconds": plan.proxy.conn_seconds, "latency_samples": plan.proxy.latency_samples,
+                       "idle_connections": plan.proxy.idle_connections },
         },
     });
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
@@ -176,6 +207,12 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
         (None, Ok(inbound_md)) => md.push_str(&inbound_md),
         (Some(e), _) => writeln!(md, "No figures: {e}")?,
         (None, Err(e)) => writeln!(md, "No table: reading inbound.md: {e}")?,
+    }
+    writeln!(md, "\n## Name-based proxy (proxy-bench)\n")?;
+    match (results["proxy"]["error"].as_str(), std::fs::read_to_string(dir.join("proxy.md"))) {
+        (None, Ok(proxy_md)) => md.push_str(&proxy_md),
+        (Some(e), _) => writeln!(md, "No figures: {e}")?,
+        (None, Err(e)) => writeln!(md, "No table: reading proxy.md: {e}")?,
     }
     std::fs::write(dir.join("results.md"), &md)?;
     print!("{md}");

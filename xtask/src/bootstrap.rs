@@ -15,7 +15,8 @@ use crate::{command_output, run};
 /// The toolchain aya-build compiles the eBPF crate with.
 pub const NIGHTLY: &str = "nightly";
 
-/// Debian packages the tests use, with the command that proves each is there.
+/// Debian packages the tests use, with the command (or, for an absolute
+/// path, the file) that proves each is there.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ethtool", "ethtool"),
@@ -39,6 +40,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     // The name-based proxy's TLS servers and their certificates.
     ("openssl", "openssl"),
+    // The proxy benchmark's nginx stream (ssl_preread): a module, so its
+    // file is what proves it is there.
+    ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no
@@ -168,6 +172,9 @@ fn symlink_force(target: &Path, link: &Path) -> Result<()> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).exists();
+    }
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
 }
 

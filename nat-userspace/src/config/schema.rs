@@ -66,14 +66,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("forward.health.expect", "what the answer to a udp check starts with, text or \"hex:...\" (default: any answer)"),
     ("proxy", "name-based proxies on a shared public port, one [[proxy]] table each"),
     ("proxy.port", "the public TCP port natd listens on, 1-65535, outside port_range and low_port_range"),
-    ("proxy.kind", "\"tls\": route by the SNI of the TLS ClientHello, without terminating TLS (\"http\" is not supported yet)"),
+    ("proxy.kind", "\"tls\": route by the SNI of the TLS ClientHello, without terminating TLS; \"http\": route each HTTP/1.x request by its Host"),
     ("proxy.names", "{ \"NAME\" = \"ADDR[:PORT]\" or [\"ADDR[:PORT]\", ...] }: a host name or a one-label wildcard \"*.example.com\" each"),
-    ("proxy.default", "server(s) for a name not in names, no name, or a non-TLS client (default: none, such connections are refused)"),
+    ("proxy.default", "server(s) for a name not in names, no name, or a non-TLS client (default: none: tls refuses such connections, http answers 421, or 400 without a Host)"),
     ("proxy.proxy_protocol", "\"v1\" or \"v2\": a PROXY protocol header to the server with the client's address (default: none)"),
     ("proxy.external_ip", "the address listened on (default: the first external address)"),
-    ("proxy.hello_timeout", "seconds a client has to send its whole ClientHello (default: 5)"),
+    ("proxy.hello_timeout", "seconds a client has to send its whole ClientHello; http: each request head, from its first byte (default: 5)"),
     ("proxy.connect_timeout", "seconds a connection to a server may take (default: 5)"),
-    ("proxy.idle_timeout", "seconds a relayed connection may stay silent both ways (default: 600)"),
+    ("proxy.idle_timeout", "seconds a relayed connection may stay silent both ways; http: also a keep-alive wait for the next request (default: 600)"),
     ("proxy.max_connections", "concurrent connections at most, 1-1000000; more are closed at once (default: 4096)"),
 ];
 
@@ -276,12 +276,15 @@ pub struct ProxyRoute {
 pub enum ProxyKind {
     /// By the SNI of the TLS ClientHello; TLS passes through untouched.
     Tls,
+    /// By the Host of each HTTP/1.x request; natd serves the client.
+    Http,
 }
 
 impl ProxyKind {
     pub const fn name(self) -> &'static str {
         match self {
             ProxyKind::Tls => "tls",
+            ProxyKind::Http => "http",
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   table, PROXY protocol v1/v2 headers;
 //! - `route`: a proxy's names, server sets and the pick among servers up;
 //! - `relay`: one client connection, from its first byte to its close;
+//! - `http`: `kind = "http"`: hyper serves the client, each request is
+//!   routed by its Host;
 //! - `service`: the listeners, their thread, health checks and counters,
 //!   and what `natd proxies` shows.
 //!
@@ -16,6 +18,7 @@
 //! `untranslated::wan`), so a plain socket receives them; `natd check`
 //! keeps proxy ports out of the NAT ranges and the forwards.
 
+mod http;
 pub mod names;
 pub mod proxy_protocol;
 mod relay;

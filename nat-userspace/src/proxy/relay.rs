@@ -88,9 +88,14 @@ pub(super) async fn relay(proxy: &Proxy, routes: &Routes, mut client: TcpStream,
         }
     };
     first.extend_from_slice(&seen);
+    // Held no longer than needed: an idle relay keeps only its sockets,
+    // pipes and task.
+    drop(seen);
     backend.active.fetch_add(1, Ordering::Relaxed);
     backend.total.fetch_add(1, Ordering::Relaxed);
-    let end = match timeout(proxy.idle_timeout, server.write_all(&first)).await {
+    let replayed = timeout(proxy.idle_timeout, server.write_all(&first)).await;
+    drop(first);
+    let end = match replayed {
         Ok(Ok(())) => match splice_until_idle(&client, &server, proxy.idle_timeout).await {
             Ok(true) => End::Idle,
             Ok(false) => End::Closed(Ok(())),
@@ -105,7 +110,7 @@ pub(super) async fn relay(proxy: &Proxy, routes: &Routes, mut client: TcpStream,
 
 /// The PROXY protocol header for a client `peer` that connected to `local`.
 /// v2 carries the server name as PP2_TYPE_AUTHORITY, as HAProxy sends it.
-fn header(version: ProxyProtocolVersion, peer: SocketAddr, local: SocketAddr, sni: Option<&str>) -> Result<Vec<u8>, String> {
+pub(super) fn header(version: ProxyProtocolVersion, peer: SocketAddr, local: SocketAddr, sni: Option<&str>) -> Result<Vec<u8>, String> {
     let header = match version {
         ProxyProtocolVersion::V1 => encode_v1(peer, local).map(String::into_bytes),
         ProxyProtocolVersion::V2 => {
@@ -141,7 +146,7 @@ async fn read_hello(client: &mut TcpStream, deadline: Instant) -> Result<(Vec<u8
 
 /// Tries the servers in order, each within `connect_timeout`; the first
 /// that accepts is the one. Each failure is counted on its server.
-async fn connect(candidates: Vec<&Backend>, connect_timeout: Duration) -> Result<(TcpStream, &Backend), Refusal> {
+pub(super) async fn connect(candidates: Vec<&Backend>, connect_timeout: Duration) -> Result<(TcpStream, &Backend), Refusal> {
     let mut failures = Vec::new();
     for backend in candidates {
         let why = match timeout(connect_timeout, TcpStream::connect(backend.addr)).await {

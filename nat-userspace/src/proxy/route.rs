@@ -34,19 +34,29 @@ pub enum Refusal {
     NotTls,
     /// A name not in `names`, and no default.
     UnknownName(String),
-    /// A ClientHello without SNI, and no default.
+    /// A ClientHello without SNI (http: an HTTP/1.0 request without Host),
+    /// and no default.
     NoName,
+    /// http: an HTTP/1.1 request without Host (RFC 9112 §3.2: always
+    /// 400). Counted as `no_name`.
+    NoHost,
     /// Every server of the set is down (or not checked yet).
     NoServerUp(String),
     /// Every server up was tried and none accepted the connection.
     ConnectFailed(String),
     /// natd's own side failed (the client's socket, the PROXY header).
     Local(String),
+    /// http: a request natd cannot route (Host twice, not text, a head
+    /// hyper could not parse); answered 400.
+    BadRequest(String),
+    /// http: the server took the connection but failed the request (closed
+    /// or reset before its response head); answered 502.
+    ServerFailed(String),
 }
 
 impl Refusal {
     /// The keys `natd proxies` counts refusals under, in `index` order.
-    pub const KEYS: [&'static str; 10] = [
+    pub const KEYS: [&'static str; 12] = [
         "max_connections",
         "hello_timeout",
         "client_closed",
@@ -57,6 +67,8 @@ impl Refusal {
         "no_server_up",
         "connect_failed",
         "local_error",
+        "bad_request",
+        "server_failed",
     ];
 
     pub fn index(&self) -> usize {
@@ -67,10 +79,12 @@ impl Refusal {
             Refusal::BadHello(_) => 3,
             Refusal::NotTls => 4,
             Refusal::UnknownName(_) => 5,
-            Refusal::NoName => 6,
+            Refusal::NoName | Refusal::NoHost => 6,
             Refusal::NoServerUp(_) => 7,
             Refusal::ConnectFailed(_) => 8,
             Refusal::Local(_) => 9,
+            Refusal::BadRequest(_) => 10,
+            Refusal::ServerFailed(_) => 11,
         }
     }
 
@@ -91,15 +105,18 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::MaxConnections => write!(f, "max_connections reached"),
-            Refusal::HelloTimeout => write!(f, "no whole ClientHello within hello_timeout"),
-            Refusal::ClientClosed => write!(f, "the client closed before its ClientHello was whole"),
+            Refusal::HelloTimeout => write!(f, "no whole ClientHello (http: request head) within hello_timeout"),
+            Refusal::ClientClosed => write!(f, "the client closed before its ClientHello (http: first request head) was whole"),
             Refusal::BadHello(why) => write!(f, "not a valid ClientHello: {why}"),
             Refusal::NotTls => write!(f, "not TLS, and no default"),
             Refusal::UnknownName(name) => write!(f, "name {name:?} is not in names, and no default"),
-            Refusal::NoName => write!(f, "no SNI in the ClientHello, and no default"),
+            Refusal::NoName => write!(f, "no SNI in the ClientHello (http: no Host in an HTTP/1.0 request), and no default"),
+            Refusal::NoHost => write!(f, "an HTTP/1.1 request without Host"),
             Refusal::NoServerUp(set) => write!(f, "no server of {set} is up"),
             Refusal::ConnectFailed(why) => write!(f, "no server accepted: {why}"),
             Refusal::Local(why) => write!(f, "natd could not relay it: {why}"),
+            Refusal::BadRequest(why) => write!(f, "a bad request: {why}"),
+            Refusal::ServerFailed(why) => write!(f, "the server failed the request: {why}"),
         }
     }
 }

@@ -27,12 +27,13 @@ use tokio::{
 };
 
 use crate::{
-    config::{HealthKind, Proxy},
+    config::{HealthKind, Proxy, ProxyKind},
     nat::{
         health::{HealthConfig, ServerHealth},
         probe::{self, Probe},
     },
     proxy::{
+        http::{self, Served},
         relay::{self, End},
         route::{Refusal, Routes},
     },
@@ -49,13 +50,13 @@ const OWN_DESCRIPTORS: u64 = 1024;
 
 /// What a reload may replace: the settings and the routes built from them.
 /// A connection keeps the one it started with.
-struct Current {
-    proxy: Proxy,
-    routes: Routes,
+pub(super) struct Current {
+    pub(super) proxy: Proxy,
+    pub(super) routes: Routes,
 }
 
 /// One proxy at work.
-struct Service {
+pub(super) struct Service {
     /// The label, "KIND/PORT", fixed while natd runs.
     name: String,
     listen: SocketAddrV4,
@@ -73,12 +74,12 @@ struct Service {
 }
 
 impl Service {
-    fn refuse(&self, peer: SocketAddr, refusal: &Refusal) {
+    pub(super) fn refuse(&self, peer: SocketAddr, refusal: &Refusal) {
         self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!("proxy {} on {}: refused {peer}: {refusal}", self.name, self.listen);
     }
 
-    fn current(&self) -> Arc<Current> {
+    pub(super) fn current(&self) -> Arc<Current> {
         // A poisoned lock still holds a whole Arc: a panic cannot leave it half written.
         Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
@@ -315,6 +316,18 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
         tokio::spawn(async move {
             let current = service.current();
             let name = &service.name;
+            if current.proxy.kind == ProxyKind::Http {
+                drop(current);
+                match http::serve(Arc::clone(&service), client, peer).await {
+                    Ok(Served { requests, end: End::Closed(Ok(())) }) => tracing::debug!("proxy {name}: {peer} closed after {requests} request(s)"),
+                    Ok(Served { requests, end: End::Closed(Err(e)) }) => tracing::debug!("proxy {name}: {peer} ended after {requests} request(s): {e}"),
+                    Ok(Served { requests, end: End::Idle }) => tracing::debug!("proxy {name}: {peer} closed after {requests} request(s) and a timeout"),
+                    Err(refusal) => service.refuse(peer, &refusal),
+                }
+                service.active.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+                return;
+            }
             match relay::relay(&current.proxy, &current.routes, client, peer).await {
                 Ok((server, End::Closed(Ok(())))) => tracing::debug!("proxy {name}: {peer} -> {server} closed"),
                 Ok((server, End::Closed(Err(e)))) => tracing::debug!("proxy {name}: {peer} -> {server} ended: {e}"),

@@ -21,6 +21,7 @@ mod logging;
 mod pmtu;
 mod pools;
 mod proxy;
+mod proxy_http;
 mod real_clients;
 mod security;
 mod tcp;

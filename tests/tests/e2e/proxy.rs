@@ -491,7 +491,7 @@ fn bad_proxies_are_explained_before_anything_is_attached() {
     let lab = NatLab::new(1, false).unwrap();
     let h0 = host_addr(0);
     let cases = [
-        (format!("port = 443\nkind = \"http\"\nnames = {{ \"a.example\" = \"{h0}:80\" }}"), "proxy[0].kind = \"http\": is not supported yet"),
+        (format!("port = 443\nkind = \"https\"\nnames = {{ \"a.example\" = \"{h0}:80\" }}"), "proxy[0].kind = \"https\": must be \"tls\" (route by the SNI of the TLS ClientHello) or \"http\""),
         (format!("port = 25000\nkind = \"tls\"\nnames = {{ \"a.example\" = \"{h0}:443\" }}"), "proxy[0].port = 25000: is in port_range 20000-32767"),
         (format!("port = 443\nkind = \"tls\"\nnames = {{ \"a..example\" = \"{h0}:443\" }}"), "proxy[0].names.\"a..example\": name has an empty label"),
         (format!("port = 443\nkind = \"tls\"\nnames = {{ \"a.example\" = \"{SERVER}:443\" }}"), "is on the WAN side"),
@@ -505,7 +505,8 @@ fn bad_proxies_are_explained_before_anything_is_attached() {
     }
 
     let good = format!(
-        "lan = \"lan0\"\nwan = \"wan0\"\n[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"*.green.example\" = [\"{h0}:443\", \"{h0}:8443\"] }}\n"
+        "lan = \"lan0\"\nwan = \"wan0\"\n[[proxy]]\nport = 443\nkind = \"tls\"\nnames = {{ \"*.green.example\" = [\"{h0}:443\", \"{h0}:8443\"] }}\n\
+         [[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}\" }}\n"
     );
     let path = lab.config_file(&good).unwrap();
     let out = lab.natd_cli(&["check", "--config", path.to_str().unwrap()]).unwrap();
@@ -513,6 +514,7 @@ fn bad_proxies_are_explained_before_anything_is_attached() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("proxy \"tls/443\": tls on 203.0.113.1:443") && stdout.contains(&format!("*.green.example -> {h0}:443, {h0}:8443")), "{stdout}");
     assert!(stdout.contains("tcp connect every 1 s") && stdout.contains("no default"), "{stdout}");
+    assert!(stdout.contains("proxy \"http/80\": http on 203.0.113.1:80") && stdout.contains(&format!("blue.example -> {h0}:80")), "{stdout}");
 
     let (taken_tx, taken) = mpsc::channel();
     let (release_tx, release) = mpsc::channel::<()>();

@@ -24,6 +24,7 @@ use crate::{
 
 const PROXY_KEYS: &[&str] =
     &["port", "kind", "names", "default", "proxy_protocol", "external_ip", "hello_timeout", "connect_timeout", "idle_timeout", "max_connections"];
+const KIND_ALLOWED: &str = "must be \"tls\" (route by the SNI of the TLS ClientHello) or \"http\" (route each request by its Host)";
 const NAME_ALLOWED: &str = "a name is a host name (\"blue.example\") or a one-label wildcard (\"*.green.example\"), letters, digits and '-' only";
 const SERVERS_ALLOWED: &str = "must be a server \"ADDR:PORT\" or a list of them, e.g. \"192.168.1.10:443\" or [\"192.168.1.12:443\", \"192.168.1.13:443\"]";
 
@@ -132,22 +133,13 @@ fn proxy(raw: &mut Raw, index: usize, table: &toml::Table) -> Option<Proxy> {
     };
     let kind = match table.get("kind") {
         None => {
-            raw.proxy_error(index, "kind", "", "required: \"tls\" (route by the SNI of the TLS ClientHello)");
+            raw.proxy_error(index, "kind", "", KIND_ALLOWED);
             None
         }
         Some(Value::String(s)) if s == "tls" => Some(ProxyKind::Tls),
-        Some(Value::String(s)) if s == "http" => {
-            raw.proxy_error(
-                index,
-                "kind",
-                "\"http\"",
-                "is not supported yet: only \"tls\" (SNI passthrough) is; for routing by Host, run an HTTP reverse proxy on an inside host \
-                 and forward the port to it with a [[forward]]",
-            );
-            None
-        }
+        Some(Value::String(s)) if s == "http" => Some(ProxyKind::Http),
         Some(other) => {
-            raw.proxy_error(index, "kind", other, "must be \"tls\" (route by the SNI of the TLS ClientHello)");
+            raw.proxy_error(index, "kind", other, KIND_ALLOWED);
             None
         }
     };

@@ -73,6 +73,52 @@ fn a_proxy_is_read_with_every_option_and_its_defaults() {
 }
 
 #[test]
+fn an_http_proxy_is_read_with_its_servers_on_its_port_and_the_same_defaults() {
+    let proxies = proxies_of(
+        r#"
+        [[proxy]]
+        port = 80
+        kind = "http"
+        names = { "blue.example" = "192.168.1.10", "*.green.example" = ["192.168.1.12:8080", "192.168.1.13"] }
+        default = "192.168.1.14"
+        proxy_protocol = "v1"
+        "#,
+    );
+    let p = &proxies[0];
+    assert_eq!((p.name.as_str(), p.kind, p.port, p.kind.name()), ("http/80", ProxyKind::Http, 80, "http"));
+    assert_eq!(
+        p.routes,
+        [
+            ProxyRoute { pattern: "*.green.example".into(), servers: vec![addr("192.168.1.12:8080"), addr("192.168.1.13:80")] },
+            ProxyRoute { pattern: "blue.example".into(), servers: vec![addr("192.168.1.10:80")] },
+        ],
+        "a server without a port takes the proxy's, 80"
+    );
+    assert_eq!(p.default, Some(vec![addr("192.168.1.14:80")]));
+    assert_eq!(p.proxy_protocol, Some(ProxyProtocolVersion::V1), "each connection to a server carries the header of the client it serves");
+    assert_eq!((p.hello_timeout, p.idle_timeout, p.max_connections), (DEFAULT_HELLO_TIMEOUT, DEFAULT_PROXY_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS));
+    assert_eq!(p.health.kind, HealthKind::Tcp, "a name with several servers is checked, as for tls");
+}
+
+#[test]
+fn an_http_and_a_tls_proxy_cannot_share_a_port() {
+    let errs = proxy_errors(
+        r#"
+        [[proxy]]
+        port = 8443
+        kind = "tls"
+        names = { "blue.example" = "192.168.1.10:443" }
+
+        [[proxy]]
+        port = 8443
+        kind = "http"
+        names = { "red.example" = "192.168.1.11:80" }
+        "#,
+    );
+    assert!(has(&errs, "proxy[1].port", "8443", "is the port of proxy[0] too"), "{errs:#?}");
+}
+
+#[test]
 fn bad_proxy_fields_are_named_with_their_values() {
     let errs = proxy_errors(
         r#"
@@ -83,7 +129,7 @@ fn bad_proxy_fields_are_named_with_their_values() {
 
         [[proxy]]
         port = 444
-        kind = "http"
+        kind = "https"
         names = { "blue.example" = "192.168.1.10:443" }
 
         [[proxy]]
@@ -103,7 +149,7 @@ fn bad_proxy_fields_are_named_with_their_values() {
         "#,
     );
     assert!(has(&errs, "proxy[0].port", "70000", "must be a port 1-65535"), "{errs:#?}");
-    assert!(has(&errs, "proxy[1].kind", "\"http\"", "is not supported yet"), "{errs:#?}");
+    assert!(has(&errs, "proxy[1].kind", "\"https\"", "must be \"tls\" (route by the SNI of the TLS ClientHello) or \"http\""), "{errs:#?}");
     assert!(has(&errs, "proxy[2].names.\"a..example\"", "", "empty label"), "{errs:#?}");
     assert!(has(&errs, "proxy[2].names.\"a.*.example\"", "", "left-most"), "{errs:#?}");
     assert!(has(&errs, "proxy[2].names.\"x*.example\"", "", "whole label"), "{errs:#?}");

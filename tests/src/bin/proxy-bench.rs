@@ -1,0 +1,588 @@
+//! The name-based TLS proxy against HAProxy and nginx stream
+//! (../shared/BENCHMARK.md, "Inbound and proxy"; issue 13), all in one run,
+//! round by round with the order rotating.
+//!
+//! ```text
+//! client (srv) 203.0.113.2 <-> gateway (gw) 203.0.113.1 <-> nginx TLS (h0) 10.77.1.10:443
+//! ```
+//!
+//! One natd runs in the gateway namespace for the whole run (its XDP
+//! programs attached, so every contender's packets take the same path in),
+//! with its TLS proxy on 443 and a TCP `[[forward]]` on 7443 to the same
+//! server (the baseline: routed in XDP, no proxy). Beside it, in the same
+//! namespace, each listening on the external address:
+//! - X `natd`: `[[proxy]] kind = "tls"`, the server by SNI, the same
+//!   server as `default`;
+//! - H `haproxy`: `mode tcp`, `tcp-request inspect-delay 5s`,
+//!   `req.ssl_sni` choosing the backend, the same server as default_backend
+//!   (port 8443);
+//! - N `nginx_stream`: `ssl_preread on`, a map of
+//!   `$ssl_preread_server_name` with the same default (port 9443).
+//!
+//! The server: nginx with an ECDSA P-256 certificate, no session cache and
+//! no tickets, `/` a 3-byte answer, `/big` 1 GiB.
+//!
+//! Figures, each the median over the rounds:
+//! 1. New TLS connections per second: `openssl s_time -new` (every
+//!    connection a full handshake, no reuse) for `--conn-seconds`;
+//!    s_time sends no SNI, so every contender reads the whole ClientHello
+//!    and takes its default route (same server).
+//! 2. Throughput of one 1 GiB transfer: curl over TLS with SNI.
+//! 3. Added latency: a ClientHello with SNI written on a new connection, the
+//!    time from connect() to the first byte of the server's answer, p50 and
+//!    p99 of `--latency-samples` in a row, minus the same through the XDP
+//!    forward.
+//! 4. Memory per idle connection: `--idle-connections` connections, each
+//!    with its ClientHello relayed and the server's first flight back, then
+//!    idle; the growth of the proxy's resident memory (VmRSS) over their
+//!    number, each proxy started anew for it (an allocator keeps what it
+//!    freed: a process measured twice would show no growth the second
+//!    time). Kernel socket and pipe memory is not in it, for any of them.
+//!
+//! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
+//! [--latency-samples N] [--idle-connections N] (root; writes
+//! target/bench/proxy.{json,md}).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
+    path::PathBuf,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nat_tests::{
+    bench::{machine_json, median, percentile},
+    inbound::Natd,
+    natlab::{EXTERNAL, NatLab, host_addr, in_ns},
+    netns::{Netns, run},
+};
+use serde_json::{Value, json};
+
+const NAME: &str = "bench.example";
+const SERVER_PORT: u16 = 443;
+const BIG_LEN: u64 = 1 << 30;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Natd,
+    Haproxy,
+    NginxStream,
+    /// The baseline: natd's XDP forward of the same server, no proxy.
+    Forward,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Natd, Mode::Haproxy, Mode::NginxStream, Mode::Forward];
+
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Natd => "natd",
+            Mode::Haproxy => "haproxy",
+            Mode::NginxStream => "nginx_stream",
+            Mode::Forward => "xdp_forward",
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Mode::Natd => 443,
+            Mode::Haproxy => 8443,
+            Mode::NginxStream => 9443,
+            Mode::Forward => 7443,
+        }
+    }
+
+    fn target(self) -> SocketAddrV4 {
+        SocketAddrV4::new(EXTERNAL, self.port())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Plan {
+    runs: usize,
+    conn_seconds: u32,
+    latency_samples: usize,
+    idle_connections: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self { runs: 1, conn_seconds: 3, latency_samples: 300, idle_connections: 500 }
+        } else {
+            Self { runs: 3, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 }
+        }
+    }
+
+    fn from_args() -> Result<Self> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut plan = Self::new(args.iter().any(|a| a == "--quick"));
+        let mut i = 0;
+        while i < args.len() {
+            let value = |i: usize| args.get(i + 1).with_context(|| format!("{} needs a value", args[i]));
+            match args[i].as_str() {
+                "--quick" => {}
+                "--runs" => plan.runs = value(i)?.parse()?,
+                "--conn-seconds" => plan.conn_seconds = value(i)?.parse()?,
+                "--latency-samples" => plan.latency_samples = value(i)?.parse()?,
+                "--idle-connections" => plan.idle_connections = value(i)?.parse()?,
+                other => bail!("unknown argument {other:?} (see the usage in the source's header)"),
+            }
+            i += if args[i] == "--quick" { 1 } else { 2 };
+        }
+        ensure!(plan.runs > 0 && plan.conn_seconds > 0 && plan.latency_samples > 1 && plan.idle_connections > 0, "every count must be at least 1");
+        Ok(plan)
+    }
+}
+
+/// A process of the benchmark's in a namespace, killed (and reaped) on drop.
+struct Process {
+    child: Option<Child>,
+    dir: PathBuf,
+    what: String,
+}
+
+impl Process {
+    fn spawn(ns: &Netns, args: &[&str], dir: PathBuf, what: &str) -> Result<Self> {
+        let log = std::fs::File::create(dir.join(format!("{what}.log")))?;
+        let child = ns.command(args).current_dir(&dir).stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Self { child: Some(child), dir, what: what.to_string() })
+    }
+
+    /// Waits (at most 5 s) until `addr` accepts in `ns`.
+    fn wait_listening(&mut self, ns: &Netns, addr: SocketAddrV4) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{} exited at start ({status}): {}", self.what, self.log());
+            }
+            if in_ns(ns, move || TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()).join().unwrap_or(false) {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} does not listen on {addr} after 5 s: {}", self.what, self.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.what))).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        // `ip netns exec` execs the program: the child's pid is its own.
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn private_dir(ns: &Netns, what: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{}-proxybench-{what}", ns.name));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The TLS server on h0: nginx, ECDSA P-256, no resumption.
+fn start_server(ns: &Netns) -> Result<Process> {
+    let dir = private_dir(ns, "server")?;
+    let mut req = std::process::Command::new("openssl");
+    req.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
+        .args(["-subj", &format!("/CN={NAME}")]);
+    run(req.current_dir(&dir)).context("making the server's certificate")?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    // Sparse: 1 GiB of zeros that costs no disk.
+    std::fs::File::create(dir.join("www/big"))?.set_len(BIG_LEN)?;
+    let addr = SocketAddrV4::new(host_addr(0), SERVER_PORT);
+    let conf = format!(
+        "daemon off; master_process off; worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 9000; }}\n\
+         http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+         keepalive_timeout 600s; client_header_timeout 600s;\n\
+         server {{ listen {addr} ssl backlog=4096; root {d}/www; default_type application/octet-stream;\n\
+         ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;\n\
+         location = / {{ return 200 \"ok\\n\"; }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let conf = dir.join("nginx.conf");
+    let mut server = Process::spawn(ns, &["nginx", "-c", conf.to_str().context("path")?], dir, "server")?;
+    server.wait_listening(ns, addr)?;
+    Ok(server)
+}
+
+fn server() -> SocketAddrV4 {
+    SocketAddrV4::new(host_addr(0), SERVER_PORT)
+}
+
+fn natd_config() -> String {
+    let s = server();
+    format!(
+        "log_level = \"info\"\n\n[[proxy]]\nport = {}\nkind = \"tls\"\nnames = {{ \"{NAME}\" = \"{s}\" }}\ndefault = \"{s}\"\nmax_connections = 8000\n\n\
+         [[forward]]\nname = \"baseline\"\nprotocol = \"tcp\"\nport = {}\nto = [\"{s}\"]\n",
+        Mode::Natd.port(),
+        Mode::Forward.port()
+    )
+}
+
+fn start_haproxy(ns: &Netns) -> Result<Process> {
+    let dir = private_dir(ns, "haproxy")?;
+    let (bind, s) = (Mode::Haproxy.target(), server());
+    let config = format!(
+        // maxconn sets the file limit HAProxy asks for (about twice it):
+        // under the 20,000 this machine allows.
+        "global\n    maxconn 8000\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n\
+         frontend sni\n    bind {bind}\n    tcp-request inspect-delay 5s\n    tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+         \x20   use_backend site if {{ req.ssl_sni -i {NAME} }}\n    default_backend site\n\
+         backend site\n    server s0 {s}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, &config)?;
+    let path = path.to_str().context("path")?.to_string();
+    let mut haproxy = Process::spawn(ns, &["haproxy", "-db", "-f", &path], dir, "haproxy")?;
+    haproxy.wait_listening(ns, bind)?;
+    Ok(haproxy)
+}
+
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+fn start_nginx_stream(ns: &Netns) -> Result<Process> {
+    ensure!(std::path::Path::new(STREAM_MODULE).exists(), "{STREAM_MODULE} is missing: apt-get install libnginx-mod-stream (cargo xtask bootstrap does)");
+    let dir = private_dir(ns, "stream")?;
+    let (listen, s) = (Mode::NginxStream.target(), server());
+    let conf = format!(
+        "load_module {STREAM_MODULE};\n\
+         daemon off; master_process off; worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 9000; }}\n\
+         stream {{ map $ssl_preread_server_name $site {{ {NAME} {s}; default {s}; }}\n\
+         server {{ listen {listen} backlog=4096; ssl_preread on; preread_timeout 5s; proxy_pass $site; proxy_timeout 600s; }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let conf = dir.join("nginx.conf");
+    let mut nginx = Process::spawn(ns, &["nginx", "-c", conf.to_str().context("path")?], dir, "stream")?;
+    nginx.wait_listening(ns, listen)?;
+    Ok(nginx)
+}
+
+fn u16_prefixed(body: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(body.len()).unwrap_or(u16::MAX).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A TLS 1.2 ClientHello naming NAME, offering ECDHE-ECDSA (the server's
+/// certificate) and ECDHE-RSA with AES-GCM, in one record.
+fn client_hello() -> Vec<u8> {
+    let mut entry = vec![0u8];
+    entry.extend(u16_prefixed(NAME.as_bytes()));
+    let extensions: Vec<(u16, Vec<u8>)> = vec![
+        (0, u16_prefixed(&entry)),
+        (0x000a, u16_prefixed(&[0x00, 0x1d, 0x00, 0x17])),
+        (0x000b, vec![1, 0]),
+        (0x000d, u16_prefixed(&[0x04, 0x03, 0x08, 0x04, 0x04, 0x01])),
+        (0xff01, vec![0]),
+    ];
+    let mut block = Vec::new();
+    for (ty, data) in extensions {
+        block.extend_from_slice(&ty.to_be_bytes());
+        block.extend(u16_prefixed(&data));
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0);
+    body.extend(u16_prefixed(&[0xc0, 0x2b, 0xc0, 0x2c, 0xc0, 0x2f, 0xc0, 0x30]));
+    body.extend_from_slice(&[1, 0]);
+    body.extend(u16_prefixed(&block));
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend(u16_prefixed(&handshake));
+    record
+}
+
+/// Connects to `target`, writes the ClientHello and reads the first bytes
+/// of the server's answer (a handshake record): the open connection and
+/// the time from connect() to that first byte.
+fn hello_exchange(target: SocketAddrV4, hello: &[u8]) -> Result<(TcpStream, Duration)> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&target.into(), IO_TIMEOUT).with_context(|| format!("connect {target}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(hello)?;
+    let mut first = [0u8; 1];
+    let n = stream.read(&mut first).with_context(|| format!("reading the server's answer through {target}"))?;
+    let elapsed = started.elapsed();
+    ensure!(n == 1 && first[0] == 22, "through {target}: not a handshake record back ({n} bytes, {first:?})");
+    Ok((stream, elapsed))
+}
+
+/// Raises this process's open-files limit to its hard limit.
+fn raise_nofile() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+struct Bench {
+    lab: NatLab,
+    _server: Process,
+    natd: Option<Natd>,
+    haproxy: Option<Process>,
+    stream: Option<Process>,
+}
+
+impl Bench {
+    fn new() -> Result<Self> {
+        let lab = NatLab::new(1, false)?;
+        for setting in ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65535"] {
+            lab.server.sysctl(setting)?;
+        }
+        let server = start_server(&lab.hosts[0])?;
+        let natd = Natd::start(&lab.gw, "lan0", "wan0", &natd_config())?;
+        let haproxy = start_haproxy(&lab.gw)?;
+        let stream = start_nginx_stream(&lab.gw)?;
+        let bench = Self { lab, _server: server, natd: Some(natd), haproxy: Some(haproxy), stream: Some(stream) };
+        for mode in Mode::ALL {
+            bench.latency(mode, 3).with_context(|| format!("{} does not reach the server", mode.key()))?;
+        }
+        Ok(bench)
+    }
+
+    fn pid(&self, mode: Mode) -> Option<u32> {
+        match mode {
+            Mode::Natd => self.natd.as_ref().and_then(Natd::pid),
+            Mode::Haproxy => self.haproxy.as_ref().and_then(Process::pid),
+            Mode::NginxStream => self.stream.as_ref().and_then(Process::pid),
+            Mode::Forward => None,
+        }
+    }
+
+    /// New full TLS handshakes per second (s_time -new).
+    fn connections(&self, mode: Mode, seconds: u32) -> Result<f64> {
+        let connect = mode.target().to_string();
+        let started = Instant::now();
+        let out = self.lab.server.exec(&["openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
+        let wall = started.elapsed().as_secs_f64();
+        // "1234 connections in 3.21s; 384.42 connections/user sec, ..."
+        let count: f64 = out
+            .lines()
+            .find(|l| l.contains("connections in") && l.contains("real seconds"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no count in s_time's output: {out}"))?;
+        ensure!(count > 0.0, "s_time made no connection: {out}");
+        Ok(count / wall)
+    }
+
+    /// One 1 GiB download over TLS: Gbit/s.
+    fn throughput(&self, mode: Mode) -> Result<f64> {
+        let port = mode.port();
+        let resolve = format!("{NAME}:{port}:{EXTERNAL}");
+        let url = format!("https://{NAME}:{port}/big");
+        let out = self.lab.server.exec(&["curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url])?;
+        let mut fields = out.split_whitespace();
+        let size: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's size")?;
+        let time: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's time")?;
+        ensure!(size as u64 == BIG_LEN, "{} bytes of {BIG_LEN}", size);
+        Ok(size * 8.0 / time / 1e9)
+    }
+
+    /// `samples` ClientHello -> first byte times, microseconds.
+    fn latency(&self, mode: Mode, samples: usize) -> Result<Vec<f64>> {
+        let target = mode.target();
+        in_ns(&self.lab.server, move || -> Result<Vec<f64>> {
+            let hello = client_hello();
+            (0..samples).map(|_| hello_exchange(target, &hello).map(|(_, t)| t.as_secs_f64() * 1e6)).collect()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the latency client panicked"))?
+    }
+
+    /// Starts `mode`'s process anew: a heap that never held connections
+    /// (an allocator keeps what it freed, so a second measurement in the
+    /// same process would see no growth), warmed by one relayed connection.
+    fn restart(&mut self, mode: Mode) -> Result<()> {
+        match mode {
+            Mode::Natd => {
+                if let Some(natd) = self.natd.take() {
+                    natd.stop()?;
+                }
+                self.natd = Some(Natd::start(&self.lab.gw, "lan0", "wan0", &natd_config())?);
+            }
+            Mode::Haproxy => {
+                drop(self.haproxy.take());
+                self.haproxy = Some(start_haproxy(&self.lab.gw)?);
+            }
+            Mode::NginxStream => {
+                drop(self.stream.take());
+                self.stream = Some(start_nginx_stream(&self.lab.gw)?);
+            }
+            Mode::Forward => bail!("the forward has no process of its own"),
+        }
+        self.latency(mode, 1)?;
+        Ok(())
+    }
+
+    /// Resident bytes the proxy grows by per idle relayed connection.
+    fn memory(&self, mode: Mode, connections: usize) -> Result<f64> {
+        let pid = self.pid(mode).context("no process")?;
+        let before = rss_bytes(pid)?;
+        let target = mode.target();
+        let (held_tx, held) = std::sync::mpsc::channel::<Result<usize>>();
+        let (release_tx, release) = std::sync::mpsc::channel::<()>();
+        let client = in_ns(&self.lab.server, move || {
+            raise_nofile();
+            let hello = client_hello();
+            let open: Result<Vec<TcpStream>> = (0..connections).map(|_| hello_exchange(target, &hello).map(|(s, _)| s)).collect();
+            match open {
+                Ok(streams) => {
+                    let _ = held_tx.send(Ok(streams.len()));
+                    let _ = release.recv();
+                    drop(streams);
+                }
+                Err(e) => drop(held_tx.send(Err(e))),
+            }
+        });
+        let held = held.recv_timeout(Duration::from_secs(120)).context("the idle connections were not opened in 120 s")?;
+        let measured = held.and_then(|n| {
+            thread::sleep(Duration::from_millis(500));
+            let after = rss_bytes(pid)?;
+            Ok(after.saturating_sub(before) as f64 / n as f64)
+        });
+        let _ = release_tx.send(());
+        let _ = client.join();
+        // The proxies notice the closes; the next measurement starts clean.
+        thread::sleep(Duration::from_millis(500));
+        measured
+    }
+}
+
+fn main() -> Result<()> {
+    let plan = Plan::from_args()?;
+    ensure!(nat_tests::netns::is_root(), "the proxy benchmark creates namespaces and runs natd, HAProxy and nginx: run it as root");
+    raise_nofile();
+    let started = Instant::now();
+    let mut bench = Bench::new()?;
+    let mut conn: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gbps: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut latency: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut memory: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.runs {
+        for i in 0..Mode::ALL.len() {
+            let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
+            let what = |part: &str| format!("{part} through {}, round {round}", mode.key());
+            conn.entry(mode).or_default().push(bench.connections(mode, plan.conn_seconds).with_context(|| what("connections/s"))?);
+            gbps.entry(mode).or_default().push(bench.throughput(mode).with_context(|| what("throughput"))?);
+            latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
+            eprintln!("proxy-bench: {} round {round} done ({:.0} s)", mode.key(), started.elapsed().as_secs_f64());
+        }
+    }
+    // Memory last: each measurement in a process started for it.
+    let proxies = [Mode::Natd, Mode::Haproxy, Mode::NginxStream];
+    for round in 0..plan.runs {
+        for i in 0..proxies.len() {
+            let mode = proxies[(i + round) % proxies.len()];
+            bench.restart(mode).with_context(|| format!("restarting {}", mode.key()))?;
+            memory.entry(mode).or_default().push(bench.memory(mode, plan.idle_connections).with_context(|| format!("memory of {}, round {round}", mode.key()))?);
+        }
+        eprintln!("proxy-bench: memory round {round} done ({:.0} s)", started.elapsed().as_secs_f64());
+    }
+    let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode: Mode| samples.get(&mode).map_or(0.0, |v| median(&mut v.clone()));
+    let pct = |mode: Mode, p: f64| latency.get(&mode).map_or(0.0, |v| percentile(&mut v.clone(), p));
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
+    let ratio = |a: f64, b: f64| if b > 0.0 { round2(a / b) } else { 0.0 };
+    let per_mode = |f: &dyn Fn(Mode) -> Value, modes: &[Mode]| -> Value { modes.iter().map(|&m| (m.key().to_string(), f(m))).collect::<serde_json::Map<_, _>>().into() };
+    let results = json!({
+        "machine": machine_json(),
+        "plan": { "runs": plan.runs, "conn_seconds": plan.conn_seconds, "latency_samples_per_run": plan.latency_samples, "idle_connections": plan.idle_connections, "big_bytes": BIG_LEN },
+        "setup": {
+            "server": format!("nginx {}:{SERVER_PORT}, TLS 1.2/1.3, ECDSA P-256, no session cache or tickets", host_addr(0)),
+            "natd": format!("[[proxy]] kind = \"tls\" on {}", Mode::Natd.target()),
+            "haproxy": format!("mode tcp, inspect-delay 5s, req.ssl_sni on {}", Mode::Haproxy.target()),
+            "nginx_stream": format!("ssl_preread on, map $ssl_preread_server_name on {}", Mode::NginxStream.target()),
+            "xdp_forward": format!("natd [[forward]] tcp on {} (baseline, no proxy)", Mode::Forward.target()),
+            "connections": "openssl s_time -new (no SNI: each proxy parses the ClientHello and takes its default, the same server)",
+            "throughput": "curl, one 1 GiB download over TLS with SNI",
+            "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
+            "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
+        },
+        "new_tls_conn_per_s": per_mode(&|m| json!(med(&conn, m).round() as i64), &Mode::ALL),
+        "new_tls_conn_per_s_samples": per_mode(&|m| json!(conn.get(&m)), &Mode::ALL),
+        "throughput_gbps": per_mode(&|m| json!(round2(med(&gbps, m))), &Mode::ALL),
+        "throughput_gbps_samples": per_mode(&|m| json!(gbps.get(&m)), &Mode::ALL),
+        "latency_us": per_mode(&|m| json!({ "p50": pct(m, 50.0).round() as i64, "p99": pct(m, 99.0).round() as i64 }), &Mode::ALL),
+        "added_latency_us": per_mode(&|m| json!({ "p50": (pct(m, 50.0) - pct(Mode::Forward, 50.0)).round() as i64, "p99": (pct(m, 99.0) - pct(Mode::Forward, 99.0)).round() as i64 }), &proxies),
+        "idle_bytes_per_connection": per_mode(&|m| json!(med(&memory, m).round() as i64), &proxies),
+        "idle_bytes_per_connection_samples": per_mode(&|m| json!(memory.get(&m)), &proxies),
+        "ratio": {
+            "conn_x_vs_haproxy": ratio(med(&conn, Mode::Natd), med(&conn, Mode::Haproxy)),
+            "throughput_x_vs_haproxy": ratio(med(&gbps, Mode::Natd), med(&gbps, Mode::Haproxy)),
+            "memory_x_vs_haproxy": ratio(med(&memory, Mode::Natd), med(&memory, Mode::Haproxy)),
+        },
+        "goals": { "conn_x_vs_haproxy": ">= 1", "throughput_x_vs_haproxy": ">= 1", "memory_x_vs_haproxy": "<= 1" },
+        "seconds": started.elapsed().as_secs(),
+    });
+    let md = markdown(&results)?;
+    nat_tests::bench::write_results("proxy", &(serde_json::to_string_pretty(&results)? + "\n"), &md)?;
+    Ok(())
+}
+
+fn markdown(r: &Value) -> Result<String> {
+    let mut md = String::new();
+    let m = &r["machine"];
+    writeln!(md, "Machine: {}, {} vCPU, kernel {}. {} round(s), order rotating.\n", m["cpu"].as_str().unwrap_or("?"), m["vcpus"], m["kernel"].as_str().unwrap_or("?"), r["plan"]["runs"])?;
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    writeln!(md, "| proxy figure | X natd | H HAProxy | N nginx stream | F XDP forward (no proxy) | X/H | goal |\n|---|---|---|---|---|---|---|")?;
+    let row = |md: &mut String, label: &str, key: &str, unit: &str, ratio: &str, goal: &str| -> Result<()> {
+        let v = &r[key];
+        let fw = if v["xdp_forward"].is_null() { "-".to_string() } else { format!("{}{unit}", v["xdp_forward"]) };
+        writeln!(md, "| {label} | {}{unit} | {}{unit} | {}{unit} | {fw} | {:.2} | {goal} |", v["natd"], v["haproxy"], v["nginx_stream"], f(&r["ratio"][ratio]))?;
+        Ok(())
+    };
+    row(&mut md, "new TLS connections/s (s_time -new)", "new_tls_conn_per_s", "", "conn_x_vs_haproxy", "X/H >= 1")?;
+    row(&mut md, "throughput, 1 GiB over TLS", "throughput_gbps", " Gbit/s", "throughput_x_vs_haproxy", "X/H >= 1")?;
+    let l = &r["latency_us"];
+    let a = &r["added_latency_us"];
+    writeln!(
+        md,
+        "| ClientHello -> first byte, p50 / p99 (added over F) | {} / {} us (+{} / +{}) | {} / {} us (+{} / +{}) | {} / {} us (+{} / +{}) | {} / {} us | - | - |",
+        l["natd"]["p50"], l["natd"]["p99"], a["natd"]["p50"], a["natd"]["p99"],
+        l["haproxy"]["p50"], l["haproxy"]["p99"], a["haproxy"]["p50"], a["haproxy"]["p99"],
+        l["nginx_stream"]["p50"], l["nginx_stream"]["p99"], a["nginx_stream"]["p50"], a["nginx_stream"]["p99"],
+        l["xdp_forward"]["p50"], l["xdp_forward"]["p99"]
+    )?;
+    row(&mut md, &format!("resident bytes per idle connection ({})", r["plan"]["idle_connections"]), "idle_bytes_per_connection", " B", "memory_x_vs_haproxy", "X/H <= 1")?;
+    writeln!(md, "\nSetup: {}", r["setup"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ")).unwrap_or_default())?;
+    Ok(md)
+}

@@ -1,0 +1,393 @@
+//! `kind = "http"` proxies end to end (issue 13, HTTP): nginx on LAN hosts,
+//! each answering its own name and logging the X-Forwarded-For and
+//! Forwarded it got; curl and hand-written requests from the WAN, the real
+//! natd on the external address: each host reaches its server, one
+//! keep-alive connection is routed per request, the servers see the
+//! client's address, an unknown host gets 421 (or the default), a request
+//! without Host 400; the request-head and keep-alive timeouts,
+//! max_connections, PROXY protocol, and a server that is down.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nat_tests::{
+    natlab::{EXTERNAL, GW_LAN, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns},
+    netns::Netns,
+    require_root,
+    servers::Nginx,
+};
+use nat_userspace::proxy::ProxyView;
+
+fn nginx_on(lab: &NatLab, i: usize, name: &str) -> Nginx {
+    Nginx::start(&lab.hosts[i], SocketAddrV4::new(host_addr(i), 80), name).unwrap()
+}
+
+fn proxy_view(lab: &NatLab, port: u16) -> ProxyView {
+    let views = lab.proxies().unwrap();
+    views.into_iter().find(|p| p.listen.ends_with(&format!(":{port}"))).unwrap_or_else(|| panic!("no proxy on port {port} in natd proxies"))
+}
+
+fn refused(view: &ProxyView, reason: &str) -> u64 {
+    view.refused_by.get(reason).copied().unwrap_or_default()
+}
+
+/// curl from the WAN host to EXTERNAL:`port` with `Host: host` (and any
+/// more arguments): "STATUS BODY".
+fn curl(lab: &NatLab, port: u16, host: &str, more: &[&str]) -> String {
+    let url = format!("http://{EXTERNAL}:{port}/");
+    let host = format!("Host: {host}");
+    let mut args = vec!["curl", "-sS", "--max-time", "5", "-H", &host, "-w", " %{http_code}", &url];
+    args.extend_from_slice(more);
+    let out = lab.server.exec(&args).unwrap();
+    // The body, then " STATUS".
+    let (body, status) = out.rsplit_once(' ').unwrap();
+    format!("{status} {}", body.trim())
+}
+
+/// One HTTP/1.x response: its status and body (Content-Length framed, as
+/// nginx's `return` and natd's own answers are).
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one response from `stream` (with `buffered`, bytes already read).
+fn read_answer(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Result<Answer, String> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = find(buffered, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffered[..end]).into_owned();
+            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status in {head:?}"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .ok_or(format!("no content-length in {head:?}"))?;
+            if buffered.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buffered[end + 4..end + 4 + length]).trim().to_string();
+                buffered.drain(..end + 4 + length);
+                return Ok(Answer { status, body });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no whole answer in {IO_TIMEOUT:?}: {:?}", String::from_utf8_lossy(buffered)));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(buffered))),
+            Ok(n) => buffered.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// On one connection from the WAN host to EXTERNAL:`port`: each of
+/// `requests` written, then its answer read (`pipelined`: all written
+/// first, then every answer read).
+fn on_one_connection(ns: &Netns, port: u16, requests: Vec<String>, pipelined: bool) -> Result<Vec<Answer>, String> {
+    in_ns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buffered = Vec::new();
+        let mut answers = Vec::new();
+        if pipelined {
+            stream.write_all(requests.concat().as_bytes()).map_err(|e| format!("send: {e}"))?;
+            for _ in &requests {
+                answers.push(read_answer(&mut stream, &mut buffered)?);
+            }
+        } else {
+            for request in &requests {
+                stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}"))?;
+                answers.push(read_answer(&mut stream, &mut buffered)?);
+            }
+        }
+        Ok(answers)
+    })
+    .join()
+    .unwrap()
+}
+
+fn get(host: &str) -> String {
+    format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+fn answer(status: u16, body: &str) -> Answer {
+    Answer { status, body: body.to_string() }
+}
+
+#[test]
+fn hosts_reach_their_servers_per_request_with_the_client_in_forwarded_headers() {
+    require_root!();
+    let mut lab = NatLab::new(3, false).unwrap();
+    let blue = nginx_on(&lab, 0, "http-blue");
+    let red = nginx_on(&lab, 1, "http-red");
+    let fallback = nginx_on(&lab, 2, "http-default");
+    let (h0, h1, h2) = (host_addr(0), host_addr(1), host_addr(2));
+    lab.start_natd_with_config(&format!(
+        "log_level = \"debug\"\n\
+         [[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}\", \"*.red.example\" = \"{h1}:80\" }}\n\
+         [[proxy]]\nport = 8080\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\ndefault = \"{h2}:80\"\n"
+    ))
+    .unwrap();
+
+    assert_eq!(curl(&lab, 80, "blue.example", &[]), "200 http-blue");
+    assert_eq!(curl(&lab, 80, "www.red.example", &[]), "200 http-red");
+    assert_eq!(curl(&lab, 80, "BLUE.Example.:80", &[]), "200 http-blue", "case, a trailing dot and the port are ignored");
+    assert_eq!(curl(&lab, 8080, "blue.example", &[]), "200 http-blue");
+    assert_eq!(curl(&lab, 8080, "other.example", &[]), "200 http-default", "an unknown host goes to the default");
+    let unknown = curl(&lab, 80, "other.example", &[]);
+    assert!(unknown.starts_with("421 ") && unknown.contains("other.example") && unknown.len() < 100, "no default: 421, a short body: {unknown:?}");
+    assert_eq!(curl(&lab, 80, "a.b.red.example", &[]).split(' ').next(), Some("421"), "a wildcard stands for one label");
+    let resolve = format!("blue.example:80:{EXTERNAL}");
+    let blob = lab.server.exec(&["curl", "-sS", "--max-time", "10", "--resolve", &resolve, "http://blue.example/blob"]).unwrap();
+    assert!(blob == Nginx::blob_text(), "1 MiB through the proxy, {} bytes back", blob.len());
+
+    // One keep-alive connection, a request for each host in turn: each
+    // reaches its own server, never the first one's.
+    let requests = vec![get("blue.example"), get("x.red.example"), get("blue.example"), get("nowhere.example"), get("x.red.example")];
+    let expected = [answer(200, "http-blue"), answer(200, "http-red"), answer(200, "http-blue"), answer(421, "no site \"nowhere.example\" here"), answer(200, "http-red")];
+    assert_eq!(on_one_connection(&lab.server, 80, requests.clone(), false).unwrap(), expected);
+    assert_eq!(on_one_connection(&lab.server, 80, requests, true).unwrap(), expected, "pipelined, the same");
+
+    // Without Host: HTTP/1.1 is always 400 (RFC 9112 §3.2); HTTP/1.0 goes
+    // to the default, or gets 400.
+    let bare_10 = || vec!["GET / HTTP/1.0\r\n\r\n".to_string()];
+    let bare_11 = || vec!["GET / HTTP/1.1\r\n\r\n".to_string()];
+    assert_eq!(on_one_connection(&lab.server, 80, bare_10(), false).unwrap()[0].status, 400);
+    assert_eq!(on_one_connection(&lab.server, 80, bare_11(), false).unwrap()[0].status, 400);
+    assert_eq!(on_one_connection(&lab.server, 8080, bare_10(), false).unwrap(), [answer(200, "http-default")]);
+    assert_eq!(on_one_connection(&lab.server, 8080, bare_11(), false).unwrap()[0].status, 400);
+    let twice = vec!["GET / HTTP/1.1\r\nHost: blue.example\r\nHost: red.example\r\n\r\n".to_string()];
+    assert_eq!(on_one_connection(&lab.server, 80, twice, false).unwrap()[0].status, 400, "two Hosts: 400");
+
+    // The servers see natd's connection, and the client in the headers; an
+    // X-Forwarded-For the client sent is kept, the client appended.
+    assert_eq!(curl(&lab, 80, "blue.example", &["-H", "X-Forwarded-For: 192.0.2.9", "-H", "Forwarded: for=192.0.2.9"]), "200 http-blue");
+    let logged = blue.requests();
+    assert!(logged.len() >= 6, "{logged:#?}");
+    let (last, earlier) = logged.split_last().unwrap();
+    for request in earlier.iter().filter(|r| r.request.starts_with("GET / ")) {
+        assert_eq!(request.client, GW_LAN, "natd connects from its LAN address: {request:?}");
+        assert_eq!(request.x_forwarded_for, SERVER.to_string(), "{request:?}");
+        let as_received = ["blue.example", "\"BLUE.Example.:80\""].map(|host| format!("for={SERVER};host={host};proto=http"));
+        assert!(as_received.contains(&request.forwarded), "RFC 7239: host as received: {request:?}");
+    }
+    assert_eq!(last.x_forwarded_for, format!("192.0.2.9, {SERVER}"), "{last:?}");
+    assert_eq!(last.forwarded, format!("for=192.0.2.9, for={SERVER};host=blue.example;proto=http"), "{last:?}");
+    assert!(red.requests().iter().all(|r| r.x_forwarded_for == SERVER.to_string() && r.host.ends_with("red.example")), "{:#?}", red.requests());
+    assert!(fallback.requests().iter().all(|r| r.x_forwarded_for == SERVER.to_string()), "{:#?}", fallback.requests());
+
+    let view = proxy_view(&lab, 80);
+    assert_eq!((view.kind.as_str(), view.listen.clone()), ("http", format!("{EXTERNAL}:80")));
+    // other.example, a.b.red.example, nowhere.example twice.
+    assert_eq!(refused(&view, "unknown_name"), 4, "{view:?}");
+    assert_eq!(refused(&view, "no_name"), 2, "{view:?}");
+    assert_eq!(refused(&view, "bad_request"), 1, "{view:?}");
+    let served = |server: Ipv4Addr| view.servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.total);
+    assert_eq!((served(h0), served(h1)), (blue.requests().len() as u64 - 1, red.requests().len() as u64), "requests, per server: {view:?}");
+    let text = lab.natd_cli(&["proxies"]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("proxy \"http/80\": http on 203.0.113.1:80") && text.contains("*.red.example") && text.contains("unknown_name 4"), "{text}");
+    let log = lab.natd_log();
+    assert!(log.contains(&format!("proxy http/80 on {EXTERNAL}:80: refused {SERVER}:")) && log.contains("name \"other.example\" is not in names, and no default"), "{log}");
+    assert!(log.contains("an HTTP/1.1 request without Host") && log.contains("a bad request: Host appears more than once"), "{log}");
+    // What the README shows (`-- --nocapture`).
+    eprintln!("$ natd proxies\n{text}");
+}
+
+/// Reads from `stream` until it closes: how long that took after `since`.
+fn closed_after(stream: &mut TcpStream, since: Instant) -> Result<Duration, String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(since.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(since.elapsed()),
+            Err(e) => return Err(format!("read: {e} after {:?}", since.elapsed())),
+        }
+    }
+}
+
+#[test]
+fn request_heads_and_keep_alive_waits_are_timed_and_max_connections_holds() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let _blue = nginx_on(&lab, 0, "http-blue");
+    let h0 = host_addr(0);
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 3\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\n\
+         [[proxy]]\nport = 8080\nkind = \"http\"\nmax_connections = 2\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\n"
+    ))
+    .unwrap();
+
+    let timings = in_ns(&lab.server, || -> Result<[Duration; 3], String> {
+        let connect = || TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, 80).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"));
+        // A head that never ends (slowloris): closed after hello_timeout.
+        let mut slow = connect()?;
+        let started = Instant::now();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: blue.example\r\n").map_err(|e| e.to_string())?;
+        let head = closed_after(&mut slow, started)?;
+        // A silent client: the same.
+        let mut silent = connect()?;
+        let silence = closed_after(&mut silent, Instant::now())?;
+        // Served, then kept open for idle_timeout, longer than the head's.
+        let mut kept = connect()?;
+        kept.write_all(get("blue.example").as_bytes()).map_err(|e| e.to_string())?;
+        let mut buffered = Vec::new();
+        let first = read_answer(&mut kept, &mut buffered)?;
+        let served = Instant::now();
+        if first != answer(200, "http-blue") {
+            return Err(format!("{first:?}"));
+        }
+        thread::sleep(Duration::from_millis(2000));
+        kept.write_all(get("blue.example").as_bytes()).map_err(|e| format!("after 2 s of keep-alive: {e}"))?;
+        let second = read_answer(&mut kept, &mut buffered).map_err(|e| format!("after 2 s of keep-alive: {e}"))?;
+        if second != answer(200, "http-blue") {
+            return Err(format!("{second:?}"));
+        }
+        let _ = served;
+        let idle = closed_after(&mut kept, Instant::now())?;
+        Ok([head, silence, idle])
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let [head, silence, idle] = timings;
+    assert!(head >= Duration::from_millis(900) && head < Duration::from_millis(2500), "an unfinished head closed after {head:?}");
+    assert!(silence >= Duration::from_millis(900) && silence < Duration::from_millis(2500), "a silent client closed after {silence:?}");
+    assert!(idle >= Duration::from_millis(2900) && idle < Duration::from_millis(4500), "an idle keep-alive connection closed after {idle:?}");
+    let view = proxy_view(&lab, 80);
+    assert_eq!((refused(&view, "hello_timeout"), view.active), (2, 0), "{view:?}");
+
+    let hold: Vec<TcpStream> = (0..2)
+        .map(|_| in_ns(&lab.server, || TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, 8080).into(), IO_TIMEOUT)).join().unwrap().unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proxy_view(&lab, 8080).active < 2 {
+        assert!(Instant::now() < deadline, "{:?}", proxy_view(&lab, 8080));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let third = on_one_connection(&lab.server, 8080, vec![get("blue.example")], false);
+    assert!(third.is_err(), "a third client is closed at once: {third:?}");
+    assert_eq!(refused(&proxy_view(&lab, 8080), "max_connections"), 1);
+    drop(hold);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proxy_view(&lab, 8080).active > 0 {
+        assert!(Instant::now() < deadline, "{:?}", proxy_view(&lab, 8080));
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(on_one_connection(&lab.server, 8080, vec![get("blue.example")], false).unwrap(), [answer(200, "http-blue")], "served again once they left");
+}
+
+#[test]
+fn proxy_protocol_opens_each_server_connection_of_an_http_client() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let v1 = Nginx::start_proxy_protocol(&lab.hosts[0], SocketAddrV4::new(h0, 8081), "pp-blue").unwrap();
+    let v1_red = Nginx::start_proxy_protocol(&lab.hosts[1], SocketAddrV4::new(h1, 8081), "pp-red").unwrap();
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nproxy_protocol = \"v1\"\nnames = {{ \"blue.example\" = \"{h0}:8081\", \"red.example\" = \"{h1}:8081\" }}\n\
+         [[proxy]]\nport = 8080\nkind = \"http\"\nproxy_protocol = \"v2\"\ndefault = \"{h0}:8081\"\n"
+    ))
+    .unwrap();
+    let requests = vec![get("blue.example"), get("red.example"), get("blue.example")];
+    assert_eq!(on_one_connection(&lab.server, 80, requests, false).unwrap(), [answer(200, "pp-blue"), answer(200, "pp-red"), answer(200, "pp-blue")]);
+    assert_eq!(curl(&lab, 8080, "anything.example", &[]), "200 pp-blue");
+    assert_eq!(v1.clients(), [SERVER; 3], "nginx logged the client from the v1 and v2 headers");
+    assert_eq!(v1_red.clients(), [SERVER]);
+}
+
+#[test]
+fn a_host_with_several_servers_spreads_and_avoids_a_server_that_is_down() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let mut first = nginx_on(&lab, 0, "green-0");
+    let _second = nginx_on(&lab, 1, "green-1");
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    lab.start_natd_with_config(&format!("[[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"*.green.example\" = [\"{h0}:80\", \"{h1}:80\"] }}\n")).unwrap();
+    let health = |lab: &NatLab| -> Vec<String> { proxy_view(lab, 80).servers.iter().map(|s| s.health.clone()).collect() };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health(&lab) != ["up", "up"] {
+        assert!(Instant::now() < deadline, "{:?}", proxy_view(&lab, 80));
+        thread::sleep(Duration::from_millis(50));
+    }
+    let answers: Vec<String> = (0..4).map(|_| curl(&lab, 80, "a.green.example", &[])).collect();
+    assert_eq!(answers.iter().filter(|a| *a == "200 green-0").count(), 2, "in turn: {answers:?}");
+
+    first.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&lab) != ["down", "up"] {
+        assert!(Instant::now() < deadline, "{:?}", proxy_view(&lab, 80));
+        thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..4 {
+        assert_eq!(curl(&lab, 80, "b.green.example", &[]), "200 green-1");
+    }
+    assert_eq!(proxy_view(&lab, 80).refused, 0);
+}
+
+/// A keep-alive connection from the WAN host that outlives a reload: each
+/// request sent on it is answered on it.
+struct KeepAlive {
+    requests: std::sync::mpsc::Sender<String>,
+    answers: std::sync::mpsc::Receiver<Result<Answer, String>>,
+}
+
+impl KeepAlive {
+    fn open(ns: &Netns, port: u16) -> Self {
+        let (requests, incoming) = std::sync::mpsc::channel::<String>();
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        in_ns(ns, move || {
+            let mut stream = match TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT) {
+                Ok(stream) => stream,
+                Err(e) => return drop(answer_tx.send(Err(format!("connect: {e}")))),
+            };
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut buffered = Vec::new();
+            for request in incoming {
+                let answer = stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}")).and_then(|()| read_answer(&mut stream, &mut buffered));
+                if answer_tx.send(answer).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { requests, answers }
+    }
+
+    fn ask(&self, request: String) -> Result<Answer, String> {
+        self.requests.send(request).map_err(|e| e.to_string())?;
+        self.answers.recv_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?
+    }
+}
+
+#[test]
+fn a_reload_adds_a_host_live_even_for_an_open_keep_alive_connection() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let _servers = [nginx_on(&lab, 0, "http-blue"), nginx_on(&lab, 1, "http-red")];
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let before = format!("[[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\n");
+    lab.start_natd_with_config(&before).unwrap();
+    let open = KeepAlive::open(&lab.server, 80);
+    assert_eq!(open.ask(get("blue.example")), Ok(answer(200, "http-blue")));
+    assert_eq!(open.ask(get("red.example")).map(|a| a.status), Ok(421), "not a host yet");
+
+    lab.config_file(&before.replace(" }", &format!(", \"red.example\" = \"{h1}:80\" }}"))).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("proxy http/80: now blue.example, red.example"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(open.ask(get("red.example")), Ok(answer(200, "http-red")), "the next request on the same connection takes the new names");
+    assert_eq!(open.ask(get("blue.example")), Ok(answer(200, "http-blue")));
+    assert_eq!(curl(&lab, 80, "red.example", &[]), "200 http-red");
+    assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1, "counters outlive a reload");
+}
