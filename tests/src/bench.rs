@@ -220,3 +220,33 @@ impl BpfRunTimeStats {
         Ok(Self(fd))
     }
 }
+
+/// A program of the benchmark object, as XDP.
+pub fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Xdp> {
+    use anyhow::Context as _;
+    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
+}
+
+/// The benchmark object of the generator topology, gen (g0) -> (n0) gateway
+/// (n1) -> (s0) sink: every program loaded, the bare redirect sending out of
+/// `n1` (the gateway's ifindex of it), and the sink, which counts and drops,
+/// attached to `s0` in `sink`.
+pub fn load_generator_topology(gateway: &crate::netns::Netns, n1: u32, sink: &crate::netns::Netns, s0: u32) -> Result<aya::Ebpf> {
+    use anyhow::Context as _;
+    use aya::{maps::DevMap, programs::XdpMode};
+    use nat_common::bench::names;
+    let mut bench = aya::Ebpf::load(nat_userspace::BENCH_OBJECT).context("loading the bench object")?;
+    for name in [names::GENERATE, names::SINK, names::REDIRECT_ONLY, names::PASS] {
+        xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
+    }
+    {
+        // A devmap resolves the ifindex in the caller's namespace.
+        let _in_gateway = gateway.enter()?;
+        DevMap::try_from(bench.map_mut(names::REDIRECT_PORT).context("REDIRECT_PORT")?)?.set(0, n1, None, 0)?;
+    }
+    {
+        let _in_sink = sink.enter()?;
+        xdp(&mut bench, names::SINK)?.attach_to_if_index(s0, XdpMode::Driver).context("attaching the sink")?;
+    }
+    Ok(bench)
+}

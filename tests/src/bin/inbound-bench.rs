@@ -62,17 +62,16 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{DevMap, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::PerCpuArray,
+    programs::{XdpMode, xdp::XdpLinkId},
 };
 use nat_common::bench::names;
 use nat_tests::{
-    bench::{BpfRunTimeStats, GeneratorFrame, bpf_run_time, busy_share, cpu_ticks, machine_json, median, process_cpu_seconds, run_generator},
+    bench::{BpfRunTimeStats, GeneratorFrame, bpf_run_time, busy_share, cpu_ticks, load_generator_topology, machine_json, median, process_cpu_seconds, run_generator, xdp},
     inbound::{Haproxy, Natd, Nginx, RequestStream, WrkResult, XdpPass, wait_serving, wrk},
     natlab::{EXTERNAL, NatLab, host_addr},
     netns::Netns,
 };
-use nat_userspace::BENCH_OBJECT;
 use serde_json::{Value, json};
 
 /// The CPU the packet generator runs on.
@@ -366,9 +365,6 @@ mod pps {
         }
     }
 
-    fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-        Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
-    }
 
     struct Sample {
         pps: f64,
@@ -464,19 +460,7 @@ mod pps {
             nat.ip(&["neigh", "replace", &CLIENT.to_string(), "lladdr", &mac(G0_MAC), "dev", "n0", "nud", "permanent"])?;
             let (g0, n0, n1, s0) = (generator.ifindex("g0")?, nat.ifindex("n0")?, nat.ifindex("n1")?, sink.ifindex("s0")?);
 
-            let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the bench object")?;
-            for name in [names::GENERATE, names::SINK, names::REDIRECT_ONLY, names::PASS] {
-                xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
-            }
-            {
-                // A devmap resolves the ifindex in the caller's namespace.
-                let _in_nat = nat.enter()?;
-                DevMap::try_from(bench.map_mut(names::REDIRECT_PORT).context("REDIRECT_PORT")?)?.set(0, n1, None, 0)?;
-            }
-            {
-                let _in_sink = sink.enter()?;
-                xdp(&mut bench, names::SINK)?.attach_to_if_index(s0, XdpMode::Driver).context("attaching the sink")?;
-            }
+            let bench = load_generator_topology(&nat, n1, &sink, s0)?;
             Ok(Self { generator, nat, sink, g0, n0, bench, links: Vec::new(), natd: None, replies: Vec::new() })
         }
 

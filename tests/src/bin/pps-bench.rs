@@ -28,19 +28,16 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{DevMap, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::PerCpuArray,
+    programs::{XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{Endpoint, FreePort, GatewayConfig, Prefix, Reason, bench::names, proto};
 use nat_tests::{
-    bench::{GeneratorFrame, run_generator},
+    bench::{GeneratorFrame, load_generator_topology, run_generator, xdp},
     mac,
     netns::Netns,
 };
-use nat_userspace::{
-    BENCH_OBJECT,
-    datapath::{Datapath, Side},
-};
+use nat_userspace::datapath::{Datapath, Side};
 
 const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
 const NAT_LAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
@@ -167,19 +164,7 @@ impl Bench {
         nat.ip(&["neigh", "replace", &GEN_ADDR.to_string(), "lladdr", &mac(G0_MAC), "dev", "n0", "nud", "permanent"])?;
         let (g0, n0, n1, s0) = (generator_ns.ifindex("g0")?, nat.ifindex("n0")?, nat.ifindex("n1")?, sink.ifindex("s0")?);
 
-        let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the bench object")?;
-        for name in [names::GENERATE, names::SINK, names::REDIRECT_ONLY, names::PASS] {
-            xdp(&mut bench, name)?.load().with_context(|| format!("loading {name}"))?;
-        }
-        {
-            // A devmap resolves the ifindex in the caller's namespace.
-            let _in_nat = nat.enter()?;
-            DevMap::try_from(bench.map_mut(names::REDIRECT_PORT).context("REDIRECT_PORT")?)?.set(0, n1, None, 0)?;
-        }
-        {
-            let _in_sink = sink.enter()?;
-            xdp(&mut bench, names::SINK)?.attach_to_if_index(s0, XdpMode::Driver).context("attaching the sink")?;
-        }
+        let bench = load_generator_topology(&nat, n1, &sink, s0)?;
         let datapath = {
             let _in_nat = nat.enter()?;
             let mut dp = Datapath::load()?;
@@ -324,6 +309,3 @@ impl Bench {
     }
 }
 
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
-}
