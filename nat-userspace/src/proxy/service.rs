@@ -247,7 +247,15 @@ type Bound = Vec<(Arc<Service>, TcpListener)>;
 
 /// The proxies' runtime and every proxy's listener, registered with it.
 fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the proxies' runtime")?;
+    // One worker per CPU: a relay's two directions and the other clients
+    // proceed in parallel, so one core does not bound the proxies.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("natd-proxy-worker")
+        .enable_all()
+        .build()
+        .context("the proxies' runtime")?;
     let mut bound = Vec::new();
     {
         // Tokio sockets are registered with the runtime that serves them.
