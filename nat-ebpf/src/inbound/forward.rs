@@ -5,7 +5,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use nat_common::{
-    Endpoint, Mapping, Reason,
+    Endpoint, GatewayConfig, Mapping, Reason, proto,
     forward::{Backend, FlowKey, ForwardPort, static_backend},
     miss_kind,
 };
@@ -26,6 +26,15 @@ fn flags_of(pkt: &Ipv4Packet) -> u8 {
         L4::Tcp(header) => tcp::flags(header),
         _ => 0,
     }
+}
+
+/// Whether `external` can only be a forward's, never a mapping's: TCP or
+/// UDP to a port outside the NAT ranges. Every mapping's external port is a
+/// NAT port and no forward's is (`natd check` refuses one), so each packet
+/// is looked up in one kind of table only.
+#[inline(always)]
+pub fn is_forwardable(cfg: &GatewayConfig, external: &Endpoint) -> bool {
+    external.proto != proto::ICMP && !cfg.is_nat_port(u16::from_be(external.port_be))
 }
 
 /// Where a WAN packet to `external` (a port no mapping can have) goes: the

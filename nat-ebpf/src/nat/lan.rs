@@ -8,7 +8,7 @@ use aya_ebpf::programs::XdpContext;
 use nat_common::{GatewayConfig, Reason, forward::mapping_flags, miss_kind, proto};
 
 use crate::{
-    ctx::{clock, config},
+    ctx::clock,
     handoff::hand_to_daemon,
     maps::{INBOUND, OUTBOUND},
     nat::{
@@ -50,7 +50,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
         return Verdict::pass(Reason::PassLocal);
     }
     if cfg.is_external(pkt.dst_be()) {
-        return to_external_address(ctx, pkt);
+        return to_external_address(ctx, pkt, cfg);
     }
 
     if let L4::IcmpError(quoted) = &pkt.l4
@@ -91,7 +91,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
 /// the Internet would. So is the target's ICMP error about such a packet
 /// (RFC 5508 REQ-7). Anything else is for the gateway itself.
 #[inline(always)]
-fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
+fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
     if let L4::IcmpError(quoted) = &pkt.l4 {
         return icmp_error_hairpinned(ctx, pkt, quoted);
     }
@@ -125,7 +125,6 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet) -> Verdict {
         },
     };
     let now = clock();
-    let cfg = config();
     // SAFETY: values of the maps, alive while the program runs.
     let mapping = unsafe { &*mapping };
     let external = mapping.target(inside.proto);

@@ -2,7 +2,7 @@
 //! packets in; everything else is the gateway's own or dropped.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{GatewayConfig, Reason, proto};
+use nat_common::{GatewayConfig, Reason};
 
 use crate::{
     ctx::clock,
@@ -44,11 +44,9 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     };
     let now = clock();
     // A mapping's packet, or a forwarded one: one send for both (each copy
-    // of it is a large part of what the verifier walks). Every mapping's
-    // external port is a NAT port, and no forward's port is one (`natd
-    // check` refuses it): a packet is looked up in one kind of table only,
-    // and the hit path pays nothing for forwards.
-    let forwardable = external.proto != proto::ICMP && !cfg.is_nat_port(u16::from_be(external.port_be));
+    // of it is a large part of what the verifier walks). The port says
+    // which table: the hit path pays nothing for forwards.
+    let forwardable = forward::is_forwardable(cfg, &external);
     let mapping = if forwardable { None } else { INBOUND.get_ptr(external) };
     let (to, translated, sessions) = match mapping {
         Some(mapping) => {
