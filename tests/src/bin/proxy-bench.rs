@@ -57,6 +57,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use nat_tests::{
     bench::{machine_json, median, percentile},
+    tls::client_hello,
     inbound::Natd,
     natlab::{EXTERNAL, NatLab, host_addr, in_ns},
     netns::{Netns, run},
@@ -279,43 +280,6 @@ fn start_nginx_stream(ns: &Netns) -> Result<Process> {
     Ok(nginx)
 }
 
-fn u16_prefixed(body: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(body.len()).unwrap_or(u16::MAX).to_be_bytes().to_vec();
-    out.extend_from_slice(body);
-    out
-}
-
-/// A TLS 1.2 ClientHello naming NAME, offering ECDHE-ECDSA (the server's
-/// certificate) and ECDHE-RSA with AES-GCM, in one record.
-fn client_hello() -> Vec<u8> {
-    let mut entry = vec![0u8];
-    entry.extend(u16_prefixed(NAME.as_bytes()));
-    let extensions: Vec<(u16, Vec<u8>)> = vec![
-        (0, u16_prefixed(&entry)),
-        (0x000a, u16_prefixed(&[0x00, 0x1d, 0x00, 0x17])),
-        (0x000b, vec![1, 0]),
-        (0x000d, u16_prefixed(&[0x04, 0x03, 0x08, 0x04, 0x04, 0x01])),
-        (0xff01, vec![0]),
-    ];
-    let mut block = Vec::new();
-    for (ty, data) in extensions {
-        block.extend_from_slice(&ty.to_be_bytes());
-        block.extend(u16_prefixed(&data));
-    }
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0);
-    body.extend(u16_prefixed(&[0xc0, 0x2b, 0xc0, 0x2c, 0xc0, 0x2f, 0xc0, 0x30]));
-    body.extend_from_slice(&[1, 0]);
-    body.extend(u16_prefixed(&block));
-    let mut handshake = vec![1];
-    handshake.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes()[1..]);
-    handshake.extend(body);
-    let mut record = vec![22, 3, 1];
-    record.extend(u16_prefixed(&handshake));
-    record
-}
-
 /// Connects to `target`, writes the ClientHello and reads the first bytes
 /// of the server's answer (a handshake record): the open connection and
 /// the time from connect() to that first byte.
@@ -422,7 +386,7 @@ impl Bench {
     fn latency(&self, mode: Mode, samples: usize) -> Result<Vec<f64>> {
         let target = mode.target();
         in_ns(&self.lab.server, move || -> Result<Vec<f64>> {
-            let hello = client_hello();
+            let hello = client_hello(Some(NAME), 0, 16384);
             (0..samples).map(|_| hello_exchange(target, &hello).map(|(_, t)| t.as_secs_f64() * 1e6)).collect()
         })
         .join()
@@ -463,7 +427,7 @@ impl Bench {
         let (release_tx, release) = std::sync::mpsc::channel::<()>();
         let client = in_ns(&self.lab.server, move || {
             raise_nofile();
-            let hello = client_hello();
+            let hello = client_hello(Some(NAME), 0, 16384);
             let open: Result<Vec<TcpStream>> = (0..connections).map(|_| hello_exchange(target, &hello).map(|(s, _)| s)).collect();
             match open {
                 Ok(streams) => {
