@@ -21,6 +21,7 @@
 mod http;
 pub mod names;
 pub mod proxy_protocol;
+pub mod quic;
 mod relay;
 mod route;
 mod service;
