@@ -50,9 +50,33 @@ pub struct ForwardPort {
     pub forward: u32,
     /// Port minus the range's first port, host order (0 for a single port).
     pub offset: u16,
-    pub _pad: u16,
+    /// `port_flags::*`.
+    pub flags: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<ForwardPort>() == 8);
+
+impl ForwardPort {
+    pub const fn new(forward: u32, offset: u16, flags: u8) -> Self {
+        Self { forward, offset, flags, _pad: 0 }
+    }
+
+    /// Whether natd, not the Maglev table, picks the backend of a new flow.
+    #[inline(always)]
+    pub const fn is_pinned(&self) -> bool {
+        self.flags & port_flags::PINNED != 0
+    }
+}
+
+/// What `ForwardPort::flags` holds.
+pub mod port_flags {
+    /// New flows are routed by natd, not by the Maglev table: the programs
+    /// translate only the flows natd has filed (it pins them in `PENDING`)
+    /// and pass the first packets of any other to the kernel, where natd's
+    /// socket reads them. A QUIC proxy's UDP port: natd routes a connection
+    /// by the SNI of its Initial packets, then the flow is a forwarded one.
+    pub const PINNED: u8 = 1;
+}
 
 /// One backend of a forward, in `BACKENDS[forward * MAX_BACKENDS + slot]`.
 /// Slots are stable while the backend is configured: a flow names its

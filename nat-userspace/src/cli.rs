@@ -182,6 +182,12 @@ fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
     if proxy.default.is_none() {
         lines.push("  other names, no name, not TLS: refused (no default)".to_string());
     }
+    if proxy.quic {
+        lines.push(format!(
+            "  quic: UDP {addr}:{} routed by the SNI of the QUIC Initial, then translated in XDP (forward \"quic/{}\" in natd forwards)",
+            proxy.port, proxy.port
+        ));
+    }
     lines
 }
 
@@ -304,6 +310,12 @@ pub fn proxies(json: bool) -> Result<()> {
             Refusal::KEYS.iter().filter_map(|key| p.refused_by.get(*key).filter(|n| **n > 0).map(|n| format!("{key} {n}"))).collect();
         let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
         println!("  connections: {} active, {} total, {} refused{reasons}", p.active, p.total, p.refused);
+        if let Some(q) = &p.quic {
+            println!(
+                "  quic: {} connections routed and handed to XDP; natd read {} datagrams, sent {} on, ignored {}; {} ClientHellos being read",
+                q.routed, q.datagrams, q.relayed, q.ignored, q.assembling
+            );
+        }
         println!("  {:<32} SERVERS", "NAME");
         for route in &p.routes {
             println!("  {:<32} {}", route.name, route.servers.join(", "));

@@ -341,9 +341,56 @@ fn rewrite_l4(rest: &mut [u8], layout: Layout, old_addr_be: u32, to: Endpoint) {
     rest[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
 }
 
+/// A UDP datagram from `src` to `dst` carrying `payload`, as a whole IPv4
+/// packet with both checksums: what natd sends on a remote's behalf (a QUIC
+/// client's Initials, once their server is chosen). Don't Fragment is set,
+/// as QUIC senders set it (RFC 9000 §14).
+pub fn udp_packet(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, payload: &[u8]) -> Result<Vec<u8>> {
+    const UDP_HEADER: usize = 8;
+    const DONT_FRAGMENT: u16 = 0x4000;
+    let total = MIN_HEADER + UDP_HEADER + payload.len();
+    let total_16 = u16::try_from(total).map_err(|_| anyhow!("a UDP payload of {} bytes does not fit an IPv4 packet", payload.len()))?;
+    let mut ip = vec![0u8; total];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total_16.to_be_bytes());
+    ip[6..8].copy_from_slice(&DONT_FRAGMENT.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto::UDP;
+    ip[12..16].copy_from_slice(&src.ip().octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let header_check = checksum::checksum(&ip[..MIN_HEADER]);
+    ip[10..12].copy_from_slice(&header_check.to_ne_bytes());
+    let udp = &mut ip[MIN_HEADER..];
+    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&((UDP_HEADER + payload.len()) as u16).to_be_bytes());
+    udp[UDP_HEADER..].copy_from_slice(payload);
+    // Checksums are summed and stored in memory order (`checksum`). RFC
+    // 768: a computed 0 is sent as all ones (0 means "no checksum").
+    let check = match checksum::l4_checksum(src.ip().octets(), dst.ip().octets(), proto::UDP, udp) {
+        0 => 0xffff,
+        check => check,
+    };
+    udp[6..8].copy_from_slice(&check.to_ne_bytes());
+    Ok(ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_udp_packet_built_for_a_remote_verifies_and_reads_back() {
+        let (src, dst) = ("198.51.100.7:40000".parse().unwrap(), "10.0.0.5:443".parse().unwrap());
+        let packet = udp_packet(src, dst, b"an initial").unwrap();
+        let read = Ipv4::read(&packet).unwrap();
+        assert_eq!((read.src(), read.dst(), read.proto(), read.datagram().len()), (*src.ip(), *dst.ip(), proto::UDP, 20 + 8 + 10));
+        assert!(checksum::verifies(read.header(), 0), "the IPv4 header checksum");
+        let pseudo = pseudo_header_sum(src.ip().octets(), dst.ip().octets(), proto::UDP, 18);
+        assert!(checksum::verifies(read.payload(), pseudo), "the UDP checksum with its pseudo-header");
+        assert_eq!(&read.payload()[8..], b"an initial");
+        assert_eq!(read.port_be(Side::Source), Some(40000u16.to_be()));
+    }
 
     /// A TCP segment from 198.51.100.7:40000 to 203.0.113.1:8080.
     fn segment(flags: u8, seq: u32, ack: u32, payload: usize) -> Vec<u8> {

@@ -50,10 +50,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             settings.lan
         ),
     }
-    // Bound before anything is attached: a port another service holds stops
-    // the start here, with nothing to undo.
-    let proxies = Proxies::start(&settings.proxies, &env.external_ips)?;
     let mut datapath = Datapath::load_for(&gateway_config)?;
+    // Bound before anything is attached: a port another service holds stops
+    // the start here, with nothing to undo (a loaded program is unloaded
+    // with `datapath`).
+    let proxies = Proxies::start(&settings.proxies, &env.external_ips, &datapath)?;
     datapath.set_config(gateway_config)?;
     datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
     datapath.set_clock(coarse_now_ns())?;
@@ -169,7 +170,7 @@ fn try_reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) ->
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let mut changes = match daemon.apply_forwards(&settings.forwards) {
+    let mut changes = match daemon.apply_forwards(&settings.datapath_forwards()) {
         Ok(changes) => changes,
         Err(e) => {
             return ReloadOutcome {

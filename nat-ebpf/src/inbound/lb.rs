@@ -119,6 +119,9 @@ pub fn route_inbound(key: &FlowKey, flags: u8, now: u64, port: impl FnOnce() -> 
             };
             match PENDING.get_ptr_mut(*key) {
                 Some(flow) => (flow, false),
+                // natd routes the port's new flows (a QUIC proxy): the
+                // packet goes to its socket.
+                None if port.is_pinned() => return Inbound::NotForwarded,
                 None => return new_flow(key, &port, flags, now),
             }
         }

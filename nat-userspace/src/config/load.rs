@@ -680,7 +680,7 @@ fn forward(raw: &mut Raw, at: &mut At, table: toml::Table) -> Option<Forward> {
     let (Some(protocols), Some(ports), Ok(external_ip)) = (protocols, ports, external_ip) else {
         return None;
     };
-    let mut forward = Forward { name: String::new(), protocols, ports, external_ip, servers, health };
+    let mut forward = Forward { name: String::new(), protocols, ports, external_ip, servers, health, pinned: false };
     forward.name = at.name.clone().unwrap_or_else(|| format!("{}/{}", forward.protocol_name(), forward.ports_text()));
     Some(forward)
 }

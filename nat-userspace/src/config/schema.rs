@@ -74,6 +74,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("proxy.hello_timeout", "seconds a client has to send its whole ClientHello; http: each request head, from its first byte (default: 5)"),
     ("proxy.connect_timeout", "seconds a connection to a server may take (default: 5)"),
     ("proxy.idle_timeout", "seconds a relayed connection may stay silent both ways; http: also a keep-alive wait for the next request (default: 600)"),
+    ("proxy.quic", "kind \"tls\" only: true routes QUIC (UDP to the same port) by the SNI of its Initial packets, then the datapath translates the connection (default: false)"),
     ("proxy.max_connections", "concurrent connections at most, 1-1000000; more are closed at once (default: 4096)"),
 ];
 
@@ -211,6 +212,14 @@ pub struct Settings {
     pub proxies: Vec<Proxy>,
 }
 
+impl Settings {
+    /// What the datapath's forward tables hold: the forwards, then the
+    /// QUIC proxies' UDP ports.
+    pub fn datapath_forwards(&self) -> Vec<Forward> {
+        self.forwards.iter().cloned().chain(self.proxies.iter().filter_map(Proxy::quic_forward)).collect()
+    }
+}
+
 /// A name-based proxy: natd's own TCP listener on a public port that reads
 /// the name a client asks for and relays the connection to that name's
 /// server.
@@ -234,6 +243,10 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+    /// kind "tls" only: UDP to the same port is QUIC, routed by the SNI of
+    /// its Initial packets and then translated by the datapath
+    /// (`quic_forward`).
+    pub quic: bool,
     /// The check of the servers of a name (or the default) that has several
     /// to choose between: TCP connects with the forwards' default timing.
     /// A lone server is not checked: there is nothing to fail over to.
@@ -252,6 +265,35 @@ impl Proxy {
             HealthKind::None => "none (no name has several servers)".to_string(),
             _ => format!("{}, for the servers of a name that has several", self.health.describe()),
         }
+    }
+
+    /// The forward a QUIC proxy's UDP port is in the datapath: every server
+    /// of the proxy once (UDP to the same port as its TCP), flows pinned by
+    /// natd (`Forward::pinned`), no Maglev pick and no active check of its
+    /// own (natd routes by the proxy's checked sets; a pinned flow stays on
+    /// its server, which alone knows the connection).
+    pub fn quic_forward(&self) -> Option<Forward> {
+        if !self.quic {
+            return None;
+        }
+        let mut servers: Vec<Server> = Vec::new();
+        for (_, set) in self.server_sets() {
+            for server in set {
+                let server = Server { addr: *server.ip(), port: Some(server.port()), weight: DEFAULT_WEIGHT };
+                if !servers.contains(&server) {
+                    servers.push(server);
+                }
+            }
+        }
+        Some(Forward {
+            name: format!("quic/{}", self.port),
+            protocols: vec![proto::UDP],
+            ports: (self.port, self.port),
+            external_ip: self.external_ip,
+            servers,
+            health: HealthCheck::of_kind(HealthKind::None),
+            pinned: true,
+        })
     }
 
     /// Every server set: each route's, then the default's, labelled.
@@ -321,6 +363,10 @@ pub struct Forward {
     /// At least one, at most `nat_common::forward::MAX_BACKENDS`.
     pub servers: Vec<Server>,
     pub health: HealthCheck,
+    /// natd routes each new flow itself and files it for the datapath
+    /// (`port_flags::PINNED`): the UDP side of a QUIC proxy, never written
+    /// in a `[[forward]]`.
+    pub pinned: bool,
 }
 
 impl Forward {

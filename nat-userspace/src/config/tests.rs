@@ -333,6 +333,7 @@ fn forwards_are_read_with_their_defaults() {
             external_ip: None,
             servers: vec![server([10, 77, 1, 10], Some(80), 1)],
             health: HealthCheck::of_kind(HealthKind::None),
+            pinned: false,
         },
         "one server: no health check"
     );

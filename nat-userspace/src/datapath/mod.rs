@@ -19,6 +19,8 @@ use crate::EBPF_OBJECT;
 
 mod forwards;
 pub use forwards::{FlowTable, ForwardTables, StaticMapping};
+mod pins;
+pub use pins::{FlowPins, PinRefusal};
 
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;

@@ -70,7 +70,7 @@ impl Daemon {
             no_server_answers: NoServerAnswers::default(),
         };
         daemon.refill_free_queues();
-        let forwards = daemon.run.settings.forwards.clone();
+        let forwards = daemon.run.settings.datapath_forwards();
         for change in daemon.apply_forwards(&forwards)? {
             tracing::info!("{change}");
         }

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use nat_common::{
     Endpoint,
-    forward::{Backend, FlowKey, ForwardPort, MAGLEV_SIZE, MAX_BACKENDS, MAX_FORWARDS, NO_BACKEND, Signals, backend_state},
+    forward::{Backend, FlowKey, ForwardPort, MAGLEV_SIZE, port_flags, MAX_BACKENDS, MAX_FORWARDS, NO_BACKEND, Signals, backend_state},
     tcp_flags,
 };
 use tokio::sync::mpsc;
@@ -136,12 +136,12 @@ impl Forwards {
     /// health settings in place. Returns what changed, in words.
     pub fn apply(&mut self, tables: &mut dyn ForwardTables, wanted: &[Forward], pool: &[Ipv4Addr], now: Instant) -> Result<Vec<String>> {
         let mut changes = Vec::new();
-        let key = |f: &Forward| (f.protocols.clone(), f.ports, f.external_addr(pool));
+        let key = |f: &Forward| (f.protocols.clone(), f.ports, f.external_addr(pool), f.pinned);
         // Gone first: their ports and slots may be taken by what comes.
         let mut purged: Vec<(u32, Option<u32>)> = Vec::new();
         for index in 0..self.installed.len() {
             let Some(installed) = &self.installed[index] else { continue };
-            if !wanted.iter().any(|w| key(w) == (installed.config.protocols.clone(), installed.config.ports, Some(installed.external))) {
+            if !wanted.iter().any(|w| key(w) == (installed.config.protocols.clone(), installed.config.ports, Some(installed.external), installed.config.pinned)) {
                 let installed = self.installed[index].take().expect("checked above");
                 changes.push(format!("forward {:?} removed", installed.config.name));
                 uninstall_forward(tables, index as u32, installed)?;
@@ -393,7 +393,7 @@ fn install_forward(
     let (first, last) = forward.ports;
     for &proto_nr in &forward.protocols {
         for port in first..=last {
-            let port_entry = ForwardPort { forward: index, offset: port - first, _pad: 0 };
+            let port_entry = ForwardPort::new(index, port - first, if forward.pinned { port_flags::PINNED } else { 0 });
             tables
                 .set_forward_port(Endpoint::new(external, port, proto_nr), port_entry)
                 .with_context(|| format!("forward {:?}: installing port {port}", forward.name))?;

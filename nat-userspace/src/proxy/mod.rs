@@ -10,6 +10,9 @@
 //! - `relay`: one client connection, from its first byte to its close;
 //! - `http`: `kind = "http"`: hyper serves the client, each request is
 //!   routed by its Host;
+//! - `quic`, `quic_router`: `quic = true`: the Initial reader (a pure
+//!   parser), and the UDP socket that routes a connection by its SNI and
+//!   hands it to the datapath as a forwarded flow;
 //! - `service`: the listeners, their thread, health checks and counters,
 //!   and what `natd proxies` shows.
 //!
@@ -22,6 +25,7 @@ mod http;
 pub mod names;
 pub mod proxy_protocol;
 pub mod quic;
+mod quic_router;
 mod relay;
 mod route;
 mod service;
@@ -32,4 +36,5 @@ pub mod tls;
 mod test_support;
 
 pub use route::{Refusal, Routes};
+pub use quic_router::QuicView;
 pub use service::{Proxies, ProxyServerView, ProxyView, RouteView};

@@ -965,7 +965,7 @@ impl QuicClientHelloAssembler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     // `super::super`, not `crate`: these files move into a submodule of natd.
     use super::super::test_support::{ClientHelloBuilder, hex};
@@ -1738,6 +1738,19 @@ mod tests {
 
     /// A PQ-sized ClientHello, chopped into CRYPTO frames of `frame_len`,
     /// each in its own padded Initial (pn = index).
+    /// A client's Initial datagrams for `sni` with connection ID `dcid`:
+    /// one 1200-byte datagram, or (`large`) a 9 KB ClientHello with a
+    /// post-quantum-sized key share over eight.
+    pub(in crate::proxy) fn client_initials(sni: &str, dcid: &[u8], large: bool) -> Vec<Vec<u8>> {
+        let builder = ClientHelloBuilder::new().sni(sni).alpn(&[b"h3"]);
+        let hello = if large { builder.big_key_share(1216 + 32).padding(7700).handshake() } else { builder.handshake() };
+        hello
+            .chunks(1150)
+            .enumerate()
+            .map(|(i, chunk)| padded_initial(&InitialSpec { pn: i as u64, dcid, ..InitialSpec::default() }, &crypto_frame((i * 1150) as u64, chunk)))
+            .collect()
+    }
+
     fn multi_packet_hello(sni: &str, frame_len: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         let hello = ClientHelloBuilder::new()
             .sni(sni)

@@ -309,6 +309,7 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(5),
             idle_timeout: std::time::Duration::from_secs(600),
             max_connections: 10,
+            quic: false,
             health: HealthCheck::of_kind(HealthKind::None),
         }
     }

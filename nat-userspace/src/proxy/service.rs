@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, UdpSocket},
     runtime::{Handle, Runtime},
     sync::{Semaphore, oneshot},
     task::AbortHandle,
@@ -28,12 +28,15 @@ use tokio::{
 
 use crate::{
     config::{HealthKind, Proxy, ProxyKind},
+    datapath::{Datapath, FlowPins},
     nat::{
+        first_packet::KernelSender,
         health::{HealthConfig, ServerHealth},
         probe::{self, Probe},
     },
     proxy::{
         http::{self, Served},
+        quic_router::{self, QuicCounters, QuicView},
         relay::{self, End},
         route::{Refusal, Routes},
     },
@@ -71,9 +74,15 @@ pub(super) struct Service {
     refused: [AtomicU64; Refusal::KEYS.len()],
     /// `max_connections` permits.
     slots: Arc<Semaphore>,
+    /// With `quic`: what its UDP socket saw and did.
+    pub(super) quic: Option<QuicCounters>,
 }
 
 impl Service {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(super) fn refuse(&self, peer: SocketAddr, refusal: &Refusal) {
         self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!("proxy {} on {}: refused {peer}: {refusal}", self.name, self.listen);
@@ -137,6 +146,7 @@ impl Service {
             total: self.total.load(Ordering::Relaxed),
             refused: refused_by.values().sum(),
             refused_by,
+            quic: self.quic.as_ref().map(QuicCounters::view),
         }
     }
 }
@@ -153,11 +163,23 @@ pub struct Proxies {
 
 impl Proxies {
     /// Binds every proxy's listener on its external address (`pool`'s first
-    /// when it names none), then serves them on a thread of their own. An
-    /// error names the proxy and the address; nothing is left listening.
-    pub fn start(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<Self> {
+    /// when it names none), and a QUIC proxy's UDP socket, then serves them
+    /// on a thread of their own. A QUIC proxy files the flows it routes in
+    /// `datapath`'s maps. An error names the proxy and the address; nothing
+    /// is left listening.
+    pub fn start(proxies: &[Proxy], pool: &[Ipv4Addr], datapath: &Datapath) -> Result<Self> {
         if proxies.is_empty() {
             return Ok(Self { services: Vec::new(), runtime: None, stop: None, thread: None });
+        }
+        let mut handoffs = Vec::new();
+        for proxy in proxies {
+            handoffs.push(match proxy.quic {
+                true => Some((
+                    datapath.flow_pins().with_context(|| format!("proxy {:?}: the datapath's forward maps", proxy.name))?,
+                    KernelSender::new().with_context(|| format!("proxy {:?}: the socket QUIC Initials are sent on with", proxy.name))?,
+                )),
+                false => None,
+            });
         }
         raise_descriptor_limit(proxies.iter().map(|p| 2 * u64::from(p.max_connections)).sum::<u64>() + OWN_DESCRIPTORS);
         // The runtime is made, and dropped, on the proxies' thread: a tokio
@@ -167,9 +189,9 @@ impl Proxies {
         let (proxies, pool) = (proxies.to_vec(), pool.to_vec());
         let thread = std::thread::Builder::new()
             .name("natd-proxy".into())
-            .spawn(move || match bind_all(&proxies, &pool) {
+            .spawn(move || match bind_all(&proxies, &pool, handoffs) {
                 Ok((runtime, bound)) => {
-                    let services = bound.iter().map(|(service, _)| Arc::clone(service)).collect();
+                    let services = bound.iter().map(|b| Arc::clone(&b.service)).collect();
                     let _ = ready.send(Ok((runtime.handle().clone(), services)));
                     serve(runtime, bound, stopped);
                 }
@@ -192,9 +214,10 @@ impl Proxies {
         for service in &services {
             let proxy = &service.current().proxy;
             tracing::info!(
-                "proxy {} listening on {}: {} name(s){}",
+                "proxy {} listening on {}{}: {} name(s){}",
                 service.name,
                 service.listen,
+                if proxy.quic { " (tcp, and udp for quic)" } else { "" },
                 proxy.routes.len(),
                 if proxy.default.is_some() { " and a default" } else { "" }
             );
@@ -242,11 +265,16 @@ impl Drop for Proxies {
     }
 }
 
-/// Each proxy with its listener.
-type Bound = Vec<(Arc<Service>, TcpListener)>;
+/// One proxy with its listener, and with `quic` its UDP socket and what
+/// hands its flows to the datapath.
+struct Bound {
+    service: Arc<Service>,
+    listener: TcpListener,
+    quic: Option<(UdpSocket, quic_router::Datapath)>,
+}
 
 /// The proxies' runtime and every proxy's listener, registered with it.
-fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
+fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr], handoffs: Vec<Option<(FlowPins, KernelSender)>>) -> Result<(Runtime, Vec<Bound>)> {
     // One worker per CPU: a relay's two directions and the other clients
     // proceed in parallel, so one core does not bound the proxies.
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -260,12 +288,21 @@ fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
     {
         // Tokio sockets are registered with the runtime that serves them.
         let _entered = runtime.enter();
-        for proxy in proxies {
+        for (proxy, handoff) in proxies.iter().zip(handoffs) {
             let addr = proxy.external_addr(pool).with_context(|| format!("proxy {:?}: no external address to listen on", proxy.name))?;
             let listen = SocketAddrV4::new(addr, proxy.port);
             let listener = bind(listen).with_context(|| {
                 format!("proxy {:?}: cannot listen on {listen} (another service on the port, or the address is not this machine's)", proxy.name)
             })?;
+            let quic = match handoff {
+                Some((pins, sender)) => {
+                    let socket = bind_udp(listen).with_context(|| {
+                        format!("proxy {:?}: cannot bind UDP {listen} for quic (another service on the port, or the address is not this machine's)", proxy.name)
+                    })?;
+                    Some((socket, quic_router::Datapath { pins, sender, external: listen }))
+                }
+                None => None,
+            };
             let service = Service {
                 name: proxy.name.clone(),
                 listen,
@@ -275,8 +312,9 @@ fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr]) -> Result<(Runtime, Bound)> {
                 total: AtomicU64::new(0),
                 refused: Default::default(),
                 slots: Arc::new(Semaphore::new(proxy.max_connections as usize)),
+                quic: quic.is_some().then(QuicCounters::default),
             };
-            bound.push((Arc::new(service), listener));
+            bound.push(Bound { service: Arc::new(service), listener, quic });
         }
     }
     Ok((runtime, bound))
@@ -290,13 +328,22 @@ fn bind(listen: SocketAddrV4) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+fn bind_udp(listen: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(listen)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
 /// The proxies' thread: accept loops and health checks until `stopped`;
 /// dropping the runtime then cancels every task, which closes every socket.
-fn serve(runtime: Runtime, bound: Bound, stopped: oneshot::Receiver<()>) {
+fn serve(runtime: Runtime, bound: Vec<Bound>, stopped: oneshot::Receiver<()>) {
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
-        for (service, listener) in bound {
+        for Bound { service, listener, quic } in bound {
             service.start_checks(&service.current(), &handle);
+            if let Some((socket, handoff)) = quic {
+                tokio::spawn(quic_router::serve(Arc::clone(&service), socket, handoff));
+            }
             tokio::spawn(accept(service, listener));
         }
         let _ = stopped.await;
@@ -419,8 +466,10 @@ pub struct ProxyView {
     /// Client connections accepted since start (refused ones included).
     pub total: u64,
     pub refused: u64,
-    /// Refusals by reason (`Refusal::KEYS`).
+    /// Refusals by reason (`Refusal::KEYS`), QUIC connections' included.
     pub refused_by: BTreeMap<String, u64>,
+    /// With `quic = true`: the UDP side's counters.
+    pub quic: Option<QuicView>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

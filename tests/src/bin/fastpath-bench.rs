@@ -110,7 +110,7 @@ fn main() -> Result<()> {
         // (where the packet is addressed, the backend slot its flow names)
         for (at, slot) in [(addr::EXTERNAL, 0u16), (addr::LAN_HOST, 1), (SECOND_HOST, 0)] {
             let external = Endpoint::new(at, FORWARD_PORT, proto_nr);
-            gw.datapath.set_forward_port(external, ForwardPort { forward: FORWARD, offset: 0, _pad: 0 })?;
+            gw.datapath.set_forward_port(external, ForwardPort::new(FORWARD, 0, 0))?;
             let flow = Flow { last_seen_ns: FORWARD_NOW, forward: FORWARD as u16, backend: slot, offset: 0, tcp_flags_in: HANDSHAKE, tcp_flags_out: HANDSHAKE };
             gw.datapath.insert_forwarded_flow(FlowKey::new(&remote, &external), flow, FlowTable::Established)?;
         }

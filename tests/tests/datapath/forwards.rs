@@ -85,7 +85,7 @@ fn forward_gateway(tag: &str) -> TestGateway {
         gw.datapath.set_backend(FORWARD, server.slot, backend(server, SERVER_PORT, backend_state::UP)).unwrap();
     }
     for proto_nr in [proto::TCP, proto::UDP] {
-        let port = ForwardPort { forward: FORWARD, offset: 0, _pad: 0 };
+        let port = ForwardPort::new(FORWARD, 0, 0);
         gw.datapath.set_forward_port(endpoint(SERVICE, proto_nr), port).unwrap();
         for server in [&A, &B] {
             let mapping = StaticMapping {
@@ -229,7 +229,7 @@ fn a_port_range_forward_keeps_the_port_offset_both_ways() {
     gw.datapath.set_backend(RANGE, A.slot, backend(&A, 9000, backend_state::UP)).unwrap();
     for offset in 0..10u16 {
         let external = endpoint((addr::EXTERNAL, 8000 + offset), proto::TCP);
-        gw.datapath.set_forward_port(external, ForwardPort { forward: RANGE, offset, _pad: 0 }).unwrap();
+        gw.datapath.set_forward_port(external, ForwardPort::new(RANGE, offset, 0)).unwrap();
         let server = endpoint((A.addr, 9000 + offset), proto::TCP);
         gw.datapath.insert_static_mapping(&StaticMapping { server, external, forward: RANGE, slot: A.slot, offset }).unwrap();
     }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use nat_common::proto;
+use nat_common::{forward::MAX_BACKENDS, proto};
 use toml::Value;
 
 use super::{ConfigError, MAX_TIMEOUT_S, Raw, SERVER_ALLOWED, UNICAST_ALLOWED, is_unicast, parse_server};
@@ -23,7 +23,7 @@ use crate::{
 };
 
 const PROXY_KEYS: &[&str] =
-    &["port", "kind", "names", "default", "proxy_protocol", "external_ip", "hello_timeout", "connect_timeout", "idle_timeout", "max_connections"];
+    &["port", "kind", "names", "default", "proxy_protocol", "external_ip", "hello_timeout", "connect_timeout", "idle_timeout", "max_connections", "quic"];
 const KIND_ALLOWED: &str = "must be \"tls\" (route by the SNI of the TLS ClientHello) or \"http\" (route each request by its Host)";
 const NAME_ALLOWED: &str = "a name is a host name (\"blue.example\") or a one-label wildcard (\"*.green.example\"), letters, digits and '-' only";
 const SERVERS_ALLOWED: &str = "must be a server \"ADDR:PORT\" or a list of them, e.g. \"192.168.1.10:443\" or [\"192.168.1.12:443\", \"192.168.1.13:443\"]";
@@ -80,17 +80,21 @@ pub(super) fn proxies(raw: &mut Raw, default_addr: Option<Ipv4Addr>, nat_ranges:
                 );
             }
         }
+        // The proxy's own protocols: TCP, and UDP with quic.
+        let claimed: &[u8] = if proxy.quic { &[proto::TCP, proto::UDP] } else { &[proto::TCP] };
         for forward in forwards {
             let (lo, hi) = forward.ports;
-            if forward.protocols.contains(&proto::TCP) && (lo..=hi).contains(&port) && same_addr(forward.external_ip, proxy.external_ip) {
+            let Some(&shared) = claimed.iter().find(|p| forward.protocols.contains(p)) else { continue };
+            if (lo..=hi).contains(&port) && same_addr(forward.external_ip, proxy.external_ip) {
                 raw.proxy_error(
                     *index,
                     "port",
                     port,
                     format!(
-                        "is forwarded by forward {:?} (tcp {} on {}): the datapath would send its packets to the forward's servers, never \
+                        "is forwarded by forward {:?} ({} {} on {}): the datapath would send its packets to the forward's servers, never \
                          to the proxy; use another port for one of them",
                         forward.name,
+                        proto::name(shared),
                         forward.ports_text(),
                         addr_text(forward.external_ip)
                     ),
@@ -246,6 +250,30 @@ fn proxy(raw: &mut Raw, index: usize, table: &toml::Table) -> Option<Proxy> {
         }
     };
 
+    let quic = match table.get("quic") {
+        None => false,
+        Some(Value::Boolean(quic)) => *quic,
+        Some(other) => {
+            raw.proxy_error(index, "quic", other, "must be true or false");
+            false
+        }
+    };
+    if quic && kind == Some(ProxyKind::Http) {
+        raw.proxy_error(index, "quic", "true", "is for kind \"tls\" only: QUIC is routed by the SNI of its TLS ClientHello");
+    }
+    if quic {
+        let mut distinct: Vec<SocketAddrV4> = routes.iter().flat_map(|r| r.servers.iter().copied()).chain(default.iter().flatten().copied()).collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > MAX_BACKENDS as usize {
+            raw.proxy_error(
+                index,
+                "quic",
+                "true",
+                format!("a QUIC proxy has at most {MAX_BACKENDS} distinct servers (it is one forward in the datapath); this one has {}", distinct.len()),
+            );
+        }
+    }
     let (port, kind) = (port?, kind?);
     let several = routes.iter().any(|r| r.servers.len() > 1) || default.as_ref().is_some_and(|d| d.len() > 1);
     let health = HealthCheck::of_kind(if several { HealthKind::Tcp } else { HealthKind::None });
@@ -261,6 +289,7 @@ fn proxy(raw: &mut Raw, index: usize, table: &toml::Table) -> Option<Proxy> {
         connect_timeout,
         idle_timeout,
         max_connections,
+        quic,
         health,
     })
 }

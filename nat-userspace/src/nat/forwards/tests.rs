@@ -121,6 +121,7 @@ fn forward(servers: Vec<Server>, kind: HealthKind) -> Forward {
         external_ip: None,
         servers,
         health: HealthCheck { interval: Duration::from_secs(1), ..HealthCheck::of_kind(kind) },
+        pinned: false,
     }
 }
 
@@ -144,7 +145,7 @@ fn a_forward_installs_its_ports_backends_table_and_static_mappings() {
     assert_eq!(changes, ["forward \"web\" added: tcp+udp 8000-8009 on 203.0.113.1"]);
 
     assert_eq!(t.ports.len(), 20, "ten ports, two protocols");
-    assert_eq!(t.ports[&Endpoint::new(EXTERNAL, 8003, proto::UDP)], ForwardPort { forward: 0, offset: 3, _pad: 0 });
+    assert_eq!(t.ports[&Endpoint::new(EXTERNAL, 8003, proto::UDP)], ForwardPort::new(0, 3, 0));
     assert_eq!(t.backends[&(0, 1)], Backend { addr_be: u32::from_ne_bytes([10, 0, 0, 2]), base_port: 80, state: backend_state::UP, _pad: 0 });
     assert_eq!(t.backends[&(0, 2)].base_port, 8000, "no port given: the external port");
 
