@@ -232,3 +232,66 @@ impl Drop for TlsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The QUIC peer script (aioquic): a server and a client.
+pub fn quic_peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/quic_peer.py")
+}
+
+/// A QUIC server (aioquic, `scripts/quic_peer.py`) on one address and port
+/// of a namespace, with a self-signed certificate of its own: a stream
+/// "who" answers "NAME CLIENT_IP:PORT", the client's address as the server
+/// saw it; "blob N" answers N bytes.
+pub struct QuicServer {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl QuicServer {
+    /// Makes the certificate, starts the server in `ns` and waits (bounded)
+    /// until it says it is ready.
+    pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-quic-{}-{}", ns.name, addr.ip(), addr.port()));
+        std::fs::create_dir_all(&dir)?;
+        let subject = format!("/CN={name}");
+        let mut req = std::process::Command::new("openssl");
+        req.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);
+        run(req.current_dir(&dir)).context("making a self-signed certificate")?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let script = quic_peer_script();
+        let listen = addr.to_string();
+        let child = ns
+            .command(&["python3", script.to_str().unwrap(), "server", "--listen", &listen, "--name", name, "--cert", "cert.pem", "--key", "key.pem"])
+            .current_dir(&dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the aioquic server (python3 with aioquic: cargo xtask bootstrap installs it)")?;
+        let server = Self { name: name.to_string(), addr, dir, child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
+            if log.contains("ready") {
+                return Ok(server);
+            }
+            if log.contains("Error") {
+                bail!("the aioquic server {name} failed: {log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the aioquic server {name} was not ready on {addr} within 10 s")
+    }
+}
+
+impl Drop for QuicServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

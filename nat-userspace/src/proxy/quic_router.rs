@@ -278,3 +278,131 @@ pub(super) async fn serve(service: Arc<Service>, socket: UdpSocket, handoff: Dat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        config::{HealthCheck, HealthKind, Proxy, ProxyKind, ProxyRoute},
+        proxy::quic::tests::client_initials,
+    };
+
+    /// What the router did, in order.
+    #[derive(Default)]
+    struct Record {
+        pins: Vec<(SocketAddrV4, SocketAddrV4)>,
+        sent: Vec<(SocketAddrV4, SocketAddrV4, Vec<u8>)>,
+        refuse_pins: bool,
+    }
+
+    impl Handoff for Record {
+        fn pin(&mut self, client: SocketAddrV4, server: SocketAddrV4) -> Result<(), String> {
+            if self.refuse_pins {
+                return Err("not installed".into());
+            }
+            self.pins.push((client, server));
+            Ok(())
+        }
+
+        fn send(&mut self, client: SocketAddrV4, server: SocketAddrV4, datagram: &[u8]) -> Result<(), String> {
+            self.sent.push((client, server, datagram.to_vec()));
+            Ok(())
+        }
+    }
+
+    const BLUE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 10), 443);
+    const DEFAULT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 14), 443);
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 50000);
+
+    fn router(default: bool, max_connections: u32) -> Router<Record> {
+        let proxy = Proxy {
+            name: "tls/443".into(),
+            kind: ProxyKind::Tls,
+            port: 443,
+            external_ip: None,
+            routes: vec![ProxyRoute { pattern: "blue.example".into(), servers: vec![BLUE] }],
+            default: default.then(|| vec![DEFAULT]),
+            proxy_protocol: None,
+            hello_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_connections,
+            quic: true,
+            health: HealthCheck::of_kind(HealthKind::None),
+        };
+        Router::new(Arc::new(Service::detached(&proxy)), Record::default())
+    }
+
+    fn refused(router: &Router<Record>, key: &str) -> u64 {
+        router.service.view().refused_by[key]
+    }
+
+    #[test]
+    fn a_hello_over_several_initials_is_routed_once_whole_and_every_initial_goes_on_in_order() {
+        let mut router = router(false, 10);
+        let initials = client_initials("Blue.Example", &[7; 8], true);
+        assert!(initials.len() > 3, "a large ClientHello spans several Initials");
+        let now = Instant::now();
+        for (i, initial) in initials.iter().enumerate() {
+            router.datagram(CLIENT, initial, now);
+            let routed = i + 1 == initials.len();
+            assert_eq!(router.handoff.pins.len(), usize::from(routed), "pinned only once the ClientHello is whole (after {} of {})", i + 1, initials.len());
+        }
+        assert_eq!(router.handoff.pins, [(CLIENT, BLUE)]);
+        let sent: Vec<&Vec<u8>> = router.handoff.sent.iter().map(|(c, s, d)| {
+            assert_eq!((*c, *s), (CLIENT, BLUE), "sent from the client's address to its server");
+            d
+        }).collect();
+        assert_eq!(sent, initials.iter().collect::<Vec<_>>(), "every Initial, as the client sent it, in order");
+        let view = router.counters().view();
+        assert_eq!(view, QuicView { datagrams: initials.len() as u64, routed: 1, relayed: initials.len() as u64, ignored: 0, assembling: 0 });
+
+        // A datagram of the client queued before the datapath had the flow
+        // follows the Initials; after the grace natd reads it as a stranger.
+        router.datagram(CLIENT, b"\x40short header", now + Duration::from_millis(100));
+        assert_eq!(router.handoff.sent.last().unwrap().2, b"\x40short header");
+        router.sweep(now + HANDOFF_GRACE);
+        router.datagram(CLIENT, b"\x40short header", now + HANDOFF_GRACE);
+        assert_eq!(router.counters().view().ignored, 1, "not a client Initial: ignored");
+        assert_eq!(router.handoff.sent.len(), initials.len() + 1);
+    }
+
+    #[test]
+    fn unknown_names_go_to_the_default_or_are_refused_without_a_pin() {
+        let mut with_default = router(true, 10);
+        with_default.datagram(CLIENT, &client_initials("red.example", &[1; 8], false)[0], Instant::now());
+        assert_eq!(with_default.handoff.pins, [(CLIENT, DEFAULT)]);
+
+        let mut without = router(false, 10);
+        without.datagram(CLIENT, &client_initials("red.example", &[1; 8], false)[0], Instant::now());
+        assert!(without.handoff.pins.is_empty() && without.handoff.sent.is_empty());
+        assert_eq!(refused(&without, "unknown_name"), 1);
+
+        let mut unfiled = router(false, 10);
+        unfiled.handoff.refuse_pins = true;
+        unfiled.datagram(CLIENT, &client_initials("blue.example", &[1; 8], false)[0], Instant::now());
+        assert!(unfiled.handoff.sent.is_empty(), "nothing is sent for a flow the datapath does not have");
+        assert_eq!((refused(&unfiled, "local_error"), unfiled.counters().view().routed), (1, 0));
+    }
+
+    #[test]
+    fn unfinished_hellos_expire_and_are_bounded_by_max_connections() {
+        let mut router = router(false, 2);
+        let now = Instant::now();
+        for (i, port) in [1000u16, 1001, 1002].into_iter().enumerate() {
+            let first = &client_initials("blue.example", &[i as u8; 8], true)[0];
+            router.datagram(SocketAddrV4::new(*CLIENT.ip(), port), first, now);
+        }
+        assert_eq!(router.counters().view().assembling, 2, "max_connections ClientHellos at a time");
+        assert_eq!(refused(&router, "max_connections"), 1);
+        router.sweep(now + Duration::from_secs(4));
+        assert_eq!(router.counters().view().assembling, 2, "within hello_timeout");
+        router.sweep(now + Duration::from_secs(5));
+        assert_eq!((router.counters().view().assembling, refused(&router, "hello_timeout")), (0, 2));
+        router.datagram(CLIENT, b"garbage", now);
+        assert_eq!(router.counters().view().ignored, 1);
+        assert!(router.handoff.pins.is_empty());
+    }
+}

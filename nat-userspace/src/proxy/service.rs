@@ -79,6 +79,22 @@ pub(super) struct Service {
 }
 
 impl Service {
+    /// A service with no socket, for the routing logic's tests.
+    #[cfg(test)]
+    pub(super) fn detached(proxy: &Proxy) -> Self {
+        Service {
+            name: proxy.name.clone(),
+            listen: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), proxy.port),
+            current: RwLock::new(Arc::new(Current { proxy: proxy.clone(), routes: Routes::new(proxy) })),
+            checks: Mutex::new(Vec::new()),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            refused: Default::default(),
+            slots: Arc::new(Semaphore::new(proxy.max_connections as usize)),
+            quic: proxy.quic.then(QuicCounters::default),
+        }
+    }
+
     pub(super) fn name(&self) -> &str {
         &self.name
     }
@@ -108,7 +124,7 @@ impl Service {
         }
     }
 
-    fn view(&self) -> ProxyView {
+    pub(super) fn view(&self) -> ProxyView {
         let current = self.current();
         let (proxy, routes) = (&current.proxy, &current.routes);
         let route_views = routes

@@ -22,6 +22,7 @@ mod pmtu;
 mod pools;
 mod proxy;
 mod proxy_http;
+mod proxy_quic;
 mod real_clients;
 mod security;
 mod tcp;
