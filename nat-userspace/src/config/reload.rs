@@ -41,7 +41,8 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
             .iter()
             .map(|p| {
                 let addr = p.external_ip.map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
-                format!("{} on {addr}, max_connections {}, quic {}", p.name, p.max_connections, p.quic)
+                let quic = if p.quic { " and quic" } else { "" };
+                format!("{}{quic} on {addr}, max_connections {}", p.name, p.max_connections)
             })
             .collect()
     };

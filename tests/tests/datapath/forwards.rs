@@ -12,11 +12,11 @@
 //! test chooses, so the backend a client must get follows from the pick hash
 //! alone.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use nat_common::{
     Endpoint, FreePort, Reason, miss_kind, proto, tcp_flags,
-    forward::{Backend, FlowKey, ForwardPort, MAGLEV_SIZE, NO_BACKEND, Signals, backend_state},
+    forward::{Backend, FlowKey, ForwardPort, MAGLEV_SIZE, NO_BACKEND, Signals, backend_state, port_flags},
 };
 use nat_tests::{
     TestGateway, addr,
@@ -24,7 +24,7 @@ use nat_tests::{
     require_root,
     xdp_action::{DROP, PASS, REDIRECT},
 };
-use nat_userspace::datapath::{FlowTable, ForwardTables, Side, StaticMapping};
+use nat_userspace::datapath::{FlowTable, ForwardTables, PinRefusal, Side, StaticMapping};
 
 use super::{
     TCP_EXTERNAL, TCP_INSIDE, UDP_EXTERNAL, UDP_INSIDE, case, from_lan, from_wan, gateway,
@@ -651,4 +651,45 @@ fn passive_signals_count_syns_answers_and_refusals_per_backend() {
         assert_eq!(signals(), want, "after the {name}");
     }
     assert_eq!(gw.datapath.signals(FORWARD, B.slot).unwrap(), Signals::default());
+}
+
+/// A pinned port (`port_flags::PINNED`, a QUIC proxy's): a new flow's
+/// packet is not given a backend by the Maglev table but passed to the
+/// kernel untouched, for natd's socket; once natd files the flow
+/// (`FlowPins::pin`) on the server it chose, the datapath translates it
+/// both ways as any forwarded flow, and promotes it when the client answers
+/// the server. natd refuses to pin to a server that is not a backend, or on
+/// a port that is not pinned.
+#[test]
+fn a_pinned_port_passes_new_flows_to_natd_and_translates_the_flows_it_files() {
+    require_root!();
+    let mut gw = forward_gateway("fwdpin");
+    let service = endpoint(SERVICE, proto::UDP);
+    gw.datapath.set_forward_port(service, ForwardPort::new(FORWARD, 0, port_flags::PINNED)).unwrap();
+    let key = flow_key(CLIENT, proto::UDP);
+    use Side::{Lan, Wan};
+    run_cases(&gw, vec![case("a new flow's datagram", Wan, from_wan(udp(CLIENT, SERVICE)), PASS, None, Reason::PassNoMapping)]).unwrap();
+    assert_eq!(table_of(&gw, &key), None, "the datapath filed a flow on a pinned port");
+
+    // natd's choice, B, where the Maglev table would say A.
+    let mut pins = gw.datapath.flow_pins().unwrap();
+    let client = endpoint(CLIENT, proto::UDP);
+    assert_eq!(pins.pin(&client, &service, SocketAddrV4::new(B.addr, SERVER_PORT + 1), NOW).unwrap(), Err(PinRefusal::UnknownServer));
+    assert_eq!(pins.pin(&client, &endpoint(SERVICE, proto::TCP), SocketAddrV4::new(B.addr, SERVER_PORT), NOW).unwrap(), Err(PinRefusal::NotInstalled));
+    pins.pin(&client, &service, SocketAddrV4::new(B.addr, SERVER_PORT), NOW).unwrap().unwrap();
+    assert_eq!((table_of(&gw, &key), backend_of(&gw, &key)), (Some(FlowTable::HalfOpen), B.slot));
+
+    let b = B.at();
+    run_cases(
+        &gw,
+        vec![
+            case("the client's next datagram", Wan, from_wan(udp(CLIENT, SERVICE)), REDIRECT, Some(at_server(udp(CLIENT, b), &B)), Reason::ForwardedIn),
+            case("the server's answer", Lan, from_server(udp(b, CLIENT), &B), REDIRECT, Some(on_wan(udp(SERVICE, CLIENT))), Reason::TranslatedOut),
+            case("the client again", Wan, from_wan(udp(CLIENT, SERVICE)), REDIRECT, Some(at_server(udp(CLIENT, b), &B)), Reason::ForwardedIn),
+        ],
+    )
+    .unwrap();
+    assert_eq!(table_of(&gw, &key), Some(FlowTable::Established), "the answered flow was not promoted");
+    let other = (addr::REMOTE, 51001);
+    run_cases(&gw, vec![case("another client", Wan, from_wan(udp(other, SERVICE)), PASS, None, Reason::PassNoMapping)]).unwrap();
 }

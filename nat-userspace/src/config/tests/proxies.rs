@@ -254,3 +254,56 @@ fn a_reload_changes_names_servers_and_timeouts_live_and_refuses_a_new_listener()
     assert_eq!(fixed_changes(&old, &env, &limited, &env).len(), 1);
     assert_eq!(fixed_changes(&old, &env, &settings_of(RELOAD_BASE), &env), ["proxy: [\"tls/443 on the first external address, max_connections 4096\"] -> []"]);
 }
+
+#[test]
+fn quic_is_for_tls_proxies_and_claims_the_udp_port_too() {
+    let proxies = proxies_of(
+        r#"
+        [[proxy]]
+        port = 443
+        kind = "tls"
+        quic = true
+        names = { "blue.example" = "10.77.1.10:443", "*.green.example" = ["10.77.1.12:443", "10.77.1.10:443"] }
+        default = "10.77.1.14:8443"
+        [[proxy]]
+        port = 4443
+        kind = "tls"
+        default = "10.77.1.14:443"
+        "#,
+    );
+    assert!(proxies[0].quic && !proxies[1].quic, "off unless asked for");
+    let forward = proxies[0].quic_forward().expect("a quic proxy is a forward in the datapath");
+    assert_eq!((forward.name.as_str(), forward.protocols.as_slice(), forward.ports, forward.pinned), ("quic/443", &[nat_common::proto::UDP][..], (443, 443), true));
+    let servers: Vec<String> = forward.servers.iter().map(|s| format!("{}:{}", s.addr, s.port.unwrap())).collect();
+    assert_eq!(servers, ["10.77.1.12:443", "10.77.1.10:443", "10.77.1.14:8443"], "every server once (names in order), with its own port");
+    assert_eq!(forward.health.kind, HealthKind::None, "a pinned flow stays on its server; the proxy's checks pick among the servers up");
+    assert!(proxies[1].quic_forward().is_none());
+
+    let errs = proxy_errors(
+        r#"
+        [[forward]]
+        protocol = "udp"
+        port = 9443
+        to = ["10.77.1.10"]
+        [[proxy]]
+        port = 9443
+        kind = "tls"
+        quic = true
+        default = "10.77.1.10:443"
+        [[proxy]]
+        port = 80
+        kind = "http"
+        quic = true
+        default = "10.77.1.10:80"
+        [[proxy]]
+        port = 8443
+        kind = "tls"
+        quic = "yes"
+        default = "10.77.1.10:443"
+        "#,
+    );
+    assert!(has(&errs, "proxy[0].port", "9443", "is forwarded by forward \"udp/9443\" (udp 9443"), "{errs:#?}");
+    assert!(has(&errs, "proxy[1].quic", "true", "is for kind \"tls\" only"), "{errs:#?}");
+    assert!(has(&errs, "proxy[2].quic", "\"yes\"", "must be true or false"), "{errs:#?}");
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
