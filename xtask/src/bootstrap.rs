@@ -181,6 +181,7 @@ fn have(cmd: &str) -> bool {
 /// Installs the missing test tools with apt-get (root only; without root the
 /// namespace tests skip themselves anyway).
 pub fn test_tools() -> Result<()> {
+    python_modules()?;
     let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
@@ -204,6 +205,36 @@ pub fn test_tools() -> Result<()> {
         std::fs::remove_file(POLICY_RC_D)?;
     }
     installed
+}
+
+/// Python modules the namespace tests run (PyPI name, import name): the
+/// QUIC proxy's client and server (aioquic; Debian's python3-aioquic is too
+/// old for the tests' API on some releases).
+const PYTHON_MODULES: &[(&str, &str)] = &[("aioquic>=1.0,<2", "aioquic")];
+
+/// Installs the missing Python modules with pip, for the `python3` the
+/// tests run (root only, as the packages).
+fn python_modules() -> Result<()> {
+    let missing: Vec<&str> = PYTHON_MODULES
+        .iter()
+        .filter(|(_, module)| !Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()))
+        .map(|(pypi, _)| *pypi)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if euid() != 0 {
+        eprintln!("xtask: not root, so not installing the Python modules {missing:?}; the namespace tests will skip");
+        return Ok(());
+    }
+    if !have("pip3") && Command::new("python3").args(["-m", "pip", "--version"]).output().map_or(true, |o| !o.status.success()) {
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends", "python3-pip"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    eprintln!("xtask: installing the Python modules {missing:?} with pip");
+    let pip = |extra: &[&str]| run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(extra).args(&missing));
+    // A distribution's own Python refuses user installs (PEP 668) unless told.
+    pip(&[]).or_else(|_| pip(&["--break-system-packages"])).context("installing the Python modules the QUIC tests need (aioquic) with pip")
 }
 
 pub fn euid() -> u32 {
