@@ -54,7 +54,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Bound before anything is attached: a port another service holds stops
     // the start here, with nothing to undo (a loaded program is unloaded
     // with `datapath`).
-    let proxies = Proxies::start(&settings.proxies, &env.external_ips, &datapath)?;
+    let mut proxies = Proxies::start(&settings.proxies, &env.external_ips, &datapath)?;
     datapath.set_config(gateway_config)?;
     datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
     datapath.set_clock(coarse_now_ns())?;
@@ -113,14 +113,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             Some((request, reply)) = requests.recv() => {
                 let answer = match request {
-                    Request::Reload => serde_json::to_string(&reload(&mut daemon, &proxies, log.as_ref())).map_err(anyhow::Error::from),
+                    Request::Reload => serde_json::to_string(&reload(&mut daemon, &mut proxies, log.as_ref())).map_err(anyhow::Error::from),
                     Request::Proxies => serde_json::to_string(&proxies.views()).map_err(anyhow::Error::from),
                     view => views::answer(&daemon, view),
                 };
                 let _ = reply.send(answer.unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }).to_string()));
             }
             _ = sighup.recv() => {
-                reload(&mut daemon, &proxies, log.as_ref());
+                reload(&mut daemon, &mut proxies, log.as_ref());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// only a restart can change, is refused whole, and what runs stays as it
 /// was. The outcome is logged as well as returned (SIGHUP has no one to
 /// answer).
-fn reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
+fn reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
     let outcome = try_reload(daemon, proxies, log);
     if outcome.applied {
         tracing::info!("{}", outcome.message);
@@ -153,7 +153,7 @@ fn reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) -> Rel
     outcome
 }
 
-fn try_reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
+fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
     let refused = |message: String| ReloadOutcome { applied: false, message, changes: Vec::new() };
     let source = daemon.run.config_file.as_ref().map_or_else(|| "the command line".to_string(), |path| path.display().to_string());
     let (settings, env, warnings) = match cli::settings(daemon.run.config_file.as_deref(), &daemon.run.overrides) {
@@ -170,6 +170,12 @@ fn try_reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) ->
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // The new proxies' sockets first: a port another service holds refuses
+    // the reload before anything changed.
+    let prepared = match proxies.prepare(&settings.proxies, &daemon.datapath) {
+        Ok(prepared) => prepared,
+        Err(e) => return refused(format!("reload refused, a new proxy cannot listen; nothing was changed:\n{e:#}")),
+    };
     let mut changes = match daemon.apply_forwards(&settings.datapath_forwards()) {
         Ok(changes) => changes,
         Err(e) => {
@@ -180,7 +186,7 @@ fn try_reload(daemon: &mut Daemon, proxies: &Proxies, log: Option<&LogLevel>) ->
             };
         }
     };
-    changes.extend(proxies.apply(&settings.proxies));
+    changes.extend(proxies.commit(prepared));
     if settings.log_level != daemon.run.settings.log_level {
         match log.map(|log| log.set(&settings.log_level)) {
             Some(Err(e)) => tracing::warn!("{e:#}"),

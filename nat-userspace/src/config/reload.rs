@@ -1,13 +1,12 @@
 //! What a reload may change while natd runs: the forwards, the log level
 //! and the WAN drop list. Every other setting shapes what is loaded and
 //! attached (interfaces, the port space, the address pool, timers the
-//! datapath was told), and changing it means a restart. Of the proxies,
-//! names, servers, the default, the PROXY protocol and the timeouts change
-//! live; their listeners (kind, port, address) and limits need a restart.
+//! datapath was told), and changing it means a restart. Proxies change
+//! live whole: added, removed, or changed in place (`proxy::Proxies`).
 
 use std::fmt::Debug;
 
-use crate::config::{Environment, Proxy, Settings};
+use crate::config::{Environment, Settings};
 
 /// The settings that differ between the running configuration and a new
 /// one and cannot change live, each as "NAME: OLD -> NEW". Empty: the new
@@ -34,18 +33,5 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("timeouts", &old.timeouts, &new.timeouts);
     compare("filtering", &old.filtering, &new.filtering);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());
-    // Matched in order: a reload that adds, removes or moves a proxy is
-    // refused, rather than guessing which listener became which.
-    let listeners = |proxies: &[Proxy]| -> Vec<String> {
-        proxies
-            .iter()
-            .map(|p| {
-                let addr = p.external_ip.map_or_else(|| "the first external address".to_string(), |ip| ip.to_string());
-                let quic = if p.quic { " and quic" } else { "" };
-                format!("{}{quic} on {addr}, max_connections {}", p.name, p.max_connections)
-            })
-            .collect()
-    };
-    compare("proxy", &listeners(&old.proxies), &listeners(&new.proxies));
     changes
 }

@@ -21,14 +21,14 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, TcpSocket, UdpSocket},
     runtime::{Handle, Runtime},
-    sync::{Semaphore, oneshot},
+    sync::oneshot,
     task::AbortHandle,
     time::{self, MissedTickBehavior},
 };
 
 use crate::{
     config::{HealthKind, Proxy, ProxyKind},
-    datapath::{Datapath, FlowPins},
+    datapath::Datapath,
     nat::{
         first_packet::KernelSender,
         health::{HealthConfig, ServerHealth},
@@ -72,8 +72,6 @@ pub(super) struct Service {
     total: AtomicU64,
     /// Refused connections, by `Refusal::index`.
     refused: [AtomicU64; Refusal::KEYS.len()],
-    /// `max_connections` permits.
-    slots: Arc<Semaphore>,
     /// With `quic`: what its UDP socket saw and did.
     pub(super) quic: Option<QuicCounters>,
 }
@@ -90,7 +88,6 @@ impl Service {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             refused: Default::default(),
-            slots: Arc::new(Semaphore::new(proxy.max_connections as usize)),
             quic: proxy.quic.then(QuicCounters::default),
         }
     }
@@ -170,103 +167,181 @@ impl Service {
 /// The proxies natd serves; stopped (listeners and connections closed) on
 /// drop.
 pub struct Proxies {
-    services: Vec<Arc<Service>>,
-    /// The proxies' runtime, to start health checks on after a reload.
-    runtime: Option<Handle>,
+    running: Vec<Running>,
+    /// The proxies' runtime: sockets are registered with it, tasks and
+    /// health checks spawned on it.
+    runtime: Handle,
+    pool: Vec<Ipv4Addr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// One proxy at work and the tasks that serve its sockets.
+struct Running {
+    service: Arc<Service>,
+    /// Its accept loop (which owns the listener) and, with quic, its UDP
+    /// router (which owns the socket): aborted, they close the sockets.
+    tasks: Vec<AbortHandle>,
+}
+
+impl Running {
+    /// Closes its sockets and stops its checks. Open connections finish as
+    /// they began (their tasks hold the service).
+    fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+        for check in self.service.checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..) {
+            check.abort();
+        }
+    }
+}
+
+/// A proxy's identity across reloads: its sockets (address, port, kind,
+/// and whether it has a UDP one). Everything else changes in place.
+type Identity = (Option<Ipv4Addr>, u16, ProxyKind, bool);
+
+fn identity(proxy: &Proxy, pool: &[Ipv4Addr]) -> Identity {
+    (proxy.external_addr(pool), proxy.port, proxy.kind, proxy.quic)
+}
+
+/// A reload's proxies with the sockets of the new ones bound: nothing is
+/// served from them until `Proxies::commit`, and dropping it closes them.
+pub struct Prepared {
+    wanted: Vec<Proxy>,
+    /// The new proxies' sockets, by index into `wanted`.
+    bound: Vec<(usize, Bound)>,
+}
+
 impl Proxies {
-    /// Binds every proxy's listener on its external address (`pool`'s first
-    /// when it names none), and a QUIC proxy's UDP socket, then serves them
-    /// on a thread of their own. A QUIC proxy files the flows it routes in
-    /// `datapath`'s maps. An error names the proxy and the address; nothing
-    /// is left listening.
+    /// Starts the proxies' thread and runtime, then binds and serves every
+    /// proxy (`Proxies::prepare`). An error names the proxy and the
+    /// address; nothing is left listening.
     pub fn start(proxies: &[Proxy], pool: &[Ipv4Addr], datapath: &Datapath) -> Result<Self> {
-        if proxies.is_empty() {
-            return Ok(Self { services: Vec::new(), runtime: None, stop: None, thread: None });
-        }
-        let mut handoffs = Vec::new();
-        for proxy in proxies {
-            handoffs.push(match proxy.quic {
-                true => Some((
-                    datapath.flow_pins().with_context(|| format!("proxy {:?}: the datapath's forward maps", proxy.name))?,
-                    KernelSender::new().with_context(|| format!("proxy {:?}: the socket QUIC Initials are sent on with", proxy.name))?,
-                )),
-                false => None,
-            });
-        }
-        raise_descriptor_limit(proxies.iter().map(|p| 2 * u64::from(p.max_connections)).sum::<u64>() + OWN_DESCRIPTORS);
         // The runtime is made, and dropped, on the proxies' thread: a tokio
         // runtime may not be dropped where natd's own runtime runs.
-        let (ready, bound) = std::sync::mpsc::channel::<Result<(Handle, Vec<Arc<Service>>)>>();
-        let (stop, stopped) = oneshot::channel();
-        let (proxies, pool) = (proxies.to_vec(), pool.to_vec());
+        let (ready, made) = std::sync::mpsc::channel::<Result<Handle>>();
+        let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("natd-proxy".into())
-            .spawn(move || match bind_all(&proxies, &pool, handoffs) {
-                Ok((runtime, bound)) => {
-                    let services = bound.iter().map(|b| Arc::clone(&b.service)).collect();
-                    let _ = ready.send(Ok((runtime.handle().clone(), services)));
-                    serve(runtime, bound, stopped);
+            .spawn(move || match runtime() {
+                Ok(runtime) => {
+                    let _ = ready.send(Ok(runtime.handle().clone()));
+                    // Until natd stops; dropping the runtime then cancels
+                    // every task, which closes every socket.
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
                 }
             })
             .context("starting the proxies' thread")?;
-        let (runtime, services) = match bound.recv() {
-            Ok(Ok(ready)) => ready,
+        let runtime = match made.recv() {
+            Ok(Ok(runtime)) => runtime,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
             }
             Err(_) => {
                 let _ = thread.join();
-                anyhow::bail!("the proxies' thread ended before it listened");
+                anyhow::bail!("the proxies' thread ended before its runtime ran");
             }
         };
-        for service in &services {
-            let proxy = &service.current().proxy;
-            tracing::info!(
-                "proxy {} listening on {}{}: {} name(s){}",
-                service.name,
-                service.listen,
-                if proxy.quic { " (tcp, and udp for quic)" } else { "" },
-                proxy.routes.len(),
-                if proxy.default.is_some() { " and a default" } else { "" }
-            );
-        }
-        Ok(Self { services, runtime: Some(runtime), stop: Some(stop), thread: Some(thread) })
+        let mut proxies_ = Self { running: Vec::new(), runtime, pool: pool.to_vec(), stop: Some(stop), thread: Some(thread) };
+        let prepared = proxies_.prepare(proxies, datapath)?;
+        proxies_.commit(prepared);
+        Ok(proxies_)
     }
 
-    /// Applies a reload's proxies, the same ones in the same order (a
-    /// reload that adds, removes or moves one, or changes its
-    /// max_connections, is refused before: `config::reload`): new names,
-    /// servers, default, PROXY protocol and timeouts take the next
-    /// connection; open ones finish as they began. A server that stays
-    /// keeps its health and counters. Returns the changes, in words.
-    pub fn apply(&self, proxies: &[Proxy]) -> Vec<String> {
-        let mut changes = Vec::new();
-        let Some(runtime) = &self.runtime else { return changes };
-        for (service, proxy) in self.services.iter().zip(proxies) {
-            let old = service.current();
-            if old.proxy == *proxy {
-                continue;
+    /// Binds the sockets of the proxies of `wanted` that are not served
+    /// yet (a new address, port, kind or quic), on their external address
+    /// (the pool's first when they name none). A QUIC proxy files the flows
+    /// it routes in `datapath`'s maps. Nothing changes for the proxies
+    /// served; an error names the proxy and the address.
+    pub fn prepare(&self, wanted: &[Proxy], datapath: &Datapath) -> Result<Prepared> {
+        let serving: Vec<Identity> = self.running.iter().map(|r| identity(&r.service.current().proxy, &self.pool)).collect();
+        let mut bound = Vec::new();
+        // Tokio sockets are registered with the runtime that serves them.
+        let _entered = self.runtime.enter();
+        for (index, proxy) in wanted.iter().enumerate() {
+            if !serving.contains(&identity(proxy, &self.pool)) {
+                bound.push((index, bind_proxy(proxy, &self.pool, datapath)?));
             }
-            let current = Arc::new(Current { proxy: proxy.clone(), routes: Routes::carried_over(proxy, &old.routes) });
-            *service.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&current);
-            service.start_checks(&current, runtime);
-            let names: Vec<String> = current.routes.sets.iter().map(|set| set.label.clone()).collect();
-            changes.push(format!("proxy {}: now {}", service.name, names.join(", ")));
         }
+        Ok(Prepared { wanted: wanted.to_vec(), bound })
+    }
+
+    /// Serves `prepared`: stops the proxies no longer wanted (their
+    /// sockets close; open connections finish), starts the new ones, and
+    /// gives the others their new names, servers, default, PROXY protocol,
+    /// timeouts and max_connections, which the next connection takes. A
+    /// server that stays keeps its health and counters. Returns the
+    /// changes, in words.
+    pub fn commit(&mut self, prepared: Prepared) -> Vec<String> {
+        let Prepared { wanted, mut bound } = prepared;
+        let mut changes = Vec::new();
+        let mut old: Vec<Running> = std::mem::take(&mut self.running);
+        for (index, proxy) in wanted.iter().enumerate() {
+            let id = identity(proxy, &self.pool);
+            if let Some(at) = old.iter().position(|r| identity(&r.service.current().proxy, &self.pool) == id) {
+                let running = old.remove(at);
+                if let Some(change) = self.update(&running.service, proxy) {
+                    changes.push(change);
+                }
+                self.running.push(running);
+            } else if let Some(at) = bound.iter().position(|(i, _)| *i == index) {
+                let (_, new) = bound.remove(at);
+                changes.push(format!("proxy {} added, listening on {}{}", proxy.name, new.service.listen, if proxy.quic { " (tcp, and udp for quic)" } else { "" }));
+                self.running.push(self.serve(new));
+            }
+        }
+        for running in old {
+            changes.push(format!("proxy {} on {} removed", running.service.name, running.service.listen));
+            running.stop();
+        }
+        raise_descriptor_limit(wanted.iter().map(|p| 2 * u64::from(p.max_connections)).sum::<u64>() + OWN_DESCRIPTORS);
         changes
+    }
+
+    /// A served proxy's new settings, if they differ.
+    fn update(&self, service: &Arc<Service>, proxy: &Proxy) -> Option<String> {
+        let old = service.current();
+        if old.proxy == *proxy {
+            return None;
+        }
+        let current = Arc::new(Current { proxy: proxy.clone(), routes: Routes::carried_over(proxy, &old.routes) });
+        *service.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&current);
+        service.start_checks(&current, &self.runtime);
+        let names: Vec<String> = current.routes.sets.iter().map(|set| set.label.clone()).collect();
+        Some(format!("proxy {}: now {}", service.name, names.join(", ")))
+    }
+
+    /// Starts serving a bound proxy: its accept loop, its UDP router, its
+    /// health checks.
+    fn serve(&self, bound: Bound) -> Running {
+        let Bound { service, listener, quic } = bound;
+        service.start_checks(&service.current(), &self.runtime);
+        let mut tasks = vec![self.runtime.spawn(accept(Arc::clone(&service), listener)).abort_handle()];
+        if let Some((socket, handoff)) = quic {
+            tasks.push(self.runtime.spawn(quic_router::serve(Arc::clone(&service), socket, handoff)).abort_handle());
+        }
+        let proxy = &service.current().proxy;
+        tracing::info!(
+            "proxy {} listening on {}{}: {} name(s){}",
+            service.name,
+            service.listen,
+            if proxy.quic { " (tcp, and udp for quic)" } else { "" },
+            proxy.routes.len(),
+            if proxy.default.is_some() { " and a default" } else { "" }
+        );
+        Running { service, tasks }
     }
 
     /// What `natd proxies` shows.
     pub fn views(&self) -> Vec<ProxyView> {
-        self.services.iter().map(|s| s.view()).collect()
+        self.running.iter().map(|r| r.service.view()).collect()
     }
 }
 
@@ -289,51 +364,47 @@ struct Bound {
     quic: Option<(UdpSocket, quic_router::Datapath)>,
 }
 
-/// The proxies' runtime and every proxy's listener, registered with it.
-fn bind_all(proxies: &[Proxy], pool: &[Ipv4Addr], handoffs: Vec<Option<(FlowPins, KernelSender)>>) -> Result<(Runtime, Vec<Bound>)> {
-    // One worker per CPU: a relay's two directions and the other clients
-    // proceed in parallel, so one core does not bound the proxies.
+/// The proxies' runtime: one worker per CPU, so a relay's two directions
+/// and the other clients proceed in parallel and one core does not bound
+/// the proxies.
+fn runtime() -> Result<Runtime> {
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("natd-proxy-worker")
         .enable_all()
         .build()
-        .context("the proxies' runtime")?;
-    let mut bound = Vec::new();
-    {
-        // Tokio sockets are registered with the runtime that serves them.
-        let _entered = runtime.enter();
-        for (proxy, handoff) in proxies.iter().zip(handoffs) {
-            let addr = proxy.external_addr(pool).with_context(|| format!("proxy {:?}: no external address to listen on", proxy.name))?;
-            let listen = SocketAddrV4::new(addr, proxy.port);
-            let listener = bind(listen).with_context(|| {
-                format!("proxy {:?}: cannot listen on {listen} (another service on the port, or the address is not this machine's)", proxy.name)
-            })?;
-            let quic = match handoff {
-                Some((pins, sender)) => {
-                    let socket = bind_udp(listen).with_context(|| {
-                        format!("proxy {:?}: cannot bind UDP {listen} for quic (another service on the port, or the address is not this machine's)", proxy.name)
-                    })?;
-                    Some((socket, quic_router::Datapath { pins, sender, external: listen }))
-                }
-                None => None,
-            };
-            let service = Service {
-                name: proxy.name.clone(),
-                listen,
-                current: RwLock::new(Arc::new(Current { proxy: proxy.clone(), routes: Routes::new(proxy) })),
-                checks: Mutex::new(Vec::new()),
-                active: AtomicU64::new(0),
-                total: AtomicU64::new(0),
-                refused: Default::default(),
-                slots: Arc::new(Semaphore::new(proxy.max_connections as usize)),
-                quic: quic.is_some().then(QuicCounters::default),
-            };
-            bound.push(Bound { service: Arc::new(service), listener, quic });
-        }
-    }
-    Ok((runtime, bound))
+        .context("the proxies' runtime")
+}
+
+/// A proxy's sockets, in the runtime entered by the caller.
+fn bind_proxy(proxy: &Proxy, pool: &[Ipv4Addr], datapath: &Datapath) -> Result<Bound> {
+    let addr = proxy.external_addr(pool).with_context(|| format!("proxy {:?}: no external address to listen on", proxy.name))?;
+    let listen = SocketAddrV4::new(addr, proxy.port);
+    let listener = bind(listen).with_context(|| {
+        format!("proxy {:?}: cannot listen on {listen} (another service on the port, or the address is not this machine's)", proxy.name)
+    })?;
+    let quic = if proxy.quic {
+        let pins = datapath.flow_pins().with_context(|| format!("proxy {:?}: the datapath's forward maps", proxy.name))?;
+        let sender = KernelSender::new().with_context(|| format!("proxy {:?}: the socket QUIC Initials are sent on with", proxy.name))?;
+        let socket = bind_udp(listen).with_context(|| {
+            format!("proxy {:?}: cannot bind UDP {listen} for quic (another service on the port, or the address is not this machine's)", proxy.name)
+        })?;
+        Some((socket, quic_router::Datapath { pins, sender, external: listen }))
+    } else {
+        None
+    };
+    let service = Service {
+        name: proxy.name.clone(),
+        listen,
+        current: RwLock::new(Arc::new(Current { proxy: proxy.clone(), routes: Routes::new(proxy) })),
+        checks: Mutex::new(Vec::new()),
+        active: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+        refused: Default::default(),
+        quic: quic.is_some().then(QuicCounters::default),
+    };
+    Ok(Bound { service: Arc::new(service), listener, quic })
 }
 
 fn bind(listen: SocketAddrV4) -> std::io::Result<TcpListener> {
@@ -350,20 +421,26 @@ fn bind_udp(listen: SocketAddrV4) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// The proxies' thread: accept loops and health checks until `stopped`;
-/// dropping the runtime then cancels every task, which closes every socket.
-fn serve(runtime: Runtime, bound: Vec<Bound>, stopped: oneshot::Receiver<()>) {
-    let handle = runtime.handle().clone();
-    runtime.block_on(async move {
-        for Bound { service, listener, quic } in bound {
-            service.start_checks(&service.current(), &handle);
-            if let Some((socket, handoff)) = quic {
-                tokio::spawn(quic_router::serve(Arc::clone(&service), socket, handoff));
-            }
-            tokio::spawn(accept(service, listener));
+/// A client connection's place under `max_connections`, given back on drop.
+struct Slot(Arc<Service>);
+
+impl Slot {
+    /// A place, if fewer than the current `max_connections` are open
+    /// (a reload may lower it: then no new one until enough have closed).
+    fn take(service: &Arc<Service>) -> Option<Self> {
+        let max = u64::from(service.current().proxy.max_connections);
+        if service.active.fetch_add(1, Ordering::Relaxed) >= max {
+            service.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
-        let _ = stopped.await;
-    });
+        Some(Self(Arc::clone(service)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn accept(service: Arc<Service>, listener: TcpListener) {
@@ -377,12 +454,11 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
             }
         };
         service.total.fetch_add(1, Ordering::Relaxed);
-        let Ok(slot) = Arc::clone(&service.slots).try_acquire_owned() else {
+        let Some(slot) = Slot::take(&service) else {
             // Closed at once: a client past the limit costs no more than this.
             service.refuse(peer, &Refusal::MaxConnections);
             continue;
         };
-        service.active.fetch_add(1, Ordering::Relaxed);
         let service = Arc::clone(&service);
         tokio::spawn(async move {
             let current = service.current();
@@ -395,7 +471,6 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
                     Ok(Served { requests, end: End::Idle }) => tracing::debug!("proxy {name}: {peer} closed after {requests} request(s) and a timeout"),
                     Err(refusal) => service.refuse(peer, &refusal),
                 }
-                service.active.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
                 return;
             }
@@ -405,7 +480,6 @@ async fn accept(service: Arc<Service>, listener: TcpListener) {
                 Ok((server, End::Idle)) => tracing::debug!("proxy {name}: {peer} -> {server} closed after idle_timeout"),
                 Err(refusal) => service.refuse(peer, &refusal),
             }
-            service.active.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }

@@ -403,11 +403,13 @@ fn a_client_learns_at_once_that_its_server_went_away() {
     }
 }
 
-/// `natd reload` adds a name and a server to a running proxy; a reload
-/// that would move its listener is refused by name, and the proxy keeps
-/// serving as before.
+/// `natd reload` adds a name and a server to a running proxy; moves a
+/// proxy to another port (the old port closes, a download relayed through
+/// it finishes), adds one, and removes them all; a reload whose new proxy
+/// cannot listen (another service holds the port) is refused whole and the
+/// proxies serve as before.
 #[test]
-fn a_reload_adds_a_name_live_and_refuses_to_move_a_proxy() {
+fn a_reload_adds_names_and_adds_moves_and_removes_proxies_live() {
     require_root!();
     let mut lab = NatLab::new(2, false).unwrap();
     let _servers = [tls_on(&lab, 0, "proxy-blue"), tls_on(&lab, 1, "proxy-red")];
@@ -417,21 +419,59 @@ fn a_reload_adds_a_name_live_and_refuses_to_move_a_proxy() {
     assert_eq!(who(&lab, "blue.example", 443).as_deref(), Ok("proxy-blue"));
     assert!(who(&lab, "red.example", 443).is_err(), "not a name yet");
 
-    lab.config_file(&before.replace(" }", &format!(", \"red.example\" = \"{h1}:443\" }}"))).unwrap();
-    let out = lab.natd_cli(&["reload"]).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && stdout.contains("proxy tls/443: now blue.example, red.example"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let reload = |lab: &NatLab, config: &str| {
+        lab.config_file(config).unwrap();
+        let out = lab.natd_cli(&["reload"]).unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = reload(&lab, &before.replace(" }", &format!(", \"red.example\" = \"{h1}:443\" }}")));
+    assert!(ok && text.contains("proxy tls/443: now blue.example, red.example"), "{text}");
     assert_eq!(who(&lab, "red.example", 443).as_deref(), Ok("proxy-red"));
     assert_eq!(who(&lab, "blue.example", 443).as_deref(), Ok("proxy-blue"));
     let view = proxy_view(&lab, 443);
     assert_eq!(view.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["blue.example", "red.example"]);
     assert_eq!(refused(&view, "unknown_name"), 1, "counters outlive a reload: {view:?}");
 
-    lab.config_file(&before.replace("443\nkind", "8443\nkind")).unwrap();
-    let out = lab.natd_cli(&["reload"]).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && stderr.contains("proxy: [\"tls/443 on the first external address"), "{stderr}");
-    assert_eq!(who(&lab, "red.example", 443).as_deref(), Ok("proxy-red"), "as before the refused reload");
+    // A 1 MiB download at 256 KiB/s through port 443 while the reload moves
+    // the proxy to 8443 and adds one on 4443.
+    let download = {
+        let server = lab.server.command(&["curl", "-sS", "-k", "--max-time", "15", "--limit-rate", "256k", "--resolve", &format!("blue.example:443:{EXTERNAL}"), "https://blue.example/blob"]);
+        std::thread::spawn(move || { let mut server = server; server.output().unwrap() })
+    };
+    thread::sleep(Duration::from_millis(800));
+    let moved = format!(
+        "[[proxy]]\nport = 8443\nkind = \"tls\"\nnames = {{ \"blue.example\" = \"{h0}:443\" }}\n[[proxy]]\nport = 4443\nkind = \"tls\"\ndefault = \"{h1}:443\"\n"
+    );
+    let (ok, text) = reload(&lab, &moved);
+    assert!(ok && text.contains(&format!("proxy tls/443 on {EXTERNAL}:443 removed")) && text.contains(&format!("proxy tls/8443 added, listening on {EXTERNAL}:8443")), "{text}");
+    assert_eq!(who(&lab, "blue.example", 8443).as_deref(), Ok("proxy-blue"));
+    assert_eq!(who(&lab, "anything.example", 4443).as_deref(), Ok("proxy-red"));
+    assert!(who(&lab, "blue.example", 443).is_err(), "the old port is closed");
+    let blob = download.join().unwrap();
+    assert!(blob.status.success() && blob.stdout == Nginx::blob_text().as_bytes(), "a relayed download outlives its proxy's removal: {} bytes, {}", blob.stdout.len(), String::from_utf8_lossy(&blob.stderr));
+
+    // Port 9443 held by another service: the reload adding a proxy there is
+    // refused, and nothing changes.
+    let (taken_tx, taken) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let holder = in_ns(&lab.gw, move || {
+        let listener = TcpListener::bind(SocketAddrV4::new(EXTERNAL, 9443)).unwrap();
+        taken_tx.send(()).unwrap();
+        let _ = release.recv();
+        drop(listener);
+    });
+    taken.recv().unwrap();
+    let (ok, text) = reload(&lab, &format!("{moved}[[proxy]]\nport = 9443\nkind = \"tls\"\ndefault = \"{h1}:443\"\n"));
+    assert!(!ok && text.contains("nothing was changed") && text.contains("cannot listen on 203.0.113.1:9443"), "{text}");
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(who(&lab, "blue.example", 8443).as_deref(), Ok("proxy-blue"), "as before the refused reload");
+    assert_eq!(lab.proxies().unwrap().len(), 2);
+
+    let (ok, text) = reload(&lab, "");
+    assert!(ok && text.contains("proxy tls/8443 on") && text.contains("proxy tls/4443 on"), "{text}");
+    assert!(lab.proxies().unwrap().is_empty());
+    assert!(who(&lab, "blue.example", 8443).is_err(), "every proxy removed");
 }
 
 /// Bad proxies are explained, field and value named, before anything is
