@@ -193,10 +193,7 @@ impl TlsServer {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("who"), format!("{name}\n"))?;
         std::fs::write(dir.join("blob"), Nginx::blob_text())?;
-        let subject = format!("/CN={name}");
-        let mut req = std::process::Command::new("openssl");
-        req.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);
-        run(req.current_dir(&dir)).context("making a self-signed certificate")?;
+        self_signed_certificate(&dir, name, &["rsa:2048"])?;
         let accept = addr.to_string();
         let child = ns
             .command(&["openssl", "s_server", "-quiet", "-accept", &accept, "-cert", "cert.pem", "-key", "key.pem", "-WWW"])
@@ -255,11 +252,8 @@ impl QuicServer {
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{}-quic-{}-{}", ns.name, addr.ip(), addr.port()));
         std::fs::create_dir_all(&dir)?;
-        let subject = format!("/CN={name}");
-        let mut req = std::process::Command::new("openssl");
-        req.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-            .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);
-        run(req.current_dir(&dir)).context("making a self-signed certificate")?;
+        // ECDSA P-256: what QUIC servers commonly present.
+        self_signed_certificate(&dir, name, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         let script = quic_peer_script();
         let listen = addr.to_string();
@@ -294,4 +288,13 @@ impl Drop for QuicServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// key.pem and cert.pem in `dir`: a self-signed certificate for CN=`name`,
+/// valid two days, its key made with `-newkey NEWKEY...`.
+fn self_signed_certificate(dir: &std::path::Path, name: &str, newkey: &[&str]) -> Result<()> {
+    let subject = format!("/CN={name}");
+    let mut req = std::process::Command::new("openssl");
+    req.args(["req", "-x509", "-newkey"]).args(newkey).args(["-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", &subject]);
+    run(req.current_dir(dir)).context("making a self-signed certificate").map(drop)
 }

@@ -37,6 +37,37 @@ fn who(lab: &NatLab, name: &str, port: u16) -> Result<String, String> {
     lab.server.exec(&["curl", "-sS", "-k", "--max-time", "5", "--resolve", &resolve, &url]).map(|body| body.trim().to_string()).map_err(|e| format!("{e:#}"))
 }
 
+/// A TCP listener on EXTERNAL:`port` in the gateway namespace, as another
+/// service would hold it, until dropped.
+struct PortHolder {
+    release: mpsc::Sender<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl PortHolder {
+    fn take(lab: &NatLab, port: u16) -> Self {
+        let (taken_tx, taken) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let thread = in_ns(&lab.gw, move || {
+            let listener = TcpListener::bind(SocketAddrV4::new(EXTERNAL, port)).unwrap();
+            taken_tx.send(()).unwrap();
+            let _ = released.recv();
+            drop(listener);
+        });
+        taken.recv().unwrap();
+        Self { release, thread: Some(thread) }
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        let _ = self.release.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The proxy on `port` as `natd proxies` shows it.
 fn proxy_view(lab: &NatLab, port: u16) -> ProxyView {
     let views = lab.proxies().unwrap();
@@ -452,19 +483,10 @@ fn a_reload_adds_names_and_adds_moves_and_removes_proxies_live() {
 
     // Port 9443 held by another service: the reload adding a proxy there is
     // refused, and nothing changes.
-    let (taken_tx, taken) = mpsc::channel();
-    let (release_tx, release) = mpsc::channel::<()>();
-    let holder = in_ns(&lab.gw, move || {
-        let listener = TcpListener::bind(SocketAddrV4::new(EXTERNAL, 9443)).unwrap();
-        taken_tx.send(()).unwrap();
-        let _ = release.recv();
-        drop(listener);
-    });
-    taken.recv().unwrap();
+    let holder = PortHolder::take(&lab, 9443);
     let (ok, text) = reload(&lab, &format!("{moved}[[proxy]]\nport = 9443\nkind = \"tls\"\ndefault = \"{h1}:443\"\n"));
     assert!(!ok && text.contains("nothing was changed") && text.contains("cannot listen on 203.0.113.1:9443"), "{text}");
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
+    drop(holder);
     assert_eq!(who(&lab, "blue.example", 8443).as_deref(), Ok("proxy-blue"), "as before the refused reload");
     assert_eq!(lab.proxies().unwrap().len(), 2);
 
@@ -508,20 +530,11 @@ fn bad_proxies_are_explained_before_anything_is_attached() {
     assert!(stdout.contains("tcp connect every 1 s") && stdout.contains("no default"), "{stdout}");
     assert!(stdout.contains("proxy \"http/80\": http on 203.0.113.1:80") && stdout.contains(&format!("blue.example -> {h0}:80")), "{stdout}");
 
-    let (taken_tx, taken) = mpsc::channel();
-    let (release_tx, release) = mpsc::channel::<()>();
-    let holder = in_ns(&lab.gw, move || {
-        let listener = TcpListener::bind(SocketAddrV4::new(EXTERNAL, 443)).unwrap();
-        taken_tx.send(()).unwrap();
-        let _ = release.recv();
-        drop(listener);
-    });
-    taken.recv().unwrap();
+    let holder = PortHolder::take(&lab, 443);
     let path = lab.config_file(&format!("lan = \"lan0\"\nwan = \"wan0\"\n[[proxy]]\nport = 443\nkind = \"tls\"\ndefault = \"{h0}:443\"\n")).unwrap();
     let out = lab.natd_cli(&["run", "--config", path.to_str().unwrap()]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && stderr.contains("proxy \"tls/443\": cannot listen on 203.0.113.1:443"), "{stderr}");
     assert!(!lab.xdp_attached().unwrap());
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
+    drop(holder);
 }
