@@ -151,6 +151,9 @@ fn natt_two_clients_on_port_500_tunnel_to_one_responder_and_keepalives_hold_the_
     // NAT detected by each client itself (RFC 7296 §2.23: the responder's
     // NAT_DETECTION_DESTINATION_IP hash is not of the client's own address and
     // port), ESP in UDP, both tunnels up at once, one virtual IP each.
+    // `nat-remote` proves nothing: with no NAT at all (one veth between
+    // client and responder) strongSwan reports nat-remote=yes on both sides
+    // once the client asks for a virtual IP, but never nat-local=yes.
     let mut vips = BTreeSet::new();
     for (i, (client, host)) in clients.iter().zip(&lab.hosts).enumerate() {
         let sa = only_sa(client, host);
