@@ -61,13 +61,14 @@ fn client_conf(i: usize) -> String {
     )
 }
 
-/// The one IKE SA of a client, or the responder's SA with `client{i}`.
+/// The one IKE SA of a client.
 fn only_sa(charon: &Charon, ns: &Netns) -> IkeSa {
     let sas = charon.sas(ns).unwrap();
     assert_eq!(sas.len(), 1, "{} has {} IKE SAs: {sas:#?}", charon.name, sas.len());
     sas.into_iter().next().unwrap()
 }
 
+/// The responder's IKE SA with `client{i}`.
 fn responder_sa_of(responder: &Charon, ns: &Netns, i: usize) -> IkeSa {
     let sas = responder.sas(ns).unwrap();
     let id = format!("client{i}.natt.test");
