@@ -6,6 +6,7 @@ pub mod natlab;
 pub mod netns;
 pub mod packet;
 pub mod servers;
+pub mod strongswan;
 pub mod tls;
 pub mod wire;
 

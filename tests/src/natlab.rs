@@ -554,7 +554,10 @@ impl Capture {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let file = std::env::temp_dir().join(format!("{}-{ifname}-{n}.pcap", ns.name));
-        let mut args = vec!["tcpdump", "-i", ifname, "-n", "-U", "-w", file.to_str().context("capture path")?];
+        // Immediate mode: without it libpcap hands packets over in blocks
+        // (up to 1 s late), and those of the last block before `finish`'s
+        // SIGINT never reach the file.
+        let mut args = vec!["tcpdump", "-i", ifname, "-n", "-U", "--immediate-mode", "-w", file.to_str().context("capture path")?];
         args.extend(filter.split_whitespace());
         let child = ns.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting tcpdump")?;
         // tcpdump creates the file once it listens.

@@ -43,6 +43,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The proxy benchmark's nginx stream (ssl_preread): a module, so its
     // file is what proves it is there.
     ("/usr/lib/nginx/modules/ngx_stream_module.so", "libnginx-mod-stream"),
+    // NAT-T with a real IKE stack: charon (run in the foreground by the
+    // tests, one per namespace; policy-rc.d keeps strongswan-starter's
+    // service off), swanctl, and kernel-libipsec (user-space ESP over TUN:
+    // this kernel has no ESP), a plugin, so its file proves it.
+    ("/usr/lib/ipsec/charon", "strongswan-charon"),
+    ("swanctl", "strongswan-swanctl"),
+    ("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so", "libcharon-extra-plugins"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no

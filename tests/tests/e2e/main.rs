@@ -18,6 +18,7 @@ mod hairpin;
 mod icmp;
 mod inbound_unsolicited;
 mod logging;
+mod natt;
 mod pmtu;
 mod pools;
 mod proxy;
