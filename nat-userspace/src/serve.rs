@@ -13,7 +13,10 @@ use tokio::{
 
 use crate::{
     cli::{self, RunArgs},
-    config::{XdpModeSetting, first_ipv4, reload::fixed_changes},
+    config::{
+        Environment, Settings, XdpModeSetting, first_ipv4,
+        reload::{fixed_changes, live_changes},
+    },
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
     datapath::{Datapath, Side},
     forwarding::Forwarding,
@@ -42,13 +45,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The source of the errors the gateway sends into the LAN itself
     // (Fragmentation Needed, RFC 4787 REQ-13; refused flows, RFC 5508 REQ-8).
     let lan_ip = first_ipv4(&settings.lan);
-    let mut gateway_config = settings.gateway_config(&env);
-    match lan_ip {
-        Some(ip) => gateway_config = gateway_config.with_lan_addr(ip),
-        None => tracing::warn!(
-            "{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway",
-            settings.lan
-        ),
+    let gateway_config = datapath_config(&settings, &env, lan_ip);
+    if lan_ip.is_none() {
+        tracing::warn!("{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway", settings.lan);
     }
     let mut datapath = Datapath::load_for(&gateway_config)?;
     // Bound before anything is attached: a port another service holds stops
@@ -133,6 +132,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the programs read (`CONFIG`), from the settings and the machine.
+fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::net::Ipv4Addr>) -> nat_common::GatewayConfig {
+    let config = settings.gateway_config(env);
+    match lan_ip {
+        Some(ip) => config.with_lan_addr(ip),
+        None => config,
+    }
+}
+
 /// Reads the config file natd was started with (and its flags) again and
 /// applies what may change live: the forwards, the proxies' names, servers
 /// and timeouts, the log level, the WAN drop list. A new configuration that
@@ -167,6 +175,14 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
             fixed.join("\n  ")
         ));
     }
+    let config = datapath_config(&settings, &env, daemon.run.lan_ip);
+    if config.filters_by_remote() && !daemon.datapath.can_filter_by_remote() {
+        return refused(format!(
+            "reload refused, filtering {:?} -> {:?} filters by remote, which needs the PERMITS table natd makes at start only when \
+             some protocol filters by remote then; restart natd to change filtering; nothing was changed",
+            daemon.run.settings.filtering, settings.filtering
+        ));
+    }
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -192,6 +208,17 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
             Some(Err(e)) => tracing::warn!("{e:#}"),
             _ => changes.push(format!("log_level {} -> {}", daemon.run.settings.log_level, settings.log_level)),
         }
+    }
+    let live = live_changes(&daemon.run.settings, &settings);
+    if !live.is_empty() {
+        // Filtering and the permits' lifetimes (from the timeouts) are the
+        // programs' to read; a packet that reads CONFIG while it is written
+        // sees each field old or new.
+        if let Err(e) = daemon.datapath.set_config(config) {
+            return ReloadOutcome { applied: false, message: format!("reload failed while writing the datapath's settings, some are applied: {e:#}"), changes };
+        }
+        daemon.apply_live_settings(settings.ports_per_host, settings.log_mappings);
+        changes.extend(live);
     }
     if settings.wan_drop_sources != daemon.run.settings.wan_drop_sources {
         match daemon.datapath.set_wan_drop_sources(&settings.wan_drop_sources) {

@@ -191,9 +191,16 @@ impl NatLab {
     /// Starts `natd run --lan lan0 --wan wan0 EXTRA...` and waits until it
     /// answers `natd status` (bounded).
     pub fn start_natd(&mut self, extra: &[&str]) -> Result<()> {
+        let args: Vec<&str> = ["--lan", "lan0", "--wan", "wan0"].into_iter().chain(extra.iter().copied()).collect();
+        self.run_natd(&args)
+    }
+
+    /// Starts `natd run ARGS` (nothing added: the config file names the
+    /// interfaces) and waits until it answers.
+    pub fn run_natd(&mut self, args: &[&str]) -> Result<()> {
         let log = std::fs::File::create(&self.natd_log)?;
         let mut cmd = self.gw.command(&[self.natd_path.to_str().context("natd path")?]);
-        cmd.args(["run", "--lan", "lan0", "--wan", "wan0"]).args(extra).stdout(Stdio::null()).stderr(log);
+        cmd.arg("run").args(args).stdout(Stdio::null()).stderr(log);
         self.natd = Some(cmd.spawn().context("starting natd")?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

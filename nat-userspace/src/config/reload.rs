@@ -1,12 +1,34 @@
-//! What a reload may change while natd runs: the forwards, the log level
-//! and the WAN drop list. Every other setting shapes what is loaded and
-//! attached (interfaces, the port space, the address pool, timers the
-//! datapath was told), and changing it means a restart. Proxies change
-//! live whole: added, removed, or changed in place (`proxy::Proxies`).
+//! What a reload may change while natd runs: the forwards and proxies
+//! (added, removed, or changed in place), the log level, the WAN drop list,
+//! the timeouts (existing sessions age by the new ones from the next scan),
+//! filtering, `ports_per_host` and `log_mappings`. The rest shapes what is
+//! loaded and attached, and changing it means a restart: the interfaces,
+//! the address pool, the port ranges, and parity, class and hold (the free
+//! port queues the datapath claims from are built for them), the XDP mode,
+//! the inside prefixes. Filtering by remote needs the PERMITS table, which
+//! natd makes at start only if some protocol filters by remote then
+//! (`Datapath::can_filter_by_remote`).
 
 use std::fmt::Debug;
 
 use crate::config::{Environment, Settings};
+
+/// The settings a reload changes live that differ, each as "NAME: OLD ->
+/// NEW" (the forwards, proxies and log level say their own).
+pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut compare = |name: &str, a: &dyn Debug, b: &dyn Debug| {
+        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
+        if a != b {
+            changes.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    compare("timeouts", &old.timeouts, &new.timeouts);
+    compare("filtering", &old.filtering, &new.filtering);
+    compare("ports_per_host", &old.ports_per_host, &new.ports_per_host);
+    compare("log_mappings", &old.log_mappings, &new.log_mappings);
+    changes
+}
 
 /// The settings that differ between the running configuration and a new
 /// one and cannot change live, each as "NAME: OLD -> NEW". Empty: the new
@@ -28,10 +50,6 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("port_class", &old.port_class, &new.port_class);
     compare("xdp_mode", &old.xdp_mode, &new.xdp_mode);
     compare("port_hold", &old.port_hold, &new.port_hold);
-    compare("ports_per_host", &old.ports_per_host, &new.ports_per_host);
-    compare("log_mappings", &old.log_mappings, &new.log_mappings);
-    compare("timeouts", &old.timeouts, &new.timeouts);
-    compare("filtering", &old.filtering, &new.filtering);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());
     changes
 }

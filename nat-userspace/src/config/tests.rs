@@ -732,14 +732,26 @@ fn forwards_log_level_and_drop_list_change_live() {
 fn what_cannot_change_live_is_refused_by_name() {
     let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
     let old = settings_of(RELOAD_BASE);
-    let new = settings_of("lan = \"lan1\"\nwan = \"wan0\"\nport_range = \"30000-40000\"\n[timeouts]\nudp = 60\n");
+    let new = settings_of("lan = \"lan1\"\nwan = \"wan0\"\nport_range = \"30000-40000\"\nport_parity = false\n[timeouts]\nudp = 60\n");
     let changes = fixed_changes(&old, &env, &new, &env);
-    assert_eq!(changes.len(), 3, "{changes:?}");
-    assert_eq!(changes[0], "lan: \"lan0\" -> \"lan1\"");
-    assert_eq!(changes[1], "port_range: (20000, 32767) -> (30000, 40000)");
-    assert!(changes[2].starts_with("timeouts: "), "{}", changes[2]);
+    assert_eq!(changes, ["lan: \"lan0\" -> \"lan1\"", "port_range: (20000, 32767) -> (30000, 40000)", "port_parity: true -> false"], "timeouts change live");
     let moved = test_environment(vec![Ipv4Addr::new(203, 0, 113, 9)]);
     assert_eq!(fixed_changes(&old, &env, &old, &moved), ["external_ip: [203.0.113.1] -> [203.0.113.9]"]);
+}
+
+#[test]
+fn timeouts_filtering_quota_and_the_mapping_log_change_live_and_say_so() {
+    let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
+    let old = settings_of(RELOAD_BASE);
+    let new = settings_of(&format!(
+        "{RELOAD_BASE}ports_per_host = 100\nlog_mappings = true\n[timeouts]\nudp = 60\n[filtering]\nudp = \"address-and-port-dependent\"\n"
+    ));
+    assert_eq!(fixed_changes(&old, &env, &new, &env), Vec::<String>::new());
+    let live = super::reload::live_changes(&old, &new);
+    let names: Vec<&str> = live.iter().map(|c| c.split(':').next().unwrap()).collect();
+    assert_eq!(names, ["timeouts", "filtering", "ports_per_host", "log_mappings"], "{live:?}");
+    assert!(live[2].ends_with("-> 100"), "{live:?}");
+    assert!(super::reload::live_changes(&old, &old).is_empty());
 }
 
 mod proxies;

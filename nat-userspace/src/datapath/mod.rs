@@ -49,6 +49,9 @@ type MappingMap<'a> = HashMap<&'a mut MapData, Endpoint, Mapping>;
 pub struct Datapath {
     ebpf: Ebpf,
     liveness: LivenessView,
+    /// Entries the PERMITS table was made with: 1 when no protocol filtered
+    /// by remote at load (the table takes no memory then).
+    permits: u32,
 }
 
 impl Datapath {
@@ -73,7 +76,7 @@ impl Datapath {
             Some(aya::maps::Map::Array(data)) => LivenessView::map(data.fd().as_fd().as_raw_fd())?,
             _ => return Err(anyhow!("LIVENESS array missing from the eBPF object")),
         };
-        let mut datapath = Self { ebpf, liveness };
+        let mut datapath = Self { ebpf, liveness, permits };
         for side in [Side::Lan, Side::Wan] {
             let program = datapath.program_mut(side)?;
             // The verifier gives up with EAGAIN when a signal is pending for
@@ -122,6 +125,12 @@ impl Datapath {
         self.program_mut(side)?
             .detach(link)
             .with_context(|| format!("detaching {}", side.program_name()))
+    }
+
+    /// Whether the PERMITS table has room for filtering by remote: it was
+    /// made with room when the settings at load filtered by remote.
+    pub const fn can_filter_by_remote(&self) -> bool {
+        self.permits > 1
     }
 
     /// Writes the settings the programs read, with the WAN source screen

@@ -90,6 +90,14 @@ impl Daemon {
         self.forwards.apply(&mut self.datapath, wanted, &self.run.env.external_ips, Instant::now())
     }
 
+    /// A reload's settings that change how natd allocates and logs:
+    /// `ports_per_host` and `log_mappings` (timeouts are read at each aging
+    /// scan, so they apply to existing sessions from the next one).
+    pub fn apply_live_settings(&mut self, ports_per_host: u32, log_mappings: bool) {
+        self.quota.set_limit(ports_per_host);
+        self.log.set_enabled(log_mappings);
+    }
+
     /// One active health check's result.
     pub fn check_result(&mut self, result: CheckResult) {
         if let Err(e) = self.forwards.check_result(&mut self.datapath, result) {

@@ -19,6 +19,11 @@ impl MappingLog {
         Self { enabled, last_refusal: None }
     }
 
+    /// A reload's `log_mappings`.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+    }
+
     /// With `log_mappings`, one line per mapping made or removed, enough to
     /// tell which inside host held an external port when (wall clock, inside
     /// and external endpoints, lifetime), and never the destinations it

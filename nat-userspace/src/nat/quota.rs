@@ -38,6 +38,12 @@ impl HostQuota {
         Self { limit, returns: HashMap::new() }
     }
 
+    /// A reload's `ports_per_host`: new mappings are held to it; a host
+    /// above it keeps what it holds.
+    pub fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
     /// Ports of `inside`'s protocol its host holds now.
     pub fn in_use(&self, datapath: &Datapath, inside: &Endpoint) -> Result<u64> {
         let key = HostKey::of(inside);

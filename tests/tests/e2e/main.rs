@@ -25,6 +25,7 @@ mod proxy;
 mod proxy_http;
 mod proxy_quic;
 mod real_clients;
+mod reload;
 mod security;
 mod tcp;
 mod traceroute;
