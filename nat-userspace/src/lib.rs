@@ -5,9 +5,11 @@
 //! - `nat`: the daemon and its jobs (ports, sessions, first packets,
 //!   fragments, quotas, logs, views);
 //! - `packet`: the one user-side reader and writer of IPv4 packets;
-//! - `proxy`: name-based proxies on a shared public port (TLS SNI);
+//! - `proxy`: name-based proxies on a shared public port (TLS SNI, HTTP
+//!   Host, QUIC);
 //! - `control`: how the client commands reach a serving natd;
 //! - `forwarding`: the sysctls natd turns on and puts back;
+//! - `interfaces`: the served interfaces watched through netlink;
 //! - `logging`: natd's log lines;
 //! - `cli` and `serve`: the command line, and `natd run`.
 
@@ -16,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod forwarding;
+pub mod interfaces;
 pub mod logging;
 pub mod nat;
 pub mod packet;

@@ -20,6 +20,7 @@ use crate::{
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
     datapath::{Datapath, Side},
     forwarding::Forwarding,
+    interfaces::{Change, Served, Watch},
     logging::{self, LogLevel},
     nat::{
         daemon::Daemon,
@@ -63,6 +64,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // From here on an error drops `datapath`, which detaches both programs.
     let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
     let control = control::bind_control()?;
+    let mut watch = Watch::new(
+        Served { role: "lan", name: settings.lan.clone(), ifindex: env.lan_ifindex },
+        Served { role: "wan", name: settings.wan.clone(), ifindex: env.wan_ifindex },
+        settings.external_ips.is_empty(),
+    )?;
     // SAFETY: the ring owns its fd for as long as the AsyncFd holds the ring.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("registering the miss ring with the event loop: {e}"))?;
 
@@ -91,6 +97,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut aging = tokio::time::interval(Duration::from_nanos(nat_common::CLOCK_TICK_NS));
     let mut passive_signals = tokio::time::interval(SIGNALS_POLL);
     let mut flow_aging = tokio::time::interval(FLOW_AGING);
+    // Set when natd must stop with an error (a served interface is gone).
+    let mut failure = None;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -121,6 +129,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = sighup.recv() => {
                 reload(&mut daemon, &mut proxies, log.as_ref());
             }
+            changes = watch.next() => match changes {
+                Ok(changes) => {
+                    for change in changes {
+                        let text = change.describe(&daemon.run.env.external_ips);
+                        tracing::error!("{text}");
+                        if matches!(change, Change::Deleted(_)) {
+                            failure = Some(anyhow!(text));
+                        }
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
+                // ENOBUFS: notifications were lost; the next ones still come.
+                Err(e) => tracing::warn!("watching the interfaces: {e:#}"),
+            },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -129,7 +153,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
     }
     tracing::info!("stopping; IPv4 forwarding restored on {lan} and {wan}, detaching");
-    Ok(())
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
 }
 
 /// What the programs read (`CONFIG`), from the settings and the machine.

@@ -240,6 +240,21 @@ impl NatLab {
         }
     }
 
+    /// natd's exit status if it exits on its own within `within` (None: it
+    /// still runs).
+    pub fn wait_natd_exit(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let child = self.natd.as_mut().context("natd is not running")?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                self.natd = None;
+                return Ok(Some(status));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
     /// Kills natd with SIGKILL, as a crash or the OOM killer would: it
     /// cleans nothing up. Returns once it is gone.
     pub fn kill_natd(&mut self) -> Result<()> {

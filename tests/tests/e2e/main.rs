@@ -17,6 +17,7 @@ mod generic_mode;
 mod hairpin;
 mod icmp;
 mod inbound_unsolicited;
+mod interface_loss;
 mod logging;
 mod natt;
 mod pmtu;
