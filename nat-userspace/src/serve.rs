@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use sd_notify::NotifyState;
 use aya::programs::XdpMode;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, unix::AsyncFd},
@@ -88,6 +89,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // detaches the programs, is dropped.
     let mut forwarding = Forwarding::enable(&[&lan, &wan])?;
     tracing::info!("{serving}");
+    tell_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
 
     let (requests_tx, mut requests) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -149,6 +151,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    tell_systemd(&[NotifyState::Stopping]);
     for path in forwarding.restore() {
         tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
     }
@@ -156,6 +159,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     match failure {
         Some(failure) => Err(failure),
         None => Ok(()),
+    }
+}
+
+/// Tells the service manager (systemd, `Type=notify`) natd's state, when
+/// it started natd (NOTIFY_SOCKET set); otherwise nothing.
+fn tell_systemd(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("telling systemd {states:?}: {e}");
     }
 }
 
@@ -176,7 +187,11 @@ fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::n
 /// was. The outcome is logged as well as returned (SIGHUP has no one to
 /// answer).
 fn reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>) -> ReloadOutcome {
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        tell_systemd(&[NotifyState::Reloading, now]);
+    }
     let outcome = try_reload(daemon, proxies, log);
+    tell_systemd(&[NotifyState::Ready, NotifyState::Status(&outcome.message)]);
     if outcome.applied {
         tracing::info!("{}", outcome.message);
         for change in &outcome.changes {

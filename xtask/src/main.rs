@@ -3,6 +3,7 @@
 
 mod bench;
 mod bootstrap;
+mod install;
 mod lab;
 
 use std::process::Command;
@@ -49,6 +50,16 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the release natd and install it with its systemd unit
+    /// (PREFIX/lib/systemd/system/natd.service), the README, and the
+    /// example configuration as SYSCONFDIR/natd/natd.toml when none is
+    /// there. Starts nothing.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        #[arg(long, default_value = "/etc")]
+        sysconfdir: std::path::PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -78,6 +89,10 @@ fn main() -> Result<()> {
             // The end-to-end tests run the real natd of the profile `cargo test` uses.
             run(Command::new("cargo").args(["build", "-p", "nat-userspace", "--bin", "natd"]))?;
             test(&args)
+        }
+        Cmd::Install { prefix, sysconfdir } => {
+            bootstrap::toolchain()?;
+            install::build_and_install(&root, &install::Layout { prefix, sysconfdir })
         }
         Cmd::Bench { quick } => {
             bootstrap::toolchain()?;
