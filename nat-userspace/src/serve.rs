@@ -111,7 +111,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 guard.clear_ready();
                 daemon.refill_free_queues();
             }
-            _ = aging.tick() => daemon.age()?,
+            _ = aging.tick() => {
+                daemon.age()?;
+                daemon.flush_mapping_log();
+            }
             _ = passive_signals.tick() => daemon.poll_forwards(),
             _ = flow_aging.tick() => daemon.age_forwarded_flows()?,
             Some(result) = checks.recv() => daemon.check_result(result),
@@ -152,6 +155,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     tell_systemd(&[NotifyState::Stopping]);
+    daemon.flush_mapping_log();
     for path in forwarding.restore() {
         tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
     }
@@ -259,7 +263,9 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
         if let Err(e) = daemon.datapath.set_config(config) {
             return ReloadOutcome { applied: false, message: format!("reload failed while writing the datapath's settings, some are applied: {e:#}"), changes };
         }
-        daemon.apply_live_settings(settings.ports_per_host, settings.log_mappings);
+        if let Err(e) = daemon.apply_live_settings(&settings) {
+            return ReloadOutcome { applied: false, message: format!("reload failed while applying the mapping log settings, the others are applied: {e:#}"), changes };
+        }
         changes.extend(live);
     }
     if settings.wan_drop_sources != daemon.run.settings.wan_drop_sources {

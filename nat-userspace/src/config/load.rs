@@ -15,7 +15,7 @@ use toml::Value;
 use crate::config::schema::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, FILTERING_ALLOWED, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS,
-    MAX_FORWARD_RANGE, MAX_WEIGHT, Server, Settings, Timeouts, XdpModeSetting,
+    MAX_FORWARD_RANGE, MAX_WEIGHT, MappingLogTarget, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
 };
 
 mod proxies;
@@ -323,6 +323,16 @@ fn validate(raw: &mut Raw) -> Settings {
 
     let port_parity = raw.boolean("port_parity", true);
     let log_mappings = raw.boolean("log_mappings", false);
+    let mapping_log = match raw.string("mapping_log") {
+        None => MappingLogTarget::Stderr,
+        Some(text) => match mapping_log_target(&text) {
+            Ok(target) => target,
+            Err(why) => {
+                raw.error("mapping_log", format!("{text:?}"), why);
+                MappingLogTarget::Stderr
+            }
+        },
+    };
     let port_class = raw.boolean("port_class", true);
     let low_port_range = raw.string("low_port_range").and_then(|s| match parse_range(&s, 1, LOWEST_NAT_PORT - 1) {
         Ok(range) => Some(range),
@@ -358,6 +368,7 @@ fn validate(raw: &mut Raw) -> Settings {
         port_hold,
         ports_per_host,
         log_mappings,
+        mapping_log,
         timeouts,
         filtering,
         inside_prefixes,
@@ -948,4 +959,28 @@ pub fn parse_payload(s: &str) -> Result<Vec<u8>, String> {
         return Err("\"hex:\" must be followed by pairs of hex digits, e.g. \"hex:0a0b\"".into());
     }
     Ok(digits.chunks(2).map(|pair| (pair[0].to_digit(16).unwrap_or(0) * 16 + pair[1].to_digit(16).unwrap_or(0)) as u8).collect())
+}
+
+/// `mapping_log`: "stderr", "syslog", "syslog:/SOCKET", or an absolute file
+/// path in a directory that exists.
+fn mapping_log_target(text: &str) -> Result<MappingLogTarget, String> {
+    let absolute = |path: &str, what: &str| -> Result<std::path::PathBuf, String> {
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("{what} must be an absolute path, e.g. \"/var/log/natd/mappings.log\""));
+        }
+        match path.parent() {
+            Some(dir) if dir.is_dir() => Ok(path),
+            _ => Err(format!("{what}'s directory does not exist: create it first")),
+        }
+    };
+    match text {
+        "stderr" => Ok(MappingLogTarget::Stderr),
+        "syslog" => Ok(MappingLogTarget::Syslog(SYSLOG_SOCKET.into())),
+        _ => match text.strip_prefix("syslog:") {
+            Some(socket) => absolute(socket, "the syslog socket").map(MappingLogTarget::Syslog),
+            None if text.starts_with('/') => absolute(text, "the file").map(MappingLogTarget::File),
+            None => Err("must be \"stderr\", an absolute file path, \"syslog\" or \"syslog:/SOCKET\"".into()),
+        },
+    }
 }

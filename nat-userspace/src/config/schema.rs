@@ -38,6 +38,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
     ("log_mappings", "true: log each mapping made and removed (inside and external endpoints, never destinations)"),
+    ("mapping_log", "where log_mappings writes: \"stderr\" (natd's log), an absolute file path (compact lines, appended), \"syslog\" or \"syslog:/SOCKET\" (compact lines)"),
     ("log_level", "\"trace\", \"debug\", \"info\", \"warn\" or \"error\""),
     ("inside_prefixes", "routed inside networks behind an inside router, [\"A.B.C.D/LEN\", ...], besides the LAN interface's own prefixes"),
     ("wan_drop_sources", "prefixes whose packets the WAN side drops, [\"A.B.C.D/LEN\", ...] (bogons, known attackers)"),
@@ -197,6 +198,8 @@ pub struct Settings {
     pub port_hold: Duration,
     pub ports_per_host: u32,
     pub log_mappings: bool,
+    /// Where `log_mappings` writes.
+    pub mapping_log: MappingLogTarget,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
     /// Inside networks routed behind an inside router (BCP 38): translated
@@ -219,6 +222,21 @@ impl Settings {
         self.forwards.iter().cloned().chain(self.proxies.iter().filter_map(Proxy::quic_forward)).collect()
     }
 }
+
+/// Where the mapping log goes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum MappingLogTarget {
+    /// natd's own log (stderr), one readable line each.
+    #[default]
+    Stderr,
+    /// Compact lines appended to a file.
+    File(std::path::PathBuf),
+    /// Compact lines to a syslog socket (RFC 3164 framing).
+    Syslog(std::path::PathBuf),
+}
+
+/// The local syslog socket.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
 
 /// A name-based proxy: natd's own TCP listener on a public port that reads
 /// the name a client asks for and relays the connection to that name's

@@ -59,7 +59,7 @@ impl Daemon {
             datapath,
             ports: Ports::new(&run.settings, &run.env)?,
             quota: HostQuota::new(run.settings.ports_per_host),
-            log: MappingLog::new(run.settings.log_mappings),
+            log: MappingLog::new(run.settings.log_mappings, &run.settings.mapping_log)?,
             run,
             sessions: SessionTable::default(),
             sender: KernelSender::new()?,
@@ -91,11 +91,23 @@ impl Daemon {
     }
 
     /// A reload's settings that change how natd allocates and logs:
-    /// `ports_per_host` and `log_mappings` (timeouts are read at each aging
-    /// scan, so they apply to existing sessions from the next one).
-    pub fn apply_live_settings(&mut self, ports_per_host: u32, log_mappings: bool) {
-        self.quota.set_limit(ports_per_host);
-        self.log.set_enabled(log_mappings);
+    /// `ports_per_host`, `log_mappings` and `mapping_log` (timeouts are read
+    /// at each aging scan, so they apply to existing sessions from the next
+    /// one).
+    pub fn apply_live_settings(&mut self, settings: &crate::config::Settings) -> Result<()> {
+        self.quota.set_limit(settings.ports_per_host);
+        self.log.reconfigure(settings.log_mappings, &settings.mapping_log)
+    }
+
+    /// Mapping log lines a file or syslog did not take.
+    pub fn mapping_log_lost(&self) -> u64 {
+        self.log.lost
+    }
+
+    /// Writes out the mapping log's buffered lines (each aging tick, and on
+    /// the way out).
+    pub fn flush_mapping_log(&mut self) {
+        self.log.flush();
     }
 
     /// One active health check's result.

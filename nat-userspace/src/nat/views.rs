@@ -115,6 +115,7 @@ pub fn stats(daemon: &Daemon) -> Result<Stats> {
     let mut natd = vec![counter("sessions", daemon.sessions.len() as u64)];
     natd.extend(daemon.counters.named());
     natd.push(counter("fragments_waiting", daemon.fragments.waiting() as u64));
+    natd.push(counter("mapping_log_lost", daemon.mapping_log_lost()));
     Ok(Stats {
         datapath: daemon.datapath.counters()?.into_iter().map(|(r, v)| counter(r.name(), v)).collect(),
         daemon: natd,
