@@ -33,6 +33,14 @@ impl Forwarding {
         Ok(forwarding)
     }
 
+    /// Turns forwarding on for an interface that came back (its sysctls are
+    /// new), to be put back with the others.
+    pub fn enable_also(&mut self, ifname: &str) -> Result<()> {
+        let mut more = Self::enable(&[ifname])?;
+        self.changed.append(&mut more.changed);
+        Ok(())
+    }
+
     /// Puts every value back; an interface that is gone has nothing to put
     /// back. Returns the paths that could not be restored.
     pub fn restore(&mut self) -> Vec<String> {

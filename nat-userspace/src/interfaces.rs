@@ -20,6 +20,7 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
+    link::LinkAttribute,
 };
 use netlink_sys::{AsyncSocket as _, AsyncSocketExt as _, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
 
@@ -40,8 +41,11 @@ pub struct Served {
 /// What changed that natd must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// A served interface is gone: natd stops.
+    /// A served interface is gone: natd stops, or waits for it.
     Deleted(Served),
+    /// An interface of a served one's name appeared with another index:
+    /// back, to be re-attached to (when natd waits for it).
+    Returned(Served),
     /// An IPv4 address was added to or removed from the WAN interface whose
     /// first address natd translates to.
     WanAddress { added: bool, addr: Ipv4Addr },
@@ -56,6 +60,7 @@ impl Change {
                  start natd again once the interface is back",
                 served.role, served.name, served.ifindex
             ),
+            Change::Returned(served) => format!("an interface named {} is back (index {})", served.name, served.ifindex),
             Change::WanAddress { added: false, addr } if external.contains(addr) => format!(
                 "the WAN address {addr} natd translates to was removed: natd keeps translating to it, and replies to it still \
                  arrive only if the upstream still routes it here; restart natd to use the WAN interface's new address"
@@ -88,6 +93,15 @@ impl Watch {
         Ok(Self { socket, served: [lan, wan], watch_wan_addresses })
     }
 
+    /// Follows a served interface that came back under a new index.
+    pub fn follow(&mut self, returned: &Served) {
+        for served in &mut self.served {
+            if served.role == returned.role {
+                served.ifindex = returned.ifindex;
+            }
+        }
+    }
+
     /// The next changes that concern natd (waits for one datagram; most
     /// carry none).
     pub async fn next(&mut self) -> Result<Vec<Change>> {
@@ -108,6 +122,15 @@ pub fn changes(datagram: &[u8], served: &[Served; 2], watch_wan_addresses: bool)
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                 if let Some(gone) = served.iter().find(|s| s.ifindex == link.header.index) {
                     found.push(Change::Deleted(gone.clone()));
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                let name = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.as_str()),
+                    _ => None,
+                });
+                if let Some(back) = served.iter().find(|s| Some(s.name.as_str()) == name && s.ifindex != link.header.index) {
+                    found.push(Change::Returned(Served { ifindex: link.header.index, ..back.clone() }));
                 }
             }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address)) => wan_address(&mut found, &address, true, served, watch_wan_addresses),
@@ -140,7 +163,7 @@ fn wan_address(found: &mut Vec<Change>, address: &AddressMessage, added: bool, s
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage};
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::link::LinkMessage;
 
     use super::*;
 
@@ -177,6 +200,11 @@ mod tests {
         datagram.extend(bytes(RouteNetlinkMessage::NewLink(link(7, "wan0"))));
         datagram.extend(bytes(RouteNetlinkMessage::DelLink(link(4, "lan0"))));
         assert_eq!(changes(&datagram, &served(), true), [Change::Deleted(served()[0].clone())], "three messages in one datagram");
+        let back = bytes(RouteNetlinkMessage::NewLink(link(12, "lan0")));
+        assert_eq!(changes(&back, &served(), true), [Change::Returned(Served { ifindex: 12, ..served()[0].clone() })], "lan0 again, a new index");
+        let mut followed = served();
+        followed[0].ifindex = 12;
+        assert!(changes(&back, &followed, true).is_empty(), "a change of the interface natd serves (up, down) is no return");
         let change = Change::Deleted(served()[1].clone());
         assert!(change.describe(&[]).starts_with("the wan interface wan0 (index 7) was deleted"), "{}", change.describe(&[]));
     }

@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     cli::{self, RunArgs},
     config::{
-        Environment, Settings, XdpModeSetting, first_ipv4,
+        Environment, InterfaceLoss, Settings, XdpModeSetting, first_ipv4,
         reload::{fixed_changes, live_changes},
     },
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
@@ -101,6 +101,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut flow_aging = tokio::time::interval(FLOW_AGING);
     // Set when natd must stop with an error (a served interface is gone).
     let mut failure = None;
+    // Served interfaces gone that natd waits for (on_interface_loss = "wait").
+    let mut waiting: Vec<Served> = Vec::new();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -138,9 +140,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 Ok(changes) => {
                     for change in changes {
                         let text = change.describe(&daemon.run.env.external_ips);
-                        tracing::error!("{text}");
-                        if matches!(change, Change::Deleted(_)) {
-                            failure = Some(anyhow!(text));
+                        match &change {
+                            Change::Deleted(gone) if daemon.run.settings.on_interface_loss == InterfaceLoss::Wait => {
+                                tracing::error!(
+                                    "the {} interface {} (index {}) was deleted or left the namespace: natd keeps its sessions and re-attaches \
+                                     when an interface named {} is back (on_interface_loss = \"wait\"); nothing crosses the gateway meanwhile",
+                                    gone.role, gone.name, gone.ifindex, gone.name
+                                );
+                                waiting.push(gone.clone());
+                            }
+                            Change::Deleted(_) => {
+                                tracing::error!("{text}");
+                                failure = Some(anyhow!(text));
+                            }
+                            Change::Returned(back) if waiting.iter().any(|w| w.role == back.role) => match reattach(&mut daemon, &mut forwarding, back) {
+                                Ok(mode) => {
+                                    tracing::warn!("{text}: natd re-attached its {} program ({mode} mode); sessions are as they were", back.role);
+                                    watch.follow(back);
+                                    waiting.retain(|w| w.role != back.role);
+                                }
+                                Err(e) => tracing::error!("{text}, but re-attaching failed, natd waits on: {e:#}"),
+                            },
+                            Change::Returned(_) => {}
+                            Change::WanAddress { .. } => tracing::error!("{text}"),
                         }
                     }
                     if failure.is_some() {
@@ -164,6 +186,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(failure) => Err(failure),
         None => Ok(()),
     }
+}
+
+/// Attaches a side's program to its interface come back, and points the
+/// datapath at the new index: redirects, the configuration, forwarding on
+/// it. The environment natd started with (addresses, prefixes) stands. The
+/// XDP mode natd runs in, native falling back to generic as at start.
+fn reattach(daemon: &mut Daemon, forwarding: &mut Forwarding, back: &Served) -> Result<&'static str> {
+    let side = if back.role == "lan" { Side::Lan } else { Side::Wan };
+    let mode = match daemon.run.xdp_mode {
+        "generic" => daemon.datapath.attach(side, back.ifindex, XdpMode::Skb).map(|_| "generic")?,
+        _ => match daemon.datapath.attach(side, back.ifindex, XdpMode::Driver) {
+            Ok(_) => "native",
+            Err(e) => {
+                tracing::warn!("native XDP on {} failed ({e:#}); generic mode", back.name);
+                daemon.datapath.attach(side, back.ifindex, XdpMode::Skb).map(|_| "generic")?
+            }
+        },
+    };
+    daemon.datapath.add_tx_port(back.ifindex)?;
+    match side {
+        Side::Lan => daemon.run.env.lan_ifindex = back.ifindex,
+        Side::Wan => daemon.run.env.wan_ifindex = back.ifindex,
+    }
+    daemon.datapath.set_config(datapath_config(&daemon.run.settings, &daemon.run.env, daemon.run.lan_ip))?;
+    // After the program, as at start: forwarding on with no program
+    // attached would forward inside addresses untranslated.
+    forwarding.enable_also(&back.name)?;
+    Ok(mode)
 }
 
 /// Tells the service manager (systemd, `Type=notify`) natd's state, when

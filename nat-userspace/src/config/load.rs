@@ -15,7 +15,7 @@ use toml::Value;
 use crate::config::schema::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, FILTERING_ALLOWED, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS,
-    MAX_FORWARD_RANGE, MAX_WEIGHT, MappingLogTarget, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
+    MAX_FORWARD_RANGE, MAX_WEIGHT, InterfaceLoss, MappingLogTarget, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
 };
 
 mod proxies;
@@ -323,6 +323,14 @@ fn validate(raw: &mut Raw) -> Settings {
 
     let port_parity = raw.boolean("port_parity", true);
     let log_mappings = raw.boolean("log_mappings", false);
+    let on_interface_loss = match raw.string("on_interface_loss").as_deref() {
+        None | Some("exit") => InterfaceLoss::Exit,
+        Some("wait") => InterfaceLoss::Wait,
+        Some(other) => {
+            raw.error("on_interface_loss", format!("{other:?}"), "must be \"exit\" (stop with an error) or \"wait\" (re-attach when the interface is back)");
+            InterfaceLoss::Exit
+        }
+    };
     let mapping_log = match raw.string("mapping_log") {
         None => MappingLogTarget::Stderr,
         Some(text) => match mapping_log_target(&text) {
@@ -369,6 +377,7 @@ fn validate(raw: &mut Raw) -> Settings {
         ports_per_host,
         log_mappings,
         mapping_log,
+        on_interface_loss,
         timeouts,
         filtering,
         inside_prefixes,

@@ -28,6 +28,7 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
     compare("ports_per_host", &old.ports_per_host, &new.ports_per_host);
     compare("log_mappings", &old.log_mappings, &new.log_mappings);
     compare("mapping_log", &old.mapping_log, &new.mapping_log);
+    compare("on_interface_loss", &old.on_interface_loss, &new.on_interface_loss);
     changes
 }
 

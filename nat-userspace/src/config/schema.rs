@@ -38,6 +38,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
     ("log_mappings", "true: log each mapping made and removed (inside and external endpoints, never destinations)"),
+    ("on_interface_loss", "\"exit\": natd stops with an error when its LAN or WAN interface is deleted; \"wait\": it keeps its sessions and re-attaches when an interface of that name is back (default: exit)"),
     ("mapping_log", "where log_mappings writes: \"stderr\" (natd's log), an absolute file path (compact lines, appended), \"syslog\" or \"syslog:/SOCKET\" (compact lines)"),
     ("log_level", "\"trace\", \"debug\", \"info\", \"warn\" or \"error\""),
     ("inside_prefixes", "routed inside networks behind an inside router, [\"A.B.C.D/LEN\", ...], besides the LAN interface's own prefixes"),
@@ -200,6 +201,8 @@ pub struct Settings {
     pub log_mappings: bool,
     /// Where `log_mappings` writes.
     pub mapping_log: MappingLogTarget,
+    /// What natd does when its LAN or WAN interface is deleted.
+    pub on_interface_loss: InterfaceLoss,
     pub timeouts: Timeouts,
     pub filtering: Filtering,
     /// Inside networks routed behind an inside router (BCP 38): translated
@@ -221,6 +224,17 @@ impl Settings {
     pub fn datapath_forwards(&self) -> Vec<Forward> {
         self.forwards.iter().cloned().chain(self.proxies.iter().filter_map(Proxy::quic_forward)).collect()
     }
+}
+
+/// What natd does when a served interface is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InterfaceLoss {
+    /// Stop with an error (a supervisor restarts natd once it is back).
+    #[default]
+    Exit,
+    /// Keep the sessions; re-attach to the interface of the same name when
+    /// it is back, with the addresses and prefixes natd started with.
+    Wait,
 }
 
 /// Where the mapping log goes.
