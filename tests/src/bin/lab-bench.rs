@@ -67,11 +67,23 @@ fn main() -> Result<()> {
     lab.start_natd_with_config(NATD_CONFIG)?;
     let (added, first_p50, hit_p50) = first_packet_latency(&lab)?;
     let created_before = natd_created(&lab)?;
+    let (stats_before, seen_before, rx_before) = (lab.stats()?, echo.udp_peers().len(), rx_packets(&lab, "lan0")?);
+    let losses_before = Losses::read(&lab)?;
     let x_burst = burst(&lab, BURST_PORT_X, || natd_created(&lab).map(|n| n - created_before))?;
+    // Where the burst went: what reached the gateway, every counter that
+    // moved, and the first datagrams the server got (each flow's only one).
+    let reached = rx_packets(&lab, "lan0")? - rx_before;
+    let delivered = echo.udp_peers().len() - seen_before;
+    let moved = counter_deltas(&stats_before, &lab.stats()?);
+    let x_losses = Losses::read(&lab)?.since(&losses_before);
     lab.stop_natd()?;
 
     kernel.enable(&lab)?;
+    // No socket on the K burst's port: a datagram delivered counts as NoPorts.
+    let (k_noports_before, k_losses_before) = (nat_tests::natlab::snmp_counter(&lab.server, "Udp", "NoPorts")?, Losses::read(&lab)?);
     let k_burst = burst(&lab, BURST_PORT_K, || conntrack_count(&lab))?;
+    let k_delivered = nat_tests::natlab::snmp_counter(&lab.server, "Udp", "NoPorts")? - k_noports_before;
+    let k_losses = Losses::read(&lab)?.since(&k_losses_before);
     kernel.disable(&lab)?;
 
     let (mut x_gbps, mut k_gbps) = (Vec::new(), Vec::new());
@@ -93,8 +105,16 @@ fn main() -> Result<()> {
          \"first_packet_rtt_us_p50\": {first_p50:.1},\n  \"established_rtt_us_p50\": {hit_p50:.1},\n  \
          \"new_flows_per_s\": {{\"xdp_nat\": {:.0}, \"conntrack\": {:.0}}},\n  \
          \"new_flows_set_up\": {{\"xdp_nat\": {}, \"conntrack\": {}}},\n  \"burst_flows\": {BURST_FLOWS},\n  \
+         \"burst_x\": {{\"reached_lan0\": {reached}, \"first_packets_delivered\": {delivered}, \"counters\": {{{}}}, {}}},\n  \
+         \"burst_k\": {{\"first_packets_delivered\": {k_delivered}, {}}},\n  \
          \"tcp_gbps\": {{\"xdp_nat\": {x_tcp:.2}, \"nft_masquerade\": {k_tcp:.2}}},\n  \"tcp_runs\": {runs}\n}}\n",
-        x_burst.rate, k_burst.rate, x_burst.created, k_burst.created
+        x_burst.rate,
+        k_burst.rate,
+        x_burst.created,
+        k_burst.created,
+        moved.iter().map(|(name, delta)| format!("\"{name}\": {delta}")).collect::<Vec<_>>().join(", "),
+        x_losses.json(),
+        k_losses.json()
     );
     let mut md = String::from("| figure | this NAT (X) | nftables masquerade (K) |\n|---|---|---|\n");
     writeln!(md, "| first-packet added latency p50 / p99 | {p50:.1} / {p99:.1} us | - |")?;
@@ -105,6 +125,16 @@ fn main() -> Result<()> {
         x_burst.rate, x_burst.created, k_burst.rate, k_burst.created
     )?;
     writeln!(md, "| TCP throughput, iperf3 -P 8, median of {runs} | {x_tcp:.2} Gbit/s | {k_tcp:.2} Gbit/s |")?;
+    let moved_text: Vec<String> = moved.iter().map(|(name, delta)| format!("{name} {delta}")).collect();
+    writeln!(
+        md,
+        "\nX burst of {BURST_FLOWS}: {reached} reached lan0 (its rx_packets), {} set up, {delivered} first packets delivered to the server \
+         ({}); counters that moved: {}. K burst: {k_delivered} first packets delivered ({}).",
+        x_burst.created,
+        x_losses.text(),
+        moved_text.join(", "),
+        k_losses.text()
+    )?;
     nat_tests::bench::write_results("lab", &json, &md)?;
     Ok(())
 }
@@ -163,6 +193,62 @@ fn burst(lab: &NatLab, server_port: u16, created: impl Fn() -> Result<u64>) -> R
         }
     }
     Ok(Burst { created: last, rate: last as f64 / last_change.as_secs_f64() })
+}
+
+/// Where datagrams can be dropped after the gateway sent them on: its WAN
+/// veth's transmit drops (an XDP redirect into a full peer queue), the
+/// server's receive drops, and the server's UDP socket buffer overflows.
+struct Losses {
+    wan_tx_dropped: u64,
+    server_rx_dropped: u64,
+    server_rcvbuf_errors: u64,
+}
+
+impl Losses {
+    fn read(lab: &NatLab) -> Result<Self> {
+        let stat = |ns: &nat_tests::netns::Netns, ifname: &str, name: &str| -> Result<u64> {
+            Ok(ns.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{name}")])?.trim().parse()?)
+        };
+        Ok(Self {
+            wan_tx_dropped: stat(&lab.gw, "wan0", "tx_dropped")?,
+            server_rx_dropped: stat(&lab.server, "eth0", "rx_dropped")?,
+            server_rcvbuf_errors: nat_tests::natlab::snmp_counter(&lab.server, "Udp", "RcvbufErrors")?,
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            wan_tx_dropped: self.wan_tx_dropped - before.wan_tx_dropped,
+            server_rx_dropped: self.server_rx_dropped - before.server_rx_dropped,
+            server_rcvbuf_errors: self.server_rcvbuf_errors - before.server_rcvbuf_errors,
+        }
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "\"wan_tx_dropped\": {}, \"server_rx_dropped\": {}, \"server_udp_rcvbuf_errors\": {}",
+            self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+        )
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "lost after the gateway: wan0 tx_dropped {}, server eth0 rx_dropped {}, server UDP RcvbufErrors {}",
+            self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+        )
+    }
+}
+
+/// `rx_packets` of an interface of the gateway namespace.
+fn rx_packets(lab: &NatLab, ifname: &str) -> Result<u64> {
+    Ok(lab.gw.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/rx_packets")])?.trim().parse()?)
+}
+
+/// Every `natd stats` counter (datapath and daemon) that changed, with by
+/// how much.
+fn counter_deltas(before: &nat_userspace::control::Stats, after: &nat_userspace::control::Stats) -> Vec<(String, u64)> {
+    let old = |name: &str| before.get(name).unwrap_or(0);
+    after.datapath.iter().chain(&after.daemon).filter(|c| c.value != old(&c.name)).map(|c| (c.name.clone(), c.value.wrapping_sub(old(&c.name)))).collect()
 }
 
 fn natd_created(lab: &NatLab) -> Result<u64> {
