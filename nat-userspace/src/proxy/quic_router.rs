@@ -106,15 +106,15 @@ pub(super) trait Handoff {
     fn send(&mut self, client: SocketAddrV4, server: SocketAddrV4, datagram: &[u8]) -> Result<(), String>;
 }
 
-/// The datapath and the raw socket.
-pub(super) struct Datapath {
+/// The real handoff: the datapath's flow tables and a raw socket.
+pub(super) struct KernelHandoff {
     pub(super) pins: FlowPins,
     pub(super) sender: KernelSender,
     /// The proxy's external endpoint (UDP).
     pub(super) external: SocketAddrV4,
 }
 
-impl Handoff for Datapath {
+impl Handoff for KernelHandoff {
     fn pin(&mut self, client: SocketAddrV4, server: SocketAddrV4) -> Result<(), String> {
         let remote = Endpoint::new(*client.ip(), client.port(), proto::UDP);
         let external = Endpoint::new(*self.external.ip(), self.external.port(), proto::UDP);
@@ -260,7 +260,7 @@ impl<H: Handoff> Router<H> {
 }
 
 /// Serves one QUIC proxy's socket until natd stops.
-pub(super) async fn serve(service: Arc<Service>, socket: UdpSocket, handoff: Datapath) {
+pub(super) async fn serve(service: Arc<Service>, socket: UdpSocket, handoff: KernelHandoff) {
     let mut router = Router::new(service, handoff);
     let mut buffer = vec![0u8; MAX_DATAGRAM];
     let mut sweep = time::interval(SWEEP);

@@ -361,7 +361,7 @@ impl Drop for Proxies {
 struct Bound {
     service: Arc<Service>,
     listener: TcpListener,
-    quic: Option<(UdpSocket, quic_router::Datapath)>,
+    quic: Option<(UdpSocket, quic_router::KernelHandoff)>,
 }
 
 /// The proxies' runtime: one worker per CPU, so a relay's two directions
@@ -390,7 +390,7 @@ fn bind_proxy(proxy: &Proxy, pool: &[Ipv4Addr], datapath: &Datapath) -> Result<B
         let socket = bind_udp(listen).with_context(|| {
             format!("proxy {:?}: cannot bind UDP {listen} for quic (another service on the port, or the address is not this machine's)", proxy.name)
         })?;
-        Some((socket, quic_router::Datapath { pins, sender, external: listen }))
+        Some((socket, quic_router::KernelHandoff { pins, sender, external: listen }))
     } else {
         None
     };
