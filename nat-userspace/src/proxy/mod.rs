@@ -13,8 +13,10 @@
 //! - `quic`, `quic_router`: `quic = true`: the Initial reader (a pure
 //!   parser), and the UDP socket that routes a connection by its SNI and
 //!   hands it to the datapath as a forwarded flow;
-//! - `service`: the listeners, their thread, health checks and counters,
-//!   and what `natd proxies` shows.
+//! - `service`: one proxy at work: its settings and routes, counters,
+//!   health checks, and what `natd proxies` shows;
+//! - `proxies`: the set natd serves: sockets, runtime, accept loops, a
+//!   reload's additions and removals.
 //!
 //! The XDP program passes packets for the external address's ports that
 //! are neither NAT ports nor forwarded to the kernel (`nat_ebpf::nat::wan`,
@@ -28,6 +30,7 @@ pub mod quic;
 mod quic_router;
 mod relay;
 mod route;
+mod proxies;
 mod service;
 mod splice;
 pub mod tls;
@@ -35,6 +38,6 @@ pub mod tls;
 #[cfg(test)]
 mod test_support;
 
+pub use proxies::Proxies;
 pub use route::{Refusal, Routes};
-pub use quic_router::QuicView;
-pub use service::{Proxies, ProxyServerView, ProxyView, RouteView};
+pub use service::{ProxyServerView, ProxyView, QuicView, RouteView};

@@ -28,13 +28,12 @@ use std::{
     net::{SocketAddr, SocketAddrV4},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::Ordering,
     },
     time::{Duration, Instant},
 };
 
 use nat_common::{Endpoint, proto};
-use serde::{Deserialize, Serialize};
 use tokio::{net::UdpSocket, time};
 
 use crate::{
@@ -44,7 +43,7 @@ use crate::{
     proxy::{
         quic::{AssemblerLimits, QuicClientHelloAssembler, parse_datagram},
         route::Refusal,
-        service::Service,
+        service::{QuicCounters, Service},
     },
 };
 
@@ -57,46 +56,6 @@ const SWEEP: Duration = Duration::from_millis(250);
 
 /// A UDP datagram is at most this long.
 const MAX_DATAGRAM: usize = 65_535;
-
-/// What a QUIC proxy counts, for `natd proxies`.
-#[derive(Debug, Default)]
-pub(super) struct QuicCounters {
-    /// Datagrams natd's socket read.
-    datagrams: AtomicU64,
-    /// Connections routed and handed to the datapath.
-    routed: AtomicU64,
-    /// Datagrams natd sent on to a server (the Initials it held, and
-    /// stragglers within `HANDOFF_GRACE`).
-    relayed: AtomicU64,
-    /// Datagrams that were no client Initial of a new connection (a packet
-    /// of a connection the datapath no longer knows, garbage).
-    ignored: AtomicU64,
-    /// ClientHellos being reassembled now.
-    assembling: AtomicU64,
-}
-
-/// `QuicCounters` as `natd proxies` shows them.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct QuicView {
-    pub datagrams: u64,
-    pub routed: u64,
-    pub relayed: u64,
-    pub ignored: u64,
-    pub assembling: u64,
-}
-
-impl QuicCounters {
-    pub(super) fn view(&self) -> QuicView {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        QuicView {
-            datagrams: read(&self.datagrams),
-            routed: read(&self.routed),
-            relayed: read(&self.relayed),
-            ignored: read(&self.ignored),
-            assembling: read(&self.assembling),
-        }
-    }
-}
 
 /// What the router does to the world: file a flow, send a datagram on a
 /// client's behalf. The datapath and a raw socket in natd; a record in the
@@ -286,7 +245,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{HealthCheck, HealthKind, Proxy, ProxyKind, ProxyRoute},
-        proxy::quic::tests::client_initials,
+        proxy::{quic::tests::client_initials, service::QuicView},
     };
 
     /// What the router did, in order.
