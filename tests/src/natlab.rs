@@ -403,10 +403,10 @@ impl EchoServer {
         let udp_peers = Arc::new(Mutex::new(Vec::new()));
         let tcp_peers = Arc::new(Mutex::new(Vec::new()));
         udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        // Room for a burst of new flows (lab-bench: 20,000 first datagrams
+        // Room for a burst of new flows (lab-bench: 100,000 first datagrams
         // at once): the default buffer overflows, and the server, not the
         // gateway, would lose them. FORCE: past net.core.rmem_max (root).
-        let rcvbuf: libc::c_int = 16 << 20;
+        let rcvbuf: libc::c_int = 128 << 20;
         // SAFETY: setsockopt on a live socket with an int option.
         unsafe {
             libc::setsockopt(

@@ -57,8 +57,13 @@ const ETH_LEN: usize = 14;
 const IPERF_SECONDS: &str = "3";
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     ensure!(nat_tests::netns::is_root(), "the lab benchmark creates namespaces and runs natd: run it as root");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--burst") {
+        let flows: u32 = args.get(1).context("--burst needs a number of flows")?.parse()?;
+        return big_burst(flows);
+    }
+    let runs: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(3);
     // Senders with full checksums, as frames from a wire.
     let mut lab = NatLab::new(1, false)?;
     let echo = EchoServer::start(&lab.server, ECHO_PORT);
@@ -73,7 +78,7 @@ fn main() -> Result<()> {
     // Where the burst went: what reached the gateway, every counter that
     // moved, and the first datagrams the server got (each flow's only one).
     let reached = rx_packets(&lab, "lan0")? - rx_before;
-    let delivered = echo.udp_peers().len() - seen_before;
+    let delivered = settled(|| echo.udp_peers().len()) - seen_before;
     let moved = counter_deltas(&stats_before, &lab.stats()?);
     let x_losses = Losses::read(&lab)?.since(&losses_before);
     lab.stop_natd()?;
@@ -168,9 +173,13 @@ struct Burst {
 /// One datagram for each of BURST_FLOWS new flows, through a raw socket;
 /// `created` counts what the gateway set up. Polls until it stops moving.
 fn burst(lab: &NatLab, server_port: u16, created: impl Fn() -> Result<u64>) -> Result<Burst> {
-    let packets: Vec<Vec<u8>> = (BURST_FIRST_PORT..BURST_FIRST_PORT + BURST_FLOWS)
-        .map(|port| Frame::udp((host_addr(0), port), (SERVER, server_port)).build()[ETH_LEN..].to_vec())
-        .collect();
+    let sources: Vec<(Ipv4Addr, u16)> = (BURST_FIRST_PORT..BURST_FIRST_PORT + BURST_FLOWS).map(|port| (host_addr(0), port)).collect();
+    burst_from(lab, &sources, server_port, created)
+}
+
+/// One datagram from each source (address, port) of host 0, as `burst`.
+fn burst_from(lab: &NatLab, sources: &[(Ipv4Addr, u16)], server_port: u16, created: impl Fn() -> Result<u64>) -> Result<Burst> {
+    let packets: Vec<Vec<u8>> = sources.iter().map(|&source| Frame::udp(source, (SERVER, server_port)).build()[ETH_LEN..].to_vec()).collect();
     let started = Instant::now();
     in_ns(&lab.hosts[0], move || -> Result<()> {
         let raw = KernelSender::new()?;
@@ -193,6 +202,73 @@ fn burst(lab: &NatLab, server_port: u16, created: impl Fn() -> Result<u64>) -> R
         }
     }
     Ok(Burst { created: last, rate: last as f64 / last_change.as_secs_f64() })
+}
+
+/// The pool of the big burst: two external addresses, each with the ports
+/// 1024-60999 (the gateway namespace's own ephemeral ports moved above).
+const BIG_POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)];
+const BIG_PORTS: (u16, u16) = (1024, 60999);
+
+/// `--burst N`: one burst of N new flows through natd (X only), from as
+/// many inside addresses as the flows need (each its own external address
+/// of the pool, by the paired-pool hash), each flow one datagram: what was
+/// set up, and where every first datagram went. Writes lab-burst.{json,md}.
+fn big_burst(flows: u32) -> Result<()> {
+    let per_address = u32::from(BIG_PORTS.1 - BIG_PORTS.0) + 1;
+    ensure!(flows <= per_address * BIG_POOL.len() as u32, "at most {} flows: the pool's ports", per_address * BIG_POOL.len() as u32);
+    let lab = NatLab::new(1, false)?;
+    let echo = EchoServer::start(&lab.server, ECHO_PORT);
+    lab.gw.sysctl("net.ipv4.ip_local_port_range=61000 65000")?;
+    lab.gw.ip(&["addr", "add", &format!("{}/24", BIG_POOL[1]), "dev", "wan0"])?;
+    // Inside addresses of host 0, one per pool address (the hash decides).
+    let mut inside: Vec<Ipv4Addr> = Vec::new();
+    for want in 0..BIG_POOL.len() as u32 {
+        let addr = (20u8..250)
+            .map(|last| Ipv4Addr::new(10, 77, 1, last))
+            .find(|a| nat_common::pool_index(u32::from_ne_bytes(a.octets()), BIG_POOL.len() as u32) == want && !inside.contains(a))
+            .context("no inside address for a pool slot")?;
+        lab.hosts[0].ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        inside.push(addr);
+    }
+    let mut lab = lab;
+    let pool: Vec<String> = BIG_POOL.iter().map(|a| format!("\"{a}\"")).collect();
+    lab.start_natd_with_config(&format!(
+        "port_range = \"{}-{}\"\nports_per_host = 0\nexternal_ip = [{}]\n",
+        BIG_PORTS.0,
+        BIG_PORTS.1,
+        pool.join(", ")
+    ))?;
+    let sources: Vec<(Ipv4Addr, u16)> = (0..flows).map(|i| (inside[(i % inside.len() as u32) as usize], 1024 + (i / inside.len() as u32) as u16)).collect();
+    let (stats_before, seen_before, rx_before, losses_before) = (lab.stats()?, echo.udp_peers().len(), rx_packets(&lab, "lan0")?, Losses::read(&lab)?);
+    let created_before = natd_created(&lab)?;
+    let x = burst_from(&lab, &sources, BURST_PORT_X, || natd_created(&lab).map(|n| n - created_before))?;
+    let reached = rx_packets(&lab, "lan0")? - rx_before;
+    let delivered = settled(|| echo.udp_peers().len()) - seen_before;
+    let moved = counter_deltas(&stats_before, &lab.stats()?);
+    let losses = Losses::read(&lab)?.since(&losses_before);
+    drop(echo);
+    let moved_json: Vec<String> = moved.iter().map(|(name, delta)| format!("\"{name}\": {delta}")).collect();
+    let json = format!(
+        "{{\n  \"burst_flows\": {flows},\n  \"inside_addresses\": {},\n  \"set_up\": {},\n  \"new_flows_per_s\": {:.0},\n  \
+         \"reached_lan0\": {reached},\n  \"first_packets_delivered\": {delivered},\n  {},\n  \"counters\": {{{}}}\n}}\n",
+        inside.len(),
+        x.created,
+        x.rate,
+        losses.json(),
+        moved_json.join(", ")
+    );
+    let moved_text: Vec<String> = moved.iter().map(|(name, delta)| format!("{name} {delta}")).collect();
+    let md = format!(
+        "Burst of {flows} new flows from {} inside addresses through natd: {} set up ({:.0}/s), {reached} reached lan0, {delivered} first packets \
+         delivered to the server ({}); counters that moved: {}\n",
+        inside.len(),
+        x.created,
+        x.rate,
+        losses.text(),
+        moved_text.join(", ")
+    );
+    print!("{md}");
+    nat_tests::bench::write_results("lab-burst", &json, &md)
 }
 
 /// Where datagrams can be dropped after the gateway sent them on: its WAN
@@ -237,6 +313,22 @@ impl Losses {
             self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
         )
     }
+}
+
+/// `count` once it stops moving for 500 ms (at most 10 s): the echo
+/// server reads a burst from its socket after the gateway sent it.
+fn settled(count: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = count();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        let now = count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
 }
 
 /// `rx_packets` of an interface of the gateway namespace.

@@ -155,3 +155,37 @@ fn claims_keep_the_paired_address_parity_and_class() {
     assert_eq!(gw.run(Side::Wan, &unsolicited).unwrap().action, DROP);
     assert_eq!(gw.datapath.counter(Reason::DropInboundNoMapping).unwrap(), 1);
 }
+
+/// Issue 16, a burst of new flows: an inside port in the NAT range goes to
+/// natd (which may keep it) only while the miss ring has room for the
+/// hand-off and half of it stays free for claims; past that, the flow
+/// claims a queued port in the datapath and its first packet goes on,
+/// rather than being dropped with the ring full (natd behind a burst).
+#[test]
+fn a_keepable_inside_port_is_claimed_here_once_the_miss_ring_is_half_full() {
+    require_root!();
+    let mut gw = gateway("ringhalf").unwrap();
+    gw.datapath.push_free_port(proto::UDP, nat_common::FreePort { session: 90, port: 24690, _pad: 0 }).unwrap();
+    let in_range = (addr::LAN_HOST, addr::PORT_MIN + 7);
+    let first = from_lan(Frame::udp(in_range, REMOTE_UDP));
+    // No natd reads the ring: each repetition of a hand-off fills it by one
+    // event, until half of it is used.
+    let record = (std::mem::size_of::<nat_common::MissEvent>() + 8) as u32;
+    let half = nat_common::MISS_RING_BYTES / 2 / record;
+    let run = nat_tests::test_run(&gw.datapath, Side::Lan, gw.ingress_ifindex(Side::Lan), &first.build(), half - 2).unwrap();
+    assert_eq!(run.action, DROP, "handed to natd");
+    // Then one at a time: a few more hand-offs, then the claim.
+    let mut run = gw.run(Side::Lan, &first.build()).unwrap();
+    for _ in 0..4 {
+        if run.action != DROP {
+            break;
+        }
+        run = gw.run(Side::Lan, &first.build()).unwrap();
+    }
+    assert_eq!(run.action, REDIRECT, "claimed here once the ring is half full");
+    let handed = gw.datapath.counter(Reason::MissToDaemon).unwrap();
+    assert!((u64::from(half) - 1..=u64::from(half) + 1).contains(&handed), "{handed} hand-offs until half the ring ({half} events) was used");
+    assert_eq!(gw.datapath.counter(Reason::DropRingFull).unwrap(), 0, "no first packet dropped");
+    assert_frames_eq("claimed first packet", &run.frame, &translated_out(first.clone(), (addr::EXTERNAL, 24690)).build()).unwrap();
+    assert_eq!(gw.datapath.counter(Reason::TranslatedNewFlow).unwrap(), 1);
+}
