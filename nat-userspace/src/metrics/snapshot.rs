@@ -1,0 +1,157 @@
+//! What the packet loop publishes for scrapes: plain numbers copied from
+//! the daemon, nothing the server thread has to ask the loop for.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use nat_common::{counters::Reason, proto};
+
+use crate::nat::{counters::DaemonCounters, daemon::Daemon, sessions::session_state};
+
+/// Upper bounds (seconds) of the aging scan histogram's buckets. A scan of
+/// a few sessions takes microseconds; one of the full session table
+/// (`MAX_SESSIONS`) tens of milliseconds; past the tick (1 s) the loop
+/// falls behind.
+pub const AGING_BUCKETS: [f64; 12] = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+/// The states `natd sessions` shows for a TCP mapping (`session_state`).
+const TCP_STATES: [&str; 4] = ["opening", "established", "closing", "reset"];
+/// ... and for the others.
+const OTHER_STATE: &str = "active";
+
+/// Everything a scrape shows that natd's loop knows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// When the loop took it; `None` before the first one.
+    pub taken: Option<Instant>,
+    /// The datapath's per-reason packet counters, every reason.
+    pub datapath: Vec<(Reason, u64)>,
+    pub daemon: DaemonCounters,
+    /// Later fragments parked, waiting for their first fragment.
+    pub fragments_waiting: u64,
+    /// Dynamic mappings by protocol and state, every known pair (zeros too).
+    pub sessions: Vec<SessionCount>,
+    /// Ports per protocol and external address.
+    pub ports: Vec<PortCount>,
+    pub aging: ScanHistogram,
+    /// Every server of every forward, as of the last flow-aging tick.
+    pub forwards: Vec<ServerMetrics>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCount {
+    pub proto: &'static str,
+    pub state: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortCount {
+    pub proto: &'static str,
+    pub external: Ipv4Addr,
+    pub in_use: u64,
+    /// Released, waiting out `port_hold` before reuse.
+    pub held: u64,
+    pub free: u64,
+}
+
+/// One server of one forward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerMetrics {
+    pub forward: String,
+    /// ADDR:PORT, as `natd forwards` shows it.
+    pub server: String,
+    /// "up", "down", "draining" or "unknown".
+    pub health: String,
+    pub weight: u32,
+    pub active_flows: u64,
+    /// Since the server was added to the forward.
+    pub new_flows: u64,
+}
+
+/// The aging scans' durations, bucketed as `AGING_BUCKETS` (each count in
+/// its own bucket, not cumulative), with their sum and count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScanHistogram {
+    pub buckets: [u64; AGING_BUCKETS.len()],
+    /// Scans longer than the last bound.
+    pub over: u64,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl ScanHistogram {
+    pub fn observe(&mut self, took: Duration) {
+        let s = took.as_secs_f64();
+        match AGING_BUCKETS.iter().position(|bound| s <= *bound) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_s += s;
+        self.count += 1;
+    }
+}
+
+impl Snapshot {
+    /// Reads the daemon: the datapath's counters (one read of the per-CPU
+    /// array per reason), natd's counters, and one pass over the sessions
+    /// (their liveness is mapped into natd: no syscall per session).
+    pub fn take(daemon: &Daemon, aging: &ScanHistogram, forwards: &[ServerMetrics]) -> Result<Self> {
+        let mut sessions: Vec<SessionCount> = proto::ALL
+            .into_iter()
+            .flat_map(|p| {
+                let states: &[&'static str] = if p == proto::TCP { &TCP_STATES } else { &[OTHER_STATE] };
+                states.iter().map(move |state| SessionCount { proto: proto::name(p), state, count: 0 })
+            })
+            .collect();
+        for (inside, entry) in &daemon.sessions {
+            let live = daemon.datapath.liveness(entry.slot)?;
+            let (name, state) = (proto::name(inside.proto), session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in));
+            match sessions.iter_mut().find(|s| s.proto == name && s.state == state) {
+                Some(row) => row.count += 1,
+                None => sessions.push(SessionCount { proto: name, state, count: 1 }),
+            }
+        }
+        let mut ports = Vec::new();
+        for p in proto::ALL {
+            for (external, usage) in daemon.ports.usage_by_address(p) {
+                ports.push(PortCount { proto: proto::name(p), external, in_use: usage.in_use as u64, held: usage.held as u64, free: usage.free as u64 });
+            }
+        }
+        Ok(Self {
+            taken: Some(Instant::now()),
+            datapath: daemon.datapath.counters()?,
+            daemon: daemon.counters,
+            fragments_waiting: daemon.fragments.waiting() as u64,
+            sessions,
+            ports,
+            aging: aging.clone(),
+            forwards: forwards.to_vec(),
+        })
+    }
+}
+
+/// Every server of every forward, with its flows counted now (a walk of
+/// the forwarded-flow tables: the flow-aging timer's cost, not every tick's).
+pub fn forwards(daemon: &Daemon) -> Result<Vec<ServerMetrics>> {
+    if daemon.forwards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let views = daemon.forwards.views(&daemon.datapath, Instant::now())?;
+    Ok(views
+        .into_iter()
+        .flat_map(|forward| {
+            forward.servers.into_iter().map(move |server| ServerMetrics {
+                forward: forward.name.clone(),
+                server: server.server,
+                health: server.health,
+                weight: server.weight,
+                active_flows: server.active_flows,
+                new_flows: server.new_flows,
+            })
+        })
+        .collect())
+}
