@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Attach to the LAN and WAN interfaces and serve until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show whether natd serves in this network namespace (exit 1 if not).
     Status {
         #[arg(long)]
