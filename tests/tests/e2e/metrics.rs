@@ -104,6 +104,7 @@ fn metrics_follow_the_traffic_and_pass_promtool() {
             && value(t, "natd_mappings_created_total").is_some_and(|n| n >= 4.0)
             && value(t, translated_out).is_some_and(|n| n >= out_before + 3.0)
     });
+    // What the README shows (`-- --nocapture`).
     println!("--- natd's /metrics, scraped from a LAN host ---\n{after}--- end ---");
 
     // What the traffic did, as `natd stats` and `natd status` tell it too.
