@@ -4,13 +4,14 @@
 
 use std::{
     io::Write as _,
+    net::SocketAddrV4,
     process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use nat_tests::{
-    natlab::{EXTERNAL, EchoServer, GW_LAN, NatLab},
+    natlab::{EXTERNAL, EchoServer, GW_LAN, IO_TIMEOUT, NatLab, host_addr, udp_socket_in},
     netns::Netns,
     require_root,
 };
@@ -161,4 +162,43 @@ fn natd_check_names_a_bad_metrics_address() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("metrics: http://{GW_LAN}:{METRICS_PORT}/metrics")), "{stdout}");
+}
+
+/// A load-balanced UDP forward over two LAN servers: both up, and the new
+/// flows from the WAN counted per server, active and in total.
+#[test]
+fn forward_servers_show_health_and_flows() {
+    require_root!();
+    let mut lab = NatLab::new(3, false).unwrap();
+    let servers = [0, 1].map(|i| format!("{}:{SERVICE_PORT}", host_addr(i)));
+    lab.start_natd_with_config(&format!(
+        "metrics = \"{GW_LAN}:{METRICS_PORT}\"\n[[forward]]\nname = \"echo\"\nprotocol = \"udp\"\nport = {SERVICE_PORT}\nto = [\"{}\", \"{}\"]\n",
+        servers[0], servers[1]
+    ))
+    .unwrap();
+    let _echoes = [EchoServer::start(&lab.hosts[0], SERVICE_PORT), EchoServer::start(&lab.hosts[1], SERVICE_PORT)];
+    const FLOWS: u16 = 8;
+    for port in 0..FLOWS {
+        let client = udp_socket_in(&lab.server, 6000 + port);
+        client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        client.send_to(b"f", SocketAddrV4::new(EXTERNAL, SERVICE_PORT)).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = client.recv_from(&mut buf).unwrap_or_else(|e| panic!("no echo through the forward: {e}\n{}", lab.natd_log()));
+        assert_eq!(&buf[..n], b"echo:f");
+    }
+    let series = |name: &str, server: &str| format!("{name}{{forward=\"echo\",server=\"{server}\"}}");
+    let total = |text: &str, name: &str| servers.iter().map(|s| value(text, &series(name, s)).unwrap_or(0.0)).sum::<f64>();
+    // The forwards' figures are refreshed every 5 s.
+    let text = scrape_until(&lab.hosts[2], "the forward's flows", |t| total(t, "natd_forward_server_new_flows_total") == f64::from(FLOWS));
+    for server in &servers {
+        assert_eq!(value(&text, &series("natd_forward_server_up", server)), Some(1.0), "{text}");
+        assert_eq!(value(&text, &series("natd_forward_server_weight", server)), Some(1.0), "{text}");
+    }
+    assert_eq!(total(&text, "natd_forward_server_active_flows"), f64::from(FLOWS), "{text}");
+    // The first packet to a server whose neighbour entry is not resolved
+    // yet counts as no_neighbour_to_daemon, not forwarded_new_flow.
+    let reason = |r: &str| value(&text, &format!("natd_datapath_packets_total{{reason=\"{r}\"}}")).unwrap();
+    assert_eq!(reason("forwarded_new_flow") + reason("no_neighbour_to_daemon"), f64::from(FLOWS), "{text}");
+    let (valid, report) = promtool_check(&lab.hosts[2], &text);
+    assert!(valid && report.trim().is_empty(), "promtool:\n{report}\n{text}");
 }
