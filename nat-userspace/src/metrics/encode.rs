@@ -95,6 +95,13 @@ impl Collector for Scrape {
                 Some(&Unit::Seconds),
                 &ConstGauge::new(age),
             )?;
+            single(
+                e,
+                "natd_snapshot_duration",
+                "How long the packet loop took to copy the previous snapshot for metrics (their cost to the loop, once a second)",
+                Some(&Unit::Seconds),
+                &ConstGauge::new(s.previous_took.as_secs_f64()),
+            )?;
         }
 
         let packets: Vec<_> = s.datapath.iter().map(|(reason, n)| ([("reason", reason.name())], ConstCounter::new(*n))).collect();

@@ -27,7 +27,7 @@ mod tests;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -48,6 +48,8 @@ pub struct Metrics {
     published: Published,
     aging: ScanHistogram,
     forwards: Vec<ServerMetrics>,
+    /// How long the last `publish` took.
+    publish_took: Duration,
     server: server::Server,
 }
 
@@ -58,7 +60,7 @@ impl Metrics {
         let published: Published = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
         let server = server::Server::start(addr, Arc::clone(&published))?;
         tracing::info!("metrics: http://{}/metrics", server.addr);
-        Ok(Self { published, aging: ScanHistogram::default(), forwards: Vec::new(), server })
+        Ok(Self { published, aging: ScanHistogram::default(), forwards: Vec::new(), publish_took: Duration::ZERO, server })
     }
 
     /// Where the server listens.
@@ -82,7 +84,8 @@ impl Metrics {
 
     /// Takes a snapshot of `daemon` and publishes it for the next scrape.
     pub fn publish(&mut self, daemon: &Daemon) {
-        match Snapshot::take(daemon, &self.aging, &self.forwards) {
+        let started = Instant::now();
+        match Snapshot::take(daemon, &self.aging, &self.forwards, self.publish_took) {
             Ok(snapshot) => {
                 let snapshot = Arc::new(snapshot);
                 // The old snapshot is dropped after the lock is released.
@@ -90,5 +93,6 @@ impl Metrics {
             }
             Err(e) => tracing::warn!("metrics: taking a snapshot: {e:#}"),
         }
+        self.publish_took = started.elapsed();
     }
 }

@@ -27,6 +27,9 @@ const OTHER_STATE: &str = "active";
 pub struct Snapshot {
     /// When the loop took it; `None` before the first one.
     pub taken: Option<Instant>,
+    /// How long taking the previous snapshot kept the loop: what metrics
+    /// cost it once a second.
+    pub previous_took: Duration,
     /// The datapath's per-reason packet counters, every reason.
     pub datapath: Vec<(Reason, u64)>,
     pub daemon: DaemonCounters,
@@ -99,7 +102,7 @@ impl Snapshot {
     /// Reads the daemon: the datapath's counters (one read of the per-CPU
     /// array per reason), natd's counters, and one pass over the sessions
     /// (their liveness is mapped into natd: no syscall per session).
-    pub fn take(daemon: &Daemon, aging: &ScanHistogram, forwards: &[ServerMetrics]) -> Result<Self> {
+    pub fn take(daemon: &Daemon, aging: &ScanHistogram, forwards: &[ServerMetrics], previous_took: Duration) -> Result<Self> {
         let mut sessions: Vec<SessionCount> = proto::ALL
             .into_iter()
             .flat_map(|p| {
@@ -123,6 +126,7 @@ impl Snapshot {
         }
         Ok(Self {
             taken: Some(Instant::now()),
+            previous_took,
             datapath: daemon.datapath.counters()?,
             daemon: daemon.counters,
             fragments_waiting: daemon.fragments.waiting() as u64,

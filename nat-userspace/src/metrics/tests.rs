@@ -26,6 +26,7 @@ fn snapshot(taken: Instant) -> Snapshot {
     aging.observe(Duration::from_secs(2));
     Snapshot {
         taken: Some(taken),
+        previous_took: Duration::from_micros(250),
         datapath: Reason::ALL.iter().map(|r| (*r, *r as u64 * 10)).collect(),
         daemon: DaemonCounters { mappings_created: 7, refused_quota: 2, refused_no_port: 1, first_packets_sent: 5, ..Default::default() },
         fragments_waiting: 3,
@@ -94,6 +95,7 @@ fn daemon_counters_refusals_and_gauges() {
         "natd_forward_server_active_flows{forward=\"web\",server=\"10.0.0.5:80\"} 6",
         "natd_forward_server_new_flows_total{forward=\"web\",server=\"10.0.0.5:80\"} 40",
         "natd_snapshot_age_seconds 0.0",
+        "natd_snapshot_duration_seconds 0.00025",
     ] {
         assert!(lines.contains(&expected), "missing {expected}\n{text}");
     }
@@ -170,7 +172,7 @@ fn no_forwards_no_forward_families_and_no_snapshot_no_age() {
     let now = Instant::now();
     let text = exposition(&Snapshot::default(), None, now);
     assert!(!text.contains("natd_forward_server"), "{text}");
-    assert!(!text.contains("natd_snapshot_age_seconds"), "{text}");
+    assert!(!text.contains("natd_snapshot_age_seconds") && !text.contains("natd_snapshot_duration_seconds"), "{text}");
     assert!(!text.contains("process_"), "no /proc figures, no process metrics: {text}");
     assert!(text.contains("natd_build_info{version=\""), "{text}");
 }
