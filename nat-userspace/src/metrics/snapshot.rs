@@ -9,7 +9,14 @@ use std::{
 use anyhow::Result;
 use nat_common::{counters::Reason, proto};
 
-use crate::nat::{counters::DaemonCounters, daemon::Daemon, sessions::session_state};
+use crate::{
+    datapath::Datapath,
+    nat::{
+        counters::DaemonCounters,
+        daemon::Daemon,
+        sessions::{SessionTable, session_state},
+    },
+};
 
 /// Upper bounds (seconds) of the aging scan histogram's buckets. A scan of
 /// a few sessions takes microseconds; one of the full session table
@@ -103,21 +110,7 @@ impl Snapshot {
     /// array per reason), natd's counters, and one pass over the sessions
     /// (their liveness is mapped into natd: no syscall per session).
     pub fn take(daemon: &Daemon, aging: &ScanHistogram, forwards: &[ServerMetrics], previous_took: Duration) -> Result<Self> {
-        let mut sessions: Vec<SessionCount> = proto::ALL
-            .into_iter()
-            .flat_map(|p| {
-                let states: &[&'static str] = if p == proto::TCP { &TCP_STATES } else { &[OTHER_STATE] };
-                states.iter().map(move |state| SessionCount { proto: proto::name(p), state, count: 0 })
-            })
-            .collect();
-        for (inside, entry) in &daemon.sessions {
-            let live = daemon.datapath.liveness(entry.slot)?;
-            let (name, state) = (proto::name(inside.proto), session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in));
-            match sessions.iter_mut().find(|s| s.proto == name && s.state == state) {
-                Some(row) => row.count += 1,
-                None => sessions.push(SessionCount { proto: name, state, count: 1 }),
-            }
-        }
+        let sessions = session_counts(&daemon.datapath, &daemon.sessions)?;
         let mut ports = Vec::new();
         for p in proto::ALL {
             for (external, usage) in daemon.ports.usage_by_address(p) {
@@ -136,6 +129,28 @@ impl Snapshot {
             forwards: forwards.to_vec(),
         })
     }
+}
+
+/// The sessions by protocol and state, every known pair (zeros too): one
+/// pass over the table, each session's liveness read in place (the
+/// LIVENESS array is mapped into natd), as the aging scan does.
+pub fn session_counts(datapath: &Datapath, table: &SessionTable) -> Result<Vec<SessionCount>> {
+    let mut counts: Vec<SessionCount> = proto::ALL
+        .into_iter()
+        .flat_map(|p| {
+            let states: &[&'static str] = if p == proto::TCP { &TCP_STATES } else { &[OTHER_STATE] };
+            states.iter().map(move |state| SessionCount { proto: proto::name(p), state, count: 0 })
+        })
+        .collect();
+    for (inside, entry) in table {
+        let live = datapath.liveness(entry.slot)?;
+        let (name, state) = (proto::name(inside.proto), session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in));
+        match counts.iter_mut().find(|s| s.proto == name && s.state == state) {
+            Some(row) => row.count += 1,
+            None => counts.push(SessionCount { proto: name, state, count: 1 }),
+        }
+    }
+    Ok(counts)
 }
 
 /// Every server of every forward, with its flows counted now (a walk of
