@@ -34,7 +34,7 @@ use anyhow::Result;
 
 pub use encode::{CONTENT_TYPE, encode};
 pub use process::ProcessStats;
-pub use snapshot::{AGING_BUCKETS, PortCount, ScanHistogram, ServerMetrics, SessionCount, Snapshot, session_counts};
+pub use snapshot::{AGING_BUCKETS, PortCount, ScanHistogram, ServerMetrics, SessionCount, Snapshot, count_states, session_counts};
 
 use crate::nat::daemon::Daemon;
 

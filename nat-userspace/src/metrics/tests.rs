@@ -9,14 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nat_common::counters::Reason;
+use nat_common::{counters::Reason, proto, tcp_flags};
 
 use super::{
-    PortCount, ScanHistogram, ServerMetrics, SessionCount, Snapshot, encode,
+    PortCount, ScanHistogram, ServerMetrics, SessionCount, Snapshot, count_states, encode,
     process::{ProcessStats, parse},
     server::Server,
 };
-use crate::nat::counters::DaemonCounters;
+use crate::nat::{counters::DaemonCounters, sessions::session_state};
 
 fn snapshot(taken: Instant) -> Snapshot {
     let mut aging = ScanHistogram::default();
@@ -242,4 +242,33 @@ fn a_taken_port_names_the_setting() {
     let published = Arc::new(Mutex::new(Arc::new(Snapshot::default())));
     let err = Server::start(addr, published).err().expect("the port is taken");
     assert!(format!("{err:#}").starts_with(&format!("metrics = \"{addr}\": cannot listen there")), "{err:#}");
+}
+
+/// Tallied by flags, named once per pair: the same counts as naming each
+/// session's state, every known pair listed (zeros too), untracked flag
+/// bits ignored, a protocol natd does not know still counted.
+#[test]
+fn sessions_are_counted_by_protocol_and_state() {
+    let (syn, ack, fin, rst, psh) = (tcp_flags::SYN, tcp_flags::ACK, tcp_flags::FIN, tcp_flags::RST, 0x08);
+    let sessions = [
+        (proto::TCP, syn, 0),
+        (proto::TCP, syn | ack, syn | ack),
+        (proto::TCP, syn | ack | psh, syn | ack),
+        (proto::TCP, syn | ack | fin, syn | ack),
+        (proto::TCP, syn, rst | ack),
+        (proto::UDP, 0, 0),
+        (proto::UDP, 0, 0),
+        (132, 0, 0),
+    ];
+    let counts = count_states(sessions);
+    let count = |p: &str, state: &str| counts.iter().find(|c| c.proto == p && c.state == state).map(|c| c.count);
+    for (p, out, back) in sessions.iter().filter(|(p, _, _)| *p != 132) {
+        let expected = sessions.iter().filter(|(q, o, b)| q == p && session_state(*q, *o, *b) == session_state(*p, *out, *back)).count() as u64;
+        assert_eq!(count(proto::name(*p), session_state(*p, *out, *back)), Some(expected), "{counts:?}");
+    }
+    assert_eq!(count("tcp", "established"), Some(2), "PSH is not tracked: {counts:?}");
+    assert_eq!(count("icmp", "active"), Some(0), "every known pair, zeros too: {counts:?}");
+    assert_eq!(count("tcp", "opening"), Some(1));
+    assert_eq!(count("other", "active"), Some(1), "{counts:?}");
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), sessions.len() as u64);
 }
