@@ -127,6 +127,13 @@ impl Collector for Scrape {
             MetricType::Counter,
             &refused,
         )?;
+        single(
+            e,
+            "natd_mapping_log_lost",
+            "Mapping log lines lost because the file or syslog of mapping_log could not take them",
+            None,
+            &ConstCounter::new(s.mapping_log_lost),
+        )?;
         single(e, "natd_fragments_waiting", "Later fragments parked now, waiting for their first fragment", None, &ConstGauge::new(s.fragments_waiting))?;
 
         let sessions: Vec<_> = s.sessions.iter().map(|row| ([("proto", row.proto), ("state", row.state)], ConstGauge::new(row.count))).collect();

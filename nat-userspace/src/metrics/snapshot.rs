@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub daemon: DaemonCounters,
     /// Later fragments parked, waiting for their first fragment.
     pub fragments_waiting: u64,
+    /// Mapping log lines lost (the file or syslog could not take them).
+    pub mapping_log_lost: u64,
     /// Dynamic mappings by protocol and state, every known pair (zeros too).
     pub sessions: Vec<SessionCount>,
     /// Ports per protocol and external address.
@@ -123,6 +125,7 @@ impl Snapshot {
             datapath: daemon.datapath.counters()?,
             daemon: daemon.counters,
             fragments_waiting: daemon.fragments.waiting() as u64,
+            mapping_log_lost: daemon.mapping_log_lost(),
             sessions,
             ports,
             aging: aging.clone(),

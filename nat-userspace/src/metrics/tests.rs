@@ -30,6 +30,7 @@ fn snapshot(taken: Instant) -> Snapshot {
         datapath: Reason::ALL.iter().map(|r| (*r, *r as u64 * 10)).collect(),
         daemon: DaemonCounters { mappings_created: 7, refused_quota: 2, refused_no_port: 1, first_packets_sent: 5, ..Default::default() },
         fragments_waiting: 3,
+        mapping_log_lost: 11,
         sessions: vec![
             SessionCount { proto: "tcp", state: "established", count: 4 },
             SessionCount { proto: "udp", state: "active", count: 2 },
@@ -85,6 +86,7 @@ fn daemon_counters_refusals_and_gauges() {
         "natd_new_flows_refused_total{cause=\"no_port\"} 1",
         "natd_new_flows_refused_total{cause=\"map_full\"} 0",
         "natd_fragments_waiting 3",
+        "natd_mapping_log_lost_total 11",
         "natd_sessions{proto=\"tcp\",state=\"established\"} 4",
         "natd_sessions{proto=\"udp\",state=\"active\"} 2",
         "natd_ports{proto=\"udp\",external_ip=\"203.0.113.1\",state=\"in_use\"} 2",
