@@ -371,7 +371,7 @@ fn validate(raw: &mut Raw) -> Settings {
     let forwards = forwards(raw, external_ips.first().copied());
     let nat_ranges = [("port_range", Some((port_min, port_max))), ("low_port_range", low_port_range)];
     let proxies = proxies::proxies(raw, external_ips.first().copied(), &nat_ranges, &forwards);
-    let metrics = metrics(raw, &nat_ranges, &proxies, external_ips.first().copied());
+    let metrics = metrics(raw, &nat_ranges, &proxies, &external_ips);
 
     Settings {
         lan,
@@ -401,7 +401,7 @@ fn validate(raw: &mut Raw) -> Settings {
 
 /// `metrics = "ADDR:PORT"`: where natd serves Prometheus metrics, clear of
 /// the ports the datapath takes for NAT traffic and of the proxies' ports.
-fn metrics(raw: &mut Raw, nat_ranges: &[(&str, Option<(u16, u16)>)], proxies: &[Proxy], default_addr: Option<Ipv4Addr>) -> Option<SocketAddr> {
+fn metrics(raw: &mut Raw, nat_ranges: &[(&str, Option<(u16, u16)>)], proxies: &[Proxy], external_ips: &[Ipv4Addr]) -> Option<SocketAddr> {
     let text = raw.string("metrics")?;
     let addr = match parse_metrics_addr(&text) {
         Ok(addr) => addr,
@@ -426,10 +426,21 @@ fn metrics(raw: &mut Raw, nat_ranges: &[(&str, Option<(u16, u16)>)], proxies: &[
         }
     }
     for proxy in proxies {
-        let proxy_addr = proxy.external_ip.or(default_addr).map(std::net::IpAddr::V4);
+        let proxy_addr = proxy.external_ip.or(external_ips.first().copied()).map(std::net::IpAddr::V4);
         if proxy.port == port && (addr.ip().is_unspecified() || proxy_addr.is_none_or(|ip| ip == addr.ip())) {
             raw.error("metrics", format!("{text:?}"), format!("port {port} is proxy {:?}'s: pick another port", proxy.name));
         }
+    }
+    // The WAN program passes packets for the gateway's own ports outside
+    // the NAT's ranges to the kernel: such a listener answers the Internet.
+    let external = match addr.ip() {
+        std::net::IpAddr::V4(ip) => external_ips.contains(&ip),
+        std::net::IpAddr::V6(_) => false,
+    };
+    if addr.ip().is_unspecified() || external {
+        raw.warnings.push(format!(
+            "metrics = {text:?} can be scraped from the WAN side too, and has no authentication: listen on the LAN address, or drop port {port} from the WAN in nftables"
+        ));
     }
     Some(addr)
 }

@@ -85,3 +85,18 @@ fn the_machine_check_wants_an_address_of_this_machine() {
     assert_eq!(errs[0].value, "\"192.0.2.123:9469\"");
     assert!(errs[0].allowed.contains("not an address of this machine"), "{}", errs[0].allowed);
 }
+
+/// A listener the WAN reaches is allowed, with a warning.
+#[test]
+fn a_listener_the_wan_reaches_is_warned_about() {
+    let warnings_of = |text: &str| {
+        let f = file(&format!("{INTERFACES}external_ip = \"203.0.113.1\"\n{text}"));
+        Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap_or_else(|e| panic!("{e}")).1
+    };
+    for addr in ["0.0.0.0:9469", "203.0.113.1:9469", "[::]:9469"] {
+        let warnings = warnings_of(&format!("metrics = \"{addr}\"\n"));
+        assert_eq!(warnings.len(), 1, "{addr}: {warnings:?}");
+        assert!(warnings[0].contains("WAN side") && warnings[0].contains(addr), "{}", warnings[0]);
+    }
+    assert_eq!(warnings_of("metrics = \"10.77.1.1:9469\"\n"), Vec::<String>::new());
+}
