@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Attach to the LAN and WAN interfaces and serve until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show whether natd serves in this network namespace (exit 1 if not).
     Status {
         #[arg(long)]
@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// file's [[forward]] tables.
     #[arg(long, value_name = "PROTOCOL:PORT=SERVER[,SERVER...]")]
     pub forward: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. the LAN
+    /// address and 9469 [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 }
 
 impl RunArgs {
@@ -109,6 +113,7 @@ impl RunArgs {
             filtering: self.filtering.clone(),
             log_level: self.log_level.clone(),
             forwards: self.forward.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -148,6 +153,10 @@ pub fn check(config: &Path) -> Result<()> {
     println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
     println!("  inside (translated sources): {}", env.inside_description());
     println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
+    match s.metrics {
+        Some(addr) => println!("  metrics: http://{addr}/metrics"),
+        None => println!("  metrics: off"),
+    }
     for forward in &s.forwards {
         println!("  {}", forward_line(forward, &env.external_ips));
     }

@@ -8,6 +8,7 @@
 //! - `proxy`: name-based proxies on a shared public port (TLS SNI, HTTP
 //!   Host, QUIC);
 //! - `control`: how the client commands reach a serving natd;
+//! - `metrics`: Prometheus metrics, served off the packet loop;
 //! - `forwarding`: the sysctls natd turns on and puts back;
 //! - `interfaces`: the served interfaces watched through netlink;
 //! - `logging`: natd's log lines;
@@ -20,6 +21,7 @@ pub mod datapath;
 pub mod forwarding;
 pub mod interfaces;
 pub mod logging;
+pub mod metrics;
 pub mod nat;
 pub mod packet;
 pub mod proxy;

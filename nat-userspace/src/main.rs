@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(serve::run(args))),
+            .and_then(|rt| rt.block_on(serve::run(*args))),
         Cmd::Status { json } => cli::status(json),
         Cmd::Sessions { json } => cli::sessions(json),
         Cmd::Stats { json } => cli::stats(json),

@@ -23,6 +23,7 @@ use crate::{
     forwarding::Forwarding,
     interfaces::{Change, Served, Watch},
     logging::{self, LogLevel},
+    metrics::Metrics,
     nat::{
         daemon::Daemon,
         forwards::{FLOW_AGING, SIGNALS_POLL},
@@ -56,6 +57,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // the start here, with nothing to undo (a loaded program is unloaded
     // with `datapath`).
     let mut proxies = Proxies::start(&settings.proxies, &env.external_ips, &datapath)?;
+    // Its own thread; bound before anything is attached, like the proxies.
+    let mut metrics = settings.metrics.map(Metrics::start).transpose()?;
     datapath.set_config(gateway_config)?;
     datapath.set_wan_drop_sources(&settings.wan_drop_sources)?;
     datapath.set_clock(coarse_now_ns())?;
@@ -114,11 +117,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 daemon.refill_free_queues();
             }
             _ = aging.tick() => {
+                let started = Instant::now();
                 daemon.age()?;
+                let aged = started.elapsed();
                 daemon.flush_mapping_log();
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.aged(aged);
+                    metrics.publish(&daemon);
+                }
             }
             _ = passive_signals.tick() => daemon.poll_forwards(),
-            _ = flow_aging.tick() => daemon.age_forwarded_flows()?,
+            _ = flow_aging.tick() => {
+                daemon.age_forwarded_flows()?;
+                if let Some(metrics) = metrics.as_mut() {
+                    metrics.count_forwards(&daemon);
+                }
+            }
             Some(result) = checks.recv() => daemon.check_result(result),
             accepted = control.accept() => {
                 if let Ok((stream, _)) = accepted {

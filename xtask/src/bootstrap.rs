@@ -50,6 +50,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/ipsec/charon", "strongswan-charon"),
     ("swanctl", "strongswan-swanctl"),
     ("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so", "libcharon-extra-plugins"),
+    // The metrics test validates natd's exposition with `promtool check
+    // metrics`, run as a command only (policy-rc.d keeps the prometheus
+    // server's service off).
+    ("promtool", "prometheus"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no

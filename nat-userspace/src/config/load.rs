@@ -3,7 +3,13 @@
 //! the field (and the flag it came from), the value it got, and what is
 //! allowed. Nothing here looks at the machine (`machine` does).
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use nat_common::{
     Prefix,
@@ -15,7 +21,7 @@ use toml::Value;
 use crate::config::schema::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, FILTERING_ALLOWED, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS,
-    MAX_FORWARD_RANGE, MAX_WEIGHT, InterfaceLoss, MappingLogTarget, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
+    MAX_FORWARD_RANGE, MAX_WEIGHT, InterfaceLoss, MappingLogTarget, Proxy, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
 };
 
 mod proxies;
@@ -78,6 +84,8 @@ pub struct Overrides {
     /// One filtering mode for every protocol (`filtering.*`).
     pub filtering: Option<String>,
     pub log_level: Option<String>,
+    /// `--metrics ADDR:PORT`.
+    pub metrics: Option<String>,
     /// `--forward PROTO:PORT=SERVER[,SERVER...]`, each one forward more
     /// besides the file's.
     pub forwards: Vec<String>,
@@ -164,6 +172,7 @@ impl Settings {
             ("port_range", "--port-range", &flags.port_range),
             ("xdp_mode", "--xdp-mode", &flags.xdp_mode),
             ("log_level", "--log-level", &flags.log_level),
+            ("metrics", "--metrics", &flags.metrics),
         ];
         for (key, flag, value) in flag_values {
             if let Some(v) = value {
@@ -362,6 +371,7 @@ fn validate(raw: &mut Raw) -> Settings {
     let forwards = forwards(raw, external_ips.first().copied());
     let nat_ranges = [("port_range", Some((port_min, port_max))), ("low_port_range", low_port_range)];
     let proxies = proxies::proxies(raw, external_ips.first().copied(), &nat_ranges, &forwards);
+    let metrics = metrics(raw, &nat_ranges, &proxies, &external_ips);
 
     Settings {
         lan,
@@ -385,7 +395,67 @@ fn validate(raw: &mut Raw) -> Settings {
         log_level,
         forwards,
         proxies,
+        metrics,
     }
+}
+
+/// `metrics = "ADDR:PORT"`: where natd serves Prometheus metrics, clear of
+/// the ports the datapath takes for NAT traffic and of the proxies' ports.
+fn metrics(raw: &mut Raw, nat_ranges: &[(&str, Option<(u16, u16)>)], proxies: &[Proxy], external_ips: &[Ipv4Addr]) -> Option<SocketAddr> {
+    let text = raw.string("metrics")?;
+    let addr = match parse_metrics_addr(&text) {
+        Ok(addr) => addr,
+        Err(why) => {
+            raw.error("metrics", format!("{text:?}"), why);
+            return None;
+        }
+    };
+    let port = addr.port();
+    for (key, range) in nat_ranges {
+        if let Some((lo, hi)) = range
+            && (*lo..=*hi).contains(&port)
+        {
+            raw.error(
+                "metrics",
+                format!("{text:?}"),
+                format!(
+                    "port {port} is in {key} {lo}-{hi}, the ports natd hands out to outbound flows (the datapath takes \
+                     inbound packets to them for NAT traffic): pick a port outside it, e.g. 9469"
+                ),
+            );
+        }
+    }
+    for proxy in proxies {
+        let proxy_addr = proxy.external_ip.or(external_ips.first().copied()).map(std::net::IpAddr::V4);
+        if proxy.port == port && (addr.ip().is_unspecified() || proxy_addr.is_none_or(|ip| ip == addr.ip())) {
+            raw.error("metrics", format!("{text:?}"), format!("port {port} is proxy {:?}'s: pick another port", proxy.name));
+        }
+    }
+    // The WAN program passes packets for the gateway's own ports outside
+    // the NAT's ranges to the kernel: such a listener answers the Internet.
+    let external = match addr.ip() {
+        std::net::IpAddr::V4(ip) => external_ips.contains(&ip),
+        std::net::IpAddr::V6(_) => false,
+    };
+    if addr.ip().is_unspecified() || external {
+        raw.warnings.push(format!(
+            "metrics = {text:?} can be scraped from the WAN side too, and has no authentication: listen on the LAN address, or drop port {port} from the WAN in nftables"
+        ));
+    }
+    Some(addr)
+}
+
+/// "ADDR:PORT" (an IPv6 address in brackets), port 1-65535.
+pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        "must be ADDR:PORT, e.g. \"10.0.0.1:9469\" (the gateway's LAN address), \"127.0.0.1:9469\" or \"0.0.0.0:9469\" \
+         (every address); an IPv6 address in brackets, \"[::1]:9469\""
+            .to_string()
+    })?;
+    if addr.port() == 0 {
+        return Err("needs a port, 1-65535: Prometheus must know where to scrape".into());
+    }
+    Ok(addr)
 }
 
 /// A list of prefixes under `key`: "A.B.C.D/LEN" each (a bare address is a

@@ -189,6 +189,19 @@ impl Environment {
         };
         errors.extend(env.forward_errors(settings, &listeners));
         errors.extend(env.proxy_errors(settings));
+        // A socket bound to the address and port 0 tells whether the
+        // address is this machine's without touching the port (natd itself
+        // may hold it while `natd check` runs).
+        if let Some(addr) = settings.metrics
+            && !addr.ip().is_unspecified()
+            && std::net::UdpSocket::bind((addr.ip(), 0)).is_err()
+        {
+            errors.push(ConfigError {
+                field: "metrics".into(),
+                value: format!("\"{addr}\""),
+                allowed: "is not an address of this machine (see `ip addr`): use the LAN interface's address, 127.0.0.1, or 0.0.0.0 for every address".into(),
+            });
+        }
         match (lan_ifindex, wan_ifindex, external_ips) {
             (Some(_), Some(_), Some(_)) if errors.is_empty() => Ok(env),
             _ => Err(ConfigErrors(errors)),

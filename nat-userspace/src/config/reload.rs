@@ -5,9 +5,9 @@
 //! loaded and attached, and changing it means a restart: the interfaces,
 //! the address pool, the port ranges, and parity, class and hold (the free
 //! port queues the datapath claims from are built for them), the XDP mode,
-//! the inside prefixes. Filtering by remote needs the PERMITS table, which
-//! natd makes at start only if some protocol filters by remote then
-//! (`Datapath::can_filter_by_remote`).
+//! the inside prefixes, the metrics listener. Filtering by remote needs
+//! the PERMITS table, which natd makes at start only if some protocol
+//! filters by remote then (`Datapath::can_filter_by_remote`).
 
 use std::fmt::Debug;
 
@@ -52,6 +52,7 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("port_class", &old.port_class, &new.port_class);
     compare("xdp_mode", &old.xdp_mode, &new.xdp_mode);
     compare("port_hold", &old.port_hold, &new.port_hold);
+    compare("metrics", &old.metrics, &new.metrics);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());
     changes
 }

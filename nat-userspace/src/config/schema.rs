@@ -3,7 +3,7 @@
 //! checking them against the machine `machine`'s.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
@@ -43,6 +43,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log_level", "\"trace\", \"debug\", \"info\", \"warn\" or \"error\""),
     ("inside_prefixes", "routed inside networks behind an inside router, [\"A.B.C.D/LEN\", ...], besides the LAN interface's own prefixes"),
     ("wan_drop_sources", "prefixes whose packets the WAN side drops, [\"A.B.C.D/LEN\", ...] (bogons, known attackers)"),
+    ("metrics", "\"ADDR:PORT\" where natd serves Prometheus metrics at /metrics, e.g. \"10.0.0.1:9469\" (default: off)"),
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
     ("timeouts.tcp_established", "TCP established idle timeout, seconds"),
@@ -216,6 +217,8 @@ pub struct Settings {
     pub forwards: Vec<Forward>,
     /// Name-based proxies (`[[proxy]]`), in the file's order.
     pub proxies: Vec<Proxy>,
+    /// Where natd serves Prometheus metrics (`/metrics`); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Settings {

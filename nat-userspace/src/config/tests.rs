@@ -754,4 +754,5 @@ fn timeouts_filtering_quota_and_the_mapping_log_change_live_and_say_so() {
     assert!(super::reload::live_changes(&old, &old).is_empty());
 }
 
+mod metrics;
 mod proxies;

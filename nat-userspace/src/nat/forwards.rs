@@ -99,6 +99,10 @@ pub struct ServerView {
     pub health: String,
     pub active_flows: u64,
     pub new_flows_per_s: f64,
+    /// New flows sent to the server since it was added (the datapath's
+    /// count): metrics' counter.
+    #[serde(default)]
+    pub new_flows: u64,
     /// Seconds since the health last changed (or the server was added).
     pub health_changed_s: u64,
     /// Why the last failed check failed, while it is the last word.
@@ -261,6 +265,7 @@ impl Forwards {
         for (_, flow, _) in tables.forwarded_flows()? {
             *flows.entry((flow.forward, flow.backend)).or_default() += 1;
         }
+        let new_flows = |index: u16, slot: u16| tables.signals(u32::from(index), u32::from(slot)).map_or(0, |s| s.flows);
         Ok(self
             .installed
             .iter()
@@ -284,7 +289,8 @@ impl Forwards {
                             weight: member.server.weight,
                             health: status_name(member.health.status()).to_string(),
                             active_flows: flows.get(&(index, slot)).copied().unwrap_or(0),
-                            new_flows_per_s: member.flow_rate(now, tables.signals(u32::from(index), u32::from(slot)).map_or(0, |s| s.flows)),
+                            new_flows_per_s: member.flow_rate(now, new_flows(index, slot)),
+                            new_flows: new_flows(index, slot),
                             health_changed_s: now.saturating_duration_since(member.health.last_change()).as_secs(),
                             last_failure: member.last_failure.clone(),
                         })

@@ -191,6 +191,24 @@ impl Ports {
         }
     }
 
+    /// Ports of `proto_nr` in use, held and free on each pool address, in
+    /// pool order (metrics).
+    pub fn usage_by_address(&self, proto_nr: u8) -> Vec<(Ipv4Addr, PortUsage)> {
+        self.external_ips
+            .iter()
+            .zip(&self.pools)
+            .map(|(ip, pool)| {
+                let usage = PortUsage {
+                    proto: proto::name(proto_nr).to_string(),
+                    in_use: pool.in_use(proto_nr),
+                    held: pool.held(proto_nr),
+                    free: pool.free(proto_nr),
+                };
+                (*ip, usage)
+            })
+            .collect()
+    }
+
     /// Ports of `proto_nr` in use, held and free, all pool addresses together.
     pub fn usage(&self, proto_nr: u8) -> PortUsage {
         PortUsage {

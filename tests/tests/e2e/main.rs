@@ -19,6 +19,7 @@ mod icmp;
 mod inbound_unsolicited;
 mod interface_loss;
 mod logging;
+mod metrics;
 mod natt;
 mod pmtu;
 mod pools;
