@@ -13,16 +13,20 @@ use std::fmt::Debug;
 
 use crate::config::{Environment, Settings};
 
+/// Adds "NAME: OLD -> NEW" to `changes` when the two differ (as written
+/// by `Debug`).
+fn changed(changes: &mut Vec<String>, name: &str, old: &dyn Debug, new: &dyn Debug) {
+    let (old, new) = (format!("{old:?}"), format!("{new:?}"));
+    if old != new {
+        changes.push(format!("{name}: {old} -> {new}"));
+    }
+}
+
 /// The settings a reload changes live that differ, each as "NAME: OLD ->
 /// NEW" (the forwards, proxies and log level say their own).
 pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
     let mut changes = Vec::new();
-    let mut compare = |name: &str, a: &dyn Debug, b: &dyn Debug| {
-        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
-        if a != b {
-            changes.push(format!("{name}: {a} -> {b}"));
-        }
-    };
+    let mut compare = |name: &str, a: &dyn Debug, b: &dyn Debug| changed(&mut changes, name, a, b);
     compare("timeouts", &old.timeouts, &new.timeouts);
     compare("filtering", &old.filtering, &new.filtering);
     compare("ports_per_host", &old.ports_per_host, &new.ports_per_host);
@@ -37,12 +41,7 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
 /// configuration may be applied.
 pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_env: &Environment) -> Vec<String> {
     let mut changes = Vec::new();
-    let mut compare = |name: &str, a: &dyn Debug, b: &dyn Debug| {
-        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
-        if a != b {
-            changes.push(format!("{name}: {a} -> {b}"));
-        }
-    };
+    let mut compare = |name: &str, a: &dyn Debug, b: &dyn Debug| changed(&mut changes, name, a, b);
     compare("lan", &old.lan, &new.lan);
     compare("wan", &old.wan, &new.wan);
     compare("external_ip", &old_env.external_ips, &new_env.external_ips);
