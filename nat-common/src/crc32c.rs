@@ -510,6 +510,60 @@ pub const fn field_after_port_change(old_field: [u8; 4], old_port: [u8; 2], new_
     crc_to_field_bytes(old_check ^ (change & keep_zero))
 }
 
+/// Rows of the nibble table ([`fill_nibble_table`]): row q holds
+/// `v(x)·x^(4q) mod P` for the 16 polynomials v of degree < 4.  A power of
+/// two, so an index is masked into the table; it covers the rows a one-port
+/// change of any SCTP packet up to `SHIFT_TABLE_MAX_N + 4` bytes reads
+/// (q < 2·(L + 2) + 4).
+pub const NIBBLE_ROWS: usize = 32768;
+const _: () = assert!(NIBBLE_ROWS.is_power_of_two() && NIBBLE_ROWS > 2 * (SHIFT_TABLE_LEN + SCTP_PORTS_LEN + 2) + 4);
+
+/// Entries of the nibble table: 16 per row (2 MiB of `u32`s, one BPF map value).
+pub const NIBBLE_TABLE_LEN: usize = NIBBLE_ROWS * 16;
+
+/// Fills the nibble table: entry `16·q + i` is the polynomial whose
+/// coefficients of x^0..x^3 are the bits 3..0 of i (the order they have in
+/// the reflected register, bit 31 down), times x^(4q), mod P.
+pub fn fill_nibble_table(table: &mut [u32]) {
+    let mut power = POLY_ONE_REFLECTED;
+    for row in table.chunks_exact_mut(16) {
+        let x1 = mul_x_mod_p(power);
+        let x2 = mul_x_mod_p(x1);
+        let x3 = mul_x_mod_p(x2);
+        let terms = [x3, x2, x1, power];
+        for (i, entry) in row.iter_mut().enumerate() {
+            *entry = (0..4).filter(|bit| i & (1 << bit) != 0).fold(0, |sum, bit| sum ^ terms[bit]);
+        }
+        power = mul_x_mod_p(x3);
+    }
+}
+
+/// [`field_after_port_change`] by table: four lookups in the nibble table
+/// instead of the 16-step multiply, about 30 BPF instructions, no branch.
+/// What the XDP program runs: the verifier walks the update once per path
+/// that reaches a rewrite, thousands of times in the SCTP programs, and the
+/// multiply's ~120 instructions there took it past its 1,000,000.
+///
+/// The change multiplies the port's 16-bit difference (coefficients x^0 to
+/// x^15, see [`field_after_port_change`]) by x^(8m), m = L for the
+/// destination port and L + 2 for the source port.  Split the difference
+/// into four nibbles n_k (coefficients x^(4k)..x^(4k+3)):
+/// `Σ n_k(x)·x^(4k)·x^(8m) = Σ n_k(x)·x^(4(2m+k))`, one table row each.
+#[must_use]
+#[inline(always)]
+pub fn field_after_port_change_by_nibbles(old_field: [u8; 4], old_port: [u8; 2], new_port: [u8; 2], sctp_packet_len: usize, source: bool, table: &[u32; NIBBLE_TABLE_LEN]) -> [u8; 4] {
+    let old_check = crc_from_field_bytes(old_field);
+    let multiplier = (((old_port[0] ^ new_port[0]) as u32) | (((old_port[1] ^ new_port[1]) as u32) << 8)) << 16;
+    let first_row = 2 * (sctp_packet_len + if source { 2 } else { 0 });
+    let entry = |k: usize| {
+        let nibble = ((multiplier >> (28 - 4 * k)) & 0xf) as usize;
+        table[((((first_row + k) & (NIBBLE_ROWS - 1)) << 4) | nibble) & (NIBBLE_TABLE_LEN - 1)]
+    };
+    let change = entry(0) ^ entry(1) ^ entry(2) ^ entry(3);
+    let keep_zero = ((old_check | old_check.wrapping_neg()) >> 31).wrapping_neg();
+    crc_to_field_bytes(old_check ^ (change & keep_zero))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
@@ -597,6 +651,34 @@ mod tests {
             assert_eq!(u32::from_le_bytes(got), sctp_checksum(packet) ^ error, "length {len}: off by anything but the error it came with");
         }
         assert_eq!(field_after_port_change([0; 4], [1, 2], [3, 4], table[100]), [0; 4], "RFC 9653 zero stays zero");
+    }
+
+    /// The nibble-table form is the multiply form, at every length and for
+    /// both ports.
+    #[test]
+    fn nibble_update_is_the_multiply_update() {
+        use super::{NIBBLE_TABLE_LEN, SCTP_PORTS_LEN, SHIFT_SLOTS, SHIFT_TABLE_MAX_N, field_after_port_change, field_after_port_change_by_nibbles, fill_nibble_table, fill_shift_table, port_change_slot};
+        let mut shifts = std::vec![0u32; SHIFT_SLOTS];
+        fill_shift_table(&mut shifts);
+        let mut nibbles: std::boxed::Box<[u32; NIBBLE_TABLE_LEN]> = std::vec![0u32; NIBBLE_TABLE_LEN].into_boxed_slice().try_into().unwrap();
+        fill_nibble_table(&mut nibbles[..]);
+        let mut state = 0x0123_4567_89AB_CDEFu64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u32
+        };
+        for len in 12..=SHIFT_TABLE_MAX_N as usize + SCTP_PORTS_LEN {
+            for source in [true, false] {
+                let (field, old, new) = (next().to_ne_bytes(), (next() as u16).to_ne_bytes(), (next() as u16).to_ne_bytes());
+                assert_eq!(
+                    field_after_port_change_by_nibbles(field, old, new, len, source, &nibbles),
+                    field_after_port_change(field, old, new, shifts[port_change_slot(len, source)]),
+                    "length {len}, source {source}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -511,13 +511,15 @@ const _: () = assert!(core::mem::size_of::<FreePort>() == 8);
 pub const FREE_QUEUE_CAPACITY: u32 = 32768;
 
 /// The name of the free-port queue of a protocol and port parity (0 even, 1
-/// odd): `FREE_<T|U|I><parity>`, as the eBPF object declares them.
+/// odd): `FREE_<T|U|S|I><parity>`, as the eBPF object declares them.
 pub const fn free_queue_name(proto_nr: u8, parity: u16) -> &'static str {
     match (proto_nr, parity & 1) {
         (crate::proto::TCP, 0) => "FREE_T0",
         (crate::proto::TCP, _) => "FREE_T1",
         (crate::proto::UDP, 0) => "FREE_U0",
         (crate::proto::UDP, _) => "FREE_U1",
+        (crate::proto::SCTP, 0) => "FREE_S0",
+        (crate::proto::SCTP, _) => "FREE_S1",
         (_, 0) => "FREE_I0",
         _ => "FREE_I1",
     }

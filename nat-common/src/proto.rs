@@ -110,9 +110,7 @@ pub const SCTP_FIRST_CHUNK_TYPE_AT: usize = Sctp::HEADER_LEN;
 pub const SCTP_MAX_PACKET_LEN: usize = crate::crc32c::SHIFT_TABLE_MAX_N as usize + crate::crc32c::SCTP_PORTS_LEN;
 
 /// Every translated protocol, in the order settings and views list them.
-/// (SCTP joins once the XDP programs translate it: natd queues free ports
-/// for each protocol here, in queues the programs declare.)
-pub const ALL: [u8; 3] = [TCP, UDP, ICMP];
+pub const ALL: [u8; 4] = [TCP, UDP, ICMP, SCTP];
 
 /// The name of a protocol number ("other" for one not translated).
 pub const fn name(nr: u8) -> &'static str {

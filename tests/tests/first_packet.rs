@@ -40,6 +40,7 @@ fn translated(frame: &Frame, port: u16) -> Frame {
     match &mut out.l4 {
         L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = port,
         L4::IcmpEcho { id, .. } => *id = port,
+        L4::Sctp { sport, .. } => *sport = port,
         L4::Raw { .. } => unreachable!(),
     }
     out
@@ -130,7 +131,7 @@ fn a_hairpinned_first_packet_is_translated_both_ways() {
             let mut expected = translated(&frame, 23456);
             expected.dst = TARGET;
             match &mut expected.l4 {
-                L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = 6000,
+                L4::Tcp { dport, .. } | L4::Udp { dport, .. } | L4::Sctp { dport, .. } => *dport = 6000,
                 _ => unreachable!(),
             }
             assert_eq!(packet, expected.build()[ETH_LEN..].to_vec(), "{name} ({kind} checksum): differs from a from-scratch build");
