@@ -23,6 +23,7 @@ mod pools;
 mod proxy;
 mod proxy_http;
 mod real_clients;
+mod sctp;
 mod security;
 mod tcp;
 mod traceroute;
