@@ -191,6 +191,28 @@ fn icmp_errors_quoting_sctp_are_translated_both_ways() {
     assert_eq!((gw.datapath.counter(Reason::IcmpErrorIn).unwrap(), gw.datapath.counter(Reason::IcmpErrorOut).unwrap()), (1, 1));
 }
 
+/// An SCTP packet with no room for a chunk (the common header alone, 12
+/// bytes, in a frame padded to Ethernet's minimum) is no SCTP packet: dropped
+/// as a bad L4 header on either side, before any lookup.
+#[test]
+fn sctp_packets_without_a_chunk_are_dropped() {
+    require_root!();
+    let gw = sctp_gateway("sctpshort");
+    let header_only = |frame: Frame| {
+        let mut bytes = frame.build();
+        bytes.resize(bytes.len() + 14, 0);
+        bytes
+    };
+    let common_header = [0x13, 0x88, 0x0f, 0x1c, 0x1c, 0x0f, 0xfe, 0xe5, 0, 0, 0, 0].to_vec();
+    let out = with(from_lan(Frame::new(SCTP_INSIDE.0, REMOTE_SCTP.0, L4::Raw { proto: proto::SCTP })), |f| f.payload = common_header.clone());
+    let inbound = with(from_wan(Frame::new(REMOTE_SCTP.0, SCTP_EXTERNAL.0, L4::Raw { proto: proto::SCTP })), |f| f.payload = common_header.clone());
+    let cases = [("12-byte sctp out", Side::Lan, out), ("12-byte sctp in", Side::Wan, inbound)]
+        .into_iter()
+        .map(|(name, side, frame)| Case { name, side, input: header_only(frame), action: DROP, output: None, reason: Reason::DropBadL4Header })
+        .collect();
+    run_cases(&gw, cases).unwrap();
+}
+
 /// A first fragment's CRC32c covers the whole datagram, whose length the
 /// first fragment does not tell: it is not translated, so it never leaves
 /// with the inside address (dropped as untranslatable, counted).
