@@ -61,5 +61,10 @@ fn sctp_from_two_hosts_on_one_port() {
     let sctp: Vec<_> = sessions.iter().filter(|s| s.proto == "sctp").collect();
     assert_eq!(sctp.len(), 2, "{sessions:?}");
     assert!(sctp.iter().all(|s| s.inside.ends_with(":5000")), "{sctp:?}");
+    // INIT out, INIT ACK in: both associations are opening.
+    assert!(sctp.iter().all(|s| s.state == "opening"), "{sctp:?}");
+    let status = lab.status().unwrap();
+    let ports = status.ports.iter().find(|p| p.proto == "sctp").unwrap_or_else(|| panic!("no SCTP in natd status: {:?}", status.ports));
+    assert_eq!(ports.in_use, 2, "{ports:?}");
     assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
 }
