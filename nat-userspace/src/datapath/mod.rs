@@ -159,11 +159,13 @@ impl Datapath {
     /// entry left zero would leave a rewritten packet's CRC unchanged, so
     /// wrong. A few milliseconds.
     fn fill_sctp_tables(&mut self) -> Result<()> {
+        // On the heap, and handed over by reference (a `Box` borrows as its
+        // content): 2 MiB would overflow a test thread's stack.
         let mut table: Box<[u32; crc32c::NIBBLE_TABLE_LEN]> =
             vec![0u32; crc32c::NIBBLE_TABLE_LEN].into_boxed_slice().try_into().map_err(|_| anyhow!("nibble table length"))?;
         crc32c::fill_nibble_table(&mut table[..]);
         let mut array: Array<&mut MapData, [u32; crc32c::NIBBLE_TABLE_LEN]> = Array::try_from(self.map_mut(map_names::SCTP_NIBBLES)?)?;
-        array.set(0, &*table, 0).with_context(|| format!("writing {}", map_names::SCTP_NIBBLES))
+        array.set(0, table, 0).with_context(|| format!("writing {}", map_names::SCTP_NIBBLES))
     }
 
     /// Publishes the time (CLOCK_MONOTONIC_COARSE, ns) the programs stamp
