@@ -277,3 +277,25 @@ fn a_new_sctp_association_claims_a_queued_port() {
     assert_eq!(gw.run(Side::Lan, &another.build()).unwrap().action, DROP);
     assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
 }
+
+/// RFC 4787 REQ-9 for SCTP: a LAN host's packet to another's SCTP mapping on
+/// the external address reaches it with both ports rewritten (the sender's
+/// external one, the target's inside one) and the CRC32c carried through both
+/// changes (the expected frame is a from-scratch build, checked again by
+/// recomputation).
+#[test]
+fn hairpinned_sctp_carries_its_crc32c_through_both_ports() {
+    require_root!();
+    let mut gw = sctp_gateway("sctphairpin");
+    let host_b = Ipv4Addr::new(10, 77, 1, 11);
+    gw.ns.ip(&["neigh", "replace", "10.77.1.11", "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"]).unwrap();
+    gw.map((host_b, 6000), (addr::EXTERNAL, 20500), proto::SCTP).unwrap();
+    let to_b = from_lan(Frame::sctp(SCTP_INSIDE, (addr::EXTERNAL, 20500)));
+    let mut expected = to_b.clone();
+    (expected.src, expected.dst, expected.ttl) = (addr::EXTERNAL, host_b, to_b.ttl - 1);
+    if let L4::Sctp { sport, dport, .. } = &mut expected.l4 {
+        (*sport, *dport) = (SCTP_EXTERNAL.1, 6000);
+    }
+    let expected = expected.with_macs(addr::LAN_GW_MAC, [0x02, 0, 0, 0, 0x01, 0x11]);
+    run_cases(&gw, vec![Case { name: "sctp hairpinned", side: Side::Lan, input: to_b.build(), action: REDIRECT, output: Some(expected.build()), reason: Reason::Hairpinned }]).unwrap();
+}
