@@ -56,24 +56,23 @@
 //! crc(new) = crc(old) ^ crc_linear(delta) · x^(8·(L-4))  mod P
 //! ```
 //!
-//! The datapath reads `x^(8·(L-4)) mod P` from a table the host fills once
-//! ([`fill_shift_table`]; one BPF array map), computes `crc_linear(delta)` with
-//! 32 shift steps ([`crc_linear_4`]) and multiplies with 32 more
-//! ([`gf2_mulmod`]).  Per SCTP packet that is two 32-iteration loops of a few
-//! ALU instructions each and the one map lookup, whatever the packet length,
-//! instead of a table lookup per byte over up to 9000 bytes.  Compiled for
-//! `bpfel-unknown-none` (rustc nightly, release) LLVM unrolls
-//! [`crc_linear_4`] into about 220 instructions and keeps [`gf2_mulmod`] as a
-//! 32-trip loop of 21, so one update executes roughly 900 BPF instructions.
+//! The four-byte form ([`update_for_port_rewrite`]) reads `x^(8·(L-4)) mod
+//! P` from a table ([`fill_shift_table`]) or computes it ([`x8n_mod_p`]),
+//! computes `crc_linear(delta)` with 32 shift steps ([`crc_linear_4`]) and
+//! multiplies with 32 more ([`gf2_mulmod`]): whatever the packet length,
+//! instead of a table lookup per byte over up to 9000 bytes.  natd uses it
+//! for the first packets it sends itself.
 //!
-//! A narrower form of the same update, [`field_after_port_change`], is for
-//! rewriting one 16-bit port at a time (what a NAT does, one side per
-//! translation): it folds `crc_linear` into the table index and halves the
-//! multiply, about 120 straight-line BPF instructions with no loop and no
-//! branch.  (The loop of [`gf2_mulmod`] compiles for BPF to one that exits
-//! once the remaining coefficients are zero, a data-dependent exit the
-//! verifier cannot bound by a counter.  natd uses it for the first packets
-//! it sends; the XDP programs do not translate SCTP yet: see the README.)
+//! One port at a time (what a NAT rewrites) the update narrows:
+//! [`field_after_port_change`] folds `crc_linear` into the table index and
+//! needs a 16-step multiply, and [`field_after_port_change_by_nibbles`]
+//! replaces the multiply by four reads of a 2 MiB table of `v(x)·x^(4q)`
+//! ([`fill_nibble_table`]): about 30 BPF instructions, no loop, no branch.
+//! That is what the XDP programs run.  The verifier walks the update once per
+//! state that reaches it, thousands of times, and the multiply's ~120
+//! instructions (or the loop of [`gf2_mulmod`], which LLVM turns for BPF into
+//! one that exits once the remaining coefficients are zero) took the SCTP
+//! program past the verifier's 1,000,000 instructions.
 //!
 //! Because the update is "xor in the difference" and never looks at the
 //! payload, a packet that arrived with a wrong checksum leaves with a wrong
@@ -92,8 +91,10 @@
 //! are `const fn` and `#[inline(always)]`, loop a constant 32 times with no
 //! data-dependent branch (selection is by masks; the only `if` is the
 //! zero-field check), touch no memory, cannot panic (no indexing, division
-//! or overflowing arithmetic), and need no stack beyond registers.  The
-//! byte-at-a-time functions are for the host.
+//! or overflowing arithmetic), and need no stack beyond registers.
+//! [`field_after_port_change_by_nibbles`] indexes its table with masks (no
+//! bounds branch) and has no loop at all.  The byte-at-a-time functions are
+//! for the host.
 
 /// CRC32c generator polynomial P(x) without its x^32 term, bit-reflected
 /// (bit 31 holds the coefficient of x^0, bit 0 that of x^31).
