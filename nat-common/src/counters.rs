@@ -171,6 +171,15 @@ reasons! {
     /// A LAN host's packet to a forwarded port on the external address,
     /// hairpinned to the backend from the sender's external endpoint.
     HairpinnedToForward = 46 => "hairpinned_to_forward",
+    /// SCTP packet longer than `proto::SCTP_MAX_PACKET_LEN` (9004 bytes,
+    /// more than a 9000-byte jumbo frame holds): past the shift table, so a
+    /// port rewrite could not carry its CRC32c along in O(1). Dropped on
+    /// either side, translated or not.
+    DropSctpTooLong = 47 => "drop_sctp_too_long",
+    /// SCTP packet the main program could not hand to the SCTP program of
+    /// its side (not loaded, or the tail call failed): dropped, never passed
+    /// untranslated.
+    DropSctpNoProgram = 48 => "drop_sctp_no_program",
 }
 
 impl Reason {

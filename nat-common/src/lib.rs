@@ -27,7 +27,7 @@ pub mod source;
 pub use counters::Reason;
 pub use source::{MAX_INSIDE_PREFIXES, MAX_OWN_ADDRS, MAX_WAN_DROP_SOURCES, Prefix, is_martian};
 pub use flow::{
-    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, miss_kind, pool_index, tcp_flags,
+    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, miss_kind, pool_index, sctp_chunks, tcp_flags,
 };
 
 /// Names of the maps in the eBPF object, so the daemon and the tests
@@ -86,12 +86,28 @@ pub mod map_names {
     /// LPM trie of the prefixes the operator listed in `wan_drop_sources`:
     /// WAN packets from them are dropped (BCP 84).
     pub const WAN_DROP_SOURCES: &str = "WAN_DROP_SOURCES";
+    /// Array of one `[u32; crc32c::NIBBLE_TABLE_LEN]`, filled by natd when
+    /// it loads the programs (`crc32c::fill_nibble_table`): the SCTP port
+    /// rewrite's O(1) CRC32c update.
+    pub const SCTP_NIBBLES: &str = "SCTP_NIBBLES";
+    /// Program array of the SCTP programs (`sctp_program_index`), which the
+    /// main programs hand SCTP packets to.
+    pub const SCTP_PROGRAMS: &str = "SCTP_PROGRAMS";
+}
+
+/// Where each SCTP program sits in `map_names::SCTP_PROGRAMS`.
+pub mod sctp_program_index {
+    pub const LAN: u32 = 0;
+    pub const WAN: u32 = 1;
 }
 
 /// Names of the XDP programs in the eBPF object.
 pub mod program_names {
     pub const LAN: &str = "nat_lan";
     pub const WAN: &str = "nat_wan";
+    /// The SCTP programs the main ones hand SCTP packets to (tail calls).
+    pub const LAN_SCTP: &str = "nat_lan_sctp";
+    pub const WAN_SCTP: &str = "nat_wan_sctp";
 }
 
 /// `BPF_F_MMAPABLE`: an array the daemon maps into its memory.

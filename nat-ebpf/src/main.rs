@@ -9,6 +9,11 @@
 //! WAN ingress: inbound mapping hit -> rewrite destination, route, redirect
 //! to the LAN. Miss -> the gateway's own traffic, passed to the kernel, or
 //! dropped.
+//!
+//! SCTP packets go on to a program of their own per side (`nat_lan_sctp`,
+//! `nat_wan_sctp`, by tail call): the same translation, for SCTP alone, so
+//! the verifier walks its paths (and the CRC32c update on each) apart from
+//! the main programs', within a budget of its own.
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add`.
@@ -30,7 +35,7 @@ mod route;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use nat_common::Reason;
+use nat_common::{Reason, proto::SCTP as SCTP_NR};
 
 use crate::{
     ctx::config,
@@ -38,6 +43,7 @@ use crate::{
         Invalid,
         parse::{Frame, parse},
     },
+    proto::sctp::{self, SctpProgram},
     verdict::{Verdict, finish},
 };
 
@@ -51,21 +57,47 @@ use crate::{
 #[xdp]
 #[inline(always)]
 pub fn nat_lan(ctx: XdpContext) -> u32 {
+    lan::<false>(&ctx)
+}
+
+#[xdp]
+#[inline(always)]
+pub fn nat_wan(ctx: XdpContext) -> u32 {
+    wan::<false>(&ctx)
+}
+
+#[xdp]
+#[inline(always)]
+pub fn nat_lan_sctp(ctx: XdpContext) -> u32 {
+    lan::<true>(&ctx)
+}
+
+#[xdp]
+#[inline(always)]
+pub fn nat_wan_sctp(ctx: XdpContext) -> u32 {
+    wan::<true>(&ctx)
+}
+
+/// LAN ingress; `SCTP`: the SCTP program, which sees only SCTP packets.
+#[inline(always)]
+fn lan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let cfg = config();
-    let verdict = match parse(&ctx) {
-        Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(&ctx, &pkt, cfg),
+    let verdict = match parse::<SCTP>(ctx) {
+        Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Lan),
+        Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
         Err(Invalid(reason)) => Verdict::drop(reason),
     };
     finish(verdict, cfg)
 }
 
-#[xdp]
+/// WAN ingress, as `lan`.
 #[inline(always)]
-pub fn nat_wan(ctx: XdpContext) -> u32 {
+fn wan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let cfg = config();
-    let verdict = match parse(&ctx) {
-        Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(&ctx, &pkt, cfg),
+    let verdict = match parse::<SCTP>(ctx) {
+        Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Wan),
+        Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
         Err(Invalid(reason)) => Verdict::drop(reason),
     };

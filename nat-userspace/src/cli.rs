@@ -149,8 +149,14 @@ pub fn check(config: &Path) -> Result<()> {
         t.tcp_opening.as_secs(),
         t.tcp_closing.as_secs()
     );
+    println!(
+        "  timeouts: sctp_init {} s, sctp_established {} s, sctp_closing {} s",
+        t.sctp_init.as_secs(),
+        t.sctp_established.as_secs(),
+        t.sctp_closing.as_secs()
+    );
     let f = s.filtering;
-    println!("  filtering: tcp {}, udp {}, icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
+    println!("  filtering: tcp {}, udp {} (sctp as udp), icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
     println!("  inside (translated sources): {}", env.inside_description());
     println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
     match s.metrics {

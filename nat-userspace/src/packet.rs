@@ -13,6 +13,7 @@ use anyhow::{Result, anyhow, bail, ensure};
 use nat_common::{
     Endpoint, FragKey, MissEvent, checksum,
     checksum::{finish, is_partial, pseudo_header_sum, replace16, replace32, sum_words, udp_fixup},
+    crc32c,
     frag_dir,
     icmp::{QUOTED_L4_LEN, unreachable_headers},
     proto::{self, Layout},
@@ -133,11 +134,11 @@ impl<'a> Ipv4<'a> {
     }
 
     /// The remote a packet leaving for the WAN is sent to: its destination
-    /// address and, for TCP/UDP, port (both network order; 0 for ICMP echo,
-    /// whose remote has no identifier of its own).
+    /// address and, for TCP/UDP/SCTP, port (both network order; 0 for ICMP
+    /// echo, whose remote has no identifier of its own).
     pub fn remote(&self) -> (u32, u16) {
         let port_be = match self.proto() {
-            proto::TCP | proto::UDP => self.port_be(Side::Destination).unwrap_or(0),
+            proto::TCP | proto::UDP | proto::SCTP => self.port_be(Side::Destination).unwrap_or(0),
             _ => 0,
         };
         (self.dst_be(), port_be)
@@ -173,6 +174,10 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     let first_fragment = packet.is_first_fragment();
     let (proto_nr, dst) = (packet.proto(), packet.dst_be().to_ne_bytes());
     let layout = l4_layout(proto_nr, Side::Source, packet.payload().len())?;
+    // SCTP's CRC32c covers the whole datagram: a port change is carried by
+    // its length, which a first fragment does not tell (the datapath does
+    // not translate these either).
+    ensure!(!(first_fragment && layout.crc32c), "an SCTP first fragment's CRC32c cannot follow a port rewrite");
     let (header, rest) = split_datagram(ip)?;
     let l4_len = rest.len() as u16;
     // A fragment never carries a partial checksum: the sender's kernel
@@ -193,14 +198,14 @@ pub fn translate_source(ip: &mut [u8], to: Endpoint) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites the destination of a TCP/UDP packet `translate_source` has
+/// Rewrites the destination of a TCP/UDP/SCTP packet `translate_source` has
 /// already translated (so its checksum is a full one) to `to`: the second
 /// half of hairpinning a first packet (RFC 4787 REQ-9). The TTL is left
 /// alone: a hairpinned packet crosses the gateway once.
 pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
     let packet = Ipv4::read(ip)?;
     let proto_nr = packet.proto();
-    ensure!(proto_nr == proto::TCP || proto_nr == proto::UDP, "protocol {proto_nr} is not hairpinned");
+    ensure!(matches!(proto_nr, proto::TCP | proto::UDP | proto::SCTP), "protocol {proto_nr} is not hairpinned");
     let layout = l4_layout(proto_nr, Side::Destination, packet.payload().len())?;
     let (header, rest) = split_datagram(ip)?;
     let old_dst = rewrite_address(header, Side::Destination, to.addr_be, false);
@@ -289,7 +294,8 @@ fn l4_layout(proto_nr: u8, side: Side, l4_len: usize) -> Result<Layout> {
     let Some(layout) = proto::layout(proto_nr, side == Side::Source) else {
         bail!("protocol {proto_nr} is not translated");
     };
-    ensure!(l4_len >= layout.check_at + 2 && l4_len >= layout.port_at + 2, "L4 header truncated");
+    let check_len = if layout.crc32c { crc32c::SCTP_CHECKSUM_LEN } else { 2 };
+    ensure!(l4_len >= layout.check_at + check_len && l4_len >= layout.port_at + 2, "L4 header truncated");
     Ok(layout)
 }
 
@@ -326,9 +332,20 @@ fn rewrite_address(header: &mut [u8], side: Side, to_be: u32, decrement_ttl: boo
 /// The L4 half of a rewrite to `to` (the address already rewritten from
 /// `old_addr_be`): the port and the full checksum, updated incrementally;
 /// the address counts where the checksum covers the pseudo-header, and a
-/// zero "none" checksum stays zero.
+/// zero "none" checksum stays zero. SCTP's CRC32c is updated by the port
+/// change alone, as the datapath does (`rest` is the whole SCTP packet).
 fn rewrite_l4(rest: &mut [u8], layout: Layout, old_addr_be: u32, to: Endpoint) {
     let (port_at, check_at) = (layout.port_at, layout.check_at);
+    if layout.crc32c {
+        let ports = crc32c::SCTP_PORTS_LEN;
+        let old_ports: [u8; 4] = rest[..ports].try_into().unwrap();
+        rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
+        let new_ports: [u8; 4] = rest[..ports].try_into().unwrap();
+        let field: [u8; 4] = rest[check_at..check_at + 4].try_into().unwrap();
+        let shift = crc32c::x8n_mod_p((rest.len() - ports) as u32);
+        rest[check_at..check_at + 4].copy_from_slice(&crc32c::updated_checksum_field_for_port_rewrite(field, old_ports, new_ports, shift));
+        return;
+    }
     let (old_port, check_before) = (word(rest, port_at), word(rest, check_at));
     rest[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
     let mut check = replace16(check_before, old_port, to.port_be);
@@ -494,6 +511,68 @@ mod tests {
         assert_eq!(&msg[28..], &refused[..28]);
         assert_eq!(checksum::checksum(&msg[..20]), 0, "IPv4 header checksum");
         assert_eq!(checksum::checksum(&msg[20..]), 0, "ICMP checksum");
+    }
+
+    /// An IPv4 SCTP packet from 10.77.1.10:5000 to 198.51.100.10:7 of
+    /// `sctp_len` bytes (one DATA chunk, filled), with a valid CRC32c.
+    fn sctp_packet(sctp_len: usize) -> Vec<u8> {
+        let mut ip = fragment([10, 77, 1, 10], [198, 51, 100, 10], 9, 0, sctp_len);
+        ip[9] = proto::SCTP;
+        ip[10..12].fill(0);
+        let c = checksum::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
+        let sctp = &mut ip[20..];
+        sctp[0..4].copy_from_slice(&[0x13, 0x88, 0x00, 0x07]);
+        sctp[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        sctp[12] = 0;
+        sctp[14..16].copy_from_slice(&((sctp_len - 12) as u16).to_be_bytes());
+        crc32c::fill_sctp_checksum(sctp).unwrap();
+        ip
+    }
+
+    /// RFC 9260 §6.8: a translated SCTP packet's CRC32c holds (checked by
+    /// computing it afresh), at the smallest and a jumbo size; one that
+    /// came with a wrong CRC leaves wrong by exactly the same error; an
+    /// address-only rewrite leaves the CRC alone (no pseudo-header); a first
+    /// fragment is refused (its CRC covers the whole datagram).
+    #[test]
+    fn sctp_first_packets_carry_their_crc32c_along() {
+        let external = Endpoint::new(Ipv4Addr::new(203, 0, 113, 1), 20002, proto::SCTP);
+        for len in [16, 100, 8980] {
+            let mut ip = sctp_packet(len);
+            assert_eq!(Ipv4::read(&ip).unwrap().endpoint(Side::Source), Some(Endpoint::new(Ipv4Addr::new(10, 77, 1, 10), 5000, proto::SCTP)));
+            translate_source(&mut ip, external).unwrap();
+            assert_eq!(&ip[12..16], &[203, 0, 113, 1]);
+            assert_eq!(&ip[20..22], &20002u16.to_be_bytes());
+            assert!(crc32c::verify_sctp_checksum(&ip[20..]), "{len} bytes: CRC32c after the rewrite");
+            assert!(checksum::verifies(&ip[..20], 0));
+
+            // Hairpinned: the destination port too.
+            let mut back = ip.clone();
+            translate_destination(&mut back, Endpoint::new(Ipv4Addr::new(10, 77, 1, 20), 9999, proto::SCTP)).unwrap();
+            assert_eq!(&back[22..24], &9999u16.to_be_bytes());
+            assert!(crc32c::verify_sctp_checksum(&back[20..]), "{len} bytes: hairpinned");
+        }
+
+        let error = 0x0400_0001;
+        let mut bad = sctp_packet(64);
+        let good = crc32c::read_sctp_checksum(&bad[20..]).unwrap();
+        crc32c::write_sctp_checksum(&mut bad[20..], good ^ error).unwrap();
+        translate_source(&mut bad, external).unwrap();
+        let correct = crc32c::sctp_checksum(&bad[20..]);
+        assert_eq!(crc32c::read_sctp_checksum(&bad[20..]).unwrap() ^ correct, error, "a bad CRC stays bad by the same error");
+
+        let mut kept = sctp_packet(64);
+        let before = kept[28..32].to_vec();
+        translate_source(&mut kept, Endpoint::new(Ipv4Addr::new(203, 0, 113, 1), 5000, proto::SCTP)).unwrap();
+        assert_eq!(kept[28..32], before[..], "port kept: the CRC is not touched");
+
+        let mut first = sctp_packet(64);
+        first[6] = 0x20;
+        first[10..12].fill(0);
+        let c = checksum::checksum(&first[..20]);
+        first[10..12].copy_from_slice(&c.to_ne_bytes());
+        assert!(translate_source(&mut first, external).is_err(), "an SCTP first fragment is not translated");
     }
 
     /// Lengths are checked once: a header that lies is refused, and the

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use nat_common::{checksum, proto};
+use nat_common::{checksum, crc32c, proto};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -17,6 +17,10 @@ pub enum L4 {
     /// `zero_checksum`: send without a UDP checksum (RFC 768 allows it).
     Udp { sport: u16, dport: u16, zero_checksum: bool },
     IcmpEcho { kind: u8, id: u16, seq: u16 },
+    /// SCTP (RFC 9260): the common header and one chunk of `chunk` type
+    /// carrying the payload (padded to 4 bytes), the CRC32c computed over
+    /// the whole packet and then xored with `crc_error` (0: a correct CRC).
+    Sctp { sport: u16, dport: u16, vtag: u32, chunk: u8, crc_error: u32 },
     /// Any other protocol: the payload is carried as is.
     Raw { proto: u8 },
 }
@@ -74,6 +78,11 @@ impl Frame {
         Self::new(src.0, dst.0, L4::Udp { sport: src.1, dport: dst.1, zero_checksum: false })
     }
 
+    /// An SCTP packet with one DATA chunk (type 0) and a correct CRC32c.
+    pub fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
+        Self::new(src.0, dst.0, L4::Sctp { sport: src.1, dport: dst.1, vtag: 0x1c0f_fee5, chunk: 0, crc_error: 0 })
+    }
+
     pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, id: u16) -> Self {
         Self::new(src, dst, L4::IcmpEcho { kind, id, seq: 7 })
     }
@@ -96,6 +105,7 @@ impl Frame {
             L4::Tcp { .. } => proto::TCP,
             L4::Udp { .. } => proto::UDP,
             L4::IcmpEcho { .. } => proto::ICMP,
+            L4::Sctp { .. } => proto::SCTP,
             L4::Raw { proto } => proto,
         }
     }
@@ -128,9 +138,24 @@ impl Frame {
                 h[6..8].copy_from_slice(&seq.to_be_bytes());
                 h
             }
+            L4::Sctp { sport, dport, vtag, chunk, .. } => {
+                let mut h = vec![0u8; 16];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..8].copy_from_slice(&vtag.to_be_bytes());
+                h[12] = chunk;
+                h[14..16].copy_from_slice(&((4 + self.payload.len()) as u16).to_be_bytes());
+                h
+            }
             L4::Raw { .. } => Vec::new(),
         };
         l4.extend_from_slice(&self.payload);
+        if let L4::Sctp { crc_error, .. } = self.l4 {
+            // RFC 9260 §3.2: a chunk is padded to a multiple of 4 bytes.
+            l4.resize(l4.len().next_multiple_of(4), 0);
+            let crc = crc32c::fill_sctp_checksum(&mut l4).expect("an SCTP header");
+            crc32c::write_sctp_checksum(&mut l4, crc ^ crc_error).expect("an SCTP header");
+        }
         let (src, dst) = (self.src.octets(), self.dst.octets());
         let partial = checksum::fold(checksum::pseudo_header_sum(src, dst, self.l4_proto(), l4.len() as u16));
         match self.l4 {
@@ -279,7 +304,8 @@ pub fn parse_ipv4(frame: &[u8]) -> Option<Parsed<'_>> {
 }
 
 /// Verifies every checksum in an IPv4 frame by recomputation: the IPv4 header,
-/// and TCP, UDP (zero allowed) or ICMP when the packet is not a fragment.
+/// and TCP, UDP (zero allowed), SCTP's CRC32c or ICMP when the packet is not
+/// a fragment.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let p = parse_ipv4(frame).ok_or("not a complete IPv4 frame")?;
     if !checksum::verifies(p.ip, 0) {
@@ -297,6 +323,7 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
             Err("UDP checksum".into())
         }
         proto::ICMP if !checksum::verifies(p.l4, 0) => Err("ICMP checksum".into()),
+        proto::SCTP if !crc32c::verify_sctp_checksum(p.l4) => Err("SCTP CRC32c".into()),
         _ => Ok(()),
     }
 }

@@ -1,8 +1,8 @@
 //! The daemon's translation of a flow's first packet (`packet::translate_source`)
 //! gives exactly the bytes a from-scratch build of the translated packet has:
-//! TCP, UDP, UDP without checksum, ICMP echo, IP options, a payload of odd
-//! length, TCP/UDP checksums left partial by a TX-offloading sender, and a
-//! first fragment.
+//! TCP, UDP, UDP without checksum, ICMP echo, SCTP (its CRC32c, a bad one
+//! included), IP options, a payload of odd length, TCP/UDP checksums left
+//! partial by a TX-offloading sender, and a first fragment.
 //! No root needed.
 
 use std::net::Ipv4Addr;
@@ -40,6 +40,7 @@ fn translated(frame: &Frame, port: u16) -> Frame {
     match &mut out.l4 {
         L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = port,
         L4::IcmpEcho { id, .. } => *id = port,
+        L4::Sctp { sport, .. } => *sport = port,
         L4::Raw { .. } => unreachable!(),
     }
     out
@@ -73,6 +74,19 @@ fn translated_first_packets_match_a_from_scratch_build() {
     }
     let no_checksum = Frame::new(INSIDE, REMOTE, L4::Udp { sport: 5000, dport: 53, zero_checksum: true });
     check("udp without checksum", no_checksum.build(), &no_checksum, 23456);
+    // SCTP: the CRC32c of a from-scratch build; a bad one stays bad by its
+    // error (the from-scratch build of the translated packet carries the
+    // same error).
+    let sctp = Frame::sctp((INSIDE, 5000), (REMOTE, 3868));
+    check("sctp", sctp.build(), &sctp, 23456);
+    let mut bad = Frame::new(INSIDE, REMOTE, L4::Sctp { sport: 5000, dport: 3868, vtag: 7, chunk: 1, crc_error: 0x10 });
+    bad.payload = vec![0x5a; 1400];
+    check("sctp with a bad CRC32c", bad.build(), &bad, 23457);
+    // An SCTP first fragment is refused: its CRC covers the whole datagram.
+    let mut first = Frame::sctp((INSIDE, 5000), (REMOTE, 3868));
+    first.frag = 0x2000;
+    let mut packet = first.build()[ETH_LEN..].to_vec();
+    assert!(translate_source(&mut packet, Endpoint::new(EXTERNAL, 23458, proto::SCTP)).is_err(), "an SCTP first fragment was translated");
 }
 
 #[test]
@@ -130,7 +144,7 @@ fn a_hairpinned_first_packet_is_translated_both_ways() {
             let mut expected = translated(&frame, 23456);
             expected.dst = TARGET;
             match &mut expected.l4 {
-                L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = 6000,
+                L4::Tcp { dport, .. } | L4::Udp { dport, .. } | L4::Sctp { dport, .. } => *dport = 6000,
                 _ => unreachable!(),
             }
             assert_eq!(packet, expected.build()[ETH_LEN..].to_vec(), "{name} ({kind} checksum): differs from a from-scratch build");

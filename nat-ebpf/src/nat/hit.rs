@@ -17,9 +17,13 @@ use crate::{
         Side,
         checksum::{finish_partial_checksum, has_partial_checksum},
         parse::{Fragment, Ipv4Packet},
-        rewrite::{translate, translate_both},
+        rewrite::{translate_both_with, translate_with},
     },
-    proto::{L4, tcp},
+    proto::{
+        L4,
+        sctp::{self, SctpCheck},
+        tcp,
+    },
     route::{Hop, Rewrite, deliver, next_hop},
     verdict::Verdict,
 };
@@ -31,9 +35,11 @@ use crate::{
 pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, mapping: *const Mapping, side: Side, key: &Endpoint, translated: Reason) -> Verdict {
     // SAFETY: a value of the map, alive while the program runs.
     let mapping = unsafe { &*mapping };
+    // First, where few paths lead (see `sctp::check_after`).
+    let sctp_check = sctp::check_after(pkt, &Rewrite::One(side, mapping.target(key.proto)));
     let now = clock();
     match filter(cfg, mapping, pkt, side, key, now) {
-        Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side)),
+        Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side), sctp_check),
         Err(filtered) => filtered,
     }
 }
@@ -78,7 +84,9 @@ pub enum Refresh<'a> {
 }
 
 /// Routes, rewrites and sends a packet being translated as `rewrite` says,
-/// refreshing `sessions` once the route is known to take it.
+/// refreshing `sessions` once the route is known to take it. An SCTP
+/// packet's CRC32c field becomes `sctp_check` (`sctp::check_after` for
+/// this rewrite, computed by the caller).
 ///
 /// The route is looked up before the rewrite, with the addresses and ports
 /// the packet will have, so that a packet too big for the egress is still
@@ -86,7 +94,7 @@ pub enum Refresh<'a> {
 /// it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL included, with
 /// nothing to undo.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh) -> Verdict {
+pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
     let hop = next_hop(ctx, pkt, rewrite, now);
     match hop {
         Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
@@ -113,8 +121,8 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
     }
     let partial = !first_fragment && has_partial_checksum(pkt);
     match rewrite {
-        Rewrite::One(side, to) => translate(pkt, *side, to),
-        Rewrite::Both(source, destination) => translate_both(pkt, source, destination),
+        Rewrite::One(side, to) => translate_with(pkt, *side, to, sctp_check),
+        Rewrite::Both(source, destination) => translate_both_with(pkt, source, destination, sctp_check),
         Rewrite::Nothing => {}
     }
     let translated = finish_if_partial(ctx, pkt, partial, translated);
@@ -137,7 +145,8 @@ pub fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, tran
 }
 
 /// Records activity on a mapping's session: at most one write per granule
-/// for the timestamp, and one per new TCP flag in this direction. A
+/// for the timestamp, and one per new TCP flag (SCTP chunk kind) in this
+/// direction. A
 /// backend's static mapping has no session of its own (`filter` tracked
 /// its packet on its forwarded flow).
 #[inline(always)]
@@ -154,7 +163,9 @@ pub fn refresh(mapping: &Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
     if now.wrapping_sub(live.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
         live.last_seen_ns = now;
     }
-    if let L4::Tcp(header) = pkt.l4 {
-        tcp::record_flags(live, header, side);
+    match pkt.l4 {
+        L4::Tcp(header) => tcp::record_flags(live, header, side),
+        L4::Sctp(header) => sctp::record_chunk(live, header, side),
+        _ => {}
     }
 }

@@ -28,7 +28,7 @@ use crate::{
         Side,
         parse::{Fragment, Ipv4Packet},
     },
-    proto::L4,
+    proto::{L4, sctp},
     route::{Rewrite, Route, route_untranslated},
     verdict::Verdict,
 };
@@ -158,5 +158,7 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) 
         }
         (None, None) => return Verdict::pass(Reason::PassLocal),
     };
-    send(ctx, pkt, &Rewrite::Both(external, to), now, hairpinned, Refresh::Hairpin(mapping, target))
+    let rewrite = Rewrite::Both(external, to);
+    let sctp_check = sctp::check_after(pkt, &rewrite);
+    send(ctx, pkt, &rewrite, now, hairpinned, Refresh::Hairpin(mapping, target), sctp_check)
 }

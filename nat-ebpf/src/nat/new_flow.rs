@@ -47,6 +47,8 @@ free_queues! {
     FREE_T1 = (proto::TCP, 1),
     FREE_U0 = (proto::UDP, 0),
     FREE_U1 = (proto::UDP, 1),
+    FREE_S0 = (proto::SCTP, 0),
+    FREE_S1 = (proto::SCTP, 1),
     FREE_I0 = (proto::ICMP, 0),
     FREE_I1 = (proto::ICMP, 1),
 }

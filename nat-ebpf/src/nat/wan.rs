@@ -19,7 +19,7 @@ use crate::{
         Side,
         parse::{Fragment, Ipv4Packet},
     },
-    proto::L4,
+    proto::{L4, sctp},
     route::Rewrite,
     verdict::Verdict,
 };
@@ -69,5 +69,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     if pkt.ttl() <= 1 {
         return Verdict::drop(Reason::DropTtlExpired);
     }
-    send(ctx, pkt, &Rewrite::One(Side::Destination, to), now, translated, sessions)
+    let rewrite = Rewrite::One(Side::Destination, to);
+    let sctp_check = sctp::check_after(pkt, &rewrite);
+    send(ctx, pkt, &rewrite, now, translated, sessions, sctp_check)
 }

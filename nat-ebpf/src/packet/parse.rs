@@ -9,7 +9,7 @@ use nat_common::{
     Endpoint, FragKey, Reason, checksum,
     icmp::QUOTED_L4_LEN,
     ipv4_options::{self, MAX_OPTIONS_LEN},
-    proto::{IcmpEcho, Tcp, Transport, Udp},
+    proto::{IcmpEcho, SCTP_MAX_PACKET_LEN, SCTP_MIN_PACKET_LEN, Sctp, Tcp, Transport, Udp},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -57,8 +57,13 @@ pub enum Frame {
 
 /// Parses Ethernet (up to two VLAN tags), IPv4 (options allowed) and the L4
 /// header the gateway translates, and checks them (RFC 1812 5.2.2).
+///
+/// `SCTP`: for the SCTP programs, which translate SCTP and nothing else; the
+/// main programs hand SCTP packets to them (`main`) and parse no SCTP
+/// header. So the verifier walks each program for its own protocols only:
+/// the SCTP paths cost nat_lan nothing of its budget.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
+pub fn parse<const SCTP: bool>(ctx: &XdpContext) -> Result<Frame, Invalid> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: checked in the frame by `ptr_at`.
     let mut ether_type = unsafe { (*eth).ether_type };
@@ -113,7 +118,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
     // How many bytes of L4 header the packet must hold for `l4` to be
     // translated; checked against the payload below.
     let (mut l4, needed) = match ip_proto {
-        Tcp::NR => {
+        Tcp::NR if !SCTP => {
             let tcp: *mut [u8; Tcp::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
             // Data offset in 32-bit words, the high nibble of byte 12.
             // SAFETY: checked in the frame by `ptr_at`.
@@ -123,7 +128,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
             }
             (L4::Tcp(tcp as *mut u8), (data_offset as usize * 4).max(Tcp::HEADER_LEN))
         }
-        Udp::NR => {
+        Udp::NR if !SCTP => {
             let udp: *mut [u8; Udp::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
             // SAFETY: checked in the frame by `ptr_at`.
             let udp_len = u16::from_be_bytes(unsafe { [(*udp)[4], (*udp)[5]] }) as usize;
@@ -135,7 +140,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Invalid> {
             }
             (L4::Udp(udp as *mut u8), Udp::HEADER_LEN)
         }
-        IcmpEcho::NR => {
+        // The CRC32c of a first fragment covers the whole datagram, whose
+        // length (the factor a port change is carried by) the first
+        // fragment does not tell: it is not translated, as a tiny fragment
+        // is not. SCTP endpoints avoid IP fragmentation (RFC 9260 §7.3, path
+        // MTU discovery with DF set); it is rare on the wire.
+        Sctp::NR if SCTP && fragment == Fragment::First => (L4::other(), 0),
+        Sctp::NR if SCTP => {
+            let sctp: *mut [u8; SCTP_MIN_PACKET_LEN] = ptr_at(ctx, l4_offset)?;
+            // Past the shift table a port rewrite could not carry the CRC
+            // along in O(1) (no 9000-byte jumbo frame holds such a packet).
+            if payload_len > SCTP_MAX_PACKET_LEN {
+                return Err(Invalid(Reason::DropSctpTooLong));
+            }
+            (L4::Sctp(sctp as *mut u8), SCTP_MIN_PACKET_LEN)
+        }
+        IcmpEcho::NR if !SCTP => {
             let header: *mut [u8; IcmpEcho::HEADER_LEN] = ptr_at(ctx, l4_offset)?;
             let header = header as *mut u8;
             match icmp::kind(header) {
@@ -299,8 +319,18 @@ impl Ipv4Packet {
         self.tot_len().wrapping_sub(self.header_len() as u16)
     }
 
+    /// The header of a whole SCTP packet (`SCTP_MIN_PACKET_LEN` bytes of
+    /// it, checked by `parse`).
+    #[inline(always)]
+    pub fn sctp(&self) -> Option<*mut u8> {
+        match self.l4 {
+            L4::Sctp(header) => Some(header),
+            _ => None,
+        }
+    }
+
     /// The packet's source endpoint, if it is one the gateway translates
-    /// outbound (TCP, UDP, ICMP echo request).
+    /// outbound (TCP, UDP, SCTP, ICMP echo request).
     #[inline(always)]
     pub fn source(&self) -> Option<Endpoint> {
         let (proto_nr, port_be) = self.l4.endpoint_port(Side::Source)?;
@@ -308,14 +338,14 @@ impl Ipv4Packet {
     }
 
     /// The packet's destination endpoint, if it is one the gateway translates
-    /// inbound (TCP, UDP, ICMP echo reply).
+    /// inbound (TCP, UDP, SCTP, ICMP echo reply).
     #[inline(always)]
     pub fn destination(&self) -> Option<Endpoint> {
         let (proto_nr, port_be) = self.l4.endpoint_port(Side::Destination)?;
         Some(Endpoint::from_be(self.dst_be(), port_be, proto_nr))
     }
 
-    /// TCP/UDP (source, destination) ports, network order; `None` for
+    /// TCP/UDP/SCTP (source, destination) ports, network order; `None` for
     /// other protocols.
     #[inline(always)]
     pub fn ports_be(&self) -> Option<(u16, u16)> {

@@ -7,13 +7,25 @@ use nat_common::{
     checksum::{replace16, replace32},
 };
 
-use crate::packet::{Side, parse::Ipv4Packet};
+use crate::{
+    packet::{Side, parse::Ipv4Packet},
+    proto::sctp::{self, SctpCheck},
+};
 
 /// Rewrites one endpoint of the packet to `to` and decrements the TTL, keeping
 /// the IPv4 header and L4 checksums valid. The caller checked `ttl > 1`.
+/// For packets that are no SCTP packet (later fragments, ICMP errors):
+/// SCTP's are translated by `translate_with`.
 #[inline(always)]
 pub fn translate(pkt: &Ipv4Packet, side: Side, to: &Endpoint) {
-    rewrite(pkt, side, to, true);
+    translate_with(pkt, side, to, SctpCheck::NONE);
+}
+
+/// As `translate`, an SCTP packet's CRC32c field set to `sctp`, which
+/// `proto::sctp::check_after` computed for this rewrite.
+#[inline(always)]
+pub fn translate_with(pkt: &Ipv4Packet, side: Side, to: &Endpoint, sctp: SctpCheck) {
+    rewrite(pkt, side, to, true, sctp);
 }
 
 /// Both endpoints, for a hairpinned packet (LAN to LAN through the external
@@ -21,12 +33,18 @@ pub fn translate(pkt: &Ipv4Packet, side: Side, to: &Endpoint) {
 /// destination the target's inside one; the TTL drops once.
 #[inline(always)]
 pub fn translate_both(pkt: &Ipv4Packet, source: &Endpoint, destination: &Endpoint) {
-    rewrite(pkt, Side::Source, source, true);
-    rewrite(pkt, Side::Destination, destination, false);
+    translate_both_with(pkt, source, destination, SctpCheck::NONE);
+}
+
+/// As `translate_both`, with an SCTP packet's CRC32c field as `translate_with`.
+#[inline(always)]
+pub fn translate_both_with(pkt: &Ipv4Packet, source: &Endpoint, destination: &Endpoint, sctp: SctpCheck) {
+    rewrite(pkt, Side::Source, source, true, sctp);
+    rewrite(pkt, Side::Destination, destination, false, sctp);
 }
 
 #[inline(always)]
-fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool) {
+fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool, sctp: SctpCheck) {
     let ip = pkt.ip;
     // SAFETY: `parse` checked the whole fixed IPv4 header in the frame.
     let old_addr = unsafe {
@@ -51,5 +69,8 @@ fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool) {
         old_addr
     };
     // Only the outer header for an ICMP error: its quote is `Quoted::rewrite`'s.
-    pkt.l4.rewrite(side, old_addr, to);
+    match pkt.sctp() {
+        Some(header) => sctp::rewrite_port(header, side, to, sctp),
+        None => pkt.l4.rewrite(side, old_addr, to),
+    }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use nat_common::{
     Endpoint,
     checksum::{replace16, replace32, udp_fixup},
-    proto::{IcmpEcho, Tcp, Transport, Udp},
+    proto::{IcmpEcho, Sctp, Tcp, Transport, Udp},
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -132,12 +132,13 @@ impl Quoted {
     }
 
     /// The quoted packet's source (`Side::Source`) or destination endpoint:
-    /// address and TCP/UDP port. `None` for other protocols.
+    /// address and TCP/UDP/SCTP port. `None` for other protocols.
     #[inline(always)]
     pub fn endpoint(&self, side: Side) -> Option<Endpoint> {
         let (port_at, _) = match self.proto() {
             Tcp::NR => quoted_fields::<Tcp>(side),
             Udp::NR => quoted_fields::<Udp>(side),
+            Sctp::NR => quoted_fields::<Sctp>(side),
             _ => return None,
         };
         let addr_be = if side == Side::Source { self.inner_src_be() } else { self.inner_dst_be() };
@@ -151,7 +152,8 @@ impl Quoted {
     #[inline(always)]
     pub fn sent_ports_be(&self) -> Option<(u16, u16)> {
         match self.proto() {
-            Tcp::NR | Udp::NR => Some((self.l4_field(Tcp::SRC_PORT_AT), self.l4_field(Tcp::DST_PORT_AT))),
+            // The three keep their ports at the same offsets.
+            Tcp::NR | Udp::NR | Sctp::NR => Some((self.l4_field(Tcp::SRC_PORT_AT), self.l4_field(Tcp::DST_PORT_AT))),
             IcmpEcho::NR if self.quoted_l4()[0] == ECHO_REQUEST => Some((self.l4_field(IcmpEcho::SRC_PORT_AT), 0)),
             _ => None,
         }
@@ -165,13 +167,20 @@ impl Quoted {
     /// (TCP's lies beyond the 8 quoted bytes) and the error's own checksum
     /// follow, incrementally. Type and code are kept. The caller rewrites
     /// the outer header.
+    ///
+    /// A quoted SCTP packet gets its ports, not its CRC32c: the CRC sits at
+    /// bytes 8..12, past the 8 bytes RFC 792 asks an error to quote, and
+    /// where a router quotes more the quote is still usually cut short of
+    /// the packet the CRC covers, so it could not be checked anyway (the
+    /// receiver matches the error by addresses, ports and verification tag).
     #[inline(always)]
     pub fn rewrite(&self, side: Side, to: &Endpoint) {
         let fields = match self.proto() {
             Tcp::NR => quoted_fields::<Tcp>(side),
             Udp::NR => quoted_fields::<Udp>(side),
+            Sctp::NR => quoted_fields::<Sctp>(side),
             IcmpEcho::NR => quoted_fields::<IcmpEcho>(side),
-            // Callers translate only errors about these three.
+            // Callers translate only errors about these four.
             _ => return,
         };
         let pseudo_header = matches!(self.proto(), Tcp::NR | Udp::NR);

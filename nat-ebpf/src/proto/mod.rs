@@ -2,16 +2,18 @@
 //! and what a translation does to each: the port (or echo identifier) and
 //! checksum rewrite is written once against `nat_common::proto::Transport`
 //! and instantiated per protocol, so the offsets are constants in every
-//! instance. Protocol state lives in the protocol's module (`tcp`), ICMP
-//! errors and their quotes in `icmp`.
+//! instance. Protocol state lives in the protocol's module (`tcp`,
+//! `sctp`), ICMP errors and their quotes in `icmp`, SCTP's CRC32c update in
+//! `sctp`.
 
 pub mod icmp;
+pub mod sctp;
 pub mod tcp;
 
 use nat_common::{
     Endpoint,
     checksum::{replace16, replace32, udp_fixup},
-    proto::{IcmpEcho, Tcp, Transport, Udp},
+    proto::{IcmpEcho, Sctp, Tcp, Transport, Udp},
 };
 
 use crate::{packet::Side, proto::icmp::Quoted};
@@ -23,6 +25,8 @@ use crate::{packet::Side, proto::icmp::Quoted};
 pub enum L4 {
     Tcp(*mut u8),
     Udp(*mut u8),
+    /// A whole SCTP packet, only ever in the SCTP programs (`parse`).
+    Sctp(*mut u8),
     /// Echo request or reply (which one is checked against the direction).
     IcmpEcho(*mut u8),
     /// Destination Unreachable or Time Exceeded, with the quoted header.
@@ -34,7 +38,7 @@ pub enum L4 {
 }
 
 /// `L4::Other`'s tag, the first byte of its `repr(u8)` layout.
-const OTHER_TAG: u8 = 4;
+const OTHER_TAG: u8 = 5;
 
 impl L4 {
     /// `L4::Other` with its unused payload zeroed. Built as the bare variant,
@@ -91,40 +95,44 @@ fn rewrite_port<T: Transport>(header: *mut u8, side: Side, old_addr_be: u32, to:
 
 impl L4 {
     /// The protocol and port of the endpoint on `side` of a packet the
-    /// gateway translates in that direction: TCP and UDP either way, ICMP
-    /// echo requests outbound (their source) and replies inbound (their
-    /// destination).
+    /// gateway translates in that direction: TCP, UDP and SCTP either way,
+    /// ICMP echo requests outbound (their source) and replies inbound
+    /// (their destination).
     #[inline(always)]
     pub fn endpoint_port(&self, side: Side) -> Option<(u8, u16)> {
         match *self {
             L4::Tcp(h) => Some((Tcp::NR, port_be::<Tcp>(h, side))),
             L4::Udp(h) => Some((Udp::NR, port_be::<Udp>(h, side))),
+            L4::Sctp(h) => Some((Sctp::NR, port_be::<Sctp>(h, side))),
             L4::IcmpEcho(h) if icmp::echo_translates(h, side) => Some((IcmpEcho::NR, port_be::<IcmpEcho>(h, side))),
             _ => None,
         }
     }
 
-    /// TCP/UDP (source, destination) ports, network order; `None` for
+    /// TCP/UDP/SCTP (source, destination) ports, network order; `None` for
     /// other protocols.
     #[inline(always)]
     pub fn ports_be(&self) -> Option<(u16, u16)> {
         match *self {
             L4::Tcp(h) => Some((port_be::<Tcp>(h, Side::Source), port_be::<Tcp>(h, Side::Destination))),
             L4::Udp(h) => Some((port_be::<Udp>(h, Side::Source), port_be::<Udp>(h, Side::Destination))),
+            L4::Sctp(h) => Some((port_be::<Sctp>(h, Side::Source), port_be::<Sctp>(h, Side::Destination))),
             _ => None,
         }
     }
 
     /// Rewrites the port (identifier) of `side` to `to`'s, the address
     /// having gone from `old_addr_be` to `to.addr_be`, with the checksum.
-    /// ICMP errors are rewritten by `icmp` (their quote), other headers not at all.
+    /// An SCTP packet is rewritten by `sctp::rewrite_port` (its CRC32c
+    /// computed beforehand: `packet::rewrite`). ICMP errors are rewritten
+    /// by `icmp` (their quote), other headers not at all.
     #[inline(always)]
     pub fn rewrite(&self, side: Side, old_addr_be: u32, to: &Endpoint) {
         match *self {
             L4::Tcp(h) => rewrite_port::<Tcp>(h, side, old_addr_be, to),
             L4::Udp(h) => rewrite_port::<Udp>(h, side, old_addr_be, to),
             L4::IcmpEcho(h) => rewrite_port::<IcmpEcho>(h, side, old_addr_be, to),
-            L4::IcmpError(_) | L4::Other => {}
+            L4::Sctp(_) | L4::IcmpError(_) | L4::Other => {}
         }
     }
 
@@ -148,10 +156,10 @@ fn checksum_field<T: Transport>(header: *mut u8) -> *mut [u8; 2] {
 
 /// Where a `T` header's port of `side` and its checksum sit in the 8 bytes
 /// an ICMP error quotes, the checksum `None` when it lies beyond them
-/// (TCP's): for rewriting quotes (`icmp`).
+/// (TCP's, SCTP's CRC32c): for rewriting quotes (`icmp`).
 #[inline(always)]
 pub fn quoted_fields<T: Transport>(side: Side) -> (usize, Option<usize>) {
     let port_at = if side == Side::Source { T::SRC_PORT_AT } else { T::DST_PORT_AT };
-    let check_at = if T::CHECK_AT + 2 <= nat_common::icmp::QUOTED_L4_LEN { Some(T::CHECK_AT) } else { None };
+    let check_at = if !T::CRC32C && T::CHECK_AT + 2 <= nat_common::icmp::QUOTED_L4_LEN { Some(T::CHECK_AT) } else { None };
     (port_at, check_at)
 }

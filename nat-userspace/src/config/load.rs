@@ -305,6 +305,9 @@ fn validate(raw: &mut Raw) -> Settings {
         tcp_established: raw.seconds("timeouts.tcp_established", 1, defaults.tcp_established),
         tcp_opening: raw.seconds("timeouts.tcp_opening", 1, transitory.unwrap_or(defaults.tcp_opening)),
         tcp_closing: raw.seconds("timeouts.tcp_closing", 1, transitory.unwrap_or(defaults.tcp_closing)),
+        sctp_init: raw.seconds("timeouts.sctp_init", 1, defaults.sctp_init),
+        sctp_established: raw.seconds("timeouts.sctp_established", 1, defaults.sctp_established),
+        sctp_closing: raw.seconds("timeouts.sctp_closing", 1, defaults.sctp_closing),
     };
     for (name, minimum) in RFC_MINIMUMS_S {
         let key = format!("timeouts.{name}");

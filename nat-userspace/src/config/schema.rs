@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use nat_common::{CLOCK_TICK_NS, Prefix, proto, tcp_flags};
+use nat_common::{CLOCK_TICK_NS, Prefix, proto, sctp_chunks, tcp_flags};
 
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (20000, 32767);
 /// How long a freed external port stays out of the pool: longer than a remote
@@ -50,6 +50,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("timeouts.tcp_opening", "TCP idle timeout before the handshake completes, seconds"),
     ("timeouts.tcp_closing", "TCP idle timeout after FIN or RST, seconds"),
     ("timeouts.tcp_transitory", "sets tcp_opening and tcp_closing both (RFC 5382's transitory timer), seconds"),
+    ("timeouts.sctp_init", "SCTP idle timeout before the association is up (INIT, INIT ACK), seconds"),
+    ("timeouts.sctp_established", "SCTP established idle timeout (after COOKIE ACK, or DATA both ways), seconds"),
+    ("timeouts.sctp_closing", "SCTP idle timeout after SHUTDOWN or ABORT, seconds"),
     ("filtering.tcp", FILTERING_ALLOWED),
     ("filtering.udp", FILTERING_ALLOWED),
     ("filtering.icmp", FILTERING_ALLOWED),
@@ -161,11 +164,12 @@ pub struct Filtering {
 }
 
 impl Filtering {
-    /// The mode of protocol `proto_nr` (ICMP's for anything but TCP and UDP).
+    /// The mode of protocol `proto_nr`: SCTP's is UDP's (as in the
+    /// datapath, `GatewayConfig::filtering`), ICMP's for anything else.
     pub const fn of(&self, proto_nr: u8) -> FilteringMode {
         match proto_nr {
             proto::TCP => self.tcp,
-            proto::UDP => self.udp,
+            proto::UDP | proto::SCTP => self.udp,
             _ => self.icmp,
         }
     }
@@ -570,7 +574,23 @@ pub struct Timeouts {
     /// After a FIN or RST (RFC 7857: an RST'd mapping is held, not dropped
     /// at once, so a stray RST cannot end a live connection's mapping).
     pub tcp_closing: Duration,
+    /// SCTP before the association is up: INIT or INIT ACK seen, no COOKIE
+    /// ACK and no DATA both ways yet.
+    pub sctp_init: Duration,
+    /// SCTP after COOKIE ACK, or DATA seen both ways.
+    pub sctp_established: Duration,
+    /// SCTP after a SHUTDOWN (ACK, COMPLETE) or an ABORT.
+    pub sctp_closing: Duration,
 }
+
+/// SCTP's defaults are Linux conntrack's (nf_conntrack_proto_sctp, as
+/// `net.netfilter.nf_conntrack_sctp_timeout_*` reads on a 6.x kernel):
+/// COOKIE_WAIT and COOKIE_ECHOED 3 s, ESTABLISHED 210 s (heartbeat interval
+/// 30 s x path_max_retrans 5 + rto_max 60 s: an idle association
+/// heartbeats well within it), SHUTDOWN_SENT/RECD/ACK_SENT 3 s.
+pub const DEFAULT_SCTP_INIT: Duration = Duration::from_secs(3);
+pub const DEFAULT_SCTP_ESTABLISHED: Duration = Duration::from_secs(210);
+pub const DEFAULT_SCTP_CLOSING: Duration = Duration::from_secs(3);
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -580,6 +600,9 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(7440),
             tcp_opening: Duration::from_secs(240),
             tcp_closing: Duration::from_secs(240),
+            sctp_init: DEFAULT_SCTP_INIT,
+            sctp_established: DEFAULT_SCTP_ESTABLISHED,
+            sctp_closing: DEFAULT_SCTP_CLOSING,
         }
     }
 }
@@ -588,18 +611,26 @@ impl Timeouts {
     /// How long a filtering permit lets a remote in after the inside
     /// endpoint last sent to it: the protocol's idle timeout plus the clock
     /// tick aging also waits, so it never ends before the mapping would.
+    /// SCTP shares UDP's permits (`GatewayConfig::filtering`): they last the
+    /// longer of the two timeouts.
     pub fn permit_ttl_ns(&self, proto_nr: u8) -> u64 {
         let timeout = match proto_nr {
             proto::TCP => self.tcp_established,
-            proto::UDP => self.udp,
+            proto::UDP | proto::SCTP => self.udp.max(self.sctp_established),
             _ => self.icmp,
         };
         timeout.as_nanos() as u64 + CLOCK_TICK_NS
     }
 
-    /// The timeout for a mapping given the TCP flags seen each way.
+    /// The timeout for a mapping given the state bits seen each way
+    /// (`Liveness::state_bits`): TCP flags, SCTP chunk kinds.
     pub fn for_mapping(&self, proto_nr: u8, flags_out: u8, flags_in: u8) -> Duration {
         match proto_nr {
+            proto::SCTP => match sctp_state(flags_out, flags_in) {
+                SctpState::Init => self.sctp_init,
+                SctpState::Established => self.sctp_established,
+                SctpState::Closing | SctpState::Aborted => self.sctp_closing,
+            },
             proto::TCP => {
                 let closing = (flags_out | flags_in) & (tcp_flags::FIN | tcp_flags::RST) != 0;
                 let established = flags_out & flags_in & tcp_flags::ACK != 0;
@@ -614,5 +645,46 @@ impl Timeouts {
             proto::ICMP => self.icmp,
             _ => self.udp,
         }
+    }
+}
+
+/// Where an SCTP association stands, from the chunk kinds seen each way
+/// (`sctp_chunks`; only packets' first chunks are recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SctpState {
+    /// INIT / INIT ACK (or nothing recorded yet: the first packet).
+    Init,
+    /// COOKIE ACK seen, or DATA both ways (an association whose handshake
+    /// the gateway did not see, after a restart of natd's mapping).
+    Established,
+    /// SHUTDOWN, SHUTDOWN ACK or SHUTDOWN COMPLETE seen.
+    Closing,
+    /// ABORT seen.
+    Aborted,
+}
+
+impl SctpState {
+    /// The state as `natd sessions` shows it, in TCP's words.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SctpState::Init => "opening",
+            SctpState::Established => "established",
+            SctpState::Closing => "closing",
+            SctpState::Aborted => "aborted",
+        }
+    }
+}
+
+/// The state of an SCTP session whose first chunks `out` and `in_` were seen.
+pub const fn sctp_state(out: u8, in_: u8) -> SctpState {
+    let seen = out | in_;
+    if seen & sctp_chunks::ABORT != 0 {
+        SctpState::Aborted
+    } else if seen & sctp_chunks::SHUTDOWN != 0 {
+        SctpState::Closing
+    } else if seen & sctp_chunks::COOKIE_ACK != 0 || out & in_ & sctp_chunks::DATA != 0 {
+        SctpState::Established
+    } else {
+        SctpState::Init
     }
 }

@@ -65,6 +65,9 @@ fn a_full_file_is_read_and_flags_override_it() {
         icmp = 10
         tcp_established = 600
         tcp_transitory = 20
+        sctp_init = 5
+        sctp_established = 900
+        sctp_closing = 7
         "#,
     );
     let (s, warnings) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
@@ -75,6 +78,10 @@ fn a_full_file_is_read_and_flags_override_it() {
     assert_eq!(s.port_hold, Duration::from_secs(5));
     assert_eq!(s.timeouts.udp, Duration::from_secs(30));
     assert_eq!((s.timeouts.tcp_opening, s.timeouts.tcp_closing), (Duration::from_secs(20), Duration::from_secs(20)), "tcp_transitory sets both");
+    assert_eq!(
+        (s.timeouts.sctp_init, s.timeouts.sctp_established, s.timeouts.sctp_closing),
+        (Duration::from_secs(5), Duration::from_secs(900), Duration::from_secs(7))
+    );
     assert_eq!(warnings.len(), 4, "every timeout is below its RFC minimum: {warnings:?}");
 
     let flags = Overrides { wan: Some("wan0".into()), port_range: Some("50000-50010".into()), ..Default::default() };
@@ -149,7 +156,8 @@ fn the_example_config_is_valid_and_spells_out_the_defaults() {
     assert_eq!(
         (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_opening, s.timeouts.tcp_closing),
         (d.udp, d.icmp, d.tcp_established, d.tcp_opening, d.tcp_closing)
-    );        assert_eq!(s.filtering, Filtering::default());
+    );
+    assert_eq!((s.timeouts.sctp_init, s.timeouts.sctp_established, s.timeouts.sctp_closing), (d.sctp_init, d.sctp_established, d.sctp_closing));        assert_eq!(s.filtering, Filtering::default());
 }
 
 /// RFC 4787 REQ-2 / REQ-3a / REQ-4 settings: a pool as a list or a

@@ -8,11 +8,11 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use nat_common::{
-    Endpoint, FragKey, FragState, FreePort, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names,
+    Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index,
 };
 
 use crate::EBPF_OBJECT;
@@ -77,8 +77,9 @@ impl Datapath {
             _ => return Err(anyhow!("LIVENESS array missing from the eBPF object")),
         };
         let mut datapath = Self { ebpf, liveness, permits };
-        for side in [Side::Lan, Side::Wan] {
-            let program = datapath.program_mut(side)?;
+        datapath.fill_sctp_tables()?;
+        for name in [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP] {
+            let program = datapath.named_program_mut(name)?;
             // The verifier gives up with EAGAIN when a signal is pending for
             // the loading thread; libbpf retries such loads, and so does this.
             let mut attempts = 0;
@@ -90,13 +91,17 @@ impl Datapath {
                     other => break other,
                 }
             };
-            loaded.map_err(verifier_error).with_context(|| format!("the kernel verifier rejected program {}", side.program_name()))?;
+            loaded.map_err(verifier_error).with_context(|| format!("the kernel verifier rejected program {name}"))?;
         }
+        datapath.file_sctp_programs()?;
         Ok(datapath)
     }
 
     fn program_mut(&mut self, side: Side) -> Result<&mut Xdp> {
-        let name = side.program_name();
+        self.named_program_mut(side.program_name())
+    }
+
+    fn named_program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
             .program_mut(name)
@@ -105,7 +110,11 @@ impl Datapath {
     }
 
     pub fn program(&self, side: Side) -> Result<&Xdp> {
-        let name = side.program_name();
+        self.named_program(side.program_name())
+    }
+
+    /// A program by its name (`nat_common::program_names`).
+    pub fn named_program(&self, name: &str) -> Result<&Xdp> {
         Ok(self
             .ebpf
             .program(name)
@@ -139,6 +148,35 @@ impl Datapath {
         let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
         array.set(0, config.with_source_screen(), 0).context("writing CONFIG")?;
         Ok(())
+    }
+
+    /// Files the loaded SCTP programs where the main programs hand SCTP
+    /// packets to them (tail calls), before anything is attached.
+    fn file_sctp_programs(&mut self) -> Result<()> {
+        let mut fds = Vec::new();
+        for (index, name) in [(sctp_program_index::LAN, program_names::LAN_SCTP), (sctp_program_index::WAN, program_names::WAN_SCTP)] {
+            let fd = self.named_program(name)?.fd().with_context(|| format!("program {name} is not loaded"))?.try_clone()?;
+            fds.push((index, name, fd));
+        }
+        let mut programs: ProgramArray<&mut MapData> = ProgramArray::try_from(self.map_mut(map_names::SCTP_PROGRAMS)?)?;
+        for (index, name, fd) in &fds {
+            programs.set(*index, fd, 0).with_context(|| format!("filing {name} in {}", map_names::SCTP_PROGRAMS))?;
+        }
+        Ok(())
+    }
+
+    /// Fills the table SCTP's O(1) CRC32c update reads
+    /// (`crc32c::fill_nibble_table`, 2 MiB), before a program can run: an
+    /// entry left zero would leave a rewritten packet's CRC unchanged, so
+    /// wrong. A few milliseconds.
+    fn fill_sctp_tables(&mut self) -> Result<()> {
+        // On the heap, and handed over by reference (a `Box` borrows as its
+        // content): 2 MiB would overflow a test thread's stack.
+        let mut table: Box<[u32; crc32c::NIBBLE_TABLE_LEN]> =
+            vec![0u32; crc32c::NIBBLE_TABLE_LEN].into_boxed_slice().try_into().map_err(|_| anyhow!("nibble table length"))?;
+        crc32c::fill_nibble_table(&mut table[..]);
+        let mut array: Array<&mut MapData, [u32; crc32c::NIBBLE_TABLE_LEN]> = Array::try_from(self.map_mut(map_names::SCTP_NIBBLES)?)?;
+        array.set(0, table, 0).with_context(|| format!("writing {}", map_names::SCTP_NIBBLES))
     }
 
     /// Publishes the time (CLOCK_MONOTONIC_COARSE, ns) the programs stamp

@@ -48,7 +48,7 @@ pub struct PortAllocator {
     hold_ns: u64,
     /// Ports handed to the datapath's free queues, per protocol (`slot`) and
     /// parity: taken, but not yet in use by a flow.
-    queued: [[usize; 2]; 4],
+    queued: [[usize; 2]; 5],
     rng: u64,
 }
 
@@ -58,7 +58,8 @@ const fn slot(proto: u8) -> usize {
         nat_common::proto::TCP => 0,
         nat_common::proto::UDP => 1,
         nat_common::proto::ICMP => 2,
-        _ => 3,
+        nat_common::proto::SCTP => 3,
+        _ => 4,
     }
 }
 
@@ -73,7 +74,7 @@ impl PortAllocator {
 
     pub fn with_policy(min: u16, max: u16, policy: PortPolicy, hold_ns: u64, seed: u64) -> Self {
         assert!(min <= max, "port range {min}-{max} is empty");
-        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 4], rng: seed | 1 }
+        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], rng: seed | 1 }
     }
 
     pub fn capacity(&self) -> u32 {

@@ -176,7 +176,7 @@ impl Daemon {
     /// an earlier packet of it did), then send its packet on.
     fn new_flow(&mut self, event: &MissEvent) -> Result<()> {
         let packet = Ipv4::of_event(event)?;
-        let inside = packet.endpoint(Side::Source).ok_or_else(|| anyhow!("miss event without a TCP/UDP/ICMP source"))?;
+        let inside = packet.endpoint(Side::Source).ok_or_else(|| anyhow!("miss event without a TCP/UDP/SCTP/ICMP source"))?;
         // Several packets of one flow can miss before the mapping exists: the
         // later ones only need sending on (endpoint-independent mapping).
         let external = match self.sessions.get(&inside) {

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use anyhow::Result;
 use nat_common::{CLOCK_TICK_NS, Endpoint, proto, tcp_flags};
 
-use crate::{config::Timeouts, datapath::Datapath};
+use crate::{
+    config::{Timeouts, sctp_state},
+    datapath::Datapath,
+};
 
 /// A live session as natd keeps it: where the inside endpoint is mapped to,
 /// and its slot in the LIVENESS array.
@@ -29,7 +32,8 @@ pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: 
     let mut expired = Vec::new();
     for (inside, entry) in sessions {
         let live = datapath.liveness(entry.slot)?;
-        let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+        let (out, in_) = live.state_bits(inside.proto);
+        let timeout = timeouts.for_mapping(inside.proto, out, in_);
         // The datapath stamps with the clock natd published, up to one tick
         // behind the packet: wait one tick more, so a session never expires
         // before its timeout (it may go up to two ticks after).
@@ -40,8 +44,12 @@ pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: 
     Ok(expired)
 }
 
-/// What `natd sessions` shows as the state, from the TCP flags seen each way.
+/// What `natd sessions` shows as the state, from the TCP flags (SCTP chunk
+/// kinds) seen each way (`Liveness::state_bits`).
 pub fn session_state(proto_nr: u8, flags_out: u8, flags_in: u8) -> &'static str {
+    if proto_nr == proto::SCTP {
+        return sctp_state(flags_out, flags_in).name();
+    }
     if proto_nr != proto::TCP {
         return "active";
     }
@@ -86,6 +94,36 @@ mod tests {
         assert_eq!(t.for_mapping(proto::TCP, syn | ack, syn | ack | tcp_flags::RST), t.tcp_closing, "RST: held 4 min (RFC 7857)");
         assert_eq!(t.for_mapping(proto::UDP, 0, 0), t.udp);
         assert_eq!(t.for_mapping(proto::ICMP, 0, 0), t.icmp);
+    }
+
+    /// SCTP's timers follow the first chunks seen each way: INIT / INIT
+    /// ACK opening, established after COOKIE ACK or DATA both ways (DATA
+    /// one way is not yet), SHUTDOWN* or ABORT closing; a new INIT after a
+    /// close is recorded afresh by the datapath, so only the bits matter here.
+    #[test]
+    fn sctp_timers_follow_the_chunks_seen() {
+        use nat_common::sctp_chunks::{ABORT, COOKIE_ACK, DATA, INIT, INIT_ACK, SHUTDOWN};
+        let t = Timeouts::default();
+        assert_eq!((t.sctp_init, t.sctp_established, t.sctp_closing), (Duration::from_secs(3), Duration::from_secs(210), Duration::from_secs(3)), "Linux conntrack's");
+        let t = Timeouts { sctp_init: Duration::from_secs(11), sctp_established: Duration::from_secs(222), sctp_closing: Duration::from_secs(33), ..t };
+        let sctp = proto::SCTP;
+        assert_eq!(t.for_mapping(sctp, 0, 0), t.sctp_init, "nothing recorded: natd made the mapping for the INIT");
+        assert_eq!(t.for_mapping(sctp, INIT, INIT_ACK), t.sctp_init);
+        assert_eq!(t.for_mapping(sctp, INIT | DATA, INIT_ACK), t.sctp_init, "DATA one way only");
+        assert_eq!(t.for_mapping(sctp, INIT, INIT_ACK | COOKIE_ACK), t.sctp_established);
+        assert_eq!(t.for_mapping(sctp, DATA, DATA), t.sctp_established, "a handshake the gateway did not see");
+        assert_eq!(t.for_mapping(sctp, INIT | DATA | SHUTDOWN, INIT_ACK | COOKIE_ACK | DATA), t.sctp_closing);
+        assert_eq!(t.for_mapping(sctp, INIT, ABORT), t.sctp_closing);
+        assert_eq!(session_state(sctp, 0, 0), "opening");
+        assert_eq!(session_state(sctp, INIT, INIT_ACK | COOKIE_ACK), "established");
+        assert_eq!(session_state(sctp, SHUTDOWN, COOKIE_ACK), "closing");
+        assert_eq!(session_state(sctp, ABORT | SHUTDOWN, 0), "aborted");
+        // The chunk types RFC 9260 §3.2 (and RFC 8260's I-DATA) number.
+        let bits: Vec<u8> = [0, 1, 2, 3, 6, 7, 8, 11, 14, 64].map(nat_common::sctp_chunks::bit).to_vec();
+        assert_eq!(bits, [DATA, INIT, INIT_ACK, 0, ABORT, SHUTDOWN, SHUTDOWN, COOKIE_ACK, SHUTDOWN, DATA]);
+        // SCTP is filtered as UDP: its permits last the longer of the two.
+        assert_eq!(t.permit_ttl_ns(sctp), t.permit_ttl_ns(proto::UDP));
+        assert_eq!(t.permit_ttl_ns(proto::UDP), t.udp.max(t.sctp_established).as_nanos() as u64 + CLOCK_TICK_NS);
     }
 
     /// RFC 7857: the TCP state `natd sessions` shows.

@@ -60,14 +60,15 @@ pub fn session_rows(daemon: &Daemon) -> Result<Vec<Session>> {
     let mut rows = Vec::with_capacity(daemon.sessions.len());
     for (inside, entry) in &daemon.sessions {
         let live = daemon.datapath.liveness(entry.slot)?;
-        let timeout = timeouts.for_mapping(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+        let (state_out, state_in) = live.state_bits(inside.proto);
+        let timeout = timeouts.for_mapping(inside.proto, state_out, state_in);
         rows.push(Session {
             proto: proto::name(inside.proto).to_string(),
             inside: endpoint_text(inside),
             external: endpoint_text(&entry.external),
             remote: None,
             forward: None,
-            state: session_state(inside.proto, live.tcp_flags_out, live.tcp_flags_in).to_string(),
+            state: session_state(inside.proto, state_out, state_in).to_string(),
             idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
             timeout_s: timeout.as_secs(),
         });

@@ -95,6 +95,37 @@ fn main() -> Result<()> {
         figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![] });
         figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![] });
     }
+    // SCTP hits next to UDP's at three IPv4 packet sizes (issue 14): SCTP's
+    // CRC32c update is four table reads whatever the length, UDP's checksum
+    // an incremental update. Flip-flop entries as above, SCTP's own.
+    let inside = Endpoint::new(addr::LAN_HOST, INSIDE_PORT, proto::SCTP);
+    let external = Endpoint::new(addr::EXTERNAL, 20000, proto::SCTP);
+    let twin = Endpoint::new(SECOND_HOST, INSIDE_PORT, proto::SCTP);
+    gw.datapath.insert_pair(inside, external, 0, 0)?;
+    gw.datapath.insert_raw(Side::Lan, external, Mapping::new(inside, 0))?;
+    gw.datapath.insert_raw(Side::Wan, inside, Mapping::new(twin, 0))?;
+    gw.datapath.insert_raw(Side::Wan, twin, Mapping::new(inside, 0))?;
+    const SIZED: [(&str, &str, u16, usize); 6] = [
+        ("udp_out_64", "udp_in_64", 64, UDP_HEADER),
+        ("sctp_out_64", "sctp_in_64", 64, SCTP_HEADER),
+        ("udp_out_512", "udp_in_512", 512, UDP_HEADER),
+        ("sctp_out_512", "sctp_in_512", 512, SCTP_HEADER),
+        ("udp_out_1500", "udp_in_1500", 1500, UDP_HEADER),
+        ("sctp_out_1500", "sctp_in_1500", 1500, SCTP_HEADER),
+    ];
+    for (key_out, key_in, size, header) in SIZED {
+        let make = if header == SCTP_HEADER { sctp as fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> L4 } else { udp };
+        let remote = (addr::REMOTE, 443);
+        let payload = vec![0x5a; usize::from(size) - 20 - header];
+        let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, INSIDE_PORT), remote)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+        out.ttl = 255;
+        out.payload = payload.clone();
+        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, 20000))).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+        inbound.ttl = 255;
+        inbound.payload = payload;
+        figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![] });
+        figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![] });
+    }
     // A forwarded flow's packet from the WAN (issue 12): the forward's port
     // and the established flow looked up, the backend read, the destination
     // rewritten. Flip-flop as above: the forward is also "at" each backend's
@@ -211,6 +242,15 @@ fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
 fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
     L4::Udp { sport: src.1, dport: dst.1, zero_checksum: false }
 }
+/// One DATA chunk carrying the payload.
+fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Sctp { sport: src.1, dport: dst.1, vtag: 0x1c0f_fee5, chunk: 0, crc_error: 0 }
+}
+
+/// Bytes of header before the payload: UDP's, and SCTP's common header with
+/// its chunk header.
+const UDP_HEADER: usize = 8;
+const SCTP_HEADER: usize = 16;
 /// ICMP echo request out; the caller turns the inbound one into a reply.
 fn icmp_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
     let id = if src.0 == addr::REMOTE { dst.1 } else { src.1 };

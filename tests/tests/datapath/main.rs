@@ -17,6 +17,7 @@ mod new_flow;
 mod next_hop;
 mod passes_and_drops;
 mod security;
+mod sctp;
 mod sessions;
 mod translation;
 mod verifier;
@@ -71,7 +72,7 @@ fn translated_out(mut f: Frame, external: (Ipv4Addr, u16)) -> Frame {
     f.src = external.0;
     f.ttl -= 1;
     match &mut f.l4 {
-        L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = external.1,
+        L4::Tcp { sport, .. } | L4::Udp { sport, .. } | L4::Sctp { sport, .. } => *sport = external.1,
         L4::IcmpEcho { id, .. } => *id = external.1,
         L4::Raw { .. } => {}
     }
@@ -83,7 +84,7 @@ fn translated_in(mut f: Frame, inside: (Ipv4Addr, u16)) -> Frame {
     f.dst = inside.0;
     f.ttl -= 1;
     match &mut f.l4 {
-        L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = inside.1,
+        L4::Tcp { dport, .. } | L4::Udp { dport, .. } | L4::Sctp { dport, .. } => *dport = inside.1,
         L4::IcmpEcho { id, .. } => *id = inside.1,
         L4::Raw { .. } => {}
     }

@@ -28,6 +28,7 @@ mod proxy_http;
 mod proxy_quic;
 mod real_clients;
 mod reload;
+mod sctp;
 mod security;
 mod tcp;
 mod traceroute;

@@ -1,0 +1,70 @@
+//! SCTP end to end: two LAN hosts on one SCTP source port to one server at
+//! once, through the real natd and XDP programs. The kernel here has no SCTP
+//! (no CONFIG_IP_SCTP): the peers are `tests/scripts/sctp_peer.py` on raw
+//! IPv4 sockets, with a CRC32c of their own that checks every packet they
+//! receive.
+
+use std::{io::Read as _, process::Stdio, thread};
+
+use nat_tests::{
+    natlab::{EXTERNAL, KillOnDrop, NatLab, SERVER},
+    netns::Netns,
+    require_root,
+};
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sctp_peer.py");
+/// Debian's interpreter (the one first on PATH may be another).
+const PYTHON: &str = "/usr/bin/python3";
+const SERVER_PORT: &str = "3868";
+
+/// draft-ietf-tsvwg-natsupp, RFC 9260 §6.8: two inside hosts, both on SCTP
+/// source port 5000, reach one server at once; it sees two distinct external
+/// ports on the gateway's address, every packet with a good CRC32c both ways,
+/// and each host gets its own answer; natd shows two SCTP sessions.
+#[test]
+fn sctp_from_two_hosts_on_one_port() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let server = lab.server.command(&[PYTHON, PEER, "server", "2", "15"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut server = KillOnDrop(server);
+    thread::sleep(std::time::Duration::from_millis(300));
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            let host = Netns { name: lab.hosts[i].name.clone() };
+            thread::spawn(move || {
+                let out = host.command(&[PYTHON, PEER, "client", &SERVER.to_string(), SERVER_PORT, &format!("host {i}")]).output();
+                std::mem::forget(host);
+                out.unwrap()
+            })
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let out = client.join().unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("host {i}: {e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(answer["reply"], format!("echo:host {i}"), "host {i}: {answer}\n{}", lab.natd_log());
+        assert_eq!(answer["crc_ok"], true, "host {i}: the answer's CRC32c does not hold: {answer}");
+        assert_eq!((answer["dport"].as_u64(), answer["vtag_ok"].as_bool()), (Some(5000), Some(true)), "host {i}: {answer}");
+    }
+    // It exits once both hosts were answered (or after 15 s).
+    let mut printed = String::new();
+    server.0.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&printed).unwrap_or_else(|e| panic!("server: {e}: {printed:?}"));
+    assert_eq!(seen["bad_crc"], 0, "the server received packets with a bad CRC32c: {seen}");
+    let peers = seen["peers"].as_object().unwrap();
+    assert_eq!(peers.len(), 2, "two hosts, two external endpoints: {seen}");
+    for peer in peers.keys() {
+        assert!(peer.starts_with(&format!("{EXTERNAL}:")), "an inside address reached the server: {seen}");
+    }
+    let sessions = lab.sessions().unwrap();
+    let sctp: Vec<_> = sessions.iter().filter(|s| s.proto == "sctp").collect();
+    assert_eq!(sctp.len(), 2, "{sessions:?}");
+    assert!(sctp.iter().all(|s| s.inside.ends_with(":5000")), "{sctp:?}");
+    // INIT out, INIT ACK in: both associations are opening.
+    assert!(sctp.iter().all(|s| s.state == "opening"), "{sctp:?}");
+    let status = lab.status().unwrap();
+    let ports = status.ports.iter().find(|p| p.proto == "sctp").unwrap_or_else(|| panic!("no SCTP in natd status: {:?}", status.ports));
+    assert_eq!(ports.in_use, 2, "{ports:?}");
+    assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
+}
