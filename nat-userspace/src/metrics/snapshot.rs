@@ -26,6 +26,8 @@ pub const AGING_BUCKETS: [f64; 12] = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.00
 
 /// The states `natd sessions` shows for a TCP mapping (`session_state`).
 const TCP_STATES: [&str; 4] = ["opening", "established", "closing", "reset"];
+/// ... for an SCTP one (`config::sctp_state`, in TCP's words).
+const SCTP_STATES: [&str; 4] = ["opening", "established", "closing", "aborted"];
 /// ... and for the others.
 const OTHER_STATE: &str = "active";
 
@@ -134,10 +136,13 @@ impl Snapshot {
     }
 }
 
-/// Flag pairs a session can have seen: `tcp_flags::TRACKED` lies in the
-/// low 5 bits of each direction's byte.
-const FLAG_PAIRS: usize = 1 << 10;
-const _: () = assert!(tcp_flags::TRACKED < 1 << 5);
+/// Flag pairs a session can have seen: `tcp_flags::TRACKED` and the SCTP
+/// chunk bits (`sctp_chunks`) lie in the low 6 bits of each direction's
+/// byte.
+const FLAG_BITS: u32 = 6;
+const FLAG_MASK: u8 = (1 << FLAG_BITS) - 1;
+const FLAG_PAIRS: usize = 1 << (2 * FLAG_BITS);
+const _: () = assert!(tcp_flags::TRACKED <= FLAG_MASK && nat_common::sctp_chunks::ABORT <= FLAG_MASK);
 
 /// The sessions by protocol and state, every known pair (zeros too): one
 /// pass over the table, each session's liveness read in place (the
@@ -180,9 +185,10 @@ impl Default for StateTally {
 
 impl StateTally {
     fn add(&mut self, proto_nr: u8, out: u8, back: u8) {
-        let (out, back) = (out & tcp_flags::TRACKED, back & tcp_flags::TRACKED);
+        let mask = if proto_nr == proto::SCTP { FLAG_MASK } else { tcp_flags::TRACKED };
+        let (out, back) = (out & mask, back & mask);
         match proto::ALL.iter().position(|p| *p == proto_nr) {
-            Some(i) => self.by_flags[i][usize::from(out) << 5 | usize::from(back)] += 1,
+            Some(i) => self.by_flags[i][usize::from(out) << FLAG_BITS | usize::from(back)] += 1,
             None => add_count(&mut self.others, proto::name(proto_nr), session_state(proto_nr, out, back), 1),
         }
     }
@@ -192,13 +198,17 @@ impl StateTally {
         let mut counts: Vec<SessionCount> = proto::ALL
             .into_iter()
             .flat_map(|p| {
-                let states: &[&'static str] = if p == proto::TCP { &TCP_STATES } else { &[OTHER_STATE] };
+                let states: &[&'static str] = match p {
+                    proto::TCP => &TCP_STATES,
+                    proto::SCTP => &SCTP_STATES,
+                    _ => &[OTHER_STATE],
+                };
                 states.iter().map(move |state| SessionCount { proto: proto::name(p), state, count: 0 })
             })
             .collect();
         for (p, tally) in proto::ALL.into_iter().zip(&self.by_flags) {
             for (pair, n) in tally.iter().enumerate().filter(|(_, n)| **n > 0) {
-                add_count(&mut counts, proto::name(p), session_state(p, (pair >> 5) as u8, (pair & 0x1f) as u8), *n);
+                add_count(&mut counts, proto::name(p), session_state(p, (pair >> FLAG_BITS) as u8, pair as u8 & FLAG_MASK), *n);
             }
         }
         for other in &self.others {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nat_common::{counters::Reason, proto, tcp_flags};
+use nat_common::{counters::Reason, proto, sctp_chunks, tcp_flags};
 
 use super::{
     PortCount, ScanHistogram, ServerMetrics, SessionCount, Snapshot, count_states, encode,
@@ -260,17 +260,21 @@ fn sessions_are_counted_by_protocol_and_state() {
         (proto::TCP, syn, rst | ack),
         (proto::UDP, 0, 0),
         (proto::UDP, 0, 0),
-        (132, 0, 0),
+        (proto::SCTP, sctp_chunks::INIT, sctp_chunks::INIT_ACK),
+        (proto::SCTP, sctp_chunks::DATA, sctp_chunks::DATA),
+        (proto::SCTP, sctp_chunks::DATA, sctp_chunks::ABORT),
+        (253, 0, 0),
     ];
     let counts = count_states(sessions);
     let count = |p: &str, state: &str| counts.iter().find(|c| c.proto == p && c.state == state).map(|c| c.count);
-    for (p, out, back) in sessions.iter().filter(|(p, _, _)| *p != 132) {
+    for (p, out, back) in sessions.iter().filter(|(p, _, _)| *p != 253) {
         let expected = sessions.iter().filter(|(q, o, b)| q == p && session_state(*q, *o, *b) == session_state(*p, *out, *back)).count() as u64;
         assert_eq!(count(proto::name(*p), session_state(*p, *out, *back)), Some(expected), "{counts:?}");
     }
     assert_eq!(count("tcp", "established"), Some(2), "PSH is not tracked: {counts:?}");
     assert_eq!(count("icmp", "active"), Some(0), "every known pair, zeros too: {counts:?}");
     assert_eq!(count("tcp", "opening"), Some(1));
+    assert_eq!((count("sctp", "opening"), count("sctp", "established"), count("sctp", "aborted"), count("sctp", "closing")), (Some(1), Some(1), Some(1), Some(0)), "DATA and ABORT lie outside TCP's tracked bits: {counts:?}");
     assert_eq!(count("other", "active"), Some(1), "{counts:?}");
     assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), sessions.len() as u64);
 }
