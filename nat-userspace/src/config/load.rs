@@ -594,8 +594,8 @@ const MIN_HEALTH_INTERVAL_S: f64 = 0.1;
 const MAX_PROBE_LEN: usize = 1472;
 
 const FORWARD_FLAG_ALLOWED: &str =
-    "must be PROTOCOL:PORT=SERVER[,SERVER...] with PROTOCOL tcp, udp or tcp+udp, PORT a port or a range LO-HI and each SERVER ADDR[:PORT], e.g. tcp:8080=192.168.1.10:80,192.168.1.11:80";
-const PROTOCOL_ALLOWED: &str = "must be \"tcp\", \"udp\" or \"tcp+udp\"";
+    "must be PROTOCOL:PORT=SERVER[,SERVER...] with PROTOCOL tcp, udp, tcp+udp or sctp, PORT a port or a range LO-HI and each SERVER ADDR[:PORT], e.g. tcp:8080=192.168.1.10:80,192.168.1.11:80";
+const PROTOCOL_ALLOWED: &str = "must be \"tcp\", \"udp\", \"tcp+udp\" or \"sctp\"";
 const SERVER_ALLOWED: &str = "must be \"ADDR\" or \"ADDR:PORT\", an IPv4 address and a port 1-65535, e.g. \"192.168.1.10:80\"";
 const UNICAST_ALLOWED: &str = "must be a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast)";
 
@@ -729,6 +729,7 @@ fn forward(raw: &mut Raw, at: &mut At, table: toml::Table) -> Option<Forward> {
         Some(Value::String(s)) if s == "tcp" => Some(vec![proto::TCP]),
         Some(Value::String(s)) if s == "udp" => Some(vec![proto::UDP]),
         Some(Value::String(s)) if s == "tcp+udp" => Some(vec![proto::TCP, proto::UDP]),
+        Some(Value::String(s)) if s == "sctp" => Some(vec![proto::SCTP]),
         Some(other) => {
             raw.forward_error(at, "protocol", other, PROTOCOL_ALLOWED);
             None

@@ -58,7 +58,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("filtering.icmp", FILTERING_ALLOWED),
     ("forward", "inbound port forwards, one [[forward]] table each (`natd run --forward PROTO:PORT=SERVER[,SERVER...]` adds more)"),
     ("forward.name", "a label for status and logs (default: \"PROTOCOL/PORT\", e.g. \"tcp/8080\")"),
-    ("forward.protocol", "\"tcp\", \"udp\" or \"tcp+udp\""),
+    ("forward.protocol", "\"tcp\", \"udp\", \"tcp+udp\" or \"sctp\""),
     ("forward.port", "public port (a number) or range (\"LO-HI\", at most 4096 ports) on the external address"),
     ("forward.external_ip", "the external address forwarded (default: the first external address)"),
     ("forward.to", "servers, [\"ADDR[:PORT]\", ...] or { server = \"ADDR[:PORT]\", weight = 0-100 } each; several are load balanced"),

@@ -764,3 +764,16 @@ fn timeouts_filtering_quota_and_the_mapping_log_change_live_and_say_so() {
 
 mod metrics;
 mod proxies;
+
+#[test]
+fn an_sctp_forward_is_read_from_the_file_and_the_flag_with_no_check_by_default() {
+    let (s, _) = Settings::from_sources(
+        Some(&file(&format!("{RELOAD_BASE}[[forward]]\nprotocol = \"sctp\"\nport = 3868\nto = [\"10.77.1.10\", \"10.77.1.11\"]\n")).0),
+        &Overrides { forwards: vec!["sctp:2905=10.77.1.12".into()], ..Overrides::default() },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let protocols: Vec<(&str, String, HealthKind)> = s.forwards.iter().map(|f| (f.name.as_str(), f.protocol_name(), f.health.kind)).collect();
+    assert_eq!(protocols, [("sctp/3868", "sctp".to_string(), HealthKind::None), ("sctp/2905", "sctp".to_string(), HealthKind::None)]);
+    let errs = errors(&format!("{RELOAD_BASE}[[forward]]\nprotocol = \"sctp\"\nport = 3868\nto = [\"10.77.1.10\", \"10.77.1.11\"]\nhealth = {{ kind = \"tcp\" }}\n"), &Overrides::default());
+    assert!(errs.iter().any(|e| e.field.ends_with("health.kind")), "a TCP check of SCTP servers is refused: {errs:#?}");
+}

@@ -693,3 +693,32 @@ fn a_pinned_port_passes_new_flows_to_natd_and_translates_the_flows_it_files() {
     let other = (addr::REMOTE, 51001);
     run_cases(&gw, vec![case("another client", Wan, from_wan(udp(other, SERVICE)), PASS, None, Reason::PassNoMapping)]).unwrap();
 }
+
+/// SCTP forwards (issue 14 after issue 12): an INIT to the service reaches
+/// the backend with its destination port rewritten and the CRC32c updated
+/// (the expected frames are built with the CRC computed whole), the server's
+/// INIT ACK leaves from the service, and the flow stays on its backend.
+#[test]
+fn an_sctp_forward_rewrites_the_port_with_the_crc_both_ways() {
+    require_root!();
+    let mut gw = forward_gateway("fwdsctp");
+    let service = endpoint(SERVICE, proto::SCTP);
+    gw.datapath.set_forward_port(service, ForwardPort::new(FORWARD, 0, 0)).unwrap();
+    for server in [&A, &B] {
+        let mapping = StaticMapping { server: endpoint(server.at(), proto::SCTP), external: service, forward: FORWARD, slot: server.slot, offset: 0 };
+        gw.datapath.insert_static_mapping(&mapping).unwrap();
+    }
+    let sctp = |src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)| Frame::sctp(src, dst);
+    let a = A.at();
+    use Side::{Lan, Wan};
+    run_cases(
+        &gw,
+        vec![
+            case("INIT to the service", Wan, from_wan(sctp(CLIENT, SERVICE)), REDIRECT, Some(at_server(sctp(CLIENT, a), &A)), Reason::ForwardedNewFlow),
+            case("INIT ACK from the server", Lan, from_server(sctp(a, CLIENT), &A), REDIRECT, Some(on_wan(sctp(SERVICE, CLIENT))), Reason::TranslatedOut),
+            case("the client again", Wan, from_wan(sctp(CLIENT, SERVICE)), REDIRECT, Some(at_server(sctp(CLIENT, a), &A)), Reason::ForwardedIn),
+        ],
+    )
+    .unwrap();
+    assert_eq!(table_of(&gw, &flow_key(CLIENT, proto::SCTP)), Some(FlowTable::Established), "promoted once the client answered the server");
+}
