@@ -424,7 +424,7 @@ fn every_forward_error_is_named_with_field_and_value() {
         &format!(
             r#"{INTERFACES}
             [[forward]]
-            protocol = "sctp"
+            protocol = "gre"
             port = 0
             to = ["10.77.1.10:80"]
             colour = "blue"
@@ -491,7 +491,7 @@ fn every_forward_error_is_named_with_field_and_value() {
         &flags(&["tcp/8080=10.0.0.1", "tcp:8081=10.77.1.10:80,", "icmp:80-70=10.77.1.10"]),
     );
     let expected: &[(&str, &str, &str)] = &[
-        ("forward[0].protocol", "\"sctp\"", "must be \"tcp\", \"udp\" or \"tcp+udp\""),
+        ("forward[0].protocol", "\"gre\"", "must be \"tcp\", \"udp\", \"tcp+udp\" or \"sctp\""),
         ("forward[0].port", "0", "must be a port 1-65535"),
         ("forward[0].colour", "", "unknown key; known: name, protocol, port, external_ip, to, health"),
         ("forward[1] \"web\".protocol", "", "required"),
@@ -524,7 +524,7 @@ fn every_forward_error_is_named_with_field_and_value() {
         ("forward[8].to", "\"10.77.1.10:80\"", "must be a list of servers"),
         ("--forward (forward[9])", "\"tcp/8080=10.0.0.1\"", "must be PROTOCOL:PORT=SERVER[,SERVER...]"),
         ("--forward (forward[10].to[1])", "\"\"", "must be \"ADDR\" or \"ADDR:PORT\""),
-        ("--forward (forward[11].protocol)", "\"icmp\"", "must be \"tcp\", \"udp\" or \"tcp+udp\""),
+        ("--forward (forward[11].protocol)", "\"icmp\"", "must be \"tcp\", \"udp\", \"tcp+udp\" or \"sctp\""),
         ("--forward (forward[11].port)", "\"80-70\"", "LO is above HI"),
     ];
     for (field, value, what) in expected {
@@ -532,7 +532,7 @@ fn every_forward_error_is_named_with_field_and_value() {
     }
     assert_eq!(errs.len(), expected.len(), "exactly these errors:\n{}", ConfigErrors(errs.clone()));
     let one = errs.iter().find(|e| e.field == "forward[0].protocol").unwrap();
-    assert_eq!(one.to_string(), "forward[0].protocol = \"sctp\": must be \"tcp\", \"udp\" or \"tcp+udp\"");
+    assert_eq!(one.to_string(), "forward[0].protocol = \"gre\": must be \"tcp\", \"udp\", \"tcp+udp\" or \"sctp\"");
 }
 
 /// Issue 12: the limits of the datapath's tables: forwards, and servers of

@@ -535,7 +535,7 @@ fn bad_forwards_are_explained_before_anything_is_attached() {
         (format!("port = 25000\nprotocol = \"tcp\"\nto = [\"{}:80\"]", host_addr(0)), "overlaps port_range 20000-32767"),
         (format!("port = 8080\nprotocol = \"tcp\"\nto = [\"{SERVER}:80\"]"), "is on the WAN side"),
         (format!("port = 8080\nprotocol = \"tcp\"\nto = [{{ server = \"{}:80\", weight = 101 }}]", host_addr(0)), "weight = 101"),
-        (format!("port = 8080\nprotocol = \"sctp\"\nto = [\"{}:80\"]", host_addr(0)), "protocol = \"sctp\""),
+        (format!("port = 8080\nprotocol = \"gre\"\nto = [\"{}:80\"]", host_addr(0)), "protocol = \"gre\""),
     ];
     for (body, why) in cases {
         let path = lab.config_file(&format!("lan = \"lan0\"\nwan = \"wan0\"\n[[forward]]\n{body}\n")).unwrap();
