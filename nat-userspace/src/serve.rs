@@ -205,19 +205,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// Attaches a side's program to its interface come back, and points the
 /// datapath at the new index: redirects, the configuration, forwarding on
 /// it. The environment natd started with (addresses, prefixes) stands. The
-/// XDP mode natd runs in, native falling back to generic as at start.
+/// XDP mode is the one natd runs in (the other side's), so both sides
+/// keep one mode; a failure leaves natd waiting.
 fn reattach(daemon: &mut Daemon, forwarding: &mut Forwarding, back: &Served) -> Result<&'static str> {
     let side = if back.role == "lan" { Side::Lan } else { Side::Wan };
-    let mode = match daemon.run.xdp_mode {
-        "generic" => daemon.datapath.attach(side, back.ifindex, XdpMode::Skb).map(|_| "generic")?,
-        _ => match daemon.datapath.attach(side, back.ifindex, XdpMode::Driver) {
-            Ok(_) => "native",
-            Err(e) => {
-                tracing::warn!("native XDP on {} failed ({e:#}); generic mode", back.name);
-                daemon.datapath.attach(side, back.ifindex, XdpMode::Skb).map(|_| "generic")?
-            }
-        },
+    let (mode, xdp_mode) = match daemon.run.xdp_mode {
+        "generic" => ("generic", XdpMode::Skb),
+        _ => ("native", XdpMode::Driver),
     };
+    daemon.datapath.attach(side, back.ifindex, xdp_mode)?;
     daemon.datapath.add_tx_port(back.ifindex)?;
     match side {
         Side::Lan => daemon.run.env.lan_ifindex = back.ifindex,
