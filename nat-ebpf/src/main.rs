@@ -78,6 +78,13 @@ pub fn nat_wan_sctp(ctx: XdpContext) -> u32 {
     wan::<true>(&ctx)
 }
 
+/// A constant natd may set when it loads the programs (`NATD_PROGRAM_MARK`,
+/// a test seam): programs that differ in it alone stand in for an upgrade in
+/// the restart test (`bpf_link_update` under traffic). Read only for frames
+/// that are not IPv4, off every translated packet's path.
+#[unsafe(no_mangle)]
+static PROGRAM_MARK: u32 = 0;
+
 /// LAN ingress; `SCTP`: the SCTP program, which sees only SCTP packets.
 #[inline(always)]
 fn lan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
@@ -85,7 +92,11 @@ fn lan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let verdict = match parse::<SCTP>(ctx) {
         Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Lan),
         Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(ctx, &pkt, cfg),
-        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Ok(Frame::NotIpv4) => {
+            // SAFETY: a read of a constant; volatile, so that it stays.
+            let _mark = unsafe { core::ptr::read_volatile(&PROGRAM_MARK) };
+            Verdict::pass(Reason::PassNotIpv4)
+        }
         Err(Invalid(reason)) => Verdict::drop(reason),
     };
     finish(verdict, cfg)
@@ -98,7 +109,11 @@ fn wan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let verdict = match parse::<SCTP>(ctx) {
         Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Wan),
         Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(ctx, &pkt, cfg),
-        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Ok(Frame::NotIpv4) => {
+            // SAFETY: a read of a constant; volatile, so that it stays.
+            let _mark = unsafe { core::ptr::read_volatile(&PROGRAM_MARK) };
+            Verdict::pass(Reason::PassNotIpv4)
+        }
         Err(Invalid(reason)) => Verdict::drop(reason),
     };
     finish(verdict, cfg)

@@ -58,6 +58,25 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Remove the gateway on these interfaces in this network namespace:
+    /// detach its programs and remove every pin that SIGTERM left serving
+    /// (every session is dropped). natd must not be running on them.
+    Down(DownArgs),
+}
+
+/// Which gateway `natd down` removes: the interfaces of a config file, or
+/// given as flags (flags win).
+#[derive(Parser)]
+pub struct DownArgs {
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "IF")]
+    pub lan: Option<String>,
+    #[arg(long, value_name = "IF")]
+    pub wan: Option<String>,
+    /// The bpffs natd was told to pin in (`pin_root`), if not the default.
+    #[arg(long, value_name = "DIR")]
+    pub pin_root: Option<PathBuf>,
 }
 
 /// Every flag overrides the same setting of the config file.
@@ -100,6 +119,10 @@ pub struct RunArgs {
     /// address and 9469 [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// The bpffs where the datapath is pinned so that it outlives natd
+    /// [default: /sys/fs/bpf, or /run/natd/bpffs, mounted if need be].
+    #[arg(long, value_name = "DIR")]
+    pub pin_root: Option<String>,
 }
 
 impl RunArgs {
@@ -114,6 +137,7 @@ impl RunArgs {
             log_level: self.log_level.clone(),
             forwards: self.forward.clone(),
             metrics: self.metrics.clone(),
+            pin_root: self.pin_root.clone(),
         }
     }
 }
@@ -345,6 +369,49 @@ pub fn proxies(json: bool) -> Result<()> {
 }
 
 /// Asks natd to reload; an error (exit 1) when it refused.
+/// `natd down`: what a stopped natd left serving goes. Reads only `lan`,
+/// `wan` and `pin_root` of a config file, so that it works when the rest
+/// no longer validates (an interface gone).
+pub fn down(args: &DownArgs) -> Result<()> {
+    let file: toml::Table = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    let from_file = |key: &str| file.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(lan), Some(wan)) = (args.lan.clone().or_else(|| from_file("lan")), args.wan.clone().or_else(|| from_file("wan"))) else {
+        bail!("natd down needs the gateway's interfaces: --config FILE, or --lan IF --wan IF");
+    };
+    let pin_root = args.pin_root.clone().or_else(|| from_file("pin_root").map(PathBuf::from));
+    // A natd serving them holds their locks: it must stop first, or
+    // it would serve on with its programs gone.
+    drop(control::InterfaceLocks::acquire(&[&lan, &wan]).context("natd down")?);
+    let Some(root) = crate::datapath::PinRoot::find(pin_root.as_deref(), false)? else {
+        println!("nothing pinned: no bpffs at /sys/fs/bpf or {}", crate::datapath::OWN_BPFFS);
+        return Ok(());
+    };
+    for gone in root.remove_stale() {
+        println!("removed the pins of a gateway whose interfaces are gone: {gone}");
+    }
+    let shown = root.shown.clone();
+    match crate::datapath::StateDir::existing(root, &lan, &wan)? {
+        Some(state) => {
+            let where_ = state.shown.clone();
+            // Forwarding off first: on, with no program attached, the
+            // kernel would forward inside addresses untranslated.
+            for path in crate::forwarding::Forwarding::restore_handed_over(crate::handover::Handover::take(&state).forwarding) {
+                eprintln!("natd: warning: could not restore {path}");
+            }
+            let pins = state.remove()?;
+            println!("removed the gateway on {lan} and {wan}: {} pins at {where_} (programs detached, sessions dropped)", pins.len());
+        }
+        None => println!("no gateway on {lan} and {wan} pinned in this network namespace (at {shown})"),
+    }
+    Ok(())
+}
+
 pub fn reload() -> Result<()> {
     let outcomes: Vec<ReloadOutcome> = ask(Request::Reload)?;
     let mut refused = false;

@@ -41,6 +41,27 @@ impl Forwarding {
         Ok(())
     }
 
+    /// Forwarding stays on for the datapath that serves on without natd:
+    /// the values to put back go to whoever removes it (`handover`).
+    pub fn hand_over(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Takes on what the previous natd handed over: its values are the
+    /// ones to put back (forwarding is on already, as it left it).
+    pub fn adopt(&mut self, handed_over: Vec<(String, String)>) {
+        for (path, before) in handed_over {
+            self.changed.retain(|(p, _)| *p != path);
+            self.changed.push((path, before));
+        }
+    }
+
+    /// Puts values handed over back (`natd down`). Returns the paths that
+    /// could not be restored.
+    pub fn restore_handed_over(handed_over: Vec<(String, String)>) -> Vec<String> {
+        Self { changed: handed_over }.restore()
+    }
+
     /// Puts every value back; an interface that is gone has nothing to put
     /// back. Returns the paths that could not be restored.
     pub fn restore(&mut self) -> Vec<String> {

@@ -10,6 +10,7 @@
 //! - `control`: how the client commands reach a serving natd;
 //! - `metrics`: Prometheus metrics, served off the packet loop;
 //! - `forwarding`: the sysctls natd turns on and puts back;
+//! - `handover`: what a natd stopping with the datapath serving leaves the next;
 //! - `interfaces`: the served interfaces watched through netlink;
 //! - `logging`: natd's log lines;
 //! - `cli` and `serve`: the command line, and `natd run`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod forwarding;
+pub mod handover;
 pub mod interfaces;
 pub mod logging;
 pub mod metrics;

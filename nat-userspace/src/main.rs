@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Cmd::Proxies { json } => cli::proxies(json),
         Cmd::Reload => cli::reload(),
         Cmd::Check { config } => cli::check(&config),
+        Cmd::Down(args) => cli::down(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

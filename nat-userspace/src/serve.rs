@@ -19,8 +19,9 @@ use crate::{
         reload::{fixed_changes, live_changes},
     },
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
-    datapath::{Datapath, Side},
+    datapath::{Attached, Datapath, PinRoot, Side, StateDir},
     forwarding::Forwarding,
+    handover::Handover,
     interfaces::{Change, Served, Watch},
     logging::{self, LogLevel},
     metrics::Metrics,
@@ -29,7 +30,7 @@ use crate::{
         forwards::{FLOW_AGING, SIGNALS_POLL},
         probe::CheckResult,
         run::Run,
-        sessions::coarse_now_ns,
+        sessions::{coarse_now_ns, resume_clock},
         views,
     },
     proxy::Proxies,
@@ -52,7 +53,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if lan_ip.is_none() {
         tracing::warn!("{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway", settings.lan);
     }
-    let mut datapath = Datapath::load_for(&gateway_config)?;
+    let (state, adopt) = datapath_state(&settings, &env)?;
+    let mut datapath = Datapath::load_for(&gateway_config, state, adopt)?;
+    let held = if adopt {
+        let paused = resume_clock(datapath.clock()?);
+        tracing::info!(
+            "adopting the datapath serving {} and {} (pinned at {}); its clock stood still for {:.1} s and resumes",
+            settings.lan,
+            settings.wan,
+            datapath.state().map_or("?", |s| s.shown.as_str()),
+            paused as f64 / 1e9
+        );
+        datapath.state().map(Handover::take)
+    } else {
+        // A handover without a serving datapath is stale.
+        if let Some(state) = datapath.state() {
+            drop(Handover::take(state));
+        }
+        None
+    };
     // Bound before anything is attached: a port another service holds stops
     // the start here, with nothing to undo (a loaded program is unloaded
     // with `datapath`).
@@ -86,11 +105,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let (checks_tx, mut checks) = mpsc::channel::<CheckResult>(256);
     let run = Run { settings, env, xdp_mode: mode, lan_ip, started: Instant::now(), config_file: args.config.clone(), overrides };
-    let mut daemon = Daemon::new(datapath, run, checks_tx)?;
+    let handed_over_forwarding = held.as_ref().map(|h| h.forwarding.clone()).unwrap_or_default();
+    let mut daemon = Daemon::new(datapath, run, checks_tx, held.map(|h| h.held_ports))?;
     // Only now: with forwarding on and no program attached the kernel would
     // forward inside addresses to the WAN. Restored before the daemon, which
     // detaches the programs, is dropped.
     let mut forwarding = Forwarding::enable(&[&lan, &wan])?;
+    forwarding.adopt(handed_over_forwarding);
+    // Serving: from here the pins stay when natd stops (SIGTERM), however it stops.
+    daemon.datapath.keep_pins();
     tracing::info!("{serving}");
     tell_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
 
@@ -104,6 +127,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut flow_aging = tokio::time::interval(FLOW_AGING);
     // Set when natd must stop with an error (a served interface is gone).
     let mut failure = None;
+    // SIGINT: the datapath goes with natd; SIGTERM: it serves on.
+    let mut tear_down = false;
     // Served interfaces gone that natd waits for (on_interface_loss = "wait").
     let mut waiting: Vec<Served> = Vec::new();
     loop {
@@ -186,16 +211,41 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // ENOBUFS: notifications were lost; the next ones still come.
                 Err(e) => tracing::warn!("watching the interfaces: {e:#}"),
             },
-            _ = sigint.recv() => break,
+            _ = sigint.recv() => {
+                tear_down = true;
+                break;
+            }
             _ = sigterm.recv() => break,
         }
     }
     tell_systemd(&[NotifyState::Stopping]);
     daemon.flush_mapping_log();
-    for path in forwarding.restore() {
-        tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
+    match daemon.datapath.state() {
+        // An interface gone (on_interface_loss = "exit"): the gateway cannot
+        // serve, and goes whole.
+        Some(state) if !tear_down && failure.is_none() => {
+            // bpf_fib_lookup needs forwarding on: it stays on while the
+            // datapath serves, and `natd down` puts it back.
+            let handover = Handover { held_ports: daemon.ports.held_ports(), forwarding: forwarding.hand_over() };
+            if let Err(e) = handover.write(state) {
+                tracing::warn!("{e:#}: the next natd may reuse {} held ports before their hold is over", handover.held_ports.len());
+            }
+            tracing::info!(
+                "stopping. The datapath serves on, pinned at {}: established flows keep flowing and new ones take \
+                 the queued ports until natd runs again (`natd down` removes it and restores IPv4 forwarding)",
+                state.shown
+            );
+        }
+        _ => {
+            for path in forwarding.restore() {
+                tracing::warn!("could not restore {path}: the kernel may forward LAN traffic untranslated");
+            }
+            if let Err(e) = daemon.datapath.unpin_all() {
+                tracing::warn!("removing the datapath's pins: {e:#}");
+            }
+            tracing::info!("stopping; IPv4 forwarding restored on {lan} and {wan}, detaching");
+        }
     }
-    tracing::info!("stopping; IPv4 forwarding restored on {lan} and {wan}, detaching");
     match failure {
         Some(failure) => Err(failure),
         None => Ok(()),
@@ -361,26 +411,65 @@ async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<(Re
 }
 
 /// Native first; generic only when asked, or (with a warning) when the driver
-/// has no native XDP.
+/// has no native XDP. An adopted datapath's links keep their mode: their
+/// programs are replaced in place.
 fn attach(dp: &mut Datapath, lan: u32, wan: u32, mode: XdpModeSetting) -> Result<&'static str> {
     // Both or neither: a LAN program left attached after the WAN attach failed
     // would block the generic retry and outlive the error.
-    let try_mode = |dp: &mut Datapath, m: XdpMode| -> Result<()> {
+    let try_mode = |dp: &mut Datapath, m: XdpMode| -> Result<&'static str> {
         let lan_link = dp.attach(Side::Lan, lan, m)?;
-        if let Err(e) = dp.attach(Side::Wan, wan, m) {
-            dp.detach(Side::Lan, lan_link)?;
-            return Err(e);
+        match dp.attach(Side::Wan, wan, m) {
+            Ok(wan_link) => {
+                if let (Attached::Replaced(_), Attached::Replaced(_)) = (lan_link, wan_link) {
+                    tracing::info!("replaced the programs of the pinned links on both interfaces in place (bpf_link_update)");
+                }
+                Ok(wan_link.mode())
+            }
+            Err(e) => {
+                // A replaced link served before natd came, and serves on.
+                if let Attached::New(_) = lan_link {
+                    dp.detach(Side::Lan)?;
+                }
+                Err(e)
+            }
         }
-        Ok(())
     };
     match mode {
-        XdpModeSetting::Generic => try_mode(dp, XdpMode::Skb).map(|()| "generic"),
+        XdpModeSetting::Generic => try_mode(dp, XdpMode::Skb),
         XdpModeSetting::Native => match try_mode(dp, XdpMode::Driver) {
-            Ok(()) => Ok("native"),
+            Ok(mode) => Ok(mode),
             Err(e) => {
                 tracing::warn!("native XDP failed ({e:#}); falling back to generic mode, which is much slower");
-                try_mode(dp, XdpMode::Skb).map(|()| "generic")
+                try_mode(dp, XdpMode::Skb)
             }
         },
     }
 }
+
+/// Where the datapath is pinned so that it outlives natd, and whether a
+/// datapath already serves these interfaces there (then it is adopted).
+/// Pins of gateways whose interfaces are gone are removed on the way.
+fn datapath_state(settings: &Settings, env: &Environment) -> Result<(Option<StateDir>, bool)> {
+    let Some(root) = PinRoot::find(settings.pin_root.as_deref(), true)? else {
+        tracing::warn!(
+            "no bpffs to pin the datapath in (none at /sys/fs/bpf or {}, and none could be mounted): it goes with natd, \
+             and a restart drops every session; set pin_root to a bpffs",
+            crate::datapath::OWN_BPFFS
+        );
+        return Ok((None, false));
+    };
+    for gone in root.remove_stale() {
+        tracing::info!("removed the pins of a gateway whose interfaces are gone: {gone}");
+    }
+    let state = StateDir::open(root, &settings.lan, &settings.wan)?;
+    let adopt = state.serves(env.lan_ifindex, env.wan_ifindex);
+    if !adopt && state.has_maps() {
+        tracing::info!("the pins at {} serve no interface (natd stopped before attaching, or the interfaces were re-made): starting clean", state.shown);
+    }
+    if !adopt {
+        state.clear()?;
+    }
+    Ok((Some(state), adopt))
+}
+
+

@@ -80,6 +80,10 @@ pub struct NatLab {
     natd: Option<Child>,
     natd_log: PathBuf,
     natd_path: PathBuf,
+    /// Skip `natd down` on drop (`leave_pins`).
+    leave_pins: bool,
+    /// Environment the next natd starts with (`set_natd_env`).
+    natd_env: Vec<(String, String)>,
 }
 
 impl NatLab {
@@ -171,6 +175,8 @@ impl NatLab {
             natd: None,
             natd_log,
             natd_path: natd_binary()?,
+            leave_pins: false,
+            natd_env: Vec::new(),
         })
     }
 
@@ -201,6 +207,7 @@ impl NatLab {
         let log = std::fs::File::create(&self.natd_log)?;
         let mut cmd = self.gw.command(&[self.natd_path.to_str().context("natd path")?]);
         cmd.arg("run").args(args).stdout(Stdio::null()).stderr(log);
+        cmd.envs(self.natd_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.natd = Some(cmd.spawn().context("starting natd")?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -240,6 +247,24 @@ impl NatLab {
         }
     }
 
+    /// Stops natd with SIGTERM, which leaves the datapath serving (pinned),
+    /// and returns its exit status.
+    pub fn terminate_natd(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.natd.take().context("natd is not running")?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("natd did not stop within 10 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// natd's exit status if it exits on its own within `within` (None: it
     /// still runs).
     pub fn wait_natd_exit(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
@@ -253,6 +278,18 @@ impl NatLab {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(None)
+    }
+
+    /// Variables the natds started from now on get in their environment
+    /// (this process's own would reach every parallel test's natd).
+    pub fn set_natd_env(&mut self, vars: &[(&str, &str)]) {
+        self.natd_env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// The lab goes without `natd down`, as after a crashed test: its pins
+    /// stay behind its deleted namespaces, for the next natd to find.
+    pub fn leave_pins(&mut self) {
+        self.leave_pins = true;
     }
 
     /// Kills natd with SIGKILL, as a crash or the OOM killer would: it
@@ -344,6 +381,11 @@ impl Drop for NatLab {
     fn drop(&mut self) {
         if self.natd.is_some() {
             let _ = self.stop_natd();
+        }
+        // What a SIGTERM or a kill left serving (pins), before the
+        // namespaces go.
+        if !self.leave_pins {
+            let _ = self.natd_cli(&["down", "--lan", "lan0", "--wan", "wan0"]);
         }
         let _ = std::fs::remove_file(&self.natd_log);
         let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{}-natd.toml", self.gw.name)));

@@ -86,6 +86,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--metrics ADDR:PORT`.
     pub metrics: Option<String>,
+    /// `--pin-root DIR`.
+    pub pin_root: Option<String>,
     /// `--forward PROTO:PORT=SERVER[,SERVER...]`, each one forward more
     /// besides the file's.
     pub forwards: Vec<String>,
@@ -173,6 +175,7 @@ impl Settings {
             ("xdp_mode", "--xdp-mode", &flags.xdp_mode),
             ("log_level", "--log-level", &flags.log_level),
             ("metrics", "--metrics", &flags.metrics),
+            ("pin_root", "--pin-root", &flags.pin_root),
         ];
         for (key, flag, value) in flag_values {
             if let Some(v) = value {
@@ -375,6 +378,15 @@ fn validate(raw: &mut Raw) -> Settings {
     let nat_ranges = [("port_range", Some((port_min, port_max))), ("low_port_range", low_port_range)];
     let proxies = proxies::proxies(raw, external_ips.first().copied(), &nat_ranges, &forwards);
     let metrics = metrics(raw, &nat_ranges, &proxies, &external_ips);
+    let pin_root = raw.string("pin_root").and_then(|text| {
+        let path = std::path::PathBuf::from(&text);
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            raw.error("pin_root", format!("{text:?}"), "must be an absolute path to a bpffs, e.g. \"/sys/fs/bpf\"");
+            None
+        }
+    });
 
     Settings {
         lan,
@@ -399,6 +411,7 @@ fn validate(raw: &mut Raw) -> Settings {
         forwards,
         proxies,
         metrics,
+        pin_root,
     }
 }
 

@@ -52,6 +52,7 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("xdp_mode", &old.xdp_mode, &new.xdp_mode);
     compare("port_hold", &old.port_hold, &new.port_hold);
     compare("metrics", &old.metrics, &new.metrics);
+    compare("pin_root", &old.pin_root, &new.pin_root);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());
     changes
 }

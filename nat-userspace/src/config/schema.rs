@@ -43,6 +43,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log_level", "\"trace\", \"debug\", \"info\", \"warn\" or \"error\""),
     ("inside_prefixes", "routed inside networks behind an inside router, [\"A.B.C.D/LEN\", ...], besides the LAN interface's own prefixes"),
     ("wan_drop_sources", "prefixes whose packets the WAN side drops, [\"A.B.C.D/LEN\", ...] (bogons, known attackers)"),
+    ("pin_root", "a bpffs where the datapath's maps and links are pinned, so that it serves on while natd stops or restarts (default: /sys/fs/bpf, or /run/natd/bpffs, which natd mounts if need be)"),
     ("metrics", "\"ADDR:PORT\" where natd serves Prometheus metrics at /metrics, e.g. \"10.0.0.1:9469\" (default: off)"),
     ("timeouts.udp", "UDP idle timeout, seconds"),
     ("timeouts.icmp", "ICMP echo idle timeout, seconds"),
@@ -223,6 +224,9 @@ pub struct Settings {
     pub proxies: Vec<Proxy>,
     /// Where natd serves Prometheus metrics (`/metrics`); `None`: off.
     pub metrics: Option<SocketAddr>,
+    /// The bpffs to pin the datapath in; `None`: natd finds or mounts one
+    /// (`datapath::PinRoot::find`).
+    pub pin_root: Option<std::path::PathBuf>,
 }
 
 impl Settings {

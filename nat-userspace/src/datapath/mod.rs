@@ -5,11 +5,15 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, DevMapHash, HashMap, MapData, MapInfo, PerCpuArray, ProgramArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use nat_common::{
     Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index,
@@ -21,6 +25,8 @@ mod forwards;
 pub use forwards::{FlowTable, ForwardTables, StaticMapping};
 mod pins;
 pub use pins::{FlowPins, PinRefusal};
+mod state;
+pub use state::{OWN_BPFFS, PinRoot, STATE_LAYOUT, StateDir, XdpLinkInfo, link_info, netns_cookie, open_pinned};
 
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;
@@ -52,23 +58,98 @@ pub struct Datapath {
     /// Entries the PERMITS table was made with: 1 when no protocol filtered
     /// by remote at load (the table takes no memory then).
     permits: u32,
+    /// Where the maps and links are pinned, when they outlive natd.
+    state: Option<StateDir>,
+    /// Links attached without a pin, which go with `self`.
+    unpinned: [Option<XdpLinkId>; 2],
+    /// Whether the pins stay when `self` goes: from the start for an
+    /// adopted datapath, once natd serves for a new one (a start that fails
+    /// before leaves nothing behind).
+    pins_kept: bool,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if self.state.is_some()
+            && !self.pins_kept
+            && let Err(e) = self.unpin_all()
+        {
+            tracing::warn!("removing the pins of a datapath that never served: {e:#}");
+        }
+    }
+}
+
+/// What `Datapath::attach` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, in this mode ("native" or "generic").
+    New(&'static str),
+    /// The program of the pinned link already attached to the interface was
+    /// replaced (`bpf_link_update`): no packet met the interface without a
+    /// program. The link keeps the mode it was made in.
+    Replaced(&'static str),
+}
+
+impl Attached {
+    pub const fn mode(self) -> &'static str {
+        match self {
+            Attached::New(mode) | Attached::Replaced(mode) => mode,
+        }
+    }
+}
+
+const fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Skb => "generic",
+        _ => "native",
+    }
+}
+
+const fn side_index(side: Side) -> usize {
+    match side {
+        Side::Lan => 0,
+        Side::Wan => 1,
+    }
 }
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing attached
     /// yet), with room for filtering permits whatever the configuration.
     pub fn load() -> Result<Self> {
-        Self::load_with_permits(MAX_PERMITS)
+        Self::load_with(MAX_PERMITS, None, false)
     }
 
     /// Loads for `config`: the PERMITS map takes memory only if a protocol
-    /// filters by remote.
-    pub fn load_for(config: &GatewayConfig) -> Result<Self> {
-        Self::load_with_permits(if config.filters_by_remote() { MAX_PERMITS } else { 1 })
+    /// filters by remote. With `state`, every map is pinned there, so the
+    /// datapath outlives natd; with `adopt`, the maps pinned there already
+    /// (checked against this build's layout) are the ones the new
+    /// programs use: sessions, free-port queues, clock and counters carry
+    /// over.
+    pub fn load_for(config: &GatewayConfig, state: Option<StateDir>, adopt: bool) -> Result<Self> {
+        Self::load_with(if config.filters_by_remote() { MAX_PERMITS } else { 1 }, state, adopt)
     }
 
-    fn load_with_permits(permits: u32) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
+    fn load_with(mut permits: u32, state: Option<StateDir>, adopt: bool) -> Result<Self> {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the embedded eBPF object")?;
+        // The object's own sections (.rodata, .bss) belong to its build.
+        let names: Vec<&String> = object.maps.keys().filter(|name| !name.starts_with('.')).collect();
+        let mut loader = EbpfLoader::new();
+        if let Some(state) = &state {
+            if adopt {
+                check_layout(&object, state)?;
+                // As made by the natd that pinned it.
+                permits = MapInfo::from_pin(state.map_pin(map_names::PERMITS))?.max_entries();
+            }
+            for name in &names {
+                loader.map_pin_path(name.as_str(), state.map_pin(name));
+            }
+        }
+        // The test seam of the upgrade test (nat-ebpf's PROGRAM_MARK).
+        let mark = std::env::var("NATD_PROGRAM_MARK").ok().and_then(|text| text.parse::<u32>().ok());
+        if let Some(mark) = &mark {
+            loader.override_global("PROGRAM_MARK", mark, true);
+        }
+        let ebpf = loader
             .map_max_entries(map_names::PERMITS, permits)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
@@ -76,7 +157,7 @@ impl Datapath {
             Some(aya::maps::Map::Array(data)) => LivenessView::map(data.fd().as_fd().as_raw_fd())?,
             _ => return Err(anyhow!("LIVENESS array missing from the eBPF object")),
         };
-        let mut datapath = Self { ebpf, liveness, permits };
+        let mut datapath = Self { ebpf, liveness, permits, state, unpinned: [None, None], pins_kept: adopt };
         datapath.fill_sctp_tables()?;
         for name in [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP] {
             let program = datapath.named_program_mut(name)?;
@@ -122,18 +203,99 @@ impl Datapath {
             .try_into()?)
     }
 
-    /// Attaches one program to an interface. The link lives as long as `self`.
-    pub fn attach(&mut self, side: Side, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId> {
-        self.program_mut(side)?
-            .attach_to_if_index(ifindex, mode)
-            .with_context(|| format!("attaching {} to ifindex {ifindex} in {mode:?} mode", side.program_name()))
+    /// Attaches one program to an interface. Without pins the link lives
+    /// as long as `self`. With pins: a pinned link already attached to
+    /// `ifindex` gets this program in place of its own, atomically
+    /// (`bpf_link_update`: an upgrade under traffic); otherwise a new
+    /// link is made and pinned, and outlives natd.
+    pub fn attach(&mut self, side: Side, ifindex: u32, mode: XdpMode) -> Result<Attached> {
+        let what = || format!("attaching {} to ifindex {ifindex} in {} mode", side.program_name(), mode_name(mode));
+        let Some(state) = &self.state else {
+            let link = self.program_mut(side)?.attach_to_if_index(ifindex, mode).with_context(what)?;
+            self.unpinned[side_index(side)] = Some(link);
+            return Ok(Attached::New(mode_name(mode)));
+        };
+        if let Some((pin, pinned_mode)) = state.live_link(side, ifindex) {
+            let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
+            self.program_mut(side)?
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program of the pinned link {} (bpf_link_update)", pin.display()))?;
+            return Ok(Attached::Replaced(pinned_mode));
+        }
+        let pin = state.link_pin(side, mode_name(mode));
+        let program = self.program_mut(side)?;
+        let link = program.attach_to_if_index(ifindex, mode).with_context(what)?;
+        let link = FdLink::try_from(program.take_link(link)?)
+            .map_err(|e| anyhow!("{e}: this kernel attached XDP through netlink, which has no link to pin (Linux 5.9 has bpf_link for XDP)"))?;
+        // The pin holds the link from here: dropping the fd leaves it attached.
+        link.pin(&pin).with_context(|| format!("pinning the {} link at {}", side.program_name(), pin.display()))?;
+        Ok(Attached::New(mode_name(mode)))
     }
 
-    /// Detaches a program from an interface it was attached to by `attach`.
-    pub fn detach(&mut self, side: Side, link: XdpLinkId) -> Result<()> {
-        self.program_mut(side)?
-            .detach(link)
-            .with_context(|| format!("detaching {}", side.program_name()))
+    /// Detaches a side's program attached by `attach` (its pin removed).
+    pub fn detach(&mut self, side: Side) -> Result<()> {
+        if let Some(state) = &self.state {
+            for mode in ["native", "generic"] {
+                let _ = std::fs::remove_file(state.link_pin(side, mode));
+            }
+        }
+        if let Some(link) = self.unpinned[side_index(side)].take() {
+            self.program_mut(side)?.detach(link).with_context(|| format!("detaching {}", side.program_name()))?;
+        }
+        Ok(())
+    }
+
+    /// From now on the pins stay when natd stops: the datapath serves on.
+    pub fn keep_pins(&mut self) {
+        self.pins_kept = true;
+    }
+
+    /// Where the datapath is pinned, if it outlives natd.
+    pub fn state(&self) -> Option<&StateDir> {
+        self.state.as_ref()
+    }
+
+    /// Gives up the pins, so that the datapath goes with `self` (SIGINT,
+    /// and a start that failed before serving): the links are unpinned
+    /// and detach when natd's last fd of them closes. Returns what was pinned.
+    pub fn unpin_all(&mut self) -> Result<Vec<String>> {
+        match self.state.take() {
+            Some(state) => state.remove(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The clock the programs stamp with, as the previous natd last
+    /// published it (0 if none did).
+    pub fn clock(&self) -> Result<u64> {
+        let array: Array<&MapData, u64> = Array::try_from(self.map(map_names::CLOCK)?)?;
+        Ok(array.get(&0, 0)?)
+    }
+
+    /// Empties the free-port queues (an adopted datapath's, whose ports the
+    /// new natd's allocator does not know). Returns how many were queued.
+    pub fn drain_free_queues(&mut self) -> Result<usize> {
+        let mut drained = 0;
+        for proto_nr in nat_common::proto::ALL {
+            for parity in [0u16, 1] {
+                let name = free_queue_name(proto_nr, parity);
+                let mut queue: Queue<&mut MapData, FreePort> = Queue::try_from(self.map_mut(name)?)?;
+                // Bounded: a queue holds at most its capacity.
+                for _ in 0..nat_common::FREE_QUEUE_CAPACITY {
+                    if queue.pop(0).is_err() {
+                        break;
+                    }
+                    drained += 1;
+                }
+            }
+        }
+        Ok(drained)
+    }
+
+    /// natd's side of the quota count, as the previous natd left it.
+    pub fn host_returns(&self) -> Result<Vec<(HostKey, u64)>> {
+        let map: HashMap<&MapData, HostKey, u64> = HashMap::try_from(self.map(map_names::HOST_RETURNS)?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// Whether the PERMITS table has room for filtering by remote: it was
@@ -477,6 +639,50 @@ impl Drop for LivenessView {
     fn drop(&mut self) {
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
+}
+
+/// Refuses pinned maps that this build's programs would misread: each map of
+/// the object must be pinned with the same type, key and value sizes and
+/// entries (Calico's "parameter mismatch" is what starting over them
+/// silently would be). PERMITS is sized by the settings at the first load,
+/// and a devmap's value size by aya: those are not compared.
+fn check_layout(object: &aya_obj::Object, state: &StateDir) -> Result<()> {
+    let mut differences = Vec::new();
+    for (name, def) in &object.maps {
+        if name.starts_with('.') {
+            continue;
+        }
+        let pinned = match MapInfo::from_pin(state.map_pin(name)) {
+            Ok(info) => info,
+            Err(_) => {
+                differences.push(format!("{name}: not pinned (a map this natd has and the one that made the state had not)"));
+                continue;
+            }
+        };
+        let pinned_type = pinned.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let mut differ = |what: &str, old: u32, new: u32| {
+            if old != new {
+                differences.push(format!("{name}: {what} {old} pinned, {new} in this natd"));
+            }
+        };
+        differ("type", pinned_type, def.map_type());
+        differ("key size", pinned.key_size(), def.key_size());
+        if name != map_names::TX_PORTS {
+            differ("value size", pinned.value_size(), def.value_size());
+        }
+        if name != map_names::PERMITS {
+            differ("entries", pinned.max_entries(), def.max_entries());
+        }
+    }
+    if !differences.is_empty() {
+        bail!(
+            "the datapath pinned at {} has another map layout than this natd's, and its sessions cannot be adopted:\n  {}\n\
+             Either run the natd version that made it, or stop the gateway with `natd down` (every session is dropped) and start this one",
+            state.shown,
+            differences.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// Keeps the verifier's log (the part that says why) in the error.

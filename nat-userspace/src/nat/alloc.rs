@@ -49,6 +49,8 @@ pub struct PortAllocator {
     /// Ports handed to the datapath's free queues, per protocol (`slot`) and
     /// parity: taken, but not yet in use by a flow.
     queued: [[usize; 2]; 5],
+    /// The same ports, each.
+    queued_ports: HashSet<(u8, u16)>,
     rng: u64,
 }
 
@@ -74,7 +76,7 @@ impl PortAllocator {
 
     pub fn with_policy(min: u16, max: u16, policy: PortPolicy, hold_ns: u64, seed: u64) -> Self {
         assert!(min <= max, "port range {min}-{max} is empty");
-        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], rng: seed | 1 }
+        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], queued_ports: HashSet::new(), rng: seed | 1 }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -101,6 +103,7 @@ impl PortAllocator {
     pub fn reserve(&mut self, proto: u8, parity: u16) -> Option<u16> {
         let port = self.pick(proto, self.min, self.max, Some(parity & 1))?;
         self.queued[slot(proto)][parity_of(port)] += 1;
+        self.queued_ports.insert((proto, port));
         Some(port)
     }
 
@@ -117,13 +120,22 @@ impl PortAllocator {
         }
         self.taken.insert((proto, port));
         self.queued[slot(proto)][parity_of(port)] += 1;
+        self.queued_ports.insert((proto, port));
         true
     }
 
-    /// A queued port of `proto` went to a flow.
+    /// Whether `port` waits in the datapath's free queue of `proto`.
+    pub fn is_queued(&self, proto: u8, port: u16) -> bool {
+        self.queued_ports.contains(&(proto, port))
+    }
+
+    /// A queued port of `proto` went to a flow (once: a second call for
+    /// the same port changes nothing).
     pub fn claimed(&mut self, proto: u8, port: u16) {
-        let queued = &mut self.queued[slot(proto)][parity_of(port)];
-        *queued = queued.saturating_sub(1);
+        if self.queued_ports.remove(&(proto, port)) {
+            let queued = &mut self.queued[slot(proto)][parity_of(port)];
+            *queued = queued.saturating_sub(1);
+        }
     }
 
     /// A port `allocate` handed out that no mapping ever used: free at once,
@@ -209,6 +221,24 @@ impl PortAllocator {
         } else {
             self.held.push_back((now_ns + self.hold_ns, proto, port));
         }
+    }
+
+    /// A port a live mapping already holds (a datapath natd adopted).
+    pub fn adopt(&mut self, proto: u8, port: u16) {
+        self.taken.insert((proto, port));
+    }
+
+    /// A port the previous natd held back until `free_at` (ns, natd's
+    /// clock), unless something holds it already. Call in `free_at` order.
+    pub fn adopt_held(&mut self, free_at: u64, proto: u8, port: u16) {
+        if self.taken.insert((proto, port)) {
+            self.held.push_back((free_at, proto, port));
+        }
+    }
+
+    /// The ports held back, oldest first: (free at, proto, port).
+    pub fn held_ports(&self) -> impl Iterator<Item = (u64, u8, u16)> + '_ {
+        self.held.iter().copied()
     }
 
     /// Returns to the pool every held port whose hold has ended by `now_ns`.

@@ -26,7 +26,7 @@ use crate::{
         frag::Fragments,
         maplog::MappingLog,
         no_server::NoServerAnswers,
-        ports::{Ports, Refusal, SetUp},
+        ports::{HeldPort, Ports, Refusal, SetUp},
         run::Run,
         quota::{HostQuota, RefusalNotices},
         probe::CheckResult,
@@ -54,7 +54,9 @@ pub struct Daemon {
 
 impl Daemon {
     /// `checks`: where the forwards' health checkers send their results.
-    pub fn new(datapath: Datapath, run: Run, checks: mpsc::Sender<CheckResult>) -> Result<Self> {
+    /// `adopted`: the datapath was adopted from a previous natd, with the
+    /// ports it held back; its state is taken over before anything is queued.
+    pub fn new(datapath: Datapath, run: Run, checks: mpsc::Sender<CheckResult>, adopted: Option<Vec<HeldPort>>) -> Result<Self> {
         let mut daemon = Self {
             datapath,
             ports: Ports::new(&run.settings, &run.env)?,
@@ -69,12 +71,48 @@ impl Daemon {
             forwards: Forwards::new(checks),
             no_server_answers: NoServerAnswers::default(),
         };
+        if let Some(held) = adopted {
+            let adoption = daemon.adopt(&held)?;
+            tracing::info!("{adoption}");
+        }
         daemon.refill_free_queues();
         let forwards = daemon.run.settings.datapath_forwards();
         for change in daemon.apply_forwards(&forwards)? {
             tracing::info!("{change}");
         }
         Ok(daemon)
+    }
+
+    /// Takes over the state of an adopted datapath: its sessions (and their
+    /// ports, slots and quota counts), the ports the previous natd held
+    /// back. The free ports it queued are taken back first, so that the
+    /// datapath claims only ports this natd queues; a claim made meanwhile
+    /// is in OUTBOUND or still in the ring, and `claimed` takes it once.
+    fn adopt(&mut self, held: &[HeldPort]) -> Result<String> {
+        let drained = self.datapath.drain_free_queues()?;
+        let mut live = Vec::new();
+        for entry in self.datapath.outbound()?.iter() {
+            let (inside, mapping) = entry.context("reading OUTBOUND")?;
+            // Forwards' static mappings are the forwards' (re-applied from the settings).
+            if mapping.flags & nat_common::forward::mapping_flags::FORWARD == 0 {
+                live.push((inside, mapping));
+            }
+        }
+        // In slot order: `SlotPool::adopt` is then O(1) each.
+        live.sort_unstable_by_key(|(_, mapping)| mapping.session);
+        let now = coarse_now_ns();
+        for (inside, mapping) in &live {
+            let external = mapping.target(inside.proto);
+            self.ports.adopt(&external, mapping.session);
+            self.sessions.insert(*inside, SessionEntry { external, slot: mapping.session, created_ns: now });
+        }
+        self.ports.adopt_held(held);
+        self.quota.adopt(self.datapath.host_returns()?);
+        Ok(format!(
+            "adopted the serving datapath: {} sessions, {} ports held back before reuse; {drained} queued free ports taken back",
+            live.len(),
+            held.len()
+        ))
     }
 
     /// Makes the datapath serve `wanted` (at start, and on a reload). A
@@ -165,6 +203,10 @@ impl Daemon {
 
     /// The datapath installed a mapping from a queued free port.
     fn claimed(&mut self, claim: &ClaimEvent) {
+        // Made while no natd ran, and adopted from OUTBOUND already.
+        if self.sessions.get(&claim.inside).is_some_and(|entry| entry.external == claim.external && entry.slot == claim.session) {
+            return;
+        }
         self.ports.claimed(claim);
         self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session, created_ns: coarse_now_ns() });
         self.log.mapping("created", &claim.inside, &claim.external, None);

@@ -91,6 +91,16 @@ impl Ports {
     /// uses it, the others get it back.
     pub fn claimed(&mut self, claim: &ClaimEvent) {
         let claimed_on = self.pool_of(&claim.external);
+        let (proto_nr, port) = (claim.inside.proto, claim.external.port());
+        if !self.pools.iter().any(|pool| pool.is_queued(proto_nr, port)) {
+            // From a queue this natd did not fill: claimed in the moment it
+            // adopted the datapath. The port is that mapping's; the other
+            // addresses never reserved it for this natd.
+            if let Some(pool) = claimed_on {
+                self.pools[pool].adopt(proto_nr, port);
+            }
+            return;
+        }
         for (index, pool) in self.pools.iter_mut().enumerate() {
             if Some(index) == claimed_on {
                 pool.claimed(claim.inside.proto, claim.external.port());
@@ -191,6 +201,38 @@ impl Ports {
         }
     }
 
+    /// A live mapping of an adopted datapath: its port and slot are in use.
+    /// A port outside the pool or range (the settings changed across the
+    /// restart) is left to the mapping and never handed out meanwhile.
+    pub fn adopt(&mut self, external: &Endpoint, slot: u32) {
+        if let Some(pool) = self.pool_of(external) {
+            self.pools[pool].adopt(external.proto, external.port());
+        }
+        self.slots.adopt(slot);
+    }
+
+    /// Ports the previous natd held back (`held_ports`), by pool address.
+    pub fn adopt_held(&mut self, held: &[HeldPort]) {
+        for port in held {
+            if let Some(pool) = self.external_ips.iter().position(|ip| *ip == port.addr) {
+                self.pools[pool].adopt_held(port.free_at_ns, port.proto, port.port);
+            }
+        }
+    }
+
+    /// The ports held back before reuse, so that a restart keeps holding
+    /// them (natd writes them out when it stops with the datapath serving).
+    pub fn held_ports(&self) -> Vec<HeldPort> {
+        let mut held: Vec<HeldPort> = self
+            .external_ips
+            .iter()
+            .zip(&self.pools)
+            .flat_map(|(addr, pool)| pool.held_ports().map(|(free_at_ns, proto, port)| HeldPort { addr: *addr, proto, port, free_at_ns }))
+            .collect();
+        held.sort_by_key(|h| h.free_at_ns);
+        held
+    }
+
     /// Ports of `proto_nr` in use, held and free on each pool address, in
     /// pool order (metrics).
     pub fn usage_by_address(&self, proto_nr: u8) -> Vec<(Ipv4Addr, PortUsage)> {
@@ -220,6 +262,17 @@ impl Ports {
     }
 }
 
+/// A port held back before reuse, as written out across a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldPort {
+    pub addr: Ipv4Addr,
+    pub proto: u8,
+    pub port: u16,
+    /// When it may be reused, natd's clock (ns; the clock resumes across
+    /// a restart, see `sessions::resume_clock`).
+    pub free_at_ns: u64,
+}
+
 /// Session slots of the LIVENESS array: handed out once, reused after release.
 #[derive(Default)]
 pub struct SlotPool {
@@ -228,6 +281,21 @@ pub struct SlotPool {
 }
 
 impl SlotPool {
+    /// A slot a live session of an adopted datapath uses. Slots below it
+    /// that no adopted session uses become free (adoption is done before
+    /// any slot is handed out).
+    pub fn adopt(&mut self, slot: u32) {
+        if slot >= MAX_SESSIONS {
+            return;
+        }
+        if slot >= self.next_unused {
+            self.free.extend(self.next_unused..slot);
+            self.next_unused = slot + 1;
+        } else if let Some(at) = self.free.iter().position(|&s| s == slot) {
+            self.free.swap_remove(at);
+        }
+    }
+
     pub fn take(&mut self) -> Option<u32> {
         self.free.pop().or_else(|| {
             (self.next_unused < MAX_SESSIONS).then(|| {
@@ -245,6 +313,17 @@ impl SlotPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adopted_slots_are_in_use_and_the_gaps_free() {
+        let mut pool = SlotPool::default();
+        for slot in [5, 2, 9] {
+            pool.adopt(slot);
+        }
+        let mut handed: Vec<u32> = std::iter::from_fn(|| pool.take()).take(8).collect();
+        handed.sort_unstable();
+        assert_eq!(handed, [0, 1, 3, 4, 6, 7, 8, 10], "every slot but the adopted ones, then on past them");
+    }
 
     #[test]
     fn session_slots_are_reused_and_run_out() {

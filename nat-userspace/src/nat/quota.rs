@@ -44,6 +44,11 @@ impl HostQuota {
         self.limit = limit;
     }
 
+    /// natd's side of the count as an adopted datapath holds it.
+    pub fn adopt(&mut self, returns: Vec<(HostKey, u64)>) {
+        self.returns = returns.into_iter().collect();
+    }
+
     /// Ports of `inside`'s protocol its host holds now.
     pub fn in_use(&self, datapath: &Datapath, inside: &Endpoint) -> Result<u64> {
         let key = HostKey::of(inside);

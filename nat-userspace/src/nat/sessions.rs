@@ -65,13 +65,31 @@ pub fn session_state(proto_nr: u8, flags_out: u8, flags_in: u8) -> &'static str 
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`,
-/// the one natd publishes to the programs.
+/// The time natd keeps and publishes to the programs (`CLOCK`), in ns:
+/// `CLOCK_MONOTONIC_COARSE` less the time no natd ran (`resume_clock`).
+/// The programs stamp sessions with the value natd published last, so while
+/// natd is down the clock stands still, and a restart resumes it where it
+/// stood: no session expires for the minutes natd was away.
 pub fn coarse_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).saturating_sub(CLOCK_PAUSED_NS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// How long the clock stood still while no natd ran (see `coarse_now_ns`).
+static CLOCK_PAUSED_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Resumes the clock of an adopted datapath at `published`, the last value
+/// the previous natd published: `coarse_now_ns` continues from there.
+/// Returns the pause (ns). A clock ahead of this one (a reboot cannot leave
+/// pins, so it is another natd's bug) resumes at the present.
+pub fn resume_clock(published: u64) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    CLOCK_PAUSED_NS.store(0, Relaxed);
+    let pause = coarse_now_ns().saturating_sub(published);
+    CLOCK_PAUSED_NS.store(pause, Relaxed);
+    pause
 }
 
 #[cfg(test)]

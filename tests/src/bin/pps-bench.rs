@@ -267,13 +267,13 @@ impl Bench {
         run_generator(xdp(&mut self.bench, names::GENERATE)?, self.g0, FRAME_LEN, packets, BATCH, 0)
     }
 
-    fn enter(&mut self, mode: Mode) -> Result<Vec<(Side, XdpLinkId)>> {
+    fn enter(&mut self, mode: Mode) -> Result<Vec<Side>> {
         let _in_nat = self.nat.enter()?;
         match mode {
             Mode::XdpNat => {
-                let lan = self.datapath.attach(Side::Lan, self.n0, XdpMode::Driver)?;
-                let wan = self.datapath.attach(Side::Wan, self.n1, XdpMode::Driver)?;
-                return Ok(vec![(Side::Lan, lan), (Side::Wan, wan)]);
+                self.datapath.attach(Side::Lan, self.n0, XdpMode::Driver)?;
+                self.datapath.attach(Side::Wan, self.n1, XdpMode::Driver)?;
+                return Ok(vec![Side::Lan, Side::Wan]);
             }
             Mode::NftMasquerade => {
                 self.nat.exec(&["nft", "add", "table", "ip", "natbench"])?;
@@ -294,10 +294,10 @@ impl Bench {
         Ok(Vec::new())
     }
 
-    fn leave(&mut self, mode: Mode, links: Vec<(Side, XdpLinkId)>) -> Result<()> {
+    fn leave(&mut self, mode: Mode, sides: Vec<Side>) -> Result<()> {
         let _in_nat = self.nat.enter()?;
-        for (side, link) in links {
-            self.datapath.detach(side, link)?;
+        for side in sides {
+            self.datapath.detach(side)?;
         }
         for (name, link) in std::mem::take(&mut self.bench_links) {
             xdp(&mut self.bench, name)?.detach(link)?;

@@ -28,6 +28,7 @@ mod proxy_http;
 mod proxy_quic;
 mod real_clients;
 mod reload;
+mod restart;
 mod sctp;
 mod security;
 mod tcp;

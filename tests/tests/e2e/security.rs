@@ -245,10 +245,12 @@ fn after_natd_stops_nothing_with_an_inside_source_reaches_the_wan() {
 }
 
 /// What a crash leaves (README, "Stopping"): natd killed with SIGKILL
-/// cannot restore forwarding, and its programs go with it; the nftables
-/// guard the README ships (examples/natd-guard.nft) then keeps every inside
-/// source off the WAN. Loaded while natd runs, the guard changes nothing:
-/// the programs forward in XDP, before the kernel's forward hook.
+/// leaves its datapath serving from its pins, translating as before, and
+/// cannot restore forwarding. `natd down` then removes the programs, with
+/// forwarding still on (no natd handed over the values to put back): the
+/// nftables guard the README ships (examples/natd-guard.nft) keeps every
+/// inside source off the WAN. Loaded while natd runs, the guard changes
+/// nothing: the programs forward in XDP, before the kernel's forward hook.
 #[test]
 fn after_a_crash_the_nftables_guard_keeps_inside_sources_off_the_wan() {
     require_root!();
@@ -265,10 +267,16 @@ fn after_a_crash_the_nftables_guard_keeps_inside_sources_off_the_wan() {
     thread::sleep(Duration::from_secs(1));
     lab.kill_natd().unwrap();
     assert_eq!(forwarding(&lab, "lan0"), "1", "a killed natd restores nothing (what the README says)");
+    thread::sleep(Duration::from_millis(700));
+    let down = lab.natd_cli(&["down", "--lan", "lan0", "--wan", "wan0"]).unwrap();
+    assert!(down.status.success(), "{down:?}");
+    assert_eq!(forwarding(&lab, "lan0"), "1", "natd down cannot know what the killed natd found");
     sender.join().unwrap();
     let seen = capture.finish().unwrap();
     let leaked: Vec<&String> = seen.iter().filter(|l| l.contains("10.77.1.")).collect();
     assert!(leaked.is_empty(), "inside sources reached the WAN after the crash:\n{leaked:?}");
+    let translated = seen.iter().filter(|l| l.contains(&format!("{EXTERNAL}."))).count();
+    assert!(translated > 60, "the datapath translated on after the crash (some 50 packets before it), until natd down: {translated} packets");
     let guard_counts = lab.gw.exec(&["nft", "list", "table", "inet", "natd_guard"]).unwrap();
     assert!(!guard_counts.contains("counter packets 0 bytes 0 drop\n\t\tiifname \"wan0\""), "the guard dropped nothing:\n{guard_counts}");
 }
