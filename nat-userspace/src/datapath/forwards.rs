@@ -52,6 +52,44 @@ impl StaticMapping {
     }
 }
 
+impl Datapath {
+    /// The servers (address, port for the forward's first port) an adopted
+    /// datapath has up in BACKENDS.
+    pub fn backends_up(&self) -> Result<Vec<(std::net::Ipv4Addr, u16)>> {
+        let array: Array<&MapData, Backend> = Array::try_from(self.map(map_names::BACKENDS)?)?;
+        Ok(array
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|backend| backend.state == nat_common::forward::backend_state::UP)
+            .map(|backend| (std::net::Ipv4Addr::from(backend.addr_be.to_ne_bytes()), backend.base_port))
+            .collect())
+    }
+
+    /// Removes what forwards no longer configured left in an adopted
+    /// datapath: ports in FORWARDS other than `keep_ports`, static mappings
+    /// in OUTBOUND other than `keep_statics`. Returns how many went.
+    pub fn prune_forwards(&mut self, keep_ports: &std::collections::HashSet<Endpoint>, keep_statics: &[Endpoint]) -> Result<usize> {
+        let ports: Vec<Endpoint> = {
+            let map: HashMap<&MapData, Endpoint, ForwardPort> = HashMap::try_from(self.map(map_names::FORWARDS)?)?;
+            map.keys().filter_map(Result::ok).filter(|port| !keep_ports.contains(port)).collect()
+        };
+        let statics: Vec<Endpoint> = self
+            .outbound()?
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(server, mapping)| mapping.flags & mapping_flags::FORWARD != 0 && !keep_statics.contains(server))
+            .map(|(server, _)| server)
+            .collect();
+        for port in &ports {
+            self.remove_forward_port(port)?;
+        }
+        for server in &statics {
+            self.remove_static_mapping(server)?;
+        }
+        Ok(ports.len() + statics.len())
+    }
+}
+
 /// The writes and reads natd's forwards make, apart from the maps
 /// themselves so the forward logic is tested without a kernel.
 pub trait ForwardTables {

@@ -71,14 +71,27 @@ impl Daemon {
             forwards: Forwards::new(checks),
             no_server_answers: NoServerAnswers::default(),
         };
+        let adopting = adopted.is_some();
         if let Some(held) = adopted {
             let adoption = daemon.adopt(&held)?;
             tracing::info!("{adoption}");
+            let up = daemon.datapath.backends_up()?;
+            daemon.forwards.adopt_health(up);
         }
         daemon.refill_free_queues();
         let forwards = daemon.run.settings.datapath_forwards();
         for change in daemon.apply_forwards(&forwards)? {
             tracing::info!("{change}");
+        }
+        if adopting {
+            // The same settings install the same forwards at the same
+            // indexes, so established forwarded flows go on; what the
+            // previous natd's settings had beyond them goes.
+            let statics = Forwards::static_endpoints(&forwards, &daemon.run.env.external_ips);
+            let pruned = daemon.datapath.prune_forwards(&daemon.forwards.installed_ports(), &statics)?;
+            if pruned > 0 {
+                tracing::info!("removed {pruned} forward ports and static mappings the previous natd's settings had and these do not");
+            }
         }
         Ok(daemon)
     }

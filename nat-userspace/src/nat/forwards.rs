@@ -46,6 +46,10 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// The forwards natd serves, by their index in the datapath's tables.
 pub struct Forwards {
     installed: Vec<Option<Installed>>,
+    /// Servers (address, checked port) an adopted datapath had up: they
+    /// start up, so a restart refuses no new flow while their first check
+    /// runs. Used by the first `apply` only.
+    adopted_up: std::collections::HashSet<(Ipv4Addr, u16)>,
     /// Where the checkers send their results (the main loop reads them).
     results: mpsc::Sender<CheckResult>,
 }
@@ -117,7 +121,7 @@ pub struct FlowView {
 
 impl Forwards {
     pub fn new(results: mpsc::Sender<CheckResult>) -> Self {
-        Self { installed: (0..MAX_FORWARDS).map(|_| None).collect(), results }
+        Self { installed: (0..MAX_FORWARDS).map(|_| None).collect(), adopted_up: Default::default(), results }
     }
 
     /// The inside endpoints `wanted` gives static mappings: a dynamic
@@ -133,6 +137,24 @@ impl Forwards {
             }
         }
         endpoints
+    }
+
+    /// The servers an adopted datapath had up (address, checked port):
+    /// the next `apply` starts them up.
+    pub fn adopt_health(&mut self, up: impl IntoIterator<Item = (Ipv4Addr, u16)>) {
+        self.adopted_up = up.into_iter().collect();
+    }
+
+    /// The external endpoints of every installed forward's ports.
+    pub fn installed_ports(&self) -> std::collections::HashSet<Endpoint> {
+        let mut ports = std::collections::HashSet::new();
+        for installed in self.installed.iter().flatten() {
+            let (first, last) = installed.config.ports;
+            for &proto_nr in &installed.config.protocols {
+                ports.extend((first..=last).map(|port| Endpoint::new(installed.external, port, proto_nr)));
+            }
+        }
+        ports
     }
 
     /// Makes the datapath serve `wanted`: removes the forwards and backends
@@ -167,7 +189,7 @@ impl Forwards {
                         .iter()
                         .position(Option::is_none)
                         .ok_or_else(|| anyhow!("forward {:?}: all {MAX_FORWARDS} forwards are in use", forward.name))?;
-                    let installed = install_forward(tables, index as u32, forward, external, &self.results, now)?;
+                    let installed = install_forward(tables, index as u32, forward, external, &self.results, &self.adopted_up, now)?;
                     changes.push(format!("forward {:?} added: {} {} on {external}", forward.name, forward.protocol_name(), forward.ports_text()));
                     self.installed[index] = Some(installed);
                 }
@@ -176,6 +198,7 @@ impl Forwards {
         if !purged.is_empty() {
             purge_flows(tables, &purged)?;
         }
+        self.adopted_up.clear();
         Ok(changes)
     }
 
@@ -313,10 +336,11 @@ impl Forwards {
 impl Member {
     /// `first_port`: the forward's first external port (the server's port
     /// for it is the one checked).
-    fn new(server: Server, first_port: u16, check: &HealthCheck, results: &mpsc::Sender<CheckResult>, id: BackendId, now: Instant) -> Self {
+    /// `assume_up`: an adopted datapath had it up (see `Forwards::adopted_up`).
+    fn new(server: Server, first_port: u16, check: &HealthCheck, results: &mpsc::Sender<CheckResult>, id: BackendId, assume_up: bool, now: Instant) -> Self {
         let config = health_config(check);
         let mut health = ServerHealth::new(config, server.weight, now);
-        if check.kind == HealthKind::None {
+        if check.kind == HealthKind::None || assume_up {
             // Nothing checks it: up at once (passive signals can still take
             // it down for a while).
             health.record(true, now);
@@ -380,6 +404,7 @@ fn install_forward(
     forward: &Forward,
     external: Ipv4Addr,
     results: &mpsc::Sender<CheckResult>,
+    adopted_up: &std::collections::HashSet<(Ipv4Addr, u16)>,
     now: Instant,
 ) -> Result<Installed> {
     let mut installed = Installed {
@@ -391,7 +416,8 @@ fn install_forward(
     };
     for (slot, server) in forward.servers.iter().enumerate() {
         tables.reset_signals(index, slot as u32)?;
-        installed.backends[slot] = Some(Member::new(*server, forward.ports.0, &forward.health, results, backend_id(index, slot as u32), now));
+        let assume_up = adopted_up.contains(&(server.addr, server.base_port(forward.ports.0)));
+        installed.backends[slot] = Some(Member::new(*server, forward.ports.0, &forward.health, results, backend_id(index, slot as u32), assume_up, now));
     }
     // The backends and their table before the ports: the datapath never
     // finds a forward without them.
@@ -499,7 +525,7 @@ fn update_forward(
                     .find(|s| installed.backends[*s].is_none() && !removed.contains(&(*s as u32)))
                     .ok_or_else(|| anyhow!("forward {name:?}: all {MAX_BACKENDS} backend slots are in use"))?;
                 tables.reset_signals(index, slot as u32)?;
-                installed.backends[slot] = Some(Member::new(*server, forward.ports.0, &forward.health, results, backend_id(index, slot as u32), now));
+                installed.backends[slot] = Some(Member::new(*server, forward.ports.0, &forward.health, results, backend_id(index, slot as u32), false, now));
                 changes.push(format!("forward {name:?}: server {} added", server_text(forward, server)));
                 added.push((slot as u32, *server));
             }
