@@ -29,10 +29,20 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List the live mappings.
+    /// List the live mappings, all or those that match every filter given.
     Sessions {
         #[arg(long)]
         json: bool,
+        /// Only this protocol: tcp, udp, icmp or sctp.
+        #[arg(long, value_name = "PROTO")]
+        proto: Option<String>,
+        /// Only this inside address, or address and port.
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        inside: Option<String>,
+        /// Only this external port, or address and port ("who had
+        /// 203.0.113.1:24217").
+        #[arg(long, value_name = "[ADDR:]PORT")]
+        external: Option<String>,
     },
     /// Show the datapath's per-reason packet counters and the daemon's counters.
     Stats {
@@ -266,7 +276,7 @@ fn ask<T: serde::de::DeserializeOwned>(request: Request) -> Result<Vec<T>> {
     daemons
         .iter()
         .map(|d| {
-            let text = control::query(d, request)?;
+            let text = control::query(d, &request)?;
             serde_json::from_str(&text).with_context(|| format!("natd at @{d} answered {}", text.trim()))
         })
         .collect()
@@ -292,8 +302,8 @@ pub fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn sessions(json: bool) -> Result<()> {
-    let rows: Vec<Session> = ask::<Vec<Session>>(Request::Sessions)?.into_iter().flatten().collect();
+pub fn sessions(json: bool, filter: control::SessionFilter) -> Result<()> {
+    let rows: Vec<Session> = ask::<Vec<Session>>(Request::Sessions(filter))?.into_iter().flatten().collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -15,6 +15,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
     os::{
         linux::net::SocketAddrExt as _,
         unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream},
@@ -82,11 +83,11 @@ pub fn running_daemons() -> Result<Vec<String>> {
 }
 
 /// Sends one request to one daemon and returns its JSON answer.
-pub fn query(daemon: &str, request: Request) -> Result<String> {
+pub fn query(daemon: &str, request: &Request) -> Result<String> {
     let stream = UnixStream::connect_addr(&abstract_addr(daemon)?).with_context(|| format!("connecting to natd at @{daemon}"))?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT * 5))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    (&stream).write_all(format!("{}\n", request.as_str()).as_bytes())?;
+    (&stream).write_all(format!("{}\n", request.line()).as_bytes())?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).with_context(|| format!("reading natd's answer from @{daemon}"))?;
     if answer.is_empty() {
@@ -95,10 +96,11 @@ pub fn query(daemon: &str, request: Request) -> Result<String> {
     Ok(answer)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
-    Sessions,
+    /// The sessions that match (all, with the default filter).
+    Sessions(SessionFilter),
     Stats,
     Forwards,
     Proxies,
@@ -107,10 +109,18 @@ pub enum Request {
 }
 
 impl Request {
-    pub const fn as_str(self) -> &'static str {
+    /// The request as one line of the control protocol.
+    pub fn line(&self) -> String {
+        match self {
+            Request::Sessions(filter) => format!("sessions{}", filter.words()),
+            other => other.as_str().to_string(),
+        }
+    }
+
+    pub const fn as_str(&self) -> &'static str {
         match self {
             Request::Status => "status",
-            Request::Sessions => "sessions",
+            Request::Sessions(_) => "sessions",
             Request::Stats => "stats",
             Request::Forwards => "forwards",
             Request::Proxies => "proxies",
@@ -119,9 +129,12 @@ impl Request {
     }
 
     pub fn parse(line: &str) -> Result<Self> {
-        match line.trim() {
+        let line = line.trim();
+        if let Some(words) = line.strip_prefix("sessions") {
+            return SessionFilter::parse_words(words).map(Request::Sessions);
+        }
+        match line {
             "status" => Ok(Request::Status),
-            "sessions" => Ok(Request::Sessions),
             "stats" => Ok(Request::Stats),
             "forwards" => Ok(Request::Forwards),
             "proxies" => Ok(Request::Proxies),
@@ -164,6 +177,93 @@ pub struct PortUsage {
     /// Released, waiting out the hold time.
     pub held: usize,
     pub free: usize,
+}
+
+/// Which sessions `natd sessions` lists: by protocol, inside address (and
+/// port), external port (and address). The operator's question at 3 a.m.,
+/// "who had 203.0.113.1:24217", is `natd sessions --external
+/// 203.0.113.1:24217`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub proto: Option<String>,
+    pub inside: Option<(Ipv4Addr, Option<u16>)>,
+    pub external: Option<(Option<Ipv4Addr>, u16)>,
+}
+
+impl SessionFilter {
+    /// From the command line's values; an error says which and what is allowed.
+    pub fn new(proto: Option<&str>, inside: Option<&str>, external: Option<&str>) -> Result<Self> {
+        let proto = proto
+            .map(|p| match p.to_ascii_lowercase().as_str() {
+                name @ ("tcp" | "udp" | "icmp" | "sctp") => Ok(name.to_string()),
+                other => Err(anyhow!("--proto {other:?}: must be tcp, udp, icmp or sctp")),
+            })
+            .transpose()?;
+        let inside = inside
+            .map(|text| match text.parse::<SocketAddrV4>() {
+                Ok(addr) => Ok((*addr.ip(), Some(addr.port()))),
+                Err(_) => text.parse::<Ipv4Addr>().map(|ip| (ip, None)).map_err(|_| anyhow!("--inside {text:?}: must be ADDR or ADDR:PORT, e.g. 10.0.0.5 or 10.0.0.5:5353")),
+            })
+            .transpose()?;
+        let external = external
+            .map(|text| match text.parse::<SocketAddrV4>() {
+                Ok(addr) => Ok((Some(*addr.ip()), addr.port())),
+                Err(_) => text.parse::<u16>().map(|port| (None, port)).map_err(|_| anyhow!("--external {text:?}: must be PORT or ADDR:PORT, e.g. 24217 or 203.0.113.1:24217")),
+            })
+            .transpose()?;
+        Ok(Self { proto, inside, external })
+    }
+
+    /// " proto=udp inside=10.0.0.5:5353 external=24217", empty for no filter.
+    fn words(&self) -> String {
+        let mut words = String::new();
+        if let Some(proto) = &self.proto {
+            words += &format!(" proto={proto}");
+        }
+        match self.inside {
+            Some((ip, Some(port))) => words += &format!(" inside={ip}:{port}"),
+            Some((ip, None)) => words += &format!(" inside={ip}"),
+            None => {}
+        }
+        match self.external {
+            Some((Some(ip), port)) => words += &format!(" external={ip}:{port}"),
+            Some((None, port)) => words += &format!(" external={port}"),
+            None => {}
+        }
+        words
+    }
+
+    fn parse_words(words: &str) -> Result<Self> {
+        let (mut proto, mut inside, mut external) = (None, None, None);
+        for word in words.split_whitespace() {
+            match word.split_once('=') {
+                Some(("proto", v)) => proto = Some(v),
+                Some(("inside", v)) => inside = Some(v),
+                Some(("external", v)) => external = Some(v),
+                _ => bail!("unknown sessions filter {word:?}"),
+            }
+        }
+        Self::new(proto, inside, external)
+    }
+
+    pub fn matches(&self, session: &Session) -> bool {
+        if self.proto.as_ref().is_some_and(|p| *p != session.proto) {
+            return false;
+        }
+        if let Some((ip, port)) = self.inside {
+            let Ok(inside) = session.inside.parse::<SocketAddrV4>() else { return false };
+            if *inside.ip() != ip || port.is_some_and(|p| p != inside.port()) {
+                return false;
+            }
+        }
+        if let Some((ip, port)) = self.external {
+            let Ok(external) = session.external.parse::<SocketAddrV4>() else { return false };
+            if external.port() != port || ip.is_some_and(|ip| ip != *external.ip()) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// One row of `sessions`: a mapping, or a forwarded flow (with its remote
@@ -210,5 +310,39 @@ pub struct Counter {
 impl Stats {
     pub fn get(&self, name: &str) -> Option<u64> {
         self.datapath.iter().chain(&self.daemon).find(|c| c.name == name).map(|c| c.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(proto: &str, inside: &str, external: &str) -> Session {
+        Session { proto: proto.into(), inside: inside.into(), external: external.into(), remote: None, forward: None, state: "active".into(), idle_s: 0, timeout_s: 300 }
+    }
+
+    #[test]
+    fn session_filters_travel_as_one_line_and_match_each_field() {
+        let filter = SessionFilter::new(Some("UDP"), Some("10.0.0.5"), Some("203.0.113.1:24217")).unwrap();
+        let request = Request::Sessions(filter.clone());
+        assert_eq!(request.line(), "sessions proto=udp inside=10.0.0.5 external=203.0.113.1:24217");
+        assert_eq!(Request::parse(&request.line()).unwrap(), request);
+        assert_eq!(Request::parse("sessions").unwrap(), Request::Sessions(SessionFilter::default()));
+        assert!(filter.matches(&row("udp", "10.0.0.5:5353", "203.0.113.1:24217")));
+        assert!(!filter.matches(&row("tcp", "10.0.0.5:5353", "203.0.113.1:24217")), "another protocol");
+        assert!(!filter.matches(&row("udp", "10.0.0.6:5353", "203.0.113.1:24217")), "another inside address");
+        assert!(!filter.matches(&row("udp", "10.0.0.5:5353", "203.0.113.2:24217")), "another external address");
+        assert!(!filter.matches(&row("udp", "10.0.0.5:5353", "203.0.113.1:24218")), "another external port");
+        let by_port = SessionFilter::new(None, Some("10.0.0.5:5353"), Some("24217")).unwrap();
+        assert!(by_port.matches(&row("tcp", "10.0.0.5:5353", "198.51.100.7:24217")));
+        assert!(!by_port.matches(&row("tcp", "10.0.0.5:5354", "198.51.100.7:24217")));
+        for (proto, inside, external, said) in [
+            (Some("gre"), None, None, "--proto \"gre\": must be tcp, udp, icmp or sctp"),
+            (None, Some("10.0.0"), None, "--inside \"10.0.0\": must be ADDR or ADDR:PORT"),
+            (None, None, Some("port"), "--external \"port\": must be PORT or ADDR:PORT"),
+        ] {
+            let e = SessionFilter::new(proto, inside, external).unwrap_err().to_string();
+            assert!(e.contains(said), "{e}");
+        }
     }
 }

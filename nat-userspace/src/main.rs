@@ -19,7 +19,8 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(serve::run(*args))),
         Cmd::Status { json } => cli::status(json),
-        Cmd::Sessions { json } => cli::sessions(json),
+        Cmd::Sessions { json, proto, inside, external } => nat_userspace::control::SessionFilter::new(proto.as_deref(), inside.as_deref(), external.as_deref())
+            .and_then(|filter| cli::sessions(json, filter)),
         Cmd::Stats { json } => cli::stats(json),
         Cmd::Forwards { json } => cli::forwards(json),
         Cmd::Proxies { json } => cli::proxies(json),

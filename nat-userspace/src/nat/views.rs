@@ -19,7 +19,11 @@ use crate::{
 pub fn answer(daemon: &Daemon, request: Request) -> Result<String> {
     Ok(match request {
         Request::Status => serde_json::to_string(&status(daemon))?,
-        Request::Sessions => serde_json::to_string(&session_rows(daemon)?)?,
+        Request::Sessions(filter) => {
+            let mut rows = session_rows(daemon)?;
+            rows.retain(|row| filter.matches(row));
+            serde_json::to_string(&rows)?
+        }
         Request::Stats => serde_json::to_string(&stats(daemon)?)?,
         Request::Forwards => serde_json::to_string(&daemon.forwards.views(&daemon.datapath, Instant::now())?)?,
         // Changes the daemon: `serve` answers it.

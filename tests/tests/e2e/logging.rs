@@ -91,3 +91,31 @@ fn mapping_logs_go_compact_to_a_file_and_after_a_reload_to_syslog() {
     assert!(message.starts_with("<30>natd[") && message.contains(" + udp "), "{message}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `natd sessions` filters: "who had EXTERNAL:PORT" in one command, by
+/// protocol and by inside address too.
+#[test]
+fn sessions_are_filtered_by_protocol_inside_and_external() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    for host in 0..2 {
+        assert_eq!(udp_request(&lab.hosts[host], 6001, b"f".to_vec()).join().unwrap().unwrap(), b"echo:f");
+    }
+    let all = lab.sessions().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let wanted = &all[0];
+    let out = lab.natd_cli(&["sessions", "--json", "--external", &wanted.external]).unwrap();
+    let found: Vec<nat_userspace::control::Session> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].inside, wanted.inside);
+    let host = wanted.inside.split(':').next().unwrap();
+    let out = lab.natd_cli(&["sessions", "--proto", "udp", "--inside", host]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&wanted.inside) && text.contains("1 session(s)"), "{text}");
+    let out = lab.natd_cli(&["sessions", "--proto", "tcp"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 session(s)"));
+    let bad = lab.natd_cli(&["sessions", "--external", "nope"]).unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("must be PORT or ADDR:PORT"), "{bad:?}");
+}
