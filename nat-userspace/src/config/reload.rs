@@ -1,10 +1,11 @@
 //! What a reload may change while natd runs: the forwards and proxies
 //! (added, removed, or changed in place), the log level, the WAN drop list,
 //! the timeouts (existing sessions age by the new ones from the next scan),
-//! filtering, `ports_per_host` and `log_mappings`. The rest shapes what is
-//! loaded and attached, and changing it means a restart: the interfaces,
-//! the address pool, the port ranges, and parity, class and hold (the free
-//! port queues the datapath claims from are built for them), the XDP mode,
+//! filtering, `ports_per_host`, `log_mappings`, and port parity and class
+//! (for new mappings: the allocator's policy and the datapath's settings;
+//! the free queues are per parity whatever the setting). The rest shapes
+//! what is loaded and attached, and changing it means a restart: the
+//! interfaces, the address pool, the port ranges and the hold, the XDP mode,
 //! the inside prefixes, the metrics listener. Filtering by remote needs
 //! the PERMITS table, which natd makes at start only if some protocol
 //! filters by remote then (`Datapath::can_filter_by_remote`).
@@ -31,6 +32,8 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
     compare("filtering", &old.filtering, &new.filtering);
     compare("ports_per_host", &old.ports_per_host, &new.ports_per_host);
     compare("log_mappings", &old.log_mappings, &new.log_mappings);
+    compare("port_parity", &old.port_parity, &new.port_parity);
+    compare("port_class", &old.port_class, &new.port_class);
     compare("mapping_log", &old.mapping_log, &new.mapping_log);
     compare("on_interface_loss", &old.on_interface_loss, &new.on_interface_loss);
     changes
@@ -47,8 +50,6 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("external_ip", &old_env.external_ips, &new_env.external_ips);
     compare("port_range", &(old.port_min, old.port_max), &(new.port_min, new.port_max));
     compare("low_port_range", &old.low_port_range, &new.low_port_range);
-    compare("port_parity", &old.port_parity, &new.port_parity);
-    compare("port_class", &old.port_class, &new.port_class);
     compare("xdp_mode", &old.xdp_mode, &new.xdp_mode);
     compare("port_hold", &old.port_hold, &new.port_hold);
     compare("metrics", &old.metrics, &new.metrics);

@@ -740,9 +740,10 @@ fn forwards_log_level_and_drop_list_change_live() {
 fn what_cannot_change_live_is_refused_by_name() {
     let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
     let old = settings_of(RELOAD_BASE);
-    let new = settings_of("lan = \"lan1\"\nwan = \"wan0\"\nport_range = \"30000-40000\"\nport_parity = false\n[timeouts]\nudp = 60\n");
+    let new = settings_of("lan = \"lan1\"\nwan = \"wan0\"\nport_range = \"30000-40000\"\nport_parity = false\nport_hold = 30\n[timeouts]\nudp = 60\n");
     let changes = fixed_changes(&old, &env, &new, &env);
-    assert_eq!(changes, ["lan: \"lan0\" -> \"lan1\"", "port_range: (20000, 32767) -> (30000, 40000)", "port_parity: true -> false"], "timeouts change live");
+    assert_eq!(changes, ["lan: \"lan0\" -> \"lan1\"", "port_range: (20000, 32767) -> (30000, 40000)", "port_hold: 120s -> 30s"], "timeouts and parity change live");
+    assert!(super::reload::live_changes(&old, &new).contains(&"port_parity: true -> false".to_string()));
     let moved = test_environment(vec![Ipv4Addr::new(203, 0, 113, 9)]);
     assert_eq!(fixed_changes(&old, &env, &old, &moved), ["external_ip: [203.0.113.1] -> [203.0.113.9]"]);
 }

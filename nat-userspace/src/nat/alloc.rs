@@ -79,6 +79,12 @@ impl PortAllocator {
         Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], queued_ports: HashSet::new(), rng: seed | 1 }
     }
 
+    /// A reload's parity and class: for allocations from now on.
+    pub fn set_parity_and_class(&mut self, parity: bool, class: bool) {
+        self.policy.parity = parity;
+        self.policy.class = class;
+    }
+
     pub fn capacity(&self) -> u32 {
         let low = self.policy.low.map_or(0, |(lo, hi)| u32::from(hi - lo) + 1);
         u32::from(self.max - self.min) + 1 + low

@@ -142,11 +142,14 @@ impl Daemon {
     }
 
     /// A reload's settings that change how natd allocates and logs:
-    /// `ports_per_host`, `log_mappings` and `mapping_log` (timeouts are read
+    /// `ports_per_host`, `port_parity`, `port_class`, `log_mappings` and
+    /// `mapping_log` (the datapath's side of parity and class is its
+    /// CONFIG, which the reload writes; timeouts are read
     /// at each aging scan, so they apply to existing sessions from the next
     /// one).
     pub fn apply_live_settings(&mut self, settings: &crate::config::Settings) -> Result<()> {
         self.quota.set_limit(settings.ports_per_host);
+        self.ports.set_parity_and_class(settings.port_parity, settings.port_class);
         self.log.reconfigure(settings.log_mappings, &settings.mapping_log)
     }
 

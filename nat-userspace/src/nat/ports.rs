@@ -201,6 +201,14 @@ impl Ports {
         }
     }
 
+    /// A reload's `port_parity` and `port_class`, for new mappings (live
+    /// ones keep their ports).
+    pub fn set_parity_and_class(&mut self, parity: bool, class: bool) {
+        for pool in &mut self.pools {
+            pool.set_parity_and_class(parity, class);
+        }
+    }
+
     /// A live mapping of an adopted datapath: its port and slot are in use.
     /// A port outside the pool or range (the settings changed across the
     /// restart) is left to the mapping and never handed out meanwhile.

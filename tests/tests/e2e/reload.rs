@@ -59,7 +59,7 @@ fn timeouts_and_filtering_change_live_and_an_interface_change_is_refused() {
     assert!(!receives(&inside), "and filtered again after the next reload");
 
     // What cannot change live: refused whole, natd serving as before.
-    for (changed, name) in [(config("address-and-port-dependent", 300).replace("lan = \"lan0\"\nwan = \"wan0\"", "lan = \"wan0\"\nwan = \"lan0\""), "wan: \"wan0\" -> \"lan0\""), (format!("port_parity = false\n{}", config("address-and-port-dependent", 300)), "port_parity")] {
+    for (changed, name) in [(config("address-and-port-dependent", 300).replace("lan = \"lan0\"\nwan = \"wan0\"", "lan = \"wan0\"\nwan = \"lan0\""), "wan: \"wan0\" -> \"lan0\""), (format!("port_hold = 30\n{}", config("address-and-port-dependent", 300)), "port_hold")] {
         let (ok, text) = reload(&lab, &changed);
         assert!(!ok && text.contains("cannot change while natd runs") && text.contains(name), "{text}");
     }
@@ -86,4 +86,31 @@ fn filtering_by_remote_needs_a_restart_when_natd_started_without_it() {
     assert!(!ok && text.contains("restart natd to change filtering") && text.contains("nothing was changed"), "{text}");
     let (ok, text) = reload(&lab, "[timeouts]\nudp = 60\n");
     assert!(ok && text.contains("timeouts: "), "{text}");
+}
+
+/// Port class changes live, for new mappings: with it, an inside port
+/// below 1024 gets one from `low_port_range`; after a reload turning it off,
+/// the next such flow gets one from `port_range`, and the first keeps its own.
+#[test]
+fn port_class_changes_live_for_new_mappings() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let base = "lan = \"lan0\"\nwan = \"wan0\"\nlow_port_range = \"600-700\"\n";
+    lab.start_natd_with_config(base).unwrap();
+    let server = udp_socket_in(&lab.server, 7001);
+    server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let first_port = |inside_port: u16| -> u16 {
+        let inside = udp_socket_in(&lab.hosts[0], inside_port);
+        inside.send_to(b"x", SocketAddrV4::new(SERVER, 7001)).unwrap();
+        let mut buf = [0u8; 8];
+        let (_, from) = server.recv_from(&mut buf).expect("the flow reached the server");
+        from.port()
+    };
+    let before = first_port(500);
+    assert!((600..=700).contains(&before), "port_class on: {before}");
+    let (ok, text) = reload(&lab, &format!("{base}port_class = false\n"));
+    assert!(ok && text.contains("port_class: true -> false"), "{text}");
+    let after = first_port(501);
+    assert!((20000..=32767).contains(&after), "port_class off: {after}");
+    assert_eq!(lab.external_of("udp", SocketAddrV4::new(host_addr(0), 500)).unwrap().port(), before, "the first mapping kept its port");
 }
