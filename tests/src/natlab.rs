@@ -649,12 +649,34 @@ impl Capture {
 
     /// Stops the capture and returns one line per packet.
     pub fn finish(mut self) -> Result<Vec<String>> {
+        self.stop();
+        let text = crate::netns::run(std::process::Command::new("ip").args(["netns", "exec", &self.ns, "tcpdump", "-n", "-r"]).arg(&self.file))?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
+}
+
+impl Capture {
+    fn stop(&mut self) {
         thread::sleep(Duration::from_millis(200));
         if let Some(mut child) = self.child.take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             let _ = child.wait();
         }
-        let text = crate::netns::run(std::process::Command::new("ip").args(["netns", "exec", &self.ns, "tcpdump", "-n", "-r"]).arg(&self.file))?;
+    }
+
+    /// Stops the capture and reads it with tshark: one line per packet, the
+    /// `fields` tab-separated, with tshark's `prefs` (`-o NAME:VALUE`).
+    pub fn tshark_fields(mut self, prefs: &[&str], fields: &[&str]) -> Result<Vec<String>> {
+        self.stop();
+        let mut cmd = std::process::Command::new("tshark");
+        cmd.arg("-n").arg("-r").arg(&self.file).args(["-T", "fields"]);
+        for pref in prefs {
+            cmd.args(["-o", pref]);
+        }
+        for field in fields {
+            cmd.args(["-e", field]);
+        }
+        let text = crate::netns::run(&mut cmd)?;
         Ok(text.lines().map(str::to_string).collect())
     }
 }

@@ -200,7 +200,17 @@ fn packet_without_a_neighbour_is_delivered_through_the_kernel() {
     require_root!();
     let mut lab = lab(false);
     let mut ring = lab.datapath.take_miss_ring().unwrap();
-    lab.gw.ip(&["neigh", "flush", "dev", "lan0"]).unwrap();
+    // The premise: the gateway has no neighbour entry for the host (an ARP
+    // request from the host would make one again, so check after flushing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        lab.gw.ip(&["neigh", "flush", "dev", "lan0"]).unwrap();
+        if !lab.gw.ip(&["neigh", "show", "10.77.1.10"]).unwrap().contains("lladdr") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway keeps a neighbour entry for the host");
+        thread::sleep(Duration::from_millis(50));
+    }
     let host = in_ns(&lab.host, || {
         let sock = UdpSocket::bind(SocketAddrV4::new(HOST, UDP_PORT)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

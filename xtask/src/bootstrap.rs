@@ -54,6 +54,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // metrics`, run as a command only (policy-rc.d keeps the prometheus
     // server's service off).
     ("promtool", "prometheus"),
+    // SCTP with a real stack: usrsctp's example programs (client,
+    // echo_server) run over raw IPv4, since this kernel has no SCTP; tshark
+    // checks every SCTP packet's CRC32c in the captures.
+    ("/usr/lib/usrsctp/client", "libusrsctp-examples"),
+    ("tshark", "tshark"),
 ];
 
 /// Debian's policy hook: while it exits 101, package scripts start no
