@@ -200,6 +200,7 @@ fn summarize(dir: &Path, plan: &Plan) -> Result<()> {
     writeln!(md, "| first-packet added latency p50 / p99, us | {} / {} | - | p99 < 100 |", l["p50"], l["p99"])?;
     let b = &results["bytes_per_session"];
     writeln!(md, "| kernel bytes per session (vs conntrack object) | {} | {} | <= 192 |", b["xdp_nat"], b["conntrack"])?;
+    writeln!(md, "| natd bytes per session at 1,000,000 (its table and port allocators) | {} | - | <= 64 |", b["natd"])?;
     writeln!(md, "| sessions held | {} | - | 1,000,000 |", results["sessions_held"])?;
     writeln!(md, "| aging scan, CPU ms per million sessions | {} | - | < 200 |", results["aging_scan_ms_per_million"])?;
     writeln!(md, "\n## Inbound forwards (inbound-bench)\n")?;

@@ -117,7 +117,7 @@ impl Daemon {
         for (inside, mapping) in &live {
             let external = mapping.target(inside.proto);
             self.ports.adopt(&external, mapping.session);
-            self.sessions.insert(*inside, SessionEntry { external, slot: mapping.session, created_ns: now });
+            self.sessions.insert(*inside, SessionEntry::new(external, mapping.session, now));
         }
         self.ports.adopt_held(held);
         self.quota.adopt(self.datapath.host_returns()?);
@@ -224,7 +224,7 @@ impl Daemon {
             return;
         }
         self.ports.claimed(claim);
-        self.sessions.insert(claim.inside, SessionEntry { external: claim.external, slot: claim.session, created_ns: coarse_now_ns() });
+        self.sessions.insert(claim.inside, SessionEntry::new(claim.external, claim.session, coarse_now_ns()));
         self.log.mapping("created", &claim.inside, &claim.external, None);
         self.counters.mappings_created += 1;
         self.counters.claimed_in_datapath += 1;
@@ -264,7 +264,7 @@ impl Daemon {
         let now = coarse_now_ns();
         let refusal = match self.ports.set_up(&mut self.datapath, &mut self.quota, inside, now)? {
             SetUp::Made { external, slot } => {
-                self.sessions.insert(inside, SessionEntry { external, slot, created_ns: now });
+                self.sessions.insert(inside, SessionEntry::new(external, slot, now));
                 self.log.mapping("created", &inside, &external, None);
                 self.counters.mappings_created += 1;
                 return Ok(Some(external));
@@ -342,7 +342,7 @@ impl Daemon {
         self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
         self.ports.release(&entry.external, entry.slot, now);
         self.quota.released(&mut self.datapath, &inside)?;
-        self.log.mapping("removed", &inside, &entry.external, Some(now.saturating_sub(entry.created_ns)));
+        self.log.mapping("removed", &inside, &entry.external, Some(entry.lifetime_ns(now)));
         Ok(())
     }
 }

@@ -12,13 +12,29 @@ use crate::{
 };
 
 /// A live session as natd keeps it: where the inside endpoint is mapped to,
-/// and its slot in the LIVENESS array.
+/// and its slot in the LIVENESS array. 16 bytes, 24 with its key: at a
+/// million sessions the table's buckets cost ~52 bytes a session (a u64
+/// creation time made it ~69).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionEntry {
     pub external: Endpoint,
     pub slot: u32,
-    /// `coarse_now_ns` when the mapping was made (for the mapping log).
-    pub created_ns: u64,
+    /// natd's clock in whole seconds when the mapping was made (the mapping
+    /// log gives lifetimes in seconds).
+    pub created_s: u32,
+}
+const _: () = assert!(std::mem::size_of::<SessionEntry>() == 16);
+
+impl SessionEntry {
+    /// Made at `now_ns` (`coarse_now_ns`).
+    pub const fn new(external: Endpoint, slot: u32, now_ns: u64) -> Self {
+        Self { external, slot, created_s: (now_ns / 1_000_000_000) as u32 }
+    }
+
+    /// How long it has lived at `now_ns`, to the second.
+    pub const fn lifetime_ns(&self, now_ns: u64) -> u64 {
+        (now_ns / 1_000_000_000).saturating_sub(self.created_s as u64) * 1_000_000_000
+    }
 }
 
 /// inside endpoint -> session. foldhash: the aging scan walks every session

@@ -1,7 +1,8 @@
 //! Sessions at scale (../shared/BENCHMARK.md, figures 5 and 6): a million
 //! sessions held in the maps, kernel memory per session (the maps' memlock
-//! against the conntrack slab object), and the CPU time of natd's aging scan
-//! over all of them.
+//! against the conntrack slab object), natd's own memory per session (the
+//! resident growth of its session table and port allocators as natd keeps
+//! them), and the CPU time of natd's aging scan over all of them.
 //!
 //! Usage: capacity-bench [SESSIONS]  (root; writes target/bench/capacity.{json,md})
 
@@ -12,7 +13,10 @@ use nat_common::{Endpoint, MAX_MAPPINGS, proto};
 use nat_tests::{TestGateway, addr};
 use nat_userspace::{
     config::Timeouts,
-    nat::sessions::{SessionEntry, SessionTable, expired_sessions},
+    nat::{
+        alloc::PortAllocator,
+        sessions::{SessionEntry, SessionTable, expired_sessions},
+    },
 };
 
 /// Aging scans timed; the median is reported.
@@ -26,15 +30,28 @@ fn main() -> Result<()> {
 
     // Inside hosts 10.0.0.0/8 x 16 ports, external ports spread over a /24
     // of external addresses: a million distinct pairs.
-    let mut table = SessionTable::default();
-    let started = Instant::now();
-    for i in 0..sessions {
+    let session = |i: u32| {
         let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto::UDP);
         let external = Endpoint::new(Ipv4Addr::from(0xcb00_7100 | (i >> 16)), (i & 0xffff) as u16, proto::UDP);
+        (inside, external)
+    };
+    let started = Instant::now();
+    for i in 0..sessions {
+        let (inside, external) = session(i);
         gw.datapath.insert_pair(inside, external, i, 0).with_context(|| format!("session {i}"))?;
-        table.insert(inside, SessionEntry { external, slot: i, created_ns: 0 });
     }
     let insert_s = started.elapsed().as_secs_f64();
+    // natd's side, as it keeps it: the session table, and each external
+    // address's port allocator with the session's port taken.
+    let rss_before = resident_bytes()?;
+    let mut table = SessionTable::default();
+    let mut allocators: Vec<PortAllocator> = (0..=(sessions - 1) >> 16).map(|a| PortAllocator::new(1, 65535, 0, u64::from(a) + 1)).collect();
+    for i in 0..sessions {
+        let (inside, external) = session(i);
+        table.insert(inside, SessionEntry::new(external, i, 0));
+        allocators[(i >> 16) as usize].adopt(proto::UDP, external.port());
+    }
+    let natd_bytes = resident_bytes()?.saturating_sub(rss_before) as f64 / f64::from(sessions);
     let held = gw.datapath.outbound()?.keys().count();
     ensure!(held == sessions as usize, "{held} of {sessions} sessions in the map");
 
@@ -64,7 +81,7 @@ fn main() -> Result<()> {
 
     let json = format!(
         "{{\n  \"sessions_held\": {held},\n  \"insert_s\": {insert_s:.2},\n  \
-         \"bytes_per_session\": {{\"xdp_nat\": {nat_bytes:.0}, \"conntrack\": {conntrack_bytes}}},\n  \
+         \"bytes_per_session\": {{\"xdp_nat\": {nat_bytes:.0}, \"conntrack\": {conntrack_bytes}, \"natd\": {natd_bytes:.0}}},\n  \
          \"mapping_maps_memlock_bytes\": {map_bytes},\n  \
          \"aging_scan_ms_per_million\": {scan_cpu:.0},\n  \"aging_scan_wall_ms_per_million\": {scan_wall:.0}\n}}\n"
     );
@@ -72,9 +89,17 @@ fn main() -> Result<()> {
     writeln!(md, "| sessions held | {held} (inserted in {insert_s:.1} s, both directions) |")?;
     writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND + LIVENESS memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
     writeln!(md, "| kernel bytes per session, conntrack (nf_conntrack slab object) | {conntrack_bytes} |")?;
+    writeln!(md, "| natd bytes per session (resident growth of its session table and port allocators / {sessions}) | {natd_bytes:.0} |")?;
     writeln!(md, "| aging scan CPU per million sessions | {scan_cpu:.0} ms (wall {scan_wall:.0} ms) |")?;
     nat_tests::bench::write_results("capacity", &json, &md)?;
     Ok(())
+}
+
+/// This process's resident memory (/proc/self/statm).
+fn resident_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).context("short statm")?.parse()?;
+    Ok(pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64)
 }
 
 fn thread_cpu_ns() -> u64 {
