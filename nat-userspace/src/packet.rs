@@ -225,6 +225,54 @@ pub fn translate_fragment(ip: &mut [u8], dir: u8, to: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
+/// Where an IPv4 packet (header first) stands in fragmentation: `Some(true)`
+/// for an SCTP datagram's first fragment (offset 0, more fragments),
+/// `Some(false)` for its last fragment (offset > 0, no more), with the whole
+/// datagram's payload length, the SCTP packet's (offset + this payload);
+/// `None` for anything else.
+pub fn sctp_fragment_role(ip: &[u8]) -> Option<(bool, usize)> {
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    const OFFSET_MASK: u16 = 0x1fff;
+    if ip.len() < MIN_HEADER || ip[0] >> 4 != 4 || ip[9] != proto::SCTP {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    let offset = usize::from(flags & OFFSET_MASK) * 8;
+    let payload = total.checked_sub(ihl)?;
+    match (flags & MORE_FRAGMENTS != 0, offset) {
+        (true, 0) => Some((true, payload)),
+        (false, offset) if offset > 0 => Some((false, offset + payload)),
+        _ => None,
+    }
+}
+
+/// Translates the first fragment of an SCTP datagram (`ip`, header first)
+/// whose SCTP packet is `sctp_len` bytes (the datagram's payload, which only
+/// its last fragment tells): the address and port of `dir`'s side to `to`,
+/// the CRC32c carried along for the port change with the whole packet's
+/// length (the update a whole packet gets; its field is in this fragment),
+/// the IPv4 checksum and TTL.
+pub fn translate_sctp_first_fragment(ip: &mut [u8], dir: u8, to: Endpoint, sctp_len: usize) -> Result<()> {
+    ensure!(ip.len() >= MIN_HEADER && ip[0] >> 4 == 4, "not an IPv4 packet");
+    ensure!(ip[8] > 1, "TTL expired");
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let ports = crc32c::SCTP_PORTS_LEN;
+    ensure!(ip.len() >= ihl + 12 && sctp_len >= 12, "an SCTP first fragment without its whole common header");
+    let side = if dir == frag_dir::OUT { Side::Source } else { Side::Destination };
+    rewrite_address(ip, side, to.addr_be, true);
+    let sctp = &mut ip[ihl..];
+    let port_at = if side == Side::Source { 0 } else { 2 };
+    let old_ports: [u8; 4] = sctp[..ports].try_into()?;
+    sctp[port_at..port_at + 2].copy_from_slice(&to.port_be.to_ne_bytes());
+    let new_ports: [u8; 4] = sctp[..ports].try_into()?;
+    let field: [u8; 4] = sctp[8..12].try_into()?;
+    let shift = crc32c::x8n_mod_p((sctp_len - ports) as u32);
+    sctp[8..12].copy_from_slice(&crc32c::updated_checksum_field_for_port_rewrite(field, old_ports, new_ports, shift));
+    Ok(())
+}
+
 /// ICMP Destination Unreachable `code` from `from` to the sender of
 /// `refused` (an IPv4 packet, header first), quoting its IPv4 header and the
 /// first 8 bytes after it (RFC 792), with valid checksums. `None` if
@@ -573,6 +621,43 @@ mod tests {
         let c = checksum::checksum(&first[..20]);
         first[10..12].copy_from_slice(&c.to_ne_bytes());
         assert!(translate_source(&mut first, external).is_err(), "an SCTP first fragment is not translated");
+    }
+
+    /// An SCTP datagram fragmented on its way: its first fragment is
+    /// translated with the whole packet's length (which the last fragment
+    /// tells), and the reassembled datagram's CRC32c holds, out and in, at
+    /// lengths past the datapath's table (up to an IPv4 datagram's limit).
+    #[test]
+    fn sctp_first_fragments_are_translated_with_the_datagram_length() {
+        let external = Endpoint::new(Ipv4Addr::new(203, 0, 113, 1), 20002, proto::SCTP);
+        let inside = Endpoint::new(Ipv4Addr::new(10, 77, 1, 10), 6000, proto::SCTP);
+        for len in [1500, 4000, 16400, 65000] {
+            let whole = sctp_packet(len);
+            // The first fragment: the header and 1480 bytes, offset 0, MF.
+            let mut first = whole[..20 + 1480].to_vec();
+            first[2..4].copy_from_slice(&(1500u16).to_be_bytes());
+            first[6] = 0x20;
+            first[10..12].fill(0);
+            let c = checksum::checksum(&first[..20]);
+            first[10..12].copy_from_slice(&c.to_ne_bytes());
+            assert_eq!(sctp_fragment_role(&first), Some((true, 1480)));
+            // The last fragment tells the whole length.
+            let mut last = whole[..20].to_vec();
+            last.extend_from_slice(&whole[20 + 1480..]);
+            let last_len = last.len() as u16;
+            last[2..4].copy_from_slice(&last_len.to_be_bytes());
+            last[6..8].copy_from_slice(&(1480u16 / 8).to_be_bytes());
+            assert_eq!(sctp_fragment_role(&last), Some((false, len)));
+            for (dir, to, port_at) in [(frag_dir::OUT, external, 20), (frag_dir::IN, inside, 22)] {
+                let mut translated = first.clone();
+                translate_sctp_first_fragment(&mut translated, dir, to, len).unwrap();
+                assert_eq!(&translated[port_at..port_at + 2], &to.port_be.to_ne_bytes());
+                assert!(checksum::verifies(&translated[..20], 0), "{len}: IPv4 header checksum");
+                let reassembled = [&translated[20..], &whole[20 + 1480..]].concat();
+                assert!(crc32c::verify_sctp_checksum(&reassembled), "{len} bytes, dir {dir}: the reassembled datagram's CRC32c holds");
+            }
+        }
+        assert_eq!(sctp_fragment_role(&sctp_packet(64)), None, "a whole packet");
     }
 
     /// Lengths are checked once: a header that lies is refused, and the

@@ -3,8 +3,13 @@ tests: the kernel of the test machine has no SCTP. Its own CRC32c (RFC 9260
 appendix, table-driven, independent of the gateway's code) seals what it
 sends and checks what it receives.
 
-  sctp_peer.py server COUNT SECONDS   answer COUNT senders, print what was seen
-  sctp_peer.py client SERVER PORT TAG send INITs with TAG until an answer
+  sctp_peer.py server COUNT SECONDS [BIG]   answer COUNT senders (and wait
+                                            for BIG datagrams over 1,400 bytes),
+                                            print what was seen
+  sctp_peer.py client SERVER PORT TAG [SIZE] send INITs with TAG until an
+                                            answer; then, with SIZE, one DATA
+                                            packet of SIZE bytes (fragmented
+                                            by the kernel) and its echo back
 
 Both print one JSON object on stdout.
 """
@@ -50,12 +55,18 @@ def split(datagram):
     return socket.inet_ntoa(datagram[12:16]), datagram[ihl:]
 
 
-def server(count, seconds):
+# IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF, so the kernel fragments what
+# does not fit the link (a raw socket otherwise refuses it).
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+
+
+def server(count, seconds, want_big=0):
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     sock.settimeout(0.5)
-    peers, bad = {}, 0
+    peers, bad, big = {}, 0, 0
     deadline = time.time() + seconds
-    while time.time() < deadline and len(peers) < count:
+    while time.time() < deadline and (len(peers) < count or big < want_big):
         try:
             datagram, _ = sock.recvfrom(65535)
         except socket.timeout:
@@ -66,14 +77,18 @@ def server(count, seconds):
             continue
         sport, dport, vtag = struct.unpack("!HHI", sctp[:8])
         data = sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
-        peers["%s:%d" % (src, sport)] = data.decode(errors="replace")
+        if len(datagram) > 1400:
+            big += 1
+        else:
+            peers["%s:%d" % (src, sport)] = data.decode(errors="replace")
         # An INIT ACK-typed answer echoing the data, to the port it came from.
         sock.sendto(packet(dport, sport, vtag, 2, b"echo:" + data), (src, 0))
-    print(json.dumps({"peers": peers, "bad_crc": bad}), flush=True)
+    print(json.dumps({"peers": peers, "bad_crc": bad, "big": big}), flush=True)
 
 
-def client(server_addr, port, tag):
+def client(server_addr, port, tag, size=0):
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     sock.settimeout(1.0)
     vtag = crc32c(tag.encode()) or 1
     for attempt in range(5):
@@ -89,13 +104,35 @@ def client(server_addr, port, tag):
                 continue
             sport, dport, got_vtag = struct.unpack("!HHI", sctp[:8])
             data = sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
-            print(json.dumps({"crc_ok": crc_holds(sctp), "dport": dport, "vtag_ok": got_vtag == vtag, "reply": data.decode(errors="replace"), "attempts": attempt + 1}), flush=True)
+            answer = {"crc_ok": crc_holds(sctp), "dport": dport, "vtag_ok": got_vtag == vtag, "reply": data.decode(errors="replace"), "attempts": attempt + 1}
+            if size:
+                answer["big"] = big_exchange(sock, server_addr, port, vtag, tag, size)
+            print(json.dumps(answer), flush=True)
             return
     print(json.dumps({"crc_ok": False, "reply": None, "attempts": 5}), flush=True)
 
 
+def big_exchange(sock, server_addr, port, vtag, tag, size):
+    """One DATA packet of `size` bytes (the kernel fragments it on the way
+    out, the server's reassembles it) and the echo back, as big."""
+    body = (tag.encode() * (size // len(tag) + 1))[: size - 16]
+    sock.sendto(packet(5000, port, vtag, 0, body), (server_addr, 0))
+    deadline = time.time() + 3.0
+    while time.time() < deadline:
+        try:
+            datagram, _ = sock.recvfrom(65535)
+        except socket.timeout:
+            break
+        src, sctp = split(datagram)
+        if src != server_addr or len(sctp) < 1400:
+            continue
+        data = sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
+        return {"crc_ok": crc_holds(sctp), "len": len(sctp), "echoed": data == b"echo:" + body}
+    return {"crc_ok": False, "len": 0, "echoed": False}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        server(int(sys.argv[2]), float(sys.argv[3]))
+        server(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     else:
-        client(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        client(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)

@@ -209,7 +209,10 @@ impl NatLab {
         cmd.arg("run").args(args).stdout(Stdio::null()).stderr(log);
         cmd.envs(self.natd_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.natd = Some(cmd.spawn().context("starting natd")?);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // natd answers once the verifier has walked its programs (about a
+        // million instructions): seconds of CPU, more when parallel tests
+        // and builds share the machine's two cores.
+        let deadline = Instant::now() + NATD_START_LIMIT;
         while Instant::now() < deadline {
             if let Some(status) = self.natd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.natd = None;
@@ -220,7 +223,7 @@ impl NatLab {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        bail!("natd did not answer `natd status` within 10 s:\n{}", self.natd_log())
+        bail!("natd did not answer `natd status` within {} s:\n{}", NATD_START_LIMIT.as_secs(), self.natd_log())
     }
 
     /// Writes `config` (TOML) to the lab's config file and starts natd with it.
@@ -417,6 +420,9 @@ pub fn snmp_counter(ns: &Netns, group: &str, name: &str) -> Result<u64> {
 
 /// How long the lab's sockets wait for an answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `NatLab::run_natd` waits for natd to answer.
+pub const NATD_START_LIMIT: Duration = Duration::from_secs(30);
 
 /// A UDP socket bound to `port` on every address of `ns`.
 pub fn udp_socket_in(ns: &Netns, port: u16) -> UdpSocket {

@@ -142,10 +142,14 @@ pub fn parse<const SCTP: bool>(ctx: &XdpContext) -> Result<Frame, Invalid> {
         }
         // The CRC32c of a first fragment covers the whole datagram, whose
         // length (the factor a port change is carried by) the first
-        // fragment does not tell: it is not translated, as a tiny fragment
-        // is not. SCTP endpoints avoid IP fragmentation (RFC 9260 §7.3, path
-        // MTU discovery with DF set); it is rare on the wire.
-        Sctp::NR if SCTP && fragment == Fragment::First => (L4::other(), 0),
+        // fragment does not tell, and only the last fragment does. It goes
+        // the way of a later fragment, to natd by datagram identity, and
+        // natd translates it once the last fragment has come (`nat::frag`).
+        // SCTP endpoints avoid IP fragmentation (RFC 9260 §7.3, path MTU
+        // discovery with DF set): rare on the wire, so not worth XDP's time.
+        Sctp::NR if SCTP && fragment == Fragment::First => {
+            return Ok(Frame::Ipv4(Ipv4Packet { eth, l3_offset, ip, l4: L4::other(), fragment: Fragment::Later }));
+        }
         Sctp::NR if SCTP => {
             let sctp: *mut [u8; SCTP_MIN_PACKET_LEN] = ptr_at(ctx, l4_offset)?;
             // Past the shift table a port rewrite could not carry the CRC

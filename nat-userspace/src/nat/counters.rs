@@ -28,6 +28,8 @@ pub struct DaemonCounters {
     /// their first fragment passed, and ones whose first fragment had passed
     /// by the time natd read them.
     pub fragments_sent: u64,
+    /// SCTP first fragments dropped: no session to translate them by.
+    pub sctp_first_fragments_unmapped: u64,
     /// Parked fragments dropped because their first fragment did not pass
     /// within `FRAG_TIMEOUT_NS` (inbound: also every fragment of the
     /// gateway's own fragmented traffic, which the kernel got as well).
@@ -65,6 +67,7 @@ impl DaemonCounters {
             counter("handoff_errors", self.handoff_errors),
             counter("fragments_parked", self.fragments_parked),
             counter("fragments_sent", self.fragments_sent),
+            counter("sctp_first_fragments_unmapped", self.sctp_first_fragments_unmapped),
             counter("fragments_expired", self.fragments_expired),
             counter("fragments_dropped_full", self.fragments_dropped_full),
             counter("no_server_answered", self.no_server_answered),

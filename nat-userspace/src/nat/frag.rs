@@ -14,12 +14,12 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use nat_common::{FRAG_TIMEOUT_NS, FragKey, FragState, MAX_PARKED_DATAGRAMS, MissEvent};
+use nat_common::{Endpoint, FRAG_TIMEOUT_NS, FragKey, FragState, MAX_PARKED_DATAGRAMS, MissEvent};
 
 use crate::{
     datapath::Datapath,
     nat::{counters::DaemonCounters, first_packet::KernelSender, sessions::coarse_now_ns},
-    packet::{Ipv4, translate_fragment},
+    packet::{Ipv4, Side, sctp_fragment_role, translate_fragment, translate_sctp_first_fragment},
 };
 
 /// Later fragments natd holds for their first fragment, and sends on once
@@ -43,6 +43,11 @@ impl Fragments {
         let key = packet.frag_key(dir);
         let packet = packet.datagram().to_vec();
         if let Some(addr_be) = translation(datapath, &key)? {
+            // An SCTP first fragment's ports would stay untranslated: this
+            // one is a copy of one sent already.
+            if matches!(sctp_fragment_role(&packet), Some((true, _))) {
+                return Ok(());
+            }
             return send_fragment(sender, counters, packet, dir, addr_be);
         }
         let now = coarse_now_ns();
@@ -64,9 +69,42 @@ impl Fragments {
         // The first fragment may have passed between the look-up above and
         // the mark: the datapath writes FRAGS before it reads PARKED.
         if let Some(addr_be) = translation(datapath, &key)? {
-            self.release(datapath, sender, counters, &key, addr_be)?;
+            return self.release(datapath, sender, counters, &key, addr_be);
         }
-        Ok(())
+        self.sctp_first_fragment(datapath, sender, counters, &key)
+    }
+
+    /// An SCTP datagram's first fragment waits in the park with the later
+    /// ones (the datapath hands it over as one): the CRC32c update of its
+    /// port rewrite needs the datagram's length, which only the last
+    /// fragment tells. Once both are parked the first fragment is translated
+    /// by its session's mapping and sent, its translation recorded for the
+    /// datagram's fragments still on their way (`FRAGS`), and the parked
+    /// ones released. Without a mapping (no session: a new flow's first
+    /// packet is never a fragment of a DATA-sized datagram) it is dropped
+    /// and counted, and the rest age out.
+    fn sctp_first_fragment(&mut self, datapath: &mut Datapath, sender: &KernelSender, counters: &mut DaemonCounters, key: &FragKey) -> Result<()> {
+        let Some(packets) = self.park.packets(key) else { return Ok(()) };
+        let roles: Vec<Option<(bool, usize)>> = packets.iter().map(|p| sctp_fragment_role(p)).collect();
+        let (Some(first_at), Some(sctp_len)) = (
+            roles.iter().position(|r| matches!(r, Some((true, _)))),
+            roles.iter().find_map(|r| match r {
+                Some((false, len)) => Some(*len),
+                _ => None,
+            }),
+        ) else {
+            return Ok(());
+        };
+        let mut first = self.park.take_one(key, first_at);
+        let Some(to) = sctp_translation(datapath, &first, key.dir)? else {
+            counters.sctp_first_fragments_unmapped += 1;
+            return Ok(());
+        };
+        translate_sctp_first_fragment(&mut first, key.dir, to, sctp_len).context("translating an SCTP first fragment")?;
+        sender.send_packet(&first)?;
+        counters.fragments_sent += 1;
+        datapath.record_fragment(*key, FragState { addr_be: to.addr_be, _pad: 0, stamp_ns: coarse_now_ns() })?;
+        self.release(datapath, sender, counters, key, to.addr_be)
     }
 
     /// natd sent a first fragment itself (a new flow it set up): its later
@@ -102,6 +140,17 @@ impl Fragments {
         }
         Ok(())
     }
+}
+
+/// Where an SCTP first fragment's session translates it: outbound, its
+/// source by OUTBOUND; inbound, its destination by INBOUND. `None`: no
+/// session.
+fn sctp_translation(datapath: &Datapath, first: &[u8], dir: u8) -> Result<Option<Endpoint>> {
+    let packet = Ipv4::read(first)?;
+    let (side, maps_out) = if dir == nat_common::frag_dir::OUT { (Side::Source, true) } else { (Side::Destination, false) };
+    let Some(endpoint) = packet.endpoint(side) else { return Ok(None) };
+    let mapping = if maps_out { datapath.outbound_mapping(&endpoint)? } else { datapath.inbound_mapping(&endpoint)? };
+    Ok(mapping.map(|m| m.target(endpoint.proto)))
 }
 
 /// The address the first fragment of `key` was translated to, if that was
@@ -166,6 +215,23 @@ impl Park {
         self.bytes += packet.len();
         self.datagrams.entry(key).or_insert_with(|| Parked { since_ns: now_ns, packets: Vec::new() }).packets.push(packet);
         if new { Parking::NewDatagram } else { Parking::Added }
+    }
+
+    /// The fragments parked for `key`, in arrival order.
+    pub fn packets(&self, key: &FragKey) -> Option<&[Vec<u8>]> {
+        self.datagrams.get(key).map(|p| p.packets.as_slice())
+    }
+
+    /// Takes the `at`th parked fragment of `key` out (`at` from `packets`).
+    pub fn take_one(&mut self, key: &FragKey, at: usize) -> Vec<u8> {
+        let parked = self.datagrams.get_mut(key).expect("a parked datagram");
+        let packet = parked.packets.remove(at);
+        self.fragments -= 1;
+        self.bytes -= packet.len();
+        if parked.packets.is_empty() {
+            self.datagrams.remove(key);
+        }
+        packet
     }
 
     /// Takes every parked fragment of `key` out of the park.

@@ -214,14 +214,31 @@ fn sctp_packets_without_a_chunk_are_dropped() {
 }
 
 /// A first fragment's CRC32c covers the whole datagram, whose length the
-/// first fragment does not tell: it is not translated, so it never leaves
-/// with the inside address (dropped as untranslatable, counted).
+/// first fragment does not tell: the datapath hands it to natd by datagram
+/// identity, as a later fragment (natd translates it once the last fragment
+/// has told the length). Outbound it never leaves untranslated (dropped
+/// here, the copy is natd's); inbound to the external address the kernel
+/// gets it too, as any fragment natd takes.
 #[test]
-fn sctp_first_fragments_are_not_translated() {
+fn sctp_first_fragments_go_to_natd_by_datagram_identity() {
     require_root!();
-    let gw = sctp_gateway("sctpfrag");
-    let first = with(sctp_out(), |f| f.frag = 0x2000);
-    run_cases(&gw, vec![case("sctp first fragment out", Side::Lan, first, DROP, None, Reason::DropUntranslatable)]).unwrap();
+    let mut gw = sctp_gateway("sctpfrag");
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let first_out = with(sctp_out(), |f| f.frag = 0x2000).build();
+    let first_in = with(sctp_in(), |f| f.frag = 0x2000).build();
+    assert_eq!(gw.run(Side::Lan, &first_out).unwrap().action, DROP, "out: to natd, never to the WAN untranslated");
+    assert_eq!(gw.run(Side::Wan, &first_in).unwrap().action, nat_tests::xdp_action::PASS, "in: natd gets a copy, the kernel the packet");
+    assert_eq!(gw.datapath.counter(Reason::FragmentToDaemon).unwrap(), 2);
+    assert_eq!(gw.datapath.counter(Reason::DropUntranslatable).unwrap(), 0);
+    let mut kinds = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<nat_common::MissEvent>());
+        let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::MissEvent) };
+        kinds.push(event.kind);
+        let frame = if event.kind == nat_common::miss_kind::FRAGMENT_OUT { &first_out } else { &first_in };
+        assert_eq!(event.frame(), &frame[..], "natd gets the first fragment as it arrived");
+    }
+    assert_eq!(kinds, [nat_common::miss_kind::FRAGMENT_OUT, nat_common::miss_kind::FRAGMENT_IN]);
 }
 
 /// SCTP's state comes from the first chunk of each packet, per direction
