@@ -93,17 +93,8 @@ def client(server_addr, port, tag, size=0):
     vtag = crc32c(tag.encode()) or 1
     for attempt in range(5):
         sock.sendto(packet(5000, port, vtag, 1, tag.encode()), (server_addr, 0))
-        deadline = time.time() + 1.0
-        while time.time() < deadline:
-            try:
-                datagram, _ = sock.recvfrom(65535)
-            except socket.timeout:
-                break
-            src, sctp = split(datagram)
-            if src != server_addr or len(sctp) < 16:
-                continue
+        for sctp, data in answers(sock, server_addr, 1.0, 16):
             sport, dport, got_vtag = struct.unpack("!HHI", sctp[:8])
-            data = sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
             answer = {"crc_ok": crc_holds(sctp), "dport": dport, "vtag_ok": got_vtag == vtag, "reply": data.decode(errors="replace"), "attempts": attempt + 1}
             if size:
                 answer["big"] = big_exchange(sock, server_addr, port, vtag, tag, size)
@@ -117,18 +108,23 @@ def big_exchange(sock, server_addr, port, vtag, tag, size):
     out, the server's reassembles it) and the echo back, as big."""
     body = (tag.encode() * (size // len(tag) + 1))[: size - 16]
     sock.sendto(packet(5000, port, vtag, 0, body), (server_addr, 0))
-    deadline = time.time() + 3.0
+    for sctp, data in answers(sock, server_addr, 3.0, 1400):
+        return {"crc_ok": crc_holds(sctp), "len": len(sctp), "echoed": data == b"echo:" + body}
+    return {"crc_ok": False, "len": 0, "echoed": False}
+
+
+def answers(sock, server_addr, seconds, min_len):
+    """The server's SCTP packets of at least `min_len` bytes that come within
+    `seconds`, with their first chunk's data."""
+    deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             datagram, _ = sock.recvfrom(65535)
         except socket.timeout:
-            break
+            return
         src, sctp = split(datagram)
-        if src != server_addr or len(sctp) < 1400:
-            continue
-        data = sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
-        return {"crc_ok": crc_holds(sctp), "len": len(sctp), "echoed": data == b"echo:" + body}
-    return {"crc_ok": False, "len": 0, "echoed": False}
+        if src == server_addr and len(sctp) >= min_len:
+            yield sctp, sctp[16 : 16 + struct.unpack("!H", sctp[14:16])[0] - 4]
 
 
 if __name__ == "__main__":

@@ -232,29 +232,22 @@ impl NatLab {
         self.start_natd(&["--config", path.to_str().context("config path")?])
     }
 
-    /// Stops natd with SIGINT and returns its exit status.
+    /// Stops natd with SIGINT (the datapath goes with it) and returns its
+    /// exit status.
     pub fn stop_natd(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.natd.take().context("natd is not running")?;
-        // `ip netns exec` execs natd, so the child's pid is natd's.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("natd did not stop within 10 s of SIGINT");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.signal_and_wait(libc::SIGINT, "SIGINT")
     }
 
     /// Stops natd with SIGTERM, which leaves the datapath serving (pinned),
     /// and returns its exit status.
     pub fn terminate_natd(&mut self) -> Result<std::process::ExitStatus> {
+        self.signal_and_wait(libc::SIGTERM, "SIGTERM")
+    }
+
+    fn signal_and_wait(&mut self, signal: i32, name: &str) -> Result<std::process::ExitStatus> {
         let mut child = self.natd.take().context("natd is not running")?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // `ip netns exec` execs natd, so the child's pid is natd's.
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -262,7 +255,7 @@ impl NatLab {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("natd did not stop within 10 s of SIGTERM");
+                bail!("natd did not stop within 10 s of {name}");
             }
             thread::sleep(Duration::from_millis(20));
         }
