@@ -365,7 +365,7 @@ impl Daemon {
                 self.esp.learned(inside, peer, spi, external, slot, now);
                 external
             }
-            Outbound::Held | Outbound::Dropped => return Ok(false),
+            Outbound::Held | Outbound::Dropped | Outbound::Refused => return Ok(false),
         };
         self.send_esp(datagram, Side::Source, external, frag_dir::OUT)?;
         Ok(true)

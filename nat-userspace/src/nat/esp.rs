@@ -53,6 +53,13 @@ pub const HOLD_MAX: Duration = Duration::from_secs(2);
 /// while it waits must not grow them without bound.
 pub const HOLD_QUEUE_MAX: usize = 256;
 
+/// Outbound SAs one inside host may have installed at once: a host brings
+/// up one SA per child SA of each tunnel, two for a while during a rekey,
+/// so 64 is some 30 tunnels. Past it a new SA is refused and counted: one
+/// host sending on random SPIs cannot fill `ESP_OUT` (`MAX_ESP_SAS`) or
+/// the session slots for every other host.
+pub const SAS_PER_HOST_MAX: usize = 64;
+
 /// An SA as natd keys it: the local address (the inside host's for an
 /// outbound SA, the external one for an inbound SA), the peer, the SPI
 /// (host order).
@@ -148,6 +155,8 @@ pub enum Outbound {
     Held,
     /// The hold queue is full: dropped (counted).
     Dropped,
+    /// The host has `SAS_PER_HOST_MAX` SAs: refused (counted).
+    Refused,
 }
 
 /// What to do with an inbound ESP packet of no SA the datapath knows.
@@ -181,7 +190,8 @@ pub struct EspCounters {
     pub held_dropped_full: u64,
     /// Inbound packets of no SA with no unanswered SA to bind them to.
     pub unknown_dropped: u64,
-    /// New SAs refused: no session slot, or the map full.
+    /// New SAs refused: the host's `SAS_PER_HOST_MAX`, no session slot, or
+    /// the map full.
     pub refused: u64,
 }
 
@@ -255,8 +265,19 @@ impl EspSas {
             // None unanswered, or the host's own (its second SA to the
             // peer, or a rekey before the first was answered): the answer
             // goes to this host either way.
+            _ if self.sas_of(inside) >= SAS_PER_HOST_MAX => {
+                self.counters.refused += 1;
+                Outbound::Refused
+            }
             _ => Outbound::Learn(external),
         }
+    }
+
+    /// Outbound SAs `inside` has installed.
+    fn sas_of(&self, inside: Ipv4Addr) -> usize {
+        let first = SaKey { local: inside, peer: Ipv4Addr::UNSPECIFIED, spi: 0 };
+        let last = SaKey { local: inside, peer: Ipv4Addr::BROADCAST, spi: u32::MAX };
+        self.out.range(first..=last).count()
     }
 
     /// The daemon installed the outbound SA `Outbound::Learn` asked for,
@@ -535,6 +556,21 @@ mod tests {
         assert_eq!(sas.inbound(E, P, 0x900), Inbound::Send(H1));
         assert_eq!(sas.inbound(E, P, 0x901), Inbound::Bind { inside: H2, slot: 2 });
         assert_eq!(sas.views().filter(|v| v.spi_in.is_some()).count(), 1);
+    }
+
+    /// One host cannot take every SA for itself: past its limit its new SAs
+    /// are refused, another host's are not, and an SA it has still goes out.
+    #[test]
+    fn a_host_has_at_most_its_limit_of_sas() {
+        let mut sas = EspSas::default();
+        for spi in 0..SAS_PER_HOST_MAX as u32 {
+            assert_eq!(send(&mut sas, H1, P, spi, E, spi, 0), Outbound::Learn(E));
+            answer(&mut sas, E, P, 0x9000 + spi);
+        }
+        assert_eq!(send(&mut sas, H1, Q, 0x7777, E, 100, 0), Outbound::Refused);
+        assert_eq!(sas.counters.refused, 1);
+        assert_eq!(send(&mut sas, H1, P, 3, E, 101, 0), Outbound::Send(E), "an SA it has");
+        assert_eq!(send(&mut sas, H2, P, 0x7777, E, 102, 0), Outbound::Learn(E), "another host");
     }
 
     #[test]
