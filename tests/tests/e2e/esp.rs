@@ -90,3 +90,39 @@ fn esp_from_three_hosts_two_to_one_peer_at_once() {
     assert!(stats.get("translated_out").unwrap() >= 10 && stats.get("translated_in").unwrap() >= 10, "the later packets went through XDP: {stats:?}");
     assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
 }
+
+/// One host's SA pair with the peer: the peer answers its first packet and
+/// 5 more.
+fn exchange(lab: &NatLab, spi: u32) {
+    let server = lab.server.command(&[PYTHON, PEER, "server", "20", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let _server = KillOnDrop(server);
+    thread::sleep(Duration::from_millis(1500));
+    let out = lab.hosts[0].command(&[PYTHON, PEER, "client", &host_addr(0).to_string(), &SERVER.to_string(), &format!("{spi:#x}"), "host 0"]).output().unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    assert!(seen["replies"].as_array().unwrap().len() > 5, "its first reply and 5 more: {seen}\n{}", lab.natd_log());
+}
+
+/// `timeouts.esp`: an SA pair idle past it is removed both ways (`natd
+/// sessions` shows none, `esp_sas_expired` counts it), and the host's next
+/// packet on the same SPI is learned again, from the start, and answered.
+#[test]
+fn an_idle_esp_sa_pair_ages_out_and_is_learned_again() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd_with_config("[timeouts]\nesp = 2\n").unwrap();
+    exchange(&lab, 0xa9e0_0001);
+    let esp_rows = |lab: &NatLab| lab.sessions().unwrap().into_iter().filter(|s| s.proto == "esp").count();
+    assert_eq!(esp_rows(&lab), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while esp_rows(&lab) > 0 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(esp_rows(&lab), 0, "the SA pair outlived its 2 s timeout by 6 s: {:?}", lab.sessions().unwrap());
+    let stats = lab.stats().unwrap();
+    assert_eq!((stats.get("esp_sas_expired"), stats.get("esp_sas")), (Some(1), Some(0)), "{stats:?}");
+    exchange(&lab, 0xa9e0_0001);
+    let stats = lab.stats().unwrap();
+    assert_eq!((stats.get("esp_sas_learned"), stats.get("esp_sas_bound")), (Some(2), Some(2)), "learned again: {stats:?}");
+    assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
+}
