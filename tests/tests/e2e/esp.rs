@@ -126,3 +126,25 @@ fn an_idle_esp_sa_pair_ages_out_and_is_learned_again() {
     assert_eq!((stats.get("esp_sas_learned"), stats.get("esp_sas_bound")), (Some(2), Some(2)), "learned again: {stats:?}");
     assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
 }
+
+/// A restart (SIGTERM leaves the datapath serving; the next natd adopts
+/// it): the SA pair carries traffic in XDP while no natd runs, the new natd
+/// shows it established with both SPIs, and learns the host's next SA
+/// beside it.
+#[test]
+fn esp_sas_outlive_a_restart() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd(&[]).unwrap();
+    exchange(&lab, 0xa9e0_0002);
+    assert!(lab.terminate_natd().unwrap().success());
+    exchange(&lab, 0xa9e0_0002);
+    lab.start_natd(&[]).unwrap();
+    let esp: Vec<_> = lab.sessions().unwrap().into_iter().filter(|s| s.proto == "esp").collect();
+    assert_eq!(esp.len(), 1, "{esp:?}\n{}", lab.natd_log());
+    assert_eq!((esp[0].spi_out.as_deref(), esp[0].spi_in.as_deref(), esp[0].state.as_str()), (Some("0xa9e00002"), Some("0xa91f00fd"), "established"), "{esp:?}");
+    exchange(&lab, 0xa9e0_0003);
+    let stats = lab.stats().unwrap();
+    assert_eq!((stats.get("esp_sas"), stats.get("esp_sas_learned"), stats.get("esp_sas_bound")), (Some(2), Some(1), Some(1)), "{stats:?}");
+    assert_eq!(lab.stop_natd().unwrap().code(), Some(0));
+}
