@@ -32,6 +32,9 @@ pub use state::{OWN_BPFFS, PinRoot, STATE_LAYOUT, StateDir, XdpLinkInfo, link_in
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;
 
+/// The entries of one ESP SA map (`esp_sas`).
+pub type EspSaEntries = Vec<(EspKey, EspTarget)>;
+
 /// Every program of the object, in load order: the main ones, then those
 /// they hand SCTP and ESP packets to (`file_tail_called_programs`).
 pub const PROGRAMS: [&str; 6] = [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP, program_names::LAN_ESP, program_names::WAN_ESP];
@@ -499,8 +502,8 @@ impl Datapath {
     }
 
     /// Every ESP SA installed, (outbound, inbound): an adopted datapath's.
-    pub fn esp_sas(&self) -> Result<(Vec<(EspKey, EspTarget)>, Vec<(EspKey, EspTarget)>)> {
-        let read = |name| -> Result<Vec<(EspKey, EspTarget)>> {
+    pub fn esp_sas(&self) -> Result<(EspSaEntries, EspSaEntries)> {
+        let read = |name| -> Result<EspSaEntries> {
             let map: HashMap<&MapData, EspKey, EspTarget> = HashMap::try_from(self.map(name)?)?;
             map.iter().collect::<Result<_, _>>().with_context(|| format!("reading {name}"))
         };
