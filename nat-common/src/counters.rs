@@ -191,6 +191,11 @@ reasons! {
     /// ESP packet whose SPI is not within its datagram (fewer than 8 bytes
     /// of ESP header: SPI and sequence number, RFC 4303 §2): dropped.
     DropEspTruncated = 51 => "drop_esp_truncated",
+    /// WAN ESP packet for an external address on an SPI of no SA, from a
+    /// peer no inside host's SA awaits its first answer from
+    /// (`ESP_AWAITED`): nobody to bind it to, dropped here rather than
+    /// handed to natd, so a flood of made-up SPIs costs natd nothing.
+    DropEspUnknownSpi = 52 => "drop_esp_unknown_spi",
 }
 
 impl Reason {

@@ -102,6 +102,11 @@ pub mod map_names {
     /// `esp::EspTarget` (inside address, session slot): the inbound SAs
     /// natd bound to an inside host.
     pub const ESP_IN: &str = "ESP_IN";
+    /// Hash `esp::EspKey` (external address, peer, SPI 0) -> 1: the
+    /// (external address, peer) pairs with an outbound SA awaiting its
+    /// first answer, written by natd. An unknown inbound SPI goes to natd
+    /// only from such a peer.
+    pub const ESP_AWAITED: &str = "ESP_AWAITED";
     /// Program array of the ESP programs (`esp_program_index`), which the
     /// main programs hand ESP packets to.
     pub const ESP_PROGRAMS: &str = "ESP_PROGRAMS";

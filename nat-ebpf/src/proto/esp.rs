@@ -51,6 +51,13 @@ pub(crate) static ESP_OUT: HashMap<EspKey, EspTarget> = HashMap::with_max_entrie
 #[map]
 pub(crate) static ESP_IN: HashMap<EspKey, EspTarget> = HashMap::with_max_entries(MAX_ESP_SAS, 0);
 
+/// (external address, peer, SPI 0) -> 1 while an inside host's SA to that
+/// peer from that address awaits its first answer (natd writes it): the
+/// peer's packet on an unknown SPI can then be bound, and goes to natd;
+/// from any other peer it is dropped here.
+#[map]
+pub(crate) static ESP_AWAITED: HashMap<EspKey, u32> = HashMap::with_max_entries(MAX_ESP_SAS, 0);
+
 /// Which ESP program, as indexed in `ESP_PROGRAMS`.
 #[derive(Clone, Copy)]
 #[repr(u32)]
@@ -127,8 +134,9 @@ pub fn lan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
 
 /// WAN ingress, for ESP packets alone (`nat_wan_esp`), in `nat::wan`'s
 /// order. ESP to an external address belongs to an SA natd bound, or goes
-/// to natd to be bound (or dropped there): the gateway's own IPsec has no
-/// place on the external addresses (NAT-T's UDP does).
+/// to natd to be bound when an SA to its peer awaits an answer, or is
+/// dropped: the gateway's own IPsec has no place on the external addresses
+/// (NAT-T's UDP does).
 #[inline(always)]
 pub fn wan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
     if let Some(refused) = wan_source_refusal(pkt, cfg) {
@@ -154,7 +162,8 @@ pub fn wan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
         Some(_) if pkt.ttl() <= 1 => Verdict::drop(Reason::DropTtlExpired),
         // SAFETY: a value of the map, copied whole.
         Some(target) => translate(ctx, pkt, unsafe { *target }, Side::Destination, Reason::TranslatedIn),
-        None => hand_to_daemon(ctx, pkt, miss_kind::ESP),
+        None if ESP_AWAITED.get_ptr(&EspKey { spi_be: 0, ..key }).is_some() => hand_to_daemon(ctx, pkt, miss_kind::ESP),
+        None => Verdict::drop(Reason::DropEspUnknownSpi),
     }
 }
 

@@ -491,6 +491,16 @@ impl Datapath {
         map.insert(key, target, BPF_NOEXIST).with_context(|| format!("the inbound ESP SA {key:?} is bound already or {} is full", map_names::ESP_IN))
     }
 
+    /// Whether an SA from `key.local_be` (an external address) to
+    /// `key.peer_be` awaits its first answer (`ESP_AWAITED`; the SPI is 0).
+    pub fn set_esp_awaited(&mut self, key: EspKey, awaited: bool) -> Result<()> {
+        if awaited {
+            self.put(map_names::ESP_AWAITED, key, 1u32)
+        } else {
+            self.remove::<EspKey, u32>(map_names::ESP_AWAITED, &key)
+        }
+    }
+
     /// Removes an outbound ESP SA; an absent one is no error.
     pub fn remove_esp_out(&mut self, key: &EspKey) -> Result<()> {
         self.remove::<EspKey, EspTarget>(map_names::ESP_OUT, key)

@@ -129,6 +129,10 @@ impl Daemon {
             self.ports.adopt_slot(target.session);
         }
         self.esp.adopt(&esp_out, &esp_in, now);
+        let awaited: Vec<_> = self.esp.awaited().collect();
+        for (external, peer) in awaited {
+            self.datapath.set_esp_awaited(esp::awaited_key(external, peer), true)?;
+        }
         self.ports.adopt_held(held);
         self.quota.adopt(self.datapath.host_returns()?);
         Ok(format!(
@@ -363,6 +367,8 @@ impl Daemon {
                     return Err(e.context(format!("installing the ESP SA 0x{spi:08x} from {inside} to {peer}")));
                 }
                 self.esp.learned(inside, peer, spi, external, slot, now);
+                // Before the packet leaves: the peer's answer must reach natd.
+                self.sync_awaited(external, peer)?;
                 external
             }
             Outbound::Held | Outbound::Dropped | Outbound::Refused => return Ok(false),
@@ -384,6 +390,7 @@ impl Daemon {
                     .insert_esp_in(key.datapath(), esp::target(inside, slot))
                     .with_context(|| format!("binding the ESP SA 0x{spi:08x} from {peer} to {inside}"))?;
                 let released = self.esp.bound(external, peer, spi);
+                self.sync_awaited(external, peer)?;
                 self.send_esp(datagram, Side::Destination, inside, frag_dir::IN)?;
                 for held in released {
                     match self.esp_outbound(&held.packet, held.inside, held.peer, held.spi, held.since_ns, now) {
@@ -397,6 +404,12 @@ impl Daemon {
             Inbound::Unknown => return Ok(()),
         };
         self.send_esp(datagram, Side::Destination, inside, frag_dir::IN)
+    }
+
+    /// Tells the datapath whether an SA from `external` to `peer` awaits
+    /// its first answer (`ESP_AWAITED`).
+    fn sync_awaited(&mut self, external: Ipv4Addr, peer: Ipv4Addr) -> Result<()> {
+        self.datapath.set_esp_awaited(esp::awaited_key(external, peer), self.esp.awaits_answer(external, peer))
     }
 
     /// Sends an ESP packet with `side`'s address rewritten to `to`; a first
@@ -442,6 +455,7 @@ impl Daemon {
                 self.datapath.remove_esp_in(&key.datapath())?;
             }
             self.ports.give_back_slot(sa.slot);
+            self.sync_awaited(sa.external, sa.out.peer)?;
         }
         Ok(())
     }

@@ -90,6 +90,11 @@ fn from_be(addr_be: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr_be.to_ne_bytes())
 }
 
+/// The `ESP_AWAITED` key of (external address, peer).
+pub fn awaited_key(external: Ipv4Addr, peer: Ipv4Addr) -> EspKey {
+    SaKey { local: external, peer, spi: 0 }.datapath()
+}
+
 /// The map value for an SA whose local address becomes `addr`.
 pub fn target(addr: Ipv4Addr, slot: u32) -> EspTarget {
     EspTarget { addr_be: be(addr), session: slot }
@@ -229,6 +234,7 @@ pub struct SaView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Removed {
     pub out: SaKey,
+    pub external: Ipv4Addr,
     pub inbound: Vec<SaKey>,
     pub slot: u32,
 }
@@ -334,6 +340,18 @@ impl EspSas {
         expired
     }
 
+    /// Whether an SA from `external` to `peer` awaits its first answer:
+    /// the datapath hands the peer's packets on unknown SPIs to natd only
+    /// then (`ESP_AWAITED`, keyed by `awaited_key`).
+    pub fn awaits_answer(&self, external: Ipv4Addr, peer: Ipv4Addr) -> bool {
+        self.unanswered.contains_key(&(external, peer))
+    }
+
+    /// Every (external address, peer) that awaits an answer.
+    pub fn awaited(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+        self.unanswered.keys().copied()
+    }
+
     /// Packets held now.
     pub fn held_len(&self) -> usize {
         self.held.len()
@@ -366,7 +384,7 @@ impl EspSas {
             self.inbound.remove(key);
         }
         self.unanswered.retain(|_, unanswered| unanswered.slot != sa.slot);
-        Some(Removed { out: *out, inbound, slot: sa.slot })
+        Some(Removed { out: *out, external: sa.external, inbound, slot: sa.slot })
     }
 
     /// Takes over the SAs of an adopted datapath. An outbound SA no inbound
@@ -436,9 +454,11 @@ mod tests {
     fn a_first_sa_is_learned_and_the_peers_first_packet_answers_it() {
         let mut sas = EspSas::default();
         assert_eq!(send(&mut sas, H1, P, 0x100, E, 7, 0), Outbound::Learn(E));
+        assert!(sas.awaits_answer(E, P) && !sas.awaits_answer(E, Q));
         assert_eq!(sas.outbound(H1, P, 0x100, E, &[], 0), Outbound::Send(E), "a later miss of the same SA is sent");
         assert_eq!(answer(&mut sas, E, P, 0x900), (Inbound::Bind { inside: H1, slot: 7 }, vec![]));
         assert_eq!(sas.inbound(E, P, 0x900), Inbound::Send(H1), "a later miss of the bound SA goes to its host");
+        assert!(!sas.awaits_answer(E, P), "answered");
         let view = sas.views().next().unwrap();
         assert_eq!((view.spi_out, view.spi_in, view.slot), (0x100, Some(0x900), 7));
     }
@@ -517,7 +537,7 @@ mod tests {
         assert_eq!(sas.len(), 2);
         // The old pair idles past the timeout, the new one is in use.
         let removed = sas.expire(Duration::from_secs(300), 320 * S, |slot| Ok(if slot == 2 { 319 * S } else { 5 * S })).unwrap();
-        assert_eq!(removed, [Removed { out: SaKey { local: H1, peer: P, spi: 0x100 }, inbound: vec![SaKey { local: E, peer: P, spi: 0x900 }], slot: 1 }]);
+        assert_eq!(removed, [Removed { out: SaKey { local: H1, peer: P, spi: 0x100 }, external: E, inbound: vec![SaKey { local: E, peer: P, spi: 0x900 }], slot: 1 }]);
         assert_eq!(sas.inbound(E, P, 0x910), Inbound::Send(H1));
         assert_eq!(sas.counters.expired, 1);
     }
@@ -539,7 +559,8 @@ mod tests {
         let mut sas = EspSas::default();
         send(&mut sas, H1, P, 0x100, E, 1, 0);
         let removed = sas.expire(Duration::from_secs(300), 301 * S, |_| Ok(0)).unwrap();
-        assert_eq!(removed, [Removed { out: SaKey { local: H1, peer: P, spi: 0x100 }, inbound: vec![], slot: 1 }]);
+        assert_eq!(removed, [Removed { out: SaKey { local: H1, peer: P, spi: 0x100 }, external: E, inbound: vec![], slot: 1 }]);
+        assert!(!sas.awaits_answer(E, P), "nothing awaits an answer from the peer any more");
         assert_eq!(send(&mut sas, H2, P, 0x200, E, 2, 301 * S), Outbound::Learn(E));
         assert_eq!(sas.inbound(E, P, 0x900), Inbound::Bind { inside: H2, slot: 2 });
     }

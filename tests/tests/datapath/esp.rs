@@ -88,8 +88,9 @@ fn esp_is_translated_both_ways_by_its_sas() {
 
 /// A packet of no SA the datapath knows goes to natd, whole, as it came,
 /// and is dropped here: outbound (a new SA, the first of a rekey) and
-/// inbound (the peer's first packet, whose SPI natd binds), never on to the
-/// kernel, which would forward an inside source to the WAN. An SPI known
+/// inbound (the peer's first packet, whose SPI natd binds, when an SA to
+/// that peer awaits its answer; from any other peer it is dropped here),
+/// never on to the kernel, which would forward an inside source to the WAN. An SPI known
 /// for another peer or host is no SA of this one. ESP that is no transit
 /// through the NAT stays the kernel's (routed inside) or is dropped
 /// (inbound, not for an external address); a datagram too short for the
@@ -100,6 +101,8 @@ fn esp_of_no_known_sa_goes_to_natd_never_on() {
     let mut gw = esp_gateway("espmiss");
     sa_pair(&mut gw, addr::LAN_HOST, addr::REMOTE, SPI_OUT, SPI_IN, SLOT);
     let mut ring = gw.datapath.take_miss_ring().unwrap();
+    // An inside host's SA to the peer awaits its answer (natd says so).
+    gw.datapath.set_esp_awaited(key(addr::EXTERNAL, addr::REMOTE, 0), true).unwrap();
     let misses: [(&str, Side, Frame); 4] = [
         ("new SA out", Side::Lan, from_lan(esp(addr::LAN_HOST, addr::REMOTE, SPI_OUT_2))),
         ("known SPI, other peer", Side::Lan, from_lan(esp(addr::LAN_HOST, PEER_2, SPI_OUT))),
@@ -124,6 +127,8 @@ fn esp_of_no_known_sa_goes_to_natd_never_on() {
         case("esp out, 6 bytes of ESP", Lan, from_lan(short), DROP, None, Reason::DropEspTruncated),
         case("esp in, not for an external address", Wan, from_wan(esp(addr::REMOTE, addr::LAN_HOST, SPI_IN)), DROP, None, Reason::DropInboundTransit),
         case("esp to the gateway's LAN address", Lan, from_lan(esp(addr::LAN_HOST, addr::LAN_GW, SPI_OUT)), PASS, None, Reason::PassLocal),
+        // Nothing awaits an answer from this peer: nobody to bind it to.
+        case("unknown SPI from a peer nothing awaits", Wan, from_wan(esp(PEER_2, addr::EXTERNAL, SPI_IN_2)), DROP, None, Reason::DropEspUnknownSpi),
     ];
     run_cases(&gw, cases).unwrap();
     assert!(read_events(&mut ring).is_empty(), "nothing else went to natd");
@@ -161,7 +166,8 @@ fn two_hosts_to_one_peer_each_get_their_own_replies() {
 
 /// A rekey (RFC 7296 §2.8): the new SA pair works beside the old one
 /// while both are installed, each on its own session; once natd removes
-/// the old pair, its packets go to natd again.
+/// the old pair, its packets go to natd again (inbound, only while an SA
+/// to the peer awaits an answer).
 #[test]
 fn a_rekeyed_sa_works_beside_the_old_one_until_that_is_removed() {
     require_root!();
@@ -186,9 +192,11 @@ fn a_rekeyed_sa_works_beside_the_old_one_until_that_is_removed() {
     gw.datapath.remove_esp_in(&key(addr::EXTERNAL, addr::REMOTE, SPI_IN)).unwrap();
     let cases: Vec<Case> = vec![
         case("old SA out, removed", Lan, old_out, DROP, None, Reason::EspToDaemon),
-        case("old SA in, removed", Wan, old_in, DROP, None, Reason::EspToDaemon),
+        case("old SA in, removed, nothing awaited", Wan, old_in.clone(), DROP, None, Reason::DropEspUnknownSpi),
         case("new SA out, still", Lan, new_out.clone(), REDIRECT, Some(translated_out(new_out, (addr::EXTERNAL, 0))), Reason::TranslatedOut),
         case("new SA in, still", Wan, new_in.clone(), REDIRECT, Some(translated_in(new_in, (addr::LAN_HOST, 0))), Reason::TranslatedIn),
     ];
     run_cases(&gw, cases).unwrap();
+    gw.datapath.set_esp_awaited(key(addr::EXTERNAL, addr::REMOTE, 0), true).unwrap();
+    run_cases(&gw, vec![case("old SA in, removed, an answer awaited", Wan, old_in, DROP, None, Reason::EspToDaemon)]).unwrap();
 }
