@@ -180,6 +180,22 @@ reasons! {
     /// its side (not loaded, or the tail call failed): dropped, never passed
     /// untranslated.
     DropSctpNoProgram = 48 => "drop_sctp_no_program",
+    /// ESP packet of no SA the datapath knows (the first of an SA either
+    /// way): handed to natd, which learns the SA or drops it
+    /// (`nat::esp`). Never passed untranslated.
+    EspToDaemon = 49 => "esp_to_daemon",
+    /// ESP packet the main program could not hand to the ESP program of its
+    /// side (not loaded, or the tail call failed): dropped, never passed
+    /// untranslated.
+    DropEspNoProgram = 50 => "drop_esp_no_program",
+    /// ESP packet whose SPI is not within its datagram (fewer than 8 bytes
+    /// of ESP header: SPI and sequence number, RFC 4303 §2): dropped.
+    DropEspTruncated = 51 => "drop_esp_truncated",
+    /// WAN ESP packet for an external address on an SPI of no SA, from a
+    /// peer no inside host's SA awaits its first answer from
+    /// (`ESP_AWAITED`): nobody to bind it to, dropped here rather than
+    /// handed to natd, so a flood of made-up SPIs costs natd nothing.
+    DropEspUnknownSpi = 52 => "drop_esp_unknown_spi",
 }
 
 impl Reason {

@@ -565,6 +565,10 @@ pub mod miss_kind {
     /// RST, an ICMP Port Unreachable) from the forward's endpoint (the frame
     /// is untranslated; dropped in the datapath).
     pub const NO_SERVER: u32 = 7;
+    /// An ESP packet of no SA the datapath knows, either way (the frame is
+    /// untranslated; dropped in the datapath): natd learns the SA
+    /// (`nat::esp`) and sends it on, holds it, or drops it.
+    pub const ESP: u32 = 8;
 }
 
 /// Which way a fragmented datagram crosses the gateway (`FragKey::dir`).

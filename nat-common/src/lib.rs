@@ -17,6 +17,7 @@ pub mod bench;
 pub mod checksum;
 pub mod counters;
 pub mod crc32c;
+pub mod esp;
 pub mod flow;
 pub mod forward;
 pub mod icmp;
@@ -93,6 +94,28 @@ pub mod map_names {
     /// Program array of the SCTP programs (`sctp_program_index`), which the
     /// main programs hand SCTP packets to.
     pub const SCTP_PROGRAMS: &str = "SCTP_PROGRAMS";
+    /// Hash `esp::EspKey` (inside address, peer, outbound SPI) ->
+    /// `esp::EspTarget` (external address, session slot): the outbound SAs
+    /// natd learned.
+    pub const ESP_OUT: &str = "ESP_OUT";
+    /// Hash `esp::EspKey` (external address, peer, inbound SPI) ->
+    /// `esp::EspTarget` (inside address, session slot): the inbound SAs
+    /// natd bound to an inside host.
+    pub const ESP_IN: &str = "ESP_IN";
+    /// Hash `esp::EspKey` (external address, peer, SPI 0) -> 1: the
+    /// (external address, peer) pairs with an outbound SA awaiting its
+    /// first answer, written by natd. An unknown inbound SPI goes to natd
+    /// only from such a peer.
+    pub const ESP_AWAITED: &str = "ESP_AWAITED";
+    /// Program array of the ESP programs (`esp_program_index`), which the
+    /// main programs hand ESP packets to.
+    pub const ESP_PROGRAMS: &str = "ESP_PROGRAMS";
+}
+
+/// Where each ESP program sits in `map_names::ESP_PROGRAMS`.
+pub mod esp_program_index {
+    pub const LAN: u32 = 0;
+    pub const WAN: u32 = 1;
 }
 
 /// Where each SCTP program sits in `map_names::SCTP_PROGRAMS`.
@@ -108,6 +131,9 @@ pub mod program_names {
     /// The SCTP programs the main ones hand SCTP packets to (tail calls).
     pub const LAN_SCTP: &str = "nat_lan_sctp";
     pub const WAN_SCTP: &str = "nat_wan_sctp";
+    /// The ESP programs the main ones hand ESP packets to (tail calls).
+    pub const LAN_ESP: &str = "nat_lan_esp";
+    pub const WAN_ESP: &str = "nat_wan_esp";
 }
 
 /// `BPF_F_MMAPABLE`: an array the daemon maps into its memory.

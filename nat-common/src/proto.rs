@@ -10,6 +10,9 @@ pub const ICMP: u8 = IcmpEcho::NR;
 pub const TCP: u8 = Tcp::NR;
 pub const UDP: u8 = Udp::NR;
 pub const SCTP: u8 = Sctp::NR;
+/// IPsec ESP (RFC 4303): no ports; its SAs are told apart by the SPI
+/// (`crate::esp`), translated by programs and maps of their own.
+pub const ESP: u8 = 50;
 
 /// A protocol whose flows are told apart by a 16-bit port (or identifier)
 /// at a fixed place in its header, covered by a checksum: the Internet
@@ -119,6 +122,7 @@ pub const fn name(nr: u8) -> &'static str {
         Udp::NR => Udp::NAME,
         IcmpEcho::NR => IcmpEcho::NAME,
         Sctp::NR => Sctp::NAME,
+        ESP => "esp",
         _ => "other",
     }
 }

@@ -13,6 +13,7 @@ pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> V
     let handed = match kind {
         miss_kind::NEW_FLOW => Reason::MissToDaemon,
         miss_kind::NO_SERVER => Reason::ForwardNoServer,
+        miss_kind::ESP => Reason::EspToDaemon,
         _ => Reason::NoNeighbourToDaemon,
     };
     match copy_to_daemon(ctx, pkt, kind) {

@@ -14,6 +14,9 @@
 //! `nat_wan_sctp`, by tail call): the same translation, for SCTP alone, so
 //! the verifier walks its paths (and the CRC32c update on each) apart from
 //! the main programs', within a budget of its own.
+//!
+//! ESP packets go the same way to `nat_lan_esp` and `nat_wan_esp`
+//! (`proto::esp`): addresses translated by the SAs natd learned, by SPI.
 #![no_std]
 #![no_main]
 // Atomic adds on map values: the BPF target has no `AtomicU64::fetch_add`.
@@ -35,7 +38,10 @@ mod route;
 mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use nat_common::{Reason, proto::SCTP as SCTP_NR};
+use nat_common::{
+    Reason,
+    proto::{ESP as ESP_NR, SCTP as SCTP_NR},
+};
 
 use crate::{
     ctx::config,
@@ -43,7 +49,10 @@ use crate::{
         Invalid,
         parse::{Frame, parse},
     },
-    proto::sctp::{self, SctpProgram},
+    proto::{
+        esp::{self, EspProgram},
+        sctp::{self, SctpProgram},
+    },
     verdict::{Verdict, finish},
 };
 
@@ -78,6 +87,33 @@ pub fn nat_wan_sctp(ctx: XdpContext) -> u32 {
     wan::<true>(&ctx)
 }
 
+/// The ESP programs: parsed as the SCTP programs parse (no TCP, UDP or
+/// ICMP header), an ESP packet is `L4::Other` there; `proto::esp` reads its
+/// SPI.
+#[xdp]
+#[inline(always)]
+pub fn nat_lan_esp(ctx: XdpContext) -> u32 {
+    let cfg = config();
+    let verdict = match parse::<true>(&ctx) {
+        Ok(Frame::Ipv4(pkt)) => esp::lan(&ctx, &pkt, cfg),
+        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Err(Invalid(reason)) => Verdict::drop(reason),
+    };
+    finish(verdict, cfg)
+}
+
+#[xdp]
+#[inline(always)]
+pub fn nat_wan_esp(ctx: XdpContext) -> u32 {
+    let cfg = config();
+    let verdict = match parse::<true>(&ctx) {
+        Ok(Frame::Ipv4(pkt)) => esp::wan(&ctx, &pkt, cfg),
+        Ok(Frame::NotIpv4) => Verdict::pass(Reason::PassNotIpv4),
+        Err(Invalid(reason)) => Verdict::drop(reason),
+    };
+    finish(verdict, cfg)
+}
+
 /// A constant natd may set when it loads the programs (`NATD_PROGRAM_MARK`,
 /// a test seam): programs that differ in it alone stand in for an upgrade in
 /// the restart test (`bpf_link_update` under traffic). Read only for frames
@@ -91,6 +127,7 @@ fn lan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let cfg = config();
     let verdict = match parse::<SCTP>(ctx) {
         Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Lan),
+        Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == ESP_NR => esp::to_program(ctx, EspProgram::Lan),
         Ok(Frame::Ipv4(pkt)) => nat::lan::ipv4(ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => {
             // SAFETY: a read of a constant; volatile, so that it stays.
@@ -108,6 +145,7 @@ fn wan<const SCTP: bool>(ctx: &XdpContext) -> u32 {
     let cfg = config();
     let verdict = match parse::<SCTP>(ctx) {
         Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == SCTP_NR => sctp::to_program(ctx, SctpProgram::Wan),
+        Ok(Frame::Ipv4(pkt)) if !SCTP && pkt.proto() == ESP_NR => esp::to_program(ctx, EspProgram::Wan),
         Ok(Frame::Ipv4(pkt)) => nat::wan::ipv4(ctx, &pkt, cfg),
         Ok(Frame::NotIpv4) => {
             // SAFETY: a read of a constant; volatile, so that it stays.

@@ -184,10 +184,11 @@ pub fn check(config: &Path) -> Result<()> {
         t.tcp_closing.as_secs()
     );
     println!(
-        "  timeouts: sctp_init {} s, sctp_established {} s, sctp_closing {} s",
+        "  timeouts: sctp_init {} s, sctp_established {} s, sctp_closing {} s, esp {} s",
         t.sctp_init.as_secs(),
         t.sctp_established.as_secs(),
-        t.sctp_closing.as_secs()
+        t.sctp_closing.as_secs(),
+        t.esp.as_secs()
     );
     let f = s.filtering;
     println!("  filtering: tcp {}, udp {} (sctp as udp), icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
@@ -311,7 +312,12 @@ pub fn sessions(json: bool, filter: control::SessionFilter) -> Result<()> {
     println!("{:<5} {:<21} {:<21} {:<21} {:<12} {:>8} {:>8}", "PROTO", "INSIDE", "EXTERNAL", "REMOTE", "STATE", "IDLE_S", "TIMEOUT");
     for r in &rows {
         let remote = r.remote.as_deref().unwrap_or("-");
-        println!("{:<5} {:<21} {:<21} {:<21} {:<12} {:>8} {:>8}", r.proto, r.inside, r.external, remote, r.state, r.idle_s, r.timeout_s);
+        // An ESP SA pair's SPIs follow on the row (out to the peer, in from it).
+        let spis = match (&r.spi_out, &r.spi_in) {
+            (Some(out), Some(inbound)) => format!("  spi out {out} in {inbound}"),
+            _ => String::new(),
+        };
+        println!("{:<5} {:<21} {:<21} {:<21} {:<12} {:>8} {:>8}{spis}", r.proto, r.inside, r.external, remote, r.state, r.idle_s, r.timeout_s);
     }
     let forwarded = rows.iter().filter(|r| r.remote.is_some()).count();
     println!("{} session(s), {forwarded} of them forwarded flows", rows.len());

@@ -195,8 +195,8 @@ impl SessionFilter {
     pub fn new(proto: Option<&str>, inside: Option<&str>, external: Option<&str>) -> Result<Self> {
         let proto = proto
             .map(|p| match p.to_ascii_lowercase().as_str() {
-                name @ ("tcp" | "udp" | "icmp" | "sctp") => Ok(name.to_string()),
-                other => Err(anyhow!("--proto {other:?}: must be tcp, udp, icmp or sctp")),
+                name @ ("tcp" | "udp" | "icmp" | "sctp" | "esp") => Ok(name.to_string()),
+                other => Err(anyhow!("--proto {other:?}: must be tcp, udp, icmp, sctp or esp")),
             })
             .transpose()?;
         let inside = inside
@@ -251,8 +251,15 @@ impl SessionFilter {
             return false;
         }
         if let Some((ip, port)) = self.inside {
-            let Ok(inside) = session.inside.parse::<SocketAddrV4>() else { return false };
-            if *inside.ip() != ip || port.is_some_and(|p| p != inside.port()) {
+            // An ESP SA's inside is an address alone: it has no port.
+            let inside = match session.inside.parse::<SocketAddrV4>() {
+                Ok(inside) => (*inside.ip(), Some(inside.port())),
+                Err(_) => match session.inside.parse::<Ipv4Addr>() {
+                    Ok(ip) => (ip, None),
+                    Err(_) => return false,
+                },
+            };
+            if inside.0 != ip || port.is_some_and(|p| Some(p) != inside.1) {
                 return false;
             }
         }
@@ -279,6 +286,13 @@ pub struct Session {
     /// A forwarded flow's forward.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<String>,
+    /// An ESP SA pair's SPIs (hex, as IKE tools show them): the one the
+    /// inside host sends on, and the peer's, once its first packet bound
+    /// it ("-" until then). Its remote is the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spi_out: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spi_in: Option<String>,
     pub state: String,
     pub idle_s: u64,
     pub timeout_s: u64,
@@ -318,7 +332,7 @@ mod tests {
     use super::*;
 
     fn row(proto: &str, inside: &str, external: &str) -> Session {
-        Session { proto: proto.into(), inside: inside.into(), external: external.into(), remote: None, forward: None, state: "active".into(), idle_s: 0, timeout_s: 300 }
+        Session { proto: proto.into(), inside: inside.into(), external: external.into(), remote: None, forward: None, spi_out: None, spi_in: None, state: "active".into(), idle_s: 0, timeout_s: 300 }
     }
 
     #[test]
@@ -336,8 +350,12 @@ mod tests {
         let by_port = SessionFilter::new(None, Some("10.0.0.5:5353"), Some("24217")).unwrap();
         assert!(by_port.matches(&row("tcp", "10.0.0.5:5353", "198.51.100.7:24217")));
         assert!(!by_port.matches(&row("tcp", "10.0.0.5:5354", "198.51.100.7:24217")));
+        let esp = SessionFilter::new(Some("esp"), Some("10.0.0.5"), None).unwrap();
+        assert!(esp.matches(&row("esp", "10.0.0.5", "203.0.113.1")), "an ESP SA's inside has no port");
+        assert!(!esp.matches(&row("esp", "10.0.0.6", "203.0.113.1")));
+        assert!(!SessionFilter::new(None, Some("10.0.0.5:500"), None).unwrap().matches(&row("esp", "10.0.0.5", "203.0.113.1")), "a port no ESP SA has");
         for (proto, inside, external, said) in [
-            (Some("gre"), None, None, "--proto \"gre\": must be tcp, udp, icmp or sctp"),
+            (Some("gre"), None, None, "--proto \"gre\": must be tcp, udp, icmp, sctp or esp"),
             (None, Some("10.0.0"), None, "--inside \"10.0.0\": must be ADDR or ADDR:PORT"),
             (None, None, Some("port"), "--external \"port\": must be PORT or ADDR:PORT"),
         ] {

@@ -218,9 +218,17 @@ pub fn translate_destination(ip: &mut [u8], to: Endpoint) -> Result<()> {
 /// becomes `to`, the TTL drops by one, and the IPv4 header checksum follows
 /// incrementally (RFC 1624). The payload is not touched: it has no L4 header.
 pub fn translate_fragment(ip: &mut [u8], dir: u8, to: Ipv4Addr) -> Result<()> {
+    let side = if dir == frag_dir::OUT { Side::Source } else { Side::Destination };
+    translate_address(ip, side, to)
+}
+
+/// Rewrites the address of `side` of a packet that has no port to
+/// translate (a later fragment, an ESP packet: RFC 4303's integrity check
+/// covers no IP address, and ESP has no checksum of its own) to `to`, the
+/// TTL down by one and the IPv4 header checksum following (RFC 1624).
+pub fn translate_address(ip: &mut [u8], side: Side, to: Ipv4Addr) -> Result<()> {
     ensure!(ip.len() >= MIN_HEADER && ip[0] >> 4 == 4, "not an IPv4 packet");
     ensure!(ip[8] > 1, "TTL expired");
-    let side = if dir == frag_dir::OUT { Side::Source } else { Side::Destination };
     rewrite_address(ip, side, u32::from_ne_bytes(to.octets()), true);
     Ok(())
 }

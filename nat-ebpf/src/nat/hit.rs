@@ -81,6 +81,8 @@ pub enum Refresh<'a> {
     One(&'a Mapping, Side),
     /// A hairpin: the sender's mapping, and the target's when it has one.
     Hairpin(&'a Mapping, Option<&'a Mapping>),
+    /// An ESP SA pair's session slot (`proto::esp`): its timestamp alone.
+    Session(u32),
 }
 
 /// Routes, rewrites and sends a packet being translated as `rewrite` says,
@@ -110,6 +112,7 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
                 refresh(target, pkt, now, Side::Destination);
             }
         }
+        Refresh::Session(slot) => stamp(slot, now),
     }
     // A first fragment: the incremental L4 update stays right for the whole
     // datagram (only pseudo-header address and port change); it never
@@ -142,6 +145,21 @@ pub fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, tran
         return Reason::PartialChecksumTooLong;
     }
     translated
+}
+
+/// Records activity on a session with no state bits (an ESP SA pair's):
+/// at most one write per granule.
+#[inline(always)]
+pub fn stamp(slot: u32, now: u64) {
+    let Some(live) = LIVENESS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: the session's slot; writes race only with each other's
+    // timestamps.
+    let live = unsafe { &mut *live };
+    if now.wrapping_sub(live.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
+        live.last_seen_ns = now;
+    }
 }
 
 /// Records activity on a mapping's session: at most one write per granule

@@ -6,6 +6,7 @@
 //! `sctp`), ICMP errors and their quotes in `icmp`, SCTP's CRC32c update in
 //! `sctp`.
 
+pub mod esp;
 pub mod icmp;
 pub mod sctp;
 pub mod tcp;

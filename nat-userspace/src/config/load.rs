@@ -311,6 +311,7 @@ fn validate(raw: &mut Raw) -> Settings {
         sctp_init: raw.seconds("timeouts.sctp_init", 1, defaults.sctp_init),
         sctp_established: raw.seconds("timeouts.sctp_established", 1, defaults.sctp_established),
         sctp_closing: raw.seconds("timeouts.sctp_closing", 1, defaults.sctp_closing),
+        esp: raw.seconds("timeouts.esp", 1, defaults.esp),
     };
     for (name, minimum) in RFC_MINIMUMS_S {
         let key = format!("timeouts.{name}");

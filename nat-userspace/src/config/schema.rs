@@ -54,6 +54,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("timeouts.sctp_init", "SCTP idle timeout before the association is up (INIT, INIT ACK), seconds"),
     ("timeouts.sctp_established", "SCTP established idle timeout (after COOKIE ACK, or DATA both ways), seconds"),
     ("timeouts.sctp_closing", "SCTP idle timeout after SHUTDOWN or ABORT, seconds"),
+    ("timeouts.esp", "IPsec ESP idle timeout of an SA pair (either way), seconds"),
     ("filtering.tcp", FILTERING_ALLOWED),
     ("filtering.udp", FILTERING_ALLOWED),
     ("filtering.icmp", FILTERING_ALLOWED),
@@ -585,7 +586,17 @@ pub struct Timeouts {
     pub sctp_established: Duration,
     /// SCTP after a SHUTDOWN (ACK, COMPLETE) or an ABORT.
     pub sctp_closing: Duration,
+    /// An ESP SA pair with no packet either way (`nat::esp`).
+    pub esp: Duration,
 }
+
+/// ESP's default, UDP's: ESP is connectionless and has no keepalive of
+/// its own, and 300 s is what RFC 4787 REQ-5 recommends for such mappings.
+/// An SA carrying traffic never idles that long; IKE's liveness checks
+/// (RFC 7296 §2.4) run over UDP and do not refresh it, and an SA a rekey
+/// replaced (strongSwan's default lifetimes: an hour or so) is gone within
+/// 5 minutes of its last packet, its slot free.
+pub const DEFAULT_ESP: Duration = Duration::from_secs(300);
 
 /// SCTP's defaults are Linux conntrack's (nf_conntrack_proto_sctp, as
 /// `net.netfilter.nf_conntrack_sctp_timeout_*` reads on a 6.x kernel):
@@ -607,6 +618,7 @@ impl Default for Timeouts {
             sctp_init: DEFAULT_SCTP_INIT,
             sctp_established: DEFAULT_SCTP_ESTABLISHED,
             sctp_closing: DEFAULT_SCTP_CLOSING,
+            esp: DEFAULT_ESP,
         }
     }
 }
@@ -647,6 +659,7 @@ impl Timeouts {
                 }
             }
             proto::ICMP => self.icmp,
+            proto::ESP => self.esp,
             _ => self.udp,
         }
     }

@@ -68,6 +68,7 @@ fn a_full_file_is_read_and_flags_override_it() {
         sctp_init = 5
         sctp_established = 900
         sctp_closing = 7
+        esp = 45
         "#,
     );
     let (s, warnings) = Settings::from_sources(Some(&f.0), &Overrides::default()).unwrap();
@@ -82,6 +83,7 @@ fn a_full_file_is_read_and_flags_override_it() {
         (s.timeouts.sctp_init, s.timeouts.sctp_established, s.timeouts.sctp_closing),
         (Duration::from_secs(5), Duration::from_secs(900), Duration::from_secs(7))
     );
+    assert_eq!(s.timeouts.esp, Duration::from_secs(45));
     assert_eq!(warnings.len(), 4, "every timeout is below its RFC minimum: {warnings:?}");
 
     let flags = Overrides { wan: Some("wan0".into()), port_range: Some("50000-50010".into()), ..Default::default() };

@@ -16,7 +16,8 @@ use aya::{
     },
 };
 use nat_common::{
-    Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index,
+    Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index, esp_program_index,
+    esp::{EspKey, EspTarget},
 };
 
 use crate::EBPF_OBJECT;
@@ -30,6 +31,13 @@ pub use state::{OWN_BPFFS, PinRoot, STATE_LAYOUT, StateDir, XdpLinkInfo, link_in
 
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;
+
+/// The entries of one ESP SA map (`esp_sas`).
+pub type EspSaEntries = Vec<(EspKey, EspTarget)>;
+
+/// Every program of the object, in load order: the main ones, then those
+/// they hand SCTP and ESP packets to (`file_tail_called_programs`).
+pub const PROGRAMS: [&str; 6] = [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP, program_names::LAN_ESP, program_names::WAN_ESP];
 
 /// `BPF_NOEXIST`: the update fails if the key is already there.
 const BPF_NOEXIST: u64 = 1;
@@ -159,7 +167,7 @@ impl Datapath {
         };
         let mut datapath = Self { ebpf, liveness, permits, state, unpinned: [None, None], pins_kept: adopt };
         datapath.fill_sctp_tables()?;
-        for name in [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP] {
+        for name in PROGRAMS {
             let program = datapath.named_program_mut(name)?;
             // The verifier gives up with EAGAIN when a signal is pending for
             // the loading thread; libbpf retries such loads, and so does this.
@@ -174,7 +182,7 @@ impl Datapath {
             };
             loaded.map_err(verifier_error).with_context(|| format!("the kernel verifier rejected program {name}"))?;
         }
-        datapath.file_sctp_programs()?;
+        datapath.file_tail_called_programs()?;
         Ok(datapath)
     }
 
@@ -312,17 +320,23 @@ impl Datapath {
         Ok(())
     }
 
-    /// Files the loaded SCTP programs where the main programs hand SCTP
-    /// packets to them (tail calls), before anything is attached.
-    fn file_sctp_programs(&mut self) -> Result<()> {
-        let mut fds = Vec::new();
-        for (index, name) in [(sctp_program_index::LAN, program_names::LAN_SCTP), (sctp_program_index::WAN, program_names::WAN_SCTP)] {
-            let fd = self.named_program(name)?.fd().with_context(|| format!("program {name} is not loaded"))?.try_clone()?;
-            fds.push((index, name, fd));
-        }
-        let mut programs: ProgramArray<&mut MapData> = ProgramArray::try_from(self.map_mut(map_names::SCTP_PROGRAMS)?)?;
-        for (index, name, fd) in &fds {
-            programs.set(*index, fd, 0).with_context(|| format!("filing {name} in {}", map_names::SCTP_PROGRAMS))?;
+    /// Files the loaded SCTP and ESP programs where the main programs hand
+    /// those packets to them (tail calls), before anything is attached.
+    fn file_tail_called_programs(&mut self) -> Result<()> {
+        let arrays = [
+            (map_names::SCTP_PROGRAMS, [(sctp_program_index::LAN, program_names::LAN_SCTP), (sctp_program_index::WAN, program_names::WAN_SCTP)]),
+            (map_names::ESP_PROGRAMS, [(esp_program_index::LAN, program_names::LAN_ESP), (esp_program_index::WAN, program_names::WAN_ESP)]),
+        ];
+        for (array, entries) in arrays {
+            let mut fds = Vec::new();
+            for (index, name) in entries {
+                let fd = self.named_program(name)?.fd().with_context(|| format!("program {name} is not loaded"))?.try_clone()?;
+                fds.push((index, name, fd));
+            }
+            let mut programs: ProgramArray<&mut MapData> = ProgramArray::try_from(self.map_mut(array)?)?;
+            for (index, name, fd) in &fds {
+                programs.set(*index, fd, 0).with_context(|| format!("filing {name} in {array}"))?;
+            }
         }
         Ok(())
     }
@@ -458,6 +472,52 @@ impl Datapath {
         let mut queue: Queue<&mut MapData, FreePort> = Queue::try_from(self.map_mut(name)?)?;
         queue.push(free, 0).with_context(|| format!("pushing to {name}"))?;
         Ok(())
+    }
+
+    /// Installs an outbound ESP SA (`key`: inside address, peer, SPI) with
+    /// its external address and session slot, the slot's liveness set to
+    /// `now_ns`. NOEXIST: an SA is learned once.
+    pub fn insert_esp_out(&mut self, key: EspKey, target: EspTarget, now_ns: u64) -> Result<()> {
+        self.liveness.set(target.session, Liveness::new(now_ns))?;
+        let mut map: HashMap<&mut MapData, EspKey, EspTarget> = HashMap::try_from(self.map_mut(map_names::ESP_OUT)?)?;
+        map.insert(key, target, BPF_NOEXIST).with_context(|| format!("the outbound ESP SA {key:?} is installed already or {} is full", map_names::ESP_OUT))
+    }
+
+    /// Binds an inbound ESP SA (`key`: external address, peer, SPI) to its
+    /// inside host and the session slot of the pair (its liveness is the
+    /// outbound SA's, left as it is).
+    pub fn insert_esp_in(&mut self, key: EspKey, target: EspTarget) -> Result<()> {
+        let mut map: HashMap<&mut MapData, EspKey, EspTarget> = HashMap::try_from(self.map_mut(map_names::ESP_IN)?)?;
+        map.insert(key, target, BPF_NOEXIST).with_context(|| format!("the inbound ESP SA {key:?} is bound already or {} is full", map_names::ESP_IN))
+    }
+
+    /// Whether an SA from `key.local_be` (an external address) to
+    /// `key.peer_be` awaits its first answer (`ESP_AWAITED`; the SPI is 0).
+    pub fn set_esp_awaited(&mut self, key: EspKey, awaited: bool) -> Result<()> {
+        if awaited {
+            self.put(map_names::ESP_AWAITED, key, 1u32)
+        } else {
+            self.remove::<EspKey, u32>(map_names::ESP_AWAITED, &key)
+        }
+    }
+
+    /// Removes an outbound ESP SA; an absent one is no error.
+    pub fn remove_esp_out(&mut self, key: &EspKey) -> Result<()> {
+        self.remove::<EspKey, EspTarget>(map_names::ESP_OUT, key)
+    }
+
+    /// Removes an inbound ESP SA; an absent one is no error.
+    pub fn remove_esp_in(&mut self, key: &EspKey) -> Result<()> {
+        self.remove::<EspKey, EspTarget>(map_names::ESP_IN, key)
+    }
+
+    /// Every ESP SA installed, (outbound, inbound): an adopted datapath's.
+    pub fn esp_sas(&self) -> Result<(EspSaEntries, EspSaEntries)> {
+        let read = |name| -> Result<EspSaEntries> {
+            let map: HashMap<&MapData, EspKey, EspTarget> = HashMap::try_from(self.map(name)?)?;
+            map.iter().collect::<Result<_, _>>().with_context(|| format!("reading {name}"))
+        };
+        Ok((read(map_names::ESP_OUT)?, read(map_names::ESP_IN)?))
     }
 
     /// The liveness of a session slot, read in place.

@@ -114,7 +114,12 @@ impl Snapshot {
     /// array per reason), natd's counters, and one pass over the sessions
     /// (their liveness is mapped into natd: no syscall per session).
     pub fn take(daemon: &Daemon, aging: &ScanHistogram, forwards: &[ServerMetrics], previous_took: Duration) -> Result<Self> {
-        let sessions = session_counts(&daemon.datapath, &daemon.sessions)?;
+        let mut sessions = session_counts(&daemon.datapath, &daemon.sessions)?;
+        // ESP SA pairs (`nat::esp`), in the states `natd sessions` shows.
+        let answered = daemon.esp.views().filter(|sa| sa.spi_in.is_some()).count() as u64;
+        for (state, count) in [("unanswered", daemon.esp.len() as u64 - answered), ("established", answered)] {
+            sessions.push(SessionCount { proto: proto::name(proto::ESP), state, count });
+        }
         let mut ports = Vec::new();
         for p in proto::ALL {
             for (external, usage) in daemon.ports.usage_by_address(p) {

@@ -3,16 +3,17 @@
 //! space and setting mappings up (`ports`), the sessions and their aging
 //! (`sessions`), first packets (`first_packet`), parked fragments (`frag`),
 //! the per-host quota and refusal messages (`quota`), the mapping log
-//! (`maplog`), the inbound forwards and their health (`forwards`); `views`
+//! (`maplog`), the inbound forwards and their health (`forwards`), the
+//! IPsec ESP SAs learned from their packets (`esp`); `views`
 //! answers status, sessions, stats and forwards from it.
 
-use std::time::Instant;
+use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use nat_common::{
-    ClaimEvent, Endpoint, MissEvent,
+    ClaimEvent, Endpoint, MissEvent, frag_dir,
     icmp::ICMP_ADMIN_PROHIBITED,
-    proto,
+    pool_index, proto,
 };
 use tokio::sync::mpsc;
 
@@ -20,6 +21,7 @@ use crate::{
     datapath::Datapath,
     nat::{
         counters::DaemonCounters,
+        esp::{self, EspSas, Inbound, Outbound, SaKey},
         events::RingEvent,
         first_packet::{KernelSender, Sent, send_first_packet},
         forwards::Forwards,
@@ -33,7 +35,7 @@ use crate::{
         sessions::{SessionEntry, SessionTable, coarse_now_ns, expired_sessions},
     },
     config::Forward,
-    packet::{Ipv4, Side, destination_unreachable},
+    packet::{Ipv4, Side, destination_unreachable, translate_address},
 };
 
 pub struct Daemon {
@@ -50,6 +52,8 @@ pub struct Daemon {
     pub counters: DaemonCounters,
     pub forwards: Forwards,
     no_server_answers: NoServerAnswers,
+    /// The ESP SAs natd learned, and the packets it holds for them.
+    pub esp: EspSas,
 }
 
 impl Daemon {
@@ -70,6 +74,7 @@ impl Daemon {
             counters: DaemonCounters::default(),
             forwards: Forwards::new(checks),
             no_server_answers: NoServerAnswers::default(),
+            esp: EspSas::default(),
         };
         let adopting = adopted.is_some();
         if let Some(held) = adopted {
@@ -119,11 +124,21 @@ impl Daemon {
             self.ports.adopt(&external, mapping.session);
             self.sessions.insert(*inside, SessionEntry::new(external, mapping.session, now));
         }
+        let (esp_out, esp_in) = self.datapath.esp_sas()?;
+        for (_, target) in &esp_out {
+            self.ports.adopt_slot(target.session);
+        }
+        self.esp.adopt(&esp_out, &esp_in, now);
+        let awaited: Vec<_> = self.esp.awaited().collect();
+        for (external, peer) in awaited {
+            self.datapath.set_esp_awaited(esp::awaited_key(external, peer), true)?;
+        }
         self.ports.adopt_held(held);
         self.quota.adopt(self.datapath.host_returns()?);
         Ok(format!(
-            "adopted the serving datapath: {} sessions, {} ports held back before reuse; {drained} queued free ports taken back",
+            "adopted the serving datapath: {} sessions, {} ESP SAs, {} ports held back before reuse; {drained} queued free ports taken back",
             live.len(),
+            esp_out.len(),
             held.len()
         ))
     }
@@ -203,6 +218,7 @@ impl Daemon {
                 self.fragments.release(&mut self.datapath, &self.sender, &mut self.counters, &event.key, event.addr_be)
             }
             RingEvent::NoServer(event) => self.no_server(&event),
+            RingEvent::Esp(event) => self.esp_packet(&event),
         });
         if let Err(e) = result {
             self.counters.handoff_errors += 1;
@@ -318,6 +334,98 @@ impl Daemon {
         Ok(())
     }
 
+    /// An ESP packet of no SA the datapath knows (`nat::esp`): one for an
+    /// external address came from a peer, any other from an inside host
+    /// (the datapath hands over only ESP bound across the gateway).
+    fn esp_packet(&mut self, event: &MissEvent) -> Result<()> {
+        let packet = Ipv4::of_event(event)?;
+        let spi = esp::spi(&packet)?;
+        let now = coarse_now_ns();
+        if self.run.env.external_ips.contains(&packet.dst()) {
+            return self.esp_inbound(packet.datagram(), packet.dst(), packet.src(), spi, now);
+        }
+        self.esp_outbound(packet.datagram(), packet.src(), packet.dst(), spi, now, now).map(|_| ())
+    }
+
+    /// An inside host's ESP packet: sent from its paired pool address on
+    /// its SA, learned as a new SA, or held. Returns whether it was sent.
+    fn esp_outbound(&mut self, datagram: &[u8], inside: Ipv4Addr, peer: Ipv4Addr, spi: u32, since_ns: u64, now: u64) -> Result<bool> {
+        let pool = &self.run.env.external_ips;
+        let paired = pool[pool_index(esp::be(inside), pool.len() as u32) as usize];
+        let external = match self.esp.outbound(inside, peer, spi, paired, datagram, since_ns) {
+            Outbound::Send(external) => external,
+            Outbound::Learn(external) => {
+                let Some(slot) = self.ports.take_slot() else {
+                    self.esp.counters.refused += 1;
+                    tracing::warn!("ESP SA 0x{spi:08x} from {inside} to {peer} refused: every session slot is in use");
+                    return Ok(false);
+                };
+                let key = SaKey { local: inside, peer, spi };
+                if let Err(e) = self.datapath.insert_esp_out(key.datapath(), esp::target(external, slot), now) {
+                    self.ports.give_back_slot(slot);
+                    self.esp.counters.refused += 1;
+                    return Err(e.context(format!("installing the ESP SA 0x{spi:08x} from {inside} to {peer}")));
+                }
+                self.esp.learned(inside, peer, spi, external, slot, now);
+                // Before the packet leaves: the peer's answer must reach natd.
+                self.sync_awaited(external, peer)?;
+                external
+            }
+            Outbound::Held | Outbound::Dropped | Outbound::Refused => return Ok(false),
+        };
+        self.send_esp(datagram, Side::Source, external, frag_dir::OUT)?;
+        Ok(true)
+    }
+
+    /// A peer's ESP packet to an external address: sent to the host its SA
+    /// is bound to; the first of a new SA is bound to the host whose SA to
+    /// the peer is the unanswered one, and the packets held behind that SA
+    /// are tried again; with none unanswered it is dropped (counted).
+    fn esp_inbound(&mut self, datagram: &[u8], external: Ipv4Addr, peer: Ipv4Addr, spi: u32, now: u64) -> Result<()> {
+        let inside = match self.esp.inbound(external, peer, spi) {
+            Inbound::Send(inside) => inside,
+            Inbound::Bind { inside, slot } => {
+                let key = SaKey { local: external, peer, spi };
+                self.datapath
+                    .insert_esp_in(key.datapath(), esp::target(inside, slot))
+                    .with_context(|| format!("binding the ESP SA 0x{spi:08x} from {peer} to {inside}"))?;
+                let released = self.esp.bound(external, peer, spi);
+                self.sync_awaited(external, peer)?;
+                self.send_esp(datagram, Side::Destination, inside, frag_dir::IN)?;
+                for held in released {
+                    match self.esp_outbound(&held.packet, held.inside, held.peer, held.spi, held.since_ns, now) {
+                        Ok(true) => self.esp.held_sent(),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("{e:#}"),
+                    }
+                }
+                return Ok(());
+            }
+            Inbound::Unknown => return Ok(()),
+        };
+        self.send_esp(datagram, Side::Destination, inside, frag_dir::IN)
+    }
+
+    /// Tells the datapath whether an SA from `external` to `peer` awaits
+    /// its first answer (`ESP_AWAITED`).
+    fn sync_awaited(&mut self, external: Ipv4Addr, peer: Ipv4Addr) -> Result<()> {
+        self.datapath.set_esp_awaited(esp::awaited_key(external, peer), self.esp.awaits_answer(external, peer))
+    }
+
+    /// Sends an ESP packet with `side`'s address rewritten to `to`; a first
+    /// fragment's later fragments follow it as the datapath's would.
+    fn send_esp(&mut self, datagram: &[u8], side: Side, to: Ipv4Addr, dir: u8) -> Result<()> {
+        let read = Ipv4::read(datagram)?;
+        let first_fragment = read.is_first_fragment().then(|| read.frag_key(dir));
+        let mut packet = datagram.to_vec();
+        translate_address(&mut packet, side, to)?;
+        self.sender.send_packet(&packet)?;
+        if let Some(key) = first_fragment {
+            self.fragments.first_fragment_sent(&mut self.datapath, &self.sender, &mut self.counters, key, esp::be(to))?;
+        }
+        Ok(())
+    }
+
     /// Once a tick: publishes the clock, returns held ports, refills the
     /// queues, ages parked fragments, and removes every mapping idle past
     /// its timeout, both directions together, its port held before reuse.
@@ -331,6 +439,23 @@ impl Daemon {
         for inside in expired {
             self.remove_session(inside, now)?;
             self.counters.mappings_expired += 1;
+        }
+        self.age_esp(now)
+    }
+
+    /// Drops the ESP packets held too long, and removes the SA pairs idle
+    /// past `timeouts.esp`, both directions, their slots free.
+    fn age_esp(&mut self, now: u64) -> Result<()> {
+        self.esp.expire_held(now);
+        let datapath = &self.datapath;
+        let removed = self.esp.expire(self.run.settings.timeouts.esp, now, |slot| Ok(datapath.liveness(slot)?.last_seen_ns))?;
+        for sa in removed {
+            self.datapath.remove_esp_out(&sa.out.datapath())?;
+            for key in &sa.inbound {
+                self.datapath.remove_esp_in(&key.datapath())?;
+            }
+            self.ports.give_back_slot(sa.slot);
+            self.sync_awaited(sa.external, sa.out.peer)?;
         }
         Ok(())
     }

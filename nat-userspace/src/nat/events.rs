@@ -18,6 +18,8 @@ pub enum RingEvent {
     FragmentTranslated(FragEvent),
     /// A new flow to a forward with no server up.
     NoServer(Box<MissEvent>),
+    /// An ESP packet of no SA the datapath knows, either way.
+    Esp(Box<MissEvent>),
 }
 
 impl RingEvent {
@@ -33,6 +35,7 @@ impl RingEvent {
             miss_kind::FRAGMENT_IN => Self::Fragment(Box::new(read(item)?), frag_dir::IN),
             miss_kind::FRAGMENT_TRANSLATED => Self::FragmentTranslated(read(item)?),
             miss_kind::NO_SERVER => Self::NoServer(Box::new(read(item)?)),
+            miss_kind::ESP => Self::Esp(Box::new(read(item)?)),
             other => bail!("ring event of kind {other} and {} bytes not understood", item.len()),
         })
     }

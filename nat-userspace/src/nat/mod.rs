@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod counters;
 pub mod daemon;
+pub mod esp;
 pub mod events;
 pub mod first_packet;
 pub mod forwards;

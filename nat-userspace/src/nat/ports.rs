@@ -186,6 +186,22 @@ impl Ports {
         Ok(SetUp::Made { external, slot })
     }
 
+    /// A session slot for a session with no port (an ESP SA pair,
+    /// `nat::esp`), from the pool the mappings' slots come from.
+    pub fn take_slot(&mut self) -> Option<u32> {
+        self.slots.take()
+    }
+
+    /// A slot `take_slot` gave, free again.
+    pub fn give_back_slot(&mut self, slot: u32) {
+        self.slots.give_back(slot);
+    }
+
+    /// A slot a portless session of an adopted datapath uses.
+    pub fn adopt_slot(&mut self, slot: u32) {
+        self.slots.adopt(slot);
+    }
+
     /// A mapping ended: its port is held before reuse, its slot free.
     pub fn release(&mut self, external: &Endpoint, slot: u32, now_ns: u64) {
         if let Some(pool) = self.pool_of(external) {

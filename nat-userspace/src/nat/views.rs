@@ -72,12 +72,15 @@ pub fn session_rows(daemon: &Daemon) -> Result<Vec<Session>> {
             external: endpoint_text(&entry.external),
             remote: None,
             forward: None,
+            spi_out: None,
+            spi_in: None,
             state: session_state(inside.proto, state_out, state_in).to_string(),
             idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
             timeout_s: timeout.as_secs(),
         });
     }
     rows.extend(forwarded_flow_rows(daemon, now)?);
+    rows.extend(esp_rows(daemon, now)?);
     rows.sort_by(|a, b| a.idle_s.cmp(&b.idle_s).then_with(|| a.inside.cmp(&b.inside)));
     Ok(rows)
 }
@@ -103,9 +106,35 @@ fn forwarded_flow_rows(daemon: &Daemon, now: u64) -> Result<Vec<Session>> {
             external: endpoint_text(&external),
             remote: Some(endpoint_text(&remote)),
             forward: Some(view.forward),
+            spi_out: None,
+            spi_in: None,
             state: state.to_string(),
             idle_s: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
             timeout_s: timeouts.for_mapping(key.proto, flags_out, flags_in).as_secs(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The ESP SA pairs (`nat::esp`): addresses alone (ESP has no ports), the
+/// peer as the remote, and both SPIs; "unanswered" until the peer's first
+/// packet bound its SPI.
+fn esp_rows(daemon: &Daemon, now: u64) -> Result<Vec<Session>> {
+    let timeout = daemon.run.settings.timeouts.esp;
+    let mut rows = Vec::new();
+    for sa in daemon.esp.views() {
+        let live = daemon.datapath.liveness(sa.slot)?;
+        rows.push(Session {
+            proto: proto::name(proto::ESP).to_string(),
+            inside: sa.inside.to_string(),
+            external: sa.external.to_string(),
+            remote: Some(sa.peer.to_string()),
+            forward: None,
+            spi_out: Some(format!("0x{:08x}", sa.spi_out)),
+            spi_in: Some(sa.spi_in.map_or_else(|| "-".to_string(), |spi| format!("0x{spi:08x}"))),
+            state: if sa.spi_in.is_some() { "established" } else { "unanswered" }.to_string(),
+            idle_s: now.saturating_sub(live.last_seen_ns) / 1_000_000_000,
+            timeout_s: timeout.as_secs(),
         });
     }
     Ok(rows)
@@ -120,6 +149,9 @@ pub fn stats(daemon: &Daemon) -> Result<Stats> {
     let mut natd = vec![counter("sessions", daemon.sessions.len() as u64)];
     natd.extend(daemon.counters.named());
     natd.push(counter("fragments_waiting", daemon.fragments.waiting() as u64));
+    natd.push(counter("esp_sas", daemon.esp.len() as u64));
+    natd.extend(daemon.esp.counters.named());
+    natd.push(counter("esp_held_now", daemon.esp.held_len() as u64));
     natd.push(counter("mapping_log_lost", daemon.mapping_log_lost()));
     Ok(Stats {
         datapath: daemon.datapath.counters()?.into_iter().map(|(r, v)| counter(r.name(), v)).collect(),

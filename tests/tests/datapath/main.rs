@@ -7,6 +7,7 @@
 //! builders, the case table runner) are here.
 
 mod filtering;
+mod esp;
 mod forwards;
 mod frag_needed;
 mod fragments;

@@ -12,8 +12,9 @@ use super::gateway;
 fn programs_stay_within_half_the_verifier_budget() {
     require_root!();
     let gw = gateway("verified").unwrap();
-    // The SCTP programs (tail-called by the main ones) have budgets of their own.
-    for name in [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP] {
+    // The SCTP and ESP programs (tail-called by the main ones) have budgets
+    // of their own.
+    for name in [program_names::LAN, program_names::WAN, program_names::LAN_SCTP, program_names::WAN_SCTP, program_names::LAN_ESP, program_names::WAN_ESP] {
         let info = gw.datapath.named_program(name).unwrap().info().unwrap();
         let verified = info.verified_instruction_count().expect("the kernel reports verified instructions (5.16+)");
         eprintln!("{name}: {verified} instructions verified");

@@ -9,6 +9,7 @@
 mod aging;
 mod bad_input;
 mod basics;
+mod esp;
 mod exhaustion_and_quota;
 mod filtering;
 mod forwards;
