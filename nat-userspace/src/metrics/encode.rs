@@ -23,6 +23,20 @@ use crate::metrics::{
 /// The `Content-Type` of what `encode` writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
+/// natd's ESP learning (`EspCounters::named`): metric name (before
+/// `_total`) and help.
+pub(super) const ESP_COUNTERS: &[(&str, &str, &str)] = &[
+    ("esp_sas_learned", "natd_esp_sas_learned", "ESP: outbound SAs natd learned and installed"),
+    ("esp_sas_bound", "natd_esp_sas_bound", "ESP: inbound SAs bound to the host whose SA they answered"),
+    ("esp_sas_expired", "natd_esp_sas_expired", "ESP: SA pairs removed after timeouts.esp idle"),
+    ("esp_sas_refused", "natd_esp_sas_refused", "ESP: new SAs refused (the host's 64, no session slot, or the map full)"),
+    ("esp_held", "natd_esp_held", "ESP: packets held while another host's SA to their peer was unanswered"),
+    ("esp_held_sent", "natd_esp_held_sent", "ESP: held packets sent on once that SA was answered"),
+    ("esp_held_expired", "natd_esp_held_expired", "ESP: held packets dropped after 2 s"),
+    ("esp_held_dropped_full", "natd_esp_held_dropped_full", "ESP: packets dropped because the hold queue was full"),
+    ("esp_unknown_dropped", "natd_esp_unknown_dropped", "ESP: inbound packets of no SA with no unanswered SA to bind them to"),
+];
+
 /// natd's own counters (`DaemonCounters::named`): metric name (before
 /// `_total`) and help. The three refusal counters are one family with a
 /// `cause` label (`REFUSALS`).
@@ -118,6 +132,11 @@ impl Collector for Scrape {
         let value = |name: &str| named.iter().find(|c| c.name == name).map_or(0, |c| c.value);
         for (key, metric, help) in DAEMON_COUNTERS {
             single(e, metric, help, None, &ConstCounter::new(value(key)))?;
+        }
+        let esp = s.esp.named();
+        for (key, metric, help) in ESP_COUNTERS {
+            let value = esp.iter().find(|c| c.name == *key).map_or(0, |c| c.value);
+            single(e, metric, help, None, &ConstCounter::new(value))?;
         }
         let refused: Vec<_> = REFUSALS.iter().map(|(key, cause)| ([("cause", *cause)], ConstCounter::new(value(key)))).collect();
         family(

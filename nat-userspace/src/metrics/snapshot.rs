@@ -42,6 +42,8 @@ pub struct Snapshot {
     /// The datapath's per-reason packet counters, every reason.
     pub datapath: Vec<(Reason, u64)>,
     pub daemon: DaemonCounters,
+    /// What natd's ESP learning counted (`nat::esp`).
+    pub esp: crate::nat::esp::EspCounters,
     /// Later fragments parked, waiting for their first fragment.
     pub fragments_waiting: u64,
     /// Mapping log lines lost (the file or syslog could not take them).
@@ -131,6 +133,7 @@ impl Snapshot {
             previous_took,
             datapath: daemon.datapath.counters()?,
             daemon: daemon.counters,
+            esp: daemon.esp.counters,
             fragments_waiting: daemon.fragments.waiting() as u64,
             mapping_log_lost: daemon.mapping_log_lost(),
             sessions,

@@ -29,6 +29,7 @@ fn snapshot(taken: Instant) -> Snapshot {
         previous_took: Duration::from_micros(250),
         datapath: Reason::ALL.iter().map(|r| (*r, *r as u64 * 10)).collect(),
         daemon: DaemonCounters { mappings_created: 7, refused_quota: 2, refused_no_port: 1, first_packets_sent: 5, ..Default::default() },
+        esp: crate::nat::esp::EspCounters { learned: 3, held: 1, ..Default::default() },
         fragments_waiting: 3,
         mapping_log_lost: 11,
         sessions: vec![
@@ -120,6 +121,10 @@ fn daemon_counters_refusals_and_gauges() {
             || super::encode::REFUSALS.iter().any(|(key, _)| *key == counter.name);
         assert!(covered, "daemon counter {} has no metric", counter.name);
     }
+    for counter in crate::nat::esp::EspCounters::default().named() {
+        assert!(super::encode::ESP_COUNTERS.iter().any(|(key, _, _)| *key == counter.name), "ESP counter {} has no metric", counter.name);
+    }
+    assert!(text.contains("natd_esp_sas_learned_total 3"), "{text}");
 }
 
 #[test]
