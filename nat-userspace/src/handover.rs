@@ -27,7 +27,7 @@ impl Handover {
     pub fn take(state: &StateDir) -> Self {
         let path = state.handover_file();
         let handover = std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
-        let _ = std::fs::remove_file(path);
+        crate::datapath::remove_handover_file(path);
         handover
     }
 

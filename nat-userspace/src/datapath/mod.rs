@@ -27,7 +27,7 @@ pub use forwards::{FlowTable, ForwardTables, StaticMapping};
 mod pins;
 pub use pins::{FlowPins, PinRefusal};
 mod state;
-pub use state::{OWN_BPFFS, PinRoot, STATE_LAYOUT, StateDir, XdpLinkInfo, link_info, netns_cookie, open_pinned};
+pub use state::{OWN_BPFFS, PinRoot, STATE_LAYOUT, StateDir, XdpLinkInfo, link_info, netns_cookie, open_pinned, remove_handover_file};
 
 /// How often a program load is tried when the verifier answers EAGAIN.
 const LOAD_ATTEMPTS: u32 = 5;

@@ -168,7 +168,7 @@ impl PinRoot {
                 let Ok(lock) = DirLock::try_take(&pair.path()) else { continue };
                 if pair_is_stale(&pair.path()) {
                     let shown = format!("{}/{}", netns.file_name().to_string_lossy(), pair.file_name().to_string_lossy());
-                    let _ = std::fs::remove_file(handover_file(&netns.file_name().to_string_lossy(), &pair.file_name().to_string_lossy()));
+                    remove_handover_file(&handover_file(&netns.file_name().to_string_lossy(), &pair.file_name().to_string_lossy()));
                     match remove_tree(&pair.path()) {
                         Ok(()) => removed.push(shown),
                         Err(e) => tracing::warn!("removing the stale pins {shown}: {e:#}"),
@@ -301,7 +301,7 @@ impl StateDir {
         let mut pins = Vec::new();
         collect_names(&self.pair, &self.pair, &mut pins);
         remove_tree(&self.pair)?;
-        let _ = std::fs::remove_file(&self.handover_file);
+        remove_handover_file(&self.handover_file);
         if let Some(netns) = self.pair.parent() {
             let _ = std::fs::remove_dir(netns);
         }
@@ -313,6 +313,14 @@ impl StateDir {
 /// netns exec` of the namespace (only /sys is remounted).
 fn handover_file(netns: &str, pair: &str) -> PathBuf {
     PathBuf::from(format!("/run/natd/handover/{netns}/{pair}.json"))
+}
+
+/// Removes a handover file, and its namespace's directory once empty.
+pub fn remove_handover_file(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 fn side_name(side: Side) -> &'static str {

@@ -304,6 +304,9 @@ fn natd_down_removes_what_sigterm_left_serving() {
         String::from_utf8_lossy(&again.stdout).contains("no gateway on lan0 and wan0"),
         "{again:?}"
     );
+    let cookie = nat_tests::natlab::in_ns(&lab.gw, || nat_userspace::datapath::netns_cookie().unwrap()).join().unwrap();
+    let handover = std::path::PathBuf::from(format!("/run/natd/handover/netns-{cookie}"));
+    assert!(!handover.exists(), "natd down left {} behind", handover.display());
     // SIGINT (an operator's Ctrl-C) takes the datapath with natd.
     lab.start_natd(&[]).unwrap();
     assert!(lab.stop_natd().unwrap().success());
