@@ -2,7 +2,7 @@
 //! routed, its session refreshed, rewritten and sent on.
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::{Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Mapping, Reason, forward::mapping_flags};
+use nat_common::{Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, Mapping, Reason, forward::mapping_flags};
 
 use crate::{
     ctx::clock,
@@ -147,19 +147,24 @@ pub fn finish_if_partial(ctx: &XdpContext, pkt: &Ipv4Packet, partial: bool, tran
     translated
 }
 
-/// Records activity on a session with no state bits (an ESP SA pair's):
-/// at most one write per granule.
+/// Records activity on a session with no state bits (an ESP SA pair's).
 #[inline(always)]
 pub fn stamp(slot: u32, now: u64) {
-    let Some(live) = LIVENESS.get_ptr_mut(slot) else {
-        return;
-    };
-    // SAFETY: the session's slot; writes race only with each other's
-    // timestamps.
+    let _ = stamped(slot, now);
+}
+
+/// The liveness of session `slot`, its timestamp brought to `now`: at most
+/// one write per granule.
+#[inline(always)]
+fn stamped(slot: u32, now: u64) -> Option<&'static mut Liveness> {
+    let live = LIVENESS.get_ptr_mut(slot)?;
+    // SAFETY: the session's slot; the datapath's writes to it race only with
+    // each other's timestamps and flag bits, which is what they record.
     let live = unsafe { &mut *live };
     if now.wrapping_sub(live.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
         live.last_seen_ns = now;
     }
+    Some(live)
 }
 
 /// Records activity on a mapping's session: at most one write per granule
@@ -172,15 +177,9 @@ pub fn refresh(mapping: &Mapping, pkt: &Ipv4Packet, now: u64, side: Side) {
     if mapping.flags & mapping_flags::FORWARD != 0 {
         return;
     }
-    let Some(live) = LIVENESS.get_ptr_mut(mapping.session) else {
+    let Some(live) = stamped(mapping.session, now) else {
         return;
     };
-    // SAFETY: the session's slot; the datapath's writes to it race only with
-    // each other's timestamps and flag bits, which is what they record.
-    let live = unsafe { &mut *live };
-    if now.wrapping_sub(live.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
-        live.last_seen_ns = now;
-    }
     match pkt.l4 {
         L4::Tcp(header) => tcp::record_flags(live, header, side),
         L4::Sctp(header) => sctp::record_chunk(live, header, side),

@@ -9,7 +9,7 @@ use nat_common::{
 
 use crate::{
     packet::{Side, parse::Ipv4Packet},
-    proto::sctp::{self, SctpCheck},
+    proto::sctp::SctpCheck,
 };
 
 /// Rewrites one endpoint of the packet to `to` and decrements the TTL, keeping
@@ -69,8 +69,5 @@ fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool, sct
         old_addr
     };
     // Only the outer header for an ICMP error: its quote is `Quoted::rewrite`'s.
-    match pkt.sctp() {
-        Some(header) => sctp::rewrite_port(header, side, to, sctp),
-        None => pkt.l4.rewrite(side, old_addr, to),
-    }
+    pkt.l4.rewrite(side, old_addr, to, sctp);
 }

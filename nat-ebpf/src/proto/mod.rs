@@ -17,7 +17,10 @@ use nat_common::{
     proto::{IcmpEcho, Sctp, Tcp, Transport, Udp},
 };
 
-use crate::{packet::Side, proto::icmp::Quoted};
+use crate::{
+    packet::Side,
+    proto::{icmp::Quoted, sctp::SctpCheck},
+};
 
 /// Where the translatable part of the packet is. Each pointer is the start
 /// of a header `parse` checked to be in the frame and within the datagram
@@ -123,17 +126,18 @@ impl L4 {
     }
 
     /// Rewrites the port (identifier) of `side` to `to`'s, the address
-    /// having gone from `old_addr_be` to `to.addr_be`, with the checksum.
-    /// An SCTP packet is rewritten by `sctp::rewrite_port` (its CRC32c
-    /// computed beforehand: `packet::rewrite`). ICMP errors are rewritten
-    /// by `icmp` (their quote), other headers not at all.
+    /// having gone from `old_addr_be` to `to.addr_be`, with the checksum; an
+    /// SCTP packet's CRC32c field becomes `sctp_check` (computed before
+    /// the rewrite, `sctp::check_after`). ICMP errors are rewritten by
+    /// `icmp` (their quote), other headers not at all.
     #[inline(always)]
-    pub fn rewrite(&self, side: Side, old_addr_be: u32, to: &Endpoint) {
+    pub fn rewrite(&self, side: Side, old_addr_be: u32, to: &Endpoint, sctp_check: SctpCheck) {
         match *self {
             L4::Tcp(h) => rewrite_port::<Tcp>(h, side, old_addr_be, to),
             L4::Udp(h) => rewrite_port::<Udp>(h, side, old_addr_be, to),
+            L4::Sctp(h) => sctp::rewrite_port(h, side, to, sctp_check),
             L4::IcmpEcho(h) => rewrite_port::<IcmpEcho>(h, side, old_addr_be, to),
-            L4::Sctp(_) | L4::IcmpError(_) | L4::Other => {}
+            L4::IcmpError(_) | L4::Other => {}
         }
     }
 

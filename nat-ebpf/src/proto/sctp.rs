@@ -102,7 +102,7 @@ pub fn check_after(pkt: &Ipv4Packet, rewrite: &Rewrite) -> SctpCheck {
 }
 
 /// Sets the port of `side` to `to.port_be` and the CRC32c field to `check`
-/// (`check_after` for this rewrite; `translate_both` sets it twice, to the
+/// (`check_after` for this rewrite; `translate_both_with` sets it twice, to the
 /// same value). `header`: from `Ipv4Packet::sctp`.
 #[inline(always)]
 pub fn rewrite_port(header: *mut u8, side: Side, to: &Endpoint, check: SctpCheck) {
