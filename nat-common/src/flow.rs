@@ -50,9 +50,10 @@ impl Endpoint {
 
 /// The translation one direction applies.
 ///
-/// `OUTBOUND[inside] = Mapping{external}` and `INBOUND[external] = Mapping{inside}`
-/// always exist as a pair (the daemon inserts the reverse entry first), and
-/// both name the same session slot in `LIVENESS`.
+/// `OUTBOUND[inside] = Mapping{external}`, and inbound the same `Mapping{inside}`
+/// made from the external endpoint's `InboundPort` and its session's
+/// `Liveness` (`InboundPort::mapping`). The two always exist as a pair (the
+/// reverse entry goes in first) and name the same session slot in `LIVENESS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mapping {
@@ -78,6 +79,92 @@ impl Mapping {
     }
 }
 
+/// An external endpoint's entry in the `INBOUND` array, at
+/// `GatewayConfig::inbound_index`: the external port space is natd's, so
+/// the inbound table is an array indexed by (pool address, protocol, port)
+/// rather than a hash map, 8 bytes a port instead of a hash element's 88
+/// (issue 16), and a lookup is an address computation, not a hash. It
+/// holds what the inside endpoint needs besides its address, which is in
+/// the session's `Liveness` (one cache line for both on the hit path).
+///
+/// 8 bytes, written and cleared as one aligned store (natd writes through
+/// its memory mapping of the array, the claim path as one u64), so a
+/// packet never sees half an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundPort {
+    /// The session slot (`LIVENESS`).
+    pub session: u32,
+    /// The inside port (or ICMP identifier), network byte order.
+    pub port_be: u16,
+    /// `InboundPort::IN_USE`, and `forward::mapping_flags::*` above it.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<InboundPort>() == 8);
+
+impl InboundPort {
+    /// Set on every entry in use: an all-zero entry is a free port (slot 0,
+    /// ICMP identifier 0 is a session like any other).
+    pub const IN_USE: u16 = 1 << 15;
+
+    /// The entry for the inside endpoint `inside` of session `session`.
+    pub const fn new(inside: &Endpoint, session: u32) -> Self {
+        Self { session, port_be: inside.port_be, flags: Self::IN_USE }
+    }
+
+    pub const fn in_use(&self) -> bool {
+        self.flags & Self::IN_USE != 0
+    }
+
+    /// The entry as one u64, to store in one go.
+    #[inline(always)]
+    pub const fn bits(&self) -> u64 {
+        self.session as u64 | (self.port_be as u64) << 32 | (self.flags as u64) << 48
+    }
+
+    /// The entry `bits` made (on this little-endian layout, the u64 at its address).
+    #[inline(always)]
+    pub const fn from_bits(bits: u64) -> Self {
+        Self { session: bits as u32, port_be: (bits >> 32) as u16, flags: (bits >> 48) as u16 }
+    }
+
+    /// The inbound translation: to `inside_addr_be` (the session's
+    /// `Liveness::inside_addr_be`) and this entry's port.
+    pub const fn mapping(&self, inside_addr_be: u32) -> Mapping {
+        Mapping { addr_be: inside_addr_be, port_be: self.port_be, flags: self.flags & !Self::IN_USE, session: self.session }
+    }
+}
+
+/// Protocols with ports in `INBOUND`, and how many: TCP, UDP, ICMP echo, SCTP.
+pub const INBOUND_PROTOCOLS: u32 = 4;
+
+/// Entries of the `INBOUND` array: every port of every protocol of every
+/// pool address (2,097,152 of 8 bytes: 16 MiB, 16 bytes a session at
+/// `MAX_MAPPINGS`).
+pub const INBOUND_PORTS: u32 = MAX_POOL_ADDRS as u32 * INBOUND_PROTOCOLS * 65536;
+
+/// Where the entry of port `port_be` of `proto_nr` on the pool's address
+/// number `pool_position` sits in `INBOUND`; `None` for a protocol without
+/// ports.
+#[inline(always)]
+pub const fn inbound_index(pool_position: u32, proto_nr: u8, port_be: u16) -> Option<u32> {
+    // The protocol's class without a branch per protocol (each would fork
+    // the verifier's walk of everything after it): ICMP 0, TCP 1, UDP 2,
+    // SCTP 3, checked against the protocol the class stands for.
+    let class = ((proto_nr as u32 * 7) >> 3) & (INBOUND_PROTOCOLS - 1);
+    if (INBOUND_CLASS_PROTOCOLS >> (class * 8)) & 0xff != proto_nr as u32 {
+        return None;
+    }
+    // Bounded for the verifier whatever the caller proved.
+    let position = pool_position & (MAX_POOL_ADDRS as u32 - 1);
+    Some((((position * INBOUND_PROTOCOLS) + class) << 16) | u16::from_be(port_be) as u32)
+}
+const _: () = assert!(MAX_POOL_ADDRS.is_power_of_two());
+
+/// The protocol of each class of `inbound_index`, a byte each from class 0.
+const INBOUND_CLASS_PROTOCOLS: u32 =
+    crate::proto::ICMP as u32 | (crate::proto::TCP as u32) << 8 | (crate::proto::UDP as u32) << 16 | (crate::proto::SCTP as u32) << 24;
+
 /// What the daemon ages a session by, one per session in the `LIVENESS`
 /// array, written by the datapath and read by the daemon through a shared
 /// memory mapping of the array: the aging scan makes no syscall per session.
@@ -97,13 +184,22 @@ pub struct Liveness {
     /// (Were `_pad` before SCTP: zero in sessions made before.)
     pub sctp_chunks_out: u8,
     pub sctp_chunks_in: u8,
-    pub _pad: [u8; 4],
+    /// The session's inside address, network byte order: what an inbound
+    /// packet's destination becomes (the rest is in its `InboundPort`).
+    /// Written before the `INBOUND` entry that names this slot. 0 for a
+    /// session without one (ESP's, forwards').
+    pub inside_addr_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<Liveness>() == 16);
 
 impl Liveness {
     pub const fn new(now_ns: u64) -> Self {
-        Self { last_seen_ns: now_ns, tcp_flags_out: 0, tcp_flags_in: 0, sctp_chunks_out: 0, sctp_chunks_in: 0, _pad: [0; 4] }
+        Self::of_inside(now_ns, 0)
+    }
+
+    /// A new session of the inside address `inside_addr_be`, last seen `now_ns`.
+    pub const fn of_inside(now_ns: u64, inside_addr_be: u32) -> Self {
+        Self { last_seen_ns: now_ns, tcp_flags_out: 0, tcp_flags_in: 0, sctp_chunks_out: 0, sctp_chunks_in: 0, inside_addr_be }
     }
 
     /// What a session of `proto_nr` recorded of its state, (outbound,
@@ -318,17 +414,33 @@ impl GatewayConfig {
     /// Whether `addr_be` is one of the external addresses.
     #[inline(always)]
     pub fn is_external(&self, addr_be: u32) -> bool {
+        self.pool_position(addr_be).is_some()
+    }
+
+    /// Where `addr_be` is in the pool, if it is an external address.
+    /// `opaque_zero` makes the position unknown to the verifier, so the
+    /// paths from each address join again after the scan.
+    #[inline(always)]
+    pub fn pool_position(&self, addr_be: u32) -> Option<u32> {
         let mut i = 0;
         while i < MAX_POOL_ADDRS {
             if i as u32 >= self.pool_len {
-                return false;
+                return None;
             }
             if self.external_addrs_be[i] == addr_be {
-                return true;
+                return Some(i as u32 | self.opaque_zero as u32);
             }
             i += 1;
         }
-        false
+        None
+    }
+
+    /// The `INBOUND` entry of `external`: its address's position in the
+    /// pool, its protocol and port. `None`: not a pool address, or a
+    /// protocol without ports, so no mapping can exist.
+    #[inline(always)]
+    pub fn inbound_index(&self, external: &Endpoint) -> Option<u32> {
+        inbound_index(self.pool_position(external.addr_be)?, external.proto, external.port_be)
     }
 
     /// The pool index of the external address an inside host is paired with.
@@ -691,6 +803,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Mapping {}
     unsafe impl aya::Pod for super::Liveness {}
+    unsafe impl aya::Pod for super::InboundPort {}
     unsafe impl aya::Pod for super::FreePort {}
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::MissEvent {}
@@ -701,6 +814,49 @@ mod pod {
     unsafe impl aya::Pod for super::FragState {}
     unsafe impl aya::Pod for super::ClaimEvent {}
     unsafe impl aya::Pod for super::FragEvent {}
+}
+
+#[cfg(test)]
+mod inbound_tests {
+    use super::*;
+    use crate::proto;
+
+    #[test]
+    fn every_port_of_every_protocol_and_pool_address_has_its_own_entry() {
+        let mut seen = std::collections::HashSet::new();
+        for position in 0..MAX_POOL_ADDRS as u32 {
+            for proto_nr in proto::ALL {
+                for port in [0u16, 1, 1024, 65535] {
+                    let at = inbound_index(position, proto_nr, port.to_be()).unwrap();
+                    assert!(at < INBOUND_PORTS);
+                    assert!(seen.insert(at), "{position} {proto_nr} {port}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn protocols_without_ports_have_no_entry() {
+        for proto_nr in 0..=255u8 {
+            assert_eq!(inbound_index(0, proto_nr, 0).is_some(), proto::ALL.contains(&proto_nr), "{proto_nr}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_one_u64_as_it_lies_in_memory() {
+        let port = InboundPort { session: 0x0102_0304, port_be: 0x0506, flags: InboundPort::IN_USE | 1 };
+        assert_eq!(InboundPort::from_bits(port.bits()), port);
+        assert_eq!(port.bits().to_ne_bytes(), unsafe { core::mem::transmute::<InboundPort, [u8; 8]>(port) });
+        assert!(!InboundPort::default().in_use());
+        assert_eq!(port.mapping(7).flags, 1);
+    }
+
+    #[test]
+    fn only_pool_addresses_have_entries() {
+        let cfg = GatewayConfig::new(core::net::Ipv4Addr::new(203, 0, 113, 1), 2, 1024, 65535);
+        assert!(cfg.inbound_index(&Endpoint::new(core::net::Ipv4Addr::new(203, 0, 113, 1), 5000, proto::UDP)).is_some());
+        assert!(cfg.inbound_index(&Endpoint::new(core::net::Ipv4Addr::new(203, 0, 113, 2), 5000, proto::UDP)).is_none());
+    }
 }
 
 #[cfg(test)]

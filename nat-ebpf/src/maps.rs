@@ -5,16 +5,19 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, RingBuf},
 };
-use nat_common::{BPF_F_MMAPABLE, Endpoint, Liveness, MAX_MAPPINGS, MAX_SESSIONS, MISS_RING_BYTES, Mapping};
+use nat_common::{BPF_F_MMAPABLE, Endpoint, GatewayConfig, INBOUND_PORTS, InboundPort, Liveness, MAX_MAPPINGS, inbound_index, MAX_SESSIONS, MISS_RING_BYTES, Mapping};
 
 /// inside endpoint -> external endpoint (LAN ingress lookups). A mapping is
 /// never evicted: a plain hash, full means new flows are refused.
 #[map]
 pub static OUTBOUND: HashMap<Endpoint, Mapping> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
 
-/// external endpoint -> inside endpoint (WAN ingress lookups).
+/// external endpoint -> inside port and session (WAN ingress lookups), by
+/// `GatewayConfig::inbound_index`: an array, since natd owns the external
+/// port space (see `InboundPort`). Memory-mappable: natd writes its entries
+/// in place, each one aligned 8-byte store.
 #[map]
-pub static INBOUND: HashMap<Endpoint, Mapping> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+pub static INBOUND: Array<InboundPort> = Array::with_max_entries(INBOUND_PORTS, BPF_F_MMAPABLE);
 
 /// Per-session liveness, indexed by `Mapping::session`. Memory-mappable: the
 /// daemon's aging scan reads it in place, without a syscall per session.
@@ -25,3 +28,29 @@ pub static LIVENESS: Array<Liveness> = Array::with_max_entries(MAX_SESSIONS, BPF
 /// (`ClaimEvent`), translated first fragments (`FragEvent`).
 #[map]
 pub static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
+
+/// The inbound translation of `external`, if it has a mapping: its port's
+/// `INBOUND` entry, with the inside address from its session's liveness
+/// (the cache line the hit path stamps anyway).
+///
+/// A slot is reused only after natd removed its entry, as a preallocated
+/// hash map reuses an element: a packet that read the entry just before
+/// may see the next session's address, the race every BPF map lookup has.
+#[inline(always)]
+pub fn inbound(cfg: &GatewayConfig, external: &Endpoint) -> Option<Mapping> {
+    inbound_at(cfg.pool_position(external.addr_be)?, external)
+}
+
+/// `inbound` of an endpoint whose address is the pool's `position`th.
+#[inline(always)]
+pub fn inbound_at(position: u32, external: &Endpoint) -> Option<Mapping> {
+    let entry = INBOUND.get_ptr(inbound_index(position, external.proto, external.port_be)?)?;
+    // SAFETY: an 8-byte entry of the array (8-aligned); one load, so never
+    // half of a store natd or another CPU makes.
+    let port = InboundPort::from_bits(unsafe { core::ptr::read_volatile(entry.cast::<u64>()) });
+    if !port.in_use() {
+        return None;
+    }
+    let live = LIVENESS.get(port.session)?;
+    Some(port.mapping(live.inside_addr_be))
+}

@@ -18,7 +18,7 @@ use nat_common::{
 use crate::{
     ctx::{clock, config},
     inbound::forward,
-    maps::{INBOUND, OUTBOUND},
+    maps::{OUTBOUND, inbound},
     nat::{filter::admit, untranslated},
     packet::{
         Side,
@@ -72,15 +72,15 @@ pub(crate) fn icmp_error_hairpinned(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: 
     let (Some(sender_external), Some(target_inside)) = (quoted.endpoint(Side::Source), quoted.endpoint(Side::Destination)) else {
         return Verdict::pass(Reason::PassLocal);
     };
-    let (Some(sender), Some(target)) = (INBOUND.get_ptr(sender_external), OUTBOUND.get_ptr(target_inside)) else {
+    let (Some(sender), Some(target)) = (inbound(config(), &sender_external), OUTBOUND.get_ptr(target_inside)) else {
         return Verdict::pass(Reason::PassLocal);
     };
     if !icmp_error_checksums_hold(ctx, pkt, quoted) {
         return Verdict::drop(Reason::DropBadIcmpError);
     }
     let inner_proto = quoted.proto();
-    // SAFETY: values of the maps, alive while the program runs.
-    let (sender, target) = unsafe { (&*sender, &*target) };
+    // SAFETY: a value of the map, alive while the program runs.
+    let target = unsafe { &*target };
     let (sender_inside, target_external) = (sender.target(inner_proto), target.target(inner_proto));
     // A backend refusing a client hairpinned to its forward: the passive
     // signal `icmp_error_out` counts for a client on the Internet.
@@ -113,9 +113,8 @@ pub(crate) fn icmp_error_in(ctx: &XdpContext, pkt: &Ipv4Packet, quoted: &Quoted)
     let remote_be = quoted.inner_dst_be();
     let external = Endpoint::from_be(quoted.inner_src_be(), port_be, inner_proto);
     // About a mapping's packet, or a forwarded flow's (a backend's reply).
-    let (inside, filtered) = match INBOUND.get_ptr(external) {
-        // SAFETY: a value of the map, copied.
-        Some(mapping) => (unsafe { (*mapping).target(inner_proto) }, true),
+    let (inside, filtered) = match inbound(config(), &external) {
+        Some(mapping) => (mapping.target(inner_proto), true),
         None => match forward::quoted_backend(&Endpoint::from_be(remote_be, remote_port_be, inner_proto), &external) {
             Some(backend) => (backend, false),
             None => return untranslated::wan(ctx, pkt),

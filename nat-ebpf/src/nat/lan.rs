@@ -10,7 +10,7 @@ use nat_common::{GatewayConfig, Reason, forward::mapping_flags, miss_kind, proto
 use crate::{
     ctx::clock,
     handoff::hand_to_daemon,
-    maps::{INBOUND, OUTBOUND},
+    maps::{OUTBOUND, inbound_at},
     nat::{
         filter::{admit, remember_remote},
         fragment::later_fragment,
@@ -49,8 +49,8 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     if pkt.dst_is_special() {
         return Verdict::pass(Reason::PassLocal);
     }
-    if cfg.is_external(pkt.dst_be()) {
-        return to_external_address(ctx, pkt, cfg);
+    if let Some(position) = cfg.pool_position(pkt.dst_be()) {
+        return to_external_address(ctx, pkt, cfg, position);
     }
 
     if let L4::IcmpError(quoted) = &pkt.l4
@@ -91,7 +91,7 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
 /// the Internet would. So is the target's ICMP error about such a packet
 /// (RFC 5508 REQ-7). Anything else is for the gateway itself.
 #[inline(always)]
-fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
+fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, position: u32) -> Verdict {
     if let L4::IcmpError(quoted) = &pkt.l4 {
         return icmp_error_hairpinned(ctx, pkt, quoted);
     }
@@ -107,7 +107,7 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) 
     if inside.proto == proto::ICMP {
         return Verdict::pass(Reason::PassLocal);
     }
-    let target = INBOUND.get_ptr(destination);
+    let target = inbound_at(position, &destination);
     let forward = if target.is_none() { forward_port(&destination) } else { None };
     if target.is_none() && forward.is_none() {
         return Verdict::pass(Reason::PassLocal);
@@ -134,14 +134,12 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) 
     // if the target's filter lets the sender in (only if the target has
     // sent to it). One send for both: each copy of it is a large part of
     // what the verifier walks.
-    let (to, target, hairpinned) = match (forward, target) {
+    let (to, target, hairpinned) = match (forward, &target) {
         (Some(port), _) => match hairpin_backend(ctx, pkt, &external, &destination, &port) {
             Ok(server) => (server, None, Reason::HairpinnedToForward),
             Err(verdict) => return verdict,
         },
         (None, Some(target)) => {
-            // SAFETY: a value of the map, alive while the program runs.
-            let target = unsafe { &*target };
             let inside_target = target.target(inside.proto);
             if !admit(cfg, &inside_target, external.addr_be, external.port_be, now) {
                 return Verdict::drop(Reason::DropFiltered);

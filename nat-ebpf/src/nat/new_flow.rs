@@ -2,12 +2,14 @@
 //! claimed for the inside endpoint, within its host's port quota, and the
 //! daemon told through the ring.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
     maps::{HashMap, Queue},
 };
-use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, Liveness, MAX_QUOTA_HOSTS, MISS_RING_BYTES, Mapping, MissEvent, miss_kind, proto};
+use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, InboundPort, Liveness, MAX_QUOTA_HOSTS, MISS_RING_BYTES, Mapping, MissEvent, inbound_index, miss_kind, proto};
 
 use crate::{
     atomic::atomic_add,
@@ -101,25 +103,30 @@ pub(crate) fn claim(inside: &Endpoint) -> Option<*const Mapping> {
         return None;
     };
     let external = Endpoint::from_be(external_addr_be, free.port.to_be(), inside.proto);
-    if INBOUND.insert(external, Mapping::new(*inside, free.session), BPF_NOEXIST as u64).is_err() {
+    let entry = inbound_index(index, inside.proto, external.port_be).and_then(|at| INBOUND.get_ptr_mut(at)).map(|entry| entry.cast::<u64>());
+    // SAFETY (the entry's loads and stores): an 8-byte, 8-aligned entry of
+    // the array, read and written whole.
+    let Some(entry) = entry.filter(|entry| !InboundPort::from_bits(unsafe { read_volatile(*entry) }).in_use()) else {
         // The daemon queues only ports absent from INBOUND: not reached. The
         // port is left out of the queue rather than retried forever.
         event.discard(0);
         give_back_quota(quota);
         return None;
+    };
+    // The session's liveness (and inside address) first: the entry names it.
+    if let Some(live) = LIVENESS.get_ptr_mut(free.session) {
+        // SAFETY: the slot of a session natd handed out for this claim alone.
+        unsafe { *live = Liveness::of_inside(clock(), inside.addr_be) };
     }
+    unsafe { write_volatile(entry, InboundPort::new(inside, free.session).bits()) };
     if OUTBOUND.insert(inside, Mapping::new(external, free.session), BPF_NOEXIST as u64).is_err() {
         // Another CPU claimed for this endpoint first: give the port back
         // and use the winner's mapping.
-        let _ = INBOUND.remove(external);
+        unsafe { write_volatile(entry, 0) };
         push_free(inside.proto, &free);
         event.discard(0);
         give_back_quota(quota);
         return OUTBOUND.get_ptr(inside);
-    }
-    if let Some(live) = LIVENESS.get_ptr_mut(free.session) {
-        // SAFETY: the slot of a session natd handed out for this claim alone.
-        unsafe { *live = Liveness::new(clock()) };
     }
     event.write(ClaimEvent { kind: miss_kind::CLAIMED, session: free.session, inside: *inside, external });
     event.submit(0);

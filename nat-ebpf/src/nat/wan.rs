@@ -7,7 +7,7 @@ use nat_common::{GatewayConfig, Reason};
 use crate::{
     ctx::clock,
     inbound::forward,
-    maps::INBOUND,
+    maps::inbound,
     nat::{
         fragment::later_fragment,
         guard::wan_source_refusal,
@@ -47,11 +47,9 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     // of it is a large part of what the verifier walks). The port says
     // which table: the hit path pays nothing for forwards.
     let forwardable = forward::is_forwardable(cfg, &external);
-    let mapping = if forwardable { None } else { INBOUND.get_ptr(external) };
-    let (to, translated, sessions) = match mapping {
+    let mapping = if forwardable { None } else { inbound(cfg, &external) };
+    let (to, translated, sessions) = match &mapping {
         Some(mapping) => {
-            // SAFETY: a value of the map, alive while the program runs.
-            let mapping = unsafe { &*mapping };
             match filter(cfg, mapping, pkt, Side::Destination, &external, now) {
                 Ok(to) => (to, Reason::TranslatedIn, Refresh::One(mapping, Side::Destination)),
                 Err(filtered) => return filtered,

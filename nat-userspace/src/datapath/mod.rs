@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use nat_common::{
-    Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, Liveness, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index, esp_program_index,
+    Endpoint, FragKey, FragState, FreePort, crc32c, GatewayConfig, HostKey, INBOUND_PORTS, InboundPort, Liveness, proto, free_queue_name, MAX_PERMITS, MAX_SESSIONS, Mapping, PermitKey, Prefix, Reason, map_names, program_names, sctp_program_index, esp_program_index,
     esp::{EspKey, EspTarget},
 };
 
@@ -62,7 +62,11 @@ type MappingMap<'a> = HashMap<&'a mut MapData, Endpoint, Mapping>;
 
 pub struct Datapath {
     ebpf: Ebpf,
-    liveness: LivenessView,
+    liveness: SharedArray<Liveness>,
+    /// `INBOUND`'s entries as the u64s they are stored as (`InboundPort::bits`).
+    inbound: SharedArray<u64>,
+    /// The settings in CONFIG: where `INBOUND`'s entries are (the pool).
+    config: GatewayConfig,
     /// Entries the PERMITS table was made with: 1 when no protocol filtered
     /// by remote at load (the table takes no memory then).
     permits: u32,
@@ -161,11 +165,12 @@ impl Datapath {
             .map_max_entries(map_names::PERMITS, permits)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        let liveness = match ebpf.map(map_names::LIVENESS) {
-            Some(aya::maps::Map::Array(data)) => LivenessView::map(data.fd().as_fd().as_raw_fd())?,
-            _ => return Err(anyhow!("LIVENESS array missing from the eBPF object")),
-        };
-        let mut datapath = Self { ebpf, liveness, permits, state, unpinned: [None, None], pins_kept: adopt };
+        let liveness = SharedArray::map(&ebpf, map_names::LIVENESS, MAX_SESSIONS)?;
+        let inbound = SharedArray::map(&ebpf, map_names::INBOUND, INBOUND_PORTS)?;
+        // An adopted datapath's settings: its INBOUND entries are where its pool put them.
+        let configs: Array<&MapData, GatewayConfig> = Array::try_from(ebpf.map(map_names::CONFIG).ok_or_else(|| anyhow!("CONFIG missing from the eBPF object"))?)?;
+        let config = configs.get(&0, 0).context("reading CONFIG")?;
+        let mut datapath = Self { ebpf, liveness, inbound, config, permits, state, unpinned: [None, None], pins_kept: adopt };
         datapath.fill_sctp_tables()?;
         for name in PROGRAMS {
             let program = datapath.named_program_mut(name)?;
@@ -314,10 +319,61 @@ impl Datapath {
 
     /// Writes the settings the programs read, with the WAN source screen
     /// derived from them (`GatewayConfig::with_source_screen`).
+    ///
+    /// A pool other than the one the entries of `INBOUND` were placed by
+    /// (an adopted datapath's, started with another `external_ip` list)
+    /// moves them to their new places; a session whose external address
+    /// left the pool is removed (no entry can hold it).
     pub fn set_config(&mut self, config: GatewayConfig) -> Result<()> {
+        let config = config.with_source_screen();
+        let moved = self.config.external_addrs_be[..self.config.pool_len as usize] != config.external_addrs_be[..config.pool_len as usize];
         let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(self.map_mut(map_names::CONFIG)?)?;
-        array.set(0, config.with_source_screen(), 0).context("writing CONFIG")?;
+        array.set(0, config, 0).context("writing CONFIG")?;
+        let old = std::mem::replace(&mut self.config, config);
+        if moved && old.pool_len > 0 {
+            self.replace_inbound_entries(&old)?;
+        }
         Ok(())
+    }
+
+    /// Moves every `INBOUND` entry from where the pool of `old` put it to
+    /// where the current pool puts it (all taken out first: two addresses
+    /// may have swapped places), removing the sessions of addresses the
+    /// pool lost.
+    fn replace_inbound_entries(&mut self, old: &GatewayConfig) -> Result<()> {
+        let mut sessions = Vec::new();
+        for entry in self.outbound()?.iter() {
+            let (inside, mapping) = entry.context("reading OUTBOUND")?;
+            // Forwards' static mappings have no INBOUND entry (the forwards
+            // are re-applied from the settings).
+            if mapping.flags & nat_common::forward::mapping_flags::FORWARD != 0 {
+                continue;
+            }
+            let external = mapping.target(inside.proto);
+            let Some(at) = old.inbound_index(&external) else { continue };
+            let bits = self.inbound.get(at)?;
+            if InboundPort::from_bits(bits).in_use() && InboundPort::from_bits(bits).session == mapping.session {
+                sessions.push((inside, external, bits));
+                self.inbound.set(at, 0)?;
+            }
+        }
+        for (inside, external, bits) in sessions {
+            match self.config.inbound_index(&external) {
+                Some(at) => self.inbound.set(at, bits)?,
+                None => {
+                    let mut outbound: MappingMap<'_> = HashMap::try_from(self.map_mut(map_names::OUTBOUND)?)?;
+                    outbound.remove(&inside).with_context(|| format!("removing the session of {inside:?}, whose external address left the pool"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `external`'s entry is in `INBOUND`, or why it has none.
+    fn inbound_index(&self, external: &Endpoint) -> Result<u32> {
+        self.config
+            .inbound_index(external)
+            .ok_or_else(|| anyhow!("{}:{} ({}) is not an external endpoint of the pool in CONFIG", external.addr(), external.port(), proto::name(external.proto)))
     }
 
     /// Files the loaded SCTP and ESP programs where the main programs hand
@@ -402,13 +458,17 @@ impl Datapath {
     /// never claim one external endpoint; if the forward entry then fails, the
     /// reverse one is removed again and nothing is left half-made.
     pub fn insert_pair(&mut self, inside: Endpoint, external: Endpoint, session: u32, now_ns: u64) -> Result<()> {
-        self.liveness.set(session, Liveness::new(now_ns))?;
-        let (mut inbound, mut outbound) = self.mapping_maps()?;
-        inbound
-            .insert(external, Mapping::new(inside, session), BPF_NOEXIST)
-            .with_context(|| format!("external endpoint {external:?} is taken or INBOUND is full"))?;
+        let at = self.inbound_index(&external)?;
+        if InboundPort::from_bits(self.inbound.get(at)?).in_use() {
+            return Err(anyhow!("external endpoint {external:?} is taken"));
+        }
+        // The liveness holds the inside address the INBOUND entry completes:
+        // written before the entry names it.
+        self.liveness.set(session, Liveness::of_inside(now_ns, inside.addr_be))?;
+        self.inbound.set(at, InboundPort::new(&inside, session).bits())?;
+        let mut outbound: MappingMap<'_> = HashMap::try_from(self.map_mut(map_names::OUTBOUND)?)?;
         if let Err(e) = outbound.insert(inside, Mapping::new(external, session), BPF_NOEXIST) {
-            let _ = inbound.remove(&external);
+            self.inbound.set(at, 0)?;
             return Err(e).with_context(|| format!("inside endpoint {inside:?} is mapped already or OUTBOUND is full"));
         }
         Ok(())
@@ -529,38 +589,36 @@ impl Datapath {
     /// benchmarks that need entries for a packet's rewritten form too.
     #[cfg(feature = "testing")]
     pub fn insert_raw(&mut self, side: Side, key: Endpoint, value: Mapping) -> Result<()> {
-        let name = match side {
-            Side::Lan => map_names::OUTBOUND,
-            Side::Wan => map_names::INBOUND,
-        };
-        let mut map: HashMap<&mut MapData, Endpoint, Mapping> = HashMap::try_from(self.map_mut(name)?)?;
-        map.insert(key, value, 0).with_context(|| format!("inserting into {name}"))?;
+        if side == Side::Wan {
+            // The inside address goes in the slot's liveness, as insert_pair puts it.
+            let at = self.inbound_index(&key)?;
+            let live = self.liveness.get(value.session)?;
+            self.liveness.set(value.session, Liveness { inside_addr_be: value.addr_be, ..live })?;
+            let inside = Endpoint::from_be(value.addr_be, value.port_be, key.proto);
+            return self.inbound.set(at, InboundPort { flags: InboundPort::IN_USE | value.flags, ..InboundPort::new(&inside, value.session) }.bits());
+        }
+        let mut map: HashMap<&mut MapData, Endpoint, Mapping> = HashMap::try_from(self.map_mut(map_names::OUTBOUND)?)?;
+        map.insert(key, value, 0).context("inserting into OUTBOUND")?;
         Ok(())
     }
 
     /// Removes both directions of the mapping of `inside`. Returns the external
     /// endpoint it had, if any.
     pub fn remove_pair(&mut self, inside: Endpoint) -> Result<Option<Endpoint>> {
-        let (mut inbound, mut outbound) = self.mapping_maps()?;
+        let mut outbound: MappingMap<'_> = HashMap::try_from(self.map_mut(map_names::OUTBOUND)?)?;
         let Ok(forward) = outbound.get(&inside, 0) else {
             return Ok(None);
         };
         let external = forward.target(inside.proto);
         // Forward first: once it is gone no new packet can use the port.
         outbound.remove(&inside).context("removing the OUTBOUND entry")?;
-        inbound.remove(&external).context("removing the INBOUND entry")?;
+        // The entry of this session only: a port it does not name is another's.
+        if let Some(at) = self.config.inbound_index(&external)
+            && InboundPort::from_bits(self.inbound.get(at)?).session == forward.session
+        {
+            self.inbound.set(at, 0)?;
+        }
         Ok(Some(external))
-    }
-
-    /// Both mapping maps at once, writable: (INBOUND, OUTBOUND).
-    fn mapping_maps(&mut self) -> Result<(MappingMap<'_>, MappingMap<'_>)> {
-        let [inbound, outbound] = self
-            .ebpf
-            .maps_disjoint_mut([map_names::INBOUND, map_names::OUTBOUND]);
-        Ok((
-            HashMap::try_from(inbound.ok_or_else(|| anyhow!("INBOUND map missing"))?)?,
-            HashMap::try_from(outbound.ok_or_else(|| anyhow!("OUTBOUND map missing"))?)?,
-        ))
     }
 
     /// Every outbound mapping, to read (the tests and benchmarks count and
@@ -569,10 +627,6 @@ impl Datapath {
         Ok(HashMap::try_from(self.map(map_names::OUTBOUND)?)?)
     }
 
-    /// Every inbound mapping, to read.
-    pub fn inbound(&self) -> Result<HashMap<&MapData, Endpoint, Mapping>> {
-        Ok(HashMap::try_from(self.map(map_names::INBOUND)?)?)
-    }
 
     /// The mapping of an inside endpoint, if it has one.
     pub fn outbound_mapping(&self, inside: &Endpoint) -> Result<Option<Mapping>> {
@@ -581,7 +635,9 @@ impl Datapath {
 
     /// The mapping of an external endpoint, if it has one.
     pub fn inbound_mapping(&self, external: &Endpoint) -> Result<Option<Mapping>> {
-        self.get(map_names::INBOUND, external)
+        let Some(at) = self.config.inbound_index(external) else { return Ok(None) };
+        let port = InboundPort::from_bits(self.inbound.get(at)?);
+        Ok(port.in_use().then(|| self.liveness.get(port.session).map(|live| port.mapping(live.inside_addr_be))).transpose()?)
     }
 
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.
@@ -650,52 +706,58 @@ impl Datapath {
     }
 }
 
-/// The LIVENESS array mapped into this process (BPF_F_MMAPABLE): the
-/// datapath writes it, the daemon reads and initialises it without syscalls.
-struct LivenessView {
-    base: *mut Liveness,
-    slots: u32,
+/// An array map mapped into this process (BPF_F_MMAPABLE): LIVENESS,
+/// which the programs write and natd reads and initialises, and INBOUND,
+/// which natd writes and the programs read, without a syscall an entry.
+/// Every access is a volatile read or write of a whole entry (one store
+/// for the u64 entries of INBOUND).
+struct SharedArray<T> {
+    base: *mut T,
+    entries: u32,
     len: usize,
+    name: &'static str,
 }
 
-impl LivenessView {
-    fn map(fd: i32) -> Result<Self> {
-        let slots = MAX_SESSIONS;
+impl<T: Copy> SharedArray<T> {
+    fn map(ebpf: &Ebpf, name: &'static str, entries: u32) -> Result<Self> {
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+            return Err(anyhow!("{name} array missing from the eBPF object"));
+        };
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (slots as usize * std::mem::size_of::<Liveness>()).div_ceil(page) * page;
+        let len = (entries as usize * std::mem::size_of::<T>()).div_ceil(page) * page;
         // SAFETY: a shared mapping of the map's own memory, unmapped on drop;
         // the kernel keeps the map alive while it is mapped.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, data.fd().as_fd().as_raw_fd(), 0) };
         if base == libc::MAP_FAILED {
-            return Err(anyhow!("mapping LIVENESS into memory: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!("mapping {name} into memory: {}", std::io::Error::last_os_error()));
         }
-        Ok(Self { base: base.cast(), slots, len })
+        Ok(Self { base: base.cast(), entries, len, name })
     }
 
-    fn slot(&self, session: u32) -> Result<*mut Liveness> {
-        if session >= self.slots {
-            return Err(anyhow!("session slot {session} out of range (LIVENESS holds {})", self.slots));
+    fn slot(&self, index: u32) -> Result<*mut T> {
+        if index >= self.entries {
+            return Err(anyhow!("index {index} out of range ({} holds {})", self.name, self.entries));
         }
         // SAFETY: in bounds, checked above.
-        Ok(unsafe { self.base.add(session as usize) })
+        Ok(unsafe { self.base.add(index as usize) })
     }
 
-    fn get(&self, session: u32) -> Result<Liveness> {
+    fn get(&self, index: u32) -> Result<T> {
         // Volatile: the programs write this memory behind the compiler's back.
-        Ok(unsafe { std::ptr::read_volatile(self.slot(session)?) })
+        Ok(unsafe { std::ptr::read_volatile(self.slot(index)?) })
     }
 
-    fn set(&self, session: u32, value: Liveness) -> Result<()> {
-        unsafe { std::ptr::write_volatile(self.slot(session)?, value) };
+    fn set(&self, index: u32, value: T) -> Result<()> {
+        unsafe { std::ptr::write_volatile(self.slot(index)?, value) };
         Ok(())
     }
 }
 
 // SAFETY: the view is plain shared memory; every access is a volatile
-// read or write of a whole slot.
-unsafe impl Send for LivenessView {}
+// read or write of a whole entry.
+unsafe impl<T> Send for SharedArray<T> {}
 
-impl Drop for LivenessView {
+impl<T> Drop for SharedArray<T> {
     fn drop(&mut self) {
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }

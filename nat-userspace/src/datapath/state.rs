@@ -39,7 +39,9 @@ use crate::datapath::Side;
 /// The meaning of the pinned maps' keys and values. Bump it whenever a map
 /// keeps its sizes but changes what they mean: a natd never adopts state of
 /// another layout (it refuses, and says how to start clean).
-pub const STATE_LAYOUT: u32 = 1;
+/// 2: INBOUND is an array of `InboundPort`s by pool position, protocol and
+/// port, and LIVENESS holds the inside address (was: a hash map).
+pub const STATE_LAYOUT: u32 = 2;
 
 /// `BPF_FS_MAGIC`, the f_type `statfs` reports for a bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -9,7 +9,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use nat_common::{Endpoint, MAX_MAPPINGS, proto};
+use nat_common::{Endpoint, INBOUND_PORTS, MAX_MAPPINGS, MAX_POOL_ADDRS, proto};
 use nat_tests::{TestGateway, addr};
 use nat_userspace::{
     config::Timeouts,
@@ -27,12 +27,20 @@ fn main() -> Result<()> {
     ensure!(sessions <= MAX_MAPPINGS, "at most {MAX_MAPPINGS} sessions fit the maps");
     ensure!(nat_tests::netns::is_root(), "the capacity benchmark loads BPF maps: run it as root");
     let mut gw = TestGateway::new("cap")?;
+    // A full pool: a million sessions need the ports of several addresses.
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
+    for (position, addr_be) in config.external_addrs_be.iter_mut().enumerate() {
+        *addr_be = u32::from_ne_bytes(Ipv4Addr::from(0xcb00_7101 + position as u32).octets());
+    }
+    config.pool_len = MAX_POOL_ADDRS as u32;
+    gw.datapath.set_config(config)?;
 
-    // Inside hosts 10.0.0.0/8 x 16 ports, external ports spread over a /24
-    // of external addresses: a million distinct pairs.
+    // Inside hosts 10.0.0.0/8 x 16 ports; external ports of TCP and UDP
+    // over the pool's 8 addresses (203.0.113.1-8): a million distinct pairs.
     let session = |i: u32| {
-        let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto::UDP);
-        let external = Endpoint::new(Ipv4Addr::from(0xcb00_7100 | (i >> 16)), (i & 0xffff) as u16, proto::UDP);
+        let proto_nr = if (i >> 16) & 1 == 0 { proto::UDP } else { proto::TCP };
+        let inside = Endpoint::new(Ipv4Addr::from(0x0a00_0000 | (i >> 4)), 1024 + (i & 15) as u16, proto_nr);
+        let external = Endpoint::new(Ipv4Addr::from(0xcb00_7101 + (i >> 17)), (i & 0xffff) as u16, proto_nr);
         (inside, external)
     };
     let started = Instant::now();
@@ -45,21 +53,30 @@ fn main() -> Result<()> {
     // address's port allocator with the session's port taken.
     let rss_before = resident_bytes()?;
     let mut table = SessionTable::default();
-    let mut allocators: Vec<PortAllocator> = (0..=(sessions - 1) >> 16).map(|a| PortAllocator::new(1, 65535, 0, u64::from(a) + 1)).collect();
+    let mut allocators: Vec<PortAllocator> = (0..=(sessions - 1) >> 17).map(|a| PortAllocator::new(1, 65535, 0, u64::from(a) + 1)).collect();
     for i in 0..sessions {
         let (inside, external) = session(i);
         table.insert(inside, SessionEntry::new(external, i, 0));
-        allocators[(i >> 16) as usize].adopt(proto::UDP, external.port());
+        allocators[(i >> 17) as usize].adopt(external.proto, external.port());
     }
     let natd_bytes = resident_bytes()?.saturating_sub(rss_before) as f64 / f64::from(sessions);
     let held = gw.datapath.outbound()?.keys().count();
     ensure!(held == sessions as usize, "{held} of {sessions} sessions in the map");
 
     // A session deep in the table still translates.
-    let probe = nat_tests::packet::Frame::udp((Ipv4Addr::from(0x0a00_0000 | ((sessions - 1) >> 4)), 1024 + ((sessions - 1) & 15) as u16), (addr::REMOTE, 53))
-        .with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
+    // The last UDP session whose port is in the NAT range (the WAN program
+    // leaves the others to the gateway host).
+    let (inside, external) = (0..sessions)
+        .rev()
+        .map(session)
+        .find(|(inside, external)| inside.proto == proto::UDP && (addr::PORT_MIN..=addr::PORT_MAX).contains(&external.port()))
+        .context("no UDP session in the NAT port range")?;
+    let probe = nat_tests::packet::Frame::udp((inside.addr(), inside.port()), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
     let run = gw.run(nat_userspace::datapath::Side::Lan, &probe.build())?;
-    ensure!(run.action == nat_tests::xdp_action::REDIRECT, "the last session did not translate: {}", run.action);
+    ensure!(run.action == nat_tests::xdp_action::REDIRECT, "a session deep in the table did not translate out: {}", run.action);
+    let reply = nat_tests::packet::Frame::udp((addr::REMOTE, 53), (external.addr(), external.port())).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+    let run = gw.run(nat_userspace::datapath::Side::Wan, &reply.build())?;
+    ensure!(run.action == nat_tests::xdp_action::REDIRECT, "a session deep in the table did not translate in: {}", run.action);
 
     let mut scan_cpu_ms = Vec::new();
     let mut scan_wall_ms = Vec::new();
@@ -87,7 +104,7 @@ fn main() -> Result<()> {
     );
     let mut md = String::from("| figure | value |\n|---|---|\n");
     writeln!(md, "| sessions held | {held} (inserted in {insert_s:.1} s, both directions) |")?;
-    writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND + LIVENESS memlock / {MAX_MAPPINGS}) | {nat_bytes:.0} |")?;
+    writeln!(md, "| kernel bytes per session, this NAT (OUTBOUND + INBOUND + LIVENESS memlock / {MAX_MAPPINGS}: {map_bytes} bytes) | {nat_bytes:.0} |")?;
     writeln!(md, "| kernel bytes per session, conntrack (nf_conntrack slab object) | {conntrack_bytes} |")?;
     writeln!(md, "| natd bytes per session (resident growth of its session table and port allocators / {sessions}) | {natd_bytes:.0} |")?;
     writeln!(md, "| aging scan CPU per million sessions | {scan_cpu:.0} ms (wall {scan_wall:.0} ms) |")?;
@@ -108,10 +125,11 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// memlock of what a session occupies in the kernel: the two mapping maps
-/// (hash maps of MAX_MAPPINGS entries) and the LIVENESS array (MAX_SESSIONS
-/// slots), from /proc/self/fdinfo. All are preallocated: this is what a full
-/// table costs.
+/// memlock of what a session occupies in the kernel: OUTBOUND (a hash map
+/// of MAX_MAPPINGS entries), the LIVENESS array (MAX_SESSIONS slots) and
+/// the INBOUND array (every port of the pool's addresses, INBOUND_PORTS
+/// entries), from /proc/self/fdinfo. All are preallocated: this is what a
+/// full table costs.
 fn mapping_maps_memlock() -> Result<u64> {
     let mut total = 0;
     let mut found = 0;
@@ -122,7 +140,8 @@ fn mapping_maps_memlock() -> Result<u64> {
         };
         // map_type 1: hash, 2: array.
         let ours = matches!(field("map_type:").as_deref(), Some("1") | Some("2"));
-        if ours && field("max_entries:") == Some(MAX_MAPPINGS.to_string()) {
+        let entries = field("max_entries:");
+        if ours && (entries == Some(MAX_MAPPINGS.to_string()) || entries == Some(INBOUND_PORTS.to_string())) {
             total += field("memlock:").context("memlock")?.parse::<u64>()?;
             found += 1;
         }

@@ -38,8 +38,11 @@ const REPEAT: u32 = 200;
 /// flip-flop's destinations are looked up in INBOUND, which the WAN program
 /// does only for a port a mapping can have.
 const INSIDE_PORT: u16 = 24000;
-/// A second inside host for the inbound flip-flop.
+/// The inside hosts of the inbound flip-flop.
 const SECOND_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 11);
+const THIRD_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 12);
+/// The external port of the inbound hit figures.
+const INBOUND_PORT: u16 = 20001;
 /// The forward of the forwarded-flow figures: its index, its port (outside
 /// the NAT ranges, as `natd check` requires) and the clock its flows were
 /// last seen on.
@@ -63,7 +66,28 @@ fn main() -> Result<()> {
     nat_tests::bench::pin_to_cpu(0);
 
     let mut gw = TestGateway::new("bench")?;
-    gw.ns.ip(&["neigh", "replace", &SECOND_HOST.to_string(), "lladdr", "02:00:00:00:01:11", "dev", "lan0", "nud", "permanent"])?;
+    for (host, mac) in [(SECOND_HOST, "02:00:00:00:01:11"), (THIRD_HOST, "02:00:00:00:01:12")] {
+        gw.ns.ip(&["neigh", "replace", &host.to_string(), "lladdr", mac, "dev", "lan0", "nud", "permanent"])?;
+    }
+    // The inbound flip-flop's destinations are inside addresses looked up
+    // in INBOUND, which holds only the pool's addresses' ports: its two
+    // hosts are in the pool too, after the external address (never a
+    // source of these LAN packets, which the LAN program would refuse).
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
+    for (position, host) in [(1, SECOND_HOST), (2, THIRD_HOST)] {
+        config.external_addrs_be[position] = u32::from_ne_bytes(host.octets());
+    }
+    config.pool_len = 3;
+    gw.datapath.set_config(config)?;
+    // Inbound: EXTERNAL:INBOUND_PORT -> SECOND_HOST, then SECOND_HOST and
+    // THIRD_HOST map to each other (their inside addresses are slots 1 and
+    // 2's), so repetition n+1 hits too.
+    let inbound_flip_flop = |gw: &mut TestGateway, proto_nr: u8| -> Result<()> {
+        let (second, third) = (Endpoint::new(SECOND_HOST, INSIDE_PORT, proto_nr), Endpoint::new(THIRD_HOST, INSIDE_PORT, proto_nr));
+        gw.datapath.insert_raw(Side::Wan, Endpoint::new(addr::EXTERNAL, INBOUND_PORT, proto_nr), Mapping::new(second, 1))?;
+        gw.datapath.insert_raw(Side::Wan, second, Mapping::new(third, 2))?;
+        gw.datapath.insert_raw(Side::Wan, third, Mapping::new(second, 1))
+    };
     let mut figures = Vec::new();
     for (key_out, key_in, proto_nr, make) in [
         ("tcp_out", "tcp_in", proto::TCP, tcp as fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> L4),
@@ -77,16 +101,14 @@ fn main() -> Result<()> {
         // Outbound the external source maps back to the inside one. Inbound
         // the destination alternates between two inside hosts (mapping back
         // to the external address would make it local, another path).
-        let twin = Endpoint::new(SECOND_HOST, INSIDE_PORT, proto_nr);
         gw.datapath.insert_raw(Side::Lan, external, Mapping::new(inside, 0))?;
-        gw.datapath.insert_raw(Side::Wan, inside, Mapping::new(twin, 0))?;
-        gw.datapath.insert_raw(Side::Wan, twin, Mapping::new(inside, 0))?;
+        inbound_flip_flop(&mut gw, proto_nr)?;
 
         let remote = (addr::REMOTE, 443);
         let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, INSIDE_PORT), remote))
             .with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
         out.ttl = 255;
-        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, 20000)))
+        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, INBOUND_PORT)))
             .with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
         if let L4::IcmpEcho { kind, .. } = &mut inbound.l4 {
             *kind = 0;
@@ -100,11 +122,9 @@ fn main() -> Result<()> {
     // an incremental update. Flip-flop entries as above, SCTP's own.
     let inside = Endpoint::new(addr::LAN_HOST, INSIDE_PORT, proto::SCTP);
     let external = Endpoint::new(addr::EXTERNAL, 20000, proto::SCTP);
-    let twin = Endpoint::new(SECOND_HOST, INSIDE_PORT, proto::SCTP);
     gw.datapath.insert_pair(inside, external, 0, 0)?;
     gw.datapath.insert_raw(Side::Lan, external, Mapping::new(inside, 0))?;
-    gw.datapath.insert_raw(Side::Wan, inside, Mapping::new(twin, 0))?;
-    gw.datapath.insert_raw(Side::Wan, twin, Mapping::new(inside, 0))?;
+    inbound_flip_flop(&mut gw, proto::SCTP)?;
     const SIZED: [(&str, &str, u16, usize); 6] = [
         ("udp_out_64", "udp_in_64", 64, UDP_HEADER),
         ("sctp_out_64", "sctp_in_64", 64, SCTP_HEADER),
@@ -120,7 +140,7 @@ fn main() -> Result<()> {
         let mut out = Frame::new(addr::LAN_HOST, addr::REMOTE, make((addr::LAN_HOST, INSIDE_PORT), remote)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
         out.ttl = 255;
         out.payload = payload.clone();
-        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, 20000))).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
+        let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, INBOUND_PORT))).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
         inbound.ttl = 255;
         inbound.payload = payload;
         figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![] });

@@ -2,14 +2,14 @@
 
 use nat_common::proto;
 use nat_tests::{
-    TestGateway,
+    TestGateway, addr, assert_frames_eq,
     packet::{Frame, L4},
     require_root,
     xdp_action::REDIRECT,
 };
 use nat_userspace::datapath::Side;
 
-use super::{REMOTE_TCP, TCP_EXTERNAL, TCP_INSIDE, gateway, tcp_in, tcp_out, with};
+use super::{REMOTE_TCP, REMOTE_UDP, TCP_EXTERNAL, TCP_INSIDE, from_wan, gateway, tcp_in, tcp_out, translated_in, with};
 
 /// RFC 4787 REQ-6: packets refresh their session, outbound and inbound.
 ///
@@ -75,4 +75,47 @@ fn a_new_syn_after_fin_or_rst_starts_the_tcp_state_afresh() {
         assert_eq!(gw.run(side, &frame.build()).unwrap().action, REDIRECT);
     }
     assert_eq!(flags(&gw), (SYN | ACK, SYN | ACK));
+}
+
+/// The inbound half of a session is an entry of the INBOUND array, placed
+/// by the external address's position in the pool (issue 16). A natd that
+/// adopts the datapath with another pool (its `external_ip` list changed
+/// across a restart) moves every entry to where the new pool puts it, and
+/// removes the sessions of an address the pool lost, both halves; and a
+/// removed session clears its own entry, never the port's next session's.
+#[test]
+fn inbound_entries_follow_the_pool_and_belong_to_their_session() {
+    require_root!();
+    let mut gw = gateway("pool-move").unwrap();
+    let second = std::net::Ipv4Addr::new(203, 0, 113, 5);
+    let mut config = nat_tests::fixture_config(gw.wan_ifindex);
+    config.external_addrs_be[1] = u32::from_ne_bytes(second.octets());
+    config.pool_len = 2;
+    gw.datapath.set_config(config).unwrap();
+    let (kept, lost) = ((addr::LAN_HOST, 5001), (addr::LAN_HOST, 5000));
+    gw.map(lost, (addr::EXTERNAL, 25000), proto::UDP).unwrap();
+    gw.map(kept, (second, 25001), proto::UDP).unwrap();
+    let reply_to = |external: (std::net::Ipv4Addr, u16)| from_wan(Frame::udp(REMOTE_UDP, external));
+    let run = gw.run(Side::Wan, &reply_to((second, 25001)).build()).unwrap();
+    assert_frames_eq("before", &run.frame, &translated_in(reply_to((second, 25001)), kept).build()).unwrap();
+
+    // The next natd's pool: the second address first, the first one gone.
+    config.external_addrs_be = [0; nat_common::MAX_POOL_ADDRS];
+    config.external_addrs_be[0] = u32::from_ne_bytes(second.octets());
+    config.pool_len = 1;
+    gw.datapath.set_config(config).unwrap();
+    let run = gw.run(Side::Wan, &reply_to((second, 25001)).build()).unwrap();
+    assert_eq!(run.action, REDIRECT, "the kept address's session lost its inbound half");
+    assert_frames_eq("after", &run.frame, &translated_in(reply_to((second, 25001)), kept).build()).unwrap();
+    let lost_inside = nat_common::Endpoint::new(lost.0, lost.1, proto::UDP);
+    assert!(gw.datapath.outbound_mapping(&lost_inside).unwrap().is_none(), "the lost address's session kept its outbound half");
+
+    // A removed session's entry goes; a later session of the port is its own.
+    let kept_inside = nat_common::Endpoint::new(kept.0, kept.1, proto::UDP);
+    let kept_external = nat_common::Endpoint::new(second, 25001, proto::UDP);
+    gw.datapath.remove_pair(kept_inside).unwrap();
+    assert!(gw.datapath.inbound_mapping(&kept_external).unwrap().is_none());
+    assert_ne!(gw.run(Side::Wan, &reply_to((second, 25001)).build()).unwrap().action, REDIRECT);
+    gw.map((addr::LAN_HOST, 5002), (second, 25001), proto::UDP).unwrap();
+    assert_eq!(gw.datapath.inbound_mapping(&kept_external).unwrap().map(|m| m.target(proto::UDP).port()), Some(5002));
 }
