@@ -18,13 +18,16 @@ use crate::{
 };
 
 /// Free ports (and session slots) kept queued per protocol and parity for
-/// the datapath to claim, an eighth of the port range within these bounds:
+/// the datapath to claim, a quarter of the port range within these bounds:
 /// a burst of twice this many new flows of one protocol is set up without
 /// natd. At a fixed 512, a 20,000-flow burst from clients on ephemeral
 /// ports (which natd would otherwise see one by one) claimed 1,024 in XDP
-/// and lost 8,508 first packets to a full miss ring; a quarter of the range
-/// was worse than an eighth (natd spent the burst refilling, one push per
-/// port). The queued ports stay usable: the datapath hands them out.
+/// and lost 8,508 first packets to a full miss ring. With an eighth, a
+/// 100,000-flow burst (`lab-bench --burst`) set up 83,480 to 100,000 in
+/// four runs (the queue ran dry, then the ring filled); with a quarter,
+/// 100,000 in 7 of 8 (98,788 in the other), once natd's set-up wrote
+/// INBOUND in place (before, natd spent such a burst refilling: 79,283).
+/// The queued ports stay usable: the datapath hands them out.
 pub const FREE_QUEUE_MIN: usize = 512;
 pub const FREE_QUEUE_MAX: usize = 16384;
 
@@ -77,7 +80,7 @@ impl Ports {
             })
             .collect();
         let range = usize::from(settings.port_max - settings.port_min) + 1;
-        let queue_target = (range / 8).clamp(FREE_QUEUE_MIN, FREE_QUEUE_MAX);
+        let queue_target = (range / 4).clamp(FREE_QUEUE_MIN, FREE_QUEUE_MAX);
         Ok(Self { pools, external_ips: env.external_ips.clone(), slots: SlotPool::default(), queue_target })
     }
 
