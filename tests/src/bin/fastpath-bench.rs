@@ -4,9 +4,19 @@
 //! `repeat > 1` does not restore the packet between repetitions, so every hit
 //! figure uses flip-flop entries: the packet's rewritten form maps back to the
 //! original, and TTL 255 keeps all `REPEAT` repetitions on the hit path.
-//! Figures are interleaved per round, and the median over rounds is reported.
+//! Figures are interleaved per round; a figure's cost in an epoch is the
+//! median over its rounds of its time minus the floor's in the same round.
 //!
-//! Usage: fastpath-bench [ROUNDS]   (root; writes target/bench/fastpath.{json,md})
+//! Epochs: this 2-vCPU VM runs in one of two states for seconds at a time,
+//! the whole table ~50% slower in the second (floor 32 ns instead of 26,
+//! udp_out 140 instead of 87), and a run used to land in one or the other
+//! (10 runs of 300 rounds: 6 fast, 4 slow). Each epoch loads the programs
+//! anew and measures its share of the rounds; the figure is the lowest
+//! epoch's, the cost on a CPU nothing else contends for, and every epoch's
+//! is listed beside it (`fastpath.md`). 1,000 rounds in 5 epochs give the
+//! same figures run after run (udp_out 86-87 ns, udp_in 70-74) in ~11 s.
+//!
+//! Usage: fastpath-bench [ROUNDS] [EPOCHS]   (root; writes target/bench/fastpath.{json,md})
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
@@ -33,6 +43,9 @@ use nat_userspace::{
 
 /// Repetitions per test run: under 255 - 1 so TTL never reaches 1.
 const REPEAT: u32 = 200;
+
+/// Epochs of a run (each loads the programs anew).
+const EPOCHS: usize = 5;
 
 /// The inside port of the hit figures. In the NAT range: the inbound
 /// flip-flop's destinations are looked up in INBOUND, which the WAN program
@@ -61,10 +74,110 @@ struct Figure {
 }
 
 fn main() -> Result<()> {
-    let rounds: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let epochs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(EPOCHS);
     ensure!(nat_tests::netns::is_root(), "the fast-path benchmark loads BPF programs: run it as root");
+    ensure!(epochs > 0 && rounds > 0, "usage: fastpath-bench [ROUNDS] [EPOCHS]");
     nat_tests::bench::pin_to_cpu(0);
 
+    // Each epoch loads the programs anew (a fresh gateway) and measures
+    // rounds / epochs rounds; per figure, each epoch's cost is the median
+    // of its rounds' time minus the floor's.
+    let mut epoch_costs: Vec<Vec<(&'static str, u64, u64)>> = Vec::new();
+    let mut floors = Vec::new();
+    for _ in 0..epochs {
+        let (mut floor_samples, mut figures) = epoch(rounds.div_ceil(epochs))?;
+        floors.push(median(&mut floor_samples.clone()));
+        epoch_costs.push(
+            figures
+                .iter_mut()
+                .map(|f| {
+                    let mut above: Vec<u64> = f.samples.iter().zip(&floor_samples).map(|(time, floor)| time.saturating_sub(*floor)).collect();
+                    (f.key, median(&mut f.samples), median(&mut above))
+                })
+                .collect(),
+        );
+        floor_samples.clear();
+    }
+    for (i, costs) in epoch_costs.iter().enumerate() {
+        let shown: Vec<String> = costs.iter().filter(|(key, ..)| ["udp_out", "udp_in"].contains(key)).map(|(key, _, cost)| format!("{key} {cost}")).collect();
+        eprintln!("fastpath-bench: epoch {i}: floor {}, {}", floors[i], shown.join(", "));
+    }
+    let floor = median(&mut floors);
+    let mut json = format!("{{\n  \"rounds\": {rounds},\n  \"epochs\": {epochs},\n  \"repeat\": {REPEAT},\n  \"drop_floor\": {floor}");
+    let mut md = String::from(
+        "| path | test-run ns/packet (median) | program cost ns (median of each round's time minus the floor's; the lowest epoch) | each epoch |\n|---|---|---|---|\n",
+    );
+    writeln!(md, "| XDP_DROP floor | {floor} | 0 | {floors:?} |")?;
+    for (i, (key, _, _)) in epoch_costs[0].iter().enumerate() {
+        let per_epoch: Vec<u64> = epoch_costs.iter().map(|costs| costs[i].2).collect();
+        let best = epoch_costs.iter().min_by_key(|costs| costs[i].2).map(|costs| costs[i]).unwrap_or(epoch_costs[0][i]);
+        let (raw, cost) = (best.1, best.2);
+        write!(json, ",\n  \"{key}\": {cost}")?;
+        writeln!(md, "| {key} | {raw} | {cost} | {per_epoch:?} |")?;
+    }
+    json.push_str("\n}\n");
+    nat_tests::bench::write_results("fastpath", &json, &md)
+}
+
+/// Keeps the measured programs in the kernel's XDP dispatcher for the whole
+/// run, by attaching each (native mode) to an idle veth of the benchmark's
+/// namespace.
+///
+/// A test run adds its program to the dispatcher and removes it after
+/// (`bpf_prog_change_xdp`); when that changes the dispatcher's set, the
+/// kernel rebuilds it and waits for an RCU grace period
+/// (`bpf_dispatcher_change_prog`, `synchronize_rcu`), twice per test run:
+/// 2,000 rounds took 7 to 11 minutes, nearly all of it asleep. A program
+/// the dispatcher already holds only gains a user, so the set never
+/// changes. The figures are unchanged: the dispatcher calls the same
+/// program the same way.
+fn hold_in_the_xdp_dispatcher(gw: &mut TestGateway, floor: &mut Xdp) -> Result<()> {
+    for (a, b) in [("hold0", "hold1"), ("hold2", "hold3")] {
+        gw.ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        for ifname in [a, b] {
+            // Quiet: no IPv6 neighbour discovery through the held programs.
+            gw.ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6=1"))?;
+            gw.ns.ip(&["link", "set", ifname, "up"])?;
+        }
+    }
+    gw.datapath.attach(Side::Lan, gw.ns.ifindex("hold0")?, XdpMode::Driver)?;
+    gw.datapath.attach(Side::Wan, gw.ns.ifindex("hold1")?, XdpMode::Driver)?;
+    floor.attach_to_if_index(gw.ns.ifindex("hold2")?, XdpMode::Driver).context("attaching drop_floor to hold2")?;
+    Ok(())
+}
+
+fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Tcp { sport: src.1, dport: dst.1, flags: 0x10 }
+}
+fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Udp { sport: src.1, dport: dst.1, zero_checksum: false }
+}
+/// One DATA chunk carrying the payload.
+fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    L4::Sctp { sport: src.1, dport: dst.1, vtag: 0x1c0f_fee5, chunk: 0, crc_error: 0 }
+}
+
+/// Bytes of header before the payload: UDP's, and SCTP's common header with
+/// its chunk header.
+const UDP_HEADER: usize = 8;
+const SCTP_HEADER: usize = 16;
+/// ICMP echo request out; the caller turns the inbound one into a reply.
+fn icmp_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
+    let id = if src.0 == addr::REMOTE { dst.1 } else { src.1 };
+    L4::IcmpEcho { kind: 8, id, seq: 1 }
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// One epoch: a fresh gateway with its programs loaded, the figures' maps
+/// filled, and `rounds` rounds of every figure after the floor. Returns the
+/// floor's samples and the figures with theirs, round by round.
+fn epoch(rounds: usize) -> Result<(Vec<u64>, Vec<Figure>)> {
     let mut gw = TestGateway::new("bench")?;
     for (host, mac) in [(SECOND_HOST, "02:00:00:00:01:11"), (THIRD_HOST, "02:00:00:00:01:12")] {
         gw.ns.ip(&["neigh", "replace", &host.to_string(), "lladdr", mac, "dev", "lan0", "nud", "permanent"])?;
@@ -213,71 +326,5 @@ fn main() -> Result<()> {
         while ring.next().is_some() {}
     }
 
-    let floor = median(&mut floor_samples);
-    let mut json = format!("{{\n  \"rounds\": {rounds},\n  \"repeat\": {REPEAT},\n  \"drop_floor\": {floor}");
-    let mut md = String::from(
-        "| path | test-run ns/packet (median) | program cost ns (minus floor) |\n|---|---|---|\n",
-    );
-    writeln!(md, "| XDP_DROP floor | {floor} | 0 |")?;
-    for f in &mut figures {
-        let raw = median(&mut f.samples);
-        let cost = raw.saturating_sub(floor);
-        write!(json, ",\n  \"{}\": {cost}", f.key)?;
-        writeln!(md, "| {} | {raw} | {cost} |", f.key)?;
-    }
-    json.push_str("\n}\n");
-    nat_tests::bench::write_results("fastpath", &json, &md)
-}
-
-/// Keeps the measured programs in the kernel's XDP dispatcher for the whole
-/// run, by attaching each (native mode) to an idle veth of the benchmark's
-/// namespace.
-///
-/// A test run adds its program to the dispatcher and removes it after
-/// (`bpf_prog_change_xdp`); when that changes the dispatcher's set, the
-/// kernel rebuilds it and waits for an RCU grace period
-/// (`bpf_dispatcher_change_prog`, `synchronize_rcu`), twice per test run:
-/// 2,000 rounds took 7 to 11 minutes, nearly all of it asleep. A program
-/// the dispatcher already holds only gains a user, so the set never
-/// changes. The figures are unchanged: the dispatcher calls the same
-/// program the same way.
-fn hold_in_the_xdp_dispatcher(gw: &mut TestGateway, floor: &mut Xdp) -> Result<()> {
-    for (a, b) in [("hold0", "hold1"), ("hold2", "hold3")] {
-        gw.ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-        for ifname in [a, b] {
-            // Quiet: no IPv6 neighbour discovery through the held programs.
-            gw.ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6=1"))?;
-            gw.ns.ip(&["link", "set", ifname, "up"])?;
-        }
-    }
-    gw.datapath.attach(Side::Lan, gw.ns.ifindex("hold0")?, XdpMode::Driver)?;
-    gw.datapath.attach(Side::Wan, gw.ns.ifindex("hold1")?, XdpMode::Driver)?;
-    floor.attach_to_if_index(gw.ns.ifindex("hold2")?, XdpMode::Driver).context("attaching drop_floor to hold2")?;
-    Ok(())
-}
-
-fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
-    L4::Tcp { sport: src.1, dport: dst.1, flags: 0x10 }
-}
-fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
-    L4::Udp { sport: src.1, dport: dst.1, zero_checksum: false }
-}
-/// One DATA chunk carrying the payload.
-fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
-    L4::Sctp { sport: src.1, dport: dst.1, vtag: 0x1c0f_fee5, chunk: 0, crc_error: 0 }
-}
-
-/// Bytes of header before the payload: UDP's, and SCTP's common header with
-/// its chunk header.
-const UDP_HEADER: usize = 8;
-const SCTP_HEADER: usize = 16;
-/// ICMP echo request out; the caller turns the inbound one into a reply.
-fn icmp_request(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> L4 {
-    let id = if src.0 == addr::REMOTE { dst.1 } else { src.1 };
-    L4::IcmpEcho { kind: 8, id, seq: 1 }
-}
-
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
+    Ok((floor_samples, figures))
 }

@@ -135,13 +135,28 @@ fn main() -> Result<()> {
             write!(json, "{}\"{}\": {:.0}", if i > 0 { ", " } else { "" }, mode.key(), m[mode])?;
         }
         write!(json, "}}")?;
-        let (x, k, f, r) = (m[&Mode::XdpNat], m[&Mode::NftMasquerade], m[&Mode::KernelForward], m[&Mode::XdpRedirect]);
-        writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} |", x / 1e6, k / 1e6, f / 1e6, r / 1e6, x / k, x / r)?;
+        let (f, x_k, x_r) = (m[&Mode::KernelForward], paired_ratio(&samples, flows, Mode::NftMasquerade), paired_ratio(&samples, flows, Mode::XdpRedirect));
+        write!(json, ",\n  \"ratios_flows_{flows}\": {{\"x_k\": {x_k:.3}, \"x_r\": {x_r:.3}}}")?;
+        writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {x_k:.2} | {x_r:.2} |", m[&Mode::XdpNat] / 1e6, m[&Mode::NftMasquerade] / 1e6, f / 1e6, m[&Mode::XdpRedirect] / 1e6)?;
     }
     json.push_str("\n}\n");
     writeln!(md, "\nNew flows per second, every packet a new flow ({NEW_FLOWS} per trial, median of {runs}): X {x_new:.0}, K (conntrack) {k_new:.0}, X/K {:.2}", x_new / k_new)?;
     nat_tests::bench::write_results("pps", &json, &md)?;
     Ok(())
+}
+
+/// X's rate against `reference`'s: the median over rounds of the ratio
+/// within each round (the two ran seconds apart), not the ratio of the
+/// medians. A round the host slowed down slows both, and the ratio keeps
+/// still where the rates move (`--quick`'s few rounds made X/R swing from
+/// 0.62 to 0.91 between runs as ratios of medians).
+fn paired_ratio(samples: &BTreeMap<(u32, Mode), Vec<f64>>, flows: u32, reference: Mode) -> f64 {
+    let (x, other) = (&samples[&(flows, Mode::XdpNat)], &samples[&(flows, reference)]);
+    let mut ratios: Vec<f64> = x.iter().zip(other).filter(|(_, r)| **r > 0.0).map(|(x, r)| x / r).collect();
+    if ratios.is_empty() {
+        return 0.0;
+    }
+    nat_tests::bench::median(&mut ratios)
 }
 
 impl Bench {
