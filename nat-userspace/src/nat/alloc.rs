@@ -41,8 +41,8 @@ pub struct PortAllocator {
     min: u16,
     max: u16,
     policy: PortPolicy,
-    /// Allocated and held ports: neither can be handed out.
-    taken: HashSet<(u8, u16)>,
+    /// Allocated, held and queued ports: none can be handed out.
+    taken: Taken,
     /// Released ports waiting out the hold, oldest first: (free at, proto, port).
     held: VecDeque<(u64, u8, u16)>,
     hold_ns: u64,
@@ -52,6 +52,36 @@ pub struct PortAllocator {
     /// The same ports, each.
     queued_ports: HashSet<(u8, u16)>,
     rng: u64,
+}
+
+/// The taken ports, with a count per protocol (so what is free is known
+/// without a walk of every port: the queue refill asks at each wake-up).
+#[derive(Default)]
+struct Taken {
+    ports: HashSet<(u8, u16)>,
+    per_protocol: [usize; 5],
+}
+
+impl Taken {
+    fn insert(&mut self, port: (u8, u16)) -> bool {
+        let new = self.ports.insert(port);
+        self.per_protocol[slot(port.0)] += usize::from(new);
+        new
+    }
+
+    fn remove(&mut self, port: &(u8, u16)) -> bool {
+        let gone = self.ports.remove(port);
+        self.per_protocol[slot(port.0)] -= usize::from(gone);
+        gone
+    }
+
+    fn contains(&self, port: &(u8, u16)) -> bool {
+        self.ports.contains(port)
+    }
+
+    fn count(&self, proto: u8) -> usize {
+        self.per_protocol[slot(proto)]
+    }
 }
 
 /// Index of a protocol's counters.
@@ -76,7 +106,7 @@ impl PortAllocator {
 
     pub fn with_policy(min: u16, max: u16, policy: PortPolicy, hold_ns: u64, seed: u64) -> Self {
         assert!(min <= max, "port range {min}-{max} is empty");
-        Self { min, max, policy, taken: HashSet::new(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], queued_ports: HashSet::new(), rng: seed | 1 }
+        Self { min, max, policy, taken: Taken::default(), held: VecDeque::new(), hold_ns, queued: [[0; 2]; 5], queued_ports: HashSet::new(), rng: seed | 1 }
     }
 
     /// A reload's parity and class: for allocations from now on.
@@ -92,7 +122,7 @@ impl PortAllocator {
 
     /// Ports of `proto` allocated to live mappings.
     pub fn in_use(&self, proto: u8) -> usize {
-        self.taken.iter().filter(|(p, _)| *p == proto).count() - self.held(proto) - self.queued(proto)
+        self.taken.count(proto) - self.held(proto) - self.queued(proto)
     }
 
     /// Ports of `proto` waiting in the datapath's free queues.
@@ -163,7 +193,7 @@ impl PortAllocator {
 
     /// Ports of `proto` that a new flow can get now (queued ones included).
     pub fn free(&self, proto: u8) -> usize {
-        self.capacity() as usize - self.taken.iter().filter(|(p, _)| *p == proto).count() + self.queued(proto)
+        self.capacity() as usize - self.taken.count(proto) + self.queued(proto)
     }
 
     fn random(&mut self) -> u64 {
@@ -263,6 +293,28 @@ impl PortAllocator {
 mod tests {
     use super::*;
     use nat_common::proto::{TCP, UDP};
+
+    /// The free count is kept, not walked for (the queue refill reads it
+    /// at every wake-up): it must agree with a walk after any change.
+    #[test]
+    fn the_free_count_follows_every_change() {
+        let mut a = PortAllocator::new(1000, 1099, 1_000, 7);
+        let walked = |a: &PortAllocator, proto: u8| a.capacity() as usize - a.taken.ports.iter().filter(|(p, _)| *p == proto).count() + a.queued(proto);
+        for i in 0..400u16 {
+            let port = 1000 + (i * 37) % 100;
+            match i % 6 {
+                0 | 1 => drop(a.allocate(UDP, port)),
+                2 => drop(a.reserve(UDP, i & 1)),
+                3 => a.release(UDP, port, u64::from(i)),
+                4 => a.claimed(UDP, port),
+                _ => a.reclaim(u64::from(i) * 10),
+            }
+            a.allocate(TCP, port);
+            for proto in [UDP, TCP] {
+                assert_eq!(a.free(proto), walked(&a, proto), "step {i}");
+            }
+        }
+    }
 
     #[test]
     fn keeps_the_inside_port_when_free_and_in_range() {
