@@ -534,6 +534,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Takes the next queued free port of `proto` and `parity` back from
+    /// the datapath (the head of its queue), if one is queued.
+    pub fn pop_free_port(&mut self, proto_nr: u8, parity: u16) -> Result<Option<FreePort>> {
+        let name = free_queue_name(proto_nr, parity);
+        let mut queue: Queue<&mut MapData, FreePort> = Queue::try_from(self.map_mut(name)?)?;
+        Ok(queue.pop(0).ok())
+    }
+
     /// Installs an outbound ESP SA (`key`: inside address, peer, SPI) with
     /// its external address and session slot, the slot's liveness set to
     /// `now_ns`. NOEXIST: an SA is learned once.

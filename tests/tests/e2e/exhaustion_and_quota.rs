@@ -56,6 +56,28 @@ fn exhaustion_refuses_and_counts_new_flows_keeps_existing_and_recovers() {
     assert_eq!(udp_request(host, 6203, b"d".to_vec()).join().unwrap().unwrap(), b"echo:d");
 }
 
+/// A flow is refused for want of a port only when none is left: natd takes
+/// a port back from the datapath's free queues rather than refuse. A
+/// 20-port range with half of it queued for the datapath, and 20 new flows
+/// from inside ports in the range, which natd sets up itself (it would
+/// keep such a port): all 20 are set up and answered, none refused.
+#[test]
+fn natd_takes_queued_ports_back_before_it_refuses_a_flow() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd_with_config("port_range = \"20000-20019\"\n").unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let host = &lab.hosts[0];
+    for port in 20000..20020u16 {
+        let answer = udp_request(host, port, vec![b'p']).join().unwrap();
+        assert!(answer.is_ok(), "the flow from port {port} was not answered: {:?}", lab.stats().unwrap());
+    }
+    let stats = lab.stats().unwrap();
+    assert_eq!(stats.get("refused_no_port"), Some(0), "{stats:?}");
+    assert_eq!(stats.get("claimed_in_datapath"), Some(0), "natd was to set these flows up: {stats:?}");
+    assert_eq!(lab.status().unwrap().sessions, 20);
+}
+
 /// RFC 6888 REQ-4 and RFC 5508 REQ-8: a host at its quota of ports
 /// (`ports_per_host = 2`, reached once through the datapath's claim and once
 /// through natd's own allocation) has its next new flow refused and learns it
