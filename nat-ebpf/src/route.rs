@@ -13,7 +13,7 @@ use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason
 use crate::{
     ctx::config,
     handoff::hand_to_daemon,
-    packet::{Side, parse::Ipv4Packet},
+    packet::{Rewrite, Side, parse::Ipv4Packet},
     verdict::Verdict,
 };
 
@@ -31,37 +31,13 @@ pub(crate) static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entrie
 
 pub(crate) const AF_INET: u8 = 2;
 
-/// The rewrite a packet is routed for: routes are looked up before the
-/// packet is touched (see `translate_and_forward`).
-#[derive(Clone, Copy)]
-pub(crate) enum Rewrite {
-    /// Leaves as it is (translated already).
-    Nothing,
-    /// `translate(pkt, side, to)`.
-    One(Side, Endpoint),
-    /// `translate_both(pkt, source, destination)`.
-    Both(Endpoint, Endpoint),
-}
-
-impl Rewrite {
-    /// The side the packet came in on, for an error about it: the LAN for a
-    /// source rewrite and a hairpin, the WAN for a destination rewrite.
-    #[inline(always)]
-    pub(crate) fn ingress(&self) -> Side {
-        match self {
-            Rewrite::One(Side::Destination, _) => Side::Destination,
-            _ => Side::Source,
-        }
-    }
-
-    /// The destination address the packet leaves with: all the next-hop
-    /// cache needs, so a hit reads nothing more of the packet.
-    #[inline(always)]
-    fn dst_be(&self, pkt: &Ipv4Packet) -> u32 {
-        match self {
-            Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
-            _ => pkt.dst_be(),
-        }
+/// The destination address a packet leaves with after `rewrite`: all the
+/// next-hop cache needs, so a hit reads nothing more of the packet.
+#[inline(always)]
+fn leaving_dst_be(rewrite: &Rewrite, pkt: &Ipv4Packet) -> u32 {
+    match rewrite {
+        Rewrite::One(Side::Destination, to) | Rewrite::Both(_, to) => to.addr_be,
+        _ => pkt.dst_be(),
     }
 }
 
@@ -233,7 +209,7 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
 /// checks the egress MTU, path-MTU exceptions included), and then cached.
 #[inline(always)]
 pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
-    let dst_be = rewrite.dst_be(pkt);
+    let dst_be = leaving_dst_be(rewrite, pkt);
     let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = pkt.tot_len();
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));

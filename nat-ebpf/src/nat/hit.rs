@@ -14,17 +14,17 @@ use crate::{
         icmp_errors::too_big,
     },
     packet::{
-        Side,
+        Rewrite, Side,
         checksum::{finish_partial_checksum, has_partial_checksum},
         parse::{Fragment, Ipv4Packet},
         rewrite::{translate_both_with, translate_with},
     },
     proto::{
         L4,
-        sctp::{self, SctpCheck},
+        SctpCheck, sctp,
         tcp,
     },
-    route::{Hop, Rewrite, deliver, next_hop},
+    route::{Hop, deliver, next_hop},
     verdict::Verdict,
 };
 

@@ -25,11 +25,11 @@ use crate::{
         lb::forward_port,
     },
     packet::{
-        Side,
+        Rewrite, Side,
         parse::{Fragment, Ipv4Packet},
     },
     proto::{L4, sctp},
-    route::{Rewrite, Route, route_untranslated},
+    route::{Route, route_untranslated},
     verdict::Verdict,
 };
 

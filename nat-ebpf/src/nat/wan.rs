@@ -16,11 +16,10 @@ use crate::{
         untranslated,
     },
     packet::{
-        Side,
+        Rewrite, Side,
         parse::{Fragment, Ipv4Packet},
     },
     proto::{L4, sctp},
-    route::Rewrite,
     verdict::Verdict,
 };
 

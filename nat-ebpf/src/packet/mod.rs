@@ -9,7 +9,7 @@ pub mod rewrite;
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use nat_common::Reason;
+use nat_common::{Endpoint, Reason};
 
 /// Which end of a packet a translation rewrites.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,30 @@ pub enum Side {
     Source,
     /// WAN -> LAN: the external destination becomes the inside endpoint.
     Destination,
+}
+
+/// The rewrite a packet is routed for and then given: routes are looked
+/// up before the packet is touched (`route::next_hop`, `hit::send`).
+#[derive(Clone, Copy)]
+pub enum Rewrite {
+    /// Leaves as it is (translated already).
+    Nothing,
+    /// `translate(pkt, side, to)`.
+    One(Side, Endpoint),
+    /// `translate_both(pkt, source, destination)`.
+    Both(Endpoint, Endpoint),
+}
+
+impl Rewrite {
+    /// The side the packet came in on, for an error about it: the LAN for a
+    /// source rewrite and a hairpin, the WAN for a destination rewrite.
+    #[inline(always)]
+    pub fn ingress(&self) -> Side {
+        match self {
+            Rewrite::One(Side::Destination, _) => Side::Destination,
+            _ => Side::Source,
+        }
+    }
 }
 
 /// Why a frame is refused before it is looked at further: the reason it is

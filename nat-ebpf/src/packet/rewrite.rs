@@ -9,7 +9,7 @@ use nat_common::{
 
 use crate::{
     packet::{Side, parse::Ipv4Packet},
-    proto::sctp::SctpCheck,
+    proto::SctpCheck,
 };
 
 /// Rewrites one endpoint of the packet to `to` and decrements the TTL, keeping

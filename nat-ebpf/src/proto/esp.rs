@@ -27,11 +27,11 @@ use crate::{
         untranslated::{self, refused_lan_source},
     },
     packet::{
-        Side, ptr_at,
+        Rewrite, Side, ptr_at,
         parse::{Fragment, Ipv4Packet},
     },
-    proto::sctp::SctpCheck,
-    route::{Rewrite, Route, route_untranslated},
+    proto::SctpCheck,
+    route::{Route, route_untranslated},
     verdict::Verdict,
 };
 

@@ -19,8 +19,18 @@ use nat_common::{
 
 use crate::{
     packet::Side,
-    proto::{icmp::Quoted, sctp::SctpCheck},
+    proto::icmp::Quoted,
 };
+
+/// The wire bytes an SCTP packet's CRC32c field takes when it is
+/// translated (`sctp::check_after`), handed to the rewrite (`L4::rewrite`).
+#[derive(Clone, Copy)]
+pub struct SctpCheck(pub [u8; 4]);
+
+impl SctpCheck {
+    /// For rewrites of packets that are no SCTP packet: never written.
+    pub const NONE: SctpCheck = SctpCheck([0; 4]);
+}
 
 /// Where the translatable part of the packet is. Each pointer is the start
 /// of a header `parse` checked to be in the frame and within the datagram

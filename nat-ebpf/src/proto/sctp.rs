@@ -14,9 +14,9 @@ use nat_common::{
     sctp_chunks,
 };
 
+use super::SctpCheck;
 use crate::{
-    packet::{Side, parse::Ipv4Packet},
-    route::Rewrite,
+    packet::{Rewrite, Side, parse::Ipv4Packet},
     verdict::Verdict,
 };
 
@@ -51,16 +51,6 @@ pub fn to_program(ctx: &XdpContext, program: SctpProgram) -> Verdict {
 /// and masked indexes need no bounds branch.
 #[map]
 static SCTP_NIBBLES: Array<[u32; NIBBLE_TABLE_LEN]> = Array::with_max_entries(1, 0);
-
-/// The wire bytes an SCTP packet's CRC32c field takes when it is
-/// translated (`check_after`), handed to the rewrite (`rewrite_port`).
-#[derive(Clone, Copy)]
-pub struct SctpCheck(pub [u8; 4]);
-
-impl SctpCheck {
-    /// For rewrites of packets that are no SCTP packet: never written.
-    pub const NONE: SctpCheck = SctpCheck([0; 4]);
-}
 
 /// The CRC32c field an SCTP packet leaves with once `rewrite` has changed
 /// its ports (`crc32c::field_after_port_change_by_nibbles`, one port at a
