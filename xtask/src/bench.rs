@@ -255,9 +255,8 @@ fn speed_goals(pps: &Value, fast: &Value, lab: &Value, hard_burst: &Value, cap: 
     let mpps = |v: f64| format!("{:.2}", v / 1e6);
     // pps-bench's paired ratio (the median of each round's), with the
     // medians of the rates beside it.
-    let pps_ratio = |flows: &str, reference: &str, label: &str, goal: f64| {
+    let pps_ratio = |flows: &str, reference: &str, key: &str, label: &str, goal: f64| {
         let (x, r) = (num(&pps[flows]["xdp_nat"]), num(&pps[flows][reference]));
-        let key = if reference == "xdp_redirect" { "x_r" } else { "x_k" };
         let paired = num(&pps[format!("ratios_{flows}")][key]);
         json!({
             "figure": format!("{label} packets/s, {} flows", flows.trim_start_matches("flows_")),
@@ -281,9 +280,9 @@ fn speed_goals(pps: &Value, fast: &Value, lab: &Value, hard_burst: &Value, cap: 
     let kernel = num(&cap["bytes_per_session"]["xdp_nat"]);
     let natd = num(&cap["bytes_per_session"]["natd"]);
     json!([
-        pps_ratio("flows_1024", "xdp_redirect", "X/R", 0.90),
-        pps_ratio("flows_65536", "xdp_redirect", "X/R", 0.75),
-        pps_ratio("flows_1024", "nft_masquerade", "X/K", 5.0),
+        pps_ratio("flows_1024", "xdp_redirect", "x_r", "X/R", 0.90),
+        pps_ratio("flows_65536", "xdp_redirect", "x_r", "X/R", 0.75),
+        pps_ratio("flows_1024", "nft_masquerade", "x_k", "X/K", 5.0),
         {
             "figure": "fast-path cost per hit, ns above the XDP_DROP floor (tcp/udp/icmp, out and in)",
             "now": format!("{fastest}-{slowest}"),

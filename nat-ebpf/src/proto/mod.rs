@@ -17,10 +17,7 @@ use nat_common::{
     proto::{IcmpEcho, Sctp, Tcp, Transport, Udp},
 };
 
-use crate::{
-    packet::Side,
-    proto::icmp::Quoted,
-};
+use crate::{packet::Side, proto::icmp::Quoted};
 
 /// The wire bytes an SCTP packet's CRC32c field takes when it is
 /// translated (`sctp::check_after`), handed to the rewrite (`L4::rewrite`).

@@ -645,7 +645,10 @@ impl Datapath {
     pub fn inbound_mapping(&self, external: &Endpoint) -> Result<Option<Mapping>> {
         let Some(at) = self.config.inbound_index(external) else { return Ok(None) };
         let port = InboundPort::from_bits(self.inbound.get(at)?);
-        Ok(port.in_use().then(|| self.liveness.get(port.session).map(|live| port.mapping(live.inside_addr_be))).transpose()?)
+        if !port.in_use() {
+            return Ok(None);
+        }
+        Ok(Some(port.mapping(self.liveness.get(port.session)?.inside_addr_be)))
     }
 
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.

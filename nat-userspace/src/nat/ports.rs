@@ -94,22 +94,27 @@ impl Ports {
     /// was queued on every pool address: the claiming host's address now
     /// uses it, the others get it back.
     pub fn claimed(&mut self, claim: &ClaimEvent) {
-        let claimed_on = self.pool_of(&claim.external);
-        let (proto_nr, port) = (claim.inside.proto, claim.external.port());
+        self.queued_port_taken(claim.inside.proto, claim.external.port(), self.pool_of(&claim.external));
+    }
+
+    /// A port from a free queue went to a flow on pool address `taken_on`
+    /// (the datapath's claim, or natd's `take_back_queued`): that address
+    /// now uses it, the others, which reserved it too, get it back.
+    fn queued_port_taken(&mut self, proto_nr: u8, port: u16, taken_on: Option<usize>) {
         if !self.pools.iter().any(|pool| pool.is_queued(proto_nr, port)) {
             // From a queue this natd did not fill: claimed in the moment it
             // adopted the datapath. The port is that mapping's; the other
             // addresses never reserved it for this natd.
-            if let Some(pool) = claimed_on {
+            if let Some(pool) = taken_on {
                 self.pools[pool].adopt(proto_nr, port);
             }
             return;
         }
         for (index, pool) in self.pools.iter_mut().enumerate() {
-            if Some(index) == claimed_on {
-                pool.claimed(claim.inside.proto, claim.external.port());
+            if Some(index) == taken_on {
+                pool.claimed(proto_nr, port);
             } else {
-                pool.unreserve(claim.inside.proto, claim.external.port());
+                pool.unreserve(proto_nr, port);
             }
         }
     }
@@ -213,16 +218,7 @@ impl Ports {
         for parity in [inside_port & 1, !inside_port & 1] {
             let Some(free) = datapath.pop_free_port(proto_nr, parity)? else { continue };
             self.slots.give_back(free.session);
-            for (index, allocator) in self.pools.iter_mut().enumerate() {
-                if index != pool {
-                    allocator.unreserve(proto_nr, free.port);
-                } else if allocator.is_queued(proto_nr, free.port) {
-                    allocator.claimed(proto_nr, free.port);
-                } else {
-                    // Queued by no one this natd knows of: taken all the same.
-                    allocator.adopt(proto_nr, free.port);
-                }
-            }
+            self.queued_port_taken(proto_nr, free.port, Some(pool));
             return Ok(Some(free.port));
         }
         Ok(None)

@@ -88,7 +88,6 @@ fn main() -> Result<()> {
     let mut floors = Vec::new();
     for _ in 0..epochs {
         let (mut floor_samples, mut figures) = epoch(rounds.div_ceil(epochs))?;
-        floors.push(median(&mut floor_samples.clone()));
         epoch_costs.push(
             figures
                 .iter_mut()
@@ -98,7 +97,8 @@ fn main() -> Result<()> {
                 })
                 .collect(),
         );
-        floor_samples.clear();
+        // Sorted in place: after the pairing above.
+        floors.push(median(&mut floor_samples));
     }
     for (i, costs) in epoch_costs.iter().enumerate() {
         let shown: Vec<String> = costs.iter().filter(|(key, ..)| ["udp_out", "udp_in"].contains(key)).map(|(key, _, cost)| format!("{key} {cost}")).collect();
@@ -112,8 +112,7 @@ fn main() -> Result<()> {
     writeln!(md, "| XDP_DROP floor | {floor} | 0 | {floors:?} |")?;
     for (i, (key, _, _)) in epoch_costs[0].iter().enumerate() {
         let per_epoch: Vec<u64> = epoch_costs.iter().map(|costs| costs[i].2).collect();
-        let best = epoch_costs.iter().min_by_key(|costs| costs[i].2).map(|costs| costs[i]).unwrap_or(epoch_costs[0][i]);
-        let (raw, cost) = (best.1, best.2);
+        let (_, raw, cost) = epoch_costs.iter().map(|costs| costs[i]).min_by_key(|&(_, _, cost)| cost).unwrap_or(epoch_costs[0][i]);
         write!(json, ",\n  \"{key}\": {cost}")?;
         writeln!(md, "| {key} | {raw} | {cost} | {per_epoch:?} |")?;
     }
