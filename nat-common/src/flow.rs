@@ -786,13 +786,44 @@ pub struct MissEvent {
     pub _pad: u16,
     pub frame: [u8; MISS_FRAME_MAX],
 }
-const _: () = assert!(core::mem::size_of::<MissEvent>() == 16 + MISS_FRAME_MAX);
+const _: () = assert!(core::mem::size_of::<MissEvent>() == MissEvent::HEADER_LEN + MISS_FRAME_MAX);
 
 impl MissEvent {
+    /// Bytes before `frame`: a ring record is these and the frame, no more.
+    pub const HEADER_LEN: usize = 16;
+
     /// The frame bytes, bounded by both `frame_len` and the buffer.
     pub fn frame(&self) -> &[u8] {
         let len = (self.frame_len as usize).min(MISS_FRAME_MAX);
         &self.frame[..len]
+    }
+
+    /// Bytes of a ring record that carries a frame of `frame_len` bytes.
+    pub const fn record_len(frame_len: usize) -> usize {
+        Self::HEADER_LEN + frame_len
+    }
+
+    /// The event a ring record holds: the header, then the frame, as long as
+    /// the record (the datapath writes only the frame's bytes). `None`: a
+    /// record too short for its header or for the frame it announces, or
+    /// too long for the buffer.
+    pub fn from_record(record: &[u8]) -> Option<Self> {
+        let (header, frame) = (record.get(..Self::HEADER_LEN)?, &record[Self::HEADER_LEN..]);
+        let word = |at: usize| u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let frame_len = word(8);
+        if frame.len() > MISS_FRAME_MAX || (frame_len as usize) > frame.len() {
+            return None;
+        }
+        let mut event = MissEvent {
+            kind: word(0),
+            ingress_ifindex: word(4),
+            frame_len,
+            l3_offset: u16::from_ne_bytes([header[12], header[13]]),
+            _pad: 0,
+            frame: [0; MISS_FRAME_MAX],
+        };
+        event.frame[..frame.len()].copy_from_slice(frame);
+        Some(event)
     }
 }
 
@@ -903,5 +934,49 @@ mod tests {
     fn mapping_target_round_trips() {
         let e = Endpoint::new(Ipv4Addr::new(203, 0, 113, 7), 40000, crate::proto::TCP);
         assert_eq!(Mapping::new(e, 5).target(crate::proto::TCP), e);
+    }
+}
+
+#[cfg(test)]
+mod hand_off_tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+
+    /// A record as the datapath writes it: the header, then the frame's bytes.
+    fn record(kind: u32, ifindex: u32, frame: &[u8], l3_offset: u16) -> Vec<u8> {
+        let mut record = Vec::new();
+        for word in [kind, ifindex, frame.len() as u32] {
+            record.extend_from_slice(&word.to_ne_bytes());
+        }
+        record.extend_from_slice(&l3_offset.to_ne_bytes());
+        record.extend_from_slice(&[0, 0]);
+        record.extend_from_slice(frame);
+        record
+    }
+
+    #[test]
+    fn a_record_as_long_as_its_frame_decodes_whole() {
+        let frame: Vec<u8> = (0..60u8).collect();
+        let bytes = record(miss_kind::NEW_FLOW, 7, &frame, 14);
+        assert_eq!(bytes.len(), MissEvent::record_len(frame.len()));
+        let event = MissEvent::from_record(&bytes).unwrap();
+        assert_eq!((event.kind, event.ingress_ifindex, event.l3_offset), (miss_kind::NEW_FLOW, 7, 14));
+        assert_eq!(event.frame(), &frame[..]);
+        // The largest frame fits exactly, as a record of the old fixed size does.
+        let full = vec![0xa5; MISS_FRAME_MAX];
+        assert_eq!(MissEvent::from_record(&record(miss_kind::ESP, 1, &full, 14)).unwrap().frame(), &full[..]);
+    }
+
+    #[test]
+    fn a_record_short_of_its_header_or_frame_or_too_long_is_refused() {
+        let frame = [1u8; 40];
+        let bytes = record(miss_kind::NEW_FLOW, 7, &frame, 14);
+        assert!(MissEvent::from_record(&bytes[..MissEvent::HEADER_LEN - 1]).is_none());
+        assert!(MissEvent::from_record(&bytes[..bytes.len() - 1]).is_none(), "frame cut short");
+        let mut long = record(miss_kind::NEW_FLOW, 7, &[0; MISS_FRAME_MAX], 14);
+        long.push(0);
+        assert!(MissEvent::from_record(&long).is_none());
     }
 }

@@ -148,12 +148,22 @@ pub const MAX_MAPPINGS: u32 = 1 << 20;
 pub const MAX_SESSIONS: u32 = MAX_MAPPINGS;
 
 /// Size of the miss ring buffer in bytes (a power of two, a multiple of the page size).
-/// 16 MiB holds about 4,000 hand-offs (2 KiB each) while natd is busy
-/// allocating, with half kept for the datapath's claims (a few dozen
-/// bytes each): a burst of new flows from clients whose ports natd would
-/// keep is otherwise cut short by a full ring (4 MiB lost 8,508 first
-/// packets of a 20,000-flow burst). Kernel memory, once.
+/// A hand-off's record is as long as its frame (`MissEvent::HEADER_LEN` plus
+/// the frame, plus the ring's 8-byte header, rounded up to 8): about 100
+/// bytes for a small first packet, so 16 MiB holds ~160,000 of them while
+/// natd is behind a burst, or 8,000 full-sized frames. Kernel memory, once.
+/// (With every record 2 KiB, the ring held ~8,000 hand-offs and a burst of
+/// 100,000 new flows lost first packets `drop_ring_full` once the claim
+/// queue ran dry.)
 pub const MISS_RING_BYTES: u32 = 16 << 20;
+
+/// How much of the miss ring natd may leave unread while new flows whose
+/// inside port it could keep are still handed to it; past this, natd is
+/// behind, and such a flow claims a queued port in the datapath instead, so
+/// its first packet goes on now rather than waiting in the ring (about 5,000
+/// small first packets, a tenth of a second of natd's work). The rest of the
+/// ring takes hand-offs that cannot be claimed (queue empty, no neighbour).
+pub const MISS_HANDOFF_BACKLOG_BYTES: u32 = 512 << 10;
 
 /// How often the daemon publishes the clock (`map_names::CLOCK`): the
 /// resolution of last-seen stamps and next-hop expiry.

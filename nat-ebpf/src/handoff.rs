@@ -1,6 +1,6 @@
 //! Packets handed to the daemon through the ring.
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
 use nat_common::{MISS_FRAME_MAX, MissEvent, Reason, miss_kind};
 
 use crate::{maps::MISSES, packet::parse::Ipv4Packet, verdict::Verdict};
@@ -22,39 +22,40 @@ pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> V
     }
 }
 
-/// Copies the frame into the miss ring as a `MissEvent` of `kind`. `Err`:
-/// the reason it could not be.
+/// A hand-off is built here, then copied into the ring as long as its frame:
+/// the ring reserves only fixed sizes, and a 2 KiB record for every first
+/// packet let ~8,000 hand-offs fill 16 MiB (see `MISS_RING_BYTES`).
+#[map]
+static HANDOFF: PerCpuArray<MissEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the frame into the miss ring as a `MissEvent` of `kind`, a record
+/// of its header and the frame's bytes. `Err`: the reason it could not be.
 #[inline(always)]
 pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Result<(), Reason> {
     let frame_len = ctx.data_end() - ctx.data();
     if frame_len > MISS_FRAME_MAX {
         return Err(Reason::DropTooBigForDaemon);
     }
-    let Some(mut entry) = MISSES.reserve::<MissEvent>(0) else {
-        return Err(Reason::DropRingFull);
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: a whole MissEvent reserved in the ring; the helper writes at
-    // most `copy_len` <= MISS_FRAME_MAX bytes into its frame.
+    let event = HANDOFF.get_ptr_mut(0).ok_or(Reason::DropMalformed)?;
+    let len = copy_len(frame_len);
+    // SAFETY: this CPU's scratch event (XDP runs to completion, no other
+    // program of this CPU uses it meanwhile); the helper writes at most
+    // `len` <= MISS_FRAME_MAX bytes into its frame.
     let copied = unsafe {
         (*event).kind = kind;
         (*event).ingress_ifindex = ctx.ingress_ifindex() as u32;
         (*event).frame_len = frame_len as u32;
         (*event).l3_offset = pkt.l3_offset as u16;
         (*event)._pad = 0;
-        bpf_xdp_load_bytes(
-            ctx.ctx as *mut _,
-            0,
-            (*event).frame.as_mut_ptr() as *mut _,
-            copy_len(frame_len),
-        )
+        bpf_xdp_load_bytes(ctx.ctx as *mut _, 0, (*event).frame.as_mut_ptr() as *mut _, len)
     };
     if copied != 0 {
-        entry.discard(0);
         return Err(Reason::DropMalformed);
     }
-    entry.submit(0);
-    Ok(())
+    // SAFETY: the header and the `len` bytes of frame just written, within
+    // the event (HEADER_LEN + len <= size_of::<MissEvent>()).
+    let record = unsafe { core::slice::from_raw_parts(event as *const u8, MissEvent::record_len(len as usize)) };
+    MISSES.output::<[u8]>(record, 0).map_err(|_| Reason::DropRingFull)
 }
 
 /// `frame_len` (1..=MISS_FRAME_MAX, a power of two) in a form the verifier can

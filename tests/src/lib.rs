@@ -177,6 +177,15 @@ pub mod xdp_action {
     }
 }
 
+/// A hand-off read from the miss ring: the record must be exactly the
+/// event's header and its frame (the datapath writes no more), as natd
+/// decodes it.
+pub fn handed_off(record: &[u8]) -> nat_common::MissEvent {
+    let event = nat_common::MissEvent::from_record(record).expect("a hand-off record that holds its frame");
+    assert_eq!(record.len(), nat_common::MissEvent::record_len(event.frame_len as usize), "a hand-off record as long as its frame");
+    event
+}
+
 /// BPF_PROG_TEST_RUN on one frame (not live: nothing is transmitted).
 pub fn test_run(dp: &Datapath, side: Side, ifindex: u32, frame: &[u8], repeat: u32) -> Result<TestRun> {
     use aya::programs::{TestRun as _, TestRunOptions};

@@ -145,7 +145,7 @@ fn next_event(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> nat_common::
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         if let Some(item) = ring.next() {
-            return unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::MissEvent) };
+            return nat_tests::handed_off(&item);
         }
         assert!(std::time::Instant::now() < deadline, "no event in the miss ring within 3 s");
         thread::sleep(Duration::from_millis(5));

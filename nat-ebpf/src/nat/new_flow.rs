@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, Queue},
 };
-use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, InboundPort, Liveness, MAX_QUOTA_HOSTS, MISS_RING_BYTES, Mapping, MissEvent, inbound_index, miss_kind, proto};
+use nat_common::{ClaimEvent, Endpoint, FREE_QUEUE_CAPACITY, FreePort, HostKey, InboundPort, Liveness, MAX_QUOTA_HOSTS, MISS_HANDOFF_BACKLOG_BYTES, Mapping, inbound_index, miss_kind, proto};
 
 use crate::{
     atomic::atomic_add,
@@ -73,18 +73,18 @@ pub(crate) static HOST_RETURNS: HashMap<HostKey, u64> = HashMap::with_max_entrie
 /// The daemon learns of the claim through the ring, and a claim it cannot
 /// learn of is not made. `None`: the daemon decides (queue empty, ring full,
 /// or an inside port inside the NAT range, which the daemon keeps if free,
-/// while the ring has room for the hand-off).
+/// while it keeps up with the ring).
 #[inline(always)]
 pub(crate) fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     let cfg = config();
     let port = u16::from_be(inside.port_be);
-    // natd decides an inside port it may keep (in the NAT range), unless the
-    // miss ring has no room for the hand-off: then the flow takes a queued
-    // port here, as any other (a flow that loses its port beats a first
-    // packet dropped in a burst, as for parity). And natd decides a port
-    // whose class is kept (below 1024: the low port range is natd's).
+    // natd decides an inside port it may keep (in the NAT range), unless it
+    // is behind a burst: then the flow takes a queued port here, as any
+    // other (a flow that loses its port beats a first packet that waits or
+    // is dropped, as for parity). And natd decides a port whose class is
+    // kept (below 1024: the low port range is natd's).
     let keepable = port >= cfg.port_min && port <= cfg.port_max;
-    if (keepable && miss_ring_has_room()) || (cfg.port_class != 0 && port < 1024) {
+    if (keepable && natd_keeps_up()) || (cfg.port_class != 0 && port < 1024) {
         return None;
     }
     let index = cfg.pool_index(inside.addr_be);
@@ -133,20 +133,17 @@ pub(crate) fn claim(inside: &Endpoint) -> Option<*const Mapping> {
     OUTBOUND.get_ptr(inside)
 }
 
-/// Whether the miss ring can take one more hand-off while keeping half of
-/// itself for claims: a `MissEvent` is 2 KiB, a claim's event a few dozen
-/// bytes, so a burst of hand-offs alone would fill the ring and leave no
-/// room for the claims that set flows up without natd; and a ring half full
-/// means natd is behind, so flows are better claimed here than queued for
-/// it. (What natd has not read yet, against the ring's size; another CPU
-/// may take the room first, and that hand-off then fails as
-/// `drop_ring_full`.) lab-bench --burst 100000: a quarter kept set up 74,544
-/// flows, half 93,986 to 100,000.
+/// Whether natd keeps up: what it has not read of the miss ring is below
+/// `MISS_HANDOFF_BACKLOG_BYTES`. Past that, natd is behind a burst, and a
+/// flow is better claimed here than queued for it: its first packet goes on
+/// now, and the queue natd refills absorbs the burst. lab-bench --burst
+/// 100000 (inside ports natd would keep), when the backlog was half of a
+/// ring of 2 KiB records: 100,000 set up in most runs, but once the claims
+/// had emptied the queue, the ring filled and first packets were dropped
+/// `drop_ring_full` (820 in one of six runs).
 #[inline(always)]
-fn miss_ring_has_room() -> bool {
-    const RECORD: u64 = (core::mem::size_of::<MissEvent>() + 8) as u64;
-    const FOR_CLAIMS: u64 = MISS_RING_BYTES as u64 / 2;
-    MISSES.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) + RECORD + FOR_CLAIMS <= u64::from(MISS_RING_BYTES)
+fn natd_keeps_up() -> bool {
+    MISSES.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) < u64::from(MISS_HANDOFF_BACKLOG_BYTES)
 }
 
 /// A free port of `parity`, or of the other parity when none is left (a

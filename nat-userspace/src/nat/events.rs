@@ -29,15 +29,23 @@ impl RingEvent {
         };
         Ok(match kind {
             miss_kind::CLAIMED => Self::Claimed(read(item)?),
-            miss_kind::NEW_FLOW => Self::NewFlow(Box::new(read(item)?)),
-            miss_kind::NO_NEIGHBOUR => Self::NoNeighbour(Box::new(read(item)?)),
-            miss_kind::FRAGMENT_OUT => Self::Fragment(Box::new(read(item)?), frag_dir::OUT),
-            miss_kind::FRAGMENT_IN => Self::Fragment(Box::new(read(item)?), frag_dir::IN),
+            miss_kind::NEW_FLOW => Self::NewFlow(handed(item)?),
+            miss_kind::NO_NEIGHBOUR => Self::NoNeighbour(handed(item)?),
+            miss_kind::FRAGMENT_OUT => Self::Fragment(handed(item)?, frag_dir::OUT),
+            miss_kind::FRAGMENT_IN => Self::Fragment(handed(item)?, frag_dir::IN),
             miss_kind::FRAGMENT_TRANSLATED => Self::FragmentTranslated(read(item)?),
-            miss_kind::NO_SERVER => Self::NoServer(Box::new(read(item)?)),
-            miss_kind::ESP => Self::Esp(Box::new(read(item)?)),
+            miss_kind::NO_SERVER => Self::NoServer(handed(item)?),
+            miss_kind::ESP => Self::Esp(handed(item)?),
             other => bail!("ring event of kind {other} and {} bytes not understood", item.len()),
         })
+    }
+}
+
+/// A packet handed over: a record as long as its frame.
+fn handed(item: &[u8]) -> Result<Box<MissEvent>> {
+    match MissEvent::from_record(item) {
+        Some(event) => Ok(Box::new(event)),
+        None => bail!("hand-off of {} bytes does not hold the frame its header announces", item.len()),
     }
 }
 

@@ -25,8 +25,7 @@ fn read_items(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Vec<u8>>
 }
 
 fn as_miss(item: &[u8]) -> MissEvent {
-    assert_eq!(item.len(), std::mem::size_of::<MissEvent>());
-    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) }
+    nat_tests::handed_off(item)
 }
 
 fn with_payload(mut f: Frame, len: usize, id: u16) -> Frame {

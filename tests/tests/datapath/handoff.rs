@@ -18,8 +18,7 @@ use super::{
 pub(super) fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<MissEvent> {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        assert_eq!(item.len(), std::mem::size_of::<MissEvent>());
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const MissEvent) });
+        events.push(nat_tests::handed_off(&item));
     }
     events
 }

@@ -232,8 +232,7 @@ fn sctp_first_fragments_go_to_natd_by_datagram_identity() {
     assert_eq!(gw.datapath.counter(Reason::DropUntranslatable).unwrap(), 0);
     let mut kinds = Vec::new();
     while let Some(item) = ring.next() {
-        assert_eq!(item.len(), std::mem::size_of::<nat_common::MissEvent>());
-        let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const nat_common::MissEvent) };
+        let event = nat_tests::handed_off(&item);
         kinds.push(event.kind);
         let frame = if event.kind == nat_common::miss_kind::FRAGMENT_OUT { &first_out } else { &first_in };
         assert_eq!(event.frame(), &frame[..], "natd gets the first fragment as it arrived");
