@@ -198,14 +198,21 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
 /// process's CPU time shows (they run in softirq). Counted only while a
 /// [`BpfRunTimeStats`] is held.
 pub fn bpf_run_time(names: &[&str]) -> Result<std::time::Duration> {
-    let mut total = std::time::Duration::ZERO;
+    Ok(bpf_runs(names)?.0)
+}
+
+/// The CPU time and the number of runs of the loaded BPF programs named
+/// `names`, as `bpf_run_time`.
+pub fn bpf_runs(names: &[&str]) -> Result<(std::time::Duration, u64)> {
+    let (mut time, mut runs) = (std::time::Duration::ZERO, 0);
     for program in aya::programs::loaded_programs() {
         let program = program?;
         if program.name_as_str().is_some_and(|name| names.contains(&name)) {
-            total += program.run_time();
+            time += program.run_time();
+            runs += program.run_count();
         }
     }
-    Ok(total)
+    Ok((time, runs))
 }
 
 /// The kernel counts BPF programs' run time while this is held

@@ -107,9 +107,12 @@ fn main() -> Result<()> {
         k_new.push(b.new_flows(Mode::NftMasquerade, (2 * round + 1) as u8)?);
     }
     let (x_new, k_new) = (nat_tests::bench::median(&mut x_new), nat_tests::bench::median(&mut k_new));
+    // Where X's time goes (one more trial each, kept out of the rates).
+    let (x_new_timed, nat_ns_new) = b.in_programs(&["nat_lan"], |b| b.new_flows(Mode::XdpNat, (2 * runs) as u8))?;
     eprintln!("pps-bench: new flows done");
 
     let mut samples: BTreeMap<(u32, Mode), Vec<f64>> = BTreeMap::new();
+    let mut timed = Vec::new();
     for flows in FLOW_COUNTS {
         b.set_flows(flows)?;
         for round in 0..runs {
@@ -119,6 +122,10 @@ fn main() -> Result<()> {
                 let pps = b.measure(mode, packets)?;
                 samples.entry((flows, mode)).or_default().push(pps);
             }
+        }
+        for (mode, program) in [(Mode::XdpNat, "nat_lan"), (Mode::XdpRedirect, names::REDIRECT_ONLY)] {
+            let (pps, ns) = b.in_programs(&[program], |b| b.measure(mode, packets))?;
+            timed.push((flows, mode, pps, ns));
         }
         eprintln!("pps-bench: {flows} flow(s) done");
     }
@@ -139,8 +146,25 @@ fn main() -> Result<()> {
         write!(json, ",\n  \"ratios_flows_{flows}\": {{\"x_k\": {x_k:.3}, \"x_r\": {x_r:.3}}}")?;
         writeln!(md, "| {flows} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {x_k:.2} | {x_r:.2} |", m[&Mode::XdpNat] / 1e6, m[&Mode::NftMasquerade] / 1e6, f / 1e6, m[&Mode::XdpRedirect] / 1e6)?;
     }
-    json.push_str("\n}\n");
     writeln!(md, "\nNew flows per second, every packet a new flow ({NEW_FLOWS} per trial, median of {runs}): X {x_new:.0}, K (conntrack) {k_new:.0}, X/K {:.2}", x_new / k_new)?;
+    // The program's share of each packet's time on the NAT's CPU (the
+    // generator, veth and the redirect take the rest: both run on CPU 0).
+    writeln!(
+        md,
+        "\nWhere a packet's time goes: one more trial of each, with the kernel's BPF run-time stats on (every program run, \
+         the generator's and the sink's too, pays two clock reads for them, so these rates are lower than the table's; \
+         compare the rows with each other): the time per packet the rate leaves (1/rate, on the generator's CPU, \
+         where veth runs the NAT too), and the NAT program's own time per run.\n\n\
+         | run | program | rate | ns per packet | ns in the program |\n|---|---|---|---|---|"
+    )?;
+    write!(json, ",\n  \"in_programs\": [{{\"run\": \"new_flows\", \"program\": \"nat_lan\", \"per_s\": {x_new_timed:.0}, \"ns_per_run\": {nat_ns_new:.0}}}")?;
+    writeln!(md, "| new flows | nat_lan | {x_new_timed:.0}/s | {:.0} | {nat_ns_new:.0} |", 1e9 / x_new_timed)?;
+    for (flows, mode, pps, ns) in &timed {
+        let program = if *mode == Mode::XdpNat { "nat_lan" } else { names::REDIRECT_ONLY };
+        write!(json, ", {{\"run\": \"{}_{flows}\", \"program\": \"{program}\", \"per_s\": {pps:.0}, \"ns_per_run\": {ns:.0}}}", mode.key())?;
+        writeln!(md, "| {} at {flows} flows | {program} | {:.2} Mpps | {:.0} | {ns:.0} |", mode.key(), pps / 1e6, 1e9 / pps)?;
+    }
+    json.push_str("]\n}\n");
     nat_tests::bench::write_results("pps", &json, &md)?;
     Ok(())
 }
@@ -257,6 +281,17 @@ impl Bench {
             Mode::XdpNat => self.datapath.counter(Reason::TranslatedNewFlow),
             _ => Ok(self.nat.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?.trim().parse()?),
         }
+    }
+
+    /// `run` with the kernel counting BPF run time: its result, and the ns
+    /// per run of the programs named `programs` meanwhile.
+    fn in_programs(&mut self, programs: &[&str], run: impl FnOnce(&mut Self) -> Result<f64>) -> Result<(f64, f64)> {
+        let _stats = nat_tests::bench::BpfRunTimeStats::enable()?;
+        let (time, runs) = nat_tests::bench::bpf_runs(programs)?;
+        let result = run(self)?;
+        let (time_after, runs_after) = nat_tests::bench::bpf_runs(programs)?;
+        let runs = runs_after.saturating_sub(runs).max(1);
+        Ok((result, time_after.saturating_sub(time).as_nanos() as f64 / runs as f64))
     }
 
     fn sink_count(&self) -> Result<u64> {
