@@ -133,14 +133,7 @@ fn main() -> Result<()> {
 /// changes. The figures are unchanged: the dispatcher calls the same
 /// program the same way.
 fn hold_in_the_xdp_dispatcher(gw: &mut TestGateway, floor: &mut Xdp) -> Result<()> {
-    for (a, b) in [("hold0", "hold1"), ("hold2", "hold3")] {
-        gw.ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-        for ifname in [a, b] {
-            // Quiet: no IPv6 neighbour discovery through the held programs.
-            gw.ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6=1"))?;
-            gw.ns.ip(&["link", "set", ifname, "up"])?;
-        }
-    }
+    nat_tests::bench::idle_veths(&gw.ns, &[("hold0", "hold1"), ("hold2", "hold3")])?;
     gw.datapath.attach(Side::Lan, gw.ns.ifindex("hold0")?, XdpMode::Driver)?;
     gw.datapath.attach(Side::Wan, gw.ns.ifindex("hold1")?, XdpMode::Driver)?;
     floor.attach_to_if_index(gw.ns.ifindex("hold2")?, XdpMode::Driver).context("attaching drop_floor to hold2")?;

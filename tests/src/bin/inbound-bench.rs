@@ -460,7 +460,7 @@ mod pps {
             nat.ip(&["neigh", "replace", &CLIENT.to_string(), "lladdr", &mac(G0_MAC), "dev", "n0", "nud", "permanent"])?;
             let (g0, n0, n1, s0) = (generator.ifindex("g0")?, nat.ifindex("n0")?, nat.ifindex("n1")?, sink.ifindex("s0")?);
 
-            let bench = load_generator_topology(&nat, n1, &sink, s0)?;
+            let bench = load_generator_topology(&generator, &nat, n1, &sink, s0)?;
             Ok(Self { generator, nat, sink, g0, n0, bench, links: Vec::new(), natd: None, replies: Vec::new() })
         }
 

@@ -203,7 +203,7 @@ impl Bench {
         nat.ip(&["neigh", "replace", &GEN_ADDR.to_string(), "lladdr", &mac(G0_MAC), "dev", "n0", "nud", "permanent"])?;
         let (g0, n0, n1, s0) = (generator_ns.ifindex("g0")?, nat.ifindex("n0")?, nat.ifindex("n1")?, sink.ifindex("s0")?);
 
-        let bench = load_generator_topology(&nat, n1, &sink, s0)?;
+        let bench = load_generator_topology(&generator_ns, &nat, n1, &sink, s0)?;
         let datapath = {
             let _in_nat = nat.enter()?;
             let mut dp = Datapath::load()?;
