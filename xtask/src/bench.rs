@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use crate::run;
 
 /// How long each part runs: `--quick` keeps the outbound suite near a
-/// minute (1 min 8 s here), the whole with the inbound benchmark (natd
-/// restarted per round, failover windows of 12 s) and the proxy benchmark
-/// (four 1 GiB downloads a round) near 4 (4 min 14 s); the full suite
-/// took 10.5 minutes.
+/// minute, the whole with the inbound benchmark (natd restarted per round,
+/// failover windows of 12 s) and the proxy benchmark (four 1 GiB downloads
+/// a round) near 3 (3 min 13 s here, since the generator stays in the XDP
+/// dispatcher; 4 min 14 s before); the full suite took 10.5 minutes.
 pub struct Plan {
     pub fastpath_rounds: u32,
     /// fastpath-bench's epochs (the programs loaded anew for each; the
