@@ -122,16 +122,9 @@ fn main() -> Result<()> {
 
 /// Keeps the measured programs in the kernel's XDP dispatcher for the whole
 /// run, by attaching each (native mode) to an idle veth of the benchmark's
-/// namespace.
-///
-/// A test run adds its program to the dispatcher and removes it after
-/// (`bpf_prog_change_xdp`); when that changes the dispatcher's set, the
-/// kernel rebuilds it and waits for an RCU grace period
-/// (`bpf_dispatcher_change_prog`, `synchronize_rcu`), twice per test run:
-/// 2,000 rounds took 7 to 11 minutes, nearly all of it asleep. A program
-/// the dispatcher already holds only gains a user, so the set never
-/// changes. The figures are unchanged: the dispatcher calls the same
-/// program the same way.
+/// namespace (why: `bench::idle_veths`). Without it, 2,000 rounds took 7 to
+/// 11 minutes, nearly all of it asleep. The figures are unchanged: the
+/// dispatcher calls the same program the same way.
 fn hold_in_the_xdp_dispatcher(gw: &mut TestGateway, floor: &mut Xdp) -> Result<()> {
     nat_tests::bench::idle_veths(&gw.ns, &[("hold0", "hold1"), ("hold2", "hold3")])?;
     gw.datapath.attach(Side::Lan, gw.ns.ifindex("hold0")?, XdpMode::Driver)?;

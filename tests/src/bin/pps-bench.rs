@@ -55,6 +55,8 @@ const BATCH: u32 = 64;
 const FLOW_COUNTS: [u32; 3] = [1, 1024, 65536];
 /// New flows per new-flow trial (at most a full free queue).
 const NEW_FLOWS: u32 = 16384;
+/// The program X's packets run through (generator -> n0: the LAN side).
+const NAT_PROGRAM: &str = "nat_lan";
 const NEW_FLOW_SPORT_BASE: u16 = 40000;
 const NEW_FLOW_EXTERNAL_BASE: u16 = 1024;
 
@@ -108,7 +110,7 @@ fn main() -> Result<()> {
     }
     let (x_new, k_new) = (nat_tests::bench::median(&mut x_new), nat_tests::bench::median(&mut k_new));
     // Where X's time goes (one more trial each, kept out of the rates).
-    let (x_new_timed, nat_ns_new) = b.in_programs(&["nat_lan"], |b| b.new_flows(Mode::XdpNat, (2 * runs) as u8))?;
+    let (x_new_timed, nat_ns_new) = b.in_programs(&[NAT_PROGRAM], |b| b.new_flows(Mode::XdpNat, (2 * runs) as u8))?;
     eprintln!("pps-bench: new flows done");
 
     let mut samples: BTreeMap<(u32, Mode), Vec<f64>> = BTreeMap::new();
@@ -123,9 +125,9 @@ fn main() -> Result<()> {
                 samples.entry((flows, mode)).or_default().push(pps);
             }
         }
-        for (mode, program) in [(Mode::XdpNat, "nat_lan"), (Mode::XdpRedirect, names::REDIRECT_ONLY)] {
+        for (mode, program) in [(Mode::XdpNat, NAT_PROGRAM), (Mode::XdpRedirect, names::REDIRECT_ONLY)] {
             let (pps, ns) = b.in_programs(&[program], |b| b.measure(mode, packets))?;
-            timed.push((flows, mode, pps, ns));
+            timed.push((flows, mode, program, pps, ns));
         }
         eprintln!("pps-bench: {flows} flow(s) done");
     }
@@ -157,10 +159,9 @@ fn main() -> Result<()> {
          where veth runs the NAT too), and the NAT program's own time per run.\n\n\
          | run | program | rate | ns per packet | ns in the program |\n|---|---|---|---|---|"
     )?;
-    write!(json, ",\n  \"in_programs\": [{{\"run\": \"new_flows\", \"program\": \"nat_lan\", \"per_s\": {x_new_timed:.0}, \"ns_per_run\": {nat_ns_new:.0}}}")?;
-    writeln!(md, "| new flows | nat_lan | {x_new_timed:.0}/s | {:.0} | {nat_ns_new:.0} |", 1e9 / x_new_timed)?;
-    for (flows, mode, pps, ns) in &timed {
-        let program = if *mode == Mode::XdpNat { "nat_lan" } else { names::REDIRECT_ONLY };
+    write!(json, ",\n  \"in_programs\": [{{\"run\": \"new_flows\", \"program\": \"{NAT_PROGRAM}\", \"per_s\": {x_new_timed:.0}, \"ns_per_run\": {nat_ns_new:.0}}}")?;
+    writeln!(md, "| new flows | {NAT_PROGRAM} | {x_new_timed:.0}/s | {:.0} | {nat_ns_new:.0} |", 1e9 / x_new_timed)?;
+    for (flows, mode, program, pps, ns) in &timed {
         write!(json, ", {{\"run\": \"{}_{flows}\", \"program\": \"{program}\", \"per_s\": {pps:.0}, \"ns_per_run\": {ns:.0}}}", mode.key())?;
         writeln!(md, "| {} at {flows} flows | {program} | {:.2} Mpps | {:.0} | {ns:.0} |", mode.key(), pps / 1e6, 1e9 / pps)?;
     }

@@ -1,7 +1,7 @@
 //! Fragments (RFC 4787 REQ-14): in order, out of order through natd, state
 //! expiry, filtering.
 
-use nat_common::{MissEvent, Reason, checksum, miss_kind};
+use nat_common::{Reason, checksum, miss_kind};
 use nat_tests::{
     addr, assert_frames_eq,
     packet::{self, Frame},
@@ -22,10 +22,6 @@ fn read_items(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Vec<u8>>
         items.push(item.to_vec());
     }
     items
-}
-
-fn as_miss(item: &[u8]) -> MissEvent {
-    nat_tests::handed_off(item)
 }
 
 fn with_payload(mut f: Frame, len: usize, id: u16) -> Frame {
@@ -100,7 +96,7 @@ fn a_later_fragment_before_its_first_goes_to_natd_never_to_the_wan() {
     let items = read_items(&mut ring);
     assert_eq!(items.len(), 2);
     for (item, frame) in items.iter().zip([&out[3], &out[2]]) {
-        let ev = as_miss(item);
+        let ev = nat_tests::handed_off(item);
         assert_eq!((ev.kind, ev.ingress_ifindex, ev.l3_offset), (miss_kind::FRAGMENT_OUT, gw.lan_ifindex, 14));
         assert_eq!(ev.frame(), &frame[..], "natd gets the fragment as it arrived");
     }
@@ -132,7 +128,7 @@ fn a_later_fragment_before_its_first_goes_to_natd_never_to_the_wan() {
     assert_eq!(run.frame, inbound[2]);
     let items = read_items(&mut ring);
     assert_eq!(items.len(), 1);
-    let ev = as_miss(&items[0]);
+    let ev = nat_tests::handed_off(&items[0]);
     assert_eq!((ev.kind, ev.ingress_ifindex), (miss_kind::FRAGMENT_IN, gw.wan_ifindex));
     assert_eq!(ev.frame(), &inbound[2][..]);
 }
@@ -159,7 +155,7 @@ fn fragment_state_expires_with_the_published_clock() {
     assert_eq!(gw.datapath.counter(Reason::FragmentTranslatedOut).unwrap(), 1);
     let items = read_items(&mut ring);
     assert_eq!(items.len(), 1);
-    assert_eq!(as_miss(&items[0]).kind, miss_kind::FRAGMENT_OUT);
+    assert_eq!(nat_tests::handed_off(&items[0]).kind, miss_kind::FRAGMENT_OUT);
 }
 
 /// RFC 4787 REQ-14 with RFC 4787 REQ-8: the later fragments of a datagram
