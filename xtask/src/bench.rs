@@ -91,7 +91,9 @@ impl Plan {
                 lab_runs: 3,
                 hard_burst_flows: 100_000,
                 inbound: InboundPlan { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3 },
-                proxy: ProxyPlan { runs: 3, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 },
+                // Five rounds: one 1 GiB download per contender and round,
+                // and one sample moves by a fifth from round to round here.
+                proxy: ProxyPlan { runs: 5, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 },
             }
         }
     }

@@ -22,12 +22,15 @@
 //! The server: nginx with an ECDSA P-256 certificate, no session cache and
 //! no tickets, `/` a 3-byte answer, `/big` 1 GiB.
 //!
-//! Figures, each the median over the rounds:
+//! After one untimed pass of every contender (`Bench::warm_up`), figures,
+//! each the median over the rounds:
 //! 1. New TLS connections per second: `openssl s_time -new` (every
 //!    connection a full handshake, no reuse) for `--conn-seconds`;
 //!    s_time sends no SNI, so every contender reads the whole ClientHello
 //!    and takes its default route (same server).
-//! 2. Throughput of one 1 GiB transfer: curl over TLS with SNI.
+//! 2. Throughput of one 1 GiB transfer: curl over TLS with SNI. The file
+//!    is read once before anything is timed (page cache, see
+//!    `start_server`).
 //! 3. Added latency: a ClientHello with SNI written on a new connection, the
 //!    time from connect() to the first byte of the server's answer, p50 and
 //!    p99 of `--latency-samples` in a row, minus the same through the XDP
@@ -38,6 +41,10 @@
 //!    number, each proxy started anew for it (an allocator keeps what it
 //!    freed: a process measured twice would show no growth the second
 //!    time). Kernel socket and pipe memory is not in it, for any of them.
+//! 5. The proxy's own CPU (user + system time of its process) per 1,000
+//!    connections of (1) and per GiB of (2): what each costs the gateway,
+//!    a steadier figure than the rates on a machine whose two CPUs also
+//!    run the client and the server.
 //!
 //! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
 //! [--latency-samples N] [--idle-connections N] (root; writes
@@ -67,6 +74,7 @@ use serde_json::{Value, json};
 const NAME: &str = "bench.example";
 const SERVER_PORT: u16 = 443;
 const BIG_LEN: u64 = 1 << 30;
+const WARM_UP_BYTES: u64 = 128 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -117,7 +125,7 @@ impl Plan {
         if quick {
             Self { runs: 1, conn_seconds: 3, latency_samples: 300, idle_connections: 500 }
         } else {
-            Self { runs: 3, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 }
+            Self { runs: 5, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 }
         }
     }
 
@@ -207,6 +215,12 @@ fn start_server(ns: &Netns) -> Result<Process> {
     std::fs::create_dir_all(dir.join("www"))?;
     // Sparse: 1 GiB of zeros that costs no disk.
     std::fs::File::create(dir.join("www/big"))?.set_len(BIG_LEN)?;
+    // Read once before anything is timed. On a disk file system the first
+    // read of a hole allocates its page-cache pages, and made the first
+    // download of a run ~40% slower than the rest (0.81-0.95 Gbit/s against
+    // 1.3-1.7): the contender that came first (natd, in round 0) paid it.
+    let read = std::io::copy(&mut std::fs::File::open(dir.join("www/big"))?, &mut std::io::sink())?;
+    ensure!(read == BIG_LEN, "read {read} bytes of the server's {BIG_LEN}-byte file");
     let addr = SocketAddrV4::new(host_addr(0), SERVER_PORT);
     let conf = format!(
         "daemon off; master_process off; worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/error.log;\n\
@@ -307,6 +321,19 @@ fn raise_nofile() {
     }
 }
 
+/// CPU time a process has used so far, user and system, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 14th and 15th of the line.
+    let after = stat.rsplit_once(')').context("no command name in /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).context("short /proc/<pid>/stat")?.iter().map(|v| v.parse::<u64>()).sum::<Result<u64, _>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
 fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
@@ -352,9 +379,17 @@ impl Bench {
         }
     }
 
-    /// New full TLS handshakes per second (s_time -new).
-    fn connections(&self, mode: Mode, seconds: u32) -> Result<f64> {
+    /// CPU seconds `mode`'s own process has used so far (0 for the forward,
+    /// which has none: its packets are the XDP program's).
+    fn proxy_cpu(&self, mode: Mode) -> Result<f64> {
+        self.pid(mode).map_or(Ok(0.0), cpu_seconds)
+    }
+
+    /// New full TLS handshakes per second (s_time -new), and the proxy's
+    /// CPU milliseconds per 1,000 of them.
+    fn connections(&self, mode: Mode, seconds: u32) -> Result<(f64, f64)> {
         let connect = mode.target().to_string();
+        let cpu_before = self.proxy_cpu(mode)?;
         let started = Instant::now();
         let out = self.lab.server.exec(&["openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
         let wall = started.elapsed().as_secs_f64();
@@ -366,20 +401,29 @@ impl Bench {
             .and_then(|n| n.parse().ok())
             .with_context(|| format!("no count in s_time's output: {out}"))?;
         ensure!(count > 0.0, "s_time made no connection: {out}");
-        Ok(count / wall)
+        let cpu = self.proxy_cpu(mode)? - cpu_before;
+        Ok((count / wall, cpu * 1e3 / count * 1000.0))
     }
 
-    /// One 1 GiB download over TLS: Gbit/s.
-    fn throughput(&self, mode: Mode) -> Result<f64> {
+    /// One 1 GiB download over TLS: Gbit/s, and the proxy's CPU seconds.
+    fn throughput(&self, mode: Mode) -> Result<(f64, f64)> {
+        self.download(mode, BIG_LEN)
+    }
+
+    /// The first `bytes` of the big file over TLS: Gbit/s, and the proxy's
+    /// CPU seconds.
+    fn download(&self, mode: Mode, bytes: u64) -> Result<(f64, f64)> {
         let port = mode.port();
+        let cpu_before = self.proxy_cpu(mode)?;
         let resolve = format!("{NAME}:{port}:{EXTERNAL}");
         let url = format!("https://{NAME}:{port}/big");
-        let out = self.lab.server.exec(&["curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url])?;
+        let range = format!("0-{}", bytes - 1);
+        let out = self.lab.server.exec(&["curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-r", &range, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url])?;
         let mut fields = out.split_whitespace();
         let size: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's size")?;
         let time: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's time")?;
-        ensure!(size as u64 == BIG_LEN, "{} bytes of {BIG_LEN}", size);
-        Ok(size * 8.0 / time / 1e9)
+        ensure!(size as u64 == bytes, "{size} bytes of {bytes}");
+        Ok((size * 8.0 / time / 1e9, self.proxy_cpu(mode)? - cpu_before))
     }
 
     /// `samples` ClientHello -> first byte times, microseconds.
@@ -391,6 +435,19 @@ impl Bench {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the latency client panicked"))?
+    }
+
+    /// One untimed pass of every contender, a second of handshakes and
+    /// 128 MiB: the first of a run was the slowest whoever it was (natd,
+    /// first in round 0, got 390 connections/s and 1.11 Gbit/s there,
+    /// against 463-601 and 1.32-1.70 in its other rounds), as the client,
+    /// the server and the gateway's kernel warm up.
+    fn warm_up(&self) -> Result<()> {
+        for mode in Mode::ALL {
+            self.connections(mode, 1).with_context(|| format!("warming up {}", mode.key()))?;
+            self.download(mode, WARM_UP_BYTES).with_context(|| format!("warming up {}", mode.key()))?;
+        }
+        Ok(())
     }
 
     /// Starts `mode`'s process anew: a heap that never held connections
@@ -458,16 +515,23 @@ fn main() -> Result<()> {
     raise_nofile();
     let started = Instant::now();
     let mut bench = Bench::new()?;
+    bench.warm_up()?;
     let mut conn: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gbps: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut memory: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut conn_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gib_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.runs {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
             let what = |part: &str| format!("{part} through {}, round {round}", mode.key());
-            conn.entry(mode).or_default().push(bench.connections(mode, plan.conn_seconds).with_context(|| what("connections/s"))?);
-            gbps.entry(mode).or_default().push(bench.throughput(mode).with_context(|| what("throughput"))?);
+            let (rate, cpu) = bench.connections(mode, plan.conn_seconds).with_context(|| what("connections/s"))?;
+            conn.entry(mode).or_default().push(rate);
+            conn_cpu.entry(mode).or_default().push(cpu);
+            let (rate, cpu) = bench.throughput(mode).with_context(|| what("throughput"))?;
+            gbps.entry(mode).or_default().push(rate);
+            gib_cpu.entry(mode).or_default().push(cpu);
             latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
             eprintln!("proxy-bench: {} round {round} done ({:.0} s)", mode.key(), started.elapsed().as_secs_f64());
         }
@@ -499,6 +563,8 @@ fn main() -> Result<()> {
             "connections": "openssl s_time -new (no SNI: each proxy parses the ClientHello and takes its default, the same server)",
             "throughput": "curl, one 1 GiB download over TLS with SNI",
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
+            "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed; kernel work done for it in softirq context on other CPUs is not in it",
+            "warm_up": "the server's 1 GiB file is read once (page cache), then every contender gets one untimed second of handshakes and 128 MiB, before anything is timed",
             "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
         },
         "new_tls_conn_per_s": per_mode(&|m| json!(med(&conn, m).round() as i64), &Mode::ALL),
@@ -507,12 +573,16 @@ fn main() -> Result<()> {
         "throughput_gbps_samples": per_mode(&|m| json!(gbps.get(&m)), &Mode::ALL),
         "latency_us": per_mode(&|m| json!({ "p50": pct(m, 50.0).round() as i64, "p99": pct(m, 99.0).round() as i64 }), &Mode::ALL),
         "added_latency_us": per_mode(&|m| json!({ "p50": (pct(m, 50.0) - pct(Mode::Forward, 50.0)).round() as i64, "p99": (pct(m, 99.0) - pct(Mode::Forward, 99.0)).round() as i64 }), &proxies),
+        "proxy_cpu_ms_per_1000_connections": per_mode(&|m| json!(med(&conn_cpu, m).round() as i64), &proxies),
+        "proxy_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_cpu, m))), &proxies),
         "idle_bytes_per_connection": per_mode(&|m| json!(med(&memory, m).round() as i64), &proxies),
         "idle_bytes_per_connection_samples": per_mode(&|m| json!(memory.get(&m)), &proxies),
         "ratio": {
             "conn_x_vs_haproxy": ratio(med(&conn, Mode::Natd), med(&conn, Mode::Haproxy)),
             "throughput_x_vs_haproxy": ratio(med(&gbps, Mode::Natd), med(&gbps, Mode::Haproxy)),
             "memory_x_vs_haproxy": ratio(med(&memory, Mode::Natd), med(&memory, Mode::Haproxy)),
+            "cpu_per_connection_x_vs_haproxy": ratio(med(&conn_cpu, Mode::Natd), med(&conn_cpu, Mode::Haproxy)),
+            "cpu_per_gib_x_vs_haproxy": ratio(med(&gib_cpu, Mode::Natd), med(&gib_cpu, Mode::Haproxy)),
         },
         "goals": { "conn_x_vs_haproxy": ">= 1", "throughput_x_vs_haproxy": ">= 1", "memory_x_vs_haproxy": "<= 1" },
         "seconds": started.elapsed().as_secs(),
@@ -546,6 +616,8 @@ fn markdown(r: &Value) -> Result<String> {
         l["nginx_stream"]["p50"], l["nginx_stream"]["p99"], a["nginx_stream"]["p50"], a["nginx_stream"]["p99"],
         l["xdp_forward"]["p50"], l["xdp_forward"]["p99"]
     )?;
+    row(&mut md, "the proxy's CPU per 1,000 new connections", "proxy_cpu_ms_per_1000_connections", " ms", "cpu_per_connection_x_vs_haproxy", "-")?;
+    row(&mut md, "the proxy's CPU per GiB relayed", "proxy_cpu_s_per_gib", " s", "cpu_per_gib_x_vs_haproxy", "-")?;
     row(&mut md, &format!("resident bytes per idle connection ({})", r["plan"]["idle_connections"]), "idle_bytes_per_connection", " B", "memory_x_vs_haproxy", "X/H <= 1")?;
     writeln!(md, "\nSetup: {}", r["setup"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ")).unwrap_or_default())?;
     Ok(md)
