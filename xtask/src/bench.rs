@@ -13,7 +13,8 @@ use crate::run;
 /// minute, the whole with the inbound benchmark (natd restarted per round,
 /// failover windows of 12 s) and the proxy benchmark (four 1 GiB downloads
 /// a round) near 3 (3 min 13 s here, since the generator stays in the XDP
-/// dispatcher; 4 min 14 s before); the full suite took 10.5 minutes.
+/// dispatcher; 4 min 14 s before); the full suite took 10.5 minutes with
+/// three proxy rounds, about 2 more with five.
 pub struct Plan {
     pub fastpath_rounds: u32,
     /// fastpath-bench's epochs (the programs loaded anew for each; the

@@ -63,7 +63,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nat_tests::{
-    bench::{machine_json, median, percentile},
+    bench::{machine_json, median, percentile, process_cpu_seconds},
     tls::client_hello,
     inbound::Natd,
     natlab::{EXTERNAL, NatLab, host_addr, in_ns},
@@ -321,19 +321,6 @@ fn raise_nofile() {
     }
 }
 
-/// CPU time a process has used so far, user and system, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 14th and 15th of the line.
-    let after = stat.rsplit_once(')').context("no command name in /proc/<pid>/stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11..13).context("short /proc/<pid>/stat")?.iter().map(|v| v.parse::<u64>()).sum::<Result<u64, _>>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
-}
-
 fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
@@ -382,7 +369,7 @@ impl Bench {
     /// CPU seconds `mode`'s own process has used so far (0 for the forward,
     /// which has none: its packets are the XDP program's).
     fn proxy_cpu(&self, mode: Mode) -> Result<f64> {
-        self.pid(mode).map_or(Ok(0.0), cpu_seconds)
+        self.pid(mode).map_or(Ok(0.0), process_cpu_seconds)
     }
 
     /// New full TLS handshakes per second (s_time -new), and the proxy's
@@ -402,7 +389,7 @@ impl Bench {
             .with_context(|| format!("no count in s_time's output: {out}"))?;
         ensure!(count > 0.0, "s_time made no connection: {out}");
         let cpu = self.proxy_cpu(mode)? - cpu_before;
-        Ok((count / wall, cpu * 1e3 / count * 1000.0))
+        Ok((count / wall, cpu * 1e6 / count))
     }
 
     /// One 1 GiB download over TLS: Gbit/s, and the proxy's CPU seconds.
