@@ -46,7 +46,7 @@
 //!
 //! Usage: inbound-bench [--quick] [--pps-runs N] [--pps-packets N]
 //! [--conn-runs N] [--conn-seconds N] [--failover-trials N]
-//! [--only pps,conn,failover]
+//! [--failover-window SECONDS] [--only pps,conn,failover]
 //! (root; writes target/bench/inbound.{json,md}). A part that fails is
 //! recorded with its error and the others still run; the exit status then
 //! says so.
@@ -89,6 +89,10 @@ struct Plan {
     conn_runs: usize,
     conn_seconds: u32,
     failover_trials: usize,
+    /// Seconds each failover trial watches after the kill: HAProxy's
+    /// defaults take up to ~6 to mark a server down, and a failure in the
+    /// window's last second marks a trial unrecovered.
+    failover_window_s: u64,
     /// The parts to run (`--only pps,conn,failover`); all by default.
     parts: Vec<String>,
 }
@@ -96,9 +100,9 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { pps_runs: 3, pps_packets: 300_000, conn_runs: 1, conn_seconds: 3, failover_trials: 1, parts: all_parts() }
+            Self { pps_runs: 2, pps_packets: 300_000, conn_runs: 1, conn_seconds: 2, failover_trials: 1, failover_window_s: 8, parts: all_parts() }
         } else {
-            Self { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3, parts: all_parts() }
+            Self { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3, failover_window_s: 12, parts: all_parts() }
         }
     }
 
@@ -115,6 +119,7 @@ impl Plan {
                 "--conn-runs" => plan.conn_runs = value(i)?.parse()?,
                 "--conn-seconds" => plan.conn_seconds = value(i)?.parse()?,
                 "--failover-trials" => plan.failover_trials = value(i)?.parse()?,
+                "--failover-window" => plan.failover_window_s = value(i)?.parse()?,
                 "--only" => {
                     plan.parts = value(i)?.split(',').map(str::to_string).collect();
                     ensure!(plan.parts.iter().all(|p| all_parts().contains(p)), "--only takes some of {:?}", all_parts());
@@ -124,6 +129,7 @@ impl Plan {
             i += if args[i] == "--quick" { 1 } else { 2 };
         }
         ensure!(plan.pps_runs > 0 && plan.conn_runs > 0 && plan.failover_trials > 0 && plan.conn_seconds > 0, "every count must be at least 1");
+        ensure!(plan.failover_window_s >= 2, "--failover-window {}: give at least 2 seconds (a failure in the last one marks a trial unrecovered)", plan.failover_window_s);
         Ok(plan)
     }
 }
@@ -159,7 +165,7 @@ fn main() -> Result<()> {
         "generator_cpu": GENERATOR_CPU,
         "wrk_cpu": WRK_CPU,
         "plan": { "pps_runs": plan.pps_runs, "pps_packets_per_run": plan.pps_packets, "conn_runs": plan.conn_runs,
-                  "conn_seconds": plan.conn_seconds, "failover_trials": plan.failover_trials },
+                  "conn_seconds": plan.conn_seconds, "failover_trials": plan.failover_trials, "failover_window_s": plan.failover_window_s },
         "goals": { "pps_x_vs_k": 4.0, "pps_x_vs_r": 0.85, "conn_x_vs_haproxy": 2.0, "failover_x_s": 2.0, "failover_haproxy_defaults_s": 6.0 },
         "pps": pps,
         "conn": conn,
@@ -601,12 +607,12 @@ mod lb {
     /// wrk's connections (one thread).
     const WRK_CONNECTIONS: u32 = 50;
     /// Failover: clients, the pause between one's requests, each step's
-    /// timeout, the stream before the kill and the window after it.
+    /// timeout, the stream before the kill (the window after it is the
+    /// plan's).
     const CLIENTS: usize = 4;
     const GAP: Duration = Duration::from_millis(5);
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
     const BEFORE_KILL: Duration = Duration::from_secs(2);
-    const AFTER_KILL: Duration = Duration::from_secs(12);
     /// The server killed.
     const VICTIM: usize = 1;
     /// The client namespace's TCP settings (see `Bench::new`).
@@ -863,10 +869,11 @@ mod lb {
         let modes = [Mode::Natd, Mode::Haproxy];
         let mut b = Bench::new()?;
         let mut trials: BTreeMap<Mode, Vec<Trial>> = BTreeMap::new();
+        let window = Duration::from_secs(plan.failover_window_s);
         for round in 0..plan.failover_trials {
             for i in 0..modes.len() {
                 let mode = modes[(i + round) % modes.len()];
-                let trial = b.with(mode, HAPROXY_DEFAULT_CHECKS, trial).with_context(|| format!("{} trial {round}", mode.key()))?;
+                let trial = b.with(mode, HAPROXY_DEFAULT_CHECKS, |b| trial(b, window)).with_context(|| format!("{} trial {round}", mode.key()))?;
                 eprintln!(
                     "inbound-bench: failover {} trial {round}: {:.2} s ({} of {} requests failed after the kill)",
                     mode.key(),
@@ -880,7 +887,7 @@ mod lb {
         }
         let mut out = json!({
             "trials": plan.failover_trials, "clients": CLIENTS, "gap_ms": GAP.as_millis() as u64,
-            "request_timeout_s": REQUEST_TIMEOUT.as_secs_f64(), "window_after_kill_s": AFTER_KILL.as_secs_f64(),
+            "request_timeout_s": REQUEST_TIMEOUT.as_secs_f64(), "window_after_kill_s": window.as_secs_f64(),
             "signal": "SIGKILL", "victim": servers()[VICTIM].to_string(),
             "measure": "time from the kill to the start of the last request that failed (connect, read or a non-200 answer)",
         });
@@ -900,14 +907,15 @@ mod lb {
         Ok(out)
     }
 
-    fn trial(b: &mut Bench) -> Result<Trial> {
-        let stream = RequestStream::start(&b.lab.server, target(), CLIENTS, GAP, REQUEST_TIMEOUT, BEFORE_KILL + AFTER_KILL + Duration::from_secs(10));
+    /// One kill, watched for `window` after it.
+    fn trial(b: &mut Bench, window: Duration) -> Result<Trial> {
+        let stream = RequestStream::start(&b.lab.server, target(), CLIENTS, GAP, REQUEST_TIMEOUT, BEFORE_KILL + window + Duration::from_secs(10));
         thread::sleep(BEFORE_KILL);
         let log_before = contender_log(b).lines().count();
         let killed = b.nginx[VICTIM].kill()?;
-        thread::sleep(AFTER_KILL);
+        thread::sleep(window);
         let outcomes = stream.finish();
-        let window_end = killed + AFTER_KILL;
+        let window_end = killed + window;
         let victim = host_addr(VICTIM).to_string();
         let log: Vec<String> = contender_log(b).lines().skip(log_before).filter(|l| l.contains(&victim) || l.contains(&format!("servers/s{VICTIM}"))).map(str::to_string).collect();
         let failed_before_kill = outcomes.iter().filter(|o| o.error.is_some() && o.end < killed).count();

@@ -28,9 +28,9 @@
 //!    connection a full handshake, no reuse) for `--conn-seconds`;
 //!    s_time sends no SNI, so every contender reads the whole ClientHello
 //!    and takes its default route (same server).
-//! 2. Throughput of one 1 GiB transfer: curl over TLS with SNI. The file
-//!    is read once before anything is timed (page cache, see
-//!    `start_server`).
+//! 2. Throughput of one 1 GiB transfer (`--download-mib`; `--quick` takes
+//!    256 MiB): curl over TLS with SNI. The file is read once before
+//!    anything is timed (page cache, see `start_server`).
 //! 3. Added latency: a ClientHello with SNI written on a new connection, the
 //!    time from connect() to the first byte of the server's answer, p50 and
 //!    p99 of `--latency-samples` in a row, minus the same through the XDP
@@ -47,8 +47,8 @@
 //!    run the client and the server.
 //!
 //! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
-//! [--latency-samples N] [--idle-connections N] (root; writes
-//! target/bench/proxy.{json,md}).
+//! [--download-mib N] [--latency-samples N] [--idle-connections N] (root;
+//! writes target/bench/proxy.{json,md}).
 
 use std::{
     collections::BTreeMap,
@@ -73,7 +73,9 @@ use serde_json::{Value, json};
 
 const NAME: &str = "bench.example";
 const SERVER_PORT: u16 = 443;
+/// The server's big file: the longest download there is.
 const BIG_LEN: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
 const WARM_UP_BYTES: u64 = 128 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,6 +118,8 @@ impl Mode {
 struct Plan {
     runs: usize,
     conn_seconds: u32,
+    /// The timed download's length (issue 13: 1 GiB).
+    download_mib: u64,
     latency_samples: usize,
     idle_connections: usize,
 }
@@ -123,9 +127,9 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { runs: 1, conn_seconds: 3, latency_samples: 300, idle_connections: 500 }
+            Self { runs: 1, conn_seconds: 2, download_mib: 256, latency_samples: 300, idle_connections: 300 }
         } else {
-            Self { runs: 5, conn_seconds: 5, latency_samples: 1000, idle_connections: 2000 }
+            Self { runs: 5, conn_seconds: 5, download_mib: BIG_LEN / MIB, latency_samples: 1000, idle_connections: 2000 }
         }
     }
 
@@ -139,6 +143,7 @@ impl Plan {
                 "--quick" => {}
                 "--runs" => plan.runs = value(i)?.parse()?,
                 "--conn-seconds" => plan.conn_seconds = value(i)?.parse()?,
+                "--download-mib" => plan.download_mib = value(i)?.parse()?,
                 "--latency-samples" => plan.latency_samples = value(i)?.parse()?,
                 "--idle-connections" => plan.idle_connections = value(i)?.parse()?,
                 other => bail!("unknown argument {other:?} (see the usage in the source's header)"),
@@ -146,7 +151,22 @@ impl Plan {
             i += if args[i] == "--quick" { 1 } else { 2 };
         }
         ensure!(plan.runs > 0 && plan.conn_seconds > 0 && plan.latency_samples > 1 && plan.idle_connections > 0, "every count must be at least 1");
+        ensure!(
+            (1..=BIG_LEN / MIB).contains(&plan.download_mib),
+            "--download-mib {}: the server's file is {} MiB; give 1 to {0}",
+            plan.download_mib,
+            BIG_LEN / MIB
+        );
         Ok(plan)
+    }
+
+    fn download_bytes(&self) -> u64 {
+        self.download_mib * MIB
+    }
+
+    /// "1 GiB" or "256 MiB", for the tables.
+    fn download_size(&self) -> String {
+        if self.download_bytes() == BIG_LEN { "1 GiB".to_string() } else { format!("{} MiB", self.download_mib) }
     }
 }
 
@@ -392,9 +412,11 @@ impl Bench {
         Ok((count / wall, cpu * 1e6 / count))
     }
 
-    /// One 1 GiB download over TLS: Gbit/s, and the proxy's CPU seconds.
-    fn throughput(&self, mode: Mode) -> Result<(f64, f64)> {
-        self.download(mode, BIG_LEN)
+    /// One timed download of `bytes` over TLS: Gbit/s, and the proxy's CPU
+    /// seconds per GiB.
+    fn throughput(&self, mode: Mode, bytes: u64) -> Result<(f64, f64)> {
+        let (gbps, cpu) = self.download(mode, bytes)?;
+        Ok((gbps, cpu * BIG_LEN as f64 / bytes as f64))
     }
 
     /// The first `bytes` of the big file over TLS: Gbit/s, and the proxy's
@@ -502,7 +524,9 @@ fn main() -> Result<()> {
     raise_nofile();
     let started = Instant::now();
     let mut bench = Bench::new()?;
+    eprintln!("proxy-bench: set up ({:.0} s)", started.elapsed().as_secs_f64());
     bench.warm_up()?;
+    eprintln!("proxy-bench: warmed up ({:.0} s)", started.elapsed().as_secs_f64());
     let mut conn: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gbps: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
@@ -516,7 +540,7 @@ fn main() -> Result<()> {
             let (rate, cpu) = bench.connections(mode, plan.conn_seconds).with_context(|| what("connections/s"))?;
             conn.entry(mode).or_default().push(rate);
             conn_cpu.entry(mode).or_default().push(cpu);
-            let (rate, cpu) = bench.throughput(mode).with_context(|| what("throughput"))?;
+            let (rate, cpu) = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
             gbps.entry(mode).or_default().push(rate);
             gib_cpu.entry(mode).or_default().push(cpu);
             latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
@@ -540,7 +564,7 @@ fn main() -> Result<()> {
     let per_mode = |f: &dyn Fn(Mode) -> Value, modes: &[Mode]| -> Value { modes.iter().map(|&m| (m.key().to_string(), f(m))).collect::<serde_json::Map<_, _>>().into() };
     let results = json!({
         "machine": machine_json(),
-        "plan": { "runs": plan.runs, "conn_seconds": plan.conn_seconds, "latency_samples_per_run": plan.latency_samples, "idle_connections": plan.idle_connections, "big_bytes": BIG_LEN },
+        "plan": { "runs": plan.runs, "conn_seconds": plan.conn_seconds, "latency_samples_per_run": plan.latency_samples, "idle_connections": plan.idle_connections, "download_bytes": plan.download_bytes(), "download_size": plan.download_size() },
         "setup": {
             "server": format!("nginx {}:{SERVER_PORT}, TLS 1.2/1.3, ECDSA P-256, no session cache or tickets", host_addr(0)),
             "natd": format!("[[proxy]] kind = \"tls\" on {}", Mode::Natd.target()),
@@ -548,9 +572,9 @@ fn main() -> Result<()> {
             "nginx_stream": format!("ssl_preread on, map $ssl_preread_server_name on {}", Mode::NginxStream.target()),
             "xdp_forward": format!("natd [[forward]] tcp on {} (baseline, no proxy)", Mode::Forward.target()),
             "connections": "openssl s_time -new (no SNI: each proxy parses the ClientHello and takes its default, the same server)",
-            "throughput": "curl, one 1 GiB download over TLS with SNI",
+            "throughput": format!("curl, one {} download over TLS with SNI", plan.download_size()),
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
-            "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed; kernel work done for it in softirq context on other CPUs is not in it",
+            "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed (the download's, scaled to a GiB); kernel work done for it in softirq context on other CPUs is not in it",
             "warm_up": "the server's 1 GiB file is read once (page cache), then every contender gets one untimed second of handshakes and 128 MiB, before anything is timed",
             "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
         },
@@ -592,7 +616,7 @@ fn markdown(r: &Value) -> Result<String> {
         Ok(())
     };
     row(&mut md, "new TLS connections/s (s_time -new)", "new_tls_conn_per_s", "", "conn_x_vs_haproxy", "X/H >= 1")?;
-    row(&mut md, "throughput, 1 GiB over TLS", "throughput_gbps", " Gbit/s", "throughput_x_vs_haproxy", "X/H >= 1")?;
+    row(&mut md, &format!("throughput, {} over TLS", r["plan"]["download_size"].as_str().unwrap_or("?")), "throughput_gbps", " Gbit/s", "throughput_x_vs_haproxy", "X/H >= 1")?;
     let l = &r["latency_us"];
     let a = &r["added_latency_us"];
     writeln!(
