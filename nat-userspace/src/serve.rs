@@ -36,6 +36,16 @@ use crate::{
     proxy::Proxies,
 };
 
+/// How much of the miss ring natd handles before it looks at its other
+/// work again (control requests, the clock it publishes, aging): this many
+/// records, or this long, whichever comes first. Draining the ring in one
+/// go held `natd stats` for over 10 s while natd set up a burst of 100,000
+/// flows, for as long as the datapath kept handing off; the time bound
+/// keeps the turn short when each record costs more (a nearly full port
+/// range, a debug build).
+const MISS_BATCH: usize = 1024;
+const MISS_BATCH_TIME: Duration = Duration::from_millis(20);
+
 pub async fn run(args: RunArgs) -> Result<()> {
     let overrides = args.overrides();
     let (settings, env, warnings) = cli::settings(args.config.as_deref(), &overrides)?;
@@ -135,11 +145,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                while let Some(item) = guard.get_inner_mut().next() {
+                // A batch at a time: the rest waits for the next turn of
+                // the loop (the ring stays ready), so that control requests,
+                // the clock and aging are served during a burst.
+                let (batch_started, mut drained) = (Instant::now(), false);
+                for _ in 0..MISS_BATCH {
+                    let Some(item) = guard.get_inner_mut().next() else {
+                        drained = true;
+                        break;
+                    };
                     daemon.handle_event(&item);
+                    if batch_started.elapsed() >= MISS_BATCH_TIME {
+                        break;
+                    }
                 }
-                guard.clear_ready();
                 daemon.refill_free_queues();
+                if drained {
+                    guard.clear_ready();
+                } else {
+                    // The ring is ready again at once, and the loop would
+                    // not return to the runtime: the tasks that read
+                    // control requests, and the timers, run now.
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
             _ = aging.tick() => {
                 let started = Instant::now();

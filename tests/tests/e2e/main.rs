@@ -9,6 +9,7 @@
 mod aging;
 mod bad_input;
 mod basics;
+mod burst;
 mod esp;
 mod exhaustion_and_quota;
 mod filtering;
