@@ -33,63 +33,15 @@ pub struct Plan {
     pub lab_runs: u32,
     /// Flows of `lab-bench --burst` (issue 16's 100,000).
     pub hard_burst_flows: u32,
-    pub inbound: InboundPlan,
-    pub proxy: ProxyPlan,
-}
-
-/// proxy-bench's sizes (its own `--quick` is the same as this one's).
-pub struct ProxyPlan {
-    pub runs: u32,
-    pub conn_seconds: u32,
-    /// The timed download (issue 13's figure is of 1 GiB).
-    pub download_mib: u32,
-    pub latency_samples: u32,
-    pub idle_connections: u32,
-}
-
-impl ProxyPlan {
-    fn args(&self) -> Vec<String> {
-        [
-            ("--runs", self.runs),
-            ("--conn-seconds", self.conn_seconds),
-            ("--download-mib", self.download_mib),
-            ("--latency-samples", self.latency_samples),
-            ("--idle-connections", self.idle_connections),
-        ]
-            .iter()
-            .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-            .collect()
-    }
-}
-
-/// inbound-bench's sizes (its own `--quick` is the same as this one's).
-pub struct InboundPlan {
-    pub pps_runs: u32,
-    pub pps_packets: u32,
-    pub conn_runs: u32,
-    pub conn_seconds: u32,
-    pub failover_trials: u32,
-    /// Seconds each failover trial watches after the kill.
-    pub failover_window_s: u32,
-}
-
-impl InboundPlan {
-    fn args(&self) -> Vec<String> {
-        [
-            ("--pps-runs", self.pps_runs),
-            ("--pps-packets", self.pps_packets),
-            ("--conn-runs", self.conn_runs),
-            ("--conn-seconds", self.conn_seconds),
-            ("--failover-trials", self.failover_trials),
-            ("--failover-window", self.failover_window_s),
-        ]
-        .iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-        .collect()
-    }
 }
 
 impl Plan {
+    /// inbound-bench and proxy-bench plan their own sizes, full or
+    /// `--quick` (see their headers): they are told only which.
+    fn own_plan_args(&self) -> Vec<String> {
+        if self.quick { vec!["--quick".to_string()] } else { Vec::new() }
+    }
+
     pub fn new(quick: bool) -> Self {
         if quick {
             Self {
@@ -100,8 +52,6 @@ impl Plan {
                 pps_packets: 150_000,
                 lab_runs: 1,
                 hard_burst_flows: 100_000,
-                inbound: InboundPlan { pps_runs: 2, pps_packets: 300_000, conn_runs: 1, conn_seconds: 2, failover_trials: 1, failover_window_s: 8 },
-                proxy: ProxyPlan { runs: 1, conn_seconds: 2, download_mib: 256, latency_samples: 300, idle_connections: 300 },
             }
         } else {
             Self {
@@ -112,10 +62,6 @@ impl Plan {
                 pps_packets: 1_000_000,
                 lab_runs: 3,
                 hard_burst_flows: 100_000,
-                inbound: InboundPlan { pps_runs: 7, pps_packets: 1_000_000, conn_runs: 3, conn_seconds: 5, failover_trials: 3, failover_window_s: 12 },
-                // Five rounds: one 1 GiB download per contender and round,
-                // and one sample moves by a fifth from round to round here.
-                proxy: ProxyPlan { runs: 5, conn_seconds: 5, download_mib: 1024, latency_samples: 1000, idle_connections: 2000 },
             }
         }
     }
@@ -164,13 +110,13 @@ pub fn suite(plan: &Plan) -> Result<()> {
     // the summary says so instead of quoting an older run's file.
     let dir = Path::new("target/bench");
     let _ = std::fs::remove_file(dir.join("inbound.json"));
-    if let Err(e) = took.time("inbound", || bench_bin("inbound-bench", &plan.inbound.args())) {
+    if let Err(e) = took.time("inbound", || bench_bin("inbound-bench", &plan.own_plan_args())) {
         eprintln!("xtask: inbound-bench: {e:#}; the summary keeps what it recorded");
     }
     // The name-based proxy against HAProxy and nginx stream: figures to
     // report, as the inbound ones.
     let _ = std::fs::remove_file(dir.join("proxy.json"));
-    if let Err(e) = took.time("proxy", || bench_bin("proxy-bench", &plan.proxy.args())) {
+    if let Err(e) = took.time("proxy", || bench_bin("proxy-bench", &plan.own_plan_args())) {
         eprintln!("xtask: proxy-bench: {e:#}; the summary says it left no results");
     }
     summarize(dir, plan, &took)
@@ -239,11 +185,8 @@ fn summarize(dir: &Path, plan: &Plan, took: &Durations) -> Result<()> {
         "proxy": proxy,
         "plan": {
             "fastpath_rounds": plan.fastpath_rounds, "fastpath_epochs": plan.fastpath_epochs, "pps_runs": plan.pps_runs, "pps_packets_per_run": plan.pps_packets, "tcp_runs": plan.lab_runs,
-            "inbound": { "pps_runs": plan.inbound.pps_runs, "pps_packets_per_run": plan.inbound.pps_packets, "conn_runs": plan.inbound.conn_runs,
-                         "conn_seconds": plan.inbound.conn_seconds, "failover_trials": plan.inbound.failover_trials,
-                         "failover_window_s": plan.inbound.failover_window_s },
-            "proxy": { "runs": plan.proxy.runs, "conn_seconds": plan.proxy.conn_seconds, "download_mib": plan.proxy.download_mib, "latency_samples": plan.proxy.latency_samples,
-                       "idle_connections": plan.proxy.idle_connections },
+            // As each binary ran it (its full or `--quick` plan).
+            "inbound": inbound["plan"], "proxy": proxy["plan"],
         },
     });
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)? + "\n")?;
