@@ -271,10 +271,15 @@ fn big_burst(flows: u32) -> Result<()> {
     nat_tests::bench::write_results("lab-burst", &json, &md)
 }
 
-/// Where datagrams can be dropped after the gateway sent them on: its WAN
-/// veth's transmit drops (an XDP redirect into a full peer queue), the
-/// server's receive drops, and the server's UDP socket buffer overflows.
+/// Where datagrams can be dropped outside the gateway's programs. Before
+/// the gateway: the sending host's veth, whose transmit drops a frame when
+/// the gateway's receive queue (the veth ring its XDP program drains) is
+/// full, and lan0's receive drops. After it: its WAN veth's transmit drops
+/// (an XDP redirect into a full peer queue), the server's receive drops,
+/// and the server's UDP socket buffer overflows.
 struct Losses {
+    sender_tx_dropped: u64,
+    lan_rx_dropped: u64,
     wan_tx_dropped: u64,
     server_rx_dropped: u64,
     server_rcvbuf_errors: u64,
@@ -286,6 +291,8 @@ impl Losses {
             Ok(ns.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{name}")])?.trim().parse()?)
         };
         Ok(Self {
+            sender_tx_dropped: stat(&lab.hosts[0], "eth0", "tx_dropped")?,
+            lan_rx_dropped: stat(&lab.gw, "lan0", "rx_dropped")?,
             wan_tx_dropped: stat(&lab.gw, "wan0", "tx_dropped")?,
             server_rx_dropped: stat(&lab.server, "eth0", "rx_dropped")?,
             server_rcvbuf_errors: nat_tests::natlab::snmp_counter(&lab.server, "Udp", "RcvbufErrors")?,
@@ -294,6 +301,8 @@ impl Losses {
 
     fn since(&self, before: &Self) -> Self {
         Self {
+            sender_tx_dropped: self.sender_tx_dropped - before.sender_tx_dropped,
+            lan_rx_dropped: self.lan_rx_dropped - before.lan_rx_dropped,
             wan_tx_dropped: self.wan_tx_dropped - before.wan_tx_dropped,
             server_rx_dropped: self.server_rx_dropped - before.server_rx_dropped,
             server_rcvbuf_errors: self.server_rcvbuf_errors - before.server_rcvbuf_errors,
@@ -302,15 +311,16 @@ impl Losses {
 
     fn json(&self) -> String {
         format!(
-            "\"wan_tx_dropped\": {}, \"server_rx_dropped\": {}, \"server_udp_rcvbuf_errors\": {}",
-            self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+            "\"sender_tx_dropped\": {}, \"lan_rx_dropped\": {}, \"wan_tx_dropped\": {}, \"server_rx_dropped\": {}, \"server_udp_rcvbuf_errors\": {}",
+            self.sender_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
         )
     }
 
     fn text(&self) -> String {
         format!(
-            "lost after the gateway: wan0 tx_dropped {}, server eth0 rx_dropped {}, server UDP RcvbufErrors {}",
-            self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+            "lost before the gateway: the sender's eth0 tx_dropped {}, lan0 rx_dropped {}; \
+             lost after the gateway: wan0 tx_dropped {}, server eth0 rx_dropped {}, server UDP RcvbufErrors {}",
+            self.sender_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
         )
     }
 }
