@@ -144,8 +144,12 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const MAX_MAPPINGS: u32 = 1 << 20;
 
 /// Capacity of the `LIVENESS` array: one slot per session (a session is one
-/// entry in each mapping map).
+/// entry in each mapping map). The object's size, and the most natd makes
+/// `OUTBOUND` and `LIVENESS` (`max_sessions`).
 pub const MAX_SESSIONS: u32 = MAX_MAPPINGS;
+
+/// The fewest sessions `max_sessions` may ask the datapath to hold.
+pub const MIN_SESSIONS: u32 = 1024;
 
 /// Size of the miss ring buffer in bytes (a power of two, a multiple of the page size).
 /// A hand-off's record is as long as its frame (`MissEvent::HEADER_LEN` plus

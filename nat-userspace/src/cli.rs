@@ -173,7 +173,7 @@ pub fn check(config: &Path) -> Result<()> {
     let low = s.low_port_range.map_or("none".to_string(), |(lo, hi)| format!("{lo}-{hi}"));
     println!("  port_parity {}, port_class {} (low_port_range {low})", s.port_parity, s.port_class);
     let quota = if s.ports_per_host == 0 { "no limit".to_string() } else { s.ports_per_host.to_string() };
-    println!("  ports_per_host {quota}");
+    println!("  ports_per_host {quota}, max_sessions {}", s.max_sessions);
     let t = s.timeouts;
     println!(
         "  timeouts: udp {} s, icmp {} s, tcp_established {} s, tcp_opening {} s, tcp_closing {} s",
@@ -292,7 +292,7 @@ pub fn status(json: bool) -> Result<()> {
     for s in all {
         println!("natd serving (pid {}, up {} s)", s.pid, s.uptime_s);
         println!("  lan {}  wan {}  mode {}  external {}  ports {}", s.lan, s.wan, s.xdp_mode, s.external_ip, s.port_range);
-        println!("  sessions {}  refused flows {}", s.sessions, s.refused_flows);
+        println!("  sessions {} of {}  refused flows {}", s.sessions, s.max_sessions, s.refused_flows);
         let f = &s.filtering;
         println!("  filtering: tcp {}  udp {}  icmp {}", f.tcp, f.udp, f.icmp);
         println!("  inside: {}", s.inside);

@@ -155,6 +155,10 @@ pub struct Status {
     pub port_range: String,
     pub uptime_s: u64,
     pub sessions: usize,
+    /// The sessions the datapath holds (`max_sessions`, or an adopted
+    /// datapath's size); 0 from a natd before it was reported.
+    #[serde(default)]
+    pub max_sessions: u32,
     pub ports: Vec<PortUsage>,
     pub refused_flows: u64,
     pub filtering: FilteringStatus,

@@ -64,7 +64,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::warn!("{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway", settings.lan);
     }
     let (state, adopt) = datapath_state(&settings, &env)?;
-    let mut datapath = Datapath::load_for(&gateway_config, state, adopt)?;
+    let mut datapath = Datapath::load_for(&gateway_config, settings.max_sessions, state, adopt)?;
+    if datapath.session_capacity() != settings.max_sessions {
+        tracing::warn!(
+            "max_sessions is {}, but the adopted datapath's session tables hold {}: they keep that size (every session carries over); \
+             the new size takes effect after `natd down` and a start",
+            settings.max_sessions,
+            datapath.session_capacity()
+        );
+    }
     let held = if adopt {
         let paused = resume_clock(datapath.clock()?);
         tracing::info!(

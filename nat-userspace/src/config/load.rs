@@ -12,7 +12,7 @@ use std::{
 };
 
 use nat_common::{
-    Prefix,
+    MAX_SESSIONS, MIN_SESSIONS, Prefix,
     forward::{MAX_BACKENDS, MAX_FORWARDS},
     proto,
 };
@@ -299,6 +299,14 @@ fn validate(raw: &mut Raw) -> Settings {
             DEFAULT_PORTS_PER_HOST
         }
     };
+    let max_sessions = match raw.values.get("max_sessions").cloned() {
+        None => MAX_SESSIONS,
+        Some((Value::Integer(n), _)) if (i64::from(MIN_SESSIONS)..=i64::from(MAX_SESSIONS)).contains(&n) => n as u32,
+        Some((other, _)) => {
+            raw.error("max_sessions", &other, format!("must be a whole number of sessions, {MIN_SESSIONS}-{MAX_SESSIONS}"));
+            MAX_SESSIONS
+        }
+    };
     let defaults = Timeouts::default();
     // The transitory timer of RFC 5382: both, unless set one by one.
     let transitory = raw.values.contains_key("timeouts.tcp_transitory").then(|| raw.seconds("timeouts.tcp_transitory", 1, defaults.tcp_opening));
@@ -401,6 +409,7 @@ fn validate(raw: &mut Raw) -> Settings {
         xdp_mode,
         port_hold,
         ports_per_host,
+        max_sessions,
         log_mappings,
         mapping_log,
         on_interface_loss,

@@ -5,7 +5,8 @@
 //! (for new mappings: the allocator's policy and the datapath's settings;
 //! the free queues are per parity whatever the setting). The rest shapes
 //! what is loaded and attached, and changing it means a restart: the
-//! interfaces, the address pool, the port ranges and the hold, the XDP mode,
+//! interfaces, the address pool, the port ranges and the hold, the session
+//! tables' size (and that only once the pinned ones are gone), the XDP mode,
 //! the inside prefixes, the metrics listener. Filtering by remote needs
 //! the PERMITS table, which natd makes at start only if some protocol
 //! filters by remote then (`Datapath::can_filter_by_remote`).
@@ -52,6 +53,7 @@ pub fn fixed_changes(old: &Settings, old_env: &Environment, new: &Settings, new_
     compare("low_port_range", &old.low_port_range, &new.low_port_range);
     compare("xdp_mode", &old.xdp_mode, &new.xdp_mode);
     compare("port_hold", &old.port_hold, &new.port_hold);
+    compare("max_sessions", &old.max_sessions, &new.max_sessions);
     compare("metrics", &old.metrics, &new.metrics);
     compare("pin_root", &old.pin_root, &new.pin_root);
     compare("inside_prefixes", &old_env.inside_description(), &new_env.inside_description());

@@ -37,6 +37,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("xdp_mode", "\"native\" or \"generic\""),
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
+    ("max_sessions", "sessions the datapath holds at once, 1024-1048576 (default 1048576): its session tables are sized for them, and a table near the sessions alive is faster than one sized for many more"),
     ("log_mappings", "true: log each mapping made and removed (inside and external endpoints, never destinations)"),
     ("on_interface_loss", "\"exit\": natd stops with an error when its LAN or WAN interface is deleted; \"wait\": it keeps its sessions and re-attaches when an interface of that name is back (default: exit)"),
     ("mapping_log", "where log_mappings writes: \"stderr\" (natd's log), an absolute file path (compact lines, appended), \"syslog\" or \"syslog:/SOCKET\" (compact lines)"),
@@ -205,6 +206,9 @@ pub struct Settings {
     pub xdp_mode: XdpModeSetting,
     pub port_hold: Duration,
     pub ports_per_host: u32,
+    /// Sessions the datapath holds: `OUTBOUND` and `LIVENESS` are made
+    /// this size (`Datapath::load_for`).
+    pub max_sessions: u32,
     pub log_mappings: bool,
     /// Where `log_mappings` writes.
     pub mapping_log: MappingLogTarget,

@@ -780,3 +780,19 @@ fn an_sctp_forward_is_read_from_the_file_and_the_flag_with_no_check_by_default()
     let errs = errors(&format!("{RELOAD_BASE}[[forward]]\nprotocol = \"sctp\"\nport = 3868\nto = [\"10.77.1.10\", \"10.77.1.11\"]\nhealth = {{ kind = \"tcp\" }}\n"), &Overrides::default());
     assert!(errs.iter().any(|e| e.field.ends_with("health.kind")), "a TCP check of SCTP servers is refused: {errs:#?}");
 }
+
+#[test]
+fn max_sessions_defaults_to_the_maps_ceiling_is_bounded_and_needs_a_restart() {
+    assert_eq!(settings_of(RELOAD_BASE).max_sessions, nat_common::MAX_SESSIONS);
+    let small = settings_of(&format!("{RELOAD_BASE}max_sessions = 2048\n"));
+    assert_eq!(small.max_sessions, 2048);
+    for bad in ["1023", "1048577", "\"many\""] {
+        let errs = errors(&format!("lan = \"a\"\nwan = \"b\"\nmax_sessions = {bad}\n"), &Overrides::default());
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert_eq!(errs[0].field, "max_sessions");
+        assert!(errs[0].allowed.contains("1024-1048576"), "{errs:?}");
+    }
+    let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
+    let old = settings_of(RELOAD_BASE);
+    assert_eq!(fixed_changes(&old, &env, &small, &env), ["max_sessions: 1048576 -> 2048"]);
+}

@@ -70,6 +70,9 @@ pub struct Datapath {
     /// Entries the PERMITS table was made with: 1 when no protocol filtered
     /// by remote at load (the table takes no memory then).
     permits: u32,
+    /// Entries `OUTBOUND` and `LIVENESS` were made with: the sessions the
+    /// datapath holds.
+    sessions: u32,
     /// Where the maps and links are pinned, when they outlive natd.
     state: Option<StateDir>,
     /// Links attached without a pin, which go with `self`.
@@ -128,7 +131,7 @@ impl Datapath {
     /// Loads the object and both programs into the kernel (nothing attached
     /// yet), with room for filtering permits whatever the configuration.
     pub fn load() -> Result<Self> {
-        Self::load_with(MAX_PERMITS, None, false)
+        Self::load_with(MAX_PERMITS, MAX_SESSIONS, None, false)
     }
 
     /// Loads for `config`: the PERMITS map takes memory only if a protocol
@@ -136,12 +139,21 @@ impl Datapath {
     /// datapath outlives natd; with `adopt`, the maps pinned there already
     /// (checked against this build's layout) are the ones the new
     /// programs use: sessions, free-port queues, clock and counters carry
-    /// over.
-    pub fn load_for(config: &GatewayConfig, state: Option<StateDir>, adopt: bool) -> Result<Self> {
-        Self::load_with(if config.filters_by_remote() { MAX_PERMITS } else { 1 }, state, adopt)
+    /// over. `sessions`: the size of `OUTBOUND` and `LIVENESS`
+    /// (`max_sessions`); an adopted datapath keeps the size it was made
+    /// with (`session_capacity` says which).
+    pub fn load_for(config: &GatewayConfig, sessions: u32, state: Option<StateDir>, adopt: bool) -> Result<Self> {
+        Self::load_with(if config.filters_by_remote() { MAX_PERMITS } else { 1 }, sessions, state, adopt)
     }
 
-    fn load_with(mut permits: u32, state: Option<StateDir>, adopt: bool) -> Result<Self> {
+    /// A datapath whose session tables hold `sessions` (benchmarks of the
+    /// table's size).
+    #[cfg(feature = "testing")]
+    pub fn load_with_sessions(sessions: u32) -> Result<Self> {
+        Self::load_with(MAX_PERMITS, sessions, None, false)
+    }
+
+    fn load_with(mut permits: u32, mut sessions: u32, state: Option<StateDir>, adopt: bool) -> Result<Self> {
         let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the embedded eBPF object")?;
         // The object's own sections (.rodata, .bss) belong to its build.
         let names: Vec<&String> = object.maps.keys().filter(|name| !name.starts_with('.')).collect();
@@ -151,6 +163,7 @@ impl Datapath {
                 check_layout(&object, state)?;
                 // As made by the natd that pinned it.
                 permits = MapInfo::from_pin(state.map_pin(map_names::PERMITS))?.max_entries();
+                sessions = MapInfo::from_pin(state.map_pin(map_names::LIVENESS))?.max_entries();
             }
             for name in &names {
                 loader.map_pin_path(name.as_str(), state.map_pin(name));
@@ -163,14 +176,21 @@ impl Datapath {
         }
         let ebpf = loader
             .map_max_entries(map_names::PERMITS, permits)
+            // The forwards' static mappings (one per server, no session
+            // slot) share OUTBOUND with the sessions, as at the default size.
+            // Not more than `sessions`: the kernel gives a hash map a bucket
+            // array of the next power of two, and its spread over memory is
+            // what a packet pays at many flows (issue 16).
+            .map_max_entries(map_names::OUTBOUND, sessions)
+            .map_max_entries(map_names::LIVENESS, sessions)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        let liveness = SharedArray::map(&ebpf, map_names::LIVENESS, MAX_SESSIONS)?;
+        let liveness = SharedArray::map(&ebpf, map_names::LIVENESS, sessions)?;
         let inbound = SharedArray::map(&ebpf, map_names::INBOUND, INBOUND_PORTS)?;
         // An adopted datapath's settings: its INBOUND entries are where its pool put them.
         let configs: Array<&MapData, GatewayConfig> = Array::try_from(ebpf.map(map_names::CONFIG).ok_or_else(|| anyhow!("CONFIG missing from the eBPF object"))?)?;
         let config = configs.get(&0, 0).context("reading CONFIG")?;
-        let mut datapath = Self { ebpf, liveness, inbound, config, permits, state, unpinned: [None, None], pins_kept: adopt };
+        let mut datapath = Self { ebpf, liveness, inbound, config, permits, sessions, state, unpinned: [None, None], pins_kept: adopt };
         datapath.fill_sctp_tables()?;
         for name in PROGRAMS {
             let program = datapath.named_program_mut(name)?;
@@ -315,6 +335,12 @@ impl Datapath {
     /// made with room when the settings at load filtered by remote.
     pub const fn can_filter_by_remote(&self) -> bool {
         self.permits > 1
+    }
+
+    /// The sessions `OUTBOUND` and `LIVENESS` hold (`max_sessions` when
+    /// they were made).
+    pub const fn session_capacity(&self) -> u32 {
+        self.sessions
     }
 
     /// Writes the settings the programs read, with the WAN source screen
@@ -803,7 +829,9 @@ fn check_layout(object: &aya_obj::Object, state: &StateDir) -> Result<()> {
         if name != map_names::TX_PORTS {
             differ("value size", pinned.value_size(), def.value_size());
         }
-        if name != map_names::PERMITS {
+        // Sized by natd's settings when the state was made, and adopted
+        // at that size (`load_with`).
+        if ![map_names::PERMITS, map_names::OUTBOUND, map_names::LIVENESS].contains(&name.as_str()) {
             differ("entries", pinned.max_entries(), def.max_entries());
         }
     }

@@ -164,6 +164,13 @@ impl Collector for Scrape {
             MetricType::Gauge,
             &sessions,
         )?;
+        single(
+            e,
+            "natd_sessions_max",
+            "Sessions the datapath's tables hold (max_sessions): new flows past it are refused (natd_new_flows_refused_total, cause map_full)",
+            None,
+            &ConstGauge::new(s.sessions_max),
+        )?;
 
         let mut ports = Vec::new();
         for row in &s.ports {

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub mapping_log_lost: u64,
     /// Dynamic mappings by protocol and state, every known pair (zeros too).
     pub sessions: Vec<SessionCount>,
+    /// The sessions the datapath's tables hold (`max_sessions`).
+    pub sessions_max: u64,
     /// Ports per protocol and external address.
     pub ports: Vec<PortCount>,
     pub aging: ScanHistogram,
@@ -137,6 +139,7 @@ impl Snapshot {
             fragments_waiting: daemon.fragments.waiting() as u64,
             mapping_log_lost: daemon.mapping_log_lost(),
             sessions,
+            sessions_max: u64::from(daemon.datapath.session_capacity()),
             ports,
             aging: aging.clone(),
             forwards: forwards.to_vec(),

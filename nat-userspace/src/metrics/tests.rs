@@ -36,6 +36,7 @@ fn snapshot(taken: Instant) -> Snapshot {
             SessionCount { proto: "tcp", state: "established", count: 4 },
             SessionCount { proto: "udp", state: "active", count: 2 },
         ],
+        sessions_max: 1 << 20,
         ports: vec![PortCount { proto: "udp", external: Ipv4Addr::new(203, 0, 113, 1), in_use: 2, held: 1, free: 97 }],
         aging,
         forwards: vec![ServerMetrics {
@@ -90,6 +91,7 @@ fn daemon_counters_refusals_and_gauges() {
         "natd_mapping_log_lost_total 11",
         "natd_sessions{proto=\"tcp\",state=\"established\"} 4",
         "natd_sessions{proto=\"udp\",state=\"active\"} 2",
+        "natd_sessions_max 1048576",
         "natd_ports{proto=\"udp\",external_ip=\"203.0.113.1\",state=\"in_use\"} 2",
         "natd_ports{proto=\"udp\",external_ip=\"203.0.113.1\",state=\"held\"} 1",
         "natd_ports{proto=\"udp\",external_ip=\"203.0.113.1\",state=\"free\"} 97",
@@ -106,6 +108,7 @@ fn daemon_counters_refusals_and_gauges() {
         ("natd_mappings_created_total", "counter"),
         ("natd_new_flows_refused_total", "counter"),
         ("natd_sessions", "gauge"),
+        ("natd_sessions_max", "gauge"),
         ("natd_ports", "gauge"),
         ("natd_forward_server_up", "gauge"),
         ("natd_forward_server_new_flows_total", "counter"),

@@ -61,9 +61,10 @@ impl Daemon {
     /// `adopted`: the datapath was adopted from a previous natd, with the
     /// ports it held back; its state is taken over before anything is queued.
     pub fn new(datapath: Datapath, run: Run, checks: mpsc::Sender<CheckResult>, adopted: Option<Vec<HeldPort>>) -> Result<Self> {
+        let ports = Ports::new(&run.settings, &run.env, datapath.session_capacity())?;
         let mut daemon = Self {
             datapath,
-            ports: Ports::new(&run.settings, &run.env)?,
+            ports,
             quota: HostQuota::new(run.settings.ports_per_host),
             log: MappingLog::new(run.settings.log_mappings, &run.settings.mapping_log)?,
             run,

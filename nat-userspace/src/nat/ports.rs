@@ -67,7 +67,9 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn new(settings: &Settings, env: &Environment) -> Result<Self> {
+    /// `sessions`: the slots the datapath's `LIVENESS` has (`max_sessions`,
+    /// or the size an adopted datapath was made with).
+    pub fn new(settings: &Settings, env: &Environment, sessions: u32) -> Result<Self> {
         let mut seed = [0u8; 8];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
@@ -82,7 +84,7 @@ impl Ports {
             .collect();
         let range = usize::from(settings.port_max - settings.port_min) + 1;
         let queue_target = (range / 4).clamp(FREE_QUEUE_MIN, FREE_QUEUE_MAX);
-        Ok(Self { pools, external_ips: env.external_ips.clone(), slots: SlotPool::default(), queue_target })
+        Ok(Self { pools, external_ips: env.external_ips.clone(), slots: SlotPool::with_capacity(sessions), queue_target })
     }
 
     /// The pool index of an external endpoint's address.
@@ -131,7 +133,11 @@ impl Ports {
             // addresses of 59,976 ports: the queue's ports are reserved on
             // every address).
             let available = self.pools.iter().map(|pool| pool.free(proto_nr)).min().unwrap_or(0);
-            let target = self.queue_target.min(available / 4);
+            // Each queued port holds a session slot too: with a small
+            // `max_sessions`, a queue of a quarter of the ports would hold
+            // every slot. At most a sixteenth of the free slots per queue
+            // (six queues: under two fifths of them in all).
+            let target = self.queue_target.min(available / 4).min(self.slots.free() as usize / 16);
             for parity in [0, 1] {
                 while self.pools[0].queued_of(proto_nr, parity) < target {
                     let Some(slot) = self.slots.take() else { return Ok(()) };
@@ -188,9 +194,15 @@ impl Ports {
             },
         };
         let external = Endpoint::new(self.external_ips[pool], port, inside.proto);
-        let Some(slot) = self.slots.take() else {
-            self.pools[pool].cancel(inside.proto, port);
-            return Ok(SetUp::Refused(Refusal::MapFull("every session slot is in use".into())));
+        let slot = match self.slots.take() {
+            Some(slot) => slot,
+            None => match self.take_back_queued_slot(datapath)? {
+                Some(slot) => slot,
+                None => {
+                    self.pools[pool].cancel(inside.proto, port);
+                    return Ok(SetUp::Refused(Refusal::MapFull("every session slot is in use (max_sessions)".into())));
+                }
+            },
         };
         if let Err(e) = datapath.insert_pair(inside, external, slot, now_ns) {
             self.pools[pool].cancel(inside.proto, port);
@@ -220,6 +232,22 @@ impl Ports {
             self.slots.give_back(free.session);
             self.queued_port_taken(proto_nr, free.port, Some(pool));
             return Ok(Some(free.port));
+        }
+        Ok(None)
+    }
+
+    /// Every session slot is in use, some by queued ports: one queued port
+    /// comes out of its queue, unreserved, and its slot is the caller's,
+    /// so a flow is never refused while a slot waits in a queue.
+    fn take_back_queued_slot(&mut self, datapath: &mut Datapath) -> Result<Option<u32>> {
+        for proto_nr in proto::ALL {
+            for parity in [0, 1] {
+                let Some(free) = datapath.pop_free_port(proto_nr, parity)? else { continue };
+                for pool in &mut self.pools {
+                    pool.unreserve(proto_nr, free.port);
+                }
+                return Ok(Some(free.session));
+            }
         }
         Ok(None)
     }
@@ -336,18 +364,29 @@ pub struct HeldPort {
 }
 
 /// Session slots of the LIVENESS array: handed out once, reused after release.
-#[derive(Default)]
 pub struct SlotPool {
     free: Vec<u32>,
     next_unused: u32,
+    /// The array's size: slots at and past it do not exist.
+    capacity: u32,
+}
+
+impl Default for SlotPool {
+    fn default() -> Self {
+        Self::with_capacity(MAX_SESSIONS)
+    }
 }
 
 impl SlotPool {
+    pub fn with_capacity(capacity: u32) -> Self {
+        Self { free: Vec::new(), next_unused: 0, capacity }
+    }
+
     /// A slot a live session of an adopted datapath uses. Slots below it
     /// that no adopted session uses become free (adoption is done before
     /// any slot is handed out).
     pub fn adopt(&mut self, slot: u32) {
-        if slot >= MAX_SESSIONS {
+        if slot >= self.capacity {
             return;
         }
         if slot >= self.next_unused {
@@ -360,7 +399,7 @@ impl SlotPool {
 
     pub fn take(&mut self) -> Option<u32> {
         self.free.pop().or_else(|| {
-            (self.next_unused < MAX_SESSIONS).then(|| {
+            (self.next_unused < self.capacity).then(|| {
                 self.next_unused += 1;
                 self.next_unused - 1
             })
@@ -369,6 +408,11 @@ impl SlotPool {
 
     pub fn give_back(&mut self, slot: u32) {
         self.free.push(slot);
+    }
+
+    /// Slots not handed out.
+    pub fn free(&self) -> u32 {
+        self.free.len() as u32 + (self.capacity - self.next_unused)
     }
 }
 
@@ -395,5 +439,16 @@ mod tests {
         assert_eq!(pool.take(), Some(0));
         pool.next_unused = MAX_SESSIONS;
         assert_eq!(pool.take(), None, "past MAX_SESSIONS");
+    }
+
+    #[test]
+    fn a_smaller_pool_runs_out_at_its_capacity() {
+        let mut pool = SlotPool::with_capacity(3);
+        let handed: Vec<u32> = std::iter::from_fn(|| pool.take()).take(5).collect();
+        assert_eq!(handed, [0, 1, 2], "slots 0-2, then none");
+        pool.adopt(7);
+        assert_eq!(pool.take(), None, "a slot past the capacity is not adopted");
+        pool.give_back(1);
+        assert_eq!(pool.take(), Some(1));
     }
 }

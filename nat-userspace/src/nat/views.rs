@@ -46,6 +46,7 @@ pub fn status(daemon: &Daemon) -> Status {
         port_range: format!("{}-{}", settings.port_min, settings.port_max),
         uptime_s: run.started.elapsed().as_secs(),
         sessions: daemon.sessions.len(),
+        max_sessions: daemon.datapath.session_capacity(),
         ports: proto::ALL.into_iter().map(|p| daemon.ports.usage(p)).collect(),
         refused_flows: daemon.counters.refused(),
         filtering: FilteringStatus {

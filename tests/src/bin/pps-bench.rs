@@ -17,6 +17,9 @@
 //! The figure is what reaches the sink per second of generation.
 //!
 //! Usage: pps-bench [RUNS] [PACKETS_PER_RUN]  (root; writes target/bench/pps.{json,md})
+//!
+//! `PPS_MAX_SESSIONS=N`: X's session tables sized for N sessions, as natd's
+//! `max_sessions = N` makes them (default: the most, 1,048,576).
 
 use std::{
     collections::BTreeMap,
@@ -132,11 +135,17 @@ fn main() -> Result<()> {
         eprintln!("pps-bench: {flows} flow(s) done");
     }
 
+    let sessions = max_sessions()?.unwrap_or(nat_common::MAX_SESSIONS);
     let mut json = format!(
-        "{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"frame_len\": {FRAME_LEN},\n  \
+        "{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"max_sessions\": {sessions},\n  \"frame_len\": {FRAME_LEN},\n  \
          \"new_flows_per_s\": {{\"xdp_nat\": {x_new:.0}, \"conntrack\": {k_new:.0}}},\n  \"new_flows_per_trial\": {NEW_FLOWS}"
     );
-    let mut md = String::from("| flows | xdp_nat (X) | nft_masquerade (K) | kernel_forward (F) | xdp_redirect (R) | X/K | X/R |\n|---|---|---|---|---|---|---|\n");
+    let mut md = if sessions == nat_common::MAX_SESSIONS {
+        String::new()
+    } else {
+        format!("X's session tables sized for {sessions} sessions (PPS_MAX_SESSIONS; natd's `max_sessions`).\n\n")
+    };
+    md.push_str("| flows | xdp_nat (X) | nft_masquerade (K) | kernel_forward (F) | xdp_redirect (R) | X/K | X/R |\n|---|---|---|---|---|---|---|\n");
     for flows in FLOW_COUNTS {
         let m: BTreeMap<Mode, f64> = Mode::ALL.iter().map(|&mode| (mode, nat_tests::bench::median(&mut samples[&(flows, mode)].clone()))).collect();
         write!(json, ",\n  \"flows_{flows}\": {{")?;
@@ -168,6 +177,14 @@ fn main() -> Result<()> {
     json.push_str("]\n}\n");
     nat_tests::bench::write_results("pps", &json, &md)?;
     Ok(())
+}
+
+/// `PPS_MAX_SESSIONS`, if set: the sessions X's tables are sized for.
+fn max_sessions() -> Result<Option<u32>> {
+    let Ok(text) = std::env::var("PPS_MAX_SESSIONS") else { return Ok(None) };
+    let sessions: u32 = text.parse().with_context(|| format!("PPS_MAX_SESSIONS={text}: not a number of sessions"))?;
+    ensure!((nat_common::MIN_SESSIONS..=nat_common::MAX_SESSIONS).contains(&sessions), "PPS_MAX_SESSIONS={sessions}: natd allows {}-{}", nat_common::MIN_SESSIONS, nat_common::MAX_SESSIONS);
+    Ok(Some(sessions))
 }
 
 /// X's rate against `reference`'s: the median over rounds of the ratio
@@ -207,7 +224,10 @@ impl Bench {
         let bench = load_generator_topology(&generator_ns, &nat, n1, &sink, s0)?;
         let datapath = {
             let _in_nat = nat.enter()?;
-            let mut dp = Datapath::load()?;
+            let mut dp = match max_sessions()? {
+                Some(sessions) => Datapath::load_with_sessions(sessions)?,
+                None => Datapath::load()?,
+            };
             // Inside ports of the new-flow trials (40000+) are outside the range,
             // so they take the claim path rather than port preservation.
             dp.set_config(GatewayConfig::new(EXTERNAL, n1, 1024, 32767).with_lan_ifindex(n0).with_inside_prefix(Prefix::new(NAT_LAN_ADDR, 24), true))?;

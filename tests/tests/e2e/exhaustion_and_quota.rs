@@ -9,10 +9,12 @@ use std::{
 };
 
 use nat_tests::{
-    natlab::{EchoServer, IO_TIMEOUT, NatLab, SERVER, host_addr, snmp_counter, udp_socket_in},
+    natlab::{EchoServer, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
     netns::Netns,
+    packet::Frame,
     require_root,
 };
+use nat_userspace::nat::first_packet::KernelSender;
 
 use super::{SERVICE_PORT, udp_request};
 
@@ -175,4 +177,66 @@ fn mapping_behaviour_stays_the_same_when_ports_run_short() {
     fifth.send_to(b"y", SocketAddrV4::new(SERVER, SERVICE_PORT)).unwrap();
     assert!(fifth.recv_from(&mut buf).is_err(), "a fifth endpoint got through a four-port range");
     assert_eq!(lab.sessions().unwrap().len(), 4);
+}
+
+/// `max_sessions` sizes the session tables: natd reports the size, sets up
+/// that many sessions and no more, and refuses the rest by name
+/// (`refused_map_full`) without evicting any. 1,100 new flows from inside
+/// ports outside natd's range (claimed in the datapath from the free
+/// queues, whose queued ports hold slots too, then set up by natd once the
+/// queues run dry) against room for 1,024.
+#[test]
+fn max_sessions_sizes_the_session_tables_and_refuses_past_them() {
+    require_root!();
+    const ROOM: usize = 1024;
+    const FLOWS: u16 = 1100;
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd_with_config(&format!("max_sessions = {ROOM}\nports_per_host = 0\n")).unwrap();
+    let _server = EchoServer::start(&lab.server, SERVICE_PORT);
+    let status = lab.status().unwrap();
+    assert_eq!(status.max_sessions as usize, ROOM);
+    // The kernel's maps as natd made them: LIVENESS (an array of 16-byte
+    // entries) and OUTBOUND (a hash of 8-byte keys, 12-byte mappings).
+    let maps = bpf_maps_of(status.pid);
+    assert!(maps.contains(&(2, 4, 16, ROOM as u64)), "no LIVENESS of {ROOM}: {maps:?}");
+    assert!(maps.contains(&(1, 8, 12, ROOM as u64)), "no OUTBOUND of {ROOM}: {maps:?}");
+    let inside = host_addr(0);
+    let packets: Vec<Vec<u8>> = (0..FLOWS).map(|i| Frame::udp((inside, 40000 + i), (SERVER, SERVICE_PORT)).build()[14..].to_vec()).collect();
+    in_ns(&lab.hosts[0], move || {
+        let raw = KernelSender::new().unwrap();
+        for packet in &packets {
+            raw.send_packet(packet).unwrap();
+            // A few at a time: natd sets up what the queues do not hold.
+            thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .join()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, stats) = (lab.status().unwrap(), lab.stats().unwrap());
+        let refused = stats.get("refused_map_full").unwrap();
+        if status.sessions == ROOM && refused >= u64::from(FLOWS) - ROOM as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions {} of {ROOM}, refused_map_full {refused}: {stats:?}", status.sessions);
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing was evicted to make room, and a full table refuses a new flow.
+    assert!(udp_request(&lab.hosts[0], 42000, b"x".to_vec()).join().unwrap().is_err(), "a flow past max_sessions got through");
+    assert_eq!(lab.status().unwrap().sessions, ROOM);
+}
+
+/// (map_type, key_size, value_size, max_entries) of every BPF map process
+/// `pid` holds a descriptor of (its /proc fdinfo).
+fn bpf_maps_of(pid: u32) -> Vec<(u64, u64, u64, u64)> {
+    let mut maps = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+        let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
+        if let (Some(kind), Some(key), Some(value), Some(entries)) = (field("map_type:"), field("key_size:"), field("value_size:"), field("max_entries:")) {
+            maps.push((kind, key, value, entries));
+        }
+    }
+    maps
 }

@@ -605,3 +605,37 @@ fn forwarded_connections_survive_a_restart_and_dropped_forwards_go() {
         "a forward the settings dropped still forwards"
     );
 }
+
+/// `max_sessions` sizes the session tables when the datapath is made; a
+/// natd that adopts one made with another size keeps that size (its
+/// sessions carry over), reports it, and says in its log how to apply the
+/// new one.
+#[test]
+fn a_restart_with_another_max_sessions_keeps_the_adopted_tables_and_says_so() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let _server = EchoServer::start(&lab.server, ECHO_PORT);
+    lab.start_natd_with_config("max_sessions = 2048\n").unwrap();
+    assert_eq!(lab.status().unwrap().max_sessions, 2048);
+    let sock = udp_socket_in(&lab.hosts[0], 6400);
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let exchange = || {
+        sock.send_to(b"m", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
+        let mut buf = [0u8; 64];
+        sock.recv_from(&mut buf).is_ok()
+    };
+    assert!(exchange());
+    let before = sessions_of(&lab);
+    assert!(lab.terminate_natd().unwrap().success());
+    lab.start_natd_with_config("max_sessions = 4096\n").unwrap();
+    let status = lab.status().unwrap();
+    assert_eq!(status.max_sessions, 2048, "the adopted tables' size, not the file's");
+    assert_eq!(sessions_of(&lab), before, "the session did not carry over");
+    assert!(exchange(), "the adopted session stopped working");
+    let log = lab.natd_log();
+    assert!(log.contains("max_sessions is 4096, but the adopted datapath's session tables hold 2048"), "{log}");
+    // Made anew after `natd down`: the file's size.
+    assert!(lab.stop_natd().unwrap().success());
+    lab.start_natd_with_config("max_sessions = 4096\n").unwrap();
+    assert_eq!(lab.status().unwrap().max_sessions, 4096);
+}
