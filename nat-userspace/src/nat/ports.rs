@@ -136,7 +136,7 @@ impl Ports {
             // Each queued port holds a session slot too: with a small
             // `max_sessions`, a queue of a quarter of the ports would hold
             // every slot. At most a sixteenth of the free slots per queue
-            // (six queues: under two fifths of them in all).
+            // (four protocols, two parities: at most half of them in all).
             let target = self.queue_target.min(available / 4).min(self.slots.free() as usize / 16);
             for parity in [0, 1] {
                 while self.pools[0].queued_of(proto_nr, parity) < target {
