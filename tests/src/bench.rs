@@ -210,6 +210,34 @@ pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
     if total == 0 { 0.0 } else { busy as f64 / total as f64 }
 }
 
+/// A BPF map a process holds a descriptor of, as its /proc fdinfo shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFdInfo {
+    /// `bpf_map_type`: 1 hash, 2 array, ...
+    pub map_type: u64,
+    pub key_size: u64,
+    pub value_size: u64,
+    pub max_entries: u64,
+    /// Bytes the kernel charges for the map.
+    pub memlock: u64,
+}
+
+/// Every BPF map process `pid` holds a descriptor of (/proc/PID/fdinfo).
+pub fn bpf_maps_of(pid: u32) -> Result<Vec<MapFdInfo>> {
+    let mut maps = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        // A descriptor closed meanwhile is no map of the process any more.
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
+        let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
+        if let (Some(map_type), Some(key_size), Some(value_size), Some(max_entries), Some(memlock)) =
+            (field("map_type:"), field("key_size:"), field("value_size:"), field("max_entries:"), field("memlock:"))
+        {
+            maps.push(MapFdInfo { map_type, key_size, value_size, max_entries, memlock });
+        }
+    }
+    Ok(maps)
+}
+
 /// CPU seconds (user + system, all threads) process `pid` has used.
 pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
     use anyhow::Context as _;

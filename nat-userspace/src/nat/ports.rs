@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
-use nat_common::{ClaimEvent, Endpoint, FreePort, MAX_SESSIONS, pool_index, proto};
+use nat_common::{ClaimEvent, Endpoint, FreePort, pool_index, proto};
 
 use crate::{
     config::{Environment, Settings},
@@ -237,15 +237,14 @@ impl Ports {
     }
 
     /// Every session slot is in use, some by queued ports: one queued port
-    /// comes out of its queue, unreserved, and its slot is the caller's,
-    /// so a flow is never refused while a slot waits in a queue.
+    /// comes out of its queue, taken by no address (every one gets it
+    /// back), and its slot is the caller's, so a flow is never refused
+    /// while a slot waits in a queue.
     fn take_back_queued_slot(&mut self, datapath: &mut Datapath) -> Result<Option<u32>> {
         for proto_nr in proto::ALL {
             for parity in [0, 1] {
                 let Some(free) = datapath.pop_free_port(proto_nr, parity)? else { continue };
-                for pool in &mut self.pools {
-                    pool.unreserve(proto_nr, free.port);
-                }
+                self.queued_port_taken(proto_nr, free.port, None);
                 return Ok(Some(free.session));
             }
         }
@@ -371,12 +370,6 @@ pub struct SlotPool {
     capacity: u32,
 }
 
-impl Default for SlotPool {
-    fn default() -> Self {
-        Self::with_capacity(MAX_SESSIONS)
-    }
-}
-
 impl SlotPool {
     pub fn with_capacity(capacity: u32) -> Self {
         Self { free: Vec::new(), next_unused: 0, capacity }
@@ -418,11 +411,13 @@ impl SlotPool {
 
 #[cfg(test)]
 mod tests {
+    use nat_common::MAX_SESSIONS;
+
     use super::*;
 
     #[test]
     fn adopted_slots_are_in_use_and_the_gaps_free() {
-        let mut pool = SlotPool::default();
+        let mut pool = SlotPool::with_capacity(MAX_SESSIONS);
         for slot in [5, 2, 9] {
             pool.adopt(slot);
         }
@@ -433,7 +428,7 @@ mod tests {
 
     #[test]
     fn session_slots_are_reused_and_run_out() {
-        let mut pool = SlotPool::default();
+        let mut pool = SlotPool::with_capacity(MAX_SESSIONS);
         assert_eq!((pool.take(), pool.take()), (Some(0), Some(1)));
         pool.give_back(0);
         assert_eq!(pool.take(), Some(0));

@@ -131,23 +131,13 @@ fn thread_cpu_ns() -> u64 {
 /// entries), from /proc/self/fdinfo. All are preallocated: this is what a
 /// full table costs.
 fn mapping_maps_memlock() -> Result<u64> {
-    let mut total = 0;
-    let mut found = 0;
-    for entry in std::fs::read_dir("/proc/self/fdinfo")? {
-        let Ok(text) = std::fs::read_to_string(entry?.path()) else { continue };
-        let field = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        };
-        // map_type 1: hash, 2: array.
-        let ours = matches!(field("map_type:").as_deref(), Some("1") | Some("2"));
-        let entries = field("max_entries:");
-        if ours && (entries == Some(MAX_MAPPINGS.to_string()) || entries == Some(INBOUND_PORTS.to_string())) {
-            total += field("memlock:").context("memlock")?.parse::<u64>()?;
-            found += 1;
-        }
-    }
-    ensure!(found == 3, "found {found} session maps in /proc/self/fdinfo, expected 3 (OUTBOUND, INBOUND, LIVENESS)");
-    Ok(total)
+    // map_type 1: hash, 2: array.
+    let ours: Vec<_> = nat_tests::bench::bpf_maps_of(std::process::id())?
+        .into_iter()
+        .filter(|map| matches!(map.map_type, 1 | 2) && (map.max_entries == u64::from(MAX_MAPPINGS) || map.max_entries == u64::from(INBOUND_PORTS)))
+        .collect();
+    ensure!(ours.len() == 3, "found {} session maps in /proc/self/fdinfo, expected 3 (OUTBOUND, INBOUND, LIVENESS)", ours.len());
+    Ok(ours.iter().map(|map| map.memlock).sum())
 }
 
 /// Object size of the nf_conntrack slab, from /proc/slabinfo.

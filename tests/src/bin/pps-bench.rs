@@ -103,7 +103,8 @@ fn main() -> Result<()> {
     let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
     let packets: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     ensure!(nat_tests::netns::is_root(), "the packet-rate benchmark creates namespaces and loads XDP programs: run it as root");
-    let mut b = Bench::new()?;
+    let sessions = max_sessions()?;
+    let mut b = Bench::new(sessions)?;
 
     // New flows first, while no packet-rate mapping holds the external ports.
     let (mut x_new, mut k_new) = (Vec::new(), Vec::new());
@@ -135,7 +136,7 @@ fn main() -> Result<()> {
         eprintln!("pps-bench: {flows} flow(s) done");
     }
 
-    let sessions = max_sessions()?.unwrap_or(nat_common::MAX_SESSIONS);
+    let sessions = sessions.unwrap_or(nat_common::MAX_SESSIONS);
     let mut json = format!(
         "{{\n  \"runs\": {runs},\n  \"packets_per_run\": {packets},\n  \"max_sessions\": {sessions},\n  \"frame_len\": {FRAME_LEN},\n  \
          \"new_flows_per_s\": {{\"xdp_nat\": {x_new:.0}, \"conntrack\": {k_new:.0}}},\n  \"new_flows_per_trial\": {NEW_FLOWS}"
@@ -202,7 +203,8 @@ fn paired_ratio(samples: &BTreeMap<(u32, Mode), Vec<f64>>, flows: u32, reference
 }
 
 impl Bench {
-    fn new() -> Result<Self> {
+    /// `sessions`: X's session tables' size (`PPS_MAX_SESSIONS`), if not the most.
+    fn new(sessions: Option<u32>) -> Result<Self> {
         let generator_ns = Netns::new("pg")?;
         let nat = Netns::new("pn")?;
         let sink = Netns::new("ps")?;
@@ -224,7 +226,7 @@ impl Bench {
         let bench = load_generator_topology(&generator_ns, &nat, n1, &sink, s0)?;
         let datapath = {
             let _in_nat = nat.enter()?;
-            let mut dp = match max_sessions()? {
+            let mut dp = match sessions {
                 Some(sessions) => Datapath::load_with_sessions(sessions)?,
                 None => Datapath::load()?,
             };

@@ -9,6 +9,7 @@ use std::{
 };
 
 use nat_tests::{
+    bench::bpf_maps_of,
     natlab::{EchoServer, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns, snmp_counter, udp_socket_in},
     netns::Netns,
     packet::Frame,
@@ -197,7 +198,7 @@ fn max_sessions_sizes_the_session_tables_and_refuses_past_them() {
     assert_eq!(status.max_sessions as usize, ROOM);
     // The kernel's maps as natd made them: LIVENESS (an array of 16-byte
     // entries) and OUTBOUND (a hash of 8-byte keys, 12-byte mappings).
-    let maps = bpf_maps_of(status.pid);
+    let maps: Vec<_> = bpf_maps_of(status.pid).unwrap().iter().map(|m| (m.map_type, m.key_size, m.value_size, m.max_entries)).collect();
     assert!(maps.contains(&(2, 4, 16, ROOM as u64)), "no LIVENESS of {ROOM}: {maps:?}");
     assert!(maps.contains(&(1, 8, 12, ROOM as u64)), "no OUTBOUND of {ROOM}: {maps:?}");
     let inside = host_addr(0);
@@ -225,18 +226,4 @@ fn max_sessions_sizes_the_session_tables_and_refuses_past_them() {
     // Nothing was evicted to make room, and a full table refuses a new flow.
     assert!(udp_request(&lab.hosts[0], 42000, b"x".to_vec()).join().unwrap().is_err(), "a flow past max_sessions got through");
     assert_eq!(lab.status().unwrap().sessions, ROOM);
-}
-
-/// (map_type, key_size, value_size, max_entries) of every BPF map process
-/// `pid` holds a descriptor of (its /proc fdinfo).
-fn bpf_maps_of(pid: u32) -> Vec<(u64, u64, u64, u64)> {
-    let mut maps = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
-        let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
-        if let (Some(kind), Some(key), Some(value), Some(entries)) = (field("map_type:"), field("key_size:"), field("value_size:"), field("max_entries:")) {
-            maps.push((kind, key, value, entries));
-        }
-    }
-    maps
 }
