@@ -677,6 +677,18 @@ impl Datapath {
         Ok(Some(port.mapping(self.liveness.get(port.session)?.inside_addr_be)))
     }
 
+    /// The inside endpoint of session `slot`, whose external endpoint is
+    /// `external`: from that endpoint's `INBOUND` entry (the inside port),
+    /// if it names the slot, and the slot's liveness (the inside address).
+    /// Both are mapped into natd: no syscall. natd's session table keeps
+    /// no inside endpoints (`SessionTable`).
+    pub fn session_inside(&self, slot: u32, external: &Endpoint) -> Result<Option<Endpoint>> {
+        Ok(self
+            .inbound_mapping(external)?
+            .filter(|mapping| mapping.session == slot)
+            .map(|mapping| mapping.target(external.proto)))
+    }
+
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.
     pub fn counters(&self) -> Result<Vec<(Reason, u64)>> {
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::COUNTERS)?)?;

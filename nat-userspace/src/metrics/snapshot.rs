@@ -163,9 +163,9 @@ const _: () = assert!(tcp_flags::TRACKED <= FLAG_MASK && nat_common::sctp_chunks
 /// times the aging scan (190 ms per million sessions, release build).
 pub fn session_counts(datapath: &Datapath, table: &SessionTable) -> Result<Vec<SessionCount>> {
     let mut tally = StateTally::default();
-    for (inside, entry) in table {
-        let live = datapath.liveness(entry.slot)?;
-        tally.add(inside.proto, live.tcp_flags_out, live.tcp_flags_in);
+    for (slot, external) in table.iter() {
+        let live = datapath.liveness(slot)?;
+        tally.add(external.proto, live.tcp_flags_out, live.tcp_flags_in);
     }
     Ok(tally.counts())
 }

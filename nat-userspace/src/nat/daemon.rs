@@ -32,7 +32,7 @@ use crate::{
         run::Run,
         quota::{HostQuota, RefusalNotices},
         probe::CheckResult,
-        sessions::{SessionEntry, SessionTable, coarse_now_ns, expired_sessions},
+        sessions::{SessionTable, coarse_now_ns, expired_sessions},
     },
     config::Forward,
     packet::{Ipv4, Side, destination_unreachable, translate_address},
@@ -42,7 +42,7 @@ pub struct Daemon {
     pub datapath: Datapath,
     pub run: Run,
     pub ports: Ports,
-    /// Mirror of the maps.
+    /// The dynamic sessions, by slot (the maps hold the rest of them).
     pub sessions: SessionTable,
     sender: KernelSender,
     quota: HostQuota,
@@ -62,13 +62,14 @@ impl Daemon {
     /// ports it held back; its state is taken over before anything is queued.
     pub fn new(datapath: Datapath, run: Run, checks: mpsc::Sender<CheckResult>, adopted: Option<Vec<HeldPort>>) -> Result<Self> {
         let ports = Ports::new(&run.settings, &run.env, datapath.session_capacity())?;
+        let sessions = SessionTable::new(datapath.session_capacity(), &run.env.external_ips, run.settings.log_mappings);
         let mut daemon = Self {
             datapath,
             ports,
             quota: HostQuota::new(run.settings.ports_per_host),
             log: MappingLog::new(run.settings.log_mappings, &run.settings.mapping_log)?,
             run,
-            sessions: SessionTable::default(),
+            sessions,
             sender: KernelSender::new()?,
             notices: RefusalNotices::default(),
             fragments: Fragments::default(),
@@ -123,7 +124,9 @@ impl Daemon {
         for (inside, mapping) in &live {
             let external = mapping.target(inside.proto);
             self.ports.adopt(&external, mapping.session);
-            self.sessions.insert(*inside, SessionEntry::new(external, mapping.session, now));
+            // `Datapath::set_config` removed the sessions of addresses that
+            // left the pool: every one left is the pool's.
+            self.sessions.insert(mapping.session, external, now).with_context(|| format!("adopting the session of {}:{}", inside.addr(), inside.port()))?;
         }
         let (esp_out, esp_in) = self.datapath.esp_sas()?;
         for (_, target) in &esp_out {
@@ -150,8 +153,8 @@ impl Daemon {
     pub fn apply_forwards(&mut self, wanted: &[Forward]) -> Result<Vec<String>> {
         let now = coarse_now_ns();
         for server in Forwards::static_endpoints(wanted, &self.run.env.external_ips) {
-            if self.sessions.contains_key(&server) {
-                self.remove_session(server, now)?;
+            if let Some(slot) = self.session_of(&server)? {
+                self.remove_session(slot, now)?;
             }
         }
         self.forwards.apply(&mut self.datapath, wanted, &self.run.env.external_ips, Instant::now())
@@ -165,6 +168,7 @@ impl Daemon {
     /// one).
     pub fn apply_live_settings(&mut self, settings: &crate::config::Settings) -> Result<()> {
         self.quota.set_limit(settings.ports_per_host);
+        self.sessions.keep_creation_times(settings.log_mappings);
         self.ports.set_parity_and_class(settings.port_parity, settings.port_class);
         self.log.reconfigure(settings.log_mappings, &settings.mapping_log)
     }
@@ -237,11 +241,14 @@ impl Daemon {
     /// The datapath installed a mapping from a queued free port.
     fn claimed(&mut self, claim: &ClaimEvent) {
         // Made while no natd ran, and adopted from OUTBOUND already.
-        if self.sessions.get(&claim.inside).is_some_and(|entry| entry.external == claim.external && entry.slot == claim.session) {
+        if self.sessions.get(claim.session) == Some(claim.external) {
             return;
         }
         self.ports.claimed(claim);
-        self.sessions.insert(claim.inside, SessionEntry::new(claim.external, claim.session, coarse_now_ns()));
+        if let Err(e) = self.sessions.insert(claim.session, claim.external, coarse_now_ns()) {
+            tracing::warn!("the datapath's claim for {}:{}: {e:#}", claim.inside.addr(), claim.inside.port());
+            return;
+        }
         self.log.mapping("created", &claim.inside, &claim.external, None);
         self.counters.mappings_created += 1;
         self.counters.claimed_in_datapath += 1;
@@ -254,8 +261,8 @@ impl Daemon {
         let inside = packet.endpoint(Side::Source).ok_or_else(|| anyhow!("miss event without a TCP/UDP/SCTP/ICMP source"))?;
         // Several packets of one flow can miss before the mapping exists: the
         // later ones only need sending on (endpoint-independent mapping).
-        let external = match self.sessions.get(&inside) {
-            Some(entry) => entry.external,
+        let external = match self.datapath.outbound_mapping(&inside)? {
+            Some(mapping) => mapping.target(inside.proto),
             None => match self.set_up(inside)? {
                 Some(external) => external,
                 None => return self.notify_refusal(packet.datagram()),
@@ -281,7 +288,7 @@ impl Daemon {
         let now = coarse_now_ns();
         let refusal = match self.ports.set_up(&mut self.datapath, &mut self.quota, inside, now)? {
             SetUp::Made { external, slot } => {
-                self.sessions.insert(inside, SessionEntry::new(external, slot, now));
+                self.sessions.insert(slot, external, now)?;
                 self.log.mapping("created", &inside, &external, None);
                 self.counters.mappings_created += 1;
                 return Ok(Some(external));
@@ -437,9 +444,12 @@ impl Daemon {
         self.refill_free_queues();
         self.fragments.age(&mut self.datapath, &self.sender, &mut self.counters, now)?;
         let expired = expired_sessions(&self.datapath, &self.sessions, &self.run.settings.timeouts, now)?;
-        for inside in expired {
-            self.remove_session(inside, now)?;
-            self.counters.mappings_expired += 1;
+        for slot in expired {
+            // One session that cannot be removed does not keep the others.
+            match self.remove_session(slot, now) {
+                Ok(()) => self.counters.mappings_expired += 1,
+                Err(e) => tracing::warn!("{e:#}"),
+            }
         }
         self.age_esp(now)
     }
@@ -461,14 +471,29 @@ impl Daemon {
         Ok(())
     }
 
-    /// Removes a dynamic mapping, both directions, its port held before
-    /// reuse.
-    fn remove_session(&mut self, inside: Endpoint, now: u64) -> Result<()> {
-        let Some(entry) = self.sessions.remove(&inside) else { return Ok(()) };
+    /// The slot of `inside`'s dynamic session, if it has one (a lookup in
+    /// `OUTBOUND`: natd keeps no index by inside endpoint).
+    fn session_of(&self, inside: &Endpoint) -> Result<Option<u32>> {
+        let Some(mapping) = self.datapath.outbound_mapping(inside)? else { return Ok(None) };
+        Ok((self.sessions.get(mapping.session) == Some(mapping.target(inside.proto))).then_some(mapping.session))
+    }
+
+    /// Removes the dynamic mapping of session `slot`, both directions, its
+    /// port held before reuse.
+    fn remove_session(&mut self, slot: u32, now: u64) -> Result<()> {
+        let Some(external) = self.sessions.get(slot) else { return Ok(()) };
+        let Some(inside) = self.datapath.session_inside(slot, &external)? else {
+            // The entry that names the inside endpoint is gone: the mapping
+            // cannot be found to remove. The slot and port stay out of use
+            // (given again, they would be shared with whatever is left).
+            self.sessions.remove(slot, now);
+            return Err(anyhow!("session slot {slot} ({}:{}): its INBOUND entry does not name it; slot and port left unused", external.addr(), external.port()));
+        };
         self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
-        self.ports.release(&entry.external, entry.slot, now);
+        let lifetime = self.sessions.remove(slot, now).and_then(|(_, lifetime)| lifetime);
+        self.ports.release(&external, slot, now);
         self.quota.released(&mut self.datapath, &inside)?;
-        self.log.mapping("removed", &inside, &entry.external, Some(entry.lifetime_ns(now)));
+        self.log.mapping("removed", &inside, &external, lifetime);
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! natd's mirror of the live mappings, and what their liveness says: the
 //! state of a TCP session, the timeout that applies, which ones expired.
 
-use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use nat_common::{CLOCK_TICK_NS, Endpoint, proto, tcp_flags};
 
 use crate::{
@@ -11,50 +11,140 @@ use crate::{
     datapath::Datapath,
 };
 
-/// A live session as natd keeps it: where the inside endpoint is mapped to,
-/// and its slot in the LIVENESS array. 16 bytes, 24 with its key: at a
-/// million sessions the table's buckets cost ~52 bytes a session (a u64
-/// creation time made it ~69).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionEntry {
-    pub external: Endpoint,
-    pub slot: u32,
-    /// natd's clock in whole seconds when the mapping was made (the mapping
-    /// log gives lifetimes in seconds).
-    pub created_s: u32,
+/// natd's record of the live dynamic sessions, indexed by session slot
+/// (the `LIVENESS` index each session has).
+///
+/// Four bytes a slot: the session's external endpoint, its address as a
+/// position in the pool. The inside endpoint is not kept here: the
+/// datapath's `INBOUND` entry of that external endpoint holds the inside
+/// port and names the slot, and the slot's `LIVENESS` holds the inside
+/// address, both mapped into natd (`Datapath::session_inside`). The lookup
+/// by inside endpoint that a miss needs is `OUTBOUND`'s, in the kernel.
+/// So at a million sessions natd's share is ~4 bytes a session, where a
+/// hash map of inside endpoint to (external, slot, creation) cost ~52.
+///
+/// Creation times (the mapping log's lifetimes) are kept only while
+/// `log_mappings` is on, another 4 bytes a slot.
+pub struct SessionTable {
+    /// By slot: `packed(external)`; 0 is a slot with no session (protocol
+    /// 0 is never translated). Allocated zeroed for every slot, so the
+    /// pages are the kernel's zero page until a session is written to them.
+    by_slot: Vec<u32>,
+    /// The pool's addresses, network byte order, by position.
+    pool_be: Vec<u32>,
+    /// Slots at and past it hold no session: what the scans walk.
+    end: usize,
+    len: usize,
+    /// natd's clock in seconds when each slot's session was made, plus one
+    /// (0: made before creation times were kept).
+    created_s: Option<Vec<u32>>,
 }
-const _: () = assert!(std::mem::size_of::<SessionEntry>() == 16);
 
-impl SessionEntry {
-    /// Made at `now_ns` (`coarse_now_ns`).
-    pub const fn new(external: Endpoint, slot: u32, now_ns: u64) -> Self {
-        Self { external, slot, created_s: (now_ns / 1_000_000_000) as u32 }
+impl SessionTable {
+    /// For `capacity` slots, sessions on the external addresses `pool`.
+    /// `creation_times`: keep when each session was made (`log_mappings`).
+    pub fn new(capacity: u32, pool: &[Ipv4Addr], creation_times: bool) -> Self {
+        let mut table = Self {
+            by_slot: vec![0; capacity as usize],
+            pool_be: pool.iter().map(|addr| u32::from_ne_bytes(addr.octets())).collect(),
+            end: 0,
+            len: 0,
+            created_s: None,
+        };
+        table.keep_creation_times(creation_times);
+        table
     }
 
-    /// How long it has lived at `now_ns`, to the second.
-    pub const fn lifetime_ns(&self, now_ns: u64) -> u64 {
-        (now_ns / 1_000_000_000).saturating_sub(self.created_s as u64) * 1_000_000_000
+    /// Starts (with all slots' times unknown) or stops keeping creation
+    /// times: a reload of `log_mappings`.
+    pub fn keep_creation_times(&mut self, on: bool) {
+        match (on, self.created_s.is_some()) {
+            (true, false) => self.created_s = Some(vec![0; self.by_slot.len()]),
+            (false, true) => self.created_s = None,
+            _ => {}
+        }
+    }
+
+    /// Records session `slot`, mapped to `external`, made at `now_ns`
+    /// (`coarse_now_ns`). An external address outside the pool, or a slot
+    /// past the capacity, is an error: the datapath holds no such session.
+    pub fn insert(&mut self, slot: u32, external: Endpoint, now_ns: u64) -> Result<()> {
+        let packed = self.packed(&external).with_context(|| format!("{}:{} is not an external endpoint of the pool", external.addr(), external.port()))?;
+        let entry = self.by_slot.get_mut(slot as usize).with_context(|| format!("session slot {slot} is past max_sessions"))?;
+        if *entry == 0 {
+            self.len += 1;
+        }
+        *entry = packed;
+        self.end = self.end.max(slot as usize + 1);
+        if let Some(created) = &mut self.created_s {
+            created[slot as usize] = (now_ns / 1_000_000_000) as u32 + 1;
+        }
+        Ok(())
+    }
+
+    /// The external endpoint of session `slot`, if it has one.
+    pub fn get(&self, slot: u32) -> Option<Endpoint> {
+        self.unpacked(*self.by_slot.get(slot as usize)?)
+    }
+
+    /// Forgets session `slot`: its external endpoint and, if known, how long
+    /// it lived at `now_ns`.
+    pub fn remove(&mut self, slot: u32, now_ns: u64) -> Option<(Endpoint, Option<u64>)> {
+        let entry = self.by_slot.get_mut(slot as usize)?;
+        let packed = std::mem::take(entry);
+        let external = self.unpacked(packed)?;
+        self.len -= 1;
+        let lifetime = self.created_s.as_mut().and_then(|created| {
+            let made = std::mem::take(&mut created[slot as usize]);
+            (made != 0).then(|| (now_ns / 1_000_000_000).saturating_sub(u64::from(made - 1)) * 1_000_000_000)
+        });
+        Some((external, lifetime))
+    }
+
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every session: (slot, external endpoint), in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Endpoint)> + '_ {
+        self.by_slot[..self.end].iter().enumerate().filter_map(|(slot, &packed)| Some((slot as u32, self.unpacked(packed)?)))
+    }
+
+    /// port (network order) | pool position << 16 | protocol << 24.
+    fn packed(&self, external: &Endpoint) -> Option<u32> {
+        let position = self.pool_be.iter().position(|&addr| addr == external.addr_be)?;
+        (external.proto != 0 && position <= u8::MAX as usize)
+            .then(|| u32::from(external.port_be) | (position as u32) << 16 | u32::from(external.proto) << 24)
+    }
+
+    fn unpacked(&self, packed: u32) -> Option<Endpoint> {
+        let proto_nr = (packed >> 24) as u8;
+        if proto_nr == 0 {
+            return None;
+        }
+        let addr_be = *self.pool_be.get((packed >> 16 & 0xff) as usize)?;
+        Some(Endpoint::from_be(addr_be, packed as u16, proto_nr))
     }
 }
 
-/// inside endpoint -> session. foldhash: the aging scan walks every session
-/// every second, and SipHash would be most of its cost.
-pub type SessionTable = HashMap<Endpoint, SessionEntry, foldhash::fast::RandomState>;
-
-/// The sessions idle past their timeout at `now`. Reads each session's
-/// liveness in place (the LIVENESS array is mapped into this process): no
-/// syscall per session.
-pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: &Timeouts, now: u64) -> Result<Vec<Endpoint>> {
+/// The slots of the sessions idle past their timeout at `now`. Reads each
+/// session's liveness in place (the LIVENESS array is mapped into this
+/// process): no syscall per session.
+pub fn expired_sessions(datapath: &Datapath, sessions: &SessionTable, timeouts: &Timeouts, now: u64) -> Result<Vec<u32>> {
     let mut expired = Vec::new();
-    for (inside, entry) in sessions {
-        let live = datapath.liveness(entry.slot)?;
-        let (out, in_) = live.state_bits(inside.proto);
-        let timeout = timeouts.for_mapping(inside.proto, out, in_);
+    for (slot, external) in sessions.iter() {
+        let live = datapath.liveness(slot)?;
+        let (out, in_) = live.state_bits(external.proto);
+        let timeout = timeouts.for_mapping(external.proto, out, in_);
         // The datapath stamps with the clock natd published, up to one tick
         // behind the packet: wait one tick more, so a session never expires
         // before its timeout (it may go up to two ticks after).
         if now.saturating_sub(live.last_seen_ns) > timeout.as_nanos() as u64 + CLOCK_TICK_NS {
-            expired.push(*inside);
+            expired.push(slot);
         }
     }
     Ok(expired)
@@ -169,5 +259,58 @@ mod tests {
         assert_eq!(session_state(proto::TCP, syn | ack | fin, syn | ack), "closing");
         assert_eq!(session_state(proto::TCP, syn, rst | ack), "reset");
         assert_eq!(session_state(proto::UDP, 0, 0), "active");
+    }
+
+    const POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+    const SECOND: u64 = 1_000_000_000;
+
+    fn external(position: usize, port: u16, proto_nr: u8) -> Endpoint {
+        Endpoint::new(POOL[position], port, proto_nr)
+    }
+
+    #[test]
+    fn sessions_are_kept_by_slot_with_their_external_endpoint() {
+        let mut table = SessionTable::new(16, &POOL, false);
+        let (a, b, c) = (external(1, 40000, proto::TCP), external(0, 0, proto::ICMP), external(0, 65535, proto::SCTP));
+        table.insert(3, a, 0).unwrap();
+        table.insert(0, b, 0).unwrap();
+        table.insert(15, c, 0).unwrap();
+        assert_eq!((table.len(), table.get(3), table.get(0), table.get(15), table.get(4)), (3, Some(a), Some(b), Some(c), None));
+        assert_eq!(table.iter().collect::<Vec<_>>(), [(0, b), (3, a), (15, c)], "in slot order");
+        // A slot given again (never while in use) is overwritten, not counted twice.
+        table.insert(3, external(0, 1, proto::UDP), 0).unwrap();
+        assert_eq!((table.len(), table.get(3)), (3, Some(external(0, 1, proto::UDP))));
+        assert_eq!(table.remove(3, 0), Some((external(0, 1, proto::UDP), None)));
+        assert_eq!((table.remove(3, 0), table.remove(9, 0), table.len()), (None, None, 2));
+        assert_eq!(table.iter().map(|(slot, _)| slot).collect::<Vec<_>>(), [0, 15]);
+    }
+
+    #[test]
+    fn an_endpoint_off_the_pool_or_a_slot_past_the_capacity_is_refused() {
+        let mut table = SessionTable::new(4, &POOL, false);
+        let off_pool = table.insert(0, Endpoint::new(Ipv4Addr::new(198, 51, 100, 1), 1, proto::UDP), 0).unwrap_err();
+        assert!(format!("{off_pool:#}").contains("198.51.100.1:1 is not an external endpoint of the pool"), "{off_pool:#}");
+        let past = table.insert(4, external(0, 1, proto::UDP), 0).unwrap_err();
+        assert!(format!("{past:#}").contains("slot 4 is past max_sessions"), "{past:#}");
+        assert!(table.is_empty() && table.iter().next().is_none());
+    }
+
+    /// The mapping log's lifetimes: kept while `log_mappings` is on; a
+    /// session made before it was turned on has none to give.
+    #[test]
+    fn lifetimes_are_known_for_sessions_made_while_creation_times_are_kept() {
+        let mut table = SessionTable::new(4, &POOL, true);
+        table.insert(0, external(0, 1, proto::UDP), 100 * SECOND + 7).unwrap();
+        assert_eq!(table.remove(0, 161 * SECOND), Some((external(0, 1, proto::UDP), Some(61 * SECOND))));
+
+        let mut table = SessionTable::new(4, &POOL, false);
+        table.insert(0, external(0, 1, proto::UDP), 0).unwrap();
+        table.keep_creation_times(true);
+        table.insert(1, external(0, 2, proto::UDP), 5 * SECOND).unwrap();
+        assert_eq!(table.remove(0, 9 * SECOND), Some((external(0, 1, proto::UDP), None)), "made before");
+        assert_eq!(table.remove(1, 9 * SECOND), Some((external(0, 2, proto::UDP), Some(4 * SECOND))));
+        table.insert(2, external(0, 3, proto::UDP), 0).unwrap();
+        table.keep_creation_times(false);
+        assert_eq!(table.remove(2, 9 * SECOND), Some((external(0, 3, proto::UDP), None)));
     }
 }

@@ -63,14 +63,18 @@ pub fn session_rows(daemon: &Daemon) -> Result<Vec<Session>> {
     let now = coarse_now_ns();
     let timeouts = &daemon.run.settings.timeouts;
     let mut rows = Vec::with_capacity(daemon.sessions.len());
-    for (inside, entry) in &daemon.sessions {
-        let live = daemon.datapath.liveness(entry.slot)?;
+    for (slot, external) in daemon.sessions.iter() {
+        // Its INBOUND entry names it, unless the maps were changed from
+        // outside natd: such a session is left out of the view.
+        let Some(inside) = daemon.datapath.session_inside(slot, &external)? else { continue };
+        let inside = &inside;
+        let live = daemon.datapath.liveness(slot)?;
         let (state_out, state_in) = live.state_bits(inside.proto);
         let timeout = timeouts.for_mapping(inside.proto, state_out, state_in);
         rows.push(Session {
             proto: proto::name(inside.proto).to_string(),
             inside: endpoint_text(inside),
-            external: endpoint_text(&entry.external),
+            external: endpoint_text(&external),
             remote: None,
             forward: None,
             spi_out: None,

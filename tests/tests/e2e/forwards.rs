@@ -428,6 +428,42 @@ fn reload_adds_and_removes_forwards_and_servers_and_refuses_what_it_cannot_apply
     assert!(!servers[1].clients().is_empty());
 }
 
+/// A forward added by a reload, to a server endpoint that holds a dynamic
+/// mapping (the server talked out from that port as a client), takes the
+/// endpoint over: the dynamic session goes (natd finds it by its inside
+/// endpoint in `OUTBOUND`, its own table being by slot), its port returns
+/// to the pool's hold, and the forward reaches the server.
+#[test]
+fn a_forward_added_on_reload_takes_over_its_servers_dynamic_mapping() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.start_natd_with_config("log_level = \"info\"\n").unwrap();
+    let _outside = EchoServer::start(&lab.server, super::SERVICE_PORT);
+    const SERVER_PORT: u16 = 7300;
+    let inside = format!("{}:{SERVER_PORT}", host_addr(0));
+    assert_eq!(super::udp_request(&lab.hosts[0], SERVER_PORT, b"a".to_vec()).join().unwrap().unwrap(), b"echo:a");
+    let dynamic = |lab: &NatLab| lab.sessions().unwrap().into_iter().filter(|s| s.inside == inside && s.forward.is_none()).count();
+    assert_eq!(dynamic(&lab), 1, "{:?}", lab.sessions().unwrap());
+
+    let _served = EchoServer::start(&lab.hosts[0], SERVER_PORT);
+    lab.config_file(&format!("log_level = \"info\"\n[[forward]]\nname = \"dns\"\nprotocol = \"udp\"\nport = 5300\nto = [\"{inside}\"]\n")).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(dynamic(&lab), 0, "the server's dynamic mapping outlived its forward: {:?}", lab.sessions().unwrap());
+    let udp = lab.status().unwrap().ports.into_iter().find(|p| p.proto == "udp").unwrap();
+    assert_eq!((udp.in_use, udp.held), (0, 1), "the mapping's port: {udp:?}");
+    let answer = in_ns(&lab.server, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.send_to(b"q", SocketAddrV4::new(EXTERNAL, 5300)).unwrap();
+        let mut buf = [0u8; 64];
+        sock.recv(&mut buf).map(|n| buf[..n].to_vec())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(answer.expect("an answer through the forward"), b"echo:q");
+}
+
 /// A SYN flood to a forward (200k SYNs from spoofed sources) never evicts
 /// an established flow, and new connections keep completing: half-open
 /// flows live in a bounded LRU apart from the established ones.
