@@ -271,14 +271,21 @@ fn big_burst(flows: u32) -> Result<()> {
     nat_tests::bench::write_results("lab-burst", &json, &md)
 }
 
-/// Where datagrams can be dropped outside the gateway's programs. Before
-/// the gateway: the sending host's veth, whose transmit drops a frame when
-/// the gateway's receive queue (the veth ring its XDP program drains) is
-/// full, and lan0's receive drops. After it: its WAN veth's transmit drops
-/// (an XDP redirect into a full peer queue), the server's receive drops,
-/// and the server's UDP socket buffer overflows.
+/// Where datagrams can be dropped outside the gateway's programs, counted
+/// where the kernel counts them. The LAN is a bridge in the switch
+/// namespace: host eth0 -> p0 -> br0 -> up0 -> lan0 (the gateway).
+/// Before the gateway: the sending host's veth (its peer p0's backlog
+/// full), the switch's port to the gateway, and lan0's receive drops.
+/// After it: its WAN veth's transmit drops (an XDP redirect into a full
+/// peer queue), the server's receive drops, and the server's UDP socket
+/// buffer overflows.
 struct Losses {
     sender_tx_dropped: u64,
+    /// The switch's port to the gateway: a frame the gateway's full receive
+    /// ring refuses (a veth with an XDP program takes frames into a ring of
+    /// 256 its NAPI drains) is dropped here, on up0's transmit side; lan0
+    /// counts nothing for it.
+    switch_tx_dropped: u64,
     lan_rx_dropped: u64,
     wan_tx_dropped: u64,
     server_rx_dropped: u64,
@@ -292,6 +299,7 @@ impl Losses {
         };
         Ok(Self {
             sender_tx_dropped: stat(&lab.hosts[0], "eth0", "tx_dropped")?,
+            switch_tx_dropped: stat(&lab.switch, "up0", "tx_dropped")?,
             lan_rx_dropped: stat(&lab.gw, "lan0", "rx_dropped")?,
             wan_tx_dropped: stat(&lab.gw, "wan0", "tx_dropped")?,
             server_rx_dropped: stat(&lab.server, "eth0", "rx_dropped")?,
@@ -302,6 +310,7 @@ impl Losses {
     fn since(&self, before: &Self) -> Self {
         Self {
             sender_tx_dropped: self.sender_tx_dropped - before.sender_tx_dropped,
+            switch_tx_dropped: self.switch_tx_dropped - before.switch_tx_dropped,
             lan_rx_dropped: self.lan_rx_dropped - before.lan_rx_dropped,
             wan_tx_dropped: self.wan_tx_dropped - before.wan_tx_dropped,
             server_rx_dropped: self.server_rx_dropped - before.server_rx_dropped,
@@ -311,16 +320,16 @@ impl Losses {
 
     fn json(&self) -> String {
         format!(
-            "\"sender_tx_dropped\": {}, \"lan_rx_dropped\": {}, \"wan_tx_dropped\": {}, \"server_rx_dropped\": {}, \"server_udp_rcvbuf_errors\": {}",
-            self.sender_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+            "\"sender_tx_dropped\": {}, \"switch_up0_tx_dropped\": {}, \"lan_rx_dropped\": {}, \"wan_tx_dropped\": {}, \"server_rx_dropped\": {}, \"server_udp_rcvbuf_errors\": {}",
+            self.sender_tx_dropped, self.switch_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
         )
     }
 
     fn text(&self) -> String {
         format!(
-            "lost before the gateway: the sender's eth0 tx_dropped {}, lan0 rx_dropped {}; \
+            "lost before the gateway: the sender's eth0 tx_dropped {}, the switch's up0 tx_dropped {}, lan0 rx_dropped {}; \
              lost after the gateway: wan0 tx_dropped {}, server eth0 rx_dropped {}, server UDP RcvbufErrors {}",
-            self.sender_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
+            self.sender_tx_dropped, self.switch_tx_dropped, self.lan_rx_dropped, self.wan_tx_dropped, self.server_rx_dropped, self.server_rcvbuf_errors
         )
     }
 }
