@@ -607,11 +607,14 @@ mod tests {
     /// connected socket as ECONNREFUSED, a refusal, well before the timeout.
     #[tokio::test]
     async fn udp_refused_by_a_closed_port() {
-        let closed = {
-            let socket = UdpSocket::bind(loopback(0)).unwrap();
-            let SocketAddr::V4(address) = socket.local_addr().unwrap() else { unreachable!() };
-            address
-        };
+        // A port held bound, so that no other test's socket takes it
+        // meanwhile (a port freed here was once taken by a parallel test's
+        // silent socket, and the probe timed out), and connected elsewhere,
+        // so that it takes no datagram of the probe's: for the probe
+        // nothing listens there.
+        let holder = UdpSocket::bind(loopback(0)).unwrap();
+        holder.connect(loopback(9)).unwrap();
+        let SocketAddr::V4(closed) = holder.local_addr().unwrap() else { unreachable!() };
         let started = Instant::now();
         let failure = check(&Probe::Udp { send: b"ping".to_vec(), expect: None }, closed, Duration::from_secs(2)).await.unwrap_err();
         assert!(matches!(failure, ProbeFailure::Refused), "{failure:?}");
