@@ -46,6 +46,9 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// Ring buffer of `MissEvent`s: packets handed to the daemon.
     pub const MISSES: &str = "MISSES";
+    /// One `u32`, memory-mappable: 1 while the daemon sleeps until the ring
+    /// wakes it, 0 while it reads (and in a state made before it existed).
+    pub const DAEMON_ASLEEP: &str = "DAEMON_ASLEEP";
     // Queues of `FreePort`s the daemon keeps filled, one per protocol and
     // port parity: see `free_queue_name`.
     /// `Liveness` per session, indexed by `Mapping::session`; memory-mappable.

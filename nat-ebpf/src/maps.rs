@@ -29,6 +29,12 @@ pub static LIVENESS: Array<Liveness> = Array::with_max_entries(MAX_SESSIONS, BPF
 #[map]
 pub static MISSES: RingBuf = RingBuf::with_byte_size(MISS_RING_BYTES, 0);
 
+/// 1 while natd sleeps until the ring wakes it (it writes this through its
+/// memory mapping as it goes to sleep and as it wakes): see
+/// `handoff::wakeup_flags`.
+#[map]
+pub static DAEMON_ASLEEP: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// The inbound translation of `external`, if it has a mapping: its port's
 /// `INBOUND` entry, with the inside address from its session's liveness
 /// (the cache line the hit path stamps anyway).

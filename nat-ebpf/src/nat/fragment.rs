@@ -55,7 +55,7 @@ pub(crate) fn record_first_fragment(pkt: &Ipv4Packet, side: Side, addr_be: u32, 
         && let Some(mut event) = MISSES.reserve::<FragEvent>(0)
     {
         event.write(FragEvent { kind: miss_kind::FRAGMENT_TRANSLATED, addr_be, key });
-        event.submit(0);
+        event.submit(crate::handoff::wakeup_flags());
     }
 }
 

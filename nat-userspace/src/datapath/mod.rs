@@ -65,6 +65,8 @@ pub struct Datapath {
     liveness: SharedArray<Liveness>,
     /// `INBOUND`'s entries as the u64s they are stored as (`InboundPort::bits`).
     inbound: SharedArray<u64>,
+    /// `DAEMON_ASLEEP`'s one entry.
+    asleep: SharedArray<u32>,
     /// The settings in CONFIG: where `INBOUND`'s entries are (the pool).
     config: GatewayConfig,
     /// Entries the PERMITS table was made with: 1 when no protocol filtered
@@ -187,10 +189,11 @@ impl Datapath {
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         let liveness = SharedArray::map(&ebpf, map_names::LIVENESS, sessions)?;
         let inbound = SharedArray::map(&ebpf, map_names::INBOUND, INBOUND_PORTS)?;
+        let asleep = SharedArray::map(&ebpf, map_names::DAEMON_ASLEEP, 1)?;
         // An adopted datapath's settings: its INBOUND entries are where its pool put them.
         let configs: Array<&MapData, GatewayConfig> = Array::try_from(ebpf.map(map_names::CONFIG).ok_or_else(|| anyhow!("CONFIG missing from the eBPF object"))?)?;
         let config = configs.get(&0, 0).context("reading CONFIG")?;
-        let mut datapath = Self { ebpf, liveness, inbound, config, permits, sessions, state, unpinned: [None, None], pins_kept: adopt };
+        let mut datapath = Self { ebpf, liveness, inbound, asleep, config, permits, sessions, state, unpinned: [None, None], pins_kept: adopt };
         datapath.fill_sctp_tables()?;
         for name in PROGRAMS {
             let program = datapath.named_program_mut(name)?;
@@ -689,6 +692,18 @@ impl Datapath {
             .map(|mapping| mapping.target(external.proto)))
     }
 
+    /// Tells the programs whether natd sleeps until the ring wakes it
+    /// (`true`) or reads it: asleep, a record natd must act on forces the
+    /// wake-up even behind unread claims, which wake no one (nat-ebpf's
+    /// `handoff::wakeup_flags`). The store is fenced: a read of the ring
+    /// that follows it is not done before it (else a record written in
+    /// between could find natd awake and natd find the ring empty).
+    pub fn set_daemon_asleep(&self, asleep: bool) {
+        // Index 0 exists: the array has one entry.
+        let _ = self.asleep.set(0, u32::from(asleep));
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The per-reason counters, summed over CPUs, indexed by `Reason`.
     pub fn counters(&self) -> Result<Vec<(Reason, u64)>> {
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map_names::COUNTERS)?)?;
@@ -812,6 +827,11 @@ impl<T> Drop for SharedArray<T> {
     }
 }
 
+/// Maps a state pinned by an earlier natd may lack, whose empty state means
+/// what that natd did: `DAEMON_ASLEEP` (0, natd awake: the ring's own
+/// wake-up rule, as before claims stopped waking natd).
+const ADDED_MAPS: [&str; 1] = [map_names::DAEMON_ASLEEP];
+
 /// Refuses pinned maps that this build's programs would misread: each map of
 /// the object must be pinned with the same type, key and value sizes and
 /// entries (Calico's "parameter mismatch" is what starting over them
@@ -825,6 +845,9 @@ fn check_layout(object: &aya_obj::Object, state: &StateDir) -> Result<()> {
         }
         let pinned = match MapInfo::from_pin(state.map_pin(name)) {
             Ok(info) => info,
+            // Made empty and pinned on adoption: its empty state is what a
+            // state made before it had.
+            Err(_) if ADDED_MAPS.contains(&name.as_str()) => continue,
             Err(_) => {
                 differences.push(format!("{name}: not pinned (a map this natd has and the one that made the state had not)"));
                 continue;

@@ -215,3 +215,70 @@ fn the_miss_ring_holds_a_hand_off_per_frame_length_and_counts_what_it_cannot() {
     assert_eq!(gw.datapath.counter(Reason::DropRingFull).unwrap(), 100, "then each one counted as dropped");
     assert_eq!(gw.datapath.counter(Reason::TranslatedNewFlow).unwrap(), 0);
 }
+
+/// The ring's wake-ups as natd's event loop sees them: an edge-triggered
+/// epoll (tokio's), which reports only the wake-ups the ring sends, not the
+/// data it holds.
+struct RingWakeups(std::os::fd::OwnedFd);
+
+impl RingWakeups {
+    fn watch(ring: &impl std::os::fd::AsRawFd) -> Self {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: a fresh epoll descriptor, owned here.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
+        // SAFETY: both descriptors are live; the event is read during the call.
+        let added = unsafe { libc::epoll_ctl(std::os::fd::AsRawFd::as_raw_fd(&epoll), libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut event) };
+        assert_eq!(added, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+        Self(epoll)
+    }
+
+    /// Whether a wake-up came within 300 ms (the ring sends it from an
+    /// irq_work, at the latest on the next tick).
+    fn woken(&self) -> bool {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: a live epoll descriptor, room for one event.
+        let n = unsafe { libc::epoll_wait(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut event, 1, 300) };
+        assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+        n == 1
+    }
+}
+
+/// A claim wakes no one: natd takes note of it on its next poll of the
+/// ring (a wake-up for each claim cost each first packet ~20 us at the
+/// median, natd's work competing with the packet's way). A hand-off behind
+/// an unread claim wakes natd while natd says it sleeps (`DAEMON_ASLEEP`),
+/// and only then: while natd reads, the ring's own rule (wake a reader only
+/// once it has read everything before the record) is kept, as a forced
+/// wake-up for every record slowed the gateway in a burst.
+#[test]
+fn claims_wake_no_one_and_a_hand_off_behind_one_wakes_natd_only_while_it_sleeps() {
+    require_root!();
+    let mut gw = gateway("wakeups").unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let wakeups = RingWakeups::watch(&ring);
+    assert!(!wakeups.woken(), "an empty ring woke its reader");
+    gw.datapath.set_daemon_asleep(true);
+
+    gw.datapath.push_free_port(proto::UDP, nat_common::FreePort { session: 80, port: 24700, _pad: 0 }).unwrap();
+    let claimed = from_lan(Frame::udp((addr::LAN_HOST, 7201), REMOTE_UDP));
+    assert_eq!(gw.run(Side::Lan, &claimed.build()).unwrap().action, REDIRECT, "claimed and forwarded");
+    assert!(!wakeups.woken(), "a claim woke natd");
+
+    // Behind the unread claim, natd reading: the ring's rule, no wake-up.
+    gw.datapath.set_daemon_asleep(false);
+    let handed = from_lan(Frame::udp((addr::LAN_HOST, 7202), REMOTE_UDP));
+    assert_eq!(gw.run(Side::Lan, &handed.build()).unwrap().action, DROP, "handed to natd (nothing queued)");
+    assert!(!wakeups.woken(), "a hand-off woke a natd that reads the ring");
+    // natd asleep: woken.
+    gw.datapath.set_daemon_asleep(true);
+    assert_eq!(gw.run(Side::Lan, &handed.build()).unwrap().action, DROP);
+    assert!(wakeups.woken(), "a hand-off behind a claim did not wake a sleeping natd");
+
+    // All read, natd reading: the ring's rule wakes it for the next one.
+    while ring.next().is_some() {}
+    gw.datapath.set_daemon_asleep(false);
+    assert_eq!(gw.run(Side::Lan, &handed.build()).unwrap().action, DROP);
+    assert!(wakeups.woken(), "a hand-off to a natd that had read everything did not wake it");
+    assert_eq!(gw.datapath.counter(Reason::MissToDaemon).unwrap(), 3);
+}

@@ -639,3 +639,32 @@ fn a_restart_with_another_max_sessions_keeps_the_adopted_tables_and_says_so() {
     lab.start_natd_with_config("max_sessions = 4096\n").unwrap();
     assert_eq!(lab.status().unwrap().max_sessions, 4096);
 }
+
+/// A state pinned by a natd from before a map was added (`DAEMON_ASLEEP`,
+/// which tells the datapath when natd sleeps on the ring) is adopted: the
+/// map is made empty and pinned, and the sessions carry over.
+#[test]
+fn a_state_pinned_before_a_map_was_added_is_adopted_with_the_map_made() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let _server = EchoServer::start(&lab.server, ECHO_PORT);
+    lab.start_natd(&[]).unwrap();
+    let socket = udp_socket_in(&lab.hosts[0], 40100);
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket.send_to(b"a", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
+    socket.recv(&mut [0u8; 64]).expect("the echo through natd");
+    let before = sessions_of(&lab);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let cookie = nat_tests::natlab::in_ns(&lab.gw, || nat_userspace::datapath::netns_cookie().unwrap()).join().unwrap();
+    let root = nat_userspace::datapath::PinRoot::find(None, false).unwrap().expect("the bpffs natd pinned in");
+    let own = root.path().join(format!("natd/netns-{cookie}/lan0+wan0/layout-{}", nat_userspace::datapath::STATE_LAYOUT));
+    assert!(lab.terminate_natd().unwrap().success());
+
+    let added = own.join(nat_common::map_names::DAEMON_ASLEEP);
+    std::fs::remove_file(&added).unwrap();
+    lab.start_natd(&[]).unwrap();
+    assert!(added.exists(), "the added map was not pinned");
+    assert_eq!(sessions_of(&lab), before, "the sessions were not adopted");
+    socket.send_to(b"b", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
+    socket.recv(&mut [0u8; 64]).expect("the echo through the adopting natd");
+}
