@@ -54,7 +54,7 @@ const MISS_BATCH_TIME: Duration = Duration::from_millis(20);
 /// already, and natd only takes note of it, on this poll or with the next
 /// record that wakes it. Waking natd for each claim cost every first
 /// packet ~20 us at the median on a 2-vCPU host (lab-bench's first-packet
-/// added latency: p50 16.6-30.9 us against 1.4-2.2 without).
+/// added latency: p50 19.9-21.7 us against 1.2-1.4 without).
 const CLAIMS_POLL: Duration = Duration::from_millis(20);
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -461,8 +461,6 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
     ReloadOutcome { applied: true, message: format!("reloaded {source}: {count} change(s)"), changes }
 }
 
-/// Reads one request line, has the main loop answer it, writes the answer.
-/// A client that stalls costs a task, never the packet loop.
 /// Hands natd at most a batch of the ring's records (`MISS_BATCH`, or
 /// `MISS_BATCH_TIME`); true when the ring is empty.
 fn take_in_batch(daemon: &mut Daemon, ring: &mut RingBuf<MapData>) -> bool {
@@ -477,6 +475,8 @@ fn take_in_batch(daemon: &mut Daemon, ring: &mut RingBuf<MapData>) -> bool {
     false
 }
 
+/// Reads one request line, has the main loop answer it, writes the answer.
+/// A client that stalls costs a task, never the packet loop.
 async fn serve_client(stream: tokio::net::UnixStream, requests: mpsc::Sender<(Request, oneshot::Sender<String>)>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
