@@ -78,6 +78,9 @@ const BIG_LEN: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const WARM_UP_BYTES: u64 = 128 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The CPU the client programs (s_time, curl) are pinned to (taskset), as
+/// ../shared/BENCHMARK.md asks and inbound-bench pins wrk.
+const CLIENT_CPU: u32 = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
@@ -400,7 +403,8 @@ impl Bench {
         let connect = mode.target().to_string();
         let cpu_before = self.proxy_cpu(mode)?;
         let started = Instant::now();
-        let out = self.lab.server.exec(&["openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
+        let cpu = CLIENT_CPU.to_string();
+        let out = self.lab.server.exec(&["taskset", "-c", &cpu, "openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
         let wall = started.elapsed().as_secs_f64();
         // "1234 connections in 3.21s; 384.42 connections/user sec, ..."
         let count: f64 = out
@@ -429,7 +433,10 @@ impl Bench {
         let resolve = format!("{NAME}:{port}:{EXTERNAL}");
         let url = format!("https://{NAME}:{port}/big");
         let range = format!("0-{}", bytes - 1);
-        let out = self.lab.server.exec(&["curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-r", &range, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url])?;
+        let cpu = CLIENT_CPU.to_string();
+        let out = self.lab.server.exec(&[
+            "taskset", "-c", &cpu, "curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-r", &range, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url,
+        ])?;
         let mut fields = out.split_whitespace();
         let size: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's size")?;
         let time: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's time")?;
@@ -573,8 +580,8 @@ fn main() -> Result<()> {
             "haproxy": format!("mode tcp, inspect-delay 5s, req.ssl_sni on {}", Mode::Haproxy.target()),
             "nginx_stream": format!("ssl_preread on, map $ssl_preread_server_name on {}", Mode::NginxStream.target()),
             "xdp_forward": format!("natd [[forward]] tcp on {} (baseline, no proxy)", Mode::Forward.target()),
-            "connections": "openssl s_time -new (no SNI: each proxy parses the ClientHello and takes its default, the same server)",
-            "throughput": format!("curl, one {} download over TLS with SNI", plan.download_size()),
+            "connections": format!("openssl s_time -new pinned to CPU {CLIENT_CPU} (no SNI: each proxy parses the ClientHello and takes its default, the same server)"),
+            "throughput": format!("curl pinned to CPU {CLIENT_CPU}, one {} download over TLS with SNI", plan.download_size()),
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
             "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed (the download's, scaled to a GiB); kernel work done for it in softirq context on other CPUs is not in it",
             "warm_up": "the server's 1 GiB file is read once (page cache), then every contender gets one untimed second of handshakes and 128 MiB, before anything is timed",
