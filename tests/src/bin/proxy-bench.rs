@@ -23,7 +23,8 @@
 //! no tickets, `/` a 3-byte answer, `/big` 1 GiB.
 //!
 //! After one untimed pass of every contender (`Bench::warm_up`), figures,
-//! each the median over the rounds:
+//! each the median over the rounds (the client programs, s_time and curl,
+//! pinned to CPU `CLIENT_CPU` with taskset):
 //! 1. New TLS connections per second: `openssl s_time -new` (every
 //!    connection a full handshake, no reuse) for `--conn-seconds`;
 //!    s_time sends no SNI, so every contender reads the whole ClientHello
