@@ -145,6 +145,19 @@ impl Raw {
         }
     }
 
+    /// A whole number within `min..=max`, `default` when absent; anything
+    /// else is an error that says `allowed`.
+    fn whole_number(&mut self, key: &str, min: u32, max: u32, default: u32, allowed: &str) -> u32 {
+        match self.values.get(key).cloned() {
+            None => default,
+            Some((Value::Integer(n), _)) if (i64::from(min)..=i64::from(max)).contains(&n) => n as u32,
+            Some((other, _)) => {
+                self.error(key, &other, allowed);
+                default
+            }
+        }
+    }
+
     fn seconds(&mut self, key: &str, min: u64, default: Duration) -> Duration {
         match self.values.get(key).cloned() {
             None => default,
@@ -291,22 +304,9 @@ fn validate(raw: &mut Raw) -> Settings {
     };
 
     let port_hold = raw.seconds("port_hold", 0, DEFAULT_PORT_HOLD);
-    let ports_per_host = match raw.values.get("ports_per_host").cloned() {
-        None => DEFAULT_PORTS_PER_HOST,
-        Some((Value::Integer(n), _)) if (0..=65535).contains(&n) => n as u32,
-        Some((other, _)) => {
-            raw.error("ports_per_host", &other, "must be a whole number of ports, 0-65535 (0: no limit)");
-            DEFAULT_PORTS_PER_HOST
-        }
-    };
-    let max_sessions = match raw.values.get("max_sessions").cloned() {
-        None => MAX_SESSIONS,
-        Some((Value::Integer(n), _)) if (i64::from(MIN_SESSIONS)..=i64::from(MAX_SESSIONS)).contains(&n) => n as u32,
-        Some((other, _)) => {
-            raw.error("max_sessions", &other, format!("must be a whole number of sessions, {MIN_SESSIONS}-{MAX_SESSIONS}"));
-            MAX_SESSIONS
-        }
-    };
+    let ports_per_host = raw.whole_number("ports_per_host", 0, 65535, DEFAULT_PORTS_PER_HOST, "must be a whole number of ports, 0-65535 (0: no limit)");
+    let max_sessions =
+        raw.whole_number("max_sessions", MIN_SESSIONS, MAX_SESSIONS, MAX_SESSIONS, &format!("must be a whole number of sessions, {MIN_SESSIONS}-{MAX_SESSIONS}"));
     let defaults = Timeouts::default();
     // The transitory timer of RFC 5382: both, unless set one by one.
     let transitory = raw.values.contains_key("timeouts.tcp_transitory").then(|| raw.seconds("timeouts.tcp_transitory", 1, defaults.tcp_opening));
