@@ -481,16 +481,14 @@ impl Daemon {
     /// Removes the dynamic mapping of session `slot`, both directions, its
     /// port held before reuse.
     fn remove_session(&mut self, slot: u32, now: u64) -> Result<()> {
-        let Some(external) = self.sessions.get(slot) else { return Ok(()) };
+        let Some((external, lifetime)) = self.sessions.remove(slot, now) else { return Ok(()) };
         let Some(inside) = self.datapath.session_inside(slot, &external)? else {
             // The entry that names the inside endpoint is gone: the mapping
             // cannot be found to remove. The slot and port stay out of use
             // (given again, they would be shared with whatever is left).
-            self.sessions.remove(slot, now);
             return Err(anyhow!("session slot {slot} ({}:{}): its INBOUND entry does not name it; slot and port left unused", external.addr(), external.port()));
         };
         self.datapath.remove_pair(inside).with_context(|| format!("removing the mapping of {}:{}", inside.addr(), inside.port()))?;
-        let lifetime = self.sessions.remove(slot, now).and_then(|(_, lifetime)| lifetime);
         self.ports.release(&external, slot, now);
         self.quota.released(&mut self.datapath, &inside)?;
         self.log.mapping("removed", &inside, &external, lifetime);

@@ -21,7 +21,8 @@ use crate::{
 /// address, both mapped into natd (`Datapath::session_inside`). The lookup
 /// by inside endpoint that a miss needs is `OUTBOUND`'s, in the kernel.
 /// So at a million sessions natd's share is ~4 bytes a session, where a
-/// hash map of inside endpoint to (external, slot, creation) cost ~52.
+/// hash map of inside endpoint to (external, slot, creation) cost 66
+/// (capacity-bench).
 ///
 /// Creation times (the mapping log's lifetimes) are kept only while
 /// `log_mappings` is on, another 4 bytes a slot.
