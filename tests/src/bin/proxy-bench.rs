@@ -398,14 +398,20 @@ impl Bench {
         self.pid(mode).map_or(Ok(0.0), process_cpu_seconds)
     }
 
+    /// A client program run in the client's namespace, pinned to
+    /// `CLIENT_CPU`: its stdout.
+    fn client(&self, args: &[&str]) -> Result<String> {
+        let cpu = CLIENT_CPU.to_string();
+        self.lab.server.exec(&[&["taskset", "-c", cpu.as_str()], args].concat())
+    }
+
     /// New full TLS handshakes per second (s_time -new), and the proxy's
     /// CPU milliseconds per 1,000 of them.
     fn connections(&self, mode: Mode, seconds: u32) -> Result<(f64, f64)> {
         let connect = mode.target().to_string();
         let cpu_before = self.proxy_cpu(mode)?;
         let started = Instant::now();
-        let cpu = CLIENT_CPU.to_string();
-        let out = self.lab.server.exec(&["taskset", "-c", &cpu, "openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
+        let out = self.client(&["openssl", "s_time", "-connect", &connect, "-new", "-time", &seconds.to_string()])?;
         let wall = started.elapsed().as_secs_f64();
         // "1234 connections in 3.21s; 384.42 connections/user sec, ..."
         let count: f64 = out
@@ -434,10 +440,7 @@ impl Bench {
         let resolve = format!("{NAME}:{port}:{EXTERNAL}");
         let url = format!("https://{NAME}:{port}/big");
         let range = format!("0-{}", bytes - 1);
-        let cpu = CLIENT_CPU.to_string();
-        let out = self.lab.server.exec(&[
-            "taskset", "-c", &cpu, "curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-r", &range, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url,
-        ])?;
+        let out = self.client(&["curl", "-sS", "-k", "--max-time", "120", "--resolve", &resolve, "-r", &range, "-o", "/dev/null", "-w", "%{size_download} %{time_total}", &url])?;
         let mut fields = out.split_whitespace();
         let size: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's size")?;
         let time: f64 = fields.next().and_then(|v| v.parse().ok()).context("curl's time")?;
