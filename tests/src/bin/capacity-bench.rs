@@ -29,8 +29,9 @@ fn main() -> Result<()> {
     let mut gw = TestGateway::new("cap")?;
     // A full pool: a million sessions need the ports of several addresses.
     let mut config = nat_tests::fixture_config(gw.wan_ifindex);
-    for (position, addr_be) in config.external_addrs_be.iter_mut().enumerate() {
-        *addr_be = u32::from_ne_bytes(Ipv4Addr::from(0xcb00_7101 + position as u32).octets());
+    let pool: Vec<Ipv4Addr> = (0..MAX_POOL_ADDRS as u32).map(|position| Ipv4Addr::from(0xcb00_7101 + position)).collect();
+    for (addr_be, addr) in config.external_addrs_be.iter_mut().zip(&pool) {
+        *addr_be = u32::from_ne_bytes(addr.octets());
     }
     config.pool_len = MAX_POOL_ADDRS as u32;
     gw.datapath.set_config(config)?;
@@ -58,7 +59,6 @@ fn main() -> Result<()> {
     // SAFETY: glibc's malloc_trim only returns free memory to the kernel.
     unsafe { libc::malloc_trim(0) };
     let rss_before = resident_bytes()?;
-    let pool: Vec<Ipv4Addr> = (0..MAX_POOL_ADDRS as u32).map(|position| Ipv4Addr::from(0xcb00_7101 + position)).collect();
     let mut table = SessionTable::new(gw.datapath.session_capacity(), &pool, false);
     let mut allocators: Vec<PortAllocator> = (0..=(sessions - 1) >> 17).map(|a| PortAllocator::new(1, 65535, 0, u64::from(a) + 1)).collect();
     for i in 0..sessions {
