@@ -1,6 +1,11 @@
 //! Where a translated packet goes: route lookups (`bpf_fib_lookup`), the
 //! per-CPU next-hop cache, MAC rewrite and the devmap redirect.
 
+use core::{
+    mem::MaybeUninit,
+    ops::{Deref, DerefMut},
+};
+
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
     helpers::bpf_fib_lookup,
@@ -95,10 +100,52 @@ impl Leaving {
     }
 }
 
+/// `bpf_fib_lookup`'s parameters, 8-byte aligned so that `zeroed` can
+/// clear them a word at a time.
+#[repr(C, align(8))]
+pub(crate) struct Fib(FibParams);
+
+impl Fib {
+    /// All zeros in eight stores, in the caller's `slot`. `mem::zeroed`
+    /// compiled to a call to a byte-at-a-time memset (64 rounds of its loop
+    /// for each route lookup), and the verifier walked that loop at every
+    /// state reaching one of the calls. Filled in place: a struct returned
+    /// by value was copied, and LLVM made the copy of known zeros a memset
+    /// call again.
+    #[inline(always)]
+    fn zeroed_in(slot: &mut MaybeUninit<Fib>) -> &mut Fib {
+        const WORDS: usize = size_of::<Fib>() / 8;
+        const { assert!(size_of::<Fib>() % 8 == 0) };
+        let words = slot.as_mut_ptr().cast::<u64>();
+        for i in 0..WORDS {
+            // SAFETY: within the struct, 8-aligned (`align(8)`). Volatile so
+            // that LLVM does not merge the stores back into a memset.
+            unsafe { words.add(i).write_volatile(0) };
+        }
+        // SAFETY: a plain C struct of integers and unions of integers: all
+        // zeros is valid, and every byte was written.
+        unsafe { slot.assume_init_mut() }
+    }
+}
+
+impl Deref for Fib {
+    type Target = FibParams;
+    #[inline(always)]
+    fn deref(&self) -> &FibParams {
+        &self.0
+    }
+}
+
+impl DerefMut for Fib {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut FibParams {
+        &mut self.0
+    }
+}
+
 #[inline(always)]
-pub(crate) fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving) -> FibParams {
-    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
+pub(crate) fn fib_params<'a>(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving, slot: &'a mut MaybeUninit<Fib>) -> &'a mut Fib {
+    let params = Fib::zeroed_in(slot);
     params.family = AF_INET;
     params.l4_protocol = pkt.proto();
     params.sport = leaving.sport_be;
@@ -113,12 +160,12 @@ pub(crate) fn fib_params(ctx: &XdpContext, pkt: &Ipv4Packet, leaving: &Leaving) 
 }
 
 #[inline(always)]
-pub(crate) fn lookup(ctx: &XdpContext, params: &mut FibParams) -> i64 {
+pub(crate) fn lookup(ctx: &XdpContext, params: &mut Fib) -> i64 {
     // SAFETY: the helper reads and writes `params`, a whole struct of its size.
     unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            params as *mut FibParams,
+            &mut params.0 as *mut FibParams,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -141,9 +188,10 @@ pub(crate) enum Route {
 /// not). Whether it fits is for `next_hop` to tell, once translated.
 #[inline(always)]
 pub(crate) fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
-    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt));
+    let mut params = MaybeUninit::uninit();
+    let params = fib_params(ctx, pkt, &Leaving::of(pkt), &mut params);
     params.__bindgen_anon_1.tot_len = 0;
-    let rc = lookup(ctx, &mut params) as u32;
+    let rc = lookup(ctx, params) as u32;
     // NO_NEIGH still names the egress interface; every other failure means
     // the kernel would not forward it either.
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
@@ -221,8 +269,9 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         }
     }
 
-    let mut params = fib_params(ctx, pkt, &Leaving::of(pkt).after(rewrite));
-    let rc = lookup(ctx, &mut params) as u32;
+    let mut params = MaybeUninit::uninit();
+    let params = fib_params(ctx, pkt, &Leaving::of(pkt).after(rewrite), &mut params);
+    let rc = lookup(ctx, params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour,
