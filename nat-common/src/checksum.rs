@@ -125,6 +125,20 @@ pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
     word_sum(first, second)
 }
 
+/// One's complement sum (not folded) of `N` 16-bit words as loaded, native
+/// order: the same sum `sum_bytes` gives for their bytes.
+#[inline(always)]
+pub const fn sum_words16<const N: usize>(words: &[u16; N]) -> u32 {
+    const { assert!(N <= 128) };
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < N {
+        sum += words[i] as u64;
+        i += 1;
+    }
+    sum as u32
+}
+
 /// The sum of 16-bit words in memory order, from the sum of their first
 /// bytes and the sum of their second bytes (each under 2^24): a word is
 /// `first + (second << 8)` on a little-endian host, the shifts swap on big
@@ -223,6 +237,13 @@ mod tests {
         #[test]
         fn sum_bytes_is_the_word_sum(bytes in proptest::array::uniform20(any::<u8>())) {
             prop_assert_eq!(fold(sum_bytes(&bytes)), fold(sum_words(&bytes, 0)));
+        }
+
+        /// The header summed as loaded 16-bit words is the byte sum, to the bit.
+        #[test]
+        fn sum_words16_is_sum_bytes(bytes in proptest::array::uniform20(any::<u8>())) {
+            let words: [u16; 10] = core::array::from_fn(|i| u16::from_ne_bytes([bytes[2 * i], bytes[2 * i + 1]]));
+            prop_assert_eq!(sum_words16(&words), sum_bytes(&bytes));
         }
     }
 

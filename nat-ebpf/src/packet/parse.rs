@@ -204,8 +204,12 @@ fn quoted_within(quoted: &Quoted, payload_len: usize) -> bool {
 #[inline(always)]
 fn check_header(ctx: &XdpContext, ip: *const Ipv4Hdr, l3_offset: usize, header_len: usize) -> Result<(), Invalid> {
     // Summed inline: the helper (bpf_csum_diff) cost ~35 ns a packet here.
-    // SAFETY: `ip` was bounds-checked for a whole `Ipv4Hdr` (20 bytes).
-    let mut sum = checksum::sum_bytes(unsafe { &*(ip as *const [u8; Ipv4Hdr::LEN]) });
+    // Ten 16-bit loads, not twenty byte loads (LLVM's BPF backend never
+    // merges byte loads it cannot prove aligned).
+    // SAFETY: `ip` was bounds-checked for a whole `Ipv4Hdr` (20 bytes), and
+    // it is 2-byte aligned: frames start aligned, and the Ethernet header
+    // and VLAN tags before it are 14 and 4 bytes.
+    let mut sum = checksum::sum_words16(unsafe { &*(ip as *const [u16; Ipv4Hdr::LEN / 2]) });
     // Tested on a copy: a test of the length itself would split every later
     // path in two (no options, options), which the verifier cannot merge.
     let options_len = unlinked(header_len) - Ipv4Hdr::LEN;
