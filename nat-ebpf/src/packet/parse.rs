@@ -18,12 +18,19 @@ use network_types::{
 };
 
 use crate::{
-    packet::{BAD_IP_HEADER, BAD_L4_HEADER, Invalid, Side, TRUNCATED, ptr_at, unlinked},
+    packet::{BAD_IP_HEADER, BAD_L4_HEADER, Invalid, Side, TRUNCATED, ptr_at, unlinked, words},
     proto::{
         L4,
         icmp::{self, Quoted},
     },
 };
+
+/// Offsets of the IPv4 header's fields read and written as words.
+pub const TOT_LEN_AT: usize = 2;
+pub const TTL_AT: usize = 8;
+pub const CHECK_AT: usize = 10;
+pub const SRC_ADDR_AT: usize = 12;
+pub const DST_ADDR_AT: usize = 16;
 
 /// 802.1Q and 802.1ad (QinQ): at most this many tags are walked.
 const MAX_VLAN_TAGS: usize = 2;
@@ -292,13 +299,15 @@ impl Ipv4Packet {
     /// Source address, network byte order.
     #[inline(always)]
     pub fn src_be(&self) -> u32 {
-        u32::from_ne_bytes(self.header().src_addr)
+        // SAFETY: within the fixed header `parse` checked, 2-aligned.
+        unsafe { words::load32((self.ip as *const u8).add(SRC_ADDR_AT)) }
     }
 
     /// Destination address, network byte order.
     #[inline(always)]
     pub fn dst_be(&self) -> u32 {
-        u32::from_ne_bytes(self.header().dst_addr)
+        // SAFETY: as `src_be`.
+        unsafe { words::load32((self.ip as *const u8).add(DST_ADDR_AT)) }
     }
 
     #[inline(always)]
@@ -319,7 +328,8 @@ impl Ipv4Packet {
     /// Total length, host order.
     #[inline(always)]
     pub fn tot_len(&self) -> u16 {
-        u16::from_be_bytes(self.header().tot_len)
+        // SAFETY: as `src_be`.
+        u16::from_be(unsafe { words::load16((self.ip as *const u8).add(TOT_LEN_AT)) })
     }
 
     /// The flags and fragment offset word, host order.

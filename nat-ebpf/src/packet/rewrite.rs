@@ -8,7 +8,11 @@ use nat_common::{
 };
 
 use crate::{
-    packet::{Side, parse::Ipv4Packet},
+    packet::{
+        Side,
+        parse::{CHECK_AT, DST_ADDR_AT, Ipv4Packet, SRC_ADDR_AT, TTL_AT},
+        words,
+    },
     proto::SctpCheck,
 };
 
@@ -45,27 +49,32 @@ pub fn translate_both_with(pkt: &Ipv4Packet, source: &Endpoint, destination: &En
 
 #[inline(always)]
 fn rewrite(pkt: &Ipv4Packet, side: Side, to: &Endpoint, decrement_ttl: bool, sctp: SctpCheck) {
-    let ip = pkt.ip;
-    // SAFETY: `parse` checked the whole fixed IPv4 header in the frame.
+    let ip = pkt.ip as *mut u8;
+    // SAFETY: `parse` checked the whole fixed IPv4 header in the frame; its
+    // fields are read and written as aligned words (`words`).
     let old_addr = unsafe {
-        let addr_field = match side {
-            Side::Source => &mut (*ip).src_addr,
-            Side::Destination => &mut (*ip).dst_addr,
-        };
-        let old_addr = u32::from_ne_bytes(*addr_field);
-        *addr_field = to.addr_be.to_ne_bytes();
+        let addr_field = ip.add(match side {
+            Side::Source => SRC_ADDR_AT,
+            Side::Destination => DST_ADDR_AT,
+        });
+        let old_addr = words::load32(addr_field);
+        words::store32(addr_field, to.addr_be);
 
-        // TTL shares a 16-bit word with the protocol byte.
-        let old_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        if decrement_ttl {
-            (*ip).ttl -= 1;
-        }
-        let new_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        // TTL shares a 16-bit word with the protocol byte, TTL first.
+        let ttl_field = ip.add(TTL_AT);
+        let old_ttl_word = words::load16(ttl_field);
+        // Minus one in the TTL byte, whichever end of the word it is: no
+        // borrow from the protocol byte, since a packet whose TTL would
+        // expire here got Time Exceeded before any rewrite.
+        let one_ttl = u16::from_be(0x0100);
+        let new_ttl_word = if decrement_ttl { old_ttl_word.wrapping_sub(one_ttl) } else { old_ttl_word };
+        words::store16(ttl_field, new_ttl_word);
 
-        let mut ip_check = u16::from_ne_bytes((*ip).check);
+        let check_field = ip.add(CHECK_AT);
+        let mut ip_check = words::load16(check_field);
         ip_check = replace32(ip_check, old_addr, to.addr_be);
         ip_check = replace16(ip_check, old_ttl_word, new_ttl_word);
-        (*ip).check = ip_check.to_ne_bytes();
+        words::store16(check_field, ip_check);
         old_addr
     };
     // Only the outer header for an ICMP error: its quote is `Quoted::rewrite`'s.

@@ -17,7 +17,10 @@ use nat_common::{
     proto::{IcmpEcho, Sctp, Tcp, Transport, Udp},
 };
 
-use crate::{packet::Side, proto::icmp::Quoted};
+use crate::{
+    packet::{Side, words},
+    proto::icmp::Quoted,
+};
 
 /// The wire bytes an SCTP packet's CRC32c field takes when it is
 /// translated (`sctp::check_after`), handed to the rewrite (`L4::rewrite`).
@@ -69,14 +72,15 @@ impl L4 {
 /// The 16-bit field at `at` in a header, in memory (network) order.
 #[inline(always)]
 fn field(header: *mut u8, at: usize) -> u16 {
-    // SAFETY: `at` is a `Transport` offset within the header `parse` checked.
-    unsafe { u16::from_ne_bytes(*(header.add(at) as *const [u8; 2])) }
+    // SAFETY: `at` is a `Transport` offset within the header `parse` checked,
+    // an even one in a 2-aligned header (`packet::words`).
+    unsafe { words::load16(header.add(at)) }
 }
 
 #[inline(always)]
 fn set_field(header: *mut u8, at: usize, value: u16) {
     // SAFETY: as `field`.
-    unsafe { *(header.add(at) as *mut [u8; 2]) = value.to_ne_bytes() };
+    unsafe { words::store16(header.add(at), value) };
 }
 
 /// The port (echo identifier) of `side` in a `T` header, network order.
