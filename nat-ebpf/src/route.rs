@@ -18,7 +18,7 @@ use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason
 use crate::{
     ctx::config,
     handoff::hand_to_daemon,
-    packet::{Rewrite, Side, parse::Ipv4Packet},
+    packet::{Rewrite, Side, parse::Ipv4Packet, words},
     verdict::Verdict,
 };
 
@@ -205,11 +205,38 @@ pub(crate) fn route_untranslated(ctx: &XdpContext, pkt: &Ipv4Packet) -> Route {
     }
 }
 
+/// A MAC address as three 16-bit words, as it lies in memory: copied
+/// into the Ethernet header in three stores, not six byte stores (LLVM's
+/// BPF backend does not merge byte accesses it cannot prove aligned).
+#[derive(Clone, Copy)]
+pub(crate) struct Mac([u16; 3]);
+
+impl Mac {
+    /// # Safety
+    /// `bytes` is 2-aligned: the `smac` and `dmac` of `NextHop` and of
+    /// `bpf_fib_lookup` lie at even offsets of 8-aligned structs.
+    #[inline(always)]
+    unsafe fn of(bytes: &[u8; 6]) -> Mac {
+        // SAFETY: the caller's.
+        Mac(unsafe { *(bytes.as_ptr() as *const [u16; 3]) })
+    }
+
+    /// # Safety
+    /// `at` is 2-aligned, with six writable bytes in the frame.
+    #[inline(always)]
+    unsafe fn write(self, at: *mut u8) {
+        for (i, word) in self.0.into_iter().enumerate() {
+            // SAFETY: the caller's.
+            unsafe { words::store16(at.add(2 * i), word) };
+        }
+    }
+}
+
 /// What the route lookup says about a packet.
 pub(crate) enum Hop {
     /// Out of `egress_ifindex` with these MACs (only what `deliver` needs:
     /// the hop is kept across the rewrite).
-    Ready { egress_ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Ready { egress_ifindex: u32, smac: Mac, dmac: Mac },
     /// Routed, but the next hop's MAC is not known yet.
     NoNeighbour,
     /// Longer than the egress MTU, given in host order.
@@ -238,10 +265,11 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
-    // SAFETY: `parse` checked the Ethernet header in the frame.
+    // SAFETY: `parse` checked the Ethernet header in the frame, which
+    // starts it (2-aligned).
     unsafe {
-        (*pkt.eth).dst_addr = dmac;
-        (*pkt.eth).src_addr = smac;
+        dmac.write(pkt.eth as *mut u8);
+        smac.write((pkt.eth as *mut u8).add(6));
     }
     // The egress is one of the gateway's (`next_hop` checked): it fails only
     // when natd took it out of the devmap.
@@ -265,7 +293,8 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         // SAFETY: this CPU's slot, written only while this program runs on it.
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac };
+            // SAFETY: `NextHop`'s MACs are 2-aligned (`Mac::of`).
+            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: unsafe { Mac::of(&hop.smac) }, dmac: unsafe { Mac::of(&hop.dmac) } };
         }
     }
 
@@ -317,5 +346,6 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         }
         *old = hop;
     }
-    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: hop.smac, dmac: hop.dmac }
+    // SAFETY: as above; `hop` is on the stack, 8-aligned.
+    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: unsafe { Mac::of(&hop.smac) }, dmac: unsafe { Mac::of(&hop.dmac) } }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use nat_common::checksum::{self, CSUM_CHUNK, CSUM_MAX_CHUNKS, CSUM_MAX_LEN, CSUM_TAIL_PIECES, piece_offset};
 
 use crate::{
-    packet::{opaque, parse::Ipv4Packet},
+    packet::{opaque, parse::Ipv4Packet, words},
     proto::icmp::Quoted,
 };
 
@@ -20,8 +20,8 @@ pub fn has_partial_checksum(pkt: &Ipv4Packet) -> bool {
         return false;
     };
     // SAFETY: the field lies in the L4 header `parse` checked.
-    let check = u16::from_ne_bytes(unsafe { *field });
-    let pseudo = checksum::pseudo_header_sum(pkt.src_be().to_ne_bytes(), pkt.dst_be().to_ne_bytes(), pkt.proto(), pkt.l4_len());
+    let check = unsafe { words::load16(field as *const u8) };
+    let pseudo = checksum::pseudo_header_sum_of(pkt.src_be(), pkt.dst_be(), pkt.proto(), pkt.l4_len());
     checksum::is_partial(check, pseudo)
 }
 
@@ -51,9 +51,9 @@ pub fn finish_partial_checksum(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<(),
     unsafe {
         // The sum covered the field with the incremental result in it: take
         // it back out (adding the complement subtracts in one's complement).
-        let segment = checksum::add(whole, !u16::from_ne_bytes(*field) as u32);
-        let pseudo = checksum::pseudo_header_sum(pkt.src_be().to_ne_bytes(), pkt.dst_be().to_ne_bytes(), pkt.proto(), len);
-        *field = checksum::finish(pseudo, segment, zero_is_none).to_ne_bytes();
+        let segment = checksum::add(whole, !words::load16(field as *const u8) as u32);
+        let pseudo = checksum::pseudo_header_sum_of(pkt.src_be(), pkt.dst_be(), pkt.proto(), len);
+        words::store16(field as *mut u8, checksum::finish(pseudo, segment, zero_is_none));
     }
     Ok(())
 }
