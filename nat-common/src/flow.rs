@@ -544,9 +544,18 @@ pub struct HostKey {
 const _: () = assert!(core::mem::size_of::<HostKey>() == 8);
 
 impl HostKey {
+    /// Built as one 64-bit word, the padding zero in it (see
+    /// `FlowKey::new`: a `[0; 3]` became a memset call in BPF).
     #[inline(always)]
     pub const fn of(endpoint: &Endpoint) -> Self {
-        Self { addr_be: endpoint.addr_be, proto: endpoint.proto, _pad: [0; 3] }
+        let word = if cfg!(target_endian = "little") {
+            endpoint.addr_be as u64 | (endpoint.proto as u64) << 32
+        } else {
+            (endpoint.addr_be as u64) << 32 | (endpoint.proto as u64) << 24
+        };
+        // SAFETY: 8 bytes of integers, every bit pattern valid; the word
+        // lays the fields out at their repr(C) offsets (0, 4).
+        unsafe { core::mem::transmute::<u64, Self>(word) }
     }
 }
 
@@ -577,7 +586,10 @@ pub struct NextHop {
     pub max_len: u16,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad: [u8; 6],
+    /// Padding as two integers: a `[0; 6]` compiled to a BPF call to a
+    /// byte-loop memset on each route lookup.
+    pub _pad16: u16,
+    pub _pad32: u32,
     /// `bpf_ktime_get_coarse_ns` after which the entry is looked up again;
     /// 0: the slot is empty.
     pub expires_ns: u64,
@@ -893,6 +905,15 @@ mod inbound_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The key built from a word is the struct literal, padding zero.
+        #[test]
+        fn a_host_key_from_a_word_is_its_fields(addr: u32, port: u16, proto: u8) {
+            let literal = HostKey { addr_be: addr, proto, _pad: [0; 3] };
+            proptest::prop_assert_eq!(HostKey::of(&Endpoint { addr_be: addr, port_be: port, proto, _pad: 0 }), literal);
+        }
+    }
 
     /// RFC 4787 REQ-2 (paired pooling): a host's pool address depends on its
     /// address alone, is in the pool, and a /24 spreads over the whole pool.

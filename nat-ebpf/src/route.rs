@@ -100,7 +100,7 @@ impl Leaving {
     }
 }
 
-/// `bpf_fib_lookup`'s parameters, 8-byte aligned so that `zeroed` can
+/// `bpf_fib_lookup`'s parameters, 8-byte aligned so that `zeroed_in` can
 /// clear them a word at a time.
 #[repr(C, align(8))]
 pub(crate) struct Fib(FibParams);
@@ -328,7 +328,8 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         max_len: tot_len,
         smac: params.smac,
         dmac: params.dmac,
-        _pad: [0; 6],
+        _pad16: 0,
+        _pad32: 0,
         expires_ns: now + NEXT_HOP_TTL_NS,
     };
     if let Some(slot) = slot {
