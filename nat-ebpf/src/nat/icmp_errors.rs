@@ -207,7 +207,10 @@ pub(crate) fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u
     // Back to the previous hop.
     // SAFETY: `parse` checked the Ethernet header in the frame.
     unsafe { core::ptr::swap(&raw mut (*pkt.eth).src_addr, &raw mut (*pkt.eth).dst_addr) };
-    let mut quote = [0u8; QUOTE_MAX];
+    // Left unwritten until the helper fills all of it: zeroed first, it was
+    // a call to a byte-loop memset (LLVM's BPF backend), and the helper
+    // takes uninitialised memory.
+    let mut quote = core::mem::MaybeUninit::<[u8; QUOTE_MAX]>::uninit();
     // SAFETY: the helpers read and write within `quote` and `headers`, sized
     // for what they are asked; packet offsets are checked by the helpers.
     unsafe {
@@ -215,6 +218,8 @@ pub(crate) fn write_frag_needed(ctx: &XdpContext, pkt: &Ipv4Packet, source_be: u
         if bpf_xdp_load_bytes(raw, l3 as u32, quote.as_mut_ptr() as *mut _, QUOTE_MAX as u32) != 0 {
             return Err(());
         }
+        // Every byte written by the load.
+        let quote = quote.assume_init_mut();
         let ret = bpf_csum_diff(core::ptr::null_mut(), 0, quote.as_mut_ptr() as *mut u32, quote_len as u32, 0);
         if ret < 0 {
             return Err(());
