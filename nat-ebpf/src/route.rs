@@ -18,7 +18,7 @@ use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason
 use crate::{
     ctx::config,
     handoff::hand_to_daemon,
-    packet::{Rewrite, Side, parse::Ipv4Packet, words},
+    packet::{Rewrite, Side, parse::Ipv4Packet, words, zero_in_words},
     verdict::Verdict,
 };
 
@@ -101,30 +101,24 @@ impl Leaving {
 }
 
 /// `bpf_fib_lookup`'s parameters, 8-byte aligned so that `zeroed_in` can
-/// clear them a word at a time.
+/// clear them a word at a time (`zero_in_words`).
 #[repr(C, align(8))]
 pub(crate) struct Fib(FibParams);
 
 impl Fib {
-    /// All zeros in eight stores, in the caller's `slot`. `mem::zeroed`
-    /// compiled to a call to a byte-at-a-time memset (64 rounds of its loop
-    /// for each route lookup), and the verifier walked that loop at every
-    /// state reaching one of the calls. Filled in place: a struct returned
-    /// by value was copied, and LLVM made the copy of known zeros a memset
-    /// call again.
+    /// All zeros, in the caller's `slot` (`mem::zeroed` was a memset call,
+    /// 64 rounds of a byte loop for each route lookup). Filled in place: a
+    /// struct returned by value was copied, and LLVM made the copy of known
+    /// zeros a memset call again.
     #[inline(always)]
     fn zeroed_in(slot: &mut MaybeUninit<Fib>) -> &mut Fib {
-        const WORDS: usize = size_of::<Fib>() / 8;
-        const { assert!(size_of::<Fib>() % 8 == 0) };
-        let words = slot.as_mut_ptr().cast::<u64>();
-        for i in 0..WORDS {
-            // SAFETY: within the struct, 8-aligned (`align(8)`). Volatile so
-            // that LLVM does not merge the stores back into a memset.
-            unsafe { words.add(i).write_volatile(0) };
+        // SAFETY: the slot is a whole `Fib`, 8-aligned (`align(8)`); a plain
+        // C struct of integers and unions of integers: all zeros is valid,
+        // and every byte is written.
+        unsafe {
+            zero_in_words(slot.as_mut_ptr());
+            slot.assume_init_mut()
         }
-        // SAFETY: a plain C struct of integers and unions of integers: all
-        // zeros is valid, and every byte was written.
-        unsafe { slot.assume_init_mut() }
     }
 }
 

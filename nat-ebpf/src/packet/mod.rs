@@ -95,6 +95,25 @@ pub mod words {
     }
 }
 
+/// Zeroes the `T` at `at` in 8-byte stores. `[0; N]`, `mem::zeroed()` and
+/// struct literals with an array field compile to a call to
+/// compiler-builtins' memset, a byte loop in BPF that the verifier also
+/// walks again at every state reaching the call (nat-userspace's
+/// `no_program_calls_a_byte_loop_mem_function` keeps such calls out).
+///
+/// # Safety
+/// `at` is 8-aligned and writable for the whole `T`.
+#[inline(always)]
+pub unsafe fn zero_in_words<T>(at: *mut T) {
+    const { assert!(mem::size_of::<T>() % 8 == 0) };
+    let words = at.cast::<u64>();
+    for i in 0..mem::size_of::<T>() / 8 {
+        // SAFETY: within the `T`, 8-aligned (the caller's). Volatile so that
+        // LLVM does not merge the stores back into a memset.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
+
 /// Why a frame is refused before it is looked at further: the reason it is
 /// dropped and counted under (`DropMalformed` for a frame cut short, the
 /// `DropBad*` reasons for headers that lie).

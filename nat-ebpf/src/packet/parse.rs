@@ -18,7 +18,7 @@ use network_types::{
 };
 
 use crate::{
-    packet::{BAD_IP_HEADER, BAD_L4_HEADER, Invalid, Side, TRUNCATED, ptr_at, unlinked, words},
+    packet::{BAD_IP_HEADER, BAD_L4_HEADER, Invalid, Side, TRUNCATED, ptr_at, unlinked, words, zero_in_words},
     proto::{
         L4,
         icmp::{self, Quoted},
@@ -255,26 +255,12 @@ fn read_options(ctx: &XdpContext, l3_offset: usize, len: usize) -> Result<&'stat
     // SAFETY: a per-CPU slot no one else writes while this program runs; it
     // holds MAX_OPTIONS_LEN >= len bytes.
     unsafe {
-        zero_options(options);
+        zero_in_words(options);
         let copied = aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx as *mut _, (l3_offset + Ipv4Hdr::LEN) as u32, options as *mut _, len as u32);
         if copied != 0 {
             return Err(TRUNCATED);
         }
         Ok(&*options)
-    }
-}
-
-/// Clears the scratch slot in 8-byte stores: `= [0; N]` compiled to a call
-/// to a byte-at-a-time memset, whose loop the verifier walks at each state
-/// that reaches it. The slot is a map value, 8-aligned.
-#[inline(always)]
-unsafe fn zero_options(options: *mut [u8; MAX_OPTIONS_LEN]) {
-    const { assert!(MAX_OPTIONS_LEN % 8 == 0) };
-    let words = options.cast::<u64>();
-    for i in 0..MAX_OPTIONS_LEN / 8 {
-        // SAFETY: within the slot, which is 8-aligned (the caller's).
-        // Volatile so that LLVM does not merge them back into a memset.
-        unsafe { words.add(i).write_volatile(0) };
     }
 }
 
