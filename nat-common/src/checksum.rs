@@ -90,29 +90,16 @@ pub fn verifies(data: &[u8], initial: u32) -> bool {
 
 /// The pseudo-header sum a receiver starts a TCP/UDP check with (RFC 793,
 /// RFC 768): addresses as they sit in the header, `l4_len` in host order. Not
-/// folded. Plain arithmetic so the datapath can use it too.
-///
-/// The datapath runs this on every translated TCP/UDP packet, so the bytes
-/// are summed by their place in a word instead of being assembled into words
-/// first: a word is `first + (second << 8)` in memory order on a
-/// little-endian host (the shifts swap on big endian), so the sum of the
-/// words is the sum of the first bytes plus the shifted sum of the second
-/// ones. The header's bytes are read one at a time either way (its fields
-/// are byte arrays of alignment 1), and this saves the shifts and ors.
+/// folded.
 #[inline(always)]
 pub const fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
-    const FIRST_SHIFT: u32 = if cfg!(target_endian = "little") { 0 } else { 8 };
-    const SECOND_SHIFT: u32 = 8 - FIRST_SHIFT;
-    let first = src[0] as u32 + src[2] as u32 + dst[0] as u32 + dst[2] as u32;
-    // The protocol is the second byte of its word (the first is zero).
-    let second = src[1] as u32 + src[3] as u32 + dst[1] as u32 + dst[3] as u32 + proto as u32;
-    (first << FIRST_SHIFT) + (second << SECOND_SHIFT) + u16::from_ne_bytes(l4_len.to_be_bytes()) as u32
+    pseudo_header_sum_of(u32::from_ne_bytes(src), u32::from_ne_bytes(dst), proto, l4_len)
 }
 
-/// `pseudo_header_sum` from the addresses as loaded (`u32::from_ne_bytes`
-/// of their bytes, network order), the same sum to the bit: each address is
-/// its two 16-bit words, whichever half of the u32 each is in. For the
-/// datapath, which reads addresses as two aligned words.
+/// `pseudo_header_sum` of the addresses as loaded (`u32::from_ne_bytes` of
+/// their bytes, network order): each address is its two 16-bit words,
+/// whichever half of the u32 each is in. Plain arithmetic so the datapath,
+/// which reads an address as two aligned words, uses it too.
 #[inline(always)]
 pub const fn pseudo_header_sum_of(src_be: u32, dst_be: u32, proto: u8, l4_len: u16) -> u32 {
     (src_be & 0xffff) + (src_be >> 16) + (dst_be & 0xffff) + (dst_be >> 16)
@@ -122,8 +109,8 @@ pub const fn pseudo_header_sum_of(src_be: u32, dst_be: u32, proto: u8, l4_len: u
 }
 
 /// One's complement sum (not folded) of `N` bytes (an even `N`) taken as
-/// 16-bit words in memory order, summed by their place in a word as
-/// `pseudo_header_sum` does.
+/// 16-bit words in memory order, summed by their place in a word
+/// (`word_sum`).
 #[inline(always)]
 pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
     const { assert!(N.is_multiple_of(2) && N <= 256) };
@@ -141,21 +128,22 @@ pub const fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u32 {
 /// order: the same sum `sum_bytes` gives for their bytes.
 #[inline(always)]
 pub const fn sum_words16<const N: usize>(words: &[u16; N]) -> u32 {
+    // Under 2^23: no carry out of the u32.
     const { assert!(N <= 128) };
-    let mut sum = 0u64;
+    let mut sum = 0u32;
     let mut i = 0;
     while i < N {
-        sum += words[i] as u64;
+        sum += words[i] as u32;
         i += 1;
     }
-    sum as u32
+    sum
 }
 
 /// The sum of 16-bit words in memory order, from the sum of their first
 /// bytes and the sum of their second bytes (each under 2^24): a word is
 /// `first + (second << 8)` on a little-endian host, the shifts swap on big
-/// endian. The datapath reads header bytes one at a time anyway (their
-/// fields are byte arrays), and this saves assembling words.
+/// endian. For bytes read one at a time (the IP options the datapath copies
+/// out of the packet), this saves assembling words.
 #[inline(always)]
 pub const fn word_sum(first: u32, second: u32) -> u32 {
     const FIRST_SHIFT: u32 = if cfg!(target_endian = "little") { 0 } else { 8 };
@@ -251,13 +239,16 @@ mod tests {
             prop_assert_eq!(fold(sum_bytes(&bytes)), fold(sum_words(&bytes, 0)));
         }
 
-        /// The pseudo-header summed from loaded addresses is the byte sum, to the bit.
+        /// The pseudo-header summed from loaded addresses is the word sum of
+        /// the RFC 793 pseudo-header's 12 bytes, to the bit.
         #[test]
-        fn pseudo_header_sum_of_is_pseudo_header_sum(src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), proto in any::<u8>(), len in any::<u16>()) {
-            prop_assert_eq!(
-                pseudo_header_sum_of(u32::from_ne_bytes(src), u32::from_ne_bytes(dst), proto, len),
-                pseudo_header_sum(src, dst, proto, len)
-            );
+        fn pseudo_header_sum_of_is_the_pseudo_headers_word_sum(src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), proto in any::<u8>(), len in any::<u16>()) {
+            let mut pseudo = [0u8; 12];
+            pseudo[..4].copy_from_slice(&src);
+            pseudo[4..8].copy_from_slice(&dst);
+            pseudo[9] = proto;
+            pseudo[10..].copy_from_slice(&len.to_be_bytes());
+            prop_assert_eq!(pseudo_header_sum_of(u32::from_ne_bytes(src), u32::from_ne_bytes(dst), proto, len), sum_words(&pseudo, 0));
         }
 
         /// The header summed as loaded 16-bit words is the byte sum, to the bit.
