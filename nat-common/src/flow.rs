@@ -474,6 +474,8 @@ impl GatewayConfig {
 
 /// The most external addresses a pool holds.
 pub const MAX_POOL_ADDRS: usize = 8;
+// `pool_index` bounds its result with a mask.
+const _: () = assert!(MAX_POOL_ADDRS.is_power_of_two());
 
 /// Paired address pooling (RFC 4787 REQ-2): the pool index of an inside
 /// host's external address, from its address alone, so every protocol and
@@ -486,7 +488,11 @@ pub const fn pool_index(host_addr_be: u32, pool_len: u32) -> u32 {
         return 0;
     }
     let mixed = u32::from_be(host_addr_be).wrapping_mul(0x9e37_79b1);
-    (mixed >> 16) % pool_len
+    // The mask changes nothing (pool_len <= MAX_POOL_ADDRS, a power of two)
+    // but bounds the index for the verifier, which keeps no range across a
+    // remainder: with 32-bit arithmetic (BPF v3) it did not even know the
+    // upper half of the register was zero, and refused the index.
+    ((mixed >> 16) % pool_len) & (MAX_POOL_ADDRS as u32 - 1)
 }
 
 /// Inbound filtering behaviour (RFC 4787 section 5, RFC 5382 REQ-3). Mapping

@@ -50,10 +50,18 @@ pub fn inbound(cfg: &GatewayConfig, external: &Endpoint) -> Option<Mapping> {
 /// `inbound` of an endpoint whose address is the pool's `position`th.
 #[inline(always)]
 pub fn inbound_at(position: u32, external: &Endpoint) -> Option<Mapping> {
-    let entry = INBOUND.get_ptr(inbound_index(position, external.proto, external.port_be)?)?;
-    // SAFETY: an 8-byte entry of the array (8-aligned); one load, so never
-    // half of a store natd or another CPU makes.
-    let port = InboundPort::from_bits(unsafe { core::ptr::read_volatile(entry.cast::<u64>()) });
+    let entry = INBOUND.get_ptr(inbound_index(position, external.proto, external.port_be)?);
+    // A missing entry (never: the index is in range) reads as a free port.
+    // Written as a value on both paths: with none on the missing one, LLVM
+    // spilled whatever register it had there, and the verifier refuses a
+    // read of a register never written.
+    let bits = match entry {
+        // SAFETY: an 8-byte entry of the array (8-aligned); one load, so
+        // never half of a store natd or another CPU makes.
+        Some(entry) => unsafe { core::ptr::read_volatile(entry.cast::<u64>()) },
+        None => crate::packet::opaque(0) as u64,
+    };
+    let port = InboundPort::from_bits(bits);
     if !port.in_use() {
         return None;
     }

@@ -74,6 +74,26 @@ mod object_tests {
         );
     }
 
+    /// The instructions in `object`'s code of BPF class `class` (the low
+    /// three bits of the opcode).
+    fn instructions_of_class(object: &[u8], class: u8) -> usize {
+        let elf = object::File::parse(object).expect("the object is ELF");
+        elf.sections()
+            .filter(|s| s.kind() == SectionKind::Text)
+            .map(|s| s.data().expect("section data").chunks_exact(8).filter(|insn| insn[0] & 0x07 == class).count())
+            .sum()
+    }
+
+    /// Built for BPF v3 (`nat-userspace/build.rs`, `BPF_CPU`): 32-bit jumps
+    /// and arithmetic, which v1 (rustc's `generic`) has neither of.
+    #[test]
+    fn the_programs_use_bpf_v3_instructions() {
+        const BPF_ALU: u8 = 0x04;
+        const BPF_JMP32: u8 = 0x06;
+        let (alu32, jmp32) = (instructions_of_class(super::EBPF_OBJECT, BPF_ALU), instructions_of_class(super::EBPF_OBJECT, BPF_JMP32));
+        assert!(alu32 > 0 && jmp32 > 0, "{alu32} 32-bit ALU and {jmp32} 32-bit jump instructions: the object was built for BPF v1, not v3 (see BPF_CPU in nat-userspace/build.rs)");
+    }
+
     /// A BPF object whose `xdp` code is `call -1; exit`, the call relocated
     /// against `callee` (R_BPF_64_32), as LLVM emits a call to a function
     /// of the object's `.text`.

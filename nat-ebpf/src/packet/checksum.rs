@@ -81,7 +81,11 @@ fn sum_segment(ctx: &XdpContext, offset: usize, len: usize) -> Result<u32, Unfin
         }
         sum = sum_piece::<CSUM_CHUNK>(ctx, offset + at, sum)?;
     }
-    let len_for_addresses = opaque(len);
+    // The mask changes nothing (`len <= CSUM_MAX_LEN`, checked by the
+    // callers) but bounds the offsets for the verifier: the opaque copy
+    // carries no range of its own.
+    const ADDRESS_MASK: usize = CSUM_MAX_LEN.next_power_of_two() - 1;
+    let len_for_addresses = opaque(len) & ADDRESS_MASK;
     let piece = |size| offset + piece_offset(len_for_addresses, size);
     // One call per size, so each size is a constant at its call site: the
     // verifier checks a helper's memory argument against the size's upper bound.
@@ -95,7 +99,9 @@ fn sum_segment(ctx: &XdpContext, offset: usize, len: usize) -> Result<u32, Unfin
     sum = tail_piece::<{ CSUM_TAIL_PIECES[6] }>(ctx, piece(CSUM_TAIL_PIECES[6]), len, sum)?;
     if len & 2 != 0 {
         let at = ctx.data() + piece(2);
-        if at + 2 > ctx.data_end() {
+        // The size through `opaque`: knowing it, LLVM turns `at + 2 > end`
+        // into `at + 1 >= end`, which proves the verifier one byte, not two.
+        if at + opaque(2) > ctx.data_end() {
             return Err(Unfinished);
         }
         // SAFETY: checked against data_end just above.
@@ -103,7 +109,8 @@ fn sum_segment(ctx: &XdpContext, offset: usize, len: usize) -> Result<u32, Unfin
     }
     if len & 1 != 0 {
         let at = ctx.data() + piece(1);
-        if at + 1 > ctx.data_end() {
+        // As above: `at >= end` proves the verifier nothing.
+        if at + opaque(1) > ctx.data_end() {
             return Err(Unfinished);
         }
         // RFC 1071: a lone last byte is summed as if padded with a zero byte.
