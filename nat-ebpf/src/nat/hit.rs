@@ -36,7 +36,7 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayCo
     // SAFETY: a value of the map, alive while the program runs.
     let mapping = unsafe { &*mapping };
     // First, where few paths lead (see `sctp::check_after`).
-    let sctp_check = sctp::check_after(pkt, &Rewrite::One(side, mapping.target(key.proto)));
+    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &Rewrite::One(side, mapping.target(key.proto)));
     let now = clock();
     match filter(cfg, mapping, pkt, side, key, now) {
         Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side), sctp_check),

@@ -157,6 +157,6 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, 
         (None, None) => return Verdict::pass(Reason::PassLocal),
     };
     let rewrite = Rewrite::Both(external, to);
-    let sctp_check = sctp::check_after(pkt, &rewrite);
+    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &rewrite);
     send(ctx, pkt, &rewrite, now, hairpinned, Refresh::Hairpin(mapping, target), sctp_check)
 }

@@ -67,6 +67,6 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
         return Verdict::drop(Reason::DropTtlExpired);
     }
     let rewrite = Rewrite::One(Side::Destination, to);
-    let sctp_check = sctp::check_after(pkt, &rewrite);
+    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &rewrite);
     send(ctx, pkt, &rewrite, now, translated, sessions, sctp_check)
 }

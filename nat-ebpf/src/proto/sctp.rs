@@ -16,7 +16,7 @@ use nat_common::{
 
 use super::SctpCheck;
 use crate::{
-    packet::{Rewrite, Side, parse::Ipv4Packet},
+    packet::{Rewrite, Side},
     verdict::Verdict,
 };
 
@@ -68,15 +68,19 @@ static SCTP_NIBBLES: Array<[u32; NIBBLE_TABLE_LEN]> = Array::with_max_entries(1,
 /// verifier walks this once per state that reaches it, and a 16-step
 /// multiply (~120 instructions, or the same in a BPF subprogram, static or
 /// global) took nat_lan_sctp past the verifier's 1,000,000 instructions.
+///
+/// `header`: the packet's `Ipv4Packet::sctp`, `l4_len` its
+/// `Ipv4Packet::l4_len` (taken apart, so that the protocols need nothing of
+/// the parser that points at them).
 #[inline(always)]
-pub fn check_after(pkt: &Ipv4Packet, rewrite: &Rewrite) -> SctpCheck {
-    let Some(header) = pkt.sctp() else {
+pub fn check_after(header: Option<*mut u8>, l4_len: u16, rewrite: &Rewrite) -> SctpCheck {
+    let Some(header) = header else {
         return SctpCheck::NONE;
     };
     let Some(table) = SCTP_NIBBLES.get(0) else {
         return SctpCheck::NONE;
     };
-    let len = pkt.l4_len() as usize;
+    let len = l4_len as usize;
     // SAFETY: `Ipv4Packet::sctp` checked SCTP_MIN_PACKET_LEN bytes: the
     // ports at 0..4 and the checksum at 8..12.
     let (ports, field) = unsafe { (*(header as *const [u8; 4]), *(header.wrapping_add(Sctp::CHECK_AT) as *const [u8; 4])) };
