@@ -29,6 +29,10 @@ const CHILD: &str = "NAT_EBPF_BUILD_CHILD";
 /// on with this CPU in place of rustc's.
 const BPF_CPU: &str = "v3";
 
+/// Set to a hit-path step, the programs are built cut down after it, for
+/// `cargo xtask bench --hit-steps` (nat-ebpf's `cut`).
+const CUT_AFTER: &str = "NAT_EBPF_CUT_AFTER";
+
 fn main() -> anyhow::Result<()> {
     // Cargo runs a build script without arguments; rustc runs its linker
     // with them.
@@ -37,6 +41,13 @@ fn main() -> anyhow::Result<()> {
     }
     if env::var_os(CHILD).is_some() {
         return build();
+    }
+    println!("cargo:rerun-if-env-changed={CUT_AFTER}");
+    if let Some(step) = env::var_os(CUT_AFTER) {
+        println!(
+            "cargo:warning={CUT_AFTER}={}: the XDP programs are cut down to time the hit path; natd refuses to run with them",
+            step.to_string_lossy()
+        );
     }
     if which_bpf_linker().is_none() && env::var_os("AYA_BUILD_SKIP").is_none() {
         bail!(

@@ -28,6 +28,7 @@ use nat_ebpf as _;
 
 mod atomic;
 mod ctx;
+mod cut;
 mod handoff;
 mod inbound;
 mod maps;

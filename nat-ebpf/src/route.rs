@@ -17,6 +17,7 @@ use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason
 
 use crate::{
     ctx::config,
+    cut::{self, Step},
     handoff::hand_to_daemon,
     packet::{Rewrite, Side, parse::Ipv4Packet, words, zero_in_words},
     verdict::Verdict,
@@ -267,6 +268,9 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
     }
     // The egress is one of the gateway's (`next_hop` checked): it fails only
     // when natd took it out of the devmap.
+    if let Some(cut) = cut::after(Step::MacsWritten) {
+        return cut;
+    }
     match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
         Ok(action) => Verdict { action, reason: translated },
         Err(_) => Verdict::drop(Reason::DropRedirectFailed),

@@ -32,6 +32,11 @@ pub mod serve;
 /// The compiled XDP programs (nat-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat"));
 
+/// `Some(step)` when the programs were built cut down for timing the hit
+/// path (`NAT_EBPF_CUT_AFTER`, nat-ebpf's `cut`): they translate nothing
+/// whole, and `natd run` refuses to start with them.
+pub const CUT_DOWN_BUILD: Option<&str> = option_env!("NAT_EBPF_CUT_AFTER");
+
 /// Measurement-only programs (the XDP_DROP floor, the load generator, the
 /// sink), for the tests and benchmarks only.
 #[cfg(feature = "testing")]

@@ -58,6 +58,12 @@ const MISS_BATCH_TIME: Duration = Duration::from_millis(20);
 const CLAIMS_POLL: Duration = Duration::from_millis(20);
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    if let Some(step) = crate::CUT_DOWN_BUILD {
+        anyhow::bail!(
+            "this natd was built with NAT_EBPF_CUT_AFTER={step}: its XDP programs are cut down to time the hit path and translate nothing whole. \
+             Build it again without that variable (`cargo xtask build`)"
+        );
+    }
     let overrides = args.overrides();
     let (settings, env, warnings) = cli::settings(args.config.as_deref(), &overrides)?;
     let log = logging::init(&settings.log_level);

@@ -6,6 +6,7 @@ use nat_common::{Endpoint, GatewayConfig, LAST_SEEN_GRANULARITY_NS, Liveness, Ma
 
 use crate::{
     ctx::clock,
+    cut::{self, Step},
     inbound::forward,
     maps::LIVENESS,
     nat::{
@@ -103,6 +104,9 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
         Hop::Refused(verdict) => return verdict,
         Hop::Ready { .. } | Hop::NoNeighbour => {}
     }
+    if let Some(cut) = cut::after(Step::Routed) {
+        return cut;
+    }
     match sessions {
         Refresh::None => {}
         Refresh::One(mapping, side) => refresh(mapping, pkt, now, side),
@@ -113,6 +117,9 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
             }
         }
         Refresh::Session(slot) => stamp(slot, now),
+    }
+    if let Some(cut) = cut::after(Step::Refreshed) {
+        return cut;
     }
     // A first fragment: the incremental L4 update stays right for the whole
     // datagram (only pseudo-header address and port change); it never
@@ -128,7 +135,13 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
         Rewrite::Both(source, destination) => translate_both_with(pkt, source, destination, sctp_check),
         Rewrite::Nothing => {}
     }
+    if let Some(cut) = cut::after(Step::Rewritten) {
+        return cut;
+    }
     let translated = finish_if_partial(ctx, pkt, partial, translated);
+    if let Some(cut) = cut::after(Step::ChecksumDone) {
+        return cut;
+    }
     deliver(ctx, pkt, hop, translated)
 }
 

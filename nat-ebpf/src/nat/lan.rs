@@ -9,6 +9,7 @@ use nat_common::{GatewayConfig, Reason, forward::mapping_flags, miss_kind, proto
 
 use crate::{
     ctx::clock,
+    cut::{self, Step},
     handoff::hand_to_daemon,
     maps::{OUTBOUND, inbound_at},
     nat::{
@@ -35,6 +36,9 @@ use crate::{
 
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
+    if let Some(cut) = cut::after(Step::Parsed) {
+        return cut;
+    }
     // The kernel never forwards these: it answers Time Exceeded itself, or
     // delivers them locally. (From a forged source the answer would go to
     // whoever was named: not for sources the gateway refuses.)
@@ -66,10 +70,18 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     let Some(inside) = pkt.source() else {
         return untranslated::lan(pkt, route_untranslated(ctx, pkt));
     };
+    if let Some(cut) = cut::after(Step::Checked) {
+        return cut;
+    }
     let (mapping, translated) = match OUTBOUND.get_ptr(inside) {
         // A mapping exists only for a source that passed BCP 38 when its
         // first packet did: a hit needs no check.
-        Some(mapping) => (mapping, Reason::TranslatedOut),
+        Some(mapping) => {
+            if let Some(cut) = cut::after(Step::LookedUp) {
+                return cut;
+            }
+            (mapping, Reason::TranslatedOut)
+        }
         // A new flow, if the kernel would route it to the WAN and its source
         // may be translated.
         None => match route_untranslated(ctx, pkt) {
