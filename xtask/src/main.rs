@@ -3,6 +3,7 @@
 
 mod bench;
 mod bootstrap;
+mod hit_steps;
 mod install;
 mod lab;
 
@@ -49,6 +50,11 @@ enum Cmd {
         /// The same figures from fewer runs (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Instead of the suite: the hit path timed step by step, with
+        /// programs cut down after each step (target/bench/hit-steps.md;
+        /// about 10 minutes, the builds in target/hit-steps).
+        #[arg(long, conflicts_with = "quick")]
+        hit_steps: bool,
     },
     /// Build the release natd and install it with its systemd unit
     /// (PREFIX/lib/systemd/system/natd.service), the README, and the
@@ -94,10 +100,10 @@ fn main() -> Result<()> {
             bootstrap::toolchain()?;
             install::build_and_install(&root, &install::Layout { prefix, sysconfdir })
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, hit_steps } => {
             bootstrap::toolchain()?;
             bootstrap::test_tools()?;
-            bench::suite(&bench::Plan::new(quick))
+            if hit_steps { hit_steps::run_all() } else { bench::suite(&bench::Plan::new(quick)) }
         }
     }
 }
