@@ -12,7 +12,12 @@
 //! jumps, kernel 5.1 and later), not rustc's `generic` (v1). On v1 every
 //! 32-bit value is zero-extended by a shift pair and compared in 64 bits;
 //! v3 cut the hit path by 1-2 ns and the programs by 7% (see `BPF_CPU`).
-use std::{env, fs, process::Command};
+use std::{
+    env,
+    ffi::{OsStr, OsString},
+    fs,
+    process::Command,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya_build::{Package, Toolchain};
@@ -100,32 +105,30 @@ fn which_bpf_linker() -> Option<std::path::PathBuf> {
 /// rewritten in the file.
 fn relink() -> anyhow::Result<()> {
     let linker = which_bpf_linker().context("bpf-linker is not on PATH")?;
-    let mut args: Vec<String> = Vec::new();
-    for arg in env::args().skip(1) {
-        if let Some(file) = arg.strip_prefix('@') {
-            let text = fs::read_to_string(file).with_context(|| format!("reading the linker's response file {file}"))?;
-            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-            fs::write(file, with_cpu(lines).join("\n")).with_context(|| format!("rewriting {file}"))?;
-        }
-        args.push(arg);
+    let args: Vec<OsString> = env::args_os().skip(1).collect();
+    for file in args.iter().filter_map(|arg| arg.to_str()?.strip_prefix('@')) {
+        let text = fs::read_to_string(file).with_context(|| format!("reading the linker's response file {file}"))?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        fs::write(file, with_cpu(lines).join("\n")).with_context(|| format!("rewriting {file}"))?;
     }
     let status = Command::new(&linker).args(with_cpu(args)).status().with_context(|| format!("running {}", linker.display()))?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
 /// `args` with the value of `--cpu` (or `--cpu=...`) replaced by `BPF_CPU`.
-fn with_cpu(args: Vec<String>) -> Vec<String> {
+fn with_cpu<A: AsRef<OsStr> + From<String>>(args: Vec<A>) -> Vec<A> {
     let mut out = Vec::with_capacity(args.len());
     let mut value_next = false;
     for arg in args {
+        let text = arg.as_ref().to_str().unwrap_or_default();
         if value_next {
-            out.push(BPF_CPU.to_owned());
+            out.push(A::from(BPF_CPU.to_owned()));
             value_next = false;
-        } else if arg == "--cpu" {
+        } else if text == "--cpu" {
             out.push(arg);
             value_next = true;
-        } else if arg.starts_with("--cpu=") {
-            out.push(format!("--cpu={BPF_CPU}"));
+        } else if text.starts_with("--cpu=") {
+            out.push(A::from(format!("--cpu={BPF_CPU}")));
         } else {
             out.push(arg);
         }
