@@ -48,6 +48,12 @@ impl Charon {
     /// Starts charon in `ns` with NAT-T keepalives every `keep_alive`,
     /// waits (bounded) for its vici socket, and loads `swanctl_conf`
     /// (swanctl.conf syntax: connections, pools, secrets).
+    ///
+    /// Roam events are off: an interface's IPv6 link-local address leaving
+    /// DAD a second or two after the namespace came up made charon send a
+    /// MOBIKE address update on every IKE_SA (an INFORMATIONAL exchange),
+    /// at a moment that depends on how fast the test got there. The tests
+    /// need IKE quiet once the SAs are up.
     pub fn start(ns: &Netns, name: &str, keep_alive: Duration, swanctl_conf: &str) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!("{}-charon-{}", ns.name, N.fetch_add(1, Ordering::Relaxed)));
@@ -56,7 +62,7 @@ impl Charon {
             "charon {{\n\
                load = {PLUGINS}\n\
                keep_alive = {keep_alive}s\n\
-               plugins {{ vici {{ socket = unix://{d}/charon.vici }} }}\n\
+               plugins {{ vici {{ socket = unix://{d}/charon.vici }} kernel-netlink {{ roam_events = no }} }}\n\
                filelog {{ log {{ path = {d}/charon.log\n\
                  time_format = %H:%M:%S\n ike_name = yes\n default = 1\n append = no\n flush_line = yes }} }}\n\
                syslog {{ daemon {{ default = -1 }} }}\n\
