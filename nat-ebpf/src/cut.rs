@@ -7,7 +7,8 @@
 //! side. In every other build `CUT_AFTER` is `None` and each cut point
 //! compiles to nothing.
 //!
-//! Steps 1 to 3 are on the outbound path only (`nat::lan`), 4 to 8 in the
+//! Steps 1 to 3 are in each direction's own path (`nat::lan`, `nat::wan`;
+//! a forwarded flow's lookup is its `forward::inbound`), 4 to 8 in the
 //! `send` both directions share.
 
 use aya_ebpf::bindings::xdp_action;
@@ -20,10 +21,12 @@ use crate::verdict::Verdict;
 pub enum Step {
     /// Ethernet, VLAN tags, the IPv4 checks and header checksum, the L4 header.
     Parsed = 1,
-    /// TTL, special destinations, the pool's addresses, ICMP errors,
-    /// fragments, the source endpoint: all before the mapping lookup.
+    /// What comes before the mapping lookup: TTL, special destinations,
+    /// the pool's addresses, ICMP errors, fragments, the endpoint (inbound:
+    /// BCP 84 sources and whether the port is forwarded).
     Checked = 2,
-    /// The `OUTBOUND` lookup, a hit.
+    /// The mapping found: `OUTBOUND`'s hash outbound, `INBOUND`'s array
+    /// inbound, a forwarded flow's entry (its backend picked if new).
     LookedUp = 3,
     /// Filtering by remote, the clock, the next-hop cache.
     Routed = 4,

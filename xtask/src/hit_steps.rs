@@ -19,8 +19,8 @@ use crate::run;
 /// when it stops there; "none" is the whole program.
 const STEPS: [(&str, &str); 9] = [
     ("1", "parsed: Ethernet, VLAN, IPv4 checks and header checksum, L4 header"),
-    ("2", "checked: TTL, special destinations, pool address, ICMP error, fragment, source endpoint"),
-    ("3", "looked up: the OUTBOUND hash, a hit"),
+    ("2", "checked: what comes before the mapping lookup (TTL, special destinations, pool address, ICMP error, fragment, endpoint)"),
+    ("3", "looked up: the mapping, a hit"),
     ("4", "routed: filter by remote, clock, next-hop cache"),
     ("5", "refreshed: the session's liveness stamp"),
     ("6", "rewritten: addresses, TTL, ports, both checksums"),
@@ -30,10 +30,6 @@ const STEPS: [(&str, &str); 9] = [
 ];
 
 const ROWS: [&str; 8] = ["tcp_out", "udp_out", "icmp_out", "tcp_in", "udp_in", "icmp_in", "tcp_fwd_in", "udp_fwd_in"];
-
-/// The first `STEPS` that cut the outbound path only (`nat::lan`): an
-/// inbound row there is the whole program, and not shown.
-const OUTBOUND_ONLY_STEPS: usize = 3;
 
 const TARGET_DIR: &str = "target/hit-steps";
 
@@ -59,15 +55,12 @@ pub fn run_all() -> Result<()> {
 }
 
 fn write(dir: &Path, figures: &[Value]) -> Result<()> {
-    // The cost of `row` cut after the `step`th step, where that cut applies to it.
-    let ns = |step: usize, row: &str| {
-        let cut_applies = step >= OUTBOUND_ONLY_STEPS || row.ends_with("_out");
-        if cut_applies { figures[step][row].as_i64() } else { None }
-    };
+    // The cost of `row` cut after the `step`th step.
+    let ns = |step: usize, row: &str| figures[step][row].as_i64();
     let mut md = String::from(
         "Each row: fastpath-bench's cost above the XDP_DROP floor (ns, lowest epoch) of the programs cut down after that step \
          (`cargo xtask bench --hit-steps`); in brackets, what the step added to the one before. \
-         Steps 1-3 cut the outbound path only (-: not cut there).\n\n",
+         Outbound the lookup is OUTBOUND's hash, inbound INBOUND's array, forwarded a flow's entry.\n\n",
     );
     writeln!(md, "| after step | {} |", ROWS.join(" | "))?;
     writeln!(md, "|---|{}", "---|".repeat(ROWS.len()))?;
@@ -97,28 +90,30 @@ fn write(dir: &Path, figures: &[Value]) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Inbound rows are left out where only the outbound path is cut, and
-    /// each cell says what its step added.
+    /// Each cell is the row's cost at that cut, with what the step added
+    /// to the cut before it; the first step has nothing before it.
     #[test]
-    fn the_table_shows_each_steps_share_and_no_uncut_row() {
+    fn the_table_shows_each_steps_share() {
         let figures: Vec<Value> = (0..STEPS.len())
             .map(|i| {
-                let inbound = if i < OUTBOUND_ONLY_STEPS { 40 } else { 20 + i as i64 };
-                json!({ "tcp_out": 10 + 3 * i as i64, "udp_out": 10, "icmp_out": 10, "tcp_in": inbound, "udp_in": inbound, "icmp_in": inbound, "tcp_fwd_in": inbound, "udp_fwd_in": inbound })
+                let i = i as i64;
+                json!({ "tcp_out": 10 + 3 * i, "udp_out": 10, "icmp_out": 10, "tcp_in": 20 + i, "udp_in": 20, "icmp_in": 20, "tcp_fwd_in": 30, "udp_fwd_in": 30 })
             })
             .collect();
         let dir = std::env::temp_dir().join(format!("hit-steps-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, &figures).unwrap();
-        let md = std::fs::read_to_string(dir.join("hit-steps.md")).unwrap();
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hit-steps.json")).unwrap()).unwrap();
+        let written = write(&dir, &figures);
+        let md = std::fs::read_to_string(dir.join("hit-steps.md"));
+        let json = std::fs::read_to_string(dir.join("hit-steps.json"));
         std::fs::remove_dir_all(&dir).unwrap();
+        written.unwrap();
+        let (md, json) = (md.unwrap(), serde_json::from_str::<Value>(&json.unwrap()).unwrap());
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| after")).collect();
-        assert!(lines[0].starts_with("| 1: parsed") && lines[0].contains("| 10 | 10 | 10 | - | - | - | - | - |"), "{}", lines[0]);
-        assert!(lines[1].contains("| 13 (+3) | 10 (+0) |"), "{}", lines[1]);
-        assert!(lines[3].contains("| 23 |"), "step 4 is the first inbound figure, with no share: {}", lines[3]);
-        assert!(lines[4].contains("| 24 (+1) |"), "{}", lines[4]);
-        assert_eq!(json["steps"][0]["ns"]["tcp_in"], Value::Null);
+        assert_eq!(lines.len(), STEPS.len());
+        assert!(lines[0].starts_with("| 1: parsed") && lines[0].ends_with("| 10 | 10 | 10 | 20 | 20 | 20 | 30 | 30 |"), "{}", lines[0]);
+        assert!(lines[1].contains("| 13 (+3) | 10 (+0) | 10 (+0) | 21 (+1) |"), "{}", lines[1]);
+        assert!(lines[8].starts_with("| none: whole") && lines[8].contains("| 34 (+3) |"), "{}", lines[8]);
+        assert_eq!(json["steps"][0]["ns"]["tcp_in"], json!(20));
         assert_eq!(json["steps"][8]["ns"]["tcp_out"], json!(34));
     }
 }

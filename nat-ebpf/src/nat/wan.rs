@@ -6,6 +6,7 @@ use nat_common::{GatewayConfig, Reason};
 
 use crate::{
     ctx::clock,
+    cut::{self, Step},
     inbound::forward,
     maps::inbound,
     nat::{
@@ -25,6 +26,9 @@ use crate::{
 
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
+    if let Some(cut) = cut::after(Step::Parsed) {
+        return cut;
+    }
     // BCP 84, before anything is translated or passed.
     if let Some(refused) = wan_source_refusal(pkt, cfg) {
         return Verdict::drop(refused);
@@ -46,16 +50,27 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     // of it is a large part of what the verifier walks). The port says
     // which table: the hit path pays nothing for forwards.
     let forwardable = forward::is_forwardable(cfg, &external);
+    if let Some(cut) = cut::after(Step::Checked) {
+        return cut;
+    }
     let mapping = if forwardable { None } else { inbound(cfg, &external) };
     let (to, translated, sessions) = match &mapping {
         Some(mapping) => {
+            if let Some(cut) = cut::after(Step::LookedUp) {
+                return cut;
+            }
             match filter(cfg, mapping, pkt, Side::Destination, &external, now) {
                 Ok(to) => (to, Reason::TranslatedIn, Refresh::One(mapping, Side::Destination)),
                 Err(filtered) => return filtered,
             }
         }
         None if forwardable => match forward::inbound(ctx, pkt, &external, now) {
-            Some(Ok((to, translated))) => (to, translated, Refresh::None),
+            Some(Ok((to, translated))) => {
+                if let Some(cut) = cut::after(Step::LookedUp) {
+                    return cut;
+                }
+                (to, translated, Refresh::None)
+            }
             Some(Err(refused)) => return refused,
             None => return untranslated::wan(ctx, pkt),
         },
