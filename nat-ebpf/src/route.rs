@@ -241,6 +241,16 @@ pub(crate) enum Hop {
     Refused(Verdict),
 }
 
+impl Hop {
+    /// Out of the cached or just looked-up hop `next`.
+    #[inline(always)]
+    fn ready(next: &NextHop) -> Hop {
+        // SAFETY: `NextHop` is 8-aligned (a map value, or on the stack) and
+        // its MACs lie at even offsets (`Mac::of`).
+        unsafe { Hop::Ready { egress_ifindex: next.egress_ifindex, smac: Mac::of(&next.smac), dmac: Mac::of(&next.dmac) } }
+    }
+}
+
 /// Routes a packet translated already (an ICMP error) and sends it on.
 #[inline(always)]
 pub(crate) fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
@@ -266,11 +276,11 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
         dmac.write(pkt.eth as *mut u8);
         smac.write((pkt.eth as *mut u8).add(6));
     }
-    // The egress is one of the gateway's (`next_hop` checked): it fails only
-    // when natd took it out of the devmap.
     if let Some(cut) = cut::after(Step::MacsWritten) {
         return cut;
     }
+    // The egress is one of the gateway's (`next_hop` checked): it fails only
+    // when natd took it out of the devmap.
     match TX_PORTS.redirect(egress_ifindex, xdp_action::XDP_DROP as u64) {
         Ok(action) => Verdict { action, reason: translated },
         Err(_) => Verdict::drop(Reason::DropRedirectFailed),
@@ -291,8 +301,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         // SAFETY: this CPU's slot, written only while this program runs on it.
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            // SAFETY: `NextHop`'s MACs are 2-aligned (`Mac::of`).
-            return Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: unsafe { Mac::of(&hop.smac) }, dmac: unsafe { Mac::of(&hop.dmac) } };
+            return Hop::ready(hop);
         }
     }
 
@@ -345,6 +354,5 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, no
         }
         *old = hop;
     }
-    // SAFETY: as above; `hop` is on the stack, 8-aligned.
-    Hop::Ready { egress_ifindex: hop.egress_ifindex, smac: unsafe { Mac::of(&hop.smac) }, dmac: unsafe { Mac::of(&hop.dmac) } }
+    Hop::ready(&hop)
 }

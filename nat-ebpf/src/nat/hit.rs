@@ -37,11 +37,22 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayCo
     // SAFETY: a value of the map, alive while the program runs.
     let mapping = unsafe { &*mapping };
     // First, where few paths lead (see `sctp::check_after`).
-    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &Rewrite::One(side, mapping.target(key.proto)));
+    let sctp_check = sctp_check_after(pkt, &Rewrite::One(side, mapping.target(key.proto)));
     let now = clock();
     match filter(cfg, mapping, pkt, side, key, now) {
         Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side), sctp_check),
         Err(filtered) => filtered,
+    }
+}
+
+/// The CRC32c field an SCTP packet leaves with once `rewrite` is applied
+/// (`sctp::check_after`); `SctpCheck::NONE`, and no length read, for any
+/// other packet.
+#[inline(always)]
+pub fn sctp_check_after(pkt: &Ipv4Packet, rewrite: &Rewrite) -> SctpCheck {
+    match pkt.sctp() {
+        Some(header) => sctp::check_after(header, pkt.l4_len(), rewrite),
+        None => SctpCheck::NONE,
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
         filter::{admit, remember_remote},
         fragment::later_fragment,
         guard::lan_source_refusal,
-        hit::{Refresh, send, translate_and_forward},
+        hit::{Refresh, sctp_check_after, send, translate_and_forward},
         icmp_errors::{icmp_error_hairpinned, icmp_error_out},
         new_flow::claim,
         untranslated::{self, refused_lan_source},
@@ -29,7 +29,7 @@ use crate::{
         Rewrite, Side,
         parse::{Fragment, Ipv4Packet},
     },
-    proto::{L4, sctp},
+    proto::L4,
     route::{Route, route_untranslated},
     verdict::Verdict,
 };
@@ -169,6 +169,6 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, 
         (None, None) => return Verdict::pass(Reason::PassLocal),
     };
     let rewrite = Rewrite::Both(external, to);
-    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &rewrite);
+    let sctp_check = sctp_check_after(pkt, &rewrite);
     send(ctx, pkt, &rewrite, now, hairpinned, Refresh::Hairpin(mapping, target), sctp_check)
 }

@@ -12,7 +12,7 @@ use crate::{
     nat::{
         fragment::later_fragment,
         guard::wan_source_refusal,
-        hit::{Refresh, filter, send},
+        hit::{Refresh, filter, sctp_check_after, send},
         icmp_errors::icmp_error_in,
         untranslated,
     },
@@ -20,7 +20,7 @@ use crate::{
         Rewrite, Side,
         parse::{Fragment, Ipv4Packet},
     },
-    proto::{L4, sctp},
+    proto::L4,
     verdict::Verdict,
 };
 
@@ -82,6 +82,6 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
         return Verdict::drop(Reason::DropTtlExpired);
     }
     let rewrite = Rewrite::One(Side::Destination, to);
-    let sctp_check = sctp::check_after(pkt.sctp(), pkt.l4_len(), &rewrite);
+    let sctp_check = sctp_check_after(pkt, &rewrite);
     send(ctx, pkt, &rewrite, now, translated, sessions, sctp_check)
 }

@@ -71,12 +71,10 @@ static SCTP_NIBBLES: Array<[u32; NIBBLE_TABLE_LEN]> = Array::with_max_entries(1,
 ///
 /// `header`: the packet's `Ipv4Packet::sctp`, `l4_len` its
 /// `Ipv4Packet::l4_len` (taken apart, so that the protocols need nothing of
-/// the parser that points at them).
+/// the parser that points at them; `nat::hit::sctp_check_after` takes the
+/// packet).
 #[inline(always)]
-pub fn check_after(header: Option<*mut u8>, l4_len: u16, rewrite: &Rewrite) -> SctpCheck {
-    let Some(header) = header else {
-        return SctpCheck::NONE;
-    };
+pub fn check_after(header: *mut u8, l4_len: u16, rewrite: &Rewrite) -> SctpCheck {
     let Some(table) = SCTP_NIBBLES.get(0) else {
         return SctpCheck::NONE;
     };
