@@ -45,9 +45,10 @@ pub fn run_all() -> Result<()> {
             .args(["build", "--release", "--quiet", "-p", "nat-tests", "--bin", "fastpath-bench"])
             .env("NAT_EBPF_CUT_AFTER", step)
             .env("CARGO_TARGET_DIR", TARGET_DIR))?;
-        let _ = std::fs::remove_file(dir.join(format!("fastpath-steps-{step}.json")));
-        run(Command::new(Path::new(TARGET_DIR).join("release/fastpath-bench")).args([ROUNDS, EPOCHS]))?;
+        // What fastpath-bench writes when built cut down.
         let path = dir.join(format!("fastpath-steps-{step}.json"));
+        let _ = std::fs::remove_file(&path);
+        run(Command::new(Path::new(TARGET_DIR).join("release/fastpath-bench")).args([ROUNDS, EPOCHS]))?;
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         figures.push(serde_json::from_str::<Value>(&text).with_context(|| format!("parsing {}", path.display()))?);
     }

@@ -121,11 +121,12 @@ fn main() -> Result<()> {
         writeln!(md, "| {key} | {raw} | {cost} | {per_epoch:?} |")?;
     }
     json.push_str("\n}\n");
-    match nat_userspace::CUT_DOWN_BUILD {
+    let name = match nat_userspace::CUT_DOWN_BUILD {
         // `cargo xtask bench --hit-steps` reads these, one file a step.
-        Some(step) => nat_tests::bench::write_results(&format!("fastpath-steps-{step}"), &json, &md),
-        None => nat_tests::bench::write_results("fastpath", &json, &md),
-    }
+        Some(step) => format!("fastpath-steps-{step}"),
+        None => "fastpath".to_string(),
+    };
+    nat_tests::bench::write_results(&name, &json, &md)
 }
 
 /// Keeps the measured programs in the kernel's XDP dispatcher for the whole
