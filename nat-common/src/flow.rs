@@ -255,6 +255,12 @@ pub mod tcp_flags {
     pub const TRACKED: u8 = FIN | SYN | RST | ACK;
 }
 
+/// Bits of `GatewayConfig::wire_ingress`.
+pub mod wire_ingress {
+    pub const LAN: u8 = 1;
+    pub const WAN: u8 = 2;
+}
+
 /// Gateway-wide settings the programs read from `CONFIG[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -284,7 +290,14 @@ pub struct GatewayConfig {
     /// Always 0. The programs add it to the key of their reason counters so
     /// the key is not a constant to the verifier (`nat-ebpf` `verdict`).
     pub opaque_zero: u8,
-    pub _pad: [u8; 6],
+    /// `wire_ingress::LAN` and `::WAN`: set when that interface's frames
+    /// come off a wire (a NIC's driver running the program natively), so
+    /// none carries a partial checksum and the hit path skips the test for
+    /// one (`nat-ebpf` `hit::send`). Unset, the safe default: a veth or tun
+    /// peer's stack, or the generic mode's skbs, may hand over a segment
+    /// whose checksum its TX offload was to finish.
+    pub wire_ingress: u8,
+    pub _pad: [u8; 5],
     /// How long a remote stays permitted after the inside endpoint last sent
     /// to it, per protocol (ns): the protocol's idle timeout, so a permit
     /// never outlives the mapping it was made for.
@@ -348,7 +361,8 @@ impl GatewayConfig {
             port_parity: 0,
             port_class: 0,
             opaque_zero: 0,
-            _pad: [0; 6],
+            wire_ingress: 0,
+            _pad: [0; 5],
             permit_ttl_tcp_ns: 0,
             permit_ttl_udp_ns: 0,
             permit_ttl_icmp_ns: 0,
@@ -402,6 +416,20 @@ impl GatewayConfig {
     pub const fn with_lan_addr(mut self, lan: Ipv4Addr) -> Self {
         self.lan_addr_be = u32::from_ne_bytes(lan.octets());
         self
+    }
+
+    /// The same with `wire_ingress` set for the sides whose frames come off
+    /// a wire.
+    pub const fn with_wire_ingress(mut self, lan: bool, wan: bool) -> Self {
+        self.wire_ingress = (if lan { wire_ingress::LAN } else { 0 }) | if wan { wire_ingress::WAN } else { 0 };
+        self
+    }
+
+    /// Whether a frame that came in on the WAN (`from_wan`) or the LAN side
+    /// came off a wire, and so cannot carry a partial checksum.
+    #[inline(always)]
+    pub const fn off_the_wire(&self, from_wan: bool) -> bool {
+        self.wire_ingress & if from_wan { wire_ingress::WAN } else { wire_ingress::LAN } != 0
     }
 
     /// Whether `port` (host order) is one natd hands out: in the NAT range or
@@ -898,6 +926,16 @@ mod inbound_tests {
         assert_eq!(port.bits().to_ne_bytes(), unsafe { core::mem::transmute::<InboundPort, [u8; 8]>(port) });
         assert!(!InboundPort::default().in_use());
         assert_eq!(port.mapping(7).flags, 1);
+    }
+
+    #[test]
+    fn each_side_is_off_the_wire_only_when_set() {
+        let cfg = GatewayConfig::new(core::net::Ipv4Addr::new(203, 0, 113, 1), 2, 1024, 65535);
+        assert!(!cfg.off_the_wire(false) && !cfg.off_the_wire(true), "by default every frame is tested for a partial checksum");
+        for (lan, wan) in [(true, false), (false, true), (true, true)] {
+            let cfg = cfg.with_wire_ingress(lan, wan);
+            assert_eq!((cfg.off_the_wire(false), cfg.off_the_wire(true)), (lan, wan));
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod source;
 pub use counters::Reason;
 pub use source::{MAX_INSIDE_PREFIXES, MAX_OWN_ADDRS, MAX_WAN_DROP_SOURCES, Prefix, is_martian};
 pub use flow::{
-    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, INBOUND_PORTS, INBOUND_PROTOCOLS, InboundPort, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, inbound_index, miss_kind, pool_index, sctp_chunks, tcp_flags,
+    ClaimEvent, Endpoint, FRAG_TIMEOUT_NS, FREE_QUEUE_CAPACITY, FragEvent, FragKey, FragState, FreePort, GatewayConfig, HostKey, INBOUND_PORTS, INBOUND_PROTOCOLS, InboundPort, Liveness, MAX_FRAGMENTED_DATAGRAMS, MAX_PARKED_DATAGRAMS, MAX_PERMITS, MAX_POOL_ADDRS, MAX_QUOTA_HOSTS, MISS_FRAME_MAX, Mapping, MissEvent, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, PermitKey, filtering, frag_dir, free_queue_name, inbound_index, miss_kind, pool_index, sctp_chunks, tcp_flags, wire_ingress,
 };
 
 /// Names of the maps in the eBPF object, so the daemon and the tests

@@ -15,19 +15,53 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, Result};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::LinkAttribute,
+    link::{LinkAttribute, LinkInfo, LinkMessage},
 };
-use netlink_sys::{AsyncSocket as _, AsyncSocketExt as _, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
+use netlink_sys::{AsyncSocket as _, AsyncSocketExt as _, Socket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
 
 /// rtnetlink multicast groups (linux/rtnetlink.h): link changes, IPv4
 /// address changes.
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+
+/// The rtnetlink link kind of interface `ifindex` in this namespace
+/// ("veth", "tun", "bond", "bridge"...), or `None` for a device a NIC's
+/// driver registered (and the loopback): only software devices have one
+/// (`rtnl_link_ops`). Asked of netlink rather than /sys, which shows the
+/// namespace it was mounted in, not necessarily natd's.
+pub fn link_kind(ifindex: u32) -> Result<Option<String>> {
+    let what = || format!("asking netlink about interface {ifindex}");
+    let mut socket = Socket::new(NETLINK_ROUTE).with_context(what)?;
+    socket.bind_auto().with_context(what)?;
+    socket.connect(&SocketAddr::new(0, 0)).with_context(what)?;
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(link));
+    request.header.flags = NLM_F_REQUEST;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0).with_context(what)?;
+    let (answer, _) = socket.recv_from_full().with_context(what)?;
+    let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).with_context(what)?;
+    match answer.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Ok(link.attributes.iter().find_map(|attribute| match attribute {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+                LinkInfo::Kind(kind) => Some(kind.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        })),
+        NetlinkPayload::Error(e) => bail!("{}: {e}", what()),
+        other => bail!("{}: unexpected answer {other:?}", what()),
+    }
+}
 
 /// One interface natd serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +200,13 @@ mod tests {
     use netlink_packet_route::link::LinkMessage;
 
     use super::*;
+
+    #[test]
+    fn the_loopback_has_no_link_kind_and_a_missing_interface_is_an_error() {
+        assert_eq!(link_kind(1).unwrap(), None);
+        let missing = link_kind(u32::MAX >> 1).unwrap_err();
+        assert!(format!("{missing:#}").contains("asking netlink about interface"), "{missing:#}");
+    }
 
     fn served() -> [Served; 2] {
         [Served { role: "lan", name: "lan0".into(), ifindex: 4 }, Served { role: "wan", name: "wan0".into(), ifindex: 7 }]

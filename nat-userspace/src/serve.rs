@@ -76,7 +76,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // The source of the errors the gateway sends into the LAN itself
     // (Fragmentation Needed, RFC 4787 REQ-13; refused flows, RFC 5508 REQ-8).
     let lan_ip = first_ipv4(&settings.lan);
-    let gateway_config = datapath_config(&settings, &env, lan_ip);
+    // Whether frames come off a wire is known once the mode is: until then
+    // every frame is tested for a partial checksum.
+    let gateway_config = datapath_config(&settings, &env, lan_ip, false);
     if lan_ip.is_none() {
         tracing::warn!("{} has no IPv4 address: LAN hosts get no Fragmentation Needed or refusal messages from the gateway", settings.lan);
     }
@@ -121,6 +123,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring = datapath.take_miss_ring()?;
     // From here on an error drops `datapath`, which detaches both programs.
     let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
+    if mode == "native" && (env.lan_is_nic || env.wan_is_nic) {
+        datapath.set_config(datapath_config(&settings, &env, lan_ip, true))?;
+        for (name, nic) in [(&settings.lan, env.lan_is_nic), (&settings.wan, env.wan_is_nic)] {
+            if nic {
+                tracing::info!("{name} is a NIC's own interface in native mode: its frames come off a wire and are not tested for a partial checksum");
+            }
+        }
+    }
     let control = control::bind_control()?;
     let mut watch = Watch::new(
         Served { role: "lan", name: settings.lan.clone(), ifindex: env.lan_ifindex },
@@ -346,7 +356,7 @@ fn reattach(daemon: &mut Daemon, forwarding: &mut Forwarding, back: &Served) -> 
         Side::Lan => daemon.run.env.lan_ifindex = back.ifindex,
         Side::Wan => daemon.run.env.wan_ifindex = back.ifindex,
     }
-    daemon.datapath.set_config(datapath_config(&daemon.run.settings, &daemon.run.env, daemon.run.lan_ip))?;
+    daemon.datapath.set_config(datapath_config(&daemon.run.settings, &daemon.run.env, daemon.run.lan_ip, mode == "native"))?;
     // After the program, as at start: forwarding on with no program
     // attached would forward inside addresses untranslated.
     forwarding.enable_also(&back.name)?;
@@ -362,8 +372,11 @@ fn tell_systemd(states: &[NotifyState]) {
 }
 
 /// What the programs read (`CONFIG`), from the settings and the machine.
-fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::net::Ipv4Addr>) -> nat_common::GatewayConfig {
-    let config = settings.gateway_config(env);
+/// `native`: the programs run in the NICs' drivers, so a NIC's frames come
+/// off a wire (`GatewayConfig::wire_ingress`); in generic mode any skb may
+/// carry a partial checksum.
+fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::net::Ipv4Addr>, native: bool) -> nat_common::GatewayConfig {
+    let config = settings.gateway_config(env).with_wire_ingress(native && env.lan_is_nic, native && env.wan_is_nic);
     match lan_ip {
         Some(ip) => config.with_lan_addr(ip),
         None => config,
@@ -408,7 +421,7 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
             fixed.join("\n  ")
         ));
     }
-    let config = datapath_config(&settings, &env, daemon.run.lan_ip);
+    let config = datapath_config(&settings, &env, daemon.run.lan_ip, daemon.run.xdp_mode == "native");
     if config.filters_by_remote() && !daemon.datapath.can_filter_by_remote() {
         return refused(format!(
             "reload refused, filtering {:?} -> {:?} filters by remote, which needs the PERMITS table natd makes at start only when \

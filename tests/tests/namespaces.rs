@@ -393,3 +393,21 @@ fn tcp_and_udp_cross_the_gateway_with_tx_checksum_offload_on() {
     assert!(out >= 7 && back >= 7, "translated out {out}, in {back}: the kernel, not XDP, carried the traffic");
     assert_eq!(lab.datapath.counter(Reason::PartialChecksumTooLong).unwrap(), 0);
 }
+
+/// natd skips the partial-checksum test only on a NIC's own interface in
+/// native mode (`GatewayConfig::wire_ingress`), told by its rtnetlink link
+/// kind: software devices, whose senders may leave a partial checksum, all
+/// have one, and are never taken for NICs.
+#[test]
+fn software_interfaces_are_not_taken_for_nics() {
+    require_root!();
+    let ns = Netns::new("kind").unwrap();
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]).unwrap();
+    ns.ip(&["link", "add", "b0", "type", "bridge"]).unwrap();
+    let (veth, bridge) = (ns.ifindex("v0").unwrap(), ns.ifindex("b0").unwrap());
+    let _inside = ns.enter().unwrap();
+    use nat_userspace::interfaces::link_kind;
+    assert_eq!(link_kind(veth).unwrap().as_deref(), Some("veth"));
+    assert_eq!(link_kind(bridge).unwrap().as_deref(), Some("bridge"));
+    assert_eq!(link_kind(1).unwrap(), None, "the loopback (natd never takes it for a NIC either)");
+}

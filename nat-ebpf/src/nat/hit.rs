@@ -40,7 +40,7 @@ pub fn translate_and_forward(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayCo
     let sctp_check = sctp_check_after(pkt, &Rewrite::One(side, mapping.target(key.proto)));
     let now = clock();
     match filter(cfg, mapping, pkt, side, key, now) {
-        Ok(to) => send(ctx, pkt, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side), sctp_check),
+        Ok(to) => send(ctx, pkt, cfg, &Rewrite::One(side, to), now, translated, Refresh::One(mapping, side), sctp_check),
         Err(filtered) => filtered,
     }
 }
@@ -108,7 +108,7 @@ pub enum Refresh<'a> {
 /// it (RFC 4787 REQ-13, RFC 792), partial checksum and TTL included, with
 /// nothing to undo.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
+pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
     let hop = next_hop(ctx, pkt, rewrite, now);
     match hop {
         Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
@@ -135,12 +135,15 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64, tra
     // A first fragment: the incremental L4 update stays right for the whole
     // datagram (only pseudo-header address and port change); it never
     // carries a partial checksum (the sender's kernel completes it before
-    // fragmenting), and the segment is not all here to sum anyway.
+    // fragmenting), and the segment is not all here to sum anyway. Nor does
+    // a frame off a wire (`GatewayConfig::wire_ingress`): testing for one
+    // cost 2-3 ns a TCP/UDP hit.
     let first_fragment = pkt.fragment == Fragment::First;
     if first_fragment && let Rewrite::One(side, to) = rewrite {
         record_first_fragment(pkt, *side, to.addr_be, now);
     }
-    let partial = !first_fragment && has_partial_checksum(pkt);
+    let from_wire = cfg.off_the_wire(rewrite.ingress() == Side::Destination);
+    let partial = !first_fragment && !from_wire && has_partial_checksum(pkt);
     match rewrite {
         Rewrite::One(side, to) => translate_with(pkt, *side, to, sctp_check),
         Rewrite::Both(source, destination) => translate_both_with(pkt, source, destination, sctp_check),

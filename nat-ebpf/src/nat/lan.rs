@@ -170,5 +170,5 @@ fn to_external_address(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, 
     };
     let rewrite = Rewrite::Both(external, to);
     let sctp_check = sctp_check_after(pkt, &rewrite);
-    send(ctx, pkt, &rewrite, now, hairpinned, Refresh::Hairpin(mapping, target), sctp_check)
+    send(ctx, pkt, cfg, &rewrite, now, hairpinned, Refresh::Hairpin(mapping, target), sctp_check)
 }

@@ -83,5 +83,5 @@ pub fn ipv4(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict 
     }
     let rewrite = Rewrite::One(Side::Destination, to);
     let sctp_check = sctp_check_after(pkt, &rewrite);
-    send(ctx, pkt, &rewrite, now, translated, sessions, sctp_check)
+    send(ctx, pkt, cfg, &rewrite, now, translated, sessions, sctp_check)
 }

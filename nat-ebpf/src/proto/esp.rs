@@ -122,7 +122,7 @@ pub fn lan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
     let key = EspKey { local_be: pkt.src_be(), peer_be: pkt.dst_be(), spi_be };
     match ESP_OUT.get_ptr(&key) {
         // SAFETY: a value of the map, copied whole.
-        Some(target) => translate(ctx, pkt, unsafe { *target }, Side::Source, Reason::TranslatedOut),
+        Some(target) => translate(ctx, pkt, cfg, unsafe { *target }, Side::Source, Reason::TranslatedOut),
         // A new SA (or the first of a rekey): natd learns it, if the kernel
         // would route it to the WAN and its source may be translated.
         None => match route_untranslated(ctx, pkt) {
@@ -161,7 +161,7 @@ pub fn wan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
         // deliver it instead of answering Time Exceeded.
         Some(_) if pkt.ttl() <= 1 => Verdict::drop(Reason::DropTtlExpired),
         // SAFETY: a value of the map, copied whole.
-        Some(target) => translate(ctx, pkt, unsafe { *target }, Side::Destination, Reason::TranslatedIn),
+        Some(target) => translate(ctx, pkt, cfg, unsafe { *target }, Side::Destination, Reason::TranslatedIn),
         None if ESP_AWAITED.get_ptr(&EspKey { spi_be: 0, ..key }).is_some() => hand_to_daemon(ctx, pkt, miss_kind::ESP),
         None => Verdict::drop(Reason::DropEspUnknownSpi),
     }
@@ -172,7 +172,7 @@ pub fn wan(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Verdict {
 /// translated packet is (`hit::send`: Fragmentation Needed, no-neighbour
 /// hand-off, a first fragment's state for its later fragments).
 #[inline(always)]
-fn translate(ctx: &XdpContext, pkt: &Ipv4Packet, target: EspTarget, side: Side, translated: Reason) -> Verdict {
+fn translate(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, target: EspTarget, side: Side, translated: Reason) -> Verdict {
     let to = Endpoint::from_be(target.addr_be, 0, proto::ESP);
-    send(ctx, pkt, &Rewrite::One(side, to), clock(), translated, Refresh::Session(target.session), SctpCheck::NONE)
+    send(ctx, pkt, cfg, &Rewrite::One(side, to), clock(), translated, Refresh::Session(target.session), SctpCheck::NONE)
 }

@@ -32,6 +32,12 @@ pub struct Environment {
     /// The prefixes of the WAN interface's addresses: the outside networks
     /// the gateway is on (no forward's server may be there).
     pub wan_prefixes: Vec<Prefix>,
+    /// The LAN and WAN interfaces are a NIC driver's own (no rtnetlink link
+    /// kind, `interfaces::link_kind`): run natively, their frames come off
+    /// a wire and never carry a partial checksum. False for a veth, tun,
+    /// bond or any other software device, and when netlink cannot tell.
+    pub lan_is_nic: bool,
+    pub wan_is_nic: bool,
 }
 
 impl Environment {
@@ -186,6 +192,8 @@ impl Environment {
             routed_prefixes: settings.inside_prefixes.clone(),
             own_addrs,
             wan_prefixes,
+            lan_is_nic: lan_ifindex.is_some_and(is_nic),
+            wan_is_nic: wan_ifindex.is_some_and(is_nic),
         };
         errors.extend(env.forward_errors(settings, &listeners));
         errors.extend(env.proxy_errors(settings));
@@ -360,6 +368,20 @@ impl Environment {
         }
     }
 }
+
+/// Whether interface `ifindex` is a NIC driver's own (`Environment::lan_is_nic`).
+fn is_nic(ifindex: u32) -> bool {
+    match crate::interfaces::link_kind(ifindex) {
+        Ok(kind) => kind.is_none() && ifindex != LOOPBACK_IFINDEX,
+        Err(e) => {
+            tracing::debug!("{e:#}: taken for a software device");
+            false
+        }
+    }
+}
+
+/// The loopback's index in every namespace: it has no link kind either.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;

@@ -42,6 +42,8 @@ fn test_environment(external_ips: Vec<Ipv4Addr>) -> Environment {
         routed_prefixes: Vec::new(),
         own_addrs: vec![Ipv4Addr::new(10, 77, 1, 1)],
         wan_prefixes: vec![Prefix::new(Ipv4Addr::new(203, 0, 113, 0), 24)],
+        lan_is_nic: false,
+        wan_is_nic: false,
     }
 }
 

@@ -245,6 +245,39 @@ fn finishes_partial_checksums_both_directions() {
     run_cases(&gw, partial_checksum_cases()).unwrap();
 }
 
+/// A side whose frames come off a wire (`GatewayConfig::wire_ingress`: a
+/// NIC's driver runs the program) is not tested for partial checksums: a
+/// full one is translated as always, a partial one only incrementally (no
+/// NIC hands over such a frame). The other side is still tested.
+#[test]
+fn frames_off_a_wire_are_not_tested_for_partial_checksums() {
+    require_root!();
+    let mut gw = gateway("wire").unwrap();
+    gw.datapath.set_config(nat_tests::fixture_config(gw.wan_ifindex).with_wire_ingress(true, false)).unwrap();
+    run_cases(&gw, vec![
+        case("tcp out off a wire, full checksum", Side::Lan, tcp_out(), REDIRECT, Some(translated_out(tcp_out(), TCP_EXTERNAL)), Reason::TranslatedOut),
+        case(
+            "udp in, partial checksum, the WAN side not off a wire",
+            Side::Wan,
+            partial(with(udp_in(), payload(15))),
+            REDIRECT,
+            Some(translated_in(with(udp_in(), payload(15)), UDP_INSIDE)),
+            Reason::TranslatedIn,
+        ),
+    ])
+    .unwrap();
+    let run = gw.run(Side::Lan, &partial(tcp_out()).build()).unwrap();
+    assert_eq!(run.action, REDIRECT, "{}", xdp_action::name(run.action));
+    let full = translated_out(tcp_out(), TCP_EXTERNAL).build();
+    // TCP's checksum field: Ethernet 14, IPv4 20, then 16 bytes in.
+    let field = 14 + 20 + 16..14 + 20 + 18;
+    assert_ne!(run.frame[field.clone()], full[field.clone()], "the partial checksum was finished: the LAN side was tested");
+    let (mut got, mut want) = (run.frame.clone(), full);
+    got[field.clone()].fill(0);
+    want[field].fill(0);
+    assert_frames_eq("partial, off a wire", &got, &want).unwrap();
+}
+
 /// The summation must stop at the IPv4 total length: Ethernet padding after
 /// the datagram is not part of the segment.
 #[test]
