@@ -296,6 +296,11 @@ pub fn status(json: bool) -> Result<()> {
         let f = &s.filtering;
         println!("  filtering: tcp {}  udp {}  icmp {}", f.tcp, f.udp, f.icmp);
         println!("  inside: {}", s.inside);
+        if s.off_the_wire.is_empty() {
+            println!("  partial checksums: tested on both sides (veth, tun, bond... or generic mode)");
+        } else {
+            println!("  partial checksums: not tested on {} (a NIC's frames, off a wire)", s.off_the_wire.join(", "));
+        }
         for p in s.ports {
             println!("  {:<4} ports: {} in use, {} held, {} free", p.proto, p.in_use, p.held, p.free);
         }

@@ -164,6 +164,10 @@ pub struct Status {
     pub filtering: FilteringStatus,
     /// The inside prefixes, where each comes from: the sources translated.
     pub inside: String,
+    /// The served interfaces whose frames come off a wire, not tested for
+    /// partial checksums (`Environment::off_the_wire`).
+    #[serde(default)]
+    pub off_the_wire: Vec<String>,
 }
 
 /// The inbound filtering mode of each protocol, by its config name.

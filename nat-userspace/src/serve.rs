@@ -123,10 +123,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring = datapath.take_miss_ring()?;
     // From here on an error drops `datapath`, which detaches both programs.
     let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
-    if mode == "native" && (env.lan_is_nic || env.wan_is_nic) {
+    let (lan_wire, wan_wire) = env.off_the_wire(mode == "native");
+    if lan_wire || wan_wire {
         datapath.set_config(datapath_config(&settings, &env, lan_ip, true))?;
-        for (name, nic) in [(&settings.lan, env.lan_is_nic), (&settings.wan, env.wan_is_nic)] {
-            if nic {
+        for (name, wire) in [(&settings.lan, lan_wire), (&settings.wan, wan_wire)] {
+            if wire {
                 tracing::info!("{name} is a NIC's own interface in native mode: its frames come off a wire and are not tested for a partial checksum");
             }
         }
@@ -376,7 +377,8 @@ fn tell_systemd(states: &[NotifyState]) {
 /// off a wire (`GatewayConfig::wire_ingress`); in generic mode any skb may
 /// carry a partial checksum.
 fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::net::Ipv4Addr>, native: bool) -> nat_common::GatewayConfig {
-    let config = settings.gateway_config(env).with_wire_ingress(native && env.lan_is_nic, native && env.wan_is_nic);
+    let (lan_wire, wan_wire) = env.off_the_wire(native);
+    let config = settings.gateway_config(env).with_wire_ingress(lan_wire, wan_wire);
     match lan_ip {
         Some(ip) => config.with_lan_addr(ip),
         None => config,

@@ -41,6 +41,14 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Whether the LAN's and the WAN's frames come off a wire
+    /// (`GatewayConfig::wire_ingress`): a NIC's own interface, with the
+    /// programs in its driver (`native`). In generic mode any skb may carry
+    /// a partial checksum.
+    pub fn off_the_wire(&self, native: bool) -> (bool, bool) {
+        (native && self.lan_is_nic, native && self.wan_is_nic)
+    }
+
     /// The inside prefixes, each marked with where it comes from, as
     /// `natd check` and `natd status` show them.
     pub fn inside_description(&self) -> String {

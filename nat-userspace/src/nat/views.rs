@@ -55,6 +55,10 @@ pub fn status(daemon: &Daemon) -> Status {
             icmp: filtering.icmp.name().to_string(),
         },
         inside: env.inside_description(),
+        off_the_wire: {
+            let (lan, wan) = env.off_the_wire(run.xdp_mode == "native");
+            [(lan, &settings.lan), (wan, &settings.wan)].into_iter().filter(|(wire, _)| *wire).map(|(_, name)| name.clone()).collect()
+        },
     }
 }
 
