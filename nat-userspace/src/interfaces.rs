@@ -63,6 +63,56 @@ pub fn link_kind(ifindex: u32) -> Result<Option<String>> {
     }
 }
 
+/// The driver of interface `name` in this namespace, as `ethtool -i` names
+/// it ("ixgbe", "mlx5_core", "virtio_net", "veth"...): `ETHTOOL_GDRVINFO`.
+pub fn driver(name: &str) -> Result<String> {
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DriverInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved: [u8; 12],
+        counts: [u32; 5],
+    }
+    /// `struct ifreq` with its union as `ifr_data`.
+    #[repr(C)]
+    struct InterfaceRequest {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DriverInfo,
+        _rest_of_union: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+    let mut request = InterfaceRequest { name: [0; libc::IFNAMSIZ], data: std::ptr::null_mut(), _rest_of_union: [0; 16] };
+    if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        bail!("{name:?} is not an interface name");
+    }
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    let mut info = DriverInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], version: [0; 32], fw_version: [0; 32], bus_info: [0; 32], erom_version: [0; 32], reserved: [0; 12], counts: [0; 5] };
+    request.data = &mut info;
+    // SAFETY: a datagram socket for the ioctl, closed by the OwnedFd; the
+    // kernel writes at most a `DriverInfo` through `data`, which lives
+    // across the call.
+    let answered = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("a socket to ask for {name}'s driver: {}", std::io::Error::last_os_error());
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut request) == 0
+    };
+    if !answered {
+        bail!("asking for {name}'s driver (ETHTOOL_GDRVINFO): {}", std::io::Error::last_os_error());
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// One interface natd serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Served {
@@ -202,10 +252,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_loopback_has_no_link_kind_and_a_missing_interface_is_an_error() {
+    fn the_loopback_has_no_link_kind_nor_driver_and_a_missing_interface_is_an_error() {
         assert_eq!(link_kind(1).unwrap(), None);
         let missing = link_kind(u32::MAX >> 1).unwrap_err();
         assert!(format!("{missing:#}").contains("asking netlink about interface"), "{missing:#}");
+        let none = driver("lo").unwrap_err();
+        assert!(format!("{none:#}").contains("ETHTOOL_GDRVINFO"), "{none:#}");
+        assert!(driver("a-name-far-too-long-for-an-interface").is_err());
     }
 
     fn served() -> [Served; 2] {

@@ -123,7 +123,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring = datapath.take_miss_ring()?;
     // From here on an error drops `datapath`, which detaches both programs.
     let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
-    let (lan_wire, wan_wire) = env.off_the_wire(mode == "native");
+    let (lan_wire, wan_wire) = env.off_the_wire(mode == "native", settings.partial_checksums);
     if lan_wire || wan_wire {
         datapath.set_config(datapath_config(&settings, &env, lan_ip, true))?;
         for (name, wire) in [(&settings.lan, lan_wire), (&settings.wan, wan_wire)] {
@@ -377,7 +377,7 @@ fn tell_systemd(states: &[NotifyState]) {
 /// off a wire (`GatewayConfig::wire_ingress`); in generic mode any skb may
 /// carry a partial checksum.
 fn datapath_config(settings: &Settings, env: &Environment, lan_ip: Option<std::net::Ipv4Addr>, native: bool) -> nat_common::GatewayConfig {
-    let (lan_wire, wan_wire) = env.off_the_wire(native);
+    let (lan_wire, wan_wire) = env.off_the_wire(native, settings.partial_checksums);
     let config = settings.gateway_config(env).with_wire_ingress(lan_wire, wan_wire);
     match lan_ip {
         Some(ip) => config.with_lan_addr(ip),

@@ -406,8 +406,12 @@ fn software_interfaces_are_not_taken_for_nics() {
     ns.ip(&["link", "add", "b0", "type", "bridge"]).unwrap();
     let (veth, bridge) = (ns.ifindex("v0").unwrap(), ns.ifindex("b0").unwrap());
     let _inside = ns.enter().unwrap();
-    use nat_userspace::interfaces::link_kind;
+    use nat_userspace::interfaces::{driver, link_kind};
     assert_eq!(link_kind(veth).unwrap().as_deref(), Some("veth"));
     assert_eq!(link_kind(bridge).unwrap().as_deref(), Some("bridge"));
     assert_eq!(link_kind(1).unwrap(), None, "the loopback (natd never takes it for a NIC either)");
+    // The driver, as `ethtool -i` names it, asked of this namespace.
+    assert_eq!(driver("v0").unwrap(), "veth");
+    assert_eq!(driver("b0").unwrap(), "bridge");
+    assert!(driver("no-such-if").is_err());
 }

@@ -21,7 +21,7 @@ use toml::Value;
 use crate::config::schema::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, FILTERING_ALLOWED, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS,
-    MAX_FORWARD_RANGE, MAX_WEIGHT, InterfaceLoss, MappingLogTarget, Proxy, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
+    MAX_FORWARD_RANGE, MAX_WEIGHT, InterfaceLoss, MappingLogTarget, PartialChecksums, Proxy, SYSLOG_SOCKET, Server, Settings, Timeouts, XdpModeSetting,
 };
 
 mod proxies;
@@ -397,6 +397,19 @@ fn validate(raw: &mut Raw) -> Settings {
         }
     });
 
+    let partial_checksums = match raw.string("partial_checksums").as_deref() {
+        None | Some("auto") => PartialChecksums::Auto,
+        Some("test") => PartialChecksums::Test,
+        Some(other) => {
+            raw.error(
+                "partial_checksums",
+                format!("{other:?}"),
+                "must be \"auto\" (not tested on a NIC's own interface in native mode) or \"test\" (every frame tested)",
+            );
+            PartialChecksums::Auto
+        }
+    };
+
     Settings {
         lan,
         wan,
@@ -407,6 +420,7 @@ fn validate(raw: &mut Raw) -> Settings {
         port_class,
         low_port_range,
         xdp_mode,
+        partial_checksums,
         port_hold,
         ports_per_host,
         max_sessions,

@@ -9,7 +9,7 @@ use nat_common::{Prefix, forward::MAX_FORWARD_PORTS, proto};
 
 use crate::config::{
     load::{ConfigError, ConfigErrors, overlap_allowed},
-    schema::Settings,
+    schema::{PartialChecksums, Settings},
 };
 
 /// A socket that takes packets to a port: a TCP listener or a bound UDP
@@ -32,21 +32,22 @@ pub struct Environment {
     /// The prefixes of the WAN interface's addresses: the outside networks
     /// the gateway is on (no forward's server may be there).
     pub wan_prefixes: Vec<Prefix>,
-    /// The LAN and WAN interfaces are a NIC driver's own (no rtnetlink link
-    /// kind, `interfaces::link_kind`): run natively, their frames come off
-    /// a wire and never carry a partial checksum. False for a veth, tun,
-    /// bond or any other software device, and when netlink cannot tell.
+    /// The LAN and WAN interfaces are a NIC driver's own (`is_nic`): run
+    /// natively, their frames come off a wire and never carry a partial
+    /// checksum.
     pub lan_is_nic: bool,
     pub wan_is_nic: bool,
 }
 
 impl Environment {
-    /// Whether the LAN's and the WAN's frames come off a wire
-    /// (`GatewayConfig::wire_ingress`): a NIC's own interface, with the
-    /// programs in its driver (`native`). In generic mode any skb may carry
-    /// a partial checksum.
-    pub fn off_the_wire(&self, native: bool) -> (bool, bool) {
-        (native && self.lan_is_nic, native && self.wan_is_nic)
+    /// Whether the LAN's and the WAN's frames are taken to come off a wire
+    /// (`GatewayConfig::wire_ingress`), so that the fast path does not test
+    /// them for a partial checksum: a NIC's own interface, with the programs
+    /// in its driver (`native`), unless `partial_checksums` says to test
+    /// every frame. In generic mode any skb may carry one.
+    pub fn off_the_wire(&self, native: bool, partial_checksums: PartialChecksums) -> (bool, bool) {
+        let auto = native && partial_checksums == PartialChecksums::Auto;
+        (auto && self.lan_is_nic, auto && self.wan_is_nic)
     }
 
     /// The inside prefixes, each marked with where it comes from, as
@@ -200,8 +201,8 @@ impl Environment {
             routed_prefixes: settings.inside_prefixes.clone(),
             own_addrs,
             wan_prefixes,
-            lan_is_nic: lan_ifindex.is_some_and(is_nic),
-            wan_is_nic: wan_ifindex.is_some_and(is_nic),
+            lan_is_nic: lan_ifindex.is_some_and(|index| is_nic(index, &settings.lan)),
+            wan_is_nic: wan_ifindex.is_some_and(|index| is_nic(index, &settings.wan)),
         };
         errors.extend(env.forward_errors(settings, &listeners));
         errors.extend(env.proxy_errors(settings));
@@ -377,12 +378,21 @@ impl Environment {
     }
 }
 
-/// Whether interface `ifindex` is a NIC driver's own (`Environment::lan_is_nic`).
-fn is_nic(ifindex: u32) -> bool {
-    match crate::interfaces::link_kind(ifindex) {
-        Ok(kind) => kind.is_none() && ifindex != LOOPBACK_IFINDEX,
+/// Whether interface `ifindex`, `name`, is a NIC's own, whose frames come
+/// off a wire: no rtnetlink link kind (`interfaces::link_kind`: only
+/// software devices, veth, tun, bond, bridge..., register one), not the
+/// loopback, and not a paravirtual NIC's (`PARAVIRTUAL_DRIVERS`). Anything
+/// netlink or ethtool cannot tell about counts as not one.
+fn is_nic(ifindex: u32, name: &str) -> bool {
+    let driver = crate::interfaces::link_kind(ifindex).and_then(|kind| match kind {
+        None if ifindex != LOOPBACK_IFINDEX => crate::interfaces::driver(name).map(Some),
+        _ => Ok(None),
+    });
+    match driver {
+        Ok(Some(driver)) => !PARAVIRTUAL_DRIVERS.contains(&driver.as_str()),
+        Ok(None) => false,
         Err(e) => {
-            tracing::debug!("{e:#}: taken for a software device");
+            tracing::debug!("{e:#}: its frames are tested for partial checksums");
             false
         }
     }
@@ -390,6 +400,11 @@ fn is_nic(ifindex: u32) -> bool {
 
 /// The loopback's index in every namespace: it has no link kind either.
 const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Paravirtual NICs: a frame from another guest on the same host may reach
+/// XDP with the checksum its sender left to offload (newer virtio_net
+/// keeps its guest checksum offload, GUEST_CSUM, with XDP attached).
+const PARAVIRTUAL_DRIVERS: [&str; 5] = ["virtio_net", "vmxnet3", "hv_netvsc", "vif", "xen-netfront"];
 
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;

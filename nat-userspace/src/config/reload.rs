@@ -1,7 +1,7 @@
 //! What a reload may change while natd runs: the forwards and proxies
 //! (added, removed, or changed in place), the log level, the WAN drop list,
 //! the timeouts (existing sessions age by the new ones from the next scan),
-//! filtering, `ports_per_host`, `log_mappings`, and port parity and class
+//! filtering, `ports_per_host`, `log_mappings`, `partial_checksums`, and port parity and class
 //! (for new mappings: the allocator's policy and the datapath's settings;
 //! the free queues are per parity whatever the setting). The rest shapes
 //! what is loaded and attached, and changing it means a restart: the
@@ -37,6 +37,7 @@ pub fn live_changes(old: &Settings, new: &Settings) -> Vec<String> {
     compare("port_class", &old.port_class, &new.port_class);
     compare("mapping_log", &old.mapping_log, &new.mapping_log);
     compare("on_interface_loss", &old.on_interface_loss, &new.on_interface_loss);
+    compare("partial_checksums", &old.partial_checksums, &new.partial_checksums);
     changes
 }
 

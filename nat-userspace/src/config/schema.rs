@@ -35,6 +35,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("port_class", "true: an inside port below 1024 gets one from low_port_range (RFC 4787 REQ-3a)"),
     ("low_port_range", "external ports below 1024 for inside ports below 1024, \"LO-HI\""),
     ("xdp_mode", "\"native\" or \"generic\""),
+    ("partial_checksums", "\"auto\": frames are tested for a partial checksum (TX offload) but on a NIC's own interface in native mode; \"test\": every frame is (default: auto)"),
     ("port_hold", "seconds a freed external port waits before reuse"),
     ("ports_per_host", "external ports of one protocol one inside address may hold, 0 for no limit"),
     ("max_sessions", "sessions the datapath holds at once, 1024-1048576 (default 1048576): its session tables are sized for them, and a table near the sessions alive is faster than one sized for many more"),
@@ -191,6 +192,17 @@ pub enum XdpModeSetting {
     Generic,
 }
 
+/// Which frames the fast path tests for a partial TCP/UDP checksum (one a
+/// sender's TX offload was to finish), which it then finishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialChecksums {
+    /// All but a NIC's own frames in native mode (`Environment::off_the_wire`):
+    /// they come off a wire, whose checksums are whole.
+    Auto,
+    /// Every frame.
+    Test,
+}
+
 /// The validated settings natd runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -204,6 +216,7 @@ pub struct Settings {
     pub port_class: bool,
     pub low_port_range: Option<(u16, u16)>,
     pub xdp_mode: XdpModeSetting,
+    pub partial_checksums: PartialChecksums,
     pub port_hold: Duration,
     pub ports_per_host: u32,
     /// Sessions the datapath holds: `OUTBOUND` and `LIVENESS` are made

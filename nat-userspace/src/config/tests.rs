@@ -10,7 +10,7 @@ use nat_common::proto::{TCP, UDP};
 
 use crate::config::{
     ConfigError, ConfigErrors, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE, Environment, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, Overrides, Server,
-    Settings, Timeouts, XdpModeSetting, parse_port_range, parse_prefix,
+    PartialChecksums, Settings, Timeouts, XdpModeSetting, parse_port_range, parse_prefix,
     reload::fixed_changes,
 };
 
@@ -61,6 +61,7 @@ fn a_full_file_is_read_and_flags_override_it() {
         external_ip = "203.0.113.7"
         port_range = "40000-40099"
         xdp_mode = "generic"
+        partial_checksums = "test"
         port_hold = 5
         [timeouts]
         udp = 30
@@ -78,6 +79,7 @@ fn a_full_file_is_read_and_flags_override_it() {
     assert_eq!(s.external_ips, [Ipv4Addr::new(203, 0, 113, 7)]);
     assert_eq!((s.port_min, s.port_max), (40000, 40099));
     assert_eq!(s.xdp_mode, XdpModeSetting::Generic);
+    assert_eq!(s.partial_checksums, PartialChecksums::Test);
     assert_eq!(s.port_hold, Duration::from_secs(5));
     assert_eq!(s.timeouts.udp, Duration::from_secs(30));
     assert_eq!((s.timeouts.tcp_opening, s.timeouts.tcp_closing), (Duration::from_secs(20), Duration::from_secs(20)), "tcp_transitory sets both");
@@ -103,7 +105,18 @@ fn defaults_apply_to_what_is_not_set() {
     assert_eq!(s.port_hold, DEFAULT_PORT_HOLD);
     assert_eq!(s.timeouts.tcp_established, Duration::from_secs(7440));
     assert_eq!(s.xdp_mode, XdpModeSetting::Native);
+    assert_eq!(s.partial_checksums, PartialChecksums::Auto);
     assert!(warnings.is_empty());
+}
+
+/// Only a NIC's own interface in native mode, with `partial_checksums`
+/// left at auto, has its frames taken off a wire (no partial-checksum test).
+#[test]
+fn frames_come_off_a_wire_only_from_a_nic_in_native_mode_on_auto() {
+    let env = Environment { lan_is_nic: true, wan_is_nic: false, ..test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]) };
+    assert_eq!(env.off_the_wire(true, PartialChecksums::Auto), (true, false));
+    assert_eq!(env.off_the_wire(false, PartialChecksums::Auto), (false, false), "generic mode: any skb may carry one");
+    assert_eq!(env.off_the_wire(true, PartialChecksums::Test), (false, false), "the operator's word");
 }
 
 #[test]
@@ -115,6 +128,7 @@ fn every_error_is_reported_with_field_value_and_what_is_allowed() {
         external_ip = "300.1.2.3"
         port_range = "9000-100"
         xdp_mode = "fast"
+        partial_checksums = "never"
         port_hold = -1
         colour = "blue"
         [timeouts]
@@ -124,7 +138,7 @@ fn every_error_is_reported_with_field_value_and_what_is_allowed() {
         &Overrides::default(),
     );
     let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-    for expected in ["wan", "external_ip", "port_range", "xdp_mode", "port_hold", "colour", "timeouts.udp", "timeouts.tcp_establshed"] {
+    for expected in ["wan", "external_ip", "port_range", "xdp_mode", "partial_checksums", "port_hold", "colour", "timeouts.udp", "timeouts.tcp_establshed"] {
         assert!(fields.contains(&expected), "no error for {expected}: {errs:#?}");
     }
     let range = errs.iter().find(|e| e.field == "port_range").unwrap();
@@ -156,6 +170,7 @@ fn the_example_config_is_valid_and_spells_out_the_defaults() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!((s.port_min, s.port_max), DEFAULT_PORT_RANGE);
     assert_eq!(s.port_hold, DEFAULT_PORT_HOLD);
+    assert_eq!(s.partial_checksums, PartialChecksums::Auto);
     let d = Timeouts::default();
     assert_eq!(
         (s.timeouts.udp, s.timeouts.icmp, s.timeouts.tcp_established, s.timeouts.tcp_opening, s.timeouts.tcp_closing),
@@ -753,16 +768,16 @@ fn what_cannot_change_live_is_refused_by_name() {
 }
 
 #[test]
-fn timeouts_filtering_quota_and_the_mapping_log_change_live_and_say_so() {
+fn timeouts_filtering_quota_the_mapping_log_and_partial_checksums_change_live_and_say_so() {
     let env = test_environment(vec![Ipv4Addr::new(203, 0, 113, 1)]);
     let old = settings_of(RELOAD_BASE);
     let new = settings_of(&format!(
-        "{RELOAD_BASE}ports_per_host = 100\nlog_mappings = true\n[timeouts]\nudp = 60\n[filtering]\nudp = \"address-and-port-dependent\"\n"
+        "{RELOAD_BASE}ports_per_host = 100\nlog_mappings = true\npartial_checksums = \"test\"\n[timeouts]\nudp = 60\n[filtering]\nudp = \"address-and-port-dependent\"\n"
     ));
     assert_eq!(fixed_changes(&old, &env, &new, &env), Vec::<String>::new());
     let live = super::reload::live_changes(&old, &new);
     let names: Vec<&str> = live.iter().map(|c| c.split(':').next().unwrap()).collect();
-    assert_eq!(names, ["timeouts", "filtering", "ports_per_host", "log_mappings"], "{live:?}");
+    assert_eq!(names, ["timeouts", "filtering", "ports_per_host", "log_mappings", "partial_checksums"], "{live:?}");
     assert!(live[2].ends_with("-> 100"), "{live:?}");
     assert!(super::reload::live_changes(&old, &old).is_empty());
 }

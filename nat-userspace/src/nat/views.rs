@@ -56,7 +56,7 @@ pub fn status(daemon: &Daemon) -> Status {
         },
         inside: env.inside_description(),
         off_the_wire: {
-            let (lan, wan) = env.off_the_wire(run.xdp_mode == "native");
+            let (lan, wan) = env.off_the_wire(run.xdp_mode == "native", settings.partial_checksums);
             [(lan, &settings.lan), (wan, &settings.wan)].into_iter().filter(|(wire, _)| *wire).map(|(_, name)| name.clone()).collect()
         },
     }
