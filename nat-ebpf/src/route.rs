@@ -254,7 +254,7 @@ impl Hop {
 /// Routes a packet translated already (an ICMP error) and sends it on.
 #[inline(always)]
 pub(crate) fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, now: u64) -> Verdict {
-    let hop = next_hop(ctx, pkt, &Rewrite::Nothing, now);
+    let hop = next_hop(ctx, pkt, &Rewrite::Nothing, ctx.ingress_ifindex() as u32, now);
     deliver(ctx, pkt, hop, translated)
 }
 
@@ -291,10 +291,11 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
 /// cache while the entry is fresh and the packet no longer than one the
 /// route lookup has accepted, otherwise from `bpf_fib_lookup` (which also
 /// checks the egress MTU, path-MTU exceptions included), and then cached.
+/// `ingress` keys the cache: the interface the packet came in on (the
+/// route lookup itself asks with the context's).
 #[inline(always)]
-pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, now: u64) -> Hop {
+pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, ingress: u32, now: u64) -> Hop {
     let dst_be = leaving_dst_be(rewrite, pkt);
-    let ingress = ctx.ingress_ifindex() as u32;
     let tot_len = pkt.tot_len();
     let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
     if let Some(slot) = slot {

@@ -109,7 +109,15 @@ pub enum Refresh<'a> {
 /// nothing to undo.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
-    let hop = next_hop(ctx, pkt, rewrite, now);
+    // The next-hop cache's key: the interface of the side the packet came
+    // in on, as natd wrote it, not the context's `ingress_ifindex`, three
+    // dependent loads (rxq, device, index) on every hit. Each program runs
+    // on its side's interface only.
+    let ingress = match rewrite.ingress() {
+        Side::Source => cfg.lan_ifindex,
+        Side::Destination => cfg.wan_ifindex,
+    };
+    let hop = next_hop(ctx, pkt, rewrite, ingress, now);
     match hop {
         Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
         Hop::Refused(verdict) => return verdict,
