@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     cli::{self, RunArgs},
     config::{
-        Environment, InterfaceLoss, Settings, XdpModeSetting, first_ipv4,
+        Environment, InterfaceLoss, Settings, XdpModeSetting, first_ipv4, is_nic,
         reload::{fixed_changes, live_changes},
     },
     control::{self, CLIENT_TIMEOUT, InterfaceLocks, ReloadOutcome, Request},
@@ -351,6 +351,15 @@ fn reattach(daemon: &mut Daemon, forwarding: &mut Forwarding, back: &Served) -> 
         "generic" => ("generic", XdpMode::Skb),
         _ => ("native", XdpMode::Driver),
     };
+    // The device back may be another kind than the one that went: whether
+    // its frames come off a wire is asked again, and written before its
+    // program runs.
+    let nic = is_nic(back.ifindex, &back.name);
+    match side {
+        Side::Lan => daemon.run.env.lan_is_nic = nic,
+        Side::Wan => daemon.run.env.wan_is_nic = nic,
+    }
+    daemon.datapath.set_config(datapath_config(&daemon.run.settings, &daemon.run.env, daemon.run.lan_ip, mode == "native"))?;
     daemon.datapath.attach(side, back.ifindex, xdp_mode)?;
     daemon.datapath.add_tx_port(back.ifindex)?;
     match side {

@@ -383,7 +383,7 @@ impl Environment {
 /// software devices, veth, tun, bond, bridge..., register one), not the
 /// loopback, and not a paravirtual NIC's (`PARAVIRTUAL_DRIVERS`). Anything
 /// netlink or ethtool cannot tell about counts as not one.
-fn is_nic(ifindex: u32, name: &str) -> bool {
+pub fn is_nic(ifindex: u32, name: &str) -> bool {
     let driver = crate::interfaces::link_kind(ifindex).and_then(|kind| match kind {
         None if ifindex != LOOPBACK_IFINDEX => crate::interfaces::driver(name).map(Some),
         _ => Ok(None),

@@ -14,7 +14,7 @@ pub mod reload;
 pub mod schema;
 
 pub use load::{ConfigError, ConfigErrors, Overrides, parse_forward_ports, parse_payload, parse_port_range, parse_prefix, parse_server};
-pub use machine::{Environment, first_ipv4, ifindex, interface_addresses};
+pub use machine::{Environment, first_ipv4, ifindex, interface_addresses, is_nic};
 pub use schema::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALL, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY_IDLE_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS, MAX_FORWARD_RANGE,
