@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Forward, Overrides, Proxy, Settings},
+    config::{Environment, Forward, Overrides, Proxy, Settings, XdpModeSetting},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
     proxy::{ProxyView, Refusal},
@@ -193,6 +193,9 @@ pub fn check(config: &Path) -> Result<()> {
     let f = s.filtering;
     println!("  filtering: tcp {}, udp {} (sctp as udp), icmp {}", f.tcp.name(), f.udp.name(), f.icmp.name());
     println!("  inside (translated sources): {}", env.inside_description());
+    let (lan_wire, wan_wire) = env.off_the_wire(s.xdp_mode == XdpModeSetting::Native, s.partial_checksums);
+    let tested = |wire: bool| if wire { "not tested (a NIC's, in native mode)" } else { "tested" };
+    println!("  partial_checksums {}: {} {}, {} {}", s.partial_checksums.name(), s.lan, tested(lan_wire), s.wan, tested(wan_wire));
     println!("  wan_drop_sources: {} prefix(es)", s.wan_drop_sources.len());
     match s.metrics {
         Some(addr) => println!("  metrics: http://{addr}/metrics"),

@@ -203,6 +203,16 @@ pub enum PartialChecksums {
     Test,
 }
 
+impl PartialChecksums {
+    /// As the config file spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PartialChecksums::Auto => "auto",
+            PartialChecksums::Test => "test",
+        }
+    }
+}
+
 /// The validated settings natd runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -163,6 +163,8 @@ fn natd_check_names_a_bad_metrics_address() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("metrics: http://{GW_LAN}:{METRICS_PORT}/metrics")), "{stdout}");
+    // The lab's interfaces are veths: their frames are tested.
+    assert!(stdout.contains("partial_checksums auto: lan0 tested, wan0 tested"), "{stdout}");
 }
 
 /// A load-balanced UDP forward over two LAN servers: both up, and the new
