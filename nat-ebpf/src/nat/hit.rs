@@ -109,14 +109,12 @@ pub enum Refresh<'a> {
 /// nothing to undo.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
+    let from_wan = rewrite.ingress() == Side::Destination;
     // The next-hop cache's key: the interface of the side the packet came
     // in on, as natd wrote it, not the context's `ingress_ifindex`, three
     // dependent loads (rxq, device, index) on every hit. Each program runs
     // on its side's interface only.
-    let ingress = match rewrite.ingress() {
-        Side::Source => cfg.lan_ifindex,
-        Side::Destination => cfg.wan_ifindex,
-    };
+    let ingress = if from_wan { cfg.wan_ifindex } else { cfg.lan_ifindex };
     let hop = next_hop(ctx, pkt, rewrite, ingress, now);
     match hop {
         Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
@@ -150,8 +148,7 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &R
     if first_fragment && let Rewrite::One(side, to) = rewrite {
         record_first_fragment(pkt, *side, to.addr_be, now);
     }
-    let from_wire = cfg.off_the_wire(rewrite.ingress() == Side::Destination);
-    let partial = !first_fragment && !from_wire && has_partial_checksum(pkt);
+    let partial = !first_fragment && !cfg.off_the_wire(from_wan) && has_partial_checksum(pkt);
     match rewrite {
         Rewrite::One(side, to) => translate_with(pkt, *side, to, sctp_check),
         Rewrite::Both(source, destination) => translate_both_with(pkt, source, destination, sctp_check),
