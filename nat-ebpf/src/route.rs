@@ -229,9 +229,10 @@ impl Mac {
 
 /// What the route lookup says about a packet.
 pub(crate) enum Hop {
-    /// Out of `egress_ifindex` with these MACs (only what `deliver` needs:
-    /// the hop is kept across the rewrite).
-    Ready { egress_ifindex: u32, smac: Mac, dmac: Mac },
+    /// Out of this CPU's next-hop cache entry, read when the frame is sent
+    /// (`deliver`): a pointer held across the rewrite, not its egress and
+    /// six MAC words, which spilled to the stack and back.
+    Ready(*const NextHop),
     /// Routed, but the next hop's MAC is not known yet.
     NoNeighbour,
     /// Longer than the egress MTU, given in host order.
@@ -239,16 +240,6 @@ pub(crate) enum Hop {
     /// Not forwarded: no route (dropped), or a local destination (passed
     /// as it came: nothing is rewritten or refreshed for it).
     Refused(Verdict),
-}
-
-impl Hop {
-    /// Out of the cached or just looked-up hop `next`.
-    #[inline(always)]
-    fn ready(next: &NextHop) -> Hop {
-        // SAFETY: `NextHop` is 8-aligned (a map value, or on the stack) and
-        // its MACs lie at even offsets (`Mac::of`).
-        unsafe { Hop::Ready { egress_ifindex: next.egress_ifindex, smac: Mac::of(&next.smac), dmac: Mac::of(&next.dmac) } }
-    }
 }
 
 /// Routes a packet translated already (an ICMP error) and sends it on.
@@ -264,8 +255,11 @@ pub(crate) fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, no
 /// another (RFC 1122 3.2.2): dropped.
 #[inline(always)]
 pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: Reason) -> Verdict {
+    // SAFETY: this CPU's entry of `NEXT_HOPS`, as `next_hop` left it: XDP
+    // runs with bottom halves off, so no other program run on this CPU
+    // writes it in between. 8-aligned, its MACs at even offsets (`Mac::of`).
     let (egress_ifindex, smac, dmac) = match hop {
-        Hop::Ready { egress_ifindex, smac, dmac } => (egress_ifindex, smac, dmac),
+        Hop::Ready(next) => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
         Hop::NoNeighbour => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
@@ -302,7 +296,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         // SAFETY: this CPU's slot, written only while this program runs on it.
         let hop = unsafe { &*slot };
         if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            return Hop::ready(hop);
+            return Hop::Ready(slot);
         }
     }
 
@@ -340,20 +334,23 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         _pad32: 0,
         expires_ns: now + NEXT_HOP_TTL_NS,
     };
-    if let Some(slot) = slot {
-        // SAFETY: as above.
-        let old = unsafe { &mut *slot };
-        // A longer packet to the same, still fresh hop widens what the entry
-        // accepts without extending its life.
-        if old.answers(dst_be, ingress, now)
-            && old.egress_ifindex == hop.egress_ifindex
-            && old.dmac == hop.dmac
-            && old.max_len > hop.max_len
-        {
-            hop.max_len = old.max_len;
-            hop.expires_ns = old.expires_ns;
-        }
-        *old = hop;
+    // Without an entry (never: the index is masked to the array's size)
+    // the daemon sends it.
+    let Some(slot) = slot else {
+        return Hop::NoNeighbour;
+    };
+    // SAFETY: as above.
+    let old = unsafe { &mut *slot };
+    // A longer packet to the same, still fresh hop widens what the entry
+    // accepts without extending its life.
+    if old.answers(dst_be, ingress, now)
+        && old.egress_ifindex == hop.egress_ifindex
+        && old.dmac == hop.dmac
+        && old.max_len > hop.max_len
+    {
+        hop.max_len = old.max_len;
+        hop.expires_ns = old.expires_ns;
     }
-    Hop::ready(&hop)
+    *old = hop;
+    Hop::Ready(slot)
 }
