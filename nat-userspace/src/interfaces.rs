@@ -12,6 +12,9 @@
 //!   and keeps translating to the address it started with; changing the
 //!   external address takes a restart (a reload refuses it too), because
 //!   every session and free port belongs to it.
+//!
+//! And what kind of device an interface is (`link_kind`, `driver`): a NIC's
+//! frames come off a wire (`config::is_nic`).
 
 use std::net::{IpAddr, Ipv4Addr};
 

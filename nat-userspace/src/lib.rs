@@ -11,7 +11,7 @@
 //! - `metrics`: Prometheus metrics, served off the packet loop;
 //! - `forwarding`: the sysctls natd turns on and puts back;
 //! - `handover`: what a natd stopping with the datapath serving leaves the next;
-//! - `interfaces`: the served interfaces watched through netlink;
+//! - `interfaces`: the served interfaces watched through netlink, and what kind of device each is;
 //! - `logging`: natd's log lines;
 //! - `cli` and `serve`: the command line, and `natd run`.
 
