@@ -233,8 +233,10 @@ pub(crate) enum Hop {
     /// (`deliver`): a pointer held across the rewrite, not its egress and
     /// six MAC words, which spilled to the stack and back.
     Ready(*const NextHop),
-    /// Routed, but the next hop's MAC is not known yet.
-    NoNeighbour,
+    /// Routed, but the next hop's MAC is not known yet. It carries the
+    /// entry too, unused: with one shape on both ways on (a pointer where
+    /// `Ready` has one), the verifier walks the rewrite once for both.
+    NoNeighbour(*const NextHop),
     /// Longer than the egress MTU, given in host order.
     TooBig(u16),
     /// Not forwarded: no route (dropped), or a local destination (passed
@@ -260,7 +262,7 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
     // writes it in between. 8-aligned, its MACs at even offsets (`Mac::of`).
     let (egress_ifindex, smac, dmac) = match hop {
         Hop::Ready(next) => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
-        Hop::NoNeighbour => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        Hop::NoNeighbour(_) => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
@@ -291,13 +293,14 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
 pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, ingress: u32, now: u64) -> Hop {
     let dst_be = leaving_dst_be(rewrite, pkt);
     let tot_len = pkt.tot_len();
-    let slot = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress));
-    if let Some(slot) = slot {
-        // SAFETY: this CPU's slot, written only while this program runs on it.
-        let hop = unsafe { &*slot };
-        if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-            return Hop::Ready(slot);
-        }
+    // Never missing: the index is masked to the array's size.
+    let Some(slot) = NEXT_HOPS.get_ptr_mut(NextHop::slot(dst_be, ingress)) else {
+        return Hop::Refused(Verdict::drop(Reason::DropNoRoute));
+    };
+    // SAFETY: this CPU's slot, written only while this program runs on it.
+    let hop = unsafe { &*slot };
+    if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
+        return Hop::Ready(slot);
     }
 
     let mut params = MaybeUninit::uninit();
@@ -305,7 +308,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     let rc = lookup(ctx, params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour,
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour(slot),
         // The kernel wrote the MTU over tot_len (a union).
         // SAFETY: a union of two u16s.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
@@ -333,11 +336,6 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         _pad16: 0,
         _pad32: 0,
         expires_ns: now + NEXT_HOP_TTL_NS,
-    };
-    // Without an entry (never: the index is masked to the array's size)
-    // the daemon sends it.
-    let Some(slot) = slot else {
-        return Hop::NoNeighbour;
     };
     // SAFETY: as above.
     let old = unsafe { &mut *slot };

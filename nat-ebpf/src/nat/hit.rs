@@ -119,7 +119,7 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &R
     match hop {
         Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
         Hop::Refused(verdict) => return verdict,
-        Hop::Ready { .. } | Hop::NoNeighbour => {}
+        Hop::Ready(_) | Hop::NoNeighbour(_) => {}
     }
     if let Some(cut) = cut::after(Step::Routed) {
         return cut;
