@@ -229,14 +229,13 @@ impl Mac {
 
 /// What the route lookup says about a packet.
 pub(crate) enum Hop {
-    /// Out of this CPU's next-hop cache entry, read when the frame is sent
-    /// (`deliver`): a pointer held across the rewrite, not its egress and
-    /// six MAC words, which spilled to the stack and back.
-    Ready(*const NextHop),
-    /// Routed, but the next hop's MAC is not known yet. It carries the
-    /// entry too, unused: with one shape on both ways on (a pointer where
-    /// `Ready` has one), the verifier walks the rewrite once for both.
-    NoNeighbour(*const NextHop),
+    /// Out of this CPU's next-hop cache entry `next`, read when the frame
+    /// is sent (`deliver`): a pointer held across the rewrite, not its
+    /// egress and six MAC words, which spilled to the stack and back.
+    /// Without `neighbour` (its MAC not known yet), natd sends the frame,
+    /// and `next` is not read. One variant for both, so that the verifier
+    /// sees one shape and walks the rewrite once for both.
+    Routed { next: *const NextHop, neighbour: bool },
     /// Longer than the egress MTU, given in host order.
     TooBig(u16),
     /// Not forwarded: no route (dropped), or a local destination (passed
@@ -261,8 +260,8 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
     // runs with bottom halves off, so no other program run on this CPU
     // writes it in between. 8-aligned, its MACs at even offsets (`Mac::of`).
     let (egress_ifindex, smac, dmac) = match hop {
-        Hop::Ready(next) => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
-        Hop::NoNeighbour(_) => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        Hop::Routed { next, neighbour: true } => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
+        Hop::Routed { neighbour: false, .. } => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
@@ -300,7 +299,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     // SAFETY: this CPU's slot, written only while this program runs on it.
     let hop = unsafe { &*slot };
     if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-        return Hop::Ready(slot);
+        return Hop::Routed { next: slot, neighbour: true };
     }
 
     let mut params = MaybeUninit::uninit();
@@ -308,7 +307,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     let rc = lookup(ctx, params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::NoNeighbour(slot),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::Routed { next: slot, neighbour: false },
         // The kernel wrote the MTU over tot_len (a union).
         // SAFETY: a union of two u16s.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
@@ -350,5 +349,5 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         hop.expires_ns = old.expires_ns;
     }
     *old = hop;
-    Hop::Ready(slot)
+    Hop::Routed { next: slot, neighbour: true }
 }

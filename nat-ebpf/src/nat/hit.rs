@@ -109,7 +109,8 @@ pub enum Refresh<'a> {
 /// nothing to undo.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &Rewrite, now: u64, translated: Reason, sessions: Refresh, sctp_check: SctpCheck) -> Verdict {
-    let from_wan = rewrite.ingress() == Side::Destination;
+    let came_in = rewrite.ingress();
+    let from_wan = came_in == Side::Destination;
     // The next-hop cache's key: the interface of the side the packet came
     // in on, as natd wrote it, not the context's `ingress_ifindex`, three
     // dependent loads (rxq, device, index) on every hit. Each program runs
@@ -117,9 +118,9 @@ pub fn send(ctx: &XdpContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, rewrite: &R
     let ingress = if from_wan { cfg.wan_ifindex } else { cfg.lan_ifindex };
     let hop = next_hop(ctx, pkt, rewrite, ingress, now);
     match hop {
-        Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, rewrite.ingress()),
+        Hop::TooBig(mtu) => return too_big(ctx, pkt, mtu, came_in),
         Hop::Refused(verdict) => return verdict,
-        Hop::Ready(_) | Hop::NoNeighbour(_) => {}
+        Hop::Routed { .. } => {}
     }
     if let Some(cut) = cut::after(Step::Routed) {
         return cut;
