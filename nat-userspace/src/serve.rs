@@ -123,11 +123,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring = datapath.take_miss_ring()?;
     // From here on an error drops `datapath`, which detaches both programs.
     let mode = attach(&mut datapath, env.lan_ifindex, env.wan_ifindex, settings.xdp_mode)?;
-    let (lan_wire, wan_wire) = env.off_the_wire(mode == "native", settings.partial_checksums);
-    if lan_wire || wan_wire {
-        datapath.set_config(datapath_config(&settings, &env, lan_ip, true))?;
-        for (name, wire) in [(&settings.lan, lan_wire), (&settings.wan, wan_wire)] {
-            if wire {
+    let config = datapath_config(&settings, &env, lan_ip, mode == "native");
+    if config.wire_ingress != 0 {
+        datapath.set_config(config)?;
+        for (name, from_wan) in [(&settings.lan, false), (&settings.wan, true)] {
+            if config.off_the_wire(from_wan) {
                 tracing::info!("{name} is a NIC's own interface in native mode: its frames come off a wire and are not tested for a partial checksum");
             }
         }

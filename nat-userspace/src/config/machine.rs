@@ -384,18 +384,15 @@ impl Environment {
 /// loopback, and not a paravirtual NIC's (`PARAVIRTUAL_DRIVERS`). Anything
 /// netlink or ethtool cannot tell about counts as not one.
 pub fn is_nic(ifindex: u32, name: &str) -> bool {
-    let driver = crate::interfaces::link_kind(ifindex).and_then(|kind| match kind {
-        None if ifindex != LOOPBACK_IFINDEX => crate::interfaces::driver(name).map(Some),
-        _ => Ok(None),
-    });
-    match driver {
-        Ok(Some(driver)) => !PARAVIRTUAL_DRIVERS.contains(&driver.as_str()),
-        Ok(None) => false,
-        Err(e) => {
-            tracing::debug!("{e:#}: its frames are tested for partial checksums");
-            false
-        }
+    use crate::interfaces::{driver, link_kind};
+    if ifindex == LOOPBACK_IFINDEX {
+        return false;
     }
+    let asked = || -> anyhow::Result<bool> { Ok(link_kind(ifindex)?.is_none() && !PARAVIRTUAL_DRIVERS.contains(&driver(name)?.as_str())) };
+    asked().unwrap_or_else(|e| {
+        tracing::debug!("{e:#}: its frames are tested for partial checksums");
+        false
+    })
 }
 
 /// The loopback's index in every namespace: it has no link kind either.

@@ -81,6 +81,18 @@ struct Figure {
     off_the_wire: bool,
 }
 
+impl Figure {
+    /// A figure measured as off a wire, the default.
+    fn new(key: &'static str, side: Side, frame: Vec<u8>, expect: u32) -> Self {
+        Figure { key, side, frame, expect, samples: Vec::new(), off_the_wire: true }
+    }
+
+    /// The same measured as a veth delivers it.
+    fn through_a_veth(self) -> Self {
+        Figure { off_the_wire: false, ..self }
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
@@ -230,11 +242,11 @@ fn epoch(rounds: usize) -> Result<(Vec<u64>, Vec<Figure>)> {
             *kind = 0;
         }
         inbound.ttl = 255;
-        figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![], off_the_wire: true });
-        figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![], off_the_wire: true });
+        figures.push(Figure::new(key_out, Side::Lan, out.build(), REDIRECT));
+        figures.push(Figure::new(key_in, Side::Wan, inbound.build(), REDIRECT));
         if proto_nr == proto::TCP {
-            veth_rows.push(Figure { key: "tcp_out_veth", side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![], off_the_wire: false });
-            veth_rows.push(Figure { key: "tcp_in_veth", side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![], off_the_wire: false });
+            veth_rows.push(Figure::new("tcp_out_veth", Side::Lan, out.build(), REDIRECT).through_a_veth());
+            veth_rows.push(Figure::new("tcp_in_veth", Side::Wan, inbound.build(), REDIRECT).through_a_veth());
         }
     }
     // SCTP hits next to UDP's at three IPv4 packet sizes (issue 14): SCTP's
@@ -263,8 +275,8 @@ fn epoch(rounds: usize) -> Result<(Vec<u64>, Vec<Figure>)> {
         let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make(remote, (addr::EXTERNAL, INBOUND_PORT))).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
         inbound.ttl = 255;
         inbound.payload = payload;
-        figures.push(Figure { key: key_out, side: Side::Lan, frame: out.build(), expect: REDIRECT, samples: vec![], off_the_wire: true });
-        figures.push(Figure { key: key_in, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![], off_the_wire: true });
+        figures.push(Figure::new(key_out, Side::Lan, out.build(), REDIRECT));
+        figures.push(Figure::new(key_in, Side::Wan, inbound.build(), REDIRECT));
     }
     // A forwarded flow's packet from the WAN (issue 12): the forward's port
     // and the established flow looked up, the backend read, the destination
@@ -288,20 +300,20 @@ fn epoch(rounds: usize) -> Result<(Vec<u64>, Vec<Figure>)> {
         let mut inbound = Frame::new(addr::REMOTE, addr::EXTERNAL, make((addr::REMOTE, 443), (addr::EXTERNAL, FORWARD_PORT)))
             .with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
         inbound.ttl = 255;
-        figures.push(Figure { key, side: Side::Wan, frame: inbound.build(), expect: REDIRECT, samples: vec![], off_the_wire: true });
+        figures.push(Figure::new(key, Side::Wan, inbound.build(), REDIRECT));
     }
     let miss = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
-    figures.push(Figure { key: "miss", side: Side::Lan, frame: miss.build(), expect: DROP, samples: vec![], off_the_wire: true });
+    figures.push(Figure::new("miss", Side::Lan, miss.build(), DROP));
     // Diagnostics: where the time goes. Parse + count only (TTL 1 passes
     // early), and parse + the lookups of a WAN packet to the gateway's own
     // port (outside the NAT ranges: FLOWS and FORWARDS miss).
     let mut ttl1 = Frame::udp((addr::LAN_HOST, 41000), (addr::REMOTE, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
     ttl1.ttl = 1;
-    figures.push(Figure { key: "parse_only", side: Side::Lan, frame: ttl1.build(), expect: PASS, samples: vec![], off_the_wire: true });
+    figures.push(Figure::new("parse_only", Side::Lan, ttl1.build(), PASS));
     let lookup_miss = Frame::udp((addr::REMOTE, 53), (addr::EXTERNAL, 40000)).with_macs(addr::WAN_NEXT_HOP_MAC, addr::WAN_GW_MAC);
-    figures.push(Figure { key: "lookup_miss", side: Side::Wan, frame: lookup_miss.build(), expect: PASS, samples: vec![], off_the_wire: true });
+    figures.push(Figure::new("lookup_miss", Side::Wan, lookup_miss.build(), PASS));
     let to_gateway = Frame::udp((addr::LAN_HOST, 41000), (addr::LAN_GW, 53)).with_macs(addr::LAN_HOST_MAC, addr::LAN_GW_MAC);
-    figures.push(Figure { key: "lookup_miss_fib_local", side: Side::Lan, frame: to_gateway.build(), expect: PASS, samples: vec![], off_the_wire: true });
+    figures.push(Figure::new("lookup_miss_fib_local", Side::Lan, to_gateway.build(), PASS));
     // Last in each round: the configuration is written twice a round.
     figures.append(&mut veth_rows);
     let mut ring = gw.datapath.take_miss_ring()?;
