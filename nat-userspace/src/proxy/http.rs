@@ -14,10 +14,21 @@
 //! (each opened with the PROXY header when the proxy asks for one, since it
 //! names this client), and are reused while it lasts.
 //!
+//! Upgrades (WebSocket, RFC 6455; RFC 9110 §7.8): a request that asks to
+//! switch protocols goes to its host's server with its `Upgrade` and
+//! `Connection: upgrade`, as HAProxy and nginx pass them. When the server
+//! answers 101, the client connection and that server connection become
+//! one tunnel, relayed both ways until either closes: no later request is
+//! routed on it (there are none, the bytes are the new protocol's). An
+//! upgrade to `h2c` is not passed on: HTTP/2 over the tunnel would carry
+//! every later request to the first one's server, past the routing by
+//! Host, so the request is served as plain HTTP/1.1 (RFC 9113 §3.1
+//! deprecates that upgrade anyway).
+//!
 //! Timeouts: `hello_timeout` bounds each request head, from its first byte
 //! (the first request's from the accept); `idle_timeout` bounds a keep-alive
-//! wait for the next request, and the silence both ways while a request is
-//! served.
+//! wait for the next request, the silence both ways while a request is
+//! served, and the silence both ways of a tunnel.
 
 use std::{
     collections::HashMap,
@@ -39,11 +50,13 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
     server::conn::http1 as server_http1,
     service::service_fn,
+    upgrade::OnUpgrade,
 };
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
+    task::JoinHandle,
     time::{Instant, sleep_until, timeout},
 };
 
@@ -76,15 +89,27 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
     let local = client.local_addr().map_err(|e| Refusal::Local(format!("the client's socket: {e}")))?;
     let _ = client.set_nodelay(true);
     let activity = Arc::new(Activity::new());
-    let conn = Arc::new(Conn { service: Arc::clone(&service), peer, local, activity: Arc::clone(&activity), servers: Mutex::new(HashMap::new()) });
-    let io = TokioIo::new(Watched { stream: client, activity: Arc::clone(&activity) });
-    let handler = service_fn(move |request| {
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(conn.handle(request).await) }
+    let conn = Arc::new(Conn {
+        service: Arc::clone(&service),
+        peer,
+        local,
+        activity: Arc::clone(&activity),
+        servers: Mutex::new(HashMap::new()),
+        tunnel: Mutex::new(None),
     });
+    let io = TokioIo::new(Watched { stream: client, activity: Arc::clone(&activity) });
+    let handler = {
+        let conn = Arc::clone(&conn);
+        service_fn(move |request| {
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(conn.handle(request).await) }
+        })
+    };
     // natd's own watch below bounds the heads and the idle times.
-    let connection = server_http1::Builder::new().keep_alive(true).header_read_timeout(None).serve_connection(io, handler);
+    let connection = server_http1::Builder::new().keep_alive(true).header_read_timeout(None).serve_connection(io, handler).with_upgrades();
     tokio::pin!(connection);
+    // The tunnel the connection became after a 101, once hyper let it go.
+    let mut tunnel: Option<Tunnel> = None;
     loop {
         let (hello, idle) = {
             let current = service.current();
@@ -100,9 +125,27 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
             };
         }
         let tick = (hello.min(idle) / 4).clamp(MIN_TICK, MAX_TICK);
+        let requests = activity.requests();
+        if let Some(relaying) = &mut tunnel {
+            tokio::select! {
+                relayed = &mut relaying.0 => {
+                    let end = relayed.map_err(io::Error::other).and_then(|result| result.map(|_| ()));
+                    return Ok(Served { requests, end: End::Closed(end) });
+                }
+                _ = sleep_until(deadline.min(now + tick)) => {}
+            }
+            continue;
+        }
         tokio::select! {
             result = &mut connection => {
-                let requests = activity.requests();
+                // hyper has handed the socket over to a 101's tunnel: the
+                // connection lasts as long as it does.
+                if result.is_ok()
+                    && let Some(relaying) = conn.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    tunnel = Some(relaying);
+                    continue;
+                }
                 return match result {
                     Err(e) if requests == 0 && e.is_incomplete_message() => Err(Refusal::ClientClosed),
                     Err(e) if requests == 0 && e.is_parse() => Err(Refusal::BadRequest(e.to_string())),
@@ -122,6 +165,19 @@ struct Conn {
     activity: Arc<Activity>,
     /// Open connections to servers, for the next requests of this client.
     servers: Mutex<HashMap<SocketAddrV4, client_http1::SendRequest<Incoming>>>,
+    /// The relay of an upgraded connection (a 101 passed on), for `serve`
+    /// to wait on once hyper lets the client's socket go.
+    tunnel: Mutex<Option<Tunnel>>,
+}
+
+/// The relay task of an upgraded connection, stopped when dropped: it
+/// never outlives the client connection's slot (`max_connections`).
+struct Tunnel(JoinHandle<io::Result<(u64, u64)>>);
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Conn {
@@ -151,26 +207,50 @@ impl Conn {
                 Err(_) => routes.for_name(None).map_err(|_| Refusal::UnknownName(host.clone()))?,
             },
         };
+        let upgrade = upgrade_asked(&request);
         prepare(&mut request, self.peer);
+        let client_upgrade = upgrade.map(|protocols| {
+            let headers = request.headers_mut();
+            headers.insert(header::UPGRADE, protocols);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            hyper::upgrade::on(&mut request)
+        });
         let candidates = routes.candidates(set)?;
         let (mut sender, backend) = self.sender(candidates, &current.proxy, host.as_deref()).await?;
         let backend = routes.backends.iter().find(|b| b.addr == backend).map(Arc::clone).expect("a candidate is one of the routes' backends");
         backend.total.fetch_add(1, Ordering::Relaxed);
-        let result = sender.send_request(request).await;
-        // The next request of this client waits for this response's end
-        // anyway: the connection is ready for it by then.
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(backend.addr, sender);
-        match result {
-            Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }
+        let mut response = match sender.send_request(request).await {
+            Ok(response) => response,
             Err(e) => {
                 let why = format!("{}: {e}", backend.addr);
                 backend.note_failure(format!("request: {why}"));
-                Err(Refusal::ServerFailed(why))
+                return Err(Refusal::ServerFailed(why));
             }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(Refusal::ServerFailed(format!("{}: 101 to a request that asked for no upgrade", backend.addr)));
+            };
+            // The server connection is the tunnel's now: never reused.
+            let protocols = response.headers().get(header::UPGRADE).cloned();
+            let server_upgrade = hyper::upgrade::on(&mut response);
+            strip_hop_by_hop(response.headers_mut());
+            if let Some(protocols) = protocols {
+                response.headers_mut().insert(header::UPGRADE, protocols);
+            }
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            self.activity.tunnel_opened();
+            backend.active.fetch_add(1, Ordering::Relaxed);
+            let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+            let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
+            *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
+            return Ok(response);
         }
+        // The next request of this client waits for this response's end
+        // anyway: the connection is ready for it by then.
+        self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(backend.addr, sender);
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
     }
 
     /// A connection to a server of `candidates`: one of this client's that
@@ -195,17 +275,73 @@ impl Conn {
         }
         let (sender, connection) = client_http1::handshake(TokioIo::new(stream)).await.map_err(|e| Refusal::ServerFailed(format!("{}: {e}", backend.addr)))?;
         backend.active.fetch_add(1, Ordering::Relaxed);
-        let (addr, service) = (backend.addr, Arc::clone(&self.service));
+        let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
         tokio::spawn(async move {
-            let _ = connection.await;
-            // The backend of the routes in force now (or none, if a reload
-            // removed it): the same counters while it stays.
-            if let Some(backend) = service.current().routes.backends.iter().find(|b| b.addr == addr) {
-                backend.active.fetch_sub(1, Ordering::Relaxed);
-            }
+            // Ends at a 101 too, the socket handed to the tunnel, which
+            // counts itself as the server's connection while it lasts.
+            let _ = connection.with_upgrades().await;
+            drop(server);
         });
         Ok((sender, backend.addr))
     }
+}
+
+/// A connection to the server at `addr`, counted in its `active` while
+/// this lives: on drop, one fewer of the routes in force then (none, if a
+/// reload removed it; the same counters while it stays).
+struct ServerConnection {
+    service: Arc<Service>,
+    addr: SocketAddrV4,
+}
+
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        if let Some(backend) = self.service.current().routes.backends.iter().find(|b| b.addr == self.addr) {
+            backend.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Relays an upgraded connection both ways once hyper has handed over
+/// both sockets (the client's after the 101 is written, with anything it
+/// sent behind the request; the server's with anything behind the 101).
+/// Ends when both sides have closed, or at the first error; `server` is
+/// counted until then, or until the task is stopped.
+async fn tunnel(client: OnUpgrade, server: OnUpgrade, _counted: ServerConnection) -> io::Result<(u64, u64)> {
+    let (client, server) = tokio::try_join!(client, server).map_err(io::Error::other)?;
+    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+    tokio::io::copy_bidirectional(&mut client, &mut server).await
+}
+
+/// The protocols a request asks to switch to (RFC 9110 §7.8), as its
+/// `Upgrade` lists them, `h2c` left out: None when it asks for none, or
+/// only for `h2c`, or is not HTTP/1.1 (HTTP/1.0 has no upgrade).
+fn upgrade_asked<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let headers = request.headers();
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_says_upgrade {
+        return None;
+    }
+    let protocols: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    if protocols.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&protocols.join(", ")).ok()
 }
 
 /// The host a request names, as written, port dropped: the authority of
@@ -383,6 +519,8 @@ struct State {
     /// The first byte of the next request's head, while it is not whole.
     head_started: Option<Instant>,
     requests: u64,
+    /// A 101 was passed on: the bytes are a tunnel's, never a request head.
+    tunnel: bool,
 }
 
 /// A connection's timing, kept by its socket (`Watched`), its requests and
@@ -393,7 +531,7 @@ struct Activity(Mutex<State>);
 impl Activity {
     fn new() -> Self {
         let now = Instant::now();
-        Self(Mutex::new(State { moved: now, in_request: false, waiting_since: now, head_started: None, requests: 0 }))
+        Self(Mutex::new(State { moved: now, in_request: false, waiting_since: now, head_started: None, requests: 0, tunnel: false }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -404,7 +542,7 @@ impl Activity {
         let now = Instant::now();
         let mut s = self.state();
         s.moved = now;
-        if read && !s.in_request && s.head_started.is_none() {
+        if read && !s.in_request && !s.tunnel && s.head_started.is_none() {
             s.head_started = Some(now);
         }
     }
@@ -414,6 +552,10 @@ impl Activity {
         s.in_request = true;
         s.head_started = None;
         s.requests += 1;
+    }
+
+    fn tunnel_opened(&self) {
+        self.state().tunnel = true;
     }
 
     fn response_ended(&self) {
@@ -432,7 +574,7 @@ impl Activity {
     /// When the connection is closed unless something happens first.
     fn deadline(&self, hello: Duration, idle: Duration) -> (Instant, Expiry) {
         let s = self.state();
-        if s.in_request {
+        if s.in_request || s.tunnel {
             (s.moved + idle, Expiry::Idle)
         } else if s.requests == 0 {
             (s.waiting_since + hello, Expiry::Head)
@@ -552,6 +694,19 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_is_asked_by_connection_and_upgrade_together_h2c_never() {
+        let asked = |version, headers: &[(&str, &str)]| upgrade_asked(&request("/", version, headers)).map(|v| v.to_str().unwrap().to_string());
+        let websocket = [("connection", "Upgrade"), ("upgrade", "websocket")];
+        assert_eq!(asked(Version::HTTP_11, &websocket), Some("websocket".into()));
+        assert_eq!(asked(Version::HTTP_11, &[("connection", "keep-alive, UPGRADE"), ("upgrade", "websocket")]), Some("websocket".into()), "a token of the list, any case");
+        assert_eq!(asked(Version::HTTP_10, &websocket), None, "HTTP/1.0 has no upgrade");
+        assert_eq!(asked(Version::HTTP_11, &[("upgrade", "websocket")]), None, "Upgrade without Connection: upgrade is not a request to switch");
+        assert_eq!(asked(Version::HTTP_11, &[("connection", "upgrade")]), None, "nothing to switch to");
+        assert_eq!(asked(Version::HTTP_11, &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")]), None, "h2c would take the connection past the routing by Host");
+        assert_eq!(asked(Version::HTTP_11, &[("connection", "upgrade"), ("upgrade", "h2c, websocket")]), Some("websocket".into()));
+    }
+
+    #[test]
     fn refusals_answer_421_400_503_or_502_with_a_short_body() {
         let status = |r: Refusal| refusal_response(&r).status();
         assert_eq!(status(Refusal::UnknownName("x.example".into())), StatusCode::MISDIRECTED_REQUEST);
@@ -585,5 +740,13 @@ mod tests {
         let started = activity.state().head_started.unwrap();
         assert_eq!(activity.deadline(hello, idle), (started + hello, Expiry::Head), "the next head, from its first byte");
         assert_eq!(activity.requests(), 1);
+
+        let tunnel = Activity::new();
+        tunnel.request_started();
+        tunnel.tunnel_opened();
+        tunnel.response_ended();
+        tunnel.moved(true);
+        let moved = tunnel.state().moved;
+        assert_eq!(tunnel.deadline(hello, idle), (moved + idle, Expiry::Idle), "a tunnel's bytes are no head: silence both ways bounds it");
     }
 }

@@ -391,3 +391,201 @@ fn a_reload_adds_a_host_live_even_for_an_open_keep_alive_connection() {
     assert_eq!(curl(&lab, 80, "red.example", &[]), "200 http-red");
     assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1, "counters outlive a reload");
 }
+
+/// A server that takes WebSocket upgrades, on `addr` in `ns`, for this
+/// test's bounded time: to a request that asks for `websocket` it answers
+/// 101, then answers each line with "NAME: LINE"; to any other request,
+/// 200 with "NAME upgrade=UPGRADE" (the Upgrade it got, or "none"), and
+/// closes. Each request head it got is kept, lowercased.
+struct UpgradeServer {
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UpgradeServer {
+    /// How long it serves at most, and a tunnel at most.
+    const LIFETIME: Duration = Duration::from_secs(60);
+
+    fn start(ns: &Netns, addr: SocketAddrV4, name: &'static str) -> Self {
+        use std::sync::{Arc, Mutex, atomic::{AtomicBool, Ordering}};
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = in_ns(ns, move || std::net::TcpListener::bind(addr)).join().unwrap().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (kept, stopped) = (Arc::clone(&heads), Arc::clone(&stop));
+        thread::spawn(move || {
+            let until = Instant::now() + Self::LIFETIME;
+            while Instant::now() < until && !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let kept = Arc::clone(&kept);
+                        thread::spawn(move || Self::serve(stream, name, &kept, until));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { heads, stop }
+    }
+
+    fn serve(mut stream: TcpStream, name: &str, heads: &std::sync::Mutex<Vec<String>>, until: Instant) {
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buffered = Vec::new();
+        let mut buf = [0u8; 4096];
+        let Ok(head) = read_head(&mut stream, &mut buffered) else { return };
+        heads.lock().unwrap().push(head.clone());
+        let upgrade = head.lines().find_map(|l| l.strip_prefix("upgrade:")).map(|v| v.trim().to_string());
+        if upgrade.as_deref() != Some("websocket") {
+            let body = format!("{name} upgrade={}", upgrade.as_deref().unwrap_or("none"));
+            let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+            return;
+        }
+        let accepted = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        if stream.write_all(accepted.as_bytes()).is_err() {
+            return;
+        }
+        while Instant::now() < until {
+            while let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&buffered[..end]).into_owned();
+                buffered.drain(..=end);
+                if stream.write_all(format!("{name}: {line}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => buffered.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UpgradeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1) for `host`.
+fn websocket_upgrade(host: &str) -> String {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A connection from the WAN host through the proxy on `port`, upgraded:
+/// the 101's head (lowercased), and the stream with what came after it.
+fn upgraded(port: u16, host: &str) -> Result<(String, TcpStream, Vec<u8>), String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(websocket_upgrade(host).as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut buffered = Vec::new();
+    let head = read_head(&mut stream, &mut buffered).map_err(|e| format!("no answer to the upgrade: {e}"))?;
+    Ok((head, stream, buffered))
+}
+
+/// Reads a request's or response's head from `stream`, lowercased; what
+/// came after it stays in `buffered`.
+fn read_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Result<String, String> {
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = find(buffered, b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => buffered.extend_from_slice(&buf[..n]),
+            other => return Err(format!("{other:?} after {:?}", String::from_utf8_lossy(buffered))),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffered[..end]).to_ascii_lowercase();
+    buffered.drain(..end + 4);
+    Ok(head)
+}
+
+/// Writes `line` into a tunnel and reads the line that comes back.
+fn exchange(stream: &mut TcpStream, buffered: &mut Vec<u8>, line: &str) -> Result<String, String> {
+    stream.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("send {line:?}: {e}"))?;
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+            let back = String::from_utf8_lossy(&buffered[..end]).into_owned();
+            buffered.drain(..=end);
+            return Ok(back);
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => buffered.extend_from_slice(&buf[..n]),
+            other => return Err(format!("no answer to {line:?}: {other:?}")),
+        }
+    }
+}
+
+#[test]
+fn websocket_upgrades_become_tunnels_to_the_hosts_server_and_h2c_is_not_passed_on() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let blue = UpgradeServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "ws-blue");
+    let red = UpgradeServer::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "ws-red");
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 3\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
+    ))
+    .unwrap();
+
+    // Each host's upgrade reaches its own server, and the tunnel carries
+    // lines both ways for longer than hello_timeout: a tunnel's bytes are
+    // never taken for a request head.
+    let (blue_tunnel, red_tunnel) = in_ns(&lab.server, || -> Result<_, String> {
+        let (head, mut stream, mut buffered) = upgraded(80, "blue.example")?;
+        let mut said = vec![head];
+        for (i, pause) in [0, 700, 700].into_iter().enumerate() {
+            thread::sleep(Duration::from_millis(pause));
+            said.push(exchange(&mut stream, &mut buffered, &format!("hello {i}"))?);
+        }
+        let (red_head, mut red_stream, mut red_buffered) = upgraded(80, "red.example")?;
+        let red = vec![red_head, exchange(&mut red_stream, &mut red_buffered, "hi")?];
+        Ok(((said, stream), red))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let ((said, blue_stream), red_said) = (blue_tunnel, red_tunnel);
+    assert!(said[0].starts_with("http/1.1 101") && said[0].contains("upgrade: websocket") && said[0].contains("connection: upgrade"), "the 101 with its Upgrade: {:?}", said[0]);
+    assert_eq!(&said[1..], ["ws-blue: hello 0", "ws-blue: hello 1", "ws-blue: hello 2"]);
+    assert!(red_said[0].starts_with("http/1.1 101"), "{red_said:?}");
+    assert_eq!(red_said[1], "ws-red: hi");
+    let head = &blue.heads()[0];
+    assert!(head.contains("\r\nupgrade: websocket") && head.contains("\r\nconnection: upgrade") && head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="), "the server gets the upgrade as asked: {head}");
+    assert!(head.contains(&format!("x-forwarded-for: {SERVER}")), "and the client's address: {head}");
+
+    // The open tunnel is a connection of the client's and of the server's.
+    let view = proxy_view(&lab, 80);
+    let server_active = |view: &ProxyView, server: Ipv4Addr| view.servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
+    assert_eq!((view.active, server_active(&view, h0)), (1, 1), "{view:?}");
+
+    // A silent tunnel is closed after idle_timeout; and the counts go.
+    let mut blue_stream = blue_stream;
+    let silence = closed_after(&mut blue_stream, Instant::now()).unwrap();
+    assert!(silence >= Duration::from_millis(2500) && silence < Duration::from_millis(4500), "a silent tunnel closed after {silence:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let view = proxy_view(&lab, 80);
+        if (view.active, server_active(&view, h0), server_active(&view, h1)) == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tunnels closed, nothing active: {view:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // h2c is not passed on: the request is served as plain HTTP/1.1.
+    let h2c = "GET / HTTP/1.1\r\nHost: blue.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    assert_eq!(on_one_connection(&lab.server, 80, vec![h2c.to_string()], false).unwrap(), [answer(200, "ws-blue upgrade=none")]);
+    drop(red);
+}
