@@ -14,6 +14,15 @@
 //! (each opened with the PROXY header when the proxy asks for one, since it
 //! names this client), and are reused while it lasts.
 //!
+//! A connection natd reuses may close under a request: the server's own
+//! keep-alive timeout ran out as the request went, or it closes idle
+//! connections when it likes (RFC 9112 §9.3.1 lets it). The request goes
+//! once more, on a new connection, when nothing of it was sent (hyper
+//! gives it back), or when it has no body and repeating it is safe (an
+//! idempotent method, RFC 9110 §9.2.2): what nginx does for an idempotent
+//! request (`proxy_next_upstream error`), and what clients do themselves.
+//! Any other failure, or one on a new connection, is a 502.
+//!
 //! Upgrades (WebSocket, RFC 6455; RFC 9110 §7.8): a request that asks to
 //! switch protocols goes to its host's server with its `Upgrade` and
 //! `Connection: upgrade`, as HAProxy and nginx pass them. When the server
@@ -42,7 +51,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::{
     HeaderMap, Request, Response, StatusCode, Uri, Version,
     body::{Body, Frame, Incoming, SizeHint},
@@ -69,6 +78,10 @@ use crate::proxy::{
 
 /// The body natd answers with: the server's, or a short one of its own.
 type Answer = Either<Incoming, Full<Bytes>>;
+/// A request's body as natd sends it to a server: the client's, or none
+/// (a request without one, which natd can send again).
+type Outgoing = Either<Incoming, Empty<Bytes>>;
+type ServerSender = client_http1::SendRequest<Outgoing>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often at least a connection's timeouts are looked at, at most.
@@ -164,7 +177,7 @@ struct Conn {
     local: SocketAddr,
     activity: Arc<Activity>,
     /// Open connections to servers, for the next requests of this client.
-    servers: Mutex<HashMap<SocketAddrV4, client_http1::SendRequest<Incoming>>>,
+    servers: Mutex<HashMap<SocketAddrV4, ServerSender>>,
     /// The relay of an upgraded connection (a 101 passed on), for `serve`
     /// to wait on once hyper lets the client's socket go.
     tunnel: Mutex<Option<Tunnel>>,
@@ -216,17 +229,34 @@ impl Conn {
             hyper::upgrade::on(&mut request)
         });
         let candidates = routes.candidates(set)?;
-        let (mut sender, backend) = self.sender(candidates, &current.proxy, host.as_deref()).await?;
-        let backend = routes.backends.iter().find(|b| b.addr == backend).map(Arc::clone).expect("a candidate is one of the routes' backends");
-        backend.total.fetch_add(1, Ordering::Relaxed);
-        let mut response = match sender.send_request(request).await {
+        let (request, again) = Again::keep(request);
+        let (sender, backend) = self.sender(candidates.clone(), &current.proxy, host.as_deref(), Pool::Reuse).await?;
+        let mut attempt = Attempt { sender, backend: routes.backend(backend) };
+        let mut response = match attempt.send(request).await {
             Ok(response) => response,
-            Err(e) => {
-                let why = format!("{}: {e}", backend.addr);
-                backend.note_failure(format!("request: {why}"));
-                return Err(Refusal::ServerFailed(why));
+            Err((error, unsent)) => {
+                let failed = format!("{}: {error}", attempt.backend.addr);
+                let repeat = match (attempt.sender_was_reused(), unsent) {
+                    (true, Some(unsent)) => Some(unsent),
+                    (true, None) => again.request(),
+                    (false, _) => None,
+                };
+                let Some(request) = repeat else {
+                    attempt.backend.note_failure(format!("request: {failed}"));
+                    return Err(Refusal::ServerFailed(failed));
+                };
+                tracing::debug!("proxy {}: {} -> {failed} on a reused connection: sent again on a new one", self.service.name, self.peer);
+                let (sender, backend) = self.sender(candidates, &current.proxy, host.as_deref(), Pool::New).await?;
+                attempt = Attempt { sender, backend: routes.backend(backend) };
+                attempt.send(request).await.map_err(|(error, _)| {
+                    let why = format!("{}: {error}", attempt.backend.addr);
+                    attempt.backend.note_failure(format!("request: {why}"));
+                    Refusal::ServerFailed(why)
+                })?
             }
         };
+        let Attempt { sender, backend } = attempt;
+        let sender = sender.sender;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(Refusal::ServerFailed(format!("{}: 101 to a request that asked for no upgrade", backend.addr)));
@@ -253,15 +283,16 @@ impl Conn {
         Ok(response)
     }
 
-    /// A connection to a server of `candidates`: one of this client's that
-    /// is still open, else a new one to the first that accepts.
-    async fn sender(&self, candidates: Vec<&Backend>, proxy: &crate::config::Proxy, host: Option<&str>) -> Result<(client_http1::SendRequest<Incoming>, SocketAddrV4), Refusal> {
-        for backend in &candidates {
+    /// A connection to a server of `candidates`: with `Pool::Reuse`, one of
+    /// this client's that is still open, else a new one to the first that
+    /// accepts.
+    async fn sender(&self, candidates: Vec<&Backend>, proxy: &crate::config::Proxy, host: Option<&str>, pool: Pool) -> Result<(Sender, SocketAddrV4), Refusal> {
+        for backend in candidates.iter().filter(|_| pool == Pool::Reuse) {
             let open = self.servers.lock().unwrap_or_else(|p| p.into_inner()).remove(&backend.addr);
             if let Some(mut sender) = open
                 && sender.ready().await.is_ok()
             {
-                return Ok((sender, backend.addr));
+                return Ok((Sender { sender, reused: true }, backend.addr));
             }
         }
         let (mut stream, backend) = relay::connect(candidates, proxy.connect_timeout).await?;
@@ -282,7 +313,70 @@ impl Conn {
             let _ = connection.with_upgrades().await;
             drop(server);
         });
-        Ok((sender, backend.addr))
+        Ok((Sender { sender, reused: false }, backend.addr))
+    }
+}
+
+/// Whether `Conn::sender` may take a connection this client opened before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Reuse,
+    /// A new connection: the request is being sent again.
+    New,
+}
+
+/// A connection to a server, and whether it served this client before.
+struct Sender {
+    sender: ServerSender,
+    reused: bool,
+}
+
+/// One try at a request: the connection and the server it goes to.
+struct Attempt {
+    sender: Sender,
+    backend: Arc<Backend>,
+}
+
+impl Attempt {
+    fn sender_was_reused(&self) -> bool {
+        self.sender.reused
+    }
+
+    /// Sends `request` (counted in its server's total). Err: the error, and
+    /// the request when hyper gives it back, nothing of it sent.
+    async fn send(&mut self, request: Request<Outgoing>) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Outgoing>>)> {
+        self.backend.total.fetch_add(1, Ordering::Relaxed);
+        self.sender.sender.try_send_request(request).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            (e.into_error(), unsent)
+        })
+    }
+}
+
+/// What it takes to send a request again after it was sent whole: for one
+/// without a body and with an idempotent method (RFC 9110 §9.2.2), its
+/// head; nothing for any other.
+struct Again(Option<(hyper::Method, Uri, Version, HeaderMap)>);
+
+impl Again {
+    /// The request as it goes to the server, and what sending it again takes.
+    fn keep(request: Request<Incoming>) -> (Request<Outgoing>, Again) {
+        let (parts, body) = request.into_parts();
+        if !(body.is_end_stream() && parts.method.is_idempotent()) {
+            return (Request::from_parts(parts, Either::Left(body)), Again(None));
+        }
+        let again = Again(Some((parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone())));
+        (Request::from_parts(parts, Either::Right(Empty::new())), again)
+    }
+
+    fn request(self) -> Option<Request<Outgoing>> {
+        let (method, uri, version, headers) = self.0?;
+        let mut request = Request::new(Either::Right(Empty::new()));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        Some(request)
     }
 }
 

@@ -392,17 +392,20 @@ fn a_reload_adds_a_host_live_even_for_an_open_keep_alive_connection() {
     assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1, "counters outlive a reload");
 }
 
-/// A server that takes WebSocket upgrades, on `addr` in `ns`, for this
-/// test's bounded time: to a request that asks for `websocket` it answers
-/// 101, then answers each line with "NAME: LINE"; to any other request,
-/// 200 with "NAME upgrade=UPGRADE" (the Upgrade it got, or "none"), and
-/// closes. Each request head it got is kept, lowercased.
-struct UpgradeServer {
+/// A hand-written server on `addr` in `ns`, for its test's bounded time,
+/// that takes WebSocket upgrades and keeps a connection for one request:
+/// to a request that asks for `websocket` it answers 101, then answers
+/// each line with "NAME: LINE"; to any other, 200 with "NAME
+/// upgrade=UPGRADE" (the Upgrade it got, or "none"), the connection kept
+/// open, and it closes it without an answer when the next request comes
+/// (a server whose keep-alive ran out as the request went). Each request
+/// head it got is kept, lowercased.
+struct HandServer {
     heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl UpgradeServer {
+impl HandServer {
     /// How long it serves at most, and a tunnel at most.
     const LIFETIME: Duration = Duration::from_secs(60);
 
@@ -438,7 +441,11 @@ impl UpgradeServer {
         let upgrade = head.lines().find_map(|l| l.strip_prefix("upgrade:")).map(|v| v.trim().to_string());
         if upgrade.as_deref() != Some("websocket") {
             let body = format!("{name} upgrade={}", upgrade.as_deref().unwrap_or("none"));
-            let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+            if stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).is_ok()
+                && let Ok(next) = read_head(&mut stream, &mut buffered)
+            {
+                heads.lock().unwrap().push(next);
+            }
             return;
         }
         let accepted = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
@@ -467,7 +474,7 @@ impl UpgradeServer {
     }
 }
 
-impl Drop for UpgradeServer {
+impl Drop for HandServer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -532,8 +539,8 @@ fn websocket_upgrades_become_tunnels_to_the_hosts_server_and_h2c_is_not_passed_o
     require_root!();
     let mut lab = NatLab::new(2, false).unwrap();
     let (h0, h1) = (host_addr(0), host_addr(1));
-    let blue = UpgradeServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "ws-blue");
-    let red = UpgradeServer::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "ws-red");
+    let blue = HandServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "ws-blue");
+    let red = HandServer::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "ws-red");
     lab.start_natd_with_config(&format!(
         "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 3\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
     ))
@@ -588,4 +595,27 @@ fn websocket_upgrades_become_tunnels_to_the_hosts_server_and_h2c_is_not_passed_o
     let h2c = "GET / HTTP/1.1\r\nHost: blue.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
     assert_eq!(on_one_connection(&lab.server, 80, vec![h2c.to_string()], false).unwrap(), [answer(200, "ws-blue upgrade=none")]);
     drop(red);
+}
+
+#[test]
+fn a_request_the_server_closes_a_reused_connection_under_goes_again_on_a_new_one_when_that_is_safe() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let h0 = host_addr(0);
+    let blue = HandServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "blue");
+    lab.start_natd_with_config(&format!("[[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}:80\" }}\n")).unwrap();
+
+    // The server keeps each connection for one request. The second GET
+    // goes on the connection the first left open, which the server closes
+    // under it: sent again on a new connection, it is answered. A POST
+    // with a body is not sent again (it may have been acted on): 502.
+    let post = "POST /form HTTP/1.1\r\nHost: blue.example\r\nContent-Length: 1\r\n\r\nx".to_string();
+    let answers = on_one_connection(&lab.server, 80, vec![get("blue.example"), get("blue.example"), post], false).unwrap();
+    assert_eq!(&answers[..2], [answer(200, "blue upgrade=none"), answer(200, "blue upgrade=none")]);
+    assert_eq!(answers[2].status, 502, "{answers:?}");
+    let heads: Vec<String> = blue.heads().iter().map(|h| h.lines().next().unwrap_or_default().to_string()).collect();
+    assert_eq!(heads, ["get / http/1.1", "get / http/1.1", "get / http/1.1", "post /form http/1.1"], "the second GET twice, the POST once");
+    let view = proxy_view(&lab, 80);
+    assert_eq!(refused(&view, "server_failed"), 1, "{view:?}");
+    assert_eq!(view.servers[0].total, 4, "each try is a request the server got: {view:?}");
 }
