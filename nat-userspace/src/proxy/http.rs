@@ -1,6 +1,9 @@
-//! `kind = "http"`: natd serves HTTP/1.x itself (hyper) on the proxy's
-//! port and routes each request by its Host, so a keep-alive connection
-//! whose next request names another host reaches that host's server.
+//! `kind = "http"`: natd serves HTTP itself (hyper) on the proxy's port,
+//! HTTP/1.x and HTTP/2 with prior knowledge (a client that opens with the
+//! HTTP/2 preface, RFC 9113 §3.3), and routes each request by its Host, so
+//! a keep-alive connection whose next request names another host reaches
+//! that host's server, and so do the concurrent streams of one HTTP/2
+//! connection. Servers are spoken to in HTTP/1.1.
 //!
 //! Per request: the host is the absolute-form target's authority, else the
 //! Host header (RFC 9112 §3.2), its port dropped, matched in the proxy's
@@ -12,7 +15,8 @@
 //! passes the request to a server of the host's set, picked in turn among
 //! those up. The connections to servers belong to the client connection
 //! (each opened with the PROXY header when the proxy asks for one, since it
-//! names this client), and are reused while it lasts.
+//! names this client), and are reused while it lasts: a connection goes
+//! back to the client's pool once its response has been passed on whole.
 //!
 //! A connection natd reuses may close under a request: the server's own
 //! keep-alive timeout ran out as the request went, or it closes idle
@@ -57,11 +61,13 @@ use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1 as client_http1,
     header::{self, HeaderName, HeaderValue},
-    server::conn::http1 as server_http1,
     service::service_fn,
     upgrade::OnUpgrade,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
@@ -83,6 +89,10 @@ type Answer = Either<Incoming, Full<Bytes>>;
 type Outgoing = Either<Incoming, Empty<Bytes>>;
 type ServerSender = client_http1::SendRequest<Outgoing>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Streams one HTTP/2 client may have open at once (nginx's
+/// `http2_max_concurrent_streams`).
+const MAX_STREAMS: u32 = 128;
 
 /// How often at least a connection's timeouts are looked at, at most.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -115,11 +125,14 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
         let conn = Arc::clone(&conn);
         service_fn(move |request| {
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(conn.handle(request).await) }
+            async move { Ok::<_, Infallible>(Conn::handle(&conn, request).await) }
         })
     };
     // natd's own watch below bounds the heads and the idle times.
-    let connection = server_http1::Builder::new().keep_alive(true).header_read_timeout(None).serve_connection(io, handler).with_upgrades();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true).header_read_timeout(None);
+    builder.http2().max_concurrent_streams(MAX_STREAMS);
+    let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
     // The tunnel the connection became after a 101, once hyper let it go.
     let mut tunnel: Option<Tunnel> = None;
@@ -159,10 +172,11 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
                     tunnel = Some(relaying);
                     continue;
                 }
-                return match result {
-                    Err(e) if requests == 0 && e.is_incomplete_message() => Err(Refusal::ClientClosed),
-                    Err(e) if requests == 0 && e.is_parse() => Err(Refusal::BadRequest(e.to_string())),
-                    result => Ok(Served { requests, end: End::Closed(result.map_err(io::Error::other)) }),
+                let hyper_error = result.as_ref().err().and_then(|e| e.downcast_ref::<hyper::Error>());
+                return match hyper_error {
+                    Some(e) if requests == 0 && e.is_incomplete_message() => Err(Refusal::ClientClosed),
+                    Some(e) if requests == 0 && e.is_parse() => Err(Refusal::BadRequest(e.to_string())),
+                    _ => Ok(Served { requests, end: End::Closed(result.map_err(io::Error::other)) }),
                 };
             }
             _ = sleep_until(deadline.min(now + tick)) => {}
@@ -194,25 +208,28 @@ impl Drop for Tunnel {
 }
 
 impl Conn {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Tracked> {
-        self.activity.request_started();
-        let response = match self.forward(request).await {
-            Ok(response) => response.map(Either::Left),
+    async fn handle(conn: &Arc<Self>, request: Request<Incoming>) -> Response<Tracked> {
+        conn.activity.request_started();
+        let (response, back) = match conn.forward(request).await {
+            Ok((response, back)) => (response.map(Either::Left), back),
             Err(refusal) => {
-                self.service.refuse(self.peer, &refusal);
-                refusal_response(&refusal).map(Either::Right)
+                conn.service.refuse(conn.peer, &refusal);
+                (refusal_response(&refusal).map(Either::Right), None)
             }
         };
-        response.map(|inner| Tracked { inner, activity: Arc::clone(&self.activity) })
+        let back = back.map(|(addr, sender)| Back { conn: Arc::clone(conn), addr, sender });
+        response.map(|inner| Tracked { inner, activity: Arc::clone(&conn.activity), back })
     }
 
-    async fn forward(&self, mut request: Request<Incoming>) -> Result<Response<Incoming>, Refusal> {
+    /// The server's response, and the connection it came on unless that
+    /// became a tunnel: for the pool once the response is passed on.
+    async fn forward(&self, mut request: Request<Incoming>) -> Result<(Response<Incoming>, Option<(SocketAddrV4, ServerSender)>), Refusal> {
         // Each request takes the routes in force when it arrives.
         let current = self.service.current();
         let routes = &current.routes;
         let host = request_host(&request)?;
         let set = match &host {
-            None if request.version() == Version::HTTP_11 => return Err(Refusal::NoHost),
+            None if request.version() >= Version::HTTP_11 => return Err(Refusal::NoHost),
             None => routes.for_name(None)?,
             // Not a DNS name (an address, say): only the default takes it.
             Some(host) => match normalize_dns_name(host) {
@@ -274,13 +291,10 @@ impl Conn {
             let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
             let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
-            return Ok(response);
+            return Ok((response, None));
         }
-        // The next request of this client waits for this response's end
-        // anyway: the connection is ready for it by then.
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(backend.addr, sender);
         strip_hop_by_hop(response.headers_mut());
-        Ok(response)
+        Ok((response, Some((backend.addr, sender))))
     }
 
     /// A connection to a server of `candidates`: with `Pool::Reuse`, one of
@@ -486,11 +500,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request as its server gets it: origin-form target, Host set to what
-/// it was routed by, hop-by-hop headers dropped, and the client named in
-/// `X-Forwarded-For` (appended) and `Forwarded` (a new element, RFC 7239:
-/// `host` is the Host as received).
+/// The request as its server gets it: HTTP/1.1 for an HTTP/2 one, its
+/// cookie fields joined into one (RFC 9113 §8.2.3), origin-form target,
+/// Host set to what it was routed by, hop-by-hop headers dropped, and the
+/// client named in `X-Forwarded-For` (appended) and `Forwarded` (a new
+/// element, RFC 7239: `host` is the Host as received).
 fn prepare<B>(request: &mut Request<B>, peer: SocketAddr) {
+    if request.version() == Version::HTTP_2 {
+        *request.version_mut() = Version::HTTP_11;
+        let cookies: Vec<String> = request.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+        if cookies.len() > 1
+            && let Ok(joined) = HeaderValue::from_str(&cookies.join("; "))
+        {
+            request.headers_mut().insert(header::COOKIE, joined);
+        }
+    }
     let uri = request.uri();
     if uri.authority().is_some() {
         let authority = uri.authority().map(|a| a.as_str().to_string());
@@ -562,10 +586,22 @@ fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
 }
 
 /// A response body that tells the connection's watch when it is done (or
-/// dropped): the connection then waits for its next request.
+/// dropped): the connection then waits for its next request; and gives
+/// the server connection it came on back to the client's pool.
 struct Tracked {
     inner: Answer,
     activity: Arc<Activity>,
+    back: Option<Back>,
+}
+
+/// A server connection to give back to `conn`'s pool once its response
+/// is passed on. hyper's client closes it if the response's body was not
+/// read to its end (the client went away), so a connection in the pool
+/// is idle, or closed and skipped.
+struct Back {
+    conn: Arc<Conn>,
+    addr: SocketAddrV4,
+    sender: ServerSender,
 }
 
 impl Body for Tracked {
@@ -588,6 +624,9 @@ impl Body for Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.activity.response_ended();
+        if let Some(Back { conn, addr, sender }) = self.back.take() {
+            conn.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, sender);
+        }
     }
 }
 
@@ -605,8 +644,9 @@ enum Expiry {
 struct State {
     /// The last byte read or written.
     moved: Instant,
-    /// A request's head has arrived and its response is not done.
-    in_request: bool,
+    /// Requests whose head has arrived and whose response is not done
+    /// (several at once on HTTP/2).
+    in_flight: u32,
     /// Since when the connection waits for a request (the accept, or the
     /// end of the last response).
     waiting_since: Instant,
@@ -625,7 +665,7 @@ struct Activity(Mutex<State>);
 impl Activity {
     fn new() -> Self {
         let now = Instant::now();
-        Self(Mutex::new(State { moved: now, in_request: false, waiting_since: now, head_started: None, requests: 0, tunnel: false }))
+        Self(Mutex::new(State { moved: now, in_flight: 0, waiting_since: now, head_started: None, requests: 0, tunnel: false }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -636,14 +676,14 @@ impl Activity {
         let now = Instant::now();
         let mut s = self.state();
         s.moved = now;
-        if read && !s.in_request && !s.tunnel && s.head_started.is_none() {
+        if read && s.in_flight == 0 && !s.tunnel && s.head_started.is_none() {
             s.head_started = Some(now);
         }
     }
 
     fn request_started(&self) {
         let mut s = self.state();
-        s.in_request = true;
+        s.in_flight += 1;
         s.head_started = None;
         s.requests += 1;
     }
@@ -655,10 +695,12 @@ impl Activity {
     fn response_ended(&self) {
         let now = Instant::now();
         let mut s = self.state();
-        s.in_request = false;
-        s.waiting_since = now;
-        s.head_started = None;
+        s.in_flight = s.in_flight.saturating_sub(1);
         s.moved = now;
+        if s.in_flight == 0 {
+            s.waiting_since = now;
+            s.head_started = None;
+        }
     }
 
     fn requests(&self) -> u64 {
@@ -668,7 +710,7 @@ impl Activity {
     /// When the connection is closed unless something happens first.
     fn deadline(&self, hello: Duration, idle: Duration) -> (Instant, Expiry) {
         let s = self.state();
-        if s.in_request || s.tunnel {
+        if s.in_flight > 0 || s.tunnel {
             (s.moved + idle, Expiry::Idle)
         } else if s.requests == 0 {
             (s.waiting_since + hello, Expiry::Head)
@@ -781,6 +823,12 @@ mod tests {
         assert_eq!(relayed.uri(), "/p", "origin form to the server");
         assert_eq!(headers["host"], "red.example:8080");
 
+        let mut h2 = request("http://blue.example/c", Version::HTTP_2, &[("cookie", "a=1"), ("cookie", "b=2")]);
+        prepare(&mut h2, peer);
+        assert_eq!(h2.version(), Version::HTTP_11, "servers are spoken to in HTTP/1.1");
+        assert_eq!((h2.uri().to_string(), &h2.headers()["host"]), ("/c".to_string(), &HeaderValue::from_static("blue.example")), ":authority becomes Host");
+        assert_eq!(h2.headers().get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"], "RFC 9113 §8.2.3: one cookie field");
+
         let mut v6 = request("/", Version::HTTP_10, &[]);
         prepare(&mut v6, "[2001:db8::7]:1".parse().unwrap());
         assert_eq!(v6.headers()["forwarded"], "for=\"[2001:db8::7]\";proto=http", "RFC 7239 §6: IPv6 quoted; no Host, no host");
@@ -834,6 +882,17 @@ mod tests {
         let started = activity.state().head_started.unwrap();
         assert_eq!(activity.deadline(hello, idle), (started + hello, Expiry::Head), "the next head, from its first byte");
         assert_eq!(activity.requests(), 1);
+
+        let streams = Activity::new();
+        streams.request_started();
+        streams.request_started();
+        streams.response_ended();
+        streams.moved(true);
+        let moved = streams.state().moved;
+        assert_eq!(streams.deadline(hello, idle), (moved + idle, Expiry::Idle), "HTTP/2: one stream of two still open, its bytes start no head");
+        streams.response_ended();
+        let ended = streams.state().waiting_since;
+        assert_eq!(streams.deadline(hello, idle), (ended + idle, Expiry::Idle), "both done: the wait for the next request");
 
         let tunnel = Activity::new();
         tunnel.request_started();

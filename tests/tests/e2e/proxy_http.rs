@@ -619,3 +619,112 @@ fn a_request_the_server_closes_a_reused_connection_under_goes_again_on_a_new_one
     assert_eq!(refused(&view, "server_failed"), 1, "{view:?}");
     assert_eq!(view.servers[0].total, 4, "each try is a request the server got: {view:?}");
 }
+
+/// An HTTP/2 frame's header (RFC 9113 §4.1) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A GET for `authority`'s `/` as an HPACK block of literal fields, not
+/// indexed and not Huffman-coded (RFC 7541 §6.2.2): the simplest valid one.
+fn h2_get(authority: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", authority)] {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Opens one HTTP/2 connection with prior knowledge to EXTERNAL:`port` and
+/// sends a GET for each of `authorities` at once, as concurrent streams
+/// 1, 3, 5...: each stream's body, and whether its status was 200 (HPACK
+/// static index 8, how a server encodes it). The rest of the server's
+/// headers are not decoded.
+fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, String> {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    let mut stream = TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for (i, authority) in authorities.iter().enumerate() {
+        out.extend(h2_frame(HEADERS, END_STREAM | 0x4, 2 * i as u32 + 1, &h2_get(authority)));
+    }
+    stream.write_all(&out).map_err(|e| format!("send: {e}"))?;
+    let mut answers = vec![(false, String::new()); authorities.len()];
+    let mut ended = vec![false; authorities.len()];
+    let mut buffered = Vec::new();
+    let mut buf = [0u8; 16384];
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while ended.iter().any(|e| !e) {
+        if Instant::now() > deadline {
+            return Err(format!("streams not ended in {IO_TIMEOUT:?}: {answers:?}"));
+        }
+        if buffered.len() >= 9 {
+            let length = u32::from_be_bytes([0, buffered[0], buffered[1], buffered[2]]) as usize;
+            if buffered.len() >= 9 + length {
+                let (kind, flags) = (buffered[3], buffered[4]);
+                let id = u32::from_be_bytes([buffered[5], buffered[6], buffered[7], buffered[8]]) & 0x7fff_ffff;
+                let payload = buffered[9..9 + length].to_vec();
+                buffered.drain(..9 + length);
+                let index = (id as usize).wrapping_sub(1) / 2;
+                match kind {
+                    SETTINGS if flags & 0x1 == 0 => stream.write_all(&h2_frame(SETTINGS, 0x1, 0, &[])).map_err(|e| format!("settings ack: {e}"))?,
+                    GOAWAY => return Err(format!("GOAWAY {payload:?} after {answers:?}")),
+                    HEADERS if id % 2 == 1 && index < answers.len() => answers[index].0 = payload.first() == Some(&0x88),
+                    DATA if id % 2 == 1 && index < answers.len() => answers[index].1.push_str(&String::from_utf8_lossy(&payload)),
+                    _ => {}
+                }
+                if matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0 && id % 2 == 1 && index < ended.len() {
+                    ended[index] = true;
+                }
+                continue;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => buffered.extend_from_slice(&buf[..n]),
+            other => return Err(format!("read: {other:?} after {answers:?}")),
+        }
+    }
+    Ok(answers.into_iter().map(|(ok, body)| (ok, body.trim().to_string())).collect())
+}
+
+#[test]
+fn http2_clients_with_prior_knowledge_have_each_stream_routed_by_its_authority() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let blue = nginx_on(&lab, 0, "http-blue");
+    let red = nginx_on(&lab, 1, "http-red");
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    lab.start_natd_with_config(&format!("[[proxy]]\nport = 80\nkind = \"http\"\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n")).unwrap();
+
+    // curl, HTTP/2 from its first byte.
+    let resolve = format!("blue.example:80:{EXTERNAL}");
+    let out = lab.server.exec(&["curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "--resolve", &resolve, "-w", " %{http_version}", "http://blue.example/"]).unwrap();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["http-blue", "2"], "served in HTTP/2, by blue's server");
+
+    // Concurrent streams of one connection, each to its own host's server;
+    // an unknown one gets natd's 421 on its stream, the others go on.
+    let answers = in_ns(&lab.server, || h2_gets(80, &["blue.example", "red.example", "blue.example", "nowhere.example"])).join().unwrap().unwrap();
+    assert_eq!(answers[..3], [(true, "http-blue".to_string()), (true, "http-red".to_string()), (true, "http-blue".to_string())]);
+    assert_eq!((answers[3].0, answers[3].1.as_str()), (false, "no site \"nowhere.example\" here"));
+
+    // The servers get HTTP/1.1 with Host and the client's address.
+    for request in blue.requests().iter().chain(red.requests().iter()) {
+        assert!(request.request.ends_with("HTTP/1.1") && request.x_forwarded_for == SERVER.to_string(), "{request:?}");
+    }
+    assert_eq!(blue.requests().len(), 3, "{:#?}", blue.requests());
+    assert!(red.requests().iter().all(|r| r.host == "red.example"), "{:#?}", red.requests());
+    assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1);
+}
