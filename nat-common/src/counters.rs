@@ -72,10 +72,11 @@ reasons! {
     /// `bpf_redirect_map` refused the packet: the egress interface left the
     /// devmap (natd stopping), or a redirect failed.
     DropRedirectFailed = 16 => "drop_redirect_failed",
-    /// Larger than the egress MTU and not answered with Fragmentation Needed:
-    /// DF clear (the gateway does not fragment), an ICMP error (never answered
-    /// with another, RFC 1122 3.2.2), no gateway address on that side, or a
-    /// packet under 96 bytes (a next-hop MTU below that is not served).
+    /// Larger than the egress MTU with DF set and not answered with
+    /// Fragmentation Needed: an ICMP error (never answered with another, RFC
+    /// 1122 3.2.2), no gateway address on that side, or a packet under 96
+    /// bytes (a next-hop MTU below that is not served). (DF clear: see
+    /// `TooBigToDaemon`.)
     DropTooBigForEgress = 17 => "drop_too_big_for_egress",
     /// WAN packet with no mapping, not for the external address, that the
     /// kernel would forward (to an inside host, or back out): unsolicited
@@ -196,12 +197,24 @@ reasons! {
     /// (`ESP_AWAITED`): nobody to bind it to, dropped here rather than
     /// handed to natd, so a flood of made-up SPIs costs natd nothing.
     DropEspUnknownSpi = 52 => "drop_esp_unknown_spi",
+    /// Translated, but longer than the egress MTU with DF clear: handed to
+    /// natd, which cuts it into fragments (RFC 791) and sends them through
+    /// the kernel (`miss_kind::TOO_BIG`).
+    TooBigToDaemon = 53 => "too_big_to_daemon",
 }
 
 impl Reason {
-    /// Number of entries in the `COUNTERS` map.
+    /// Number of reasons.
     pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Entries of the `COUNTERS` map: room for the reasons a later natd
+    /// adds, so that the map keeps its size and an upgrade adopts it as it
+    /// is. (A datapath pinned with fewer, before this room was made, has
+    /// its counters carried into a map of this size on adoption.)
+    pub const CAPACITY: u32 = 64;
 }
+
+const _: () = assert!(Reason::COUNT <= Reason::CAPACITY, "more reasons than COUNTERS holds: raise CAPACITY (a layout change)");
 
 #[cfg(test)]
 mod tests {

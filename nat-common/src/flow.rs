@@ -727,6 +727,10 @@ pub mod miss_kind {
     /// untranslated; dropped in the datapath): natd learns the SA
     /// (`nat::esp`) and sends it on, holds it, or drops it.
     pub const ESP: u32 = 8;
+    /// Translated, but longer than the egress MTU (`MissEvent::mtu`) with DF
+    /// clear: natd cuts it into fragments (RFC 791) and sends them through
+    /// the kernel, as a router fragments what it forwards.
+    pub const TOO_BIG: u32 = 9;
 }
 
 /// Which way a fragmented datagram crosses the gateway (`FragKey::dir`).
@@ -829,7 +833,9 @@ pub struct MissEvent {
     pub frame_len: u32,
     /// Offset of the IPv4 header in `frame` (after Ethernet and VLAN tags).
     pub l3_offset: u16,
-    pub _pad: u16,
+    /// For `miss_kind::TOO_BIG`: the egress MTU the route lookup gave, to
+    /// cut the packet to. 0 for every other kind. (Was padding, always 0.)
+    pub mtu: u16,
     pub frame: [u8; MISS_FRAME_MAX],
 }
 const _: () = assert!(core::mem::size_of::<MissEvent>() == MissEvent::HEADER_LEN + MISS_FRAME_MAX);
@@ -865,7 +871,7 @@ impl MissEvent {
             ingress_ifindex: word(4),
             frame_len,
             l3_offset: u16::from_ne_bytes([header[12], header[13]]),
-            _pad: 0,
+            mtu: u16::from_ne_bytes([header[14], header[15]]),
             frame: [0; MISS_FRAME_MAX],
         };
         event.frame[..frame.len()].copy_from_slice(frame);

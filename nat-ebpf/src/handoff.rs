@@ -20,8 +20,18 @@ pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> V
         miss_kind::ESP => Reason::EspToDaemon,
         _ => Reason::NoNeighbourToDaemon,
     };
-    match copy_to_daemon(ctx, pkt, kind) {
+    match copy_to_daemon_with(ctx, pkt, kind, 0) {
         Ok(()) => Verdict::drop(handed),
+        Err(failed) => Verdict::drop(failed),
+    }
+}
+
+/// Hands a translated packet longer than the egress MTU `mtu`, DF clear,
+/// to the daemon, which cuts it into fragments and sends them.
+#[inline(always)]
+pub(crate) fn hand_to_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16) -> Verdict {
+    match copy_to_daemon_with(ctx, pkt, miss_kind::TOO_BIG, mtu) {
+        Ok(()) => Verdict::drop(Reason::TooBigToDaemon),
         Err(failed) => Verdict::drop(failed),
     }
 }
@@ -36,6 +46,12 @@ static HANDOFF: PerCpuArray<MissEvent> = PerCpuArray::with_max_entries(1, 0);
 /// of its header and the frame's bytes. `Err`: the reason it could not be.
 #[inline(always)]
 pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Result<(), Reason> {
+    copy_to_daemon_with(ctx, pkt, kind, 0)
+}
+
+/// `copy_to_daemon`, the event's `mtu` set (`miss_kind::TOO_BIG`).
+#[inline(always)]
+fn copy_to_daemon_with(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32, mtu: u16) -> Result<(), Reason> {
     let frame_len = ctx.data_end() - ctx.data();
     if frame_len > MISS_FRAME_MAX {
         return Err(Reason::DropTooBigForDaemon);
@@ -50,7 +66,7 @@ pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> R
         (*event).ingress_ifindex = ctx.ingress_ifindex() as u32;
         (*event).frame_len = frame_len as u32;
         (*event).l3_offset = pkt.l3_offset as u16;
-        (*event)._pad = 0;
+        (*event).mtu = mtu;
         bpf_xdp_load_bytes(ctx.ctx as *mut _, 0, (*event).frame.as_mut_ptr() as *mut _, len)
     };
     if copied != 0 {

@@ -13,12 +13,12 @@ use aya_ebpf::{
     maps::{DevMapHash, PerCpuArray},
     programs::XdpContext,
 };
-use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason, miss_kind};
+use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason, icmp::IP_DF, miss_kind};
 
 use crate::{
     ctx::config,
     cut::{self, Step},
-    handoff::hand_to_daemon,
+    handoff::{hand_to_daemon, hand_to_fragment},
     packet::{Rewrite, Side, parse::Ipv4Packet, words, zero_in_words},
     verdict::Verdict,
 };
@@ -232,15 +232,44 @@ pub(crate) enum Hop {
     /// Out of this CPU's next-hop cache entry `next`, read when the frame
     /// is sent (`deliver`): a pointer held across the rewrite, not its
     /// egress and six MAC words, which spilled to the stack and back.
-    /// Without `neighbour` (its MAC not known yet), natd sends the frame,
-    /// and `next` is not read. One variant for both, so that the verifier
-    /// sees one shape and walks the rewrite once for both.
-    Routed { next: *const NextHop, neighbour: bool },
-    /// Longer than the egress MTU, given in host order.
+    /// With a `handoff` other than `SEND`, natd sends the translated frame
+    /// through the kernel instead (`Handoff`), and `next` is not read. One
+    /// variant for all, so that the verifier sees one shape and walks the
+    /// rewrite once for all.
+    Routed { next: *const NextHop, handoff: u32 },
+    /// Longer than the egress MTU, given in host order, with DF set.
     TooBig(u16),
     /// Not forwarded: no route (dropped), or a local destination (passed
     /// as it came: nothing is rewritten or refreshed for it).
     Refused(Verdict),
+}
+
+/// `Hop::Routed`'s `handoff`: redirected out of the next hop's egress.
+pub(crate) const SEND: u32 = 0;
+
+/// `Hop::Routed`'s `handoff` for a packet natd sends through the kernel:
+/// its next hop's MAC is not known yet (`miss_kind::NO_NEIGHBOUR`), or it
+/// is longer than the egress MTU `mtu` with DF clear
+/// (`miss_kind::TOO_BIG`, the MTU in the high 16 bits: one word carried
+/// across the rewrite, not two).
+struct Handoff;
+
+impl Handoff {
+    const NO_NEIGHBOUR: u32 = miss_kind::NO_NEIGHBOUR;
+
+    #[inline(always)]
+    const fn too_big(mtu: u16) -> u32 {
+        miss_kind::TOO_BIG | (mtu as u32) << 16
+    }
+
+    /// Hands the frame to natd as `handoff` says.
+    #[inline(always)]
+    fn hand(ctx: &XdpContext, pkt: &Ipv4Packet, handoff: u32) -> Verdict {
+        match handoff & 0xffff {
+            miss_kind::TOO_BIG => hand_to_fragment(ctx, pkt, (handoff >> 16) as u16),
+            _ => hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        }
+    }
 }
 
 /// Routes a packet translated already (an ICMP error) and sends it on.
@@ -251,17 +280,17 @@ pub(crate) fn forward(ctx: &XdpContext, pkt: &Ipv4Packet, translated: Reason, no
 }
 
 /// Sends a translated packet where the route lookup said: redirected out of
-/// the egress interface, or through the daemon while the neighbour resolves.
-/// A packet too big here is an ICMP error, which is never answered with
-/// another (RFC 1122 3.2.2): dropped.
+/// the egress interface, or through the daemon while the neighbour resolves
+/// or to be fragmented. A packet too big here with DF set is an ICMP error,
+/// which is never answered with another (RFC 1122 3.2.2): dropped.
 #[inline(always)]
 pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: Reason) -> Verdict {
     // SAFETY: this CPU's entry of `NEXT_HOPS`, as `next_hop` left it: XDP
     // runs with bottom halves off, so no other program run on this CPU
     // writes it in between. 8-aligned, its MACs at even offsets (`Mac::of`).
     let (egress_ifindex, smac, dmac) = match hop {
-        Hop::Routed { next, neighbour: true } => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
-        Hop::Routed { neighbour: false, .. } => return hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
+        Hop::Routed { next, handoff: SEND } => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
+        Hop::Routed { handoff, .. } => return Handoff::hand(ctx, pkt, handoff),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
     };
@@ -286,6 +315,8 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
 /// cache while the entry is fresh and the packet no longer than one the
 /// route lookup has accepted, otherwise from `bpf_fib_lookup` (which also
 /// checks the egress MTU, path-MTU exceptions included), and then cached.
+/// Too long with DF clear, it is for natd to fragment (RFC 791: a router
+/// fragments what does not fit); with DF set, `TooBig`.
 /// `ingress` keys the cache: the interface the packet came in on (the
 /// route lookup itself asks with the context's).
 #[inline(always)]
@@ -299,7 +330,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     // SAFETY: this CPU's slot, written only while this program runs on it.
     let hop = unsafe { &*slot };
     if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-        return Hop::Routed { next: slot, neighbour: true };
+        return Hop::Routed { next: slot, handoff: SEND };
     }
 
     let mut params = MaybeUninit::uninit();
@@ -307,10 +338,13 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     let rc = lookup(ctx, params) as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::Routed { next: slot, neighbour: false },
-        // The kernel wrote the MTU over tot_len (a union).
-        // SAFETY: a union of two u16s.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Hop::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Hop::Routed { next: slot, handoff: Handoff::NO_NEIGHBOUR },
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // The kernel wrote the MTU over tot_len (a union).
+            // SAFETY: a union of two u16s.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            return if pkt.frags() & IP_DF == 0 { Hop::Routed { next: slot, handoff: Handoff::too_big(mtu) } } else { Hop::TooBig(mtu) };
+        }
         // For the gateway itself (natd's health checks answered from a
         // forwarded port, a mapped host's packet to the gateway's LAN
         // address): delivered untranslated. With forwarding off on the
@@ -349,5 +383,5 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         hop.expires_ns = old.expires_ns;
     }
     *old = hop;
-    Hop::Routed { next: slot, neighbour: true }
+    Hop::Routed { next: slot, handoff: SEND }
 }

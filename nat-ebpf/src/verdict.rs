@@ -7,7 +7,7 @@ use nat_common::{GatewayConfig, Reason};
 
 /// Per-CPU `u64` counters indexed by `Reason`.
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::CAPACITY, 0);
 
 /// What the program does with a packet, and the counter that says why.
 pub struct Verdict {

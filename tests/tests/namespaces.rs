@@ -193,6 +193,52 @@ fn first_packet_of_a_new_flow_is_delivered_after_the_hand_off() {
     assert_eq!(lab.datapath.counter(Reason::MissToDaemon).unwrap(), 1);
 }
 
+/// A first packet natd sends itself that is longer than the WAN's MTU with
+/// DF clear: the raw socket refuses it whole (EMSGSIZE), so natd asks the
+/// route's MTU and sends it in fragments, which the server reassembles.
+#[test]
+fn a_first_packet_too_long_for_the_wan_is_sent_in_fragments() {
+    require_root!();
+    const LEN: usize = 1472;
+    let mut lab = lab(false);
+    lab.gw.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
+    lab.server.ip(&["link", "set", "eth0", "mtu", "1400"]).unwrap();
+    let mut ring = lab.datapath.take_miss_ring().unwrap();
+    let server = in_ns(&lab.server, || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(SERVER, 7002)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, peer) = sock.recv_from(&mut buf).expect("the first datagram never arrived whole");
+        (buf[..n].to_vec(), peer)
+    });
+    thread::sleep(Duration::from_millis(200));
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    in_ns(&lab.host, move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(HOST, 5003)).unwrap();
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: an int option and its length.
+        assert_eq!(unsafe { libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&dont as *const libc::c_int).cast(), 4) }, 0);
+        sock.send_to(&sent, SocketAddrV4::new(SERVER, 7002)).unwrap();
+    })
+    .join()
+    .unwrap();
+
+    let event = next_event(&mut ring);
+    assert_eq!(event.kind, nat_common::miss_kind::NEW_FLOW);
+    let _in_gw = lab.gw.enter().unwrap();
+    let mut packet = nat_userspace::packet::Ipv4::of_event(&event).unwrap().datagram().to_vec();
+    assert_eq!(packet.len(), 1500);
+    nat_userspace::packet::translate_source(&mut packet, Endpoint::new(EXTERNAL, 20004, proto::UDP)).unwrap();
+    let sender = nat_userspace::nat::first_packet::KernelSender::new().unwrap();
+    sender.send_packet(&packet).unwrap();
+    assert_eq!(sender.packets_cut(), 1);
+
+    let (got, peer) = server.join().unwrap();
+    assert_eq!(peer, SocketAddrV4::new(EXTERNAL, 20004).into());
+    assert!(got == data, "{} bytes arrived, not the {LEN} sent", got.len());
+}
+
 /// Inbound packet for an inside host the gateway has no ARP entry for: handed
 /// over translated, sent through the kernel, which resolves the host.
 #[test]

@@ -149,8 +149,8 @@ pub(crate) const TOO_BIG_MIN_LEN: u16 = (FRAG_NEEDED_HEADERS_LEN + QUOTE_MAX) as
 /// Fragmentation Needed and the next-hop MTU, from the gateway's address on
 /// the side it came from (`ingress`: `Side::Source` for the LAN, where natd
 /// configures the LAN interface's address, `Side::Destination` for the WAN,
-/// the external address it was sent to), sent back out of the port it came in on. Without
-/// DF it is dropped: the gateway does not fragment.
+/// the external address it was sent to), sent back out of the port it came in on. (Without
+/// DF, `next_hop` has it fragmented by natd.)
 ///
 /// Never XDP_PASSed: the kernel's forward path checks the device MTU, not
 /// learned path MTUs (ip_forward_use_pmtu=0), so it could forward a packet

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapInfo, PerCpuArray, ProgramArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues, ProgramArray, Queue, RingBuf, lpm_trie::{Key as LpmKey, LpmTrie}},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -160,9 +160,11 @@ impl Datapath {
         // The object's own sections (.rodata, .bss) belong to its build.
         let names: Vec<&String> = object.maps.keys().filter(|name| !name.starts_with('.')).collect();
         let mut loader = EbpfLoader::new();
+        let mut carried_counters = None;
         if let Some(state) = &state {
             if adopt {
                 check_layout(&object, state)?;
+                carried_counters = carry_counters(state)?;
                 // As made by the natd that pinned it.
                 permits = MapInfo::from_pin(state.map_pin(map_names::PERMITS))?.max_entries();
                 sessions = MapInfo::from_pin(state.map_pin(map_names::LIVENESS))?.max_entries();
@@ -176,7 +178,7 @@ impl Datapath {
         if let Some(mark) = &mark {
             loader.override_global("PROGRAM_MARK", mark, true);
         }
-        let ebpf = loader
+        let mut ebpf = loader
             .map_max_entries(map_names::PERMITS, permits)
             // The forwards' static mappings (one per server, no session
             // slot) share OUTBOUND with the sessions, as at the default size.
@@ -187,6 +189,12 @@ impl Datapath {
             .map_max_entries(map_names::LIVENESS, sessions)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        if let Some(counters) = carried_counters {
+            let mut array: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(ebpf.map_mut(map_names::COUNTERS).ok_or_else(|| anyhow!("COUNTERS missing from the eBPF object"))?)?;
+            for (reason, values) in counters.into_iter().enumerate() {
+                array.set(reason as u32, values, 0).context("writing the carried counters back")?;
+            }
+        }
         let liveness = SharedArray::map(&ebpf, map_names::LIVENESS, sessions)?;
         let inbound = SharedArray::map(&ebpf, map_names::INBOUND, INBOUND_PORTS)?;
         let asleep = SharedArray::map(&ebpf, map_names::DAEMON_ASLEEP, 1)?;
@@ -832,6 +840,25 @@ impl<T> Drop for SharedArray<T> {
 /// wake-up rule, as before claims stopped waking natd).
 const ADDED_MAPS: [&str; 1] = [map_names::DAEMON_ASLEEP];
 
+/// A pinned `COUNTERS` with fewer entries than `Reason::CAPACITY` (made
+/// before reasons had room to grow): its values, read per CPU, and its pin
+/// removed, so that the loader makes one of this build's size, into which
+/// they are written back. What the old programs count between the read
+/// and the swap to the new ones is lost (a few milliseconds of counts);
+/// sessions are not touched.
+fn carry_counters(state: &StateDir) -> Result<Option<Vec<PerCpuValues<u64>>>> {
+    let pin = state.map_pin(map_names::COUNTERS);
+    let entries = MapInfo::from_pin(&pin).context("reading the pinned COUNTERS")?.max_entries();
+    if entries >= Reason::CAPACITY {
+        return Ok(None);
+    }
+    let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&pin)?))?;
+    let values = (0..entries).map(|reason| array.get(&reason, 0)).collect::<Result<Vec<_>, _>>().context("reading the pinned COUNTERS")?;
+    std::fs::remove_file(&pin).with_context(|| format!("removing the pin of the old COUNTERS ({} entries) at {}", entries, pin.display()))?;
+    tracing::info!("the pinned COUNTERS has {entries} entries, this natd's {}: its counts carried over into a new one", Reason::CAPACITY);
+    Ok(Some(values))
+}
+
 /// Refuses pinned maps that this build's programs would misread: each map of
 /// the object must be pinned with the same type, key and value sizes and
 /// entries (Calico's "parameter mismatch" is what starting over them
@@ -866,7 +893,9 @@ fn check_layout(object: &aya_obj::Object, state: &StateDir) -> Result<()> {
         }
         // Sized by natd's settings when the state was made, and adopted
         // at that size (`load_with`).
-        if ![map_names::PERMITS, map_names::OUTBOUND, map_names::LIVENESS].contains(&name.as_str()) {
+        // COUNTERS made with fewer entries is carried over (`carry_counters`).
+        let grown_counters = name == map_names::COUNTERS && pinned.max_entries() < def.max_entries();
+        if ![map_names::PERMITS, map_names::OUTBOUND, map_names::LIVENESS].contains(&name.as_str()) && !grown_counters {
             differ("entries", pinned.max_entries(), def.max_entries());
         }
     }

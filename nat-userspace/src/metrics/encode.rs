@@ -63,6 +63,11 @@ pub(super) const DAEMON_COUNTERS: &[(&str, &str, &str)] = &[
         "natd_sent_through_kernel",
         "Translated packets natd sent through the kernel because the next hop had no neighbour entry yet",
     ),
+    (
+        "packets_cut",
+        "natd_packets_cut_into_fragments",
+        "Packets longer than the egress MTU with DF clear that natd cut into fragments (RFC 791) and sent through the kernel",
+    ),
     ("handoff_errors", "natd_handoff_errors", "Packets handed to natd that it could not handle (each one logged)"),
     ("fragments_parked", "natd_fragments_parked", "Later fragments parked until their first fragment is translated"),
     ("fragments_sent", "natd_fragments_sent", "Fragments natd translated and sent on (later ones parked for their first, and SCTP first fragments)"),

@@ -20,6 +20,10 @@ pub struct DaemonCounters {
     /// New flows the datapath set up itself from a queued free port.
     pub claimed_in_datapath: u64,
     pub sent_through_kernel: u64,
+    /// Packets longer than the egress MTU with DF clear that natd cut into
+    /// fragments and sent (the datapath's `too_big_to_daemon`, and first
+    /// packets natd sends itself).
+    pub packets_cut: u64,
     pub handoff_errors: u64,
     /// Later fragments handed over before their first fragment was translated
     /// and parked (RFC 4787 REQ-14).
@@ -64,6 +68,7 @@ impl DaemonCounters {
             counter("first_packets_sent", self.first_packets_sent),
             counter("claimed_in_datapath", self.claimed_in_datapath),
             counter("sent_through_kernel", self.sent_through_kernel),
+            counter("packets_cut", self.packets_cut),
             counter("handoff_errors", self.handoff_errors),
             counter("fragments_parked", self.fragments_parked),
             counter("fragments_sent", self.fragments_sent),

@@ -224,7 +224,12 @@ impl Daemon {
             }
             RingEvent::NoServer(event) => self.no_server(&event),
             RingEvent::Esp(event) => self.esp_packet(&event),
+            RingEvent::TooBig(event) => {
+                let packet = Ipv4::of_event(&event)?;
+                self.sender.send_cut(packet.datagram(), event.mtu)
+            }
         });
+        self.counters.packets_cut = self.sender.packets_cut();
         if let Err(e) = result {
             self.counters.handoff_errors += 1;
             tracing::warn!("{e:#}");

@@ -20,6 +20,9 @@ pub enum RingEvent {
     NoServer(Box<MissEvent>),
     /// An ESP packet of no SA the datapath knows, either way.
     Esp(Box<MissEvent>),
+    /// A translated packet longer than the egress MTU (the event's `mtu`),
+    /// DF clear: natd sends it in fragments.
+    TooBig(Box<MissEvent>),
 }
 
 impl RingEvent {
@@ -36,6 +39,7 @@ impl RingEvent {
             miss_kind::FRAGMENT_TRANSLATED => Self::FragmentTranslated(read(item)?),
             miss_kind::NO_SERVER => Self::NoServer(handed(item)?),
             miss_kind::ESP => Self::Esp(handed(item)?),
+            miss_kind::TOO_BIG => Self::TooBig(handed(item)?),
             other => bail!("ring event of kind {other} and {} bytes not understood", item.len()),
         })
     }

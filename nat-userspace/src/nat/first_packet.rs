@@ -12,27 +12,35 @@
 //!   REQ-9): translated both ways and sent into the LAN;
 //! - a translated packet whose next hop has no neighbour entry yet: sent as
 //!   it is; the kernel queues it on the neighbour entry, resolves it with
-//!   ARP, and transmits it. Later packets then find the neighbour in XDP.
+//!   ARP, and transmits it. Later packets then find the neighbour in XDP;
+//! - a translated packet longer than the egress MTU with DF clear: cut into
+//!   fragments (`packet::fragments`), as a router does, and those sent. A
+//!   raw socket that writes its own header never fragments (the kernel
+//!   refuses with EMSGSIZE what is longer than the device's MTU), so any
+//!   packet natd sends that is too long, DF clear, is cut the same way.
 
 use std::{
     mem,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use nat_common::{Endpoint, PermitKey};
 
 use crate::{
     config::Settings,
     datapath::Datapath,
     nat::run::Run,
-    packet::{Ipv4, translate_destination, translate_source},
+    packet::{Ipv4, fragments, translate_destination, translate_source},
 };
 
 /// A raw IPv4 socket for sending packets through the kernel stack.
 pub struct KernelSender {
     socket: OwnedFd,
+    /// Packets cut into fragments before they were sent.
+    cut: AtomicU64,
 }
 
 impl KernelSender {
@@ -44,12 +52,43 @@ impl KernelSender {
             bail!("opening a raw IPv4 socket (needs CAP_NET_RAW): {}", std::io::Error::last_os_error());
         }
         // SAFETY: a fresh fd nothing else owns.
-        Ok(Self { socket: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self { socket: unsafe { OwnedFd::from_raw_fd(fd) }, cut: AtomicU64::new(0) })
     }
 
-    /// Sends an IPv4 packet (header included) as it is, up to its total length.
+    /// Packets cut into fragments so far (`send_cut`, and `send_packet`'s
+    /// too long ones).
+    pub fn packets_cut(&self) -> u64 {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    /// Sends an IPv4 packet (header included), up to its total length: as
+    /// it is, or, longer than the route's MTU with DF clear, in fragments.
     pub fn send_packet(&self, ip: &[u8]) -> Result<()> {
-        let packet = Ipv4::read(ip)?;
+        match self.send_whole(ip) {
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && !dont_fragment(ip) => {
+                let dst = Ipv4::read(ip)?.dst();
+                self.send_cut(ip, path_mtu(dst)?)
+            }
+            sent => sent.with_context(|| format!("sending a translated packet to {} through the kernel", Ipv4::read(ip).map(|p| p.dst().to_string()).unwrap_or_default())),
+        }
+    }
+
+    /// Sends an IPv4 packet cut into fragments of at most `mtu` bytes (one,
+    /// as it is, if it fits).
+    pub fn send_cut(&self, ip: &[u8], mtu: u16) -> Result<()> {
+        let pieces = fragments(ip, usize::from(mtu))?;
+        if pieces.len() > 1 {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+        }
+        for piece in &pieces {
+            self.send_whole(piece).with_context(|| format!("sending a fragment of {} bytes (MTU {mtu}) through the kernel", piece.len()))?;
+        }
+        Ok(())
+    }
+
+    /// Sends an IPv4 packet as it is: the kernel's error as it is.
+    fn send_whole(&self, ip: &[u8]) -> std::io::Result<()> {
+        let packet = Ipv4::read(ip).map_err(std::io::Error::other)?;
         let datagram = packet.datagram();
         let dst = packet.dst();
         let addr = libc::sockaddr_in {
@@ -70,10 +109,30 @@ impl KernelSender {
             )
         };
         if sent < 0 {
-            bail!("sending a translated packet to {dst} through the kernel: {}", std::io::Error::last_os_error());
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
+}
+
+/// Whether an IPv4 packet has DF set.
+fn dont_fragment(ip: &[u8]) -> bool {
+    ip.get(6).is_some_and(|flags| flags & 0x40 != 0)
+}
+
+/// The MTU of the kernel's route to `dst` (path-MTU exceptions included):
+/// `IP_MTU` of a UDP socket connected to it, which sends nothing.
+fn path_mtu(dst: Ipv4Addr) -> Result<u16> {
+    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).context("a UDP socket to ask the route's MTU")?;
+    socket.connect(SocketAddrV4::new(dst, 9)).with_context(|| format!("no route to {dst} to ask its MTU"))?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int-sized out value and its length.
+    let rc = unsafe { libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, (&mut mtu as *mut libc::c_int).cast(), &mut len) };
+    if rc != 0 {
+        bail!("asking the MTU of the route to {dst}: {}", std::io::Error::last_os_error());
+    }
+    u16::try_from(mtu).with_context(|| format!("the route to {dst} has an MTU of {mtu}"))
 }
 
 /// What became of a new flow's first packet.

@@ -43,6 +43,14 @@ fn frag_needed_for(input: &Frame, from: Ipv4Addr, mtu: u16) -> Frame {
     error.with_macs(input.dst_mac, input.src_mac)
 }
 
+/// `input` as the datapath hands it to natd to be cut into fragments:
+/// translated outbound to `external`, its MACs as they came (natd sends the
+/// IPv4 packet).
+fn handed_translated(input: Frame, external: (Ipv4Addr, u16)) -> Frame {
+    let (src_mac, dst_mac) = (input.src_mac, input.dst_mac);
+    translated_out(input, external).with_macs(src_mac, dst_mac)
+}
+
 /// Don't fragment.
 fn df(f: &mut Frame) {
     f.frag = 0x4000;
@@ -54,8 +62,9 @@ fn df(f: &mut Frame) {
 /// kernel. Outbound (WAN MTU 1400) the error comes from the gateway's LAN
 /// address and quotes the inside host's untranslated packet; inbound (LAN MTU
 /// 1200) from the external address, quoting the remote's packet as sent to
-/// the external endpoint. Without DF the packet is dropped: the gateway does
-/// not fragment. Packets that fit are translated as before.
+/// the external endpoint. Without DF the packet is handed to natd to be
+/// fragmented (`handoff::too_big_without_df_is_handed_translated_to_be_cut`).
+/// Packets that fit are translated as before.
 #[test]
 fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
     require_root!();
@@ -117,7 +126,14 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
             Some(frag_needed_for(&hairpin_big, addr::LAN_GW, 1200)),
             Reason::FragNeededSent,
         ),
-        case("udp out, no DF, too big: dropped, not fragmented", Lan, with(udp_out(), payload(1400)), DROP, None, Reason::DropTooBigForEgress),
+        case(
+            "udp out, no DF, too big: to natd, translated, to be cut into fragments",
+            Lan,
+            with(udp_out(), payload(1400)),
+            DROP,
+            Some(handed_translated(with(udp_out(), payload(1400)), UDP_EXTERNAL)),
+            Reason::TooBigToDaemon,
+        ),
         case(
             "udp out, DF, 1400 bytes: fits, translated",
             Lan,
@@ -146,7 +162,14 @@ fn rfc4787_req13_df_too_big_is_answered_with_frag_needed() {
             Some(frag_needed_for(&new_flow, addr::LAN_GW, 1400)),
             Reason::FragNeededSent,
         ),
-        case("new udp flow, no DF, too big: dropped, not passed", Lan, new_flow_no_df, DROP, None, Reason::DropTooBigForEgress),
+        case(
+            "new udp flow, no DF, too big: to natd to be cut, not passed",
+            Lan,
+            new_flow_no_df.clone(),
+            DROP,
+            Some(handed_translated(new_flow_no_df, (addr::EXTERNAL, 24701))),
+            Reason::TooBigToDaemon,
+        ),
     ];
     run_cases(&gw, cases).unwrap();
 

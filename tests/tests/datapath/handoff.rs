@@ -1,5 +1,6 @@
-//! Hand-offs to natd through the ring: a miss, and a translated frame whose
-//! inside host has no neighbour entry.
+//! Hand-offs to natd through the ring: a miss, a translated frame whose
+//! inside host has no neighbour entry, and one too long for its egress
+//! with DF clear.
 
 use nat_common::{MissEvent, Reason, miss_kind};
 use nat_tests::{
@@ -81,4 +82,34 @@ fn no_neighbour_hand_off_carries_a_finished_checksum() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, miss_kind::NO_NEIGHBOUR);
     packet::verify_checksums(events[0].frame()).unwrap();
+}
+
+/// RFC 791 / RFC 1812: a packet longer than the egress MTU with DF clear is
+/// fragmented by a router. XDP cannot make several packets of one, so the
+/// datapath translates it (a partial checksum finished) and hands it to
+/// natd with the MTU the route lookup gave, both ways; natd cuts it.
+#[test]
+fn too_big_without_df_is_handed_translated_to_be_cut() {
+    require_root!();
+    let mut gw = gateway("toobig").unwrap();
+    gw.ns.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
+    gw.ns.ip(&["link", "set", "lan0", "mtu", "1200"]).unwrap();
+    let mut ring = gw.datapath.take_miss_ring().unwrap();
+    let outbound = partial(with(from_lan(Frame::udp(super::UDP_INSIDE, REMOTE_UDP)), payload(1400)));
+    let inbound = with(from_wan(Frame::udp(REMOTE_UDP, super::UDP_EXTERNAL)), payload(1300));
+    for (side, input, mtu, src, dst) in [
+        (Side::Lan, &outbound, 1400, addr::EXTERNAL, REMOTE_UDP.0),
+        (Side::Wan, &inbound, 1200, REMOTE_UDP.0, super::UDP_INSIDE.0),
+    ] {
+        let run = gw.run(side, &input.build()).unwrap();
+        assert_eq!(run.action, DROP, "{side:?}: not sent whole");
+        let events = read_events(&mut ring);
+        assert_eq!(events.len(), 1, "{side:?}");
+        assert_eq!((events[0].kind, events[0].mtu), (miss_kind::TOO_BIG, mtu), "{side:?}: the egress MTU to cut to");
+        let translated = packet::parse_ipv4(events[0].frame()).unwrap();
+        assert_eq!((translated.src(), translated.dst()), (src, dst), "{side:?}: translated");
+        assert_eq!(translated.ttl(), 63, "{side:?}: a hop");
+        packet::verify_checksums(events[0].frame()).unwrap();
+    }
+    assert_eq!(gw.datapath.counter(Reason::TooBigToDaemon).unwrap(), 2);
 }

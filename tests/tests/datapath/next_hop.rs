@@ -49,9 +49,9 @@ fn next_hops_are_cached_until_they_expire_and_longer_packets_are_checked() {
     assert_eq!(&fresh.frame[..6], &new_mac[..], "the expired next hop was not looked up again");
 
     // The cache approved 16-byte payloads; a 1400-byte one over a 1000-byte
-    // MTU must be refused, not sent on the cached entry.
+    // MTU must not be sent on the cached entry (DF clear: natd cuts it).
     gw.ns.ip(&["link", "set", "wan0", "mtu", "1000"]).unwrap();
     let big = with(udp_out(), |f| f.payload = vec![0; 1400]);
     assert_eq!(gw.run(Side::Lan, &big.build()).unwrap().action, DROP);
-    assert_eq!(gw.datapath.counter(Reason::DropTooBigForEgress).unwrap(), 1);
+    assert_eq!(gw.datapath.counter(Reason::TooBigToDaemon).unwrap(), 1);
 }

@@ -3,13 +3,14 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nat_tests::{
-    natlab::{GW_LAN, IO_TIMEOUT, NatLab, ROUTED_SERVER, SERVER, in_ns},
+    natlab::{EXTERNAL, GW_LAN, IO_TIMEOUT, NatLab, ROUTED_SERVER, SERVER, host_addr, in_ns, udp_socket_in},
     netns::Netns,
     require_root,
 };
@@ -113,4 +114,70 @@ fn rfc5508_pmtu_discovery_across_a_smaller_link_beyond_the_gateway() {
     lab.hosts[0].ip(&["route", "flush", "cache"]).unwrap();
     let out = run_bounded(&lab.hosts[0], 30, &["tracepath", "-n", "-m", "5", &ROUTED_SERVER.to_string()]);
     assert!(out.contains("Resume: pmtu 1280") && out.contains("reached"), "{out}");
+}
+
+/// Clears DF on what `socket` sends (`IP_PMTUDISC_DONT`): the kernel then
+/// sends datagrams longer than the path MTU for routers to fragment.
+fn without_df(socket: &UdpSocket) {
+    let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: an int option and its length.
+    let rc = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&dont as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t) };
+    assert_eq!(rc, 0, "IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
+}
+
+/// RFC 791 and RFC 1812 §5.2.6: a router fragments a datagram longer than
+/// the egress MTU when DF is clear, and the gateway forwards. The WAN link
+/// takes 1400 bytes; a LAN host sends 1,472-byte UDP datagrams (1,500 on
+/// the wire) with DF clear: each is translated and cut by natd (its first
+/// one's whichever way the flow is set up: natd sends a first packet
+/// itself, and the raw socket refuses it whole). The server, on the same
+/// 1400-byte link, answers each with DF clear: its kernel sends two
+/// fragments, and the first, 1400 bytes, is cut again for a LAN route of
+/// MTU 1300, its offset and More Fragments kept. Every datagram arrives
+/// whole both ways, from the external address.
+#[test]
+fn datagrams_longer_than_the_egress_mtu_without_df_are_fragmented_both_ways() {
+    require_root!();
+    const PORT: u16 = 7400;
+    const LEN: usize = 1472;
+    let mut lab = NatLab::new(1, false).unwrap();
+    lab.gw.ip(&["link", "set", "wan0", "mtu", "1400"]).unwrap();
+    lab.server.ip(&["link", "set", "eth0", "mtu", "1400"]).unwrap();
+    let lan = format!("{}/24", host_addr(0));
+    let lan_net = lan.replace(&format!(".{}/", host_addr(0).octets()[3]), ".0/");
+    lab.gw.ip(&["route", "replace", &lan_net, "dev", "lan0", "proto", "kernel", "scope", "link", "src", &GW_LAN.to_string(), "mtu", "lock", "1300"]).unwrap();
+    lab.start_natd(&[]).unwrap();
+
+    let server = udp_socket_in(&lab.server, PORT);
+    without_df(&server);
+    server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let echo = thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let until = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 3 && Instant::now() < until {
+            let Ok((n, from)) = server.recv_from(&mut buf) else { continue };
+            seen.push((n, from));
+            server.send_to(&buf[..n], from).unwrap();
+        }
+        seen
+    });
+    let host = udp_socket_in(&lab.hosts[0], 40300);
+    without_df(&host);
+    host.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    for i in 0..3 {
+        host.send_to(&data, SocketAddrV4::new(SERVER, PORT)).unwrap();
+        let mut back = vec![0u8; 65536];
+        let n = host.recv(&mut back).unwrap_or_else(|e| panic!("datagram {i}: no whole echo ({e})\n{:?}", lab.stats().unwrap()));
+        assert_eq!(&back[..n], &data[..], "datagram {i}: the echo, whole");
+    }
+    let seen = echo.join().unwrap();
+    assert_eq!(seen.len(), 3);
+    for (n, from) in &seen {
+        assert_eq!((*n, from.ip()), (LEN, std::net::IpAddr::V4(EXTERNAL)), "whole, from the external address");
+    }
+    let stats = lab.stats().unwrap();
+    assert!(stats.get("too_big_to_daemon").unwrap() >= 5, "cut after XDP: the later two out, the three first fragments in: {stats:?}");
+    assert!(stats.get("packets_cut").unwrap() >= 6, "three datagrams out, three first fragments in: {stats:?}");
 }

@@ -640,6 +640,25 @@ fn a_restart_with_another_max_sessions_keeps_the_adopted_tables_and_says_so() {
     assert_eq!(lab.status().unwrap().max_sessions, 4096);
 }
 
+/// Starts natd, makes one UDP session from the LAN host's `port` to the
+/// echo server, and stops natd with SIGTERM (the datapath serves on): the
+/// host's socket, the sessions, and the directory the state is pinned in
+/// (valid while the `PinRoot` that reached it is held).
+fn one_session_left_pinned(lab: &mut NatLab, port: u16) -> (std::net::UdpSocket, BTreeMap<(String, String), String>, (nat_userspace::datapath::PinRoot, std::path::PathBuf)) {
+    lab.start_natd(&[]).unwrap();
+    let socket = udp_socket_in(&lab.hosts[0], port);
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket.send_to(b"a", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
+    socket.recv(&mut [0u8; 64]).expect("the echo through natd");
+    let before = sessions_of(lab);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let cookie = nat_tests::natlab::in_ns(&lab.gw, || nat_userspace::datapath::netns_cookie().unwrap()).join().unwrap();
+    let root = nat_userspace::datapath::PinRoot::find(None, false).unwrap().expect("the bpffs natd pinned in");
+    let own = root.path().join(format!("natd/netns-{cookie}/lan0+wan0/layout-{}", nat_userspace::datapath::STATE_LAYOUT));
+    assert!(lab.terminate_natd().unwrap().success());
+    (socket, before, (root, own))
+}
+
 /// A state pinned by a natd from before a map was added (`DAEMON_ASLEEP`,
 /// which tells the datapath when natd sleeps on the ring) is adopted: the
 /// map is made empty and pinned, and the sessions carry over.
@@ -648,17 +667,7 @@ fn a_state_pinned_before_a_map_was_added_is_adopted_with_the_map_made() {
     require_root!();
     let mut lab = NatLab::new(1, false).unwrap();
     let _server = EchoServer::start(&lab.server, ECHO_PORT);
-    lab.start_natd(&[]).unwrap();
-    let socket = udp_socket_in(&lab.hosts[0], 40100);
-    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    socket.send_to(b"a", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
-    socket.recv(&mut [0u8; 64]).expect("the echo through natd");
-    let before = sessions_of(&lab);
-    assert_eq!(before.len(), 1, "{before:?}");
-    let cookie = nat_tests::natlab::in_ns(&lab.gw, || nat_userspace::datapath::netns_cookie().unwrap()).join().unwrap();
-    let root = nat_userspace::datapath::PinRoot::find(None, false).unwrap().expect("the bpffs natd pinned in");
-    let own = root.path().join(format!("natd/netns-{cookie}/lan0+wan0/layout-{}", nat_userspace::datapath::STATE_LAYOUT));
-    assert!(lab.terminate_natd().unwrap().success());
+    let (socket, before, (_root, own)) = one_session_left_pinned(&mut lab, 40100);
 
     let added = own.join(nat_common::map_names::DAEMON_ASLEEP);
     std::fs::remove_file(&added).unwrap();
@@ -667,4 +676,59 @@ fn a_state_pinned_before_a_map_was_added_is_adopted_with_the_map_made() {
     assert_eq!(sessions_of(&lab), before, "the sessions were not adopted");
     socket.send_to(b"b", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
     socket.recv(&mut [0u8; 64]).expect("the echo through the adopting natd");
+}
+
+/// A per-CPU array of `entries` u64s pinned at `pin`, entry `index` holding
+/// `value` on CPU 0: what a natd whose COUNTERS was that size left (made
+/// with the bpf(2) syscall, as no tool here makes a bare map).
+fn pin_counters(pin: &std::path::Path, entries: u32, index: u32, value: u64) {
+    const MAP_CREATE: libc::c_long = 0;
+    const MAP_UPDATE_ELEM: libc::c_long = 2;
+    const OBJ_PIN: libc::c_long = 6;
+    const PERCPU_ARRAY: u32 = 6;
+    let bpf = |cmd: libc::c_long, attr: &mut [u64; 16]| unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    // map_type, key_size, value_size, max_entries: four u32s.
+    let mut create = [0u64; 16];
+    create[0] = u64::from(PERCPU_ARRAY) | 4 << 32;
+    create[1] = 8 | u64::from(entries) << 32;
+    let fd = bpf(MAP_CREATE, &mut create);
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut values = vec![0u64; cpus];
+    values[0] = value;
+    let key = index;
+    let mut update = [0u64; 16];
+    update[0] = fd as u64;
+    update[1] = &key as *const u32 as u64;
+    update[2] = values.as_ptr() as u64;
+    assert_eq!(bpf(MAP_UPDATE_ELEM, &mut update), 0, "BPF_MAP_UPDATE_ELEM: {}", std::io::Error::last_os_error());
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    let mut obj_pin = [0u64; 16];
+    obj_pin[0] = path.as_ptr() as u64;
+    obj_pin[1] = fd as u64;
+    assert_eq!(bpf(OBJ_PIN, &mut obj_pin), 0, "BPF_OBJ_PIN {}: {}", pin.display(), std::io::Error::last_os_error());
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A state pinned by a natd whose COUNTERS had no room for reasons added
+/// since (53 entries, before `Reason::CAPACITY`): adopted, its counts
+/// carried into a COUNTERS of this natd's size, and the sessions kept.
+#[test]
+fn a_state_whose_counters_are_fewer_is_adopted_with_its_counts_carried_over() {
+    require_root!();
+    let mut lab = NatLab::new(1, false).unwrap();
+    let _server = EchoServer::start(&lab.server, ECHO_PORT);
+    let (socket, before, (_root, own)) = one_session_left_pinned(&mut lab, 40200);
+
+    let counters = own.join(nat_common::map_names::COUNTERS);
+    std::fs::remove_file(&counters).unwrap();
+    pin_counters(&counters, 53, nat_common::Reason::TranslatedIn as u32, 1_000_000);
+    lab.start_natd(&[]).unwrap();
+    assert_eq!(aya::maps::MapInfo::from_pin(&counters).unwrap().max_entries(), nat_common::Reason::CAPACITY, "a COUNTERS of this natd's size");
+    assert_eq!(sessions_of(&lab), before, "the sessions were not adopted");
+    socket.send_to(b"b", SocketAddrV4::new(SERVER, ECHO_PORT)).unwrap();
+    socket.recv(&mut [0u8; 64]).expect("the echo through the adopting natd");
+    let translated_in = lab.stats().unwrap().get("translated_in").unwrap();
+    assert!(translated_in > 1_000_000, "the old counts carried over, the new ones added: {translated_in}");
+    assert!(lab.natd_log().contains("the pinned COUNTERS has 53 entries, this natd's 64: its counts carried over"), "{}", lab.natd_log());
 }

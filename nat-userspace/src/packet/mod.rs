@@ -7,6 +7,8 @@
 //! The rewrites are the user-space twins of the datapath's (incremental,
 //! RFC 1624), tested byte for byte against from-scratch builds.
 
+mod fragments;
+
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow, bail, ensure};
@@ -18,6 +20,8 @@ use nat_common::{
     icmp::{QUOTED_L4_LEN, unreachable_headers},
     proto::{self, Layout},
 };
+
+pub use fragments::fragments;
 
 /// The fixed IPv4 header.
 const MIN_HEADER: usize = 20;
