@@ -56,6 +56,33 @@ const MISS_BATCH_TIME: Duration = Duration::from_millis(20);
 /// packet ~20 us at the median on a 2-vCPU host (lab-bench's first-packet
 /// added latency: p50 19.9-21.7 us against 1.2-1.4 without).
 const CLAIMS_POLL: Duration = Duration::from_millis(20);
+/// The longest wait between looks while no claims come (`ClaimsPoll`).
+const CLAIMS_POLL_IDLE: Duration = Duration::from_millis(320);
+
+/// The claims poll's period: `CLAIMS_POLL` while the ring carries records,
+/// doubled after each look that finds none, up to `CLAIMS_POLL_IDLE`, so
+/// that an idle gateway's natd wakes a few times a second, not fifty
+/// (months of it, on a box that may run on batteries or share its CPUs).
+/// Nothing waits on it for long: a claim is a flow set up already, and
+/// the hand-off that follows once the free queues run low wakes natd at
+/// once (forced while it sleeps, `DAEMON_ASLEEP`), which brings the period
+/// back to `CLAIMS_POLL`.
+#[derive(Debug)]
+struct ClaimsPoll {
+    period: Duration,
+}
+
+impl ClaimsPoll {
+    fn new() -> Self {
+        Self { period: CLAIMS_POLL }
+    }
+
+    /// The wait before the next look, after one that found `records`.
+    fn after(&mut self, records: usize) -> Duration {
+        self.period = if records > 0 { CLAIMS_POLL } else { (self.period * 2).min(CLAIMS_POLL_IDLE) };
+        self.period
+    }
+}
 
 pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(step) = crate::CUT_DOWN_BUILD {
@@ -169,8 +196,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     // Each tick publishes the clock to the datapath and ages mappings out.
     let mut aging = tokio::time::interval(Duration::from_nanos(nat_common::CLOCK_TICK_NS));
-    let mut claims_poll = tokio::time::interval(CLAIMS_POLL);
-    claims_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut claims_poll = ClaimsPoll::new();
+    let claims_due = tokio::time::sleep(CLAIMS_POLL);
+    tokio::pin!(claims_due);
     let mut passive_signals = tokio::time::interval(SIGNALS_POLL);
     let mut flow_aging = tokio::time::interval(FLOW_AGING);
     // Set when natd must stop with an error (a served interface is gone).
@@ -190,7 +218,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // A batch at a time: the rest waits for the next turn of
                 // the loop (the ring stays ready), so that control requests,
                 // the clock and aging are served during a burst.
-                let mut drained = take_in_batch(&mut daemon, guard.get_inner_mut());
+                let taken = take_in_batch(&mut daemon, guard.get_inner_mut());
+                let mut drained = taken.drained;
+                claims_due.as_mut().reset(tokio::time::Instant::now() + claims_poll.after(taken.records));
                 if drained {
                     // Asleep from here on: a record natd must act on wakes
                     // it even behind unread claims. One more look at the
@@ -214,12 +244,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     tokio::task::yield_now().await;
                 }
             }
-            _ = claims_poll.tick() => {
-                if !take_in_batch(&mut daemon, ring.get_mut()) {
-                    // More than a batch of claims: the next one at once,
-                    // after what else is waiting.
-                    claims_poll.reset_immediately();
-                }
+            _ = &mut claims_due => {
+                let taken = take_in_batch(&mut daemon, ring.get_mut());
+                // More than a batch of claims: the next one at once, after
+                // what else is waiting.
+                let wait = if taken.drained { claims_poll.after(taken.records) } else { Duration::ZERO };
+                claims_due.as_mut().reset(tokio::time::Instant::now() + wait);
                 daemon.refill_free_queues();
             }
             _ = aging.tick() => {
@@ -492,17 +522,24 @@ fn try_reload(daemon: &mut Daemon, proxies: &mut Proxies, log: Option<&LogLevel>
 }
 
 /// Hands natd at most a batch of the ring's records (`MISS_BATCH`, or
-/// `MISS_BATCH_TIME`); true when the ring is empty.
-fn take_in_batch(daemon: &mut Daemon, ring: &mut RingBuf<MapData>) -> bool {
+/// `MISS_BATCH_TIME`).
+fn take_in_batch(daemon: &mut Daemon, ring: &mut RingBuf<MapData>) -> Taken {
     let started = Instant::now();
-    for _ in 0..MISS_BATCH {
-        let Some(item) = ring.next() else { return true };
+    for records in 0..MISS_BATCH {
+        let Some(item) = ring.next() else { return Taken { records, drained: true } };
         daemon.handle_event(&item);
         if started.elapsed() >= MISS_BATCH_TIME {
-            return false;
+            return Taken { records: records + 1, drained: false };
         }
     }
-    false
+    Taken { records: MISS_BATCH, drained: false }
+}
+
+/// What one batch took from the ring.
+struct Taken {
+    records: usize,
+    /// The ring was empty at the end (else the batch's bound stopped it).
+    drained: bool,
 }
 
 /// Reads one request line, has the main loop answer it, writes the answer.
@@ -588,3 +625,17 @@ fn datapath_state(settings: &Settings, env: &Environment) -> Result<(Option<Stat
 }
 
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claims_poll_backs_off_while_nothing_comes_and_is_quick_again_at_the_first_record() {
+        let mut poll = ClaimsPoll::new();
+        let idle: Vec<u128> = (0..6).map(|_| poll.after(0).as_millis()).collect();
+        assert_eq!(idle, [40, 80, 160, 320, 320, 320]);
+        assert_eq!(poll.after(1), CLAIMS_POLL);
+        assert_eq!(poll.after(0).as_millis(), 40);
+    }
+}
