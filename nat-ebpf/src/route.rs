@@ -232,8 +232,8 @@ pub(crate) enum Hop {
     /// Out of this CPU's next-hop cache entry `next`, read when the frame
     /// is sent (`deliver`): a pointer held across the rewrite, not its
     /// egress and six MAC words, which spilled to the stack and back.
-    /// With a `handoff` other than `SEND`, natd sends the translated frame
-    /// through the kernel instead (`Handoff`), and `next` is not read. One
+    /// With a `handoff` other than `Handoff::SEND`, natd sends the
+    /// translated frame through the kernel instead, and `next` is not read. One
     /// variant for all, so that the verifier sees one shape and walks the
     /// rewrite once for all.
     Routed { next: *const NextHop, handoff: u32 },
@@ -244,17 +244,15 @@ pub(crate) enum Hop {
     Refused(Verdict),
 }
 
-/// `Hop::Routed`'s `handoff`: redirected out of the next hop's egress.
-pub(crate) const SEND: u32 = 0;
-
-/// `Hop::Routed`'s `handoff` for a packet natd sends through the kernel:
-/// its next hop's MAC is not known yet (`miss_kind::NO_NEIGHBOUR`), or it
-/// is longer than the egress MTU `mtu` with DF clear
-/// (`miss_kind::TOO_BIG`, the MTU in the high 16 bits: one word carried
-/// across the rewrite, not two).
+/// `Hop::Routed`'s `handoff`: `SEND`, redirected out of the next hop's
+/// egress; or a packet natd sends through the kernel: its next hop's MAC
+/// is not known yet (`miss_kind::NO_NEIGHBOUR`), or it is longer than the
+/// egress MTU `mtu` with DF clear (`miss_kind::TOO_BIG`, the MTU in the
+/// high 16 bits: one word carried across the rewrite, not two).
 struct Handoff;
 
 impl Handoff {
+    const SEND: u32 = 0;
     const NO_NEIGHBOUR: u32 = miss_kind::NO_NEIGHBOUR;
 
     #[inline(always)]
@@ -289,7 +287,7 @@ pub(crate) fn deliver(ctx: &XdpContext, pkt: &Ipv4Packet, hop: Hop, translated: 
     // runs with bottom halves off, so no other program run on this CPU
     // writes it in between. 8-aligned, its MACs at even offsets (`Mac::of`).
     let (egress_ifindex, smac, dmac) = match hop {
-        Hop::Routed { next, handoff: SEND } => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
+        Hop::Routed { next, handoff: Handoff::SEND } => unsafe { ((*next).egress_ifindex, Mac::of(&(*next).smac), Mac::of(&(*next).dmac)) },
         Hop::Routed { handoff, .. } => return Handoff::hand(ctx, pkt, handoff),
         Hop::TooBig(_) => return Verdict::drop(Reason::DropTooBigForEgress),
         Hop::Refused(verdict) => return verdict,
@@ -330,7 +328,7 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
     // SAFETY: this CPU's slot, written only while this program runs on it.
     let hop = unsafe { &*slot };
     if hop.answers(dst_be, ingress, now) && tot_len <= hop.max_len {
-        return Hop::Routed { next: slot, handoff: SEND };
+        return Hop::Routed { next: slot, handoff: Handoff::SEND };
     }
 
     let mut params = MaybeUninit::uninit();
@@ -383,5 +381,5 @@ pub(crate) fn next_hop(ctx: &XdpContext, pkt: &Ipv4Packet, rewrite: &Rewrite, in
         hop.expires_ns = old.expires_ns;
     }
     *old = hop;
-    Hop::Routed { next: slot, handoff: SEND }
+    Hop::Routed { next: slot, handoff: Handoff::SEND }
 }
