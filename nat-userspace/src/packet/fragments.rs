@@ -89,7 +89,7 @@ fn later_header(header: &[u8]) -> Vec<u8> {
             }
         }
     }
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(END);
     }
     out
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_packet_that_fits_is_one_piece_as_it_is() {
         let ip = datagram(&[], 1000, 0);
-        assert_eq!(fragments(&ip, 1400).unwrap(), [ip.clone()]);
+        assert_eq!(fragments(&ip, 1400).unwrap(), std::slice::from_ref(&ip));
         assert_eq!(fragments(&ip, 1020).unwrap(), [ip]);
     }
 
