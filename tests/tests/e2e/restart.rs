@@ -640,11 +640,19 @@ fn a_restart_with_another_max_sessions_keeps_the_adopted_tables_and_says_so() {
     assert_eq!(lab.status().unwrap().max_sessions, 4096);
 }
 
+/// What `one_session_left_pinned` leaves: the host's socket, the sessions,
+/// and the directory the state is pinned in (valid while `_root`, the
+/// bpffs that reached it, is held).
+struct LeftPinned {
+    socket: std::net::UdpSocket,
+    sessions: BTreeMap<(String, String), String>,
+    _root: nat_userspace::datapath::PinRoot,
+    dir: std::path::PathBuf,
+}
+
 /// Starts natd, makes one UDP session from the LAN host's `port` to the
-/// echo server, and stops natd with SIGTERM (the datapath serves on): the
-/// host's socket, the sessions, and the directory the state is pinned in
-/// (valid while the `PinRoot` that reached it is held).
-fn one_session_left_pinned(lab: &mut NatLab, port: u16) -> (std::net::UdpSocket, BTreeMap<(String, String), String>, (nat_userspace::datapath::PinRoot, std::path::PathBuf)) {
+/// echo server, and stops natd with SIGTERM (the datapath serves on).
+fn one_session_left_pinned(lab: &mut NatLab, port: u16) -> LeftPinned {
     lab.start_natd(&[]).unwrap();
     let socket = udp_socket_in(&lab.hosts[0], port);
     socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -656,7 +664,7 @@ fn one_session_left_pinned(lab: &mut NatLab, port: u16) -> (std::net::UdpSocket,
     let root = nat_userspace::datapath::PinRoot::find(None, false).unwrap().expect("the bpffs natd pinned in");
     let own = root.path().join(format!("natd/netns-{cookie}/lan0+wan0/layout-{}", nat_userspace::datapath::STATE_LAYOUT));
     assert!(lab.terminate_natd().unwrap().success());
-    (socket, before, (root, own))
+    LeftPinned { socket, sessions: before, _root: root, dir: own }
 }
 
 /// A state pinned by a natd from before a map was added (`DAEMON_ASLEEP`,
@@ -667,7 +675,7 @@ fn a_state_pinned_before_a_map_was_added_is_adopted_with_the_map_made() {
     require_root!();
     let mut lab = NatLab::new(1, false).unwrap();
     let _server = EchoServer::start(&lab.server, ECHO_PORT);
-    let (socket, before, (_root, own)) = one_session_left_pinned(&mut lab, 40100);
+    let LeftPinned { socket, sessions: before, _root, dir: own } = one_session_left_pinned(&mut lab, 40100);
 
     let added = own.join(nat_common::map_names::DAEMON_ASLEEP);
     std::fs::remove_file(&added).unwrap();
@@ -718,7 +726,7 @@ fn a_state_whose_counters_are_fewer_is_adopted_with_its_counts_carried_over() {
     require_root!();
     let mut lab = NatLab::new(1, false).unwrap();
     let _server = EchoServer::start(&lab.server, ECHO_PORT);
-    let (socket, before, (_root, own)) = one_session_left_pinned(&mut lab, 40200);
+    let LeftPinned { socket, sessions: before, _root, dir: own } = one_session_left_pinned(&mut lab, 40200);
 
     let counters = own.join(nat_common::map_names::COUNTERS);
     std::fs::remove_file(&counters).unwrap();
