@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{Environment, Forward, Overrides, Proxy, Settings, XdpModeSetting},
+    config::{Environment, Forward, Overrides, Proxy, ProxyKind, ServerProtocol, Settings, XdpModeSetting},
     control::{self, ReloadOutcome, Request, Session, Stats, Status},
     nat::forwards::ForwardView,
     proxy::{ProxyView, Refusal},
@@ -228,6 +228,9 @@ fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
         proxy.max_connections,
         proxy.health_text()
     )];
+    if proxy.kind == ProxyKind::Http && proxy.server_protocol == ServerProtocol::Http2 {
+        lines.push("  servers spoken to in HTTP/2 (h2c, server_protocol = \"http2\")".to_string());
+    }
     for (name, servers) in proxy.server_sets() {
         let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
         lines.push(format!("  {name} -> {}", servers.join(", ")));
@@ -373,6 +376,9 @@ pub fn proxies(json: bool) -> Result<()> {
             Refusal::KEYS.iter().filter_map(|key| p.refused_by.get(*key).filter(|n| **n > 0).map(|n| format!("{key} {n}"))).collect();
         let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
         println!("  connections: {} active, {} total, {} refused{reasons}", p.active, p.total, p.refused);
+        if p.server_protocol == ServerProtocol::Http2.name() {
+            println!("  servers spoken to in HTTP/2 (h2c, server_protocol = \"http2\")");
+        }
         if let Some(q) = &p.quic {
             println!(
                 "  quic: {} connections routed and handed to XDP; natd read {} datagrams, sent {} on, ignored {}; {} ClientHellos being read",

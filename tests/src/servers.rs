@@ -38,21 +38,28 @@ impl Nginx {
 
     /// Starts nginx in `ns` on `addr` and waits (bounded) until it accepts.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
-        Self::start_with(ns, addr, name, false)
+        Self::start_with(ns, addr, name, "")
     }
 
     /// `start`, with `listen ... proxy_protocol`: nginx reads a PROXY v1 or
     /// v2 header first, and its log (`clients`) has the address the header
     /// names, not the connection's.
     pub fn start_proxy_protocol(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
-        Self::start_with(ns, addr, name, true)
+        Self::start_with(ns, addr, name, " proxy_protocol")
     }
 
-    fn start_with(ns: &Netns, addr: SocketAddrV4, name: &str, proxy_protocol: bool) -> Result<Self> {
-        let (listen, client) = if proxy_protocol { (" proxy_protocol", "$proxy_protocol_addr") } else { ("", "$remote_addr") };
+    /// `start`, with `listen ... http2`: HTTP/2 with prior knowledge (h2c)
+    /// only; the log's request line ends in "HTTP/2.0".
+    pub fn start_http2(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
+        Self::start_with(ns, addr, name, " http2")
+    }
+
+    fn start_with(ns: &Netns, addr: SocketAddrV4, name: &str, listen: &str) -> Result<Self> {
+        let client = if listen == " proxy_protocol" { "$proxy_protocol_addr" } else { "$remote_addr" };
         let dir = std::env::temp_dir().join(format!("{}-nginx-{}-{}", ns.name, addr.ip(), addr.port()));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/blob"), Self::blob_text())?;
+        std::fs::write(dir.join("www/trailed"), "trailed\n")?;
         let conf = format!(
             "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 4096; }}\n\
@@ -60,7 +67,8 @@ impl Nginx {
              client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              keepalive_timeout 300s; keepalive_requests 1000000;\n\
              server {{ listen {addr}{listen} reuseport backlog=4096; root {d}/www; default_type text/plain;\n\
-             location = / {{ return 200 \"{name}\\n\"; }} }} }}\n",
+             location = / {{ return 200 \"{name}\\n\"; }}\n\
+             location = /trailer {{ add_trailer x-check done always; try_files /trailed =404; }} }} }}\n",
             d = dir.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;

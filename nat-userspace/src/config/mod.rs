@@ -18,7 +18,7 @@ pub use machine::{Environment, first_ipv4, ifindex, interface_addresses, is_nic}
 pub use schema::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALL, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY_IDLE_TIMEOUT, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_PORT_HOLD, DEFAULT_PORT_RANGE,
     DEFAULT_PORTS_PER_HOST, DEFAULT_RISE, DEFAULT_WEIGHT, Filtering, FilteringMode, Forward, HealthCheck, HealthKind, KEYS, LOG_LEVELS, MAX_FORWARD_RANGE,
-    InterfaceLoss, MAX_WEIGHT, MappingLogTarget, PartialChecksums, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute, SctpState, Server, Settings, Timeouts, XdpModeSetting,
+    InterfaceLoss, MAX_WEIGHT, MappingLogTarget, PartialChecksums, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute, SctpState, Server, ServerProtocol, Settings, Timeouts, XdpModeSetting,
     sctp_state,
 };
 

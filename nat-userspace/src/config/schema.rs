@@ -80,6 +80,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("proxy.names", "{ \"NAME\" = \"ADDR[:PORT]\" or [\"ADDR[:PORT]\", ...] }: a host name or a one-label wildcard \"*.example.com\" each"),
     ("proxy.default", "server(s) for a name not in names, no name, or a non-TLS client (default: none: tls refuses such connections, http answers 421, or 400 without a Host)"),
     ("proxy.proxy_protocol", "\"v1\" or \"v2\": a PROXY protocol header to the server with the client's address (default: none)"),
+    ("proxy.server_protocol", "kind \"http\": \"http1\" or \"http2\", how natd speaks to the servers; \"http2\" is HTTP/2 with prior knowledge (h2c), which gRPC servers need (default: http1)"),
     ("proxy.external_ip", "the address listened on (default: the first external address)"),
     ("proxy.hello_timeout", "seconds a client has to send its whole ClientHello; http: each request head, from its first byte (default: 5)"),
     ("proxy.connect_timeout", "seconds a connection to a server may take (default: 5)"),
@@ -291,6 +292,27 @@ pub enum MappingLogTarget {
 /// The local syslog socket.
 pub const SYSLOG_SOCKET: &str = "/dev/log";
 
+/// How an http proxy speaks to its servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerProtocol {
+    /// HTTP/1.1, a connection a request at a time.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3): one connection a
+    /// server carries every stream of a client at once, trailers included,
+    /// as gRPC needs.
+    Http2,
+}
+
+impl ServerProtocol {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        }
+    }
+}
+
 /// A name-based proxy: natd's own TCP listener on a public port that reads
 /// the name a client asks for and relays the connection to that name's
 /// server.
@@ -310,6 +332,8 @@ pub struct Proxy {
     /// Servers for a name not in `routes`, no name, or a non-TLS client.
     pub default: Option<Vec<SocketAddrV4>>,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// kind "http" only: how natd speaks to the servers.
+    pub server_protocol: ServerProtocol,
     pub hello_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,

@@ -284,6 +284,7 @@ mod tests {
             routes: vec![ProxyRoute { pattern: "blue.example".into(), servers: vec![BLUE] }],
             default: default.then(|| vec![DEFAULT]),
             proxy_protocol: None,
+            server_protocol: Default::default(),
             hello_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),

@@ -310,6 +310,7 @@ mod tests {
             routes: routes.iter().map(|(p, s)| ProxyRoute { pattern: p.to_string(), servers: s.iter().map(|l| server(*l)).collect() }).collect(),
             default: default.map(|d| d.iter().map(|l| server(*l)).collect()),
             proxy_protocol: None,
+            server_protocol: Default::default(),
             hello_timeout: std::time::Duration::from_secs(5),
             connect_timeout: std::time::Duration::from_secs(5),
             idle_timeout: std::time::Duration::from_secs(600),

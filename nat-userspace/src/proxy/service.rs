@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{HealthKind, Proxy},
+    config::{HealthKind, Proxy, ProxyKind},
     nat::{
         health::{HealthConfig, ServerHealth},
         probe::{self, Probe},
@@ -133,6 +133,7 @@ impl Service {
             kind: proxy.kind.name().to_string(),
             listen: self.listen.to_string(),
             proxy_protocol: proxy.proxy_protocol.map_or("none", |v| v.name()).to_string(),
+            server_protocol: if proxy.kind == ProxyKind::Http { proxy.server_protocol.name().to_string() } else { String::new() },
             hello_timeout_s: proxy.hello_timeout.as_secs_f64(),
             connect_timeout_s: proxy.connect_timeout.as_secs_f64(),
             idle_timeout_s: proxy.idle_timeout.as_secs_f64(),
@@ -223,6 +224,10 @@ pub struct ProxyView {
     pub kind: String,
     pub listen: String,
     pub proxy_protocol: String,
+    /// kind "http": "http1" or "http2", how natd speaks to the servers;
+    /// empty for kind "tls".
+    #[serde(default)]
+    pub server_protocol: String,
     pub hello_timeout_s: f64,
     pub connect_timeout_s: f64,
     pub idle_timeout_s: f64,

@@ -629,11 +629,16 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A GET for `authority`'s `/` as an HPACK block of literal fields, not
-/// indexed and not Huffman-coded (RFC 7541 §6.2.2): the simplest valid one.
-fn h2_get(authority: &str) -> Vec<u8> {
+/// A GET for `target` ("host" for its `/`, or "host/path") as an HPACK
+/// block of literal fields, not indexed and not Huffman-coded (RFC 7541
+/// §6.2.2): the simplest valid one. It takes trailers (`te: trailers`).
+fn h2_get(target: &str) -> Vec<u8> {
+    let (authority, path) = match target.find('/') {
+        Some(at) => (&target[..at], &target[at..]),
+        None => (target, "/"),
+    };
     let mut block = Vec::new();
-    for (name, value) in [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", authority)] {
+    for (name, value) in [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", authority), ("te", "trailers")] {
         block.push(0x00);
         block.push(name.len() as u8);
         block.extend_from_slice(name.as_bytes());
@@ -644,11 +649,16 @@ fn h2_get(authority: &str) -> Vec<u8> {
 }
 
 /// Opens one HTTP/2 connection with prior knowledge to EXTERNAL:`port` and
-/// sends a GET for each of `authorities` at once, as concurrent streams
-/// 1, 3, 5...: each stream's body, and whether its status was 200 (HPACK
-/// static index 8, how a server encodes it). The rest of the server's
-/// headers are not decoded.
+/// sends a GET for each of `authorities` (`h2_get`'s targets) at once, as
+/// concurrent streams 1, 3, 5...: each stream's body, and whether its
+/// status was 200 (HPACK static index 8, how a server encodes it). The
+/// rest of the server's headers are not decoded. `trailed` gets, for each
+/// stream, whether a HEADERS frame came after its DATA (trailers).
 fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, String> {
+    h2_gets_trailed(port, authorities).map(|answers| answers.into_iter().map(|(ok, body, _)| (ok, body)).collect())
+}
+
+fn h2_gets_trailed(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String, bool)>, String> {
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
     const SETTINGS: u8 = 4;
@@ -662,7 +672,7 @@ fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, Strin
         out.extend(h2_frame(HEADERS, END_STREAM | 0x4, 2 * i as u32 + 1, &h2_get(authority)));
     }
     stream.write_all(&out).map_err(|e| format!("send: {e}"))?;
-    let mut answers = vec![(false, String::new()); authorities.len()];
+    let mut answers = vec![(false, String::new(), false); authorities.len()];
     let mut ended = vec![false; authorities.len()];
     let mut buffered = Vec::new();
     let mut buf = [0u8; 16384];
@@ -682,6 +692,7 @@ fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, Strin
                 match kind {
                     SETTINGS if flags & 0x1 == 0 => stream.write_all(&h2_frame(SETTINGS, 0x1, 0, &[])).map_err(|e| format!("settings ack: {e}"))?,
                     GOAWAY => return Err(format!("GOAWAY {payload:?} after {answers:?}")),
+                    HEADERS if id % 2 == 1 && index < answers.len() && !answers[index].1.is_empty() => answers[index].2 = true,
                     HEADERS if id % 2 == 1 && index < answers.len() => answers[index].0 = payload.first() == Some(&0x88),
                     DATA if id % 2 == 1 && index < answers.len() => answers[index].1.push_str(&String::from_utf8_lossy(&payload)),
                     _ => {}
@@ -697,7 +708,7 @@ fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, Strin
             other => return Err(format!("read: {other:?} after {answers:?}")),
         }
     }
-    Ok(answers.into_iter().map(|(ok, body)| (ok, body.trim().to_string())).collect())
+    Ok(answers.into_iter().map(|(ok, body, trailed)| (ok, body.trim().to_string(), trailed)).collect())
 }
 
 #[test]
@@ -727,4 +738,39 @@ fn http2_clients_with_prior_knowledge_have_each_stream_routed_by_its_authority()
     assert_eq!(blue.requests().len(), 3, "{:#?}", blue.requests());
     assert!(red.requests().iter().all(|r| r.host == "red.example"), "{:#?}", red.requests());
     assert_eq!(refused(&proxy_view(&lab, 80), "unknown_name"), 1);
+}
+
+#[test]
+fn servers_can_be_spoken_to_in_http2_for_every_stream_of_a_client() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let blue = Nginx::start_http2(&lab.hosts[0], SocketAddrV4::new(h0, 80), "h2-blue").unwrap();
+    let red = Nginx::start_http2(&lab.hosts[1], SocketAddrV4::new(h1, 80), "h2-red").unwrap();
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nserver_protocol = \"http2\"\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
+    ))
+    .unwrap();
+
+    // An HTTP/1.1 client, and HTTP/2 ones, all reach servers that speak
+    // nothing but HTTP/2.
+    assert_eq!(curl(&lab, 80, "blue.example", &[]), "200 h2-blue");
+    assert_eq!(on_one_connection(&lab.server, 80, vec![get("red.example"), get("blue.example")], false).unwrap(), [answer(200, "h2-red"), answer(200, "h2-blue")]);
+    let answers = in_ns(&lab.server, || h2_gets(80, &["blue.example", "red.example", "blue.example", "red.example"])).join().unwrap().unwrap();
+    assert_eq!(answers, [(true, "h2-blue".to_string()), (true, "h2-red".to_string()), (true, "h2-blue".to_string()), (true, "h2-red".to_string())]);
+    // The server's trailers come through to an HTTP/2 client (gRPC's
+    // status travels in them): natd passes the client's `te: trailers`.
+    let trailed = in_ns(&lab.server, || h2_gets_trailed(80, &["blue.example/trailer"])).join().unwrap().unwrap();
+    assert_eq!(trailed, [(true, "trailed".to_string(), true)], "200, the body, then trailers");
+    // A WebSocket upgrade cannot pass to an HTTP/2 server: it goes as a
+    // plain request, which nginx answers (it has no /chat: 404), not 101.
+    assert_eq!(on_one_connection(&lab.server, 80, vec![websocket_upgrade("blue.example")], false).unwrap()[0].status, 404);
+
+    for request in blue.requests().iter().chain(red.requests().iter()) {
+        assert!(request.request.ends_with("HTTP/2.0") && request.x_forwarded_for == SERVER.to_string(), "{request:?}");
+    }
+    assert_eq!((blue.requests().len(), red.requests().len()), (6, 3));
+    assert!(red.requests().iter().all(|r| r.host == "red.example"), "{:#?}", red.requests());
+    let text = lab.natd_cli(&["proxies"]).unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("servers spoken to in HTTP/2"), "{}", String::from_utf8_lossy(&text.stdout));
 }

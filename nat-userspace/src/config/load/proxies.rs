@@ -17,13 +17,13 @@ use super::{ConfigError, MAX_TIMEOUT_S, Raw, SERVER_ALLOWED, UNICAST_ALLOWED, is
 use crate::{
     config::schema::{
         DEFAULT_CONNECT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY_IDLE_TIMEOUT, Forward, HealthCheck, HealthKind,
-        MAX_PROXY_CONNECTIONS, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute,
+        MAX_PROXY_CONNECTIONS, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute, ServerProtocol,
     },
     proxy::names::validate_pattern,
 };
 
 const PROXY_KEYS: &[&str] =
-    &["port", "kind", "names", "default", "proxy_protocol", "external_ip", "hello_timeout", "connect_timeout", "idle_timeout", "max_connections", "quic"];
+    &["port", "kind", "names", "default", "proxy_protocol", "server_protocol", "external_ip", "hello_timeout", "connect_timeout", "idle_timeout", "max_connections", "quic"];
 const KIND_ALLOWED: &str = "must be \"tls\" (route by the SNI of the TLS ClientHello) or \"http\" (route each request by its Host)";
 const NAME_ALLOWED: &str = "a name is a host name (\"blue.example\") or a one-label wildcard (\"*.green.example\"), letters, digits and '-' only";
 const SERVERS_ALLOWED: &str = "must be a server \"ADDR:PORT\" or a list of them, e.g. \"192.168.1.10:443\" or [\"192.168.1.12:443\", \"192.168.1.13:443\"]";
@@ -222,6 +222,18 @@ fn proxy(raw: &mut Raw, index: usize, table: &toml::Table) -> Option<Proxy> {
             None
         }
     };
+    let server_protocol = match table.get("server_protocol") {
+        None => ServerProtocol::Http1,
+        Some(Value::String(s)) if s == "http1" => ServerProtocol::Http1,
+        Some(Value::String(s)) if s == "http2" => ServerProtocol::Http2,
+        Some(other) => {
+            raw.proxy_error(index, "server_protocol", other, "must be \"http1\" or \"http2\" (HTTP/2 with prior knowledge, for gRPC servers)");
+            ServerProtocol::Http1
+        }
+    };
+    if server_protocol == ServerProtocol::Http2 && kind == Some(ProxyKind::Tls) {
+        raw.proxy_error(index, "server_protocol", "http2", "is for kind \"http\" only: a tls proxy passes the client's own bytes, whatever they speak");
+    }
     let mut seconds = |key: &str, default: Duration| match table.get(key) {
         None => default,
         Some(v @ (Value::Integer(_) | Value::Float(_))) => {
@@ -285,6 +297,7 @@ fn proxy(raw: &mut Raw, index: usize, table: &toml::Table) -> Option<Proxy> {
         routes,
         default,
         proxy_protocol,
+        server_protocol,
         hello_timeout,
         connect_timeout,
         idle_timeout,

@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 
 use super::*;
 use crate::config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY_IDLE_TIMEOUT, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY_IDLE_TIMEOUT, Proxy, ProxyKind, ProxyProtocolVersion, ProxyRoute, ServerProtocol,
 };
 
 fn proxies_of(text: &str) -> Vec<Proxy> {
@@ -98,6 +98,16 @@ fn an_http_proxy_is_read_with_its_servers_on_its_port_and_the_same_defaults() {
     assert_eq!(p.proxy_protocol, Some(ProxyProtocolVersion::V1), "each connection to a server carries the header of the client it serves");
     assert_eq!((p.hello_timeout, p.idle_timeout, p.max_connections), (DEFAULT_HELLO_TIMEOUT, DEFAULT_PROXY_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS));
     assert_eq!(p.health.kind, HealthKind::Tcp, "a name with several servers is checked, as for tls");
+    assert_eq!(p.server_protocol, ServerProtocol::Http1, "servers spoken to in HTTP/1.1 by default");
+}
+
+#[test]
+fn http_proxy_servers_may_be_spoken_to_in_http2_and_only_those() {
+    let two = |kind: &str, protocol: &str| format!("[[proxy]]\nport = 80\nkind = \"{kind}\"\nserver_protocol = \"{protocol}\"\ndefault = \"192.168.1.10:80\"\n");
+    assert_eq!(proxies_of(&two("http", "http2"))[0].server_protocol, ServerProtocol::Http2);
+    assert_eq!(proxies_of(&two("http", "http1"))[0].server_protocol, ServerProtocol::Http1);
+    assert!(has(&proxy_errors(&two("http", "h2")), "proxy[0].server_protocol", "\"h2\"", "must be \"http1\" or \"http2\""));
+    assert!(has(&proxy_errors(&two("tls", "http2")), "proxy[0].server_protocol", "http2", "is for kind \"http\" only"));
 }
 
 #[test]

@@ -62,7 +62,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::{
     HeaderMap, Request, Response, StatusCode, Uri, Version,
     body::{Body, Frame, Incoming, SizeHint},
-    client::conn::http1 as client_http1,
+    client::conn::{http1 as client_http1, http2 as client_http2},
     header::{self, HeaderValue},
     service::service_fn,
     upgrade::OnUpgrade,
@@ -82,11 +82,14 @@ use self::{
     headers::{prepare, refusal_response, request_host, strip_hop_by_hop, upgrade_asked},
     timing::{Activity, Expiry, Watched},
 };
-use crate::proxy::{
-    names::normalize_dns_name,
-    relay::{self, End},
-    route::{Backend, Refusal},
-    service::Service,
+use crate::{
+    config::ServerProtocol,
+    proxy::{
+        names::normalize_dns_name,
+        relay::{self, End},
+        route::{Backend, Refusal},
+        service::Service,
+    },
 };
 
 /// The body natd answers with: the server's, or a short one of its own.
@@ -94,7 +97,60 @@ type Answer = Either<Incoming, Full<Bytes>>;
 /// A request's body as natd sends it to a server: the client's, or none
 /// (a request without one, which natd can send again).
 type Outgoing = Either<Incoming, Empty<Bytes>>;
-type ServerSender = client_http1::SendRequest<Outgoing>;
+
+/// A connection to a server, as `server_protocol` says: HTTP/1.1, a
+/// request at a time, or HTTP/2, every stream of the client at once.
+enum ServerSender {
+    Http1(client_http1::SendRequest<Outgoing>),
+    Http2(client_http2::SendRequest<Outgoing>),
+}
+
+impl ServerSender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Self::Http1(sender) => sender.ready().await,
+            Self::Http2(sender) => sender.ready().await,
+        }
+    }
+
+    fn speaks(&self) -> ServerProtocol {
+        match self {
+            Self::Http1(_) => ServerProtocol::Http1,
+            Self::Http2(_) => ServerProtocol::Http2,
+        }
+    }
+
+    /// Another handle on the same connection, for a concurrent request:
+    /// HTTP/2 only (an HTTP/1.1 connection is taken, not shared).
+    fn shared(&self) -> Option<Self> {
+        match self {
+            Self::Http1(_) => None,
+            Self::Http2(sender) => Some(Self::Http2(sender.clone())),
+        }
+    }
+
+    async fn try_send_request(&mut self, request: Request<Outgoing>) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Outgoing>>> {
+        match self {
+            Self::Http1(sender) => sender.try_send_request(request).await,
+            Self::Http2(sender) => sender.try_send_request(as_http2(request)).await,
+        }
+    }
+}
+
+/// A request as an HTTP/2 server gets it: version 2, the target in
+/// absolute form (`:scheme` and `:authority` come from it), no Host.
+fn as_http2(mut request: Request<Outgoing>) -> Request<Outgoing> {
+    *request.version_mut() = Version::HTTP_2;
+    if let Some(host) = request.headers_mut().remove(header::HOST)
+        && let Ok(host) = host.to_str()
+    {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Streams one HTTP/2 client may have open at once (nginx's
@@ -244,8 +300,16 @@ impl Conn {
                 Err(_) => routes.for_name(None).map_err(|_| Refusal::UnknownName(host.clone()))?,
             },
         };
-        let upgrade = upgrade_asked(&request);
+        // An HTTP/2 server cannot switch protocols (RFC 9113 §8.6): the
+        // request goes as a plain one, as an h2c upgrade does.
+        let upgrade = upgrade_asked(&request).filter(|_| current.proxy.server_protocol == ServerProtocol::Http1);
+        let takes_trailers = request.headers().get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         prepare(&mut request, self.peer);
+        // `TE: trailers` is the one TE an HTTP/2 server takes (RFC 9113
+        // §8.2.2), and gRPC servers want it: kept for them.
+        if takes_trailers && current.proxy.server_protocol == ServerProtocol::Http2 {
+            request.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let client_upgrade = upgrade.map(|protocols| {
             let headers = request.headers_mut();
             headers.insert(header::UPGRADE, protocols);
@@ -309,8 +373,18 @@ impl Conn {
     /// accepts.
     async fn sender(&self, candidates: Vec<&Backend>, proxy: &crate::config::Proxy, host: Option<&str>, pool: Pool) -> Result<(Sender, SocketAddrV4), Refusal> {
         for backend in candidates.iter().filter(|_| pool == Pool::Reuse) {
-            let open = self.servers.lock().unwrap_or_else(|p| p.into_inner()).remove(&backend.addr);
+            // An HTTP/2 connection stays in the pool for the client's other
+            // streams; an HTTP/1.1 one is taken until its response is done.
+            let open = {
+                let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+                match servers.get(&backend.addr).and_then(ServerSender::shared) {
+                    Some(shared) => Some(shared),
+                    None => servers.remove(&backend.addr),
+                }
+            };
+            // One opened before a reload changed `server_protocol` is let go.
             if let Some(mut sender) = open
+                && sender.speaks() == proxy.server_protocol
                 && sender.ready().await.is_ok()
             {
                 return Ok((Sender { sender, reused: true }, backend.addr));
@@ -325,15 +399,34 @@ impl Conn {
                 .map_err(|_| Refusal::ServerFailed(format!("{}: the PROXY header was not taken within connect_timeout", backend.addr)))?
                 .map_err(|e| Refusal::ServerFailed(format!("{}: the PROXY header: {e}", backend.addr)))?;
         }
-        let (sender, connection) = client_http1::handshake(TokioIo::new(stream)).await.map_err(|e| Refusal::ServerFailed(format!("{}: {e}", backend.addr)))?;
+        let failed = |e: hyper::Error| Refusal::ServerFailed(format!("{}: {e}", backend.addr));
         backend.active.fetch_add(1, Ordering::Relaxed);
         let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
-        tokio::spawn(async move {
-            // Ends at a 101 too, the socket handed to the tunnel, which
-            // counts itself as the server's connection while it lasts.
-            let _ = connection.with_upgrades().await;
-            drop(server);
-        });
+        let sender = match proxy.server_protocol {
+            ServerProtocol::Http1 => {
+                let (sender, connection) = client_http1::handshake(TokioIo::new(stream)).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    // Ends at a 101 too, the socket handed to the tunnel, which
+                    // counts itself as the server's connection while it lasts.
+                    let _ = connection.with_upgrades().await;
+                    drop(server);
+                });
+                ServerSender::Http1(sender)
+            }
+            ServerProtocol::Http2 => {
+                let (sender, connection) = client_http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(server);
+                });
+                let sender = ServerSender::Http2(sender);
+                // At once, for the client's concurrent streams.
+                if let Some(shared) = sender.shared() {
+                    self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(backend.addr, shared);
+                }
+                sender
+            }
+        };
         Ok((Sender { sender, reused: false }, backend.addr))
     }
 }
