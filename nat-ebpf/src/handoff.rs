@@ -14,24 +14,22 @@ use crate::{
 /// through the kernel (no neighbour).
 #[inline(always)]
 pub(crate) fn hand_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Verdict {
+    hand_over(ctx, pkt, kind, 0)
+}
+
+/// `hand_to_daemon` with the event's `mtu`: for `miss_kind::TOO_BIG`, the
+/// egress MTU natd cuts the packet to.
+#[inline(always)]
+pub(crate) fn hand_over(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32, mtu: u16) -> Verdict {
     let handed = match kind {
         miss_kind::NEW_FLOW => Reason::MissToDaemon,
         miss_kind::NO_SERVER => Reason::ForwardNoServer,
         miss_kind::ESP => Reason::EspToDaemon,
+        miss_kind::TOO_BIG => Reason::TooBigToDaemon,
         _ => Reason::NoNeighbourToDaemon,
     };
-    match copy_to_daemon_with(ctx, pkt, kind, 0) {
+    match copy_to_daemon(ctx, pkt, kind, mtu) {
         Ok(()) => Verdict::drop(handed),
-        Err(failed) => Verdict::drop(failed),
-    }
-}
-
-/// Hands a translated packet longer than the egress MTU `mtu`, DF clear,
-/// to the daemon, which cuts it into fragments and sends them.
-#[inline(always)]
-pub(crate) fn hand_to_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16) -> Verdict {
-    match copy_to_daemon_with(ctx, pkt, miss_kind::TOO_BIG, mtu) {
-        Ok(()) => Verdict::drop(Reason::TooBigToDaemon),
         Err(failed) => Verdict::drop(failed),
     }
 }
@@ -42,16 +40,11 @@ pub(crate) fn hand_to_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, mtu: u16) -> 
 #[map]
 static HANDOFF: PerCpuArray<MissEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Copies the frame into the miss ring as a `MissEvent` of `kind`, a record
-/// of its header and the frame's bytes. `Err`: the reason it could not be.
+/// Copies the frame into the miss ring as a `MissEvent` of `kind` (and
+/// `mtu`, 0 but for `miss_kind::TOO_BIG`), a record of its header and the
+/// frame's bytes. `Err`: the reason it could not be.
 #[inline(always)]
-pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32) -> Result<(), Reason> {
-    copy_to_daemon_with(ctx, pkt, kind, 0)
-}
-
-/// `copy_to_daemon`, the event's `mtu` set (`miss_kind::TOO_BIG`).
-#[inline(always)]
-fn copy_to_daemon_with(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32, mtu: u16) -> Result<(), Reason> {
+pub(crate) fn copy_to_daemon(ctx: &XdpContext, pkt: &Ipv4Packet, kind: u32, mtu: u16) -> Result<(), Reason> {
     let frame_len = ctx.data_end() - ctx.data();
     if frame_len > MISS_FRAME_MAX {
         return Err(Reason::DropTooBigForDaemon);

@@ -18,7 +18,7 @@ use nat_common::{Endpoint, NEXT_HOP_CACHE_BITS, NEXT_HOP_TTL_NS, NextHop, Reason
 use crate::{
     ctx::config,
     cut::{self, Step},
-    handoff::{hand_to_daemon, hand_to_fragment},
+    handoff::hand_over,
     packet::{Rewrite, Side, parse::Ipv4Packet, words, zero_in_words},
     verdict::Verdict,
 };
@@ -260,13 +260,10 @@ impl Handoff {
         miss_kind::TOO_BIG | (mtu as u32) << 16
     }
 
-    /// Hands the frame to natd as `handoff` says.
+    /// Hands the frame to natd as `handoff` says: its kind, and its MTU.
     #[inline(always)]
     fn hand(ctx: &XdpContext, pkt: &Ipv4Packet, handoff: u32) -> Verdict {
-        match handoff & 0xffff {
-            miss_kind::TOO_BIG => hand_to_fragment(ctx, pkt, (handoff >> 16) as u16),
-            _ => hand_to_daemon(ctx, pkt, miss_kind::NO_NEIGHBOUR),
-        }
+        hand_over(ctx, pkt, handoff & 0xffff, (handoff >> 16) as u16)
     }
 }
 

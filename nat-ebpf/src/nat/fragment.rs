@@ -94,7 +94,7 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
         Side::Source => match route_untranslated(ctx, pkt) {
             // Only a source that may be translated is worth parking (BCP 38):
             // no first fragment of another would ever be translated.
-            Route::Wan if config().lan_source_refusal(key.src_be).is_none() => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT) {
+            Route::Wan if config().lan_source_refusal(key.src_be).is_none() => match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_OUT, 0) {
                 Ok(()) => Verdict::drop(no_state),
                 Err(failed) => Verdict::drop(failed),
             },
@@ -104,7 +104,7 @@ pub(crate) fn later_fragment(ctx: &XdpContext, pkt: &Ipv4Packet, side: Side) -> 
             if !config().is_external(key.dst_be) {
                 return untranslated::wan(ctx, pkt);
             }
-            match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_IN) {
+            match copy_to_daemon(ctx, pkt, miss_kind::FRAGMENT_IN, 0) {
                 Ok(()) => Verdict::pass(no_state),
                 // Still the kernel's, if it is the gateway's own.
                 Err(failed) => Verdict::pass(failed),
