@@ -212,6 +212,9 @@ pub fn check(config: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The line `natd check` and `natd proxies` add for `server_protocol = "http2"`.
+const HTTP2_SERVERS: &str = "  servers spoken to in HTTP/2 (h2c, server_protocol = \"http2\")";
+
 /// One proxy as `natd check` shows it: where it listens, its timeouts and
 /// limit, each name with its servers, the default, the health check.
 fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
@@ -229,7 +232,7 @@ fn proxy_lines(proxy: &Proxy, pool: &[std::net::Ipv4Addr]) -> Vec<String> {
         proxy.health_text()
     )];
     if proxy.kind == ProxyKind::Http && proxy.server_protocol == ServerProtocol::Http2 {
-        lines.push("  servers spoken to in HTTP/2 (h2c, server_protocol = \"http2\")".to_string());
+        lines.push(HTTP2_SERVERS.to_string());
     }
     for (name, servers) in proxy.server_sets() {
         let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
@@ -377,7 +380,7 @@ pub fn proxies(json: bool) -> Result<()> {
         let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
         println!("  connections: {} active, {} total, {} refused{reasons}", p.active, p.total, p.refused);
         if p.server_protocol == ServerProtocol::Http2.name() {
-            println!("  servers spoken to in HTTP/2 (h2c, server_protocol = \"http2\")");
+            println!("{HTTP2_SERVERS}");
         }
         if let Some(q) = &p.quic {
             println!(

@@ -624,8 +624,6 @@ fn datapath_state(settings: &Settings, env: &Environment) -> Result<(Option<Stat
     Ok((Some(state), adopt))
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;

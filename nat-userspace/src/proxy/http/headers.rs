@@ -12,7 +12,7 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
-use crate::proxy::route::Refusal;
+use crate::{config::ServerProtocol, proxy::route::Refusal};
 
 /// The protocols a request asks to switch to (RFC 9110 §7.8), as its
 /// `Upgrade` lists them, `h2c` left out: None when it asks for none, or
@@ -93,12 +93,17 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request as its server gets it: HTTP/1.1 for an HTTP/2 one, its
-/// cookie fields joined into one (RFC 9113 §8.2.3), origin-form target,
-/// Host set to what it was routed by, hop-by-hop headers dropped, and the
-/// client named in `X-Forwarded-For` (appended) and `Forwarded` (a new
-/// element, RFC 7239: `host` is the Host as received).
-pub(super) fn prepare<B>(request: &mut Request<B>, peer: SocketAddr) {
+/// The request as its server gets it, spoken `to` it: hop-by-hop headers
+/// dropped, and the client named in `X-Forwarded-For` (appended) and
+/// `Forwarded` (a new element, RFC 7239: `host` is the Host as received).
+/// - HTTP/1.1: HTTP/1.1 for an HTTP/2 request, its cookie fields joined
+///   into one (RFC 9113 §8.2.3); origin-form target, Host set to what it
+///   was routed by.
+/// - HTTP/2: the target in absolute form (`:scheme` and `:authority` come
+///   from it), no Host; the client's `TE: trailers` kept, the one TE an
+///   HTTP/2 server takes (RFC 9113 §8.2.2) and one gRPC servers want.
+pub(super) fn prepare<B>(request: &mut Request<B>, peer: SocketAddr, to: ServerProtocol) {
+    let takes_trailers = request.headers().get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     if request.version() == Version::HTTP_2 {
         *request.version_mut() = Version::HTTP_11;
         let cookies: Vec<String> = request.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
@@ -129,6 +134,25 @@ pub(super) fn prepare<B>(request: &mut Request<B>, peer: SocketAddr) {
     }
     element.push_str(";proto=http");
     append(headers, header::FORWARDED, &element);
+    if to == ServerProtocol::Http2 {
+        for_http2(request, takes_trailers);
+    }
+}
+
+/// An HTTP/1.1-shaped request (`prepare`) as an HTTP/2 server gets it.
+fn for_http2<B>(request: &mut Request<B>, takes_trailers: bool) {
+    *request.version_mut() = Version::HTTP_2;
+    if let Some(host) = request.headers_mut().remove(header::HOST)
+        && let Ok(host) = host.to_str()
+    {
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() {
+            *request.uri_mut() = uri;
+        }
+    }
+    if takes_trailers {
+        request.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// An IPv4-mapped IPv6 peer as the IPv4 address it is.
@@ -212,7 +236,7 @@ mod tests {
     fn the_server_gets_the_client_in_forwarded_and_x_forwarded_for_and_no_hop_by_hop_headers() {
         let peer: SocketAddr = "198.51.100.7:40000".parse().unwrap();
         let mut fresh = request("/a?b=c", Version::HTTP_11, &[("host", "blue.example"), ("connection", "keep-alive, x-secret"), ("x-secret", "1"), ("te", "trailers"), ("upgrade", "websocket")]);
-        prepare(&mut fresh, peer);
+        prepare(&mut fresh, peer, ServerProtocol::Http1);
         let headers = fresh.headers();
         assert_eq!(headers["x-forwarded-for"], "198.51.100.7");
         assert_eq!(headers["forwarded"], "for=198.51.100.7;host=blue.example;proto=http");
@@ -227,7 +251,7 @@ mod tests {
             Version::HTTP_11,
             &[("host", "red.example:8080"), ("x-forwarded-for", "192.0.2.1, 192.0.2.2"), ("x-forwarded-for", "192.0.2.3"), ("forwarded", "for=192.0.2.1")],
         );
-        prepare(&mut relayed, "[::ffff:198.51.100.7]:1".parse().unwrap());
+        prepare(&mut relayed, "[::ffff:198.51.100.7]:1".parse().unwrap(), ServerProtocol::Http1);
         let headers = relayed.headers();
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 192.0.2.3, 198.51.100.7", "appended, a mapped address as IPv4");
         assert_eq!(headers["forwarded"], "for=192.0.2.1, for=198.51.100.7;host=\"red.example:8080\";proto=http", "host as received, quoted for its ':'");
@@ -235,13 +259,13 @@ mod tests {
         assert_eq!(headers["host"], "red.example:8080");
 
         let mut h2 = request("http://blue.example/c", Version::HTTP_2, &[("cookie", "a=1"), ("cookie", "b=2")]);
-        prepare(&mut h2, peer);
+        prepare(&mut h2, peer, ServerProtocol::Http1);
         assert_eq!(h2.version(), Version::HTTP_11, "servers are spoken to in HTTP/1.1");
         assert_eq!((h2.uri().to_string(), &h2.headers()["host"]), ("/c".to_string(), &HeaderValue::from_static("blue.example")), ":authority becomes Host");
         assert_eq!(h2.headers().get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"], "RFC 9113 §8.2.3: one cookie field");
 
         let mut v6 = request("/", Version::HTTP_10, &[]);
-        prepare(&mut v6, "[2001:db8::7]:1".parse().unwrap());
+        prepare(&mut v6, "[2001:db8::7]:1".parse().unwrap(), ServerProtocol::Http1);
         assert_eq!(v6.headers()["forwarded"], "for=\"[2001:db8::7]\";proto=http", "RFC 7239 §6: IPv6 quoted; no Host, no host");
         assert_eq!(forwarded_value("a \"b\""), "\"a \\\"b\\\"\"", "a non-token quoted, its quotes escaped");
     }

@@ -44,6 +44,7 @@
 //! served, and the silence both ways of a tunnel.
 
 mod headers;
+mod servers;
 mod timing;
 
 use std::{
@@ -60,7 +61,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
 use hyper::{
-    HeaderMap, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Version,
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::{http1 as client_http1, http2 as client_http2},
     header::{self, HeaderValue},
@@ -80,6 +81,7 @@ use tokio::{
 
 use self::{
     headers::{prepare, refusal_response, request_host, strip_hop_by_hop, upgrade_asked},
+    servers::{Again, Attempt, Pool, Sender, ServerConnection, ServerSender},
     timing::{Activity, Expiry, Watched},
 };
 use crate::{
@@ -97,60 +99,6 @@ type Answer = Either<Incoming, Full<Bytes>>;
 /// A request's body as natd sends it to a server: the client's, or none
 /// (a request without one, which natd can send again).
 type Outgoing = Either<Incoming, Empty<Bytes>>;
-
-/// A connection to a server, as `server_protocol` says: HTTP/1.1, a
-/// request at a time, or HTTP/2, every stream of the client at once.
-enum ServerSender {
-    Http1(client_http1::SendRequest<Outgoing>),
-    Http2(client_http2::SendRequest<Outgoing>),
-}
-
-impl ServerSender {
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Self::Http1(sender) => sender.ready().await,
-            Self::Http2(sender) => sender.ready().await,
-        }
-    }
-
-    fn speaks(&self) -> ServerProtocol {
-        match self {
-            Self::Http1(_) => ServerProtocol::Http1,
-            Self::Http2(_) => ServerProtocol::Http2,
-        }
-    }
-
-    /// Another handle on the same connection, for a concurrent request:
-    /// HTTP/2 only (an HTTP/1.1 connection is taken, not shared).
-    fn shared(&self) -> Option<Self> {
-        match self {
-            Self::Http1(_) => None,
-            Self::Http2(sender) => Some(Self::Http2(sender.clone())),
-        }
-    }
-
-    async fn try_send_request(&mut self, request: Request<Outgoing>) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Outgoing>>> {
-        match self {
-            Self::Http1(sender) => sender.try_send_request(request).await,
-            Self::Http2(sender) => sender.try_send_request(as_http2(request)).await,
-        }
-    }
-}
-
-/// A request as an HTTP/2 server gets it: version 2, the target in
-/// absolute form (`:scheme` and `:authority` come from it), no Host.
-fn as_http2(mut request: Request<Outgoing>) -> Request<Outgoing> {
-    *request.version_mut() = Version::HTTP_2;
-    if let Some(host) = request.headers_mut().remove(header::HOST)
-        && let Ok(host) = host.to_str()
-    {
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = format!("http://{host}{path}").parse::<Uri>() {
-            *request.uri_mut() = uri;
-        }
-    }
-    request
-}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Streams one HTTP/2 client may have open at once (nginx's
@@ -303,13 +251,7 @@ impl Conn {
         // An HTTP/2 server cannot switch protocols (RFC 9113 §8.6): the
         // request goes as a plain one, as an h2c upgrade does.
         let upgrade = upgrade_asked(&request).filter(|_| current.proxy.server_protocol == ServerProtocol::Http1);
-        let takes_trailers = request.headers().get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        prepare(&mut request, self.peer);
-        // `TE: trailers` is the one TE an HTTP/2 server takes (RFC 9113
-        // §8.2.2), and gRPC servers want it: kept for them.
-        if takes_trailers && current.proxy.server_protocol == ServerProtocol::Http2 {
-            request.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
-        }
+        prepare(&mut request, self.peer, current.proxy.server_protocol);
         let client_upgrade = upgrade.map(|protocols| {
             let headers = request.headers_mut();
             headers.insert(header::UPGRADE, protocols);
@@ -428,85 +370,6 @@ impl Conn {
             }
         };
         Ok((Sender { sender, reused: false }, backend.addr))
-    }
-}
-
-/// Whether `Conn::sender` may take a connection this client opened before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pool {
-    Reuse,
-    /// A new connection: the request is being sent again.
-    New,
-}
-
-/// A connection to a server, and whether it served this client before.
-struct Sender {
-    sender: ServerSender,
-    reused: bool,
-}
-
-/// One try at a request: the connection and the server it goes to.
-struct Attempt {
-    sender: Sender,
-    backend: Arc<Backend>,
-}
-
-impl Attempt {
-    fn sender_was_reused(&self) -> bool {
-        self.sender.reused
-    }
-
-    /// Sends `request` (counted in its server's total). Err: the error, and
-    /// the request when hyper gives it back, nothing of it sent.
-    async fn send(&mut self, request: Request<Outgoing>) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Outgoing>>)> {
-        self.backend.total.fetch_add(1, Ordering::Relaxed);
-        self.sender.sender.try_send_request(request).await.map_err(|mut e| {
-            let unsent = e.take_message();
-            (e.into_error(), unsent)
-        })
-    }
-}
-
-/// What it takes to send a request again after it was sent whole: for one
-/// without a body and with an idempotent method (RFC 9110 §9.2.2), its
-/// head; nothing for any other.
-struct Again(Option<(hyper::Method, Uri, Version, HeaderMap)>);
-
-impl Again {
-    /// The request as it goes to the server, and what sending it again takes.
-    fn keep(request: Request<Incoming>) -> (Request<Outgoing>, Again) {
-        let (parts, body) = request.into_parts();
-        if !(body.is_end_stream() && parts.method.is_idempotent()) {
-            return (Request::from_parts(parts, Either::Left(body)), Again(None));
-        }
-        let again = Again(Some((parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone())));
-        (Request::from_parts(parts, Either::Right(Empty::new())), again)
-    }
-
-    fn request(self) -> Option<Request<Outgoing>> {
-        let (method, uri, version, headers) = self.0?;
-        let mut request = Request::new(Either::Right(Empty::new()));
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-        Some(request)
-    }
-}
-
-/// A connection to the server at `addr`, counted in its `active` while
-/// this lives: on drop, one fewer of the routes in force then (none, if a
-/// reload removed it; the same counters while it stays).
-struct ServerConnection {
-    service: Arc<Service>,
-    addr: SocketAddrV4,
-}
-
-impl Drop for ServerConnection {
-    fn drop(&mut self) {
-        if let Some(backend) = self.service.current().routes.backends.iter().find(|b| b.addr == self.addr) {
-            backend.active.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
