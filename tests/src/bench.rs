@@ -51,6 +51,36 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// CPU time the whole machine has spent so far, from the `cpu` line of
+/// /proc/stat: busy seconds (everything but idle and iowait) and, of them,
+/// softirq seconds, where the packets' receive and the XDP programs run
+/// and which no process's CPU time shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    pub busy: f64,
+    pub softirq: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+        // user nice system idle iowait irq softirq steal ...
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(Self { busy: total.saturating_sub(idle) as f64 / per_second, softirq: ticks.get(6).copied().unwrap_or(0) as f64 / per_second })
+    }
+
+    /// What was spent since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self { busy: self.busy - before.busy, softirq: self.softirq - before.softirq }
+    }
+}
+
 /// The machine a figure was measured on: CPU model, vCPUs, kernel.
 pub fn machine_json() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -321,4 +351,24 @@ pub fn load_generator_topology(generator: &crate::netns::Netns, gateway: &crate:
         hold_generator_in_the_xdp_dispatcher(generator, &mut bench)?;
     }
     Ok(bench)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that spins shows in the machine's busy time; softirq is a
+    /// part of busy, never more.
+    #[test]
+    fn machine_cpu_counts_a_busy_thread() {
+        let before = MachineCpu::now().unwrap();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let spent = MachineCpu::now().unwrap().since(before);
+        assert!(spent.busy >= 0.2, "300 ms of spinning showed as {:.2} s busy", spent.busy);
+        assert!((0.0..=spent.busy).contains(&spent.softirq), "{spent:?}");
+    }
 }

@@ -53,6 +53,9 @@
 //!    connections of (1) and per GiB of (2): what each costs the gateway,
 //!    a steadier figure than the rates on a machine whose two CPUs also
 //!    run the client and the server.
+//! 6. The whole machine's CPU per GiB of (2), softirq apart (/proc/stat):
+//!    what a relay costs the client, the server and the kernel's packet
+//!    work, which (5) does not show.
 //!
 //! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
 //! [--download-mib N] [--latency-samples N] [--idle-connections N] (root;
@@ -71,7 +74,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nat_tests::{
-    bench::{machine_json, median, percentile, process_cpu_seconds},
+    bench::{MachineCpu, machine_json, median, percentile, process_cpu_seconds},
     tls::client_hello,
     inbound::Natd,
     natlab::{EXTERNAL, NatLab, host_addr, in_ns},
@@ -443,11 +446,14 @@ impl Bench {
         Ok((count / wall, cpu * 1e6 / count))
     }
 
-    /// One timed download of `bytes` over TLS: Gbit/s, and the proxy's CPU
-    /// seconds per GiB.
-    fn throughput(&self, mode: Mode, bytes: u64) -> Result<(f64, f64)> {
+    /// One timed download of `bytes` over TLS: Gbit/s, and the proxy's and
+    /// the whole machine's CPU seconds per GiB.
+    fn throughput(&self, mode: Mode, bytes: u64) -> Result<(f64, f64, MachineCpu)> {
+        let machine_before = MachineCpu::now()?;
         let (gbps, cpu) = self.download(mode, bytes)?;
-        Ok((gbps, cpu * BIG_LEN as f64 / bytes as f64))
+        let machine = MachineCpu::now()?.since(machine_before);
+        let per_gib = BIG_LEN as f64 / bytes as f64;
+        Ok((gbps, cpu * per_gib, MachineCpu { busy: machine.busy * per_gib, softirq: machine.softirq * per_gib }))
     }
 
     /// The first `bytes` of the big file over TLS: Gbit/s, and the proxy's
@@ -564,6 +570,8 @@ fn main() -> Result<()> {
     let mut memory: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut conn_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gib_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gib_machine: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gib_softirq: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.runs {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
@@ -574,9 +582,11 @@ fn main() -> Result<()> {
                 conn.entry(mode).or_default().push(rate);
                 conn_cpu.entry(mode).or_default().push(cpu);
             }
-            let (rate, cpu) = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
+            let (rate, cpu, machine) = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
             gbps.entry(mode).or_default().push(rate);
             gib_cpu.entry(mode).or_default().push(cpu);
+            gib_machine.entry(mode).or_default().push(machine.busy);
+            gib_softirq.entry(mode).or_default().push(machine.softirq);
             if handshakes {
                 latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
             }
@@ -612,6 +622,7 @@ fn main() -> Result<()> {
             "throughput": format!("curl pinned to CPU {CLIENT_CPU}, one {} download over TLS with SNI", plan.download_size()),
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
             "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed (the download's, scaled to a GiB); kernel work done for it in softirq context on other CPUs is not in it",
+            "machine_cpu": "busy time of all CPUs (/proc/stat: all but idle and iowait) over the download, per GiB: the proxy, the client, the server and every softirq; softirq apart, where the packets are received and the XDP programs run",
             "warm_up": "the server's 1 GiB file is read once (page cache), then every contender gets one untimed second of handshakes and 128 MiB, before anything is timed",
             "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
         },
@@ -623,6 +634,8 @@ fn main() -> Result<()> {
         "added_latency_us": per_mode(&|m| json!({ "p50": (pct(m, 50.0) - pct(Mode::Forward, 50.0)).round() as i64, "p99": (pct(m, 99.0) - pct(Mode::Forward, 99.0)).round() as i64 }), &proxies),
         "proxy_cpu_ms_per_1000_connections": per_mode(&|m| json!(med(&conn_cpu, m).round() as i64), &proxies),
         "proxy_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_cpu, m))), &[&proxies[..], &[Mode::HaproxySplice]].concat()),
+        "machine_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_machine, m))), &Mode::ALL),
+        "machine_softirq_s_per_gib": per_mode(&|m| json!(round2(med(&gib_softirq, m))), &Mode::ALL),
         "idle_bytes_per_connection": per_mode(&|m| json!(med(&memory, m).round() as i64), &proxies),
         "idle_bytes_per_connection_samples": per_mode(&|m| json!(memory.get(&m)), &proxies),
         "ratio": {
@@ -633,6 +646,7 @@ fn main() -> Result<()> {
             "cpu_per_gib_x_vs_haproxy": ratio(med(&gib_cpu, Mode::Natd), med(&gib_cpu, Mode::Haproxy)),
             "throughput_x_vs_haproxy_splice": ratio(med(&gbps, Mode::Natd), med(&gbps, Mode::HaproxySplice)),
             "cpu_per_gib_x_vs_haproxy_splice": ratio(med(&gib_cpu, Mode::Natd), med(&gib_cpu, Mode::HaproxySplice)),
+            "machine_cpu_per_gib_x_vs_haproxy": ratio(med(&gib_machine, Mode::Natd), med(&gib_machine, Mode::Haproxy)),
         },
         "goals": { "conn_x_vs_haproxy": ">= 1", "throughput_x_vs_haproxy": ">= 1", "memory_x_vs_haproxy": "<= 1" },
         "seconds": started.elapsed().as_secs(),
@@ -678,6 +692,13 @@ fn markdown(r: &Value) -> Result<String> {
         md,
         "| the proxy's CPU per GiB, H' = HAProxy with splice (X/H') | {} s | {} s | - | - | {:.2} | - |",
         r["proxy_cpu_s_per_gib"]["natd"], r["proxy_cpu_s_per_gib"]["haproxy_splice"], f(&r["ratio"]["cpu_per_gib_x_vs_haproxy_splice"])
+    )?;
+    row(&mut md, "the whole machine's CPU per GiB (all processes and softirq)", "machine_cpu_s_per_gib", " s", "machine_cpu_per_gib_x_vs_haproxy", "-")?;
+    let soft = &r["machine_softirq_s_per_gib"];
+    writeln!(
+        md,
+        "| of which softirq | {} s | {} s | {} s | {} s | - | - |",
+        soft["natd"], soft["haproxy"], soft["nginx_stream"], soft["xdp_forward"]
     )?;
     row(&mut md, &format!("resident bytes per idle connection ({})", r["plan"]["idle_connections"]), "idle_bytes_per_connection", " B", "memory_x_vs_haproxy", "X/H <= 1")?;
     writeln!(md, "\nSetup: {}", r["setup"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ")).unwrap_or_default())?;
