@@ -394,8 +394,9 @@ fn a_reload_adds_a_host_live_even_for_an_open_keep_alive_connection() {
 
 /// A hand-written server on `addr` in `ns`, for its test's bounded time,
 /// that takes WebSocket upgrades and keeps a connection for one request:
-/// to a request that asks for `websocket` it answers 101, then answers
-/// each line with "NAME: LINE"; to any other, 200 with "NAME
+/// to a request that asks for `websocket` it answers 101 (the key's
+/// Sec-WebSocket-Accept, but another key's to /wrong-accept; subprotocol
+/// "chat"), then answers each line with "NAME: LINE"; to any other, 200 with "NAME
 /// upgrade=UPGRADE" (the Upgrade it got, or "none"), the connection kept
 /// open, and it closes it without an answer when the next request comes
 /// (a server whose keep-alive ran out as the request went). Each request
@@ -436,7 +437,8 @@ impl HandServer {
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buffered = Vec::new();
         let mut buf = [0u8; 4096];
-        let Ok(head) = read_head(&mut stream, &mut buffered) else { return };
+        let Ok(raw_head) = read_raw_head(&mut stream, &mut buffered) else { return };
+        let head = raw_head.to_ascii_lowercase();
         heads.lock().unwrap().push(head.clone());
         let upgrade = head.lines().find_map(|l| l.strip_prefix("upgrade:")).map(|v| v.trim().to_string());
         if upgrade.as_deref() != Some("websocket") {
@@ -448,7 +450,11 @@ impl HandServer {
             }
             return;
         }
-        let accepted = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        // RFC 6455 §4.2.2, from the key as sent (base64 is case-sensitive);
+        // to /wrong-accept, another key's.
+        let key = raw_head.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key")).map(|(_, v)| v.trim().to_string()));
+        let key = if head.starts_with("get /wrong-accept ") { "not the key".to_string() } else { key.unwrap_or_default() };
+        let accepted = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: chat\r\n\r\n", websocket_accept(&key));
         if stream.write_all(accepted.as_bytes()).is_err() {
             return;
         }
@@ -499,9 +505,22 @@ fn upgraded(port: u16, host: &str) -> Result<(String, TcpStream, Vec<u8>), Strin
     Ok((head, stream, buffered))
 }
 
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2), as a server makes it.
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::new().chain_update(key.as_bytes()).chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").finalize();
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
 /// Reads a request's or response's head from `stream`, lowercased; what
 /// came after it stays in `buffered`.
 fn read_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Result<String, String> {
+    read_raw_head(stream, buffered).map(|head| head.to_ascii_lowercase())
+}
+
+/// `read_head`, as it came.
+fn read_raw_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Result<String, String> {
     let mut buf = [0u8; 4096];
     let end = loop {
         if let Some(end) = find(buffered, b"\r\n\r\n") {
@@ -512,7 +531,7 @@ fn read_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Result<String, S
             other => return Err(format!("{other:?} after {:?}", String::from_utf8_lossy(buffered))),
         }
     };
-    let head = String::from_utf8_lossy(&buffered[..end]).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&buffered[..end]).into_owned();
     buffered.drain(..end + 4);
     Ok(head)
 }
@@ -773,4 +792,245 @@ fn servers_can_be_spoken_to_in_http2_for_every_stream_of_a_client() {
     assert!(red.requests().iter().all(|r| r.host == "red.example"), "{:#?}", red.requests());
     let text = lab.natd_cli(&["proxies"]).unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("servers spoken to in HTTP/2"), "{}", String::from_utf8_lossy(&text.stdout));
+}
+
+/// A hand-driven HTTP/2 client with prior knowledge (RFC 9113), for what
+/// curl does not send: the extended CONNECT of RFC 8441.
+struct H2Client {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    /// The server's SETTINGS, as (identifier, value).
+    settings: Vec<(u16, u32)>,
+    /// Frames read while another stream's were awaited, in order.
+    pending: Vec<(u8, u8, u32, Vec<u8>)>,
+}
+
+impl H2Client {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+
+    /// Connects to EXTERNAL:`port` and exchanges SETTINGS.
+    fn open(port: u16) -> Result<Self, String> {
+        let stream = TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut client = Self { stream, buffered: Vec::new(), settings: Vec::new(), pending: Vec::new() };
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(Self::SETTINGS, 0, 0, &[]));
+        client.send(&hello)?;
+        loop {
+            let (kind, flags, _, payload) = client.frame()?;
+            if kind == Self::SETTINGS && flags & 0x1 == 0 {
+                client.settings = payload.chunks_exact(6).map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]]))).collect();
+                return Ok(client);
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream.write_all(bytes).map_err(|e| format!("send: {e}"))
+    }
+
+    /// A request's header block (literal fields, as `h2_get`), END_STREAM
+    /// unless it opens a tunnel.
+    fn request(&mut self, id: u32, fields: &[(&str, &str)], end_stream: bool) -> Result<(), String> {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            block.push(0x00);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name.as_bytes());
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        let flags = Self::END_HEADERS | if end_stream { Self::END_STREAM } else { 0 };
+        self.send(&h2_frame(Self::HEADERS, flags, id, &block))
+    }
+
+    /// The next frame: (type, flags, stream, payload); SETTINGS acked on the way.
+    fn frame(&mut self) -> Result<(u8, u8, u32, Vec<u8>), String> {
+        let mut buf = [0u8; 16384];
+        loop {
+            if self.buffered.len() >= 9 {
+                let length = u32::from_be_bytes([0, self.buffered[0], self.buffered[1], self.buffered[2]]) as usize;
+                if self.buffered.len() >= 9 + length {
+                    let (kind, flags) = (self.buffered[3], self.buffered[4]);
+                    let id = u32::from_be_bytes([self.buffered[5], self.buffered[6], self.buffered[7], self.buffered[8]]) & 0x7fff_ffff;
+                    let payload = self.buffered[9..9 + length].to_vec();
+                    self.buffered.drain(..9 + length);
+                    if kind == Self::SETTINGS && flags & 0x1 == 0 {
+                        self.send(&h2_frame(Self::SETTINGS, 0x1, 0, &[]))?;
+                    }
+                    if kind == Self::GOAWAY {
+                        return Err(format!("GOAWAY {payload:?}"));
+                    }
+                    return Ok((kind, flags, id, payload));
+                }
+            }
+            match self.stream.read(&mut buf) {
+                Ok(n) if n > 0 => self.buffered.extend_from_slice(&buf[..n]),
+                other => return Err(format!("read: {other:?}")),
+            }
+        }
+    }
+
+    /// Stream `id`'s next frame; other streams' are kept for later.
+    fn frame_of(&mut self, id: u32) -> Result<(u8, u8, u32, Vec<u8>), String> {
+        if let Some(at) = self.pending.iter().position(|f| f.2 == id) {
+            return Ok(self.pending.remove(at));
+        }
+        loop {
+            let frame = self.frame()?;
+            if frame.2 == id {
+                return Ok(frame);
+            }
+            if frame.2 != 0 {
+                self.pending.push(frame);
+            }
+        }
+    }
+
+    /// Stream `id`'s response head: whether it is 200 (HPACK static index
+    /// 8), and whether it ended the stream. A reset of `id` is an Err.
+    fn response(&mut self, id: u32) -> Result<(bool, bool), String> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.frame_of(id)? {
+                (Self::HEADERS, flags, got, block) if got == id => return Ok((block.first() == Some(&0x88), flags & Self::END_STREAM != 0)),
+                (Self::RST_STREAM, _, got, code) if got == id => return Err(format!("stream {id} reset: {code:?}")),
+                _ => {}
+            }
+        }
+        Err(format!("no response on stream {id}"))
+    }
+
+    /// Stream `id`'s DATA until `until` says it is enough or the stream
+    /// ends: the bytes, and whether it ended.
+    fn data(&mut self, id: u32, until: impl Fn(&[u8]) -> bool) -> Result<(Vec<u8>, bool), String> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.frame_of(id)? {
+                (Self::DATA, flags, stream, payload) if stream == id => {
+                    got.extend_from_slice(&payload);
+                    if flags & Self::END_STREAM != 0 {
+                        return Ok((got, true));
+                    }
+                    if until(&got) {
+                        return Ok((got, false));
+                    }
+                }
+                (Self::RST_STREAM, _, stream, code) if stream == id => return Err(format!("stream {id} reset: {code:?} after {got:?}")),
+                _ => {}
+            }
+        }
+        Err(format!("stream {id}: {got:?} in {IO_TIMEOUT:?}"))
+    }
+
+    /// Writes `line` on stream `id`'s tunnel and reads the line back.
+    fn exchange(&mut self, id: u32, line: &str) -> Result<String, String> {
+        self.send(&h2_frame(Self::DATA, 0, id, format!("{line}\n").as_bytes()))?;
+        let (back, _) = self.data(id, |got| got.ends_with(b"\n"))?;
+        Ok(String::from_utf8_lossy(&back).trim_end().to_string())
+    }
+}
+
+/// An extended CONNECT for a WebSocket (RFC 8441 §5) to `authority`.
+fn websocket_connect<'a>(authority: &'a str, path: &'a str, protocol: &'a str) -> [(&'a str, &'a str); 6] {
+    [(":method", "CONNECT"), (":protocol", protocol), (":scheme", "http"), (":path", path), (":authority", authority), ("sec-websocket-version", "13")]
+}
+
+#[test]
+fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let blue = HandServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "ws-blue");
+    let red = HandServer::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "ws-red");
+    lab.start_natd_with_config(&format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 5\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
+    ))
+    .unwrap();
+    let server_active = |server: Ipv4Addr| proxy_view(&lab, 80).servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
+
+    let (mut client, settings) = in_ns(&lab.server, || -> Result<_, String> {
+        let mut client = H2Client::open(80).map_err(|e| format!("open: {e}"))?;
+        let settings = client.settings.clone();
+        // Two WebSockets on one connection, one to each host.
+        client.request(1, &websocket_connect("blue.example", "/chat", "websocket"), false)?;
+        client.request(3, &websocket_connect("red.example", "/chat", "websocket"), false)?;
+        let opened = (client.response(1).map_err(|e| format!("response 1: {e}"))?, client.response(3).map_err(|e| format!("response 3: {e}"))?);
+        assert_eq!(opened, ((true, false), (true, false)), "200 on both streams, left open");
+        let mut said = Vec::new();
+        for (i, pause) in [0, 1300].into_iter().enumerate() {
+            // Longer than hello_timeout: a tunnel's bytes are no request head.
+            thread::sleep(Duration::from_millis(pause));
+            said.push(client.exchange(1, &format!("hello {i}")).map_err(|e| format!("hello {i}: {e}"))?);
+        }
+        said.push(client.exchange(3, "hi").map_err(|e| format!("hi: {e}"))?);
+        assert_eq!(said, ["ws-blue: hello 0", "ws-blue: hello 1", "ws-red: hi"]);
+        Ok((client, settings))
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", lab.natd_log(), blue.heads()));
+    assert!(settings.contains(&(0x8, 1)), "natd offers the extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL): {settings:?}");
+    let head = &blue.heads()[0];
+    assert!(head.starts_with("get /chat http/1.1\r\n"), "the CONNECT reaches the server as a GET: {head}");
+    for field in ["\r\nhost: blue.example", "\r\nupgrade: websocket", "\r\nconnection: upgrade", "\r\nsec-websocket-version: 13", &format!("\r\nx-forwarded-for: {SERVER}")] {
+        assert!(head.contains(field), "{field:?} in {head}");
+    }
+    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap_or_default();
+    assert_eq!(key.len(), 24, "a key of 16 bytes, base64: {head}");
+    assert_eq!((server_active(h0), server_active(h1)), (1, 1), "each tunnel is its server's connection");
+
+    // natd checks the server's accept; another protocol is not carried.
+    // The connection serves its other streams on.
+    let mut client = in_ns(&lab.server, move || -> Result<_, String> {
+        client.request(5, &websocket_connect("blue.example", "/wrong-accept", "websocket"), false)?;
+        let (ok, ended) = client.response(5)?;
+        let (body, _) = if ended { (Vec::new(), true) } else { client.data(5, |_| false)? };
+        assert!(!ok && String::from_utf8_lossy(&body).contains("did not answer"), "a wrong Sec-WebSocket-Accept is a 502: {:?}", String::from_utf8_lossy(&body));
+        client.request(7, &websocket_connect("blue.example", "/", "connect-udp"), false)?;
+        let (ok, _) = client.response(7)?;
+        let (body, _) = client.data(7, |_| false)?;
+        assert!(!ok && String::from_utf8_lossy(&body).contains("\"connect-udp\" is not carried"), "{:?}", String::from_utf8_lossy(&body));
+        assert_eq!(client.exchange(1, "still there")?, "ws-blue: still there");
+        Ok(client)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+
+    // The client ending its stream ends the server's connection, and the
+    // server's end ends the stream; the HTTP/2 connection goes on.
+    let (rest, ended, mut client) = in_ns(&lab.server, move || -> Result<_, String> {
+        client.send(&h2_frame(H2Client::DATA, H2Client::END_STREAM, 3, &[]))?;
+        let (rest, ended) = client.data(3, |_| false)?;
+        Ok((rest, ended, client))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(rest.is_empty() && ended, "the stream ended with the server's close: {rest:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server_active(h1) != 0 {
+        assert!(Instant::now() < deadline, "red's tunnel is no longer counted: {:?}", proxy_view(&lab, 80));
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server_active(h0), 1, "blue's tunnel still open");
+    let (ok, body, client) = in_ns(&lab.server, move || -> Result<_, String> {
+        client.send(&h2_frame(H2Client::HEADERS, H2Client::END_HEADERS | H2Client::END_STREAM, 9, &h2_get("red.example")))?;
+        let (ok, _) = client.response(9)?;
+        let (body, _) = client.data(9, |_| false)?;
+        Ok((ok, String::from_utf8_lossy(&body).into_owned(), client))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(ok && body.trim() == "ws-red upgrade=none", "the next request on the connection: {ok} {body:?}");
+    drop((client, blue, red));
 }

@@ -188,6 +188,15 @@ pub(super) fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// natd's own answer to a request it does not pass on.
+/// 501 (RFC 9110 §15.6.2) for a request natd understands but does not
+/// carry, such as an extended CONNECT for another protocol than WebSocket.
+pub(super) fn not_implemented(what: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{what} is not carried here\n"))));
+    *response.status_mut() = StatusCode::NOT_IMPLEMENTED;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
 pub(super) fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let (status, body) = match refusal {
         Refusal::UnknownName(host) => (StatusCode::MISDIRECTED_REQUEST, format!("no site {host:?} here\n")),

@@ -36,7 +36,9 @@
 //! upgrade to `h2c` is not passed on: HTTP/2 over the tunnel would carry
 //! every later request to the first one's server, past the routing by
 //! Host, so the request is served as plain HTTP/1.1 (RFC 9113 §3.1
-//! deprecates that upgrade anyway).
+//! deprecates that upgrade anyway). An HTTP/2 client opens a WebSocket
+//! with the extended CONNECT (RFC 8441, `websocket`): its stream becomes
+//! the tunnel, the connection's other streams go on.
 //!
 //! Timeouts: `hello_timeout` bounds each request head, from its first byte
 //! (the first request's from the accept); `idle_timeout` bounds a keep-alive
@@ -46,6 +48,7 @@
 mod headers;
 mod servers;
 mod timing;
+mod websocket;
 
 use std::{
     collections::HashMap,
@@ -75,14 +78,15 @@ use hyper_util::{
 use tokio::{
     io::AsyncWriteExt as _,
     net::TcpStream,
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
     time::{Instant, sleep_until, timeout},
 };
 
 use self::{
-    headers::{prepare, refusal_response, request_host, strip_hop_by_hop, upgrade_asked},
+    headers::{not_implemented, prepare, refusal_response, request_host, strip_hop_by_hop, upgrade_asked},
     servers::{Again, Attempt, Pool, Sender, ServerConnection, ServerSender},
     timing::{Activity, Expiry, Watched},
+    websocket::Handshake,
 };
 use crate::{
     config::ServerProtocol,
@@ -130,6 +134,7 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
         activity: Arc::clone(&activity),
         servers: Mutex::new(HashMap::new()),
         tunnel: Mutex::new(None),
+        stream_tunnels: Mutex::new(JoinSet::new()),
     });
     let io = TokioIo::new(Watched { stream: client, activity: Arc::clone(&activity) });
     let handler = {
@@ -142,7 +147,13 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
     // natd's own watch below bounds the heads and the idle times.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true).header_read_timeout(None);
-    builder.http2().max_concurrent_streams(MAX_STREAMS);
+    let mut http2 = builder.http2();
+    http2.max_concurrent_streams(MAX_STREAMS);
+    // WebSocket over HTTP/2 (RFC 8441), offered where natd can carry it:
+    // to servers spoken to in HTTP/1.1.
+    if service.current().proxy.server_protocol == ServerProtocol::Http1 {
+        http2.enable_connect_protocol();
+    }
     let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
     // The tunnel the connection became after a 101, once hyper let it go.
@@ -206,6 +217,9 @@ struct Conn {
     /// The relay of an upgraded connection (a 101 passed on), for `serve`
     /// to wait on once hyper lets the client's socket go.
     tunnel: Mutex<Option<Tunnel>>,
+    /// The relays of HTTP/2 streams that carry a WebSocket (RFC 8441): the
+    /// connection goes on serving its other streams; they stop with it.
+    stream_tunnels: Mutex<JoinSet<io::Result<(u64, u64)>>>,
 }
 
 /// The relay task of an upgraded connection, stopped when dropped: it
@@ -222,7 +236,7 @@ impl Conn {
     async fn handle(conn: &Arc<Self>, request: Request<Incoming>) -> Response<Tracked> {
         conn.activity.request_started();
         let (response, back) = match conn.forward(request).await {
-            Ok((response, back)) => (response.map(Either::Left), back),
+            Ok((response, back)) => (response, back),
             Err(refusal) => {
                 conn.service.refuse(conn.peer, &refusal);
                 (refusal_response(&refusal).map(Either::Right), None)
@@ -234,7 +248,7 @@ impl Conn {
 
     /// The server's response, and the connection it came on unless that
     /// became a tunnel: for the pool once the response is passed on.
-    async fn forward(&self, mut request: Request<Incoming>) -> Result<(Response<Incoming>, Option<(SocketAddrV4, ServerSender)>), Refusal> {
+    async fn forward(&self, mut request: Request<Incoming>) -> Result<(Response<Answer>, Option<(SocketAddrV4, ServerSender)>), Refusal> {
         // Each request takes the routes in force when it arrives.
         let current = self.service.current();
         let routes = &current.routes;
@@ -248,10 +262,24 @@ impl Conn {
                 Err(_) => routes.for_name(None).map_err(|_| Refusal::UnknownName(host.clone()))?,
             },
         };
+        // WebSocket over HTTP/2 goes to an HTTP/1.1 server as its opening
+        // handshake; any other extended CONNECT, or one a reload left
+        // for HTTP/2 servers, natd cannot carry.
+        let websocket = match websocket::extended_connect(&request) {
+            None => None,
+            Some(protocol) if websocket::is_websocket(protocol) && current.proxy.server_protocol == ServerProtocol::Http1 => {
+                Some(Handshake::new().map_err(|e| Refusal::Local(format!("a Sec-WebSocket-Key: {e}")))?)
+            }
+            Some(protocol) => return Ok((not_implemented(&format!("CONNECT for {:?}", protocol.as_str())).map(Either::Right), None)),
+        };
         // An HTTP/2 server cannot switch protocols (RFC 9113 §8.6): the
         // request goes as a plain one, as an h2c upgrade does.
-        let upgrade = upgrade_asked(&request).filter(|_| current.proxy.server_protocol == ServerProtocol::Http1);
+        let upgrade = upgrade_asked(&request).filter(|_| websocket.is_none() && current.proxy.server_protocol == ServerProtocol::Http1);
+        let stream_upgrade = websocket.as_ref().map(|_| hyper::upgrade::on(&mut request));
         prepare(&mut request, self.peer, current.proxy.server_protocol);
+        if let Some(handshake) = &websocket {
+            handshake.to_http1(&mut request);
+        }
         let client_upgrade = upgrade.map(|protocols| {
             let headers = request.headers_mut();
             headers.insert(header::UPGRADE, protocols);
@@ -287,6 +315,34 @@ impl Conn {
         };
         let Attempt { sender, backend } = attempt;
         let sender = sender.sender;
+        // A success that is no 101 is a server that did not switch: the
+        // client's 2xx would open a tunnel to nothing (RFC 8441 §5).
+        if websocket.is_some() && response.status().is_success() {
+            let why = format!("{}: {} to a WebSocket handshake, not 101", backend.addr, response.status());
+            backend.note_failure(format!("request: {why}"));
+            return Err(Refusal::ServerFailed(why));
+        }
+        if let (Some(handshake), Some(stream_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (&websocket, stream_upgrade, response.status()) {
+            if !handshake.accepted(&response) {
+                let why = format!("{}: a 101 without the Sec-WebSocket-Accept of natd's key", backend.addr);
+                backend.note_failure(format!("request: {why}"));
+                return Err(Refusal::ServerFailed(why));
+            }
+            let server_upgrade = hyper::upgrade::on(&mut response);
+            let answer = websocket::answer(&response, Either::Right(Full::new(Bytes::new())));
+            self.activity.tunnel_opened();
+            backend.active.fetch_add(1, Ordering::Relaxed);
+            let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+            let activity = Arc::clone(&self.activity);
+            let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
+            while tunnels.try_join_next().is_some() {}
+            tunnels.spawn(async move {
+                let relayed = tunnel(stream_upgrade, server_upgrade, server).await;
+                activity.tunnel_closed();
+                relayed
+            });
+            return Ok((answer, None));
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(Refusal::ServerFailed(format!("{}: 101 to a request that asked for no upgrade", backend.addr)));
@@ -304,10 +360,10 @@ impl Conn {
             let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
             let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
-            return Ok((response, None));
+            return Ok((response.map(Either::Left), None));
         }
         strip_hop_by_hop(response.headers_mut());
-        Ok((response, Some((backend.addr, sender))))
+        Ok((response.map(Either::Left), Some((backend.addr, sender))))
     }
 
     /// A connection to a server of `candidates`: with `Pool::Reuse`, one of

@@ -39,8 +39,10 @@ struct State {
     /// The first byte of the next request's head, while it is not whole.
     head_started: Option<Instant>,
     requests: u64,
-    /// A 101 was passed on: the bytes are a tunnel's, never a request head.
-    tunnel: bool,
+    /// Tunnels open: a 101 passed on (the connection's bytes are the
+    /// tunnel's, never a request head), or WebSocket streams of an HTTP/2
+    /// connection (RFC 8441).
+    tunnels: u32,
 }
 
 /// A connection's timing, kept by its socket (`Watched`), its requests and
@@ -51,7 +53,7 @@ pub(super) struct Activity(Mutex<State>);
 impl Activity {
     pub(super) fn new() -> Self {
         let now = Instant::now();
-        Self(Mutex::new(State { moved: now, in_flight: 0, waiting_since: now, head_started: None, requests: 0, tunnel: false }))
+        Self(Mutex::new(State { moved: now, in_flight: 0, waiting_since: now, head_started: None, requests: 0, tunnels: 0 }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -62,7 +64,7 @@ impl Activity {
         let now = Instant::now();
         let mut s = self.state();
         s.moved = now;
-        if read && s.in_flight == 0 && !s.tunnel && s.head_started.is_none() {
+        if read && s.in_flight == 0 && s.tunnels == 0 && s.head_started.is_none() {
             s.head_started = Some(now);
         }
     }
@@ -75,7 +77,18 @@ impl Activity {
     }
 
     pub(super) fn tunnel_opened(&self) {
-        self.state().tunnel = true;
+        self.state().tunnels += 1;
+    }
+
+    /// An HTTP/2 stream's tunnel ended; the connection goes on.
+    pub(super) fn tunnel_closed(&self) {
+        let now = Instant::now();
+        let mut s = self.state();
+        s.tunnels = s.tunnels.saturating_sub(1);
+        s.moved = now;
+        if s.in_flight == 0 && s.tunnels == 0 {
+            s.waiting_since = now;
+        }
     }
 
     pub(super) fn response_ended(&self) {
@@ -96,7 +109,7 @@ impl Activity {
     /// When the connection is closed unless something happens first.
     pub(super) fn deadline(&self, hello: Duration, idle: Duration) -> (Instant, Expiry) {
         let s = self.state();
-        if s.in_flight > 0 || s.tunnel {
+        if s.in_flight > 0 || s.tunnels > 0 {
             (s.moved + idle, Expiry::Idle)
         } else if s.requests == 0 {
             (s.waiting_since + hello, Expiry::Head)
@@ -198,5 +211,12 @@ mod tests {
         tunnel.moved(true);
         let moved = tunnel.state().moved;
         assert_eq!(tunnel.deadline(hello, idle), (moved + idle, Expiry::Idle), "a tunnel's bytes are no head: silence both ways bounds it");
+        // An HTTP/2 stream's tunnel ending leaves a connection that waits
+        // for its next request again.
+        tunnel.tunnel_closed();
+        let closed = tunnel.state().moved;
+        assert_eq!(tunnel.deadline(hello, idle), (closed + idle, Expiry::Idle), "a keep-alive wait from the tunnel's end");
+        tunnel.moved(true);
+        assert_eq!(tunnel.deadline(hello, idle).1, Expiry::Head, "and its next bytes are a head again");
     }
 }
