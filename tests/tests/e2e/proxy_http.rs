@@ -950,10 +950,10 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
     let (h0, h1) = (host_addr(0), host_addr(1));
     let blue = HandServer::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "ws-blue");
     let red = HandServer::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "ws-red");
-    lab.start_natd_with_config(&format!(
+    let config = format!(
         "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 5\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
-    ))
-    .unwrap();
+    );
+    lab.start_natd_with_config(&config).unwrap();
     let server_active = |server: Ipv4Addr| proxy_view(&lab, 80).servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
 
     let (mut client, settings) = in_ns(&lab.server, || -> Result<_, String> {
@@ -1032,5 +1032,22 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
     .unwrap()
     .unwrap();
     assert!(ok && body.trim() == "ws-red upgrade=none", "the next request on the connection: {ok} {body:?}");
-    drop((client, blue, red));
+
+    // A reload that has the servers spoken to in HTTP/2: the connection
+    // offered the extended CONNECT before it, natd can no longer carry it.
+    lab.config_file(&format!("{config}server_protocol = \"http2\"\n")).unwrap();
+    let out = lab.natd_cli(&["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, body) = in_ns(&lab.server, move || -> Result<_, String> {
+        let mut client = client;
+        client.request(11, &websocket_connect("blue.example", "/chat", "websocket"), false)?;
+        let (ok, _) = client.response(11)?;
+        let (body, _) = client.data(11, |_| false)?;
+        Ok((ok, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(!ok && body.contains("\"websocket\" is not carried"), "501 after the reload: {body:?}");
+    drop((blue, red));
 }
