@@ -656,8 +656,14 @@ fn h2_get(target: &str) -> Vec<u8> {
         Some(at) => (&target[..at], &target[at..]),
         None => (target, "/"),
     };
+    hpack_literals(&[(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", authority), ("te", "trailers")])
+}
+
+/// A header block of literal fields, not indexed and not Huffman-coded
+/// (RFC 7541 §6.2.2), each name and value shorter than 127 bytes.
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut block = Vec::new();
-    for (name, value) in [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", authority), ("te", "trailers")] {
+    for (name, value) in fields {
         block.push(0x00);
         block.push(name.len() as u8);
         block.extend_from_slice(name.as_bytes());
@@ -678,11 +684,12 @@ fn h2_gets(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String)>, Strin
 }
 
 fn h2_gets_trailed(port: u16, authorities: &[&str]) -> Result<Vec<(bool, String, bool)>, String> {
-    const DATA: u8 = 0;
-    const HEADERS: u8 = 1;
-    const SETTINGS: u8 = 4;
-    const GOAWAY: u8 = 7;
-    const END_STREAM: u8 = 0x1;
+    use H2Client as F;
+    const DATA: u8 = F::DATA;
+    const HEADERS: u8 = F::HEADERS;
+    const SETTINGS: u8 = F::SETTINGS;
+    const GOAWAY: u8 = F::GOAWAY;
+    const END_STREAM: u8 = F::END_STREAM;
     let mut stream = TcpStream::connect_timeout(&SocketAddrV4::new(EXTERNAL, port).into(), IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -835,19 +842,11 @@ impl H2Client {
         self.stream.write_all(bytes).map_err(|e| format!("send: {e}"))
     }
 
-    /// A request's header block (literal fields, as `h2_get`), END_STREAM
-    /// unless it opens a tunnel.
+    /// A request's header block (`hpack_literals`), END_STREAM unless it
+    /// opens a tunnel.
     fn request(&mut self, id: u32, fields: &[(&str, &str)], end_stream: bool) -> Result<(), String> {
-        let mut block = Vec::new();
-        for (name, value) in fields {
-            block.push(0x00);
-            block.push(name.len() as u8);
-            block.extend_from_slice(name.as_bytes());
-            block.push(value.len() as u8);
-            block.extend_from_slice(value.as_bytes());
-        }
         let flags = Self::END_HEADERS | if end_stream { Self::END_STREAM } else { 0 };
-        self.send(&h2_frame(Self::HEADERS, flags, id, &block))
+        self.send(&h2_frame(Self::HEADERS, flags, id, &hpack_literals(fields)))
     }
 
     /// The next frame: (type, flags, stream, payload); SETTINGS acked on the way.
