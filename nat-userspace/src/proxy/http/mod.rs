@@ -323,25 +323,7 @@ impl Conn {
             return Err(Refusal::ServerFailed(why));
         }
         if let (Some(handshake), Some(stream_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (&websocket, stream_upgrade, response.status()) {
-            if !handshake.accepted(&response) {
-                let why = format!("{}: a 101 without the Sec-WebSocket-Accept of natd's key", backend.addr);
-                backend.note_failure(format!("request: {why}"));
-                return Err(Refusal::ServerFailed(why));
-            }
-            let server_upgrade = hyper::upgrade::on(&mut response);
-            let answer = websocket::answer(&response, Either::Right(Full::new(Bytes::new())));
-            self.activity.tunnel_opened();
-            backend.active.fetch_add(1, Ordering::Relaxed);
-            let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
-            let activity = Arc::clone(&self.activity);
-            let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
-            while tunnels.try_join_next().is_some() {}
-            tunnels.spawn(async move {
-                let relayed = tunnel(stream_upgrade, server_upgrade, server).await;
-                activity.tunnel_closed();
-                relayed
-            });
-            return Ok((answer, None));
+            return self.stream_tunnel(handshake, stream_upgrade, response, &backend).map(|answer| (answer, None));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -364,6 +346,33 @@ impl Conn {
         }
         strip_hop_by_hop(response.headers_mut());
         Ok((response.map(Either::Left), Some((backend.addr, sender))))
+    }
+
+    /// The server switched to WebSocket for an HTTP/2 client's extended
+    /// CONNECT: once its accept is checked, the client's stream and that
+    /// server connection are relayed as one tunnel, while the client's
+    /// connection serves its other streams. The stream's answer: 200.
+    fn stream_tunnel(&self, handshake: &Handshake, stream: OnUpgrade, mut switching: Response<Incoming>, backend: &Backend) -> Result<Response<Answer>, Refusal> {
+        if !handshake.accepted(&switching) {
+            let why = format!("{}: a 101 without the Sec-WebSocket-Accept of natd's key", backend.addr);
+            backend.note_failure(format!("request: {why}"));
+            return Err(Refusal::ServerFailed(why));
+        }
+        let server_upgrade = hyper::upgrade::on(&mut switching);
+        self.activity.tunnel_opened();
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+        let activity = Arc::clone(&self.activity);
+        let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        // The ended ones' results are of no use: reaped here, so the set
+        // holds only the open.
+        while tunnels.try_join_next().is_some() {}
+        tunnels.spawn(async move {
+            let relayed = tunnel(stream, server_upgrade, server).await;
+            activity.tunnel_closed();
+            relayed
+        });
+        Ok(websocket::answer(&switching, Either::Right(Full::new(Bytes::new()))))
     }
 
     /// A connection to a server of `candidates`: with `Pool::Reuse`, one of
