@@ -64,12 +64,10 @@ impl KernelSender {
     /// Sends an IPv4 packet (header included), up to its total length: as
     /// it is, or, longer than the route's MTU with DF clear, in fragments.
     pub fn send_packet(&self, ip: &[u8]) -> Result<()> {
-        match self.send_whole(ip) {
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && !dont_fragment(ip) => {
-                let dst = Ipv4::read(ip)?.dst();
-                self.send_cut(ip, path_mtu(dst)?)
-            }
-            sent => sent.with_context(|| format!("sending a translated packet to {} through the kernel", Ipv4::read(ip).map(|p| p.dst().to_string()).unwrap_or_default())),
+        let packet = Ipv4::read(ip)?;
+        match self.send_whole(&packet) {
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && !packet.dont_fragment() => self.send_cut(ip, path_mtu(packet.dst())?),
+            sent => sent.with_context(|| format!("sending a translated packet to {} through the kernel", packet.dst())),
         }
     }
 
@@ -81,14 +79,13 @@ impl KernelSender {
             self.cut.fetch_add(1, Ordering::Relaxed);
         }
         for piece in &pieces {
-            self.send_whole(piece).with_context(|| format!("sending a fragment of {} bytes (MTU {mtu}) through the kernel", piece.len()))?;
+            self.send_whole(&Ipv4::read(piece)?).with_context(|| format!("sending a fragment of {} bytes (MTU {mtu}) through the kernel", piece.len()))?;
         }
         Ok(())
     }
 
     /// Sends an IPv4 packet as it is: the kernel's error as it is.
-    fn send_whole(&self, ip: &[u8]) -> std::io::Result<()> {
-        let packet = Ipv4::read(ip).map_err(std::io::Error::other)?;
+    fn send_whole(&self, packet: &Ipv4) -> std::io::Result<()> {
         let datagram = packet.datagram();
         let dst = packet.dst();
         let addr = libc::sockaddr_in {
@@ -113,11 +110,6 @@ impl KernelSender {
         }
         Ok(())
     }
-}
-
-/// Whether an IPv4 packet has DF set.
-fn dont_fragment(ip: &[u8]) -> bool {
-    ip.get(6).is_some_and(|flags| flags & 0x40 != 0)
 }
 
 /// The MTU of the kernel's route to `dst` (path-MTU exceptions included):

@@ -5,7 +5,7 @@
 //! such a packet to natd, which sends the pieces through the kernel.
 
 use anyhow::{Result, ensure};
-use nat_common::{checksum, icmp::IP_DF};
+use nat_common::checksum;
 
 use super::{Ipv4, MIN_HEADER, MORE_FRAGMENTS, OFFSET_MASK};
 
@@ -26,13 +26,13 @@ pub fn fragments(datagram: &[u8], mtu: usize) -> Result<Vec<Vec<u8>>> {
         return Ok(vec![datagram.to_vec()]);
     }
     let header = packet.header();
-    let flags = u16::from_be_bytes([header[6], header[7]]);
-    ensure!(flags & IP_DF == 0, "a packet with DF set is not fragmented");
+    ensure!(!packet.dont_fragment(), "a packet with DF set is not fragmented");
     // A header is at most 60 bytes: 68 leaves every piece 8 bytes of data.
     ensure!(mtu >= MIN_MTU, "an MTU of {mtu} bytes is below IPv4's minimum of {MIN_MTU}");
     let later_header = later_header(header);
     let payload = packet.payload();
-    let first_offset = usize::from(flags & OFFSET_MASK) * 8;
+    let first_offset = usize::from(packet.fragment_offset()) * 8;
+    let last_more = if packet.more_fragments() { MORE_FRAGMENTS } else { 0 };
     let mut pieces = Vec::new();
     let mut at = 0;
     while at < payload.len() {
@@ -40,7 +40,7 @@ pub fn fragments(datagram: &[u8], mtu: usize) -> Result<Vec<Vec<u8>>> {
         let room = (mtu - head.len()) / 8 * 8;
         let len = room.min(payload.len() - at);
         let last = at + len == payload.len();
-        let more = if last { flags & MORE_FRAGMENTS } else { MORE_FRAGMENTS };
+        let more = if last { last_more } else { MORE_FRAGMENTS };
         let offset = (first_offset + at) / 8;
         ensure!(offset <= usize::from(OFFSET_MASK), "fragment offset {offset} past the 13 bits of the field");
         let mut piece = Vec::with_capacity(head.len() + len);
@@ -97,6 +97,7 @@ fn later_header(header: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use nat_common::icmp::IP_DF;
     use proptest::prelude::*;
 
     use super::*;

@@ -110,6 +110,21 @@ impl<'a> Ipv4<'a> {
         u16::from_be_bytes([self.bytes[6], self.bytes[7]])
     }
 
+    /// Don't Fragment: the packet may not be cut on its way.
+    pub fn dont_fragment(&self) -> bool {
+        self.fragment_word() & nat_common::icmp::IP_DF != 0
+    }
+
+    /// The fragment offset field, in 8-byte units.
+    pub fn fragment_offset(&self) -> u16 {
+        self.fragment_word() & OFFSET_MASK
+    }
+
+    /// More Fragments: a fragment that is not the datagram's last.
+    pub fn more_fragments(&self) -> bool {
+        self.fragment_word() & MORE_FRAGMENTS != 0
+    }
+
     /// Offset 0 with more fragments to come: the L4 header is here.
     pub fn is_first_fragment(&self) -> bool {
         self.fragment_word() & (MORE_FRAGMENTS | OFFSET_MASK) == MORE_FRAGMENTS
