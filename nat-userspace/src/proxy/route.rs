@@ -273,11 +273,6 @@ impl Routes {
         self.default.ok_or(Refusal::NotTls)
     }
 
-    /// The server at `addr`, one of `candidates`' answers.
-    pub fn backend(&self, addr: SocketAddrV4) -> Arc<Backend> {
-        self.backends.iter().find(|b| b.addr == addr).map(Arc::clone).expect("a candidate is one of the routes' backends")
-    }
-
     /// The servers of `set` that are up, in the order to try them: round
     /// robin over the members, so connections spread evenly, and a server
     /// that fails to connect is followed by the others.

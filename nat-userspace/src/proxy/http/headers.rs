@@ -14,6 +14,12 @@ use hyper::{
 
 use crate::{config::ServerProtocol, proxy::route::Refusal};
 
+/// The comma-separated elements of every `name` field (RFC 9110 §5.6.1),
+/// trimmed, empty ones left out; a field that is not text has none.
+fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
+}
+
 /// The protocols a request asks to switch to (RFC 9110 §7.8), as its
 /// `Upgrade` lists them, `h2c` left out: None when it asks for none, or
 /// only for `h2c`, or is not HTTP/1.1 (HTTP/1.0 has no upgrade).
@@ -22,23 +28,10 @@ pub(super) fn upgrade_asked<B>(request: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     let headers = request.headers();
-    let connection_says_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_says_upgrade {
+    if !tokens(headers, header::CONNECTION).any(|token| token.eq_ignore_ascii_case("upgrade")) {
         return None;
     }
-    let protocols: Vec<&str> = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
-        .collect();
+    let protocols: Vec<&str> = tokens(headers, header::UPGRADE).filter(|p| !p.eq_ignore_ascii_case("h2c")).collect();
     if protocols.is_empty() {
         return None;
     }
@@ -78,13 +71,7 @@ pub(super) fn request_host<B>(request: &Request<B>) -> Result<Option<String>, Re
 const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"];
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> = tokens(headers, header::CONNECTION).filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()).collect();
     for name in named {
         headers.remove(name);
     }
@@ -103,7 +90,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 ///   from it), no Host; the client's `TE: trailers` kept, the one TE an
 ///   HTTP/2 server takes (RFC 9113 §8.2.2) and one gRPC servers want.
 pub(super) fn prepare<B>(request: &mut Request<B>, peer: SocketAddr, to: ServerProtocol) {
-    let takes_trailers = request.headers().get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let takes_trailers = tokens(request.headers(), header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     if request.version() == Version::HTTP_2 {
         *request.version_mut() = Version::HTTP_11;
         let cookies: Vec<String> = request.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
@@ -187,16 +174,13 @@ pub(super) fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// natd's own answer to a request it does not pass on.
 /// 501 (RFC 9110 §15.6.2) for a request natd understands but does not
 /// carry, such as an extended CONNECT for another protocol than WebSocket.
 pub(super) fn not_implemented(what: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{what} is not carried here\n"))));
-    *response.status_mut() = StatusCode::NOT_IMPLEMENTED;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
+    plain(StatusCode::NOT_IMPLEMENTED, format!("{what} is not carried here\n"))
 }
 
+/// natd's own answer to a request it does not pass on.
 pub(super) fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     let (status, body) = match refusal {
         Refusal::UnknownName(host) => (StatusCode::MISDIRECTED_REQUEST, format!("no site {host:?} here\n")),
@@ -205,6 +189,11 @@ pub(super) fn refusal_response(refusal: &Refusal) -> Response<Full<Bytes>> {
         Refusal::NoServerUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "no server is up for this site\n".to_string()),
         _ => (StatusCode::BAD_GATEWAY, "the site's server did not answer\n".to_string()),
     };
+    plain(status, body)
+}
+
+/// A short plain-text answer of natd's own.
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -56,7 +56,7 @@ use std::{
     io,
     net::{SocketAddr, SocketAddrV4},
     pin::Pin,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -289,7 +289,7 @@ impl Conn {
         let candidates = routes.candidates(set)?;
         let (request, again) = Again::keep(request);
         let (sender, backend) = self.sender(candidates.clone(), &current.proxy, host.as_deref(), Pool::Reuse).await?;
-        let mut attempt = Attempt { sender, backend: routes.backend(backend) };
+        let mut attempt = Attempt { sender, backend };
         let mut response = match attempt.send(request).await {
             Ok(response) => response,
             Err((error, unsent)) => {
@@ -305,7 +305,7 @@ impl Conn {
                 };
                 tracing::debug!("proxy {}: {} -> {failed} on a reused connection: sent again on a new one", self.service.name, self.peer);
                 let (sender, backend) = self.sender(candidates, &current.proxy, host.as_deref(), Pool::New).await?;
-                attempt = Attempt { sender, backend: routes.backend(backend) };
+                attempt = Attempt { sender, backend };
                 attempt.send(request).await.map_err(|(error, _)| {
                     let why = format!("{}: {error}", attempt.backend.addr);
                     attempt.backend.note_failure(format!("request: {why}"));
@@ -323,7 +323,7 @@ impl Conn {
             return Err(Refusal::ServerFailed(why));
         }
         if let (Some(handshake), Some(stream_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (&websocket, stream_upgrade, response.status()) {
-            return self.stream_tunnel(handshake, stream_upgrade, response, &backend).map(|answer| (answer, None));
+            return self.stream_tunnel(handshake, stream_upgrade, response, backend).map(|answer| (answer, None));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -337,9 +337,7 @@ impl Conn {
                 response.headers_mut().insert(header::UPGRADE, protocols);
             }
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            self.activity.tunnel_opened();
-            backend.active.fetch_add(1, Ordering::Relaxed);
-            let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+            let server = self.tunnel_opened(backend);
             let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
             return Ok((response.map(Either::Left), None));
@@ -359,9 +357,7 @@ impl Conn {
             return Err(Refusal::ServerFailed(why));
         }
         let server_upgrade = hyper::upgrade::on(&mut switching);
-        self.activity.tunnel_opened();
-        backend.active.fetch_add(1, Ordering::Relaxed);
-        let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+        let server = self.tunnel_opened(backend);
         let activity = Arc::clone(&self.activity);
         let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
         // The ended ones' results are of no use: reaped here, so the set
@@ -375,10 +371,18 @@ impl Conn {
         Ok(websocket::answer(&switching, Either::Right(Full::new(Bytes::new()))))
     }
 
+    /// A tunnel through `backend` opens: the client's connection is timed
+    /// as one, and the server connection it takes is counted as `backend`'s
+    /// while the tunnel lasts.
+    fn tunnel_opened(&self, backend: &Backend) -> ServerConnection {
+        self.activity.tunnel_opened();
+        ServerConnection::counted(&self.service, backend)
+    }
+
     /// A connection to a server of `candidates`: with `Pool::Reuse`, one of
     /// this client's that is still open, else a new one to the first that
     /// accepts.
-    async fn sender(&self, candidates: Vec<&Backend>, proxy: &crate::config::Proxy, host: Option<&str>, pool: Pool) -> Result<(Sender, SocketAddrV4), Refusal> {
+    async fn sender<'b>(&self, candidates: Vec<&'b Backend>, proxy: &crate::config::Proxy, host: Option<&str>, pool: Pool) -> Result<(Sender, &'b Backend), Refusal> {
         for backend in candidates.iter().filter(|_| pool == Pool::Reuse) {
             // An HTTP/2 connection stays in the pool for the client's other
             // streams; an HTTP/1.1 one is taken until its response is done.
@@ -394,7 +398,7 @@ impl Conn {
                 && sender.speaks() == proxy.server_protocol
                 && sender.ready().await.is_ok()
             {
-                return Ok((Sender { sender, reused: true }, backend.addr));
+                return Ok((Sender { sender, reused: true }, *backend));
             }
         }
         let (mut stream, backend) = relay::connect(candidates, proxy.connect_timeout).await?;
@@ -407,8 +411,7 @@ impl Conn {
                 .map_err(|e| Refusal::ServerFailed(format!("{}: the PROXY header: {e}", backend.addr)))?;
         }
         let failed = |e: hyper::Error| Refusal::ServerFailed(format!("{}: {e}", backend.addr));
-        backend.active.fetch_add(1, Ordering::Relaxed);
-        let server = ServerConnection { service: Arc::clone(&self.service), addr: backend.addr };
+        let server = ServerConnection::counted(&self.service, backend);
         let sender = match proxy.server_protocol {
             ServerProtocol::Http1 => {
                 let (sender, connection) = client_http1::handshake(TokioIo::new(stream)).await.map_err(failed)?;
@@ -434,7 +437,7 @@ impl Conn {
                 sender
             }
         };
-        Ok((Sender { sender, reused: false }, backend.addr))
+        Ok((Sender { sender, reused: false }, backend))
     }
 }
 

@@ -74,12 +74,12 @@ pub(super) struct Sender {
 }
 
 /// One try at a request: the connection and the server it goes to.
-pub(super) struct Attempt {
+pub(super) struct Attempt<'a> {
     pub(super) sender: Sender,
-    pub(super) backend: Arc<Backend>,
+    pub(super) backend: &'a Backend,
 }
 
-impl Attempt {
+impl Attempt<'_> {
     pub(super) fn sender_was_reused(&self) -> bool {
         self.sender.reused
     }
@@ -128,6 +128,14 @@ impl Again {
 pub(super) struct ServerConnection {
     pub(super) service: Arc<Service>,
     pub(super) addr: SocketAddrV4,
+}
+
+impl ServerConnection {
+    /// A new connection to `backend`, counted in its `active` from here.
+    pub(super) fn counted(service: &Arc<Service>, backend: &Backend) -> Self {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        Self { service: Arc::clone(service), addr: backend.addr }
+    }
 }
 
 impl Drop for ServerConnection {
