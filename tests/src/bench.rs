@@ -51,6 +51,12 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// The clock ticks /proc counts CPU time in, per second (`USER_HZ`).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// CPU time the whole machine has spent so far, from the `cpu` line of
 /// /proc/stat: busy seconds (everything but idle and iowait) and, of them,
 /// softirq seconds, where the packets' receive and the XDP programs run
@@ -70,8 +76,7 @@ impl MachineCpu {
         let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
         let total: u64 = ticks.iter().take(8).sum();
         let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let per_second = ticks_per_second();
         Ok(Self { busy: total.saturating_sub(idle) as f64 / per_second, softirq: ticks.get(6).copied().unwrap_or(0) as f64 / per_second })
     }
 
@@ -277,9 +282,7 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
     let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / per_second)
+    Ok(ticks as f64 / ticks_per_second())
 }
 
 /// The CPU time the loaded BPF programs named `names` have run, summed

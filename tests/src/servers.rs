@@ -38,24 +38,25 @@ impl Nginx {
 
     /// Starts nginx in `ns` on `addr` and waits (bounded) until it accepts.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
-        Self::start_with(ns, addr, name, "")
+        Self::start_with(ns, addr, name, "", "$remote_addr")
     }
 
     /// `start`, with `listen ... proxy_protocol`: nginx reads a PROXY v1 or
     /// v2 header first, and its log (`clients`) has the address the header
     /// names, not the connection's.
     pub fn start_proxy_protocol(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
-        Self::start_with(ns, addr, name, " proxy_protocol")
+        Self::start_with(ns, addr, name, " proxy_protocol", "$proxy_protocol_addr")
     }
 
     /// `start`, with `listen ... http2`: HTTP/2 with prior knowledge (h2c)
     /// only; the log's request line ends in "HTTP/2.0".
     pub fn start_http2(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<Self> {
-        Self::start_with(ns, addr, name, " http2")
+        Self::start_with(ns, addr, name, " http2", "$remote_addr")
     }
 
-    fn start_with(ns: &Netns, addr: SocketAddrV4, name: &str, listen: &str) -> Result<Self> {
-        let client = if listen == " proxy_protocol" { "$proxy_protocol_addr" } else { "$remote_addr" };
+    /// `listen`: what follows the address in nginx's `listen`; `client`:
+    /// the variable the log takes the client's address from.
+    fn start_with(ns: &Netns, addr: SocketAddrV4, name: &str, listen: &str, client: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{}-nginx-{}-{}", ns.name, addr.ip(), addr.port()));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/blob"), Self::blob_text())?;
