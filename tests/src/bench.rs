@@ -86,6 +86,49 @@ impl MachineCpu {
     }
 }
 
+/// What one interface has sent and received so far (`ip -s -j link`). A
+/// veth counts a GSO packet once, as the stack handed it over, so bytes
+/// over packets is the size of the stack's packets, not of the segments a
+/// wire would carry: on the gateway's WAN veth, how much each packet to the
+/// client holds, and how many packets (mostly ACKs) the client sends back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+impl LinkCounters {
+    pub fn read(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let out = ns.ip(&["-s", "-j", "link", "show", "dev", ifname])?;
+        Self::parse(&out).with_context(|| format!("no counters for {ifname} in namespace {} in `ip -s -j link`: {out}", ns.name))
+    }
+
+    fn parse(json: &str) -> Option<Self> {
+        let links: serde_json::Value = serde_json::from_str(json).ok()?;
+        let stats = &links.get(0)?["stats64"];
+        let field = |dir: &str, what: &str| stats[dir][what].as_u64();
+        Some(Self { tx_packets: field("tx", "packets")?, tx_bytes: field("tx", "bytes")?, rx_packets: field("rx", "packets")?, rx_bytes: field("rx", "bytes")? })
+    }
+
+    /// What was counted since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            tx_packets: self.tx_packets - before.tx_packets,
+            tx_bytes: self.tx_bytes - before.tx_bytes,
+            rx_packets: self.rx_packets - before.rx_packets,
+            rx_bytes: self.rx_bytes - before.rx_bytes,
+        }
+    }
+
+    /// Bytes per packet sent (0 when none was).
+    pub fn tx_packet_bytes(self) -> f64 {
+        if self.tx_packets == 0 { 0.0 } else { self.tx_bytes as f64 / self.tx_packets as f64 }
+    }
+}
+
 /// The machine a figure was measured on: CPU model, vCPUs, kernel.
 pub fn machine_json() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -285,6 +328,17 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / ticks_per_second())
 }
 
+/// CPU seconds (user + system) of every child this process has waited
+/// for so far (`RUSAGE_CHILDREN`): the difference around one client
+/// program's run is that run's CPU.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// The CPU time the loaded BPF programs named `names` have run, summed
 /// over every program of those names: what XDP programs cost, which no
 /// process's CPU time shows (they run in softirq). Counted only while a
@@ -359,6 +413,18 @@ pub fn load_generator_topology(generator: &crate::netns::Netns, gateway: &crate:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ip -s -j link`'s counters, as iproute2 prints them.
+    #[test]
+    fn link_counters_come_from_ip_json() {
+        let json = r#"[{"ifindex":3,"ifname":"wan0","stats64":{"rx":{"bytes":5000,"packets":40,"errors":0},"tx":{"bytes":1048576,"packets":16,"errors":0}}}]"#;
+        let c = LinkCounters::parse(json).unwrap();
+        assert_eq!(c, LinkCounters { tx_packets: 16, tx_bytes: 1 << 20, rx_packets: 40, rx_bytes: 5000 });
+        assert_eq!(c.tx_packet_bytes(), 65536.0);
+        assert_eq!(c.since(LinkCounters { tx_packets: 6, tx_bytes: 0, rx_packets: 40, rx_bytes: 0 }).tx_packets, 10);
+        assert!(LinkCounters::parse("[]").is_none());
+        assert!(LinkCounters::parse(r#"[{"ifname":"wan0"}]"#).is_none());
+    }
 
     /// A thread that spins shows in the machine's busy time; softirq is a
     /// part of busy, never more.

@@ -56,6 +56,13 @@
 //! 6. The whole machine's CPU per GiB of (2), softirq apart (/proc/stat):
 //!    what a relay costs the client, the server and the kernel's packet
 //!    work, which (5) does not show.
+//! 7. Where (6) goes, per GiB of (2): the client's (curl's) and the
+//!    server's (nginx's) CPU, each with the softirq work that ran in its
+//!    turn; and on the gateway's WAN veth, the mean size of the packets the
+//!    gateway's stack sends the client (a veth counts a GSO packet once)
+//!    and the packets the client sends back. These show why a relay that
+//!    splices costs this lab more than one that copies: the client, on the
+//!    same two CPUs, receives the gateway's received pages by reference.
 //!
 //! Usage: proxy-bench [--quick] [--runs N] [--conn-seconds N]
 //! [--download-mib N] [--latency-samples N] [--idle-connections N] (root;
@@ -74,7 +81,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use nat_tests::{
-    bench::{MachineCpu, machine_json, median, percentile, process_cpu_seconds},
+    bench::{LinkCounters, MachineCpu, children_cpu_seconds, machine_json, median, percentile, process_cpu_seconds},
     tls::client_hello,
     inbound::Natd,
     natlab::{EXTERNAL, NatLab, host_addr, in_ns},
@@ -379,9 +386,32 @@ fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// What one timed download showed, per GiB where it is a cost.
+struct Transfer {
+    gbps: f64,
+    /// The proxy's own process.
+    proxy_cpu_s_per_gib: f64,
+    /// curl, and the server's nginx. With tick-based accounting (this
+    /// kernel has no IRQ_TIME_ACCOUNTING) a process's time includes the
+    /// softirq work that ran while it was on the CPU: these say whose
+    /// turn it was, which is where a relay's packet work lands.
+    client_cpu_s_per_gib: f64,
+    server_cpu_s_per_gib: f64,
+    /// Every CPU, softirq apart.
+    machine: MachineCpu,
+    /// The mean size of what the gateway's stack handed its WAN veth for
+    /// the client (a GSO packet counts once): a copy fills 64 KB packets
+    /// from fresh pages, a splice sends the received packets' own pieces,
+    /// at most 17 to a packet.
+    packet_to_client_bytes: f64,
+    /// Packets the client sent back (its ACKs, mostly): each one more
+    /// receive, XDP run and ACK processed on the gateway.
+    packets_from_client_per_gib: f64,
+}
+
 struct Bench {
     lab: NatLab,
-    _server: Process,
+    server: Process,
     natd: Option<Natd>,
     haproxy: Option<Process>,
     stream: Option<Process>,
@@ -397,7 +427,7 @@ impl Bench {
         let natd = Natd::start(&lab.gw, "lan0", "wan0", &natd_config())?;
         let haproxy = start_haproxy(&lab.gw)?;
         let stream = start_nginx_stream(&lab.gw)?;
-        let bench = Self { lab, _server: server, natd: Some(natd), haproxy: Some(haproxy), stream: Some(stream) };
+        let bench = Self { lab, server, natd: Some(natd), haproxy: Some(haproxy), stream: Some(stream) };
         for mode in Mode::ALL {
             bench.latency(mode, 3).with_context(|| format!("{} does not reach the server", mode.key()))?;
         }
@@ -417,6 +447,11 @@ impl Bench {
     /// which has none: its packets are the XDP program's).
     fn proxy_cpu(&self, mode: Mode) -> Result<f64> {
         self.pid(mode).map_or(Ok(0.0), process_cpu_seconds)
+    }
+
+    /// CPU seconds the server's nginx (one process) has used so far.
+    fn server_cpu(&self) -> Result<f64> {
+        process_cpu_seconds(self.server.pid().context("the server's nginx has exited")?)
     }
 
     /// A client program run in the client's namespace, pinned to
@@ -446,14 +481,27 @@ impl Bench {
         Ok((count / wall, cpu * 1e6 / count))
     }
 
-    /// One timed download of `bytes` over TLS: Gbit/s, and the proxy's and
-    /// the whole machine's CPU seconds per GiB.
-    fn throughput(&self, mode: Mode, bytes: u64) -> Result<(f64, f64, MachineCpu)> {
+    /// One timed download of `bytes` over TLS.
+    fn throughput(&self, mode: Mode, bytes: u64) -> Result<Transfer> {
         let machine_before = MachineCpu::now()?;
+        let wan_before = LinkCounters::read(&self.lab.gw, "wan0")?;
+        let server_before = self.server_cpu()?;
+        let client_before = children_cpu_seconds();
         let (gbps, cpu) = self.download(mode, bytes)?;
+        let client = children_cpu_seconds() - client_before;
+        let server = self.server_cpu()? - server_before;
+        let wan = LinkCounters::read(&self.lab.gw, "wan0")?.since(wan_before);
         let machine = MachineCpu::now()?.since(machine_before);
         let per_gib = BIG_LEN as f64 / bytes as f64;
-        Ok((gbps, cpu * per_gib, MachineCpu { busy: machine.busy * per_gib, softirq: machine.softirq * per_gib }))
+        Ok(Transfer {
+            gbps,
+            proxy_cpu_s_per_gib: cpu * per_gib,
+            client_cpu_s_per_gib: client * per_gib,
+            server_cpu_s_per_gib: server * per_gib,
+            machine: MachineCpu { busy: machine.busy * per_gib, softirq: machine.softirq * per_gib },
+            packet_to_client_bytes: wan.tx_packet_bytes(),
+            packets_from_client_per_gib: wan.rx_packets as f64 * per_gib,
+        })
     }
 
     /// The first `bytes` of the big file over TLS: Gbit/s, and the proxy's
@@ -572,6 +620,10 @@ fn main() -> Result<()> {
     let mut gib_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gib_machine: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut gib_softirq: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gib_client: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut gib_server: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut to_client_bytes: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut from_client_packets: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.runs {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
@@ -582,11 +634,15 @@ fn main() -> Result<()> {
                 conn.entry(mode).or_default().push(rate);
                 conn_cpu.entry(mode).or_default().push(cpu);
             }
-            let (rate, cpu, machine) = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
-            gbps.entry(mode).or_default().push(rate);
-            gib_cpu.entry(mode).or_default().push(cpu);
-            gib_machine.entry(mode).or_default().push(machine.busy);
-            gib_softirq.entry(mode).or_default().push(machine.softirq);
+            let transfer = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
+            gbps.entry(mode).or_default().push(transfer.gbps);
+            gib_cpu.entry(mode).or_default().push(transfer.proxy_cpu_s_per_gib);
+            gib_machine.entry(mode).or_default().push(transfer.machine.busy);
+            gib_softirq.entry(mode).or_default().push(transfer.machine.softirq);
+            gib_client.entry(mode).or_default().push(transfer.client_cpu_s_per_gib);
+            gib_server.entry(mode).or_default().push(transfer.server_cpu_s_per_gib);
+            to_client_bytes.entry(mode).or_default().push(transfer.packet_to_client_bytes);
+            from_client_packets.entry(mode).or_default().push(transfer.packets_from_client_per_gib);
             if handshakes {
                 latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
             }
@@ -622,6 +678,8 @@ fn main() -> Result<()> {
             "throughput": format!("curl pinned to CPU {CLIENT_CPU}, one {} download over TLS with SNI", plan.download_size()),
             "latency": "connect() to the first byte of the server's answer to a ClientHello with SNI",
             "proxy_cpu": "user + system time of the proxy's own process (/proc/<pid>/stat) over the timed part, per 1,000 connections and per GiB relayed (the download's, scaled to a GiB); kernel work done for it in softirq context on other CPUs is not in it",
+            "client_server_cpu": "user + system time of curl (getrusage of the waited child) and of the server's nginx over the download, per GiB; this kernel counts a softirq's time to the process it interrupted (no IRQ_TIME_ACCOUNTING), so these include the packet work that ran in their turn",
+            "wan_packets": "the gateway's WAN veth over the download (ip -s link): the mean bytes of a packet the gateway's stack sent the client (a GSO packet counts once) and the packets the client sent back per GiB",
             "machine_cpu": "busy time of all CPUs (/proc/stat: all but idle and iowait) over the download, per GiB: the proxy, the client, the server and every softirq; softirq apart, where the packets are received and the XDP programs run",
             "warm_up": "the server's 1 GiB file is read once (page cache), then every contender gets one untimed second of handshakes and 128 MiB, before anything is timed",
             "memory": "VmRSS growth of the proxy's process, started anew for each measurement, over idle relayed connections (their ClientHello relayed, the server's first flight back)",
@@ -636,6 +694,10 @@ fn main() -> Result<()> {
         "proxy_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_cpu, m))), &[&proxies[..], &[Mode::HaproxySplice]].concat()),
         "machine_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_machine, m))), &Mode::ALL),
         "machine_softirq_s_per_gib": per_mode(&|m| json!(round2(med(&gib_softirq, m))), &Mode::ALL),
+        "client_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_client, m))), &Mode::ALL),
+        "server_cpu_s_per_gib": per_mode(&|m| json!(round2(med(&gib_server, m))), &Mode::ALL),
+        "wan_packet_to_client_bytes": per_mode(&|m| json!(med(&to_client_bytes, m).round() as i64), &Mode::ALL),
+        "wan_packets_from_client_per_gib": per_mode(&|m| json!(med(&from_client_packets, m).round() as i64), &Mode::ALL),
         "idle_bytes_per_connection": per_mode(&|m| json!(med(&memory, m).round() as i64), &proxies),
         "idle_bytes_per_connection_samples": per_mode(&|m| json!(memory.get(&m)), &proxies),
         "ratio": {
@@ -699,6 +761,21 @@ fn markdown(r: &Value) -> Result<String> {
         md,
         "| of which softirq | {} s | {} s | {} s | {} s | - | - |",
         soft["natd"], soft["haproxy"], soft["nginx_stream"], soft["xdp_forward"]
+    )?;
+    for (label, key) in [("the client's (curl's) CPU per GiB", "client_cpu_s_per_gib"), ("the server's (nginx's) CPU per GiB", "server_cpu_s_per_gib")] {
+        let v = &r[key];
+        writeln!(md, "| {label}; H' | {} s | {} s; H' {} s | {} s | {} s | - | - |", v["natd"], v["haproxy"], v["haproxy_splice"], v["nginx_stream"], v["xdp_forward"])?;
+    }
+    let (to, from) = (&r["wan_packet_to_client_bytes"], &r["wan_packets_from_client_per_gib"]);
+    writeln!(
+        md,
+        "| mean packet to the client (WAN veth, GSO counted once); H' | {} B | {} B; H' {} B | {} B | {} B | - | - |",
+        to["natd"], to["haproxy"], to["haproxy_splice"], to["nginx_stream"], to["xdp_forward"]
+    )?;
+    writeln!(
+        md,
+        "| packets from the client per GiB (ACKs); H' | {} | {}; H' {} | {} | {} | - | - |",
+        from["natd"], from["haproxy"], from["haproxy_splice"], from["nginx_stream"], from["xdp_forward"]
     )?;
     row(&mut md, &format!("resident bytes per idle connection ({})", r["plan"]["idle_connections"]), "idle_bytes_per_connection", " B", "memory_x_vs_haproxy", "X/H <= 1")?;
     writeln!(md, "\nSetup: {}", r["setup"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("; ")).unwrap_or_default())?;
