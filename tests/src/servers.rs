@@ -1,7 +1,8 @@
 //! Real servers for the namespace tests and benchmarks: nginx in a
 //! namespace, which says who it is, logs who it saw, and can be stopped,
 //! frozen and started again as a failing server would; `openssl s_server`
-//! with a self-signed certificate of its own, for TLS.
+//! with a self-signed certificate of its own, for TLS; aioquic for QUIC;
+//! Python's `h2` for WebSocket over HTTP/2 at an HTTP/2 server.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -251,8 +252,7 @@ pub fn quic_peer_script() -> PathBuf {
 pub struct QuicServer {
     pub name: String,
     pub addr: SocketAddrV4,
-    dir: PathBuf,
-    child: Option<Child>,
+    _process: ScriptServer,
 }
 
 impl QuicServer {
@@ -263,39 +263,101 @@ impl QuicServer {
         std::fs::create_dir_all(&dir)?;
         // ECDSA P-256: what QUIC servers commonly present.
         self_signed_certificate(&dir, name, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
         let script = quic_peer_script();
         let listen = addr.to_string();
+        let args = ["server", "--listen", &listen, "--name", name, "--cert", "cert.pem", "--key", "key.pem"];
+        let process = ScriptServer::start(ns, dir, &script, &args, &format!("the aioquic server {name} on {addr}"), "aioquic")?;
+        Ok(Self { name: name.to_string(), addr, _process: process })
+    }
+}
+
+/// A Python test server (`python3 SCRIPT ARGS...`) in a namespace, run in
+/// its own directory with its output in server.log there; killed, and its
+/// directory removed, on drop.
+struct ScriptServer {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ScriptServer {
+    /// Starts it and waits (bounded) until it prints "ready" on a line of
+    /// its own. `module`: what the script needs from PyPI, for the error.
+    fn start(ns: &Netns, dir: PathBuf, script: &std::path::Path, args: &[&str], what: &str, module: &str) -> Result<Self> {
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let command: Vec<&str> = ["python3", script.to_str().context("the script's path")?].into_iter().chain(args.iter().copied()).collect();
         let child = ns
-            .command(&["python3", script.to_str().unwrap(), "server", "--listen", &listen, "--name", name, "--cert", "cert.pem", "--key", "key.pem"])
+            .command(&command)
             .current_dir(&dir)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting the aioquic server (python3 with aioquic: cargo xtask bootstrap installs it)")?;
-        let server = Self { name: name.to_string(), addr, dir, child: Some(child) };
+            .with_context(|| format!("starting {what} (python3 with {module}: cargo xtask bootstrap installs it)"))?;
+        let server = Self { dir, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
-            if log.contains("ready") {
+            let log = server.log();
+            if log.lines().any(|l| l.trim() == "ready") {
                 return Ok(server);
             }
             if log.contains("Error") {
-                bail!("the aioquic server {name} failed: {log}");
+                bail!("{what} failed: {log}");
             }
             thread::sleep(Duration::from_millis(50));
         }
-        bail!("the aioquic server {name} was not ready on {addr} within 10 s")
+        bail!("{what} was not ready within 10 s: {}", server.log())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
 
-impl Drop for QuicServer {
+impl Drop for ScriptServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP/2 server (cleartext, prior knowledge; `scripts/h2_server.py`,
+/// on Python's `h2`) on one address and port of a namespace, for
+/// WebSocket over HTTP/2 (RFC 8441) at a server natd speaks HTTP/2 to: it
+/// offers the extended CONNECT in its first SETTINGS unless started
+/// without (`offers_extended_connect`), answers a WebSocket's CONNECT with
+/// 200 and its stream's bytes with "NAME: " before them, any other request
+/// with "NAME PATH"; `requests` gives every header block it got.
+pub struct H2Server {
+    process: ScriptServer,
+}
+
+impl H2Server {
+    pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str, offers_extended_connect: bool) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-h2-{}-{}", ns.name, addr.ip(), addr.port()));
+        std::fs::create_dir_all(&dir)?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/h2_server.py");
+        let listen = addr.to_string();
+        let mut args = vec!["--listen", &listen, "--name", name];
+        if !offers_extended_connect {
+            args.push("--no-connect-protocol");
+        }
+        let process = ScriptServer::start(ns, dir, &script, &args, &format!("the h2 server {name} on {addr}"), "h2")?;
+        Ok(Self { process })
+    }
+
+    /// Every request's header block so far, in order, as (name, value).
+    pub fn requests(&self) -> Vec<Vec<(String, String)>> {
+        self.process
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                let fields = v.get("headers")?.as_array()?;
+                Some(fields.iter().filter_map(|f| Some((f.get(0)?.as_str()?.to_string(), f.get(1)?.as_str()?.to_string()))).collect())
+            })
+            .collect()
     }
 }
 

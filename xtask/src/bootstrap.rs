@@ -227,8 +227,9 @@ pub fn test_tools() -> Result<()> {
 /// QUIC proxy's client and server (aioquic; Debian's python3-aioquic is too
 /// old for the tests' API on some releases), and the ESP end-to-end test's
 /// peers (scapy's SecurityAssociation: this kernel has no ESP; it encrypts
-/// with the `cryptography` the pip-installed aioquic brings).
-const PYTHON_MODULES: &[(&str, &str)] = &[("aioquic>=1.0,<2", "aioquic"), ("scapy>=2.5,<3", "scapy")];
+/// with the `cryptography` the pip-installed aioquic brings), and the
+/// HTTP/2 server that takes WebSocket over HTTP/2 (`h2`, RFC 8441 since 4.0).
+const PYTHON_MODULES: &[(&str, &str)] = &[("aioquic>=1.0,<2", "aioquic"), ("scapy>=2.5,<3", "scapy"), ("h2>=4.1,<5", "h2")];
 
 /// Installs the missing Python modules with pip, for the `python3` the
 /// tests run (root only, as the packages).
@@ -252,7 +253,7 @@ fn python_modules() -> Result<()> {
     eprintln!("xtask: installing the Python modules {missing:?} with pip");
     let pip = |extra: &[&str]| run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(extra).args(&missing));
     // A distribution's own Python refuses user installs (PEP 668) unless told.
-    pip(&[]).or_else(|_| pip(&["--break-system-packages"])).context("installing the Python modules the QUIC and ESP tests need (aioquic, scapy) with pip")
+    pip(&[]).or_else(|_| pip(&["--break-system-packages"])).context("installing the Python modules the QUIC, ESP and HTTP/2 tests need (aioquic, scapy, h2) with pip")
 }
 
 pub fn euid() -> u32 {

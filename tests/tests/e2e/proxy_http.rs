@@ -18,7 +18,7 @@ use nat_tests::{
     natlab::{EXTERNAL, GW_LAN, IO_TIMEOUT, NatLab, SERVER, host_addr, in_ns},
     netns::Netns,
     require_root,
-    servers::Nginx,
+    servers::{H2Server, Nginx},
 };
 use nat_userspace::proxy::ProxyView;
 
@@ -1047,6 +1047,89 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
     .join()
     .unwrap()
     .unwrap();
-    assert!(!ok && body.contains("\"websocket\" is not carried"), "501 after the reload: {body:?}");
+    // These HTTP/1.1 servers, spoken to in HTTP/2 now, offer no extended
+    // CONNECT: 501, not a CONNECT they cannot take.
+    assert!(!ok && body.contains("which does not offer the extended CONNECT"), "501 after the reload: {body:?}");
     drop((blue, red));
+}
+
+#[test]
+fn websockets_over_http2_pass_to_http2_servers_that_offer_them() {
+    require_root!();
+    let mut lab = NatLab::new(2, false).unwrap();
+    let (h0, h1) = (host_addr(0), host_addr(1));
+    let blue = H2Server::start(&lab.hosts[0], SocketAddrV4::new(h0, 80), "h2-blue", true).unwrap();
+    let red = H2Server::start(&lab.hosts[1], SocketAddrV4::new(h1, 80), "h2-red", false).unwrap();
+    let config = format!(
+        "[[proxy]]\nport = 80\nkind = \"http\"\nserver_protocol = \"http2\"\nhello_timeout = 1\nidle_timeout = 5\nconnect_timeout = 2\n\
+         names = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
+    );
+    lab.start_natd_with_config(&config).unwrap();
+    let server_active = |server: Ipv4Addr| proxy_view(&lab, 80).servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
+
+    let (mut client, settings, said, get) = in_ns(&lab.server, || -> Result<_, String> {
+        let mut client = H2Client::open(80)?;
+        let settings = client.settings.clone();
+        let mut fields = websocket_connect("blue.example", "/chat", "websocket").to_vec();
+        fields.push(("sec-websocket-protocol", "chat, superchat"));
+        client.request(1, &fields, false)?;
+        let opened = client.response(1).map_err(|e| format!("response 1: {e}"))?;
+        if opened != (true, false) {
+            let (body, _) = if opened.1 { (Vec::new(), true) } else { client.data(1, |_| false)? };
+            return Err(format!("not 200 and open: {opened:?} {:?}", String::from_utf8_lossy(&body)));
+        }
+        let mut said = Vec::new();
+        for (i, pause) in [0, 1300].into_iter().enumerate() {
+            // Longer than hello_timeout: a tunnel's bytes are no request head.
+            thread::sleep(Duration::from_millis(pause));
+            said.push(client.exchange(1, &format!("hello {i}")).map_err(|e| format!("hello {i}: {e}"))?);
+        }
+        // A plain request beside the tunnel, on the same connections.
+        client.send(&h2_frame(H2Client::HEADERS, H2Client::END_HEADERS | H2Client::END_STREAM, 3, &h2_get("blue.example/plain")))?;
+        let (ok, _) = client.response(3)?;
+        let (body, _) = client.data(3, |_| false)?;
+        Ok((client, settings, said, (ok, String::from_utf8_lossy(&body).trim().to_string())))
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{:?}", lab.natd_log(), blue.requests()));
+    assert!(settings.contains(&(0x8, 1)), "natd offers the extended CONNECT to clients: {settings:?}");
+    assert_eq!(said, ["h2-blue: hello 0", "h2-blue: hello 1"], "the stream's bytes both ways");
+    assert_eq!(get, (true, "h2-blue /plain".to_string()));
+    let connect = blue.requests().into_iter().find(|r| r.contains(&(":method".into(), "CONNECT".into()))).expect("the CONNECT reached blue");
+    let field = |name: &str| connect.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or_default();
+    assert_eq!((field(":protocol"), field(":authority"), field(":path")), ("websocket", "blue.example", "/chat"), "passed on as it came: {connect:?}");
+    assert_eq!((field("sec-websocket-version"), field("sec-websocket-protocol")), ("13", "chat, superchat"), "{connect:?}");
+    assert_eq!(field("x-forwarded-for"), SERVER.to_string(), "{connect:?}");
+    assert!(field("forwarded").starts_with(&format!("for={SERVER}")), "{connect:?}");
+    assert_eq!(server_active(h0), 1, "the tunnel is a stream of natd's one connection to blue, not one of its own");
+
+    // red does not offer it: 501, once red's SETTINGS are in, and red never
+    // gets a `:protocol`; the tunnel and the connection go on.
+    let started = Instant::now();
+    let (refused, still, client) = in_ns(&lab.server, move || -> Result<_, String> {
+        client.request(5, &websocket_connect("red.example", "/chat", "websocket"), false)?;
+        let (ok, _) = client.response(5)?;
+        let (body, _) = client.data(5, |_| false)?;
+        let still = client.exchange(1, "still there")?;
+        Ok(((ok, String::from_utf8_lossy(&body).into_owned()), still, client))
+    })
+    .join()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.natd_log()));
+    assert!(!refused.0 && refused.1.contains("which does not offer the extended CONNECT"), "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "decided within connect_timeout: {:?}", started.elapsed());
+    assert!(red.requests().iter().all(|r| r.iter().all(|(n, _)| n != ":protocol")), "red got no extended CONNECT: {:?}", red.requests());
+    assert_eq!(still, "h2-blue: still there");
+
+    // The client's end ends the server's stream, whose end ends the client's.
+    let (rest, ended) = in_ns(&lab.server, move || -> Result<_, String> {
+        let mut client = client;
+        client.send(&h2_frame(H2Client::DATA, H2Client::END_STREAM, 1, &[]))?;
+        client.data(1, |_| false)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(rest.is_empty() && ended, "the stream ended with the server's: {rest:?}");
 }

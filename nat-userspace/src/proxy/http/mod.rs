@@ -66,7 +66,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::{
     Request, Response, StatusCode, Version,
     body::{Body, Frame, Incoming, SizeHint},
-    client::conn::{http1 as client_http1, http2 as client_http2},
+    client::conn::http1 as client_http1,
     header::{self, HeaderValue},
     service::service_fn,
     upgrade::OnUpgrade,
@@ -84,9 +84,9 @@ use tokio::{
 
 use self::{
     headers::{not_implemented, prepare, refusal_response, request_host, strip_hop_by_hop, upgrade_asked},
-    servers::{Again, Attempt, Pool, Sender, ServerConnection, ServerSender},
+    servers::{Again, Attempt, Pool, Sender, ServerConnection, ServerSender, http2_handshake},
     timing::{Activity, Expiry, Watched},
-    websocket::Handshake,
+    websocket::{Carried, Handshake},
 };
 use crate::{
     config::ServerProtocol,
@@ -149,11 +149,10 @@ pub(super) async fn serve(service: Arc<Service>, client: TcpStream, peer: Socket
     builder.http1().keep_alive(true).header_read_timeout(None);
     let mut http2 = builder.http2();
     http2.max_concurrent_streams(MAX_STREAMS);
-    // WebSocket over HTTP/2 (RFC 8441), offered where natd can carry it:
-    // to servers spoken to in HTTP/1.1.
-    if service.current().proxy.server_protocol == ServerProtocol::Http1 {
-        http2.enable_connect_protocol();
-    }
+    // WebSocket over HTTP/2 (RFC 8441): natd carries it to servers spoken
+    // to in HTTP/1.1, and to those in HTTP/2 that offer it themselves
+    // (a 501 for a server that does not).
+    http2.enable_connect_protocol();
     let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
     // The tunnel the connection became after a 101, once hyper let it go.
@@ -263,13 +262,14 @@ impl Conn {
             },
         };
         // WebSocket over HTTP/2 goes to an HTTP/1.1 server as its opening
-        // handshake; any other extended CONNECT, or one a reload left
-        // for HTTP/2 servers, natd cannot carry.
+        // handshake, to an HTTP/2 one as it came; any other extended
+        // CONNECT natd cannot carry.
         let websocket = match websocket::extended_connect(&request) {
             None => None,
-            Some(protocol) if websocket::is_websocket(protocol) && current.proxy.server_protocol == ServerProtocol::Http1 => {
-                Some(Handshake::new().map_err(|e| Refusal::Local(format!("a Sec-WebSocket-Key: {e}")))?)
-            }
+            Some(protocol) if websocket::is_websocket(protocol) => Some(match current.proxy.server_protocol {
+                ServerProtocol::Http1 => Carried::AsHandshake(Handshake::new().map_err(|e| Refusal::Local(format!("a Sec-WebSocket-Key: {e}")))?),
+                ServerProtocol::Http2 => Carried::AsStream,
+            }),
             Some(protocol) => return Ok((not_implemented(&format!("CONNECT for {:?}", protocol.as_str())).map(Either::Right), None)),
         };
         // An HTTP/2 server cannot switch protocols (RFC 9113 §8.6): the
@@ -277,7 +277,7 @@ impl Conn {
         let upgrade = upgrade_asked(&request).filter(|_| websocket.is_none() && current.proxy.server_protocol == ServerProtocol::Http1);
         let stream_upgrade = websocket.as_ref().map(|_| hyper::upgrade::on(&mut request));
         prepare(&mut request, self.peer, current.proxy.server_protocol);
-        if let Some(handshake) = &websocket {
+        if let Some(Carried::AsHandshake(handshake)) = &websocket {
             handshake.to_http1(&mut request);
         }
         let client_upgrade = upgrade.map(|protocols| {
@@ -290,6 +290,9 @@ impl Conn {
         let (request, again) = Again::keep(request);
         let (sender, backend) = self.sender(candidates.clone(), &current.proxy, host.as_deref(), Pool::Reuse).await?;
         let mut attempt = Attempt { sender, backend };
+        if let Some(refused) = self.unoffered(websocket.as_ref(), &attempt, &current.proxy).await {
+            return Ok((refused, None));
+        }
         let mut response = match attempt.send(request).await {
             Ok(response) => response,
             Err((error, unsent)) => {
@@ -306,6 +309,9 @@ impl Conn {
                 tracing::debug!("proxy {}: {} -> {failed} on a reused connection: sent again on a new one", self.service.name, self.peer);
                 let (sender, backend) = self.sender(candidates, &current.proxy, host.as_deref(), Pool::New).await?;
                 attempt = Attempt { sender, backend };
+                if let Some(refused) = self.unoffered(websocket.as_ref(), &attempt, &current.proxy).await {
+                    return Ok((refused, None));
+                }
                 attempt.send(request).await.map_err(|(error, _)| {
                     let why = format!("{}: {error}", attempt.backend.addr);
                     attempt.backend.note_failure(format!("request: {why}"));
@@ -315,15 +321,31 @@ impl Conn {
         };
         let Attempt { sender, backend } = attempt;
         let sender = sender.sender;
-        // A success that is no 101 is a server that did not switch: the
-        // client's 2xx would open a tunnel to nothing (RFC 8441 §5).
-        if websocket.is_some() && response.status().is_success() {
-            let why = format!("{}: {} to a WebSocket handshake, not 101", backend.addr, response.status());
-            backend.note_failure(format!("request: {why}"));
-            return Err(Refusal::ServerFailed(why));
-        }
-        if let (Some(handshake), Some(stream_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (&websocket, stream_upgrade, response.status()) {
-            return self.stream_tunnel(handshake, stream_upgrade, response, backend).map(|answer| (answer, None));
+        match (&websocket, stream_upgrade) {
+            // The server switched: once its accept is checked, the tunnel
+            // takes this server connection for itself.
+            (Some(Carried::AsHandshake(handshake)), Some(stream)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                if !handshake.accepted(&response) {
+                    let why = format!("{}: a 101 without the Sec-WebSocket-Accept of natd's key", backend.addr);
+                    backend.note_failure(format!("request: {why}"));
+                    return Err(Refusal::ServerFailed(why));
+                }
+                return Ok((self.stream_tunnel(stream, response, Some(backend)), None));
+            }
+            // A success that is no 101 is a server that did not switch: the
+            // client's 2xx would open a tunnel to nothing (RFC 8441 §5).
+            (Some(Carried::AsHandshake(_)), _) if response.status().is_success() => {
+                let why = format!("{}: {} to a WebSocket handshake, not 101", backend.addr, response.status());
+                backend.note_failure(format!("request: {why}"));
+                return Err(Refusal::ServerFailed(why));
+            }
+            // An HTTP/2 server's 200 opens the stream (hyper hands over a
+            // CONNECT's stream on 200 only): one stream of a connection
+            // that counts itself.
+            (Some(Carried::AsStream), Some(stream)) if response.status() == StatusCode::OK => {
+                return Ok((self.stream_tunnel(stream, response, None), None));
+            }
+            _ => {}
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -338,7 +360,7 @@ impl Conn {
             }
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             let server = self.tunnel_opened(backend);
-            let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
+            let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, Some(server))));
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
             return Ok((response.map(Either::Left), None));
         }
@@ -346,18 +368,22 @@ impl Conn {
         Ok((response.map(Either::Left), Some((backend.addr, sender))))
     }
 
-    /// The server switched to WebSocket for an HTTP/2 client's extended
-    /// CONNECT: once its accept is checked, the client's stream and that
-    /// server connection are relayed as one tunnel, while the client's
-    /// connection serves its other streams. The stream's answer: 200.
-    fn stream_tunnel(&self, handshake: &Handshake, stream: OnUpgrade, mut switching: Response<Incoming>, backend: &Backend) -> Result<Response<Answer>, Refusal> {
-        if !handshake.accepted(&switching) {
-            let why = format!("{}: a 101 without the Sec-WebSocket-Accept of natd's key", backend.addr);
-            backend.note_failure(format!("request: {why}"));
-            return Err(Refusal::ServerFailed(why));
-        }
-        let server_upgrade = hyper::upgrade::on(&mut switching);
-        let server = self.tunnel_opened(backend);
+    /// A WebSocket over HTTP/2 is open at its server (a checked 101 from an
+    /// HTTP/1.1 server, a 200 from an HTTP/2 one): the client's stream and
+    /// the server's side are relayed as one tunnel, while the client's
+    /// connection serves its other streams. `own`: the server whose
+    /// connection the tunnel takes for itself, counted as that server's
+    /// while it lasts (none for an HTTP/2 server's stream: its connection
+    /// counts itself). The stream's answer: 200.
+    fn stream_tunnel(&self, stream: OnUpgrade, mut opened: Response<Incoming>, own: Option<&Backend>) -> Response<Answer> {
+        let server_upgrade = hyper::upgrade::on(&mut opened);
+        let server = match own {
+            Some(backend) => Some(self.tunnel_opened(backend)),
+            None => {
+                self.activity.tunnel_opened();
+                None
+            }
+        };
         let activity = Arc::clone(&self.activity);
         let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
         // The ended ones' results are of no use: reaped here, so the set
@@ -368,7 +394,19 @@ impl Conn {
             activity.tunnel_closed();
             relayed
         });
-        Ok(websocket::answer(&switching, Either::Right(Full::new(Bytes::new()))))
+        websocket::answer(&opened, Either::Right(Full::new(Bytes::new())))
+    }
+
+    /// 501 for a WebSocket that goes as it came (`Carried::AsStream`) to a
+    /// server that has not offered the extended CONNECT (RFC 8441 §4: no
+    /// `:protocol` before it does); its SETTINGS are awaited at most
+    /// `connect_timeout`. None: the request may go.
+    async fn unoffered(&self, websocket: Option<&Carried>, attempt: &Attempt<'_>, proxy: &crate::config::Proxy) -> Option<Response<Answer>> {
+        if !matches!(websocket, Some(Carried::AsStream)) || attempt.sender.sender.takes_extended_connect(proxy.connect_timeout).await {
+            return None;
+        }
+        let what = format!("WebSocket over HTTP/2 to {}, which does not offer the extended CONNECT (RFC 8441),", attempt.backend.addr);
+        Some(not_implemented(&what).map(Either::Right))
     }
 
     /// A tunnel through `backend` opens: the client's connection is timed
@@ -424,12 +462,12 @@ impl Conn {
                 ServerSender::Http1(sender)
             }
             ServerProtocol::Http2 => {
-                let (sender, connection) = client_http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(failed)?;
+                let (sender, driver) = http2_handshake(stream).await.map_err(failed)?;
+                let settle = proxy.connect_timeout;
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    let _ = driver.drive(settle).await;
                     drop(server);
                 });
-                let sender = ServerSender::Http2(sender);
                 // At once, for the client's concurrent streams.
                 if let Some(shared) = sender.shared() {
                     self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(backend.addr, shared);
@@ -442,11 +480,12 @@ impl Conn {
 }
 
 /// Relays an upgraded connection both ways once hyper has handed over
-/// both sockets (the client's after the 101 is written, with anything it
-/// sent behind the request; the server's with anything behind the 101).
-/// Ends when both sides have closed, or at the first error; `server` is
-/// counted until then, or until the task is stopped.
-async fn tunnel(client: OnUpgrade, server: OnUpgrade, _counted: ServerConnection) -> io::Result<(u64, u64)> {
+/// both sides (the client's after the 101 or its stream's 200 is written,
+/// with anything it sent behind the request; the server's with anything
+/// behind its answer). Ends when both sides have closed, or at the first
+/// error; the server connection the tunnel took, if any, is counted until
+/// then, or until the task is stopped.
+async fn tunnel(client: OnUpgrade, server: OnUpgrade, _counted: Option<ServerConnection>) -> io::Result<(u64, u64)> {
     let (client, server) = tokio::try_join!(client, server).map_err(io::Error::other)?;
     let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
     tokio::io::copy_bidirectional(&mut client, &mut server).await

@@ -5,6 +5,7 @@
 use std::{
     net::SocketAddrV4,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use http_body_util::{Either, Empty};
@@ -12,6 +13,12 @@ use hyper::{
     HeaderMap, Request, Response, Uri, Version,
     body::{Body as _, Incoming},
     client::conn::{TrySendError, http1 as client_http1, http2 as client_http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::TcpStream,
+    sync::{Notify, watch},
+    time::{Instant, MissedTickBehavior, interval, timeout},
 };
 
 use super::Outgoing;
@@ -24,21 +31,21 @@ use crate::{
 /// request at a time, or HTTP/2, every stream of the client at once.
 pub(super) enum ServerSender {
     Http1(client_http1::SendRequest<Outgoing>),
-    Http2(client_http2::SendRequest<Outgoing>),
+    Http2(client_http2::SendRequest<Outgoing>, ConnectOffer),
 }
 
 impl ServerSender {
     pub(super) async fn ready(&mut self) -> hyper::Result<()> {
         match self {
             Self::Http1(sender) => sender.ready().await,
-            Self::Http2(sender) => sender.ready().await,
+            Self::Http2(sender, _) => sender.ready().await,
         }
     }
 
     pub(super) fn speaks(&self) -> ServerProtocol {
         match self {
             Self::Http1(_) => ServerProtocol::Http1,
-            Self::Http2(_) => ServerProtocol::Http2,
+            Self::Http2(..) => ServerProtocol::Http2,
         }
     }
 
@@ -47,14 +54,105 @@ impl ServerSender {
     pub(super) fn shared(&self) -> Option<Self> {
         match self {
             Self::Http1(_) => None,
-            Self::Http2(sender) => Some(Self::Http2(sender.clone())),
+            Self::Http2(sender, offer) => Some(Self::Http2(sender.clone(), offer.clone())),
         }
     }
 
     pub(super) async fn try_send_request(&mut self, request: Request<Outgoing>) -> Result<Response<Incoming>, TrySendError<Request<Outgoing>>> {
         match self {
             Self::Http1(sender) => sender.try_send_request(request).await,
-            Self::Http2(sender) => sender.try_send_request(request).await,
+            Self::Http2(sender, _) => sender.try_send_request(request).await,
+        }
+    }
+
+    /// Whether the server takes WebSocket over HTTP/2 as it comes (RFC 8441
+    /// §3): an HTTP/2 server that offered the extended CONNECT, awaited at
+    /// most `within` (see `ConnectOffer::offered`).
+    pub(super) async fn takes_extended_connect(&self, within: Duration) -> bool {
+        match self {
+            Self::Http1(_) => false,
+            Self::Http2(_, offer) => offer.offered(within).await,
+        }
+    }
+}
+
+/// Whether an HTTP/2 server has offered the extended CONNECT
+/// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441 §3): natd may send
+/// `:protocol` only then (§4). Only the connection's driver sees the
+/// server's SETTINGS (`Http2Driver`); this asks it.
+#[derive(Clone)]
+pub(super) struct ConnectOffer {
+    /// None until the driver knows: Some(true) once the server offered it,
+    /// Some(false) if it had not by `connect_timeout` after the handshake.
+    known: watch::Receiver<Option<bool>>,
+    asked: Arc<Notify>,
+}
+
+impl ConnectOffer {
+    /// Whether the server offered it: at once if that is known, else once
+    /// the driver, asked, has seen it or given up (at most `within`). A
+    /// connection that ends meanwhile has not.
+    async fn offered(&self, within: Duration) -> bool {
+        if let Some(known) = *self.known.borrow() {
+            return known;
+        }
+        self.asked.notify_one();
+        let mut known = self.known.clone();
+        match timeout(within, known.wait_for(Option::is_some)).await {
+            Ok(Ok(known)) => *known == Some(true),
+            _ => false,
+        }
+    }
+}
+
+/// How often the driver looks at the server's SETTINGS while asked.
+const LOOK_EVERY: Duration = Duration::from_millis(2);
+
+/// An HTTP/2 server connection: what sends on it, and its driver, to be
+/// run to the connection's end (`drive`).
+pub(super) async fn http2_handshake(stream: TcpStream) -> hyper::Result<(ServerSender, Http2Driver)> {
+    let (sender, connection) = client_http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    let (known, offer) = watch::channel(None);
+    let asked = Arc::new(Notify::new());
+    Ok((ServerSender::Http2(sender, ConnectOffer { known: offer, asked: Arc::clone(&asked) }), Http2Driver { connection, known, asked }))
+}
+
+/// What runs an HTTP/2 server connection: hyper's driver, which alone
+/// answers whether the server offered the extended CONNECT.
+pub(super) struct Http2Driver {
+    connection: client_http2::Connection<TokioIo<TcpStream>, Outgoing, TokioExecutor>,
+    known: watch::Sender<Option<bool>>,
+    asked: Arc<Notify>,
+}
+
+impl Http2Driver {
+    /// Runs the connection until it ends. hyper reads the frames in a task
+    /// of its own, and nothing wakes this one when the server's SETTINGS
+    /// come: once asked, it looks every `LOOK_EVERY` until the server has
+    /// offered the extended CONNECT or `settle` since the handshake has
+    /// passed (the server's SETTINGS are its first frame; an offer in a
+    /// later one is not looked for).
+    pub(super) async fn drive(self, settle: Duration) -> hyper::Result<()> {
+        let Self { connection, known, asked } = self;
+        let settled_by = Instant::now() + settle;
+        let mut connection = std::pin::pin!(connection);
+        let mut looking = false;
+        let mut look = interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                ended = connection.as_mut() => return ended,
+                () = asked.notified(), if known.borrow().is_none() => looking = true,
+                _ = look.tick(), if looking => {
+                    if connection.is_extended_connect_protocol_enabled() {
+                        known.send_replace(Some(true));
+                        looking = false;
+                    } else if Instant::now() >= settled_by {
+                        known.send_replace(Some(false));
+                        looking = false;
+                    }
+                }
+            }
         }
     }
 }
@@ -143,5 +241,45 @@ impl Drop for ServerConnection {
         if let Some(backend) = self.service.current().routes.backends.iter().find(|b| b.addr == self.addr) {
             backend.active.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::test_support::rt;
+
+    fn unknown_offer() -> (watch::Sender<Option<bool>>, Arc<Notify>, ConnectOffer) {
+        let (known, receiver) = watch::channel(None);
+        let asked = Arc::new(Notify::new());
+        (known, Arc::clone(&asked), ConnectOffer { known: receiver, asked })
+    }
+
+    /// Not yet known: the driver is asked and its answer awaited; once
+    /// known, answered at once; never known: false after `within`.
+    #[test]
+    fn an_offer_is_asked_of_the_driver_then_known() {
+        rt().block_on(async {
+            let (known, asked, offer) = unknown_offer();
+            let driver = tokio::spawn(async move {
+                asked.notified().await;
+                known.send_replace(Some(true));
+                known
+            });
+            assert!(offer.offered(Duration::from_secs(5)).await, "the driver's answer");
+            let _known = driver.await.unwrap();
+            let started = Instant::now();
+            assert!(offer.offered(Duration::from_secs(5)).await);
+            assert!(started.elapsed() < Duration::from_millis(100), "known, so not asked again");
+
+            let (_known, _asked, silent) = unknown_offer();
+            let started = Instant::now();
+            assert!(!silent.offered(Duration::from_millis(200)).await, "no answer: not offered");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+
+            let (known, _asked, ended) = unknown_offer();
+            drop(known);
+            assert!(!ended.offered(Duration::from_secs(5)).await, "a connection that ended has not offered it");
+        });
     }
 }

@@ -1,8 +1,11 @@
-//! WebSocket over HTTP/2 (RFC 8441) to servers spoken to in HTTP/1.1, as
-//! HAProxy does it: a client's extended CONNECT (`:protocol = websocket`)
-//! becomes an HTTP/1.1 opening handshake (RFC 6455 §4.1) to its host's
-//! server, and the server's 101 a 200 on the client's stream, whose DATA
-//! frames then carry the WebSocket's bytes.
+//! WebSocket over HTTP/2 (RFC 8441), as HAProxy carries it. To servers
+//! spoken to in HTTP/1.1, a client's extended CONNECT (`:protocol =
+//! websocket`) becomes an HTTP/1.1 opening handshake (RFC 6455 §4.1) to
+//! its host's server, and the server's 101 a 200 on the client's stream,
+//! whose DATA frames then carry the WebSocket's bytes. To servers spoken
+//! to in HTTP/2, it goes as it came, once the server has offered the
+//! extended CONNECT in its SETTINGS, and the server's 200 opens the
+//! stream both ways.
 //!
 //! An HTTP/2 client sends no `Sec-WebSocket-Key` (RFC 8441 §5), so natd
 //! makes one and checks the server's `Sec-WebSocket-Accept` against it: a
@@ -34,6 +37,16 @@ pub(super) fn extended_connect<B>(request: &Request<B>) -> Option<&Protocol> {
 /// (others, such as RFC 9298's connect-udp, get 501).
 pub(super) fn is_websocket(protocol: &Protocol) -> bool {
     protocol.as_str().eq_ignore_ascii_case("websocket")
+}
+
+/// How a client's WebSocket over HTTP/2 reaches its server.
+pub(super) enum Carried {
+    /// To a server spoken to in HTTP/1.1: as the opening handshake natd
+    /// makes for it.
+    AsHandshake(Handshake),
+    /// To a server spoken to in HTTP/2: as the client sent it (`:protocol`
+    /// kept), if that server offers the extended CONNECT.
+    AsStream,
 }
 
 /// One opening handshake natd makes for an HTTP/2 client.
