@@ -5,8 +5,17 @@
 //! Each side's end of data is passed on as a shutdown of the other side's
 //! write half, as `copy_bidirectional` does; an error on either direction
 //! (a reset) ends both.
+//!
+//! A direction's pipe that is empty when the direction ends (at its end of
+//! data, or at a reset between two reads, as most do) is kept for a next
+//! relay (`PIPES_KEPT` a thread, as HAProxy keeps pipes up to `maxpipes`):
+//! making and closing two pipes was six of a relayed TLS connection's ~34
+//! system calls in natd (strace over `proxy-bench`'s handshakes), and a
+//! kept pipe costs one (FIONREAD, to know it is empty). A pipe that holds
+//! bytes is closed.
 
 use std::{
+    cell::RefCell,
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::atomic::{AtomicU64, Ordering},
@@ -18,6 +27,18 @@ use tokio::{io::Interest, net::TcpStream, time::Instant};
 /// Bytes one splice call may move: the pipe's default capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
 
+/// Empty pipes each proxy thread keeps for its next relays: at most 16
+/// (32 descriptors, and a few KiB of kernel memory each), enough for the
+/// connections a busy proxy opens between two of its relays' ends.
+const PIPES_KEPT: usize = 16;
+
+thread_local! {
+    /// This thread's kept pipes. Per thread, so taking one locks nothing;
+    /// a relay may end on another thread than it began, and its pipes are
+    /// kept there.
+    static KEPT: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A non-blocking pipe: what a direction's bytes pass through.
 struct Pipe {
     read: OwnedFd,
@@ -25,6 +46,11 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// A kept pipe, or a new one.
+    fn take() -> io::Result<Self> {
+        KEPT.try_with(|kept| kept.borrow_mut().pop()).ok().flatten().map_or_else(Self::new, Ok)
+    }
+
     fn new() -> io::Result<Self> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 fills two descriptors, which are then owned here.
@@ -33,6 +59,38 @@ impl Pipe {
         }
         // SAFETY: fresh descriptors nothing else owns.
         Ok(unsafe { Self { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } })
+    }
+
+    /// Keeps this pipe for a next relay if it is empty (its next relay
+    /// would get what it holds) and fewer than `PIPES_KEPT` are kept; else
+    /// closes it.
+    fn keep_if_empty(self) {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes the bytes the pipe holds into the int.
+        let asked = unsafe { libc::ioctl(self.read.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        if asked != 0 || queued != 0 {
+            return;
+        }
+        // A thread that is ending has no kept pipes any more: this one closes.
+        let _ = KEPT.try_with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.len() < PIPES_KEPT {
+                kept.push(self);
+            }
+        });
+    }
+}
+
+/// A direction's pipe, kept if empty (`Pipe::keep_if_empty`) however the
+/// direction ends: done, failed, or dropped midway (the other direction
+/// failed, or the idle timeout).
+struct Lease(Option<Pipe>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.0.take() {
+            pipe.keep_if_empty();
+        }
     }
 }
 
@@ -47,7 +105,8 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// One direction until `from` ends (then `to`'s write half is shut down)
 /// or fails; notes in `last_read_ms` when bytes last came in.
 async fn pump(from: &TcpStream, to: &TcpStream, last_read_ms: &AtomicU64, epoch: Instant) -> io::Result<()> {
-    let pipe = Pipe::new()?;
+    let lease = Lease(Some(Pipe::take()?));
+    let pipe = lease.0.as_ref().expect("a lease holds its pipe until dropped");
     loop {
         // The pipe is empty here: EAGAIN can only mean the socket has no data.
         let n = loop {
@@ -142,6 +201,64 @@ mod tests {
             let ((), ()) = (to_server, to_client);
             assert!(at_server == data && at_client == data, "{} and {} bytes", at_server.len(), at_client.len());
             assert!(!relay.await.unwrap().unwrap(), "ended by the closes, not idle");
+        });
+    }
+
+    /// The fds of this thread's kept pipes, and whether each is empty.
+    fn kept() -> Vec<(RawFd, bool)> {
+        KEPT.with_borrow(|kept| {
+            kept.iter()
+                .map(|p| {
+                    let mut queued: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes the bytes queued into the int.
+                    unsafe { libc::ioctl(p.read.as_raw_fd(), libc::FIONREAD, &mut queued) };
+                    (p.read.as_raw_fd(), queued == 0)
+                })
+                .collect()
+        })
+    }
+
+    /// A relay ended by both closes keeps its two (empty) pipes, and the
+    /// next relay takes them instead of making new ones; a relay ended by a
+    /// reset keeps no pipe with bytes in it.
+    #[test]
+    fn pipes_of_a_relay_that_ended_are_kept_empty_and_taken_again() {
+        rt().block_on(async {
+            KEPT.with_borrow_mut(Vec::clear);
+            let relay_once = || async {
+                let (mut client, natd_client) = pair().await;
+                let (mut server, natd_server) = pair().await;
+                let relay = tokio::spawn(async move { splice_until_idle(&natd_client, &natd_server, Duration::from_secs(10)).await });
+                client.write_all(b"hello").await.unwrap();
+                let mut got = [0u8; 5];
+                server.read_exact(&mut got).await.unwrap();
+                client.shutdown().await.unwrap();
+                server.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                client.read_to_end(&mut rest).await.unwrap();
+                relay.await.unwrap().unwrap();
+            };
+            relay_once().await;
+            let first = kept();
+            assert_eq!(first.len(), 2, "both directions' pipes kept: {first:?}");
+            assert!(first.iter().all(|&(_, empty)| empty), "{first:?}");
+            relay_once().await;
+            let mut again: Vec<RawFd> = kept().iter().map(|&(fd, _)| fd).collect();
+            let mut before: Vec<RawFd> = first.iter().map(|&(fd, _)| fd).collect();
+            again.sort();
+            before.sort();
+            assert_eq!(again, before, "the second relay took the kept pipes and gave them back");
+
+            // A server that resets while the client's bytes are on their way.
+            let (mut client, natd_client) = pair().await;
+            let (server, natd_server) = pair().await;
+            let relay = tokio::spawn(async move { splice_until_idle(&natd_client, &natd_server, Duration::from_secs(10)).await });
+            server.set_zero_linger().unwrap();
+            drop(server);
+            let _ = client.write_all(&vec![7u8; 1 << 20]).await;
+            assert!(tokio::time::timeout(Duration::from_secs(2), relay).await.unwrap().unwrap().is_err());
+            assert!(kept().iter().all(|&(_, empty)| empty), "no pipe kept with bytes in it: {:?}", kept());
+            assert!(kept().len() <= 2, "a failed relay keeps no more than it took: {:?}", kept());
         });
     }
 
