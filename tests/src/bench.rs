@@ -129,6 +129,26 @@ impl LinkCounters {
     }
 }
 
+/// Runs `attach`, an XDP attach, again while it fails with EBUSY, for at
+/// most 2 s: right after a natd exits, its XDP program may still hold the
+/// interface for a moment (seen once, in a full `cargo xtask bench`: the
+/// kernel reference's XDP_PASS attach failed with "Device or resource
+/// busy" just after natd's exit was reaped).
+pub fn attach_when_free<T>(what: &str, mut attach: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match attach() {
+            Err(e) if std::time::Instant::now() < deadline && is_busy(&e) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            other => return other.with_context(|| format!("attaching {what}")),
+        }
+    }
+}
+
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EBUSY))
+}
+
 /// The machine a figure was measured on: CPU model, vCPUs, kernel.
 pub fn machine_json() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -413,6 +433,25 @@ pub fn load_generator_topology(generator: &crate::netns::Netns, gateway: &crate:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A busy hook is tried again, anything else given up at once.
+    #[test]
+    fn attach_when_free_retries_only_while_busy() {
+        let busy = || anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EBUSY)).context("`bpf_link_create` failed");
+        let mut tries = 0;
+        let attached = attach_when_free("a test program", || {
+            tries += 1;
+            if tries < 3 { Err(busy()) } else { Ok(tries) }
+        });
+        assert_eq!(attached.unwrap(), 3);
+        let mut tries = 0;
+        let refused = attach_when_free("a test program", || -> anyhow::Result<()> {
+            tries += 1;
+            Err(anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EINVAL)))
+        });
+        assert!(refused.is_err() && tries == 1, "{refused:?} after {tries}");
+        assert!(format!("{:#}", refused.unwrap_err()).starts_with("attaching a test program"));
+    }
 
     /// `ip -s -j link`'s counters, as iproute2 prints them.
     #[test]

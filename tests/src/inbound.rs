@@ -205,7 +205,8 @@ impl XdpPass {
         let ifindexes = ifnames.iter().map(|i| ns.ifindex(i)).collect::<Result<Vec<_>>>()?;
         let _in_ns = ns.enter()?;
         for ifindex in ifindexes {
-            let link = Self::program(&mut self.bench)?.attach_to_if_index(ifindex, XdpMode::Driver).context("attaching XDP_PASS")?;
+            let bench = &mut self.bench;
+            let link = crate::bench::attach_when_free("XDP_PASS", || Ok(Self::program(bench)?.attach_to_if_index(ifindex, XdpMode::Driver)?))?;
             self.links.push(link);
         }
         Ok(())

@@ -29,7 +29,7 @@ use aya::{
 };
 use nat_common::bench::names;
 use nat_tests::{
-    bench::{median, percentile},
+    bench::{attach_when_free, median, percentile},
     natlab::{EchoServer, NatLab, SERVER, host_addr, in_ns},
     packet::Frame,
 };
@@ -400,7 +400,8 @@ impl KernelNat {
         {
             let _in_gw = lab.gw.enter()?;
             for ifindex in [self.lan0, self.wan0] {
-                let link = pass_program(&mut self.bench)?.attach_to_if_index(ifindex, XdpMode::Driver)?;
+                let bench = &mut self.bench;
+                let link = attach_when_free("XDP_PASS for the kernel's NAT", || Ok(pass_program(bench)?.attach_to_if_index(ifindex, XdpMode::Driver)?))?;
                 self.links.push(link);
             }
         }
