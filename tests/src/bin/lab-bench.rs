@@ -29,7 +29,7 @@ use aya::{
 };
 use nat_common::bench::names;
 use nat_tests::{
-    bench::{attach_when_free, median, percentile},
+    bench::{LinkCounters, attach_when_free, median, percentile},
     natlab::{EchoServer, NatLab, SERVER, host_addr, in_ns},
     packet::Frame,
 };
@@ -352,7 +352,7 @@ fn settled(count: impl Fn() -> usize) -> usize {
 
 /// `rx_packets` of an interface of the gateway namespace.
 fn rx_packets(lab: &NatLab, ifname: &str) -> Result<u64> {
-    Ok(lab.gw.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/rx_packets")])?.trim().parse()?)
+    Ok(LinkCounters::read(&lab.gw, ifname)?.rx_packets)
 }
 
 /// Every `natd stats` counter (datapath and daemon) that changed, with by

@@ -613,17 +613,10 @@ fn main() -> Result<()> {
     bench.warm_up()?;
     eprintln!("proxy-bench: warmed up ({:.0} s)", started.elapsed().as_secs_f64());
     let mut conn: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gbps: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+    let mut transfers: BTreeMap<Mode, Vec<Transfer>> = BTreeMap::new();
     let mut latency: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut memory: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     let mut conn_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gib_cpu: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gib_machine: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gib_softirq: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gib_client: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut gib_server: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut to_client_bytes: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-    let mut from_client_packets: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.runs {
         for i in 0..Mode::ALL.len() {
             let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
@@ -634,15 +627,7 @@ fn main() -> Result<()> {
                 conn.entry(mode).or_default().push(rate);
                 conn_cpu.entry(mode).or_default().push(cpu);
             }
-            let transfer = bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?;
-            gbps.entry(mode).or_default().push(transfer.gbps);
-            gib_cpu.entry(mode).or_default().push(transfer.proxy_cpu_s_per_gib);
-            gib_machine.entry(mode).or_default().push(transfer.machine.busy);
-            gib_softirq.entry(mode).or_default().push(transfer.machine.softirq);
-            gib_client.entry(mode).or_default().push(transfer.client_cpu_s_per_gib);
-            gib_server.entry(mode).or_default().push(transfer.server_cpu_s_per_gib);
-            to_client_bytes.entry(mode).or_default().push(transfer.packet_to_client_bytes);
-            from_client_packets.entry(mode).or_default().push(transfer.packets_from_client_per_gib);
+            transfers.entry(mode).or_default().push(bench.throughput(mode, plan.download_bytes()).with_context(|| what("throughput"))?);
             if handshakes {
                 latency.entry(mode).or_default().extend(bench.latency(mode, plan.latency_samples).with_context(|| what("latency"))?);
             }
@@ -659,6 +644,16 @@ fn main() -> Result<()> {
         }
         eprintln!("proxy-bench: memory round {round} done ({:.0} s)", started.elapsed().as_secs_f64());
     }
+    // One figure of every download, per contender, in round order.
+    let of_transfers = |figure: fn(&Transfer) -> f64| -> BTreeMap<Mode, Vec<f64>> { transfers.iter().map(|(&mode, all)| (mode, all.iter().map(figure).collect())).collect() };
+    let gbps = of_transfers(|t| t.gbps);
+    let gib_cpu = of_transfers(|t| t.proxy_cpu_s_per_gib);
+    let gib_machine = of_transfers(|t| t.machine.busy);
+    let gib_softirq = of_transfers(|t| t.machine.softirq);
+    let gib_client = of_transfers(|t| t.client_cpu_s_per_gib);
+    let gib_server = of_transfers(|t| t.server_cpu_s_per_gib);
+    let to_client_bytes = of_transfers(|t| t.packet_to_client_bytes);
+    let from_client_packets = of_transfers(|t| t.packets_from_client_per_gib);
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode: Mode| samples.get(&mode).map_or(0.0, |v| median(&mut v.clone()));
     let pct = |mode: Mode, p: f64| latency.get(&mode).map_or(0.0, |v| percentile(&mut v.clone(), p));
     let round2 = |v: f64| (v * 100.0).round() / 100.0;

@@ -20,7 +20,7 @@ use nat_tests::{
     require_root,
     servers::{H2Server, Nginx},
 };
-use nat_userspace::proxy::ProxyView;
+use nat_userspace::proxy::{ProxyServerView, ProxyView};
 
 fn nginx_on(lab: &NatLab, i: usize, name: &str) -> Nginx {
     Nginx::start(&lab.hosts[i], SocketAddrV4::new(host_addr(i), 80), name).unwrap()
@@ -29,6 +29,16 @@ fn nginx_on(lab: &NatLab, i: usize, name: &str) -> Nginx {
 fn proxy_view(lab: &NatLab, port: u16) -> ProxyView {
     let views = lab.proxies().unwrap();
     views.into_iter().find(|p| p.listen.ends_with(&format!(":{port}"))).unwrap_or_else(|| panic!("no proxy on port {port} in natd proxies"))
+}
+
+/// `server`:80 as `view` shows it (None: not one of the proxy's servers).
+fn server_in(view: &ProxyView, server: Ipv4Addr) -> Option<&ProxyServerView> {
+    view.servers.iter().find(|s| s.server == format!("{server}:80"))
+}
+
+/// The connections natd has open now to `server`:80 for the proxy on 80.
+fn server_active(lab: &NatLab, server: Ipv4Addr) -> u64 {
+    server_in(&proxy_view(lab, 80), server).map_or(0, |s| s.active)
 }
 
 fn refused(view: &ProxyView, reason: &str) -> u64 {
@@ -191,7 +201,7 @@ fn hosts_reach_their_servers_per_request_with_the_client_in_forwarded_headers() 
     assert_eq!(refused(&view, "unknown_name"), 4, "{view:?}");
     assert_eq!(refused(&view, "no_name"), 2, "{view:?}");
     assert_eq!(refused(&view, "bad_request"), 1, "{view:?}");
-    let served = |server: Ipv4Addr| view.servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.total);
+    let served = |server: Ipv4Addr| server_in(&view, server).map_or(0, |s| s.total);
     assert_eq!((served(h0), served(h1)), (blue.requests().len() as u64 - 1, red.requests().len() as u64), "requests, per server: {view:?}");
     let text = lab.natd_cli(&["proxies"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
@@ -593,8 +603,7 @@ fn websocket_upgrades_become_tunnels_to_the_hosts_server_and_h2c_is_not_passed_o
 
     // The open tunnel is a connection of the client's and of the server's.
     let view = proxy_view(&lab, 80);
-    let server_active = |view: &ProxyView, server: Ipv4Addr| view.servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
-    assert_eq!((view.active, server_active(&view, h0)), (1, 1), "{view:?}");
+    assert_eq!((view.active, server_in(&view, h0).map_or(0, |s| s.active)), (1, 1), "{view:?}");
 
     // A silent tunnel is closed after idle_timeout; and the counts go.
     let mut blue_stream = blue_stream;
@@ -603,7 +612,8 @@ fn websocket_upgrades_become_tunnels_to_the_hosts_server_and_h2c_is_not_passed_o
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let view = proxy_view(&lab, 80);
-        if (view.active, server_active(&view, h0), server_active(&view, h1)) == (0, 0, 0) {
+        let active = |server| server_in(&view, server).map_or(0, |s| s.active);
+        if (view.active, active(h0), active(h1)) == (0, 0, 0) {
             break;
         }
         assert!(Instant::now() < deadline, "tunnels closed, nothing active: {view:?}");
@@ -953,7 +963,6 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
         "[[proxy]]\nport = 80\nkind = \"http\"\nhello_timeout = 1\nidle_timeout = 5\nnames = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
     );
     lab.start_natd_with_config(&config).unwrap();
-    let server_active = |server: Ipv4Addr| proxy_view(&lab, 80).servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
 
     let (mut client, settings) = in_ns(&lab.server, || -> Result<_, String> {
         let mut client = H2Client::open(80).map_err(|e| format!("open: {e}"))?;
@@ -984,7 +993,7 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
     }
     let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).unwrap_or_default();
     assert_eq!(key.len(), 24, "a key of 16 bytes, base64: {head}");
-    assert_eq!((server_active(h0), server_active(h1)), (1, 1), "each tunnel is its server's connection");
+    assert_eq!((server_active(&lab, h0), server_active(&lab, h1)), (1, 1), "each tunnel is its server's connection");
 
     // natd checks the server's accept; another protocol is not carried.
     // The connection serves its other streams on.
@@ -1016,11 +1025,11 @@ fn websockets_over_http2_reach_http1_servers_as_their_opening_handshake() {
     .unwrap();
     assert!(rest.is_empty() && ended, "the stream ended with the server's close: {rest:?}");
     let deadline = Instant::now() + Duration::from_secs(2);
-    while server_active(h1) != 0 {
+    while server_active(&lab, h1) != 0 {
         assert!(Instant::now() < deadline, "red's tunnel is no longer counted: {:?}", proxy_view(&lab, 80));
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(server_active(h0), 1, "blue's tunnel still open");
+    assert_eq!(server_active(&lab, h0), 1, "blue's tunnel still open");
     let (ok, body, client) = in_ns(&lab.server, move || -> Result<_, String> {
         client.send(&h2_frame(H2Client::HEADERS, H2Client::END_HEADERS | H2Client::END_STREAM, 9, &h2_get("red.example")))?;
         let (ok, _) = client.response(9)?;
@@ -1065,7 +1074,6 @@ fn websockets_over_http2_pass_to_http2_servers_that_offer_them() {
          names = {{ \"blue.example\" = \"{h0}:80\", \"red.example\" = \"{h1}:80\" }}\n"
     );
     lab.start_natd_with_config(&config).unwrap();
-    let server_active = |server: Ipv4Addr| proxy_view(&lab, 80).servers.iter().find(|s| s.server == format!("{server}:80")).map_or(0, |s| s.active);
 
     let (mut client, settings, said, get) = in_ns(&lab.server, || -> Result<_, String> {
         let mut client = H2Client::open(80)?;
@@ -1102,7 +1110,7 @@ fn websockets_over_http2_pass_to_http2_servers_that_offer_them() {
     assert_eq!((field("sec-websocket-version"), field("sec-websocket-protocol")), ("13", "chat, superchat"), "{connect:?}");
     assert_eq!(field("x-forwarded-for"), SERVER.to_string(), "{connect:?}");
     assert!(field("forwarded").starts_with(&format!("for={SERVER}")), "{connect:?}");
-    assert_eq!(server_active(h0), 1, "the tunnel is a stream of natd's one connection to blue, not one of its own");
+    assert_eq!(server_active(&lab, h0), 1, "the tunnel is a stream of natd's one connection to blue, not one of its own");
 
     // red does not offer it: 501, once red's SETTINGS are in, and red never
     // gets a `:protocol`; the tunnel and the connection go on.

@@ -359,8 +359,8 @@ impl Conn {
                 response.headers_mut().insert(header::UPGRADE, protocols);
             }
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            let server = self.tunnel_opened(backend);
-            let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, Some(server))));
+            let server = self.tunnel_opened(Some(backend));
+            let relaying = Tunnel(tokio::spawn(tunnel(client_upgrade, server_upgrade, server)));
             *self.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(relaying);
             return Ok((response.map(Either::Left), None));
         }
@@ -377,13 +377,7 @@ impl Conn {
     /// counts itself). The stream's answer: 200.
     fn stream_tunnel(&self, stream: OnUpgrade, mut opened: Response<Incoming>, own: Option<&Backend>) -> Response<Answer> {
         let server_upgrade = hyper::upgrade::on(&mut opened);
-        let server = match own {
-            Some(backend) => Some(self.tunnel_opened(backend)),
-            None => {
-                self.activity.tunnel_opened();
-                None
-            }
-        };
+        let server = self.tunnel_opened(own);
         let activity = Arc::clone(&self.activity);
         let mut tunnels = self.stream_tunnels.lock().unwrap_or_else(|p| p.into_inner());
         // The ended ones' results are of no use: reaped here, so the set
@@ -409,12 +403,12 @@ impl Conn {
         Some(not_implemented(&what).map(Either::Right))
     }
 
-    /// A tunnel through `backend` opens: the client's connection is timed
-    /// as one, and the server connection it takes is counted as `backend`'s
-    /// while the tunnel lasts.
-    fn tunnel_opened(&self, backend: &Backend) -> ServerConnection {
+    /// A tunnel opens: the client's connection is timed as one, and a
+    /// server connection the tunnel takes for itself (`own`) is counted as
+    /// that server's while the tunnel lasts.
+    fn tunnel_opened(&self, own: Option<&Backend>) -> Option<ServerConnection> {
         self.activity.tunnel_opened();
-        ServerConnection::counted(&self.service, backend)
+        own.map(|backend| ServerConnection::counted(&self.service, backend))
     }
 
     /// A connection to a server of `candidates`: with `Pool::Reuse`, one of
